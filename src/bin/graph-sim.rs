@@ -1,0 +1,2 @@
+//! `graph-sim`: the Microsoft Graph simulator as a process. STUB.
+fn main() {}

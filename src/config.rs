@@ -1,0 +1,487 @@
+//! Typed settings, loaded in layers: built-in defaults → `config/default.toml` →
+//! an optional `--config FILE` → environment variables `MFA_RESET__<SECTION>__<KEY>`.
+//!
+//! Every key is documented in `config/default.toml`. Secrets are [`SecretString`]s: they
+//! print as `[REDACTED]` in `Debug` and are never serialised back out.
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// All settings of one process.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the broker is and how names are prefixed.
+    pub broker: BrokerSettings,
+    /// Which Graph to talk to and how to sign in.
+    pub graph: GraphSettings,
+    /// How fast and how persistently to call Graph.
+    pub rate: RateSettings,
+    /// Retry policy: in-process retries and broker delay tiers.
+    pub retry: RetrySettings,
+    /// Worker process settings.
+    pub worker: WorkerSettings,
+    /// What a reset does, and whom it never touches.
+    pub reset: ResetSettings,
+    /// Intake (enqueue) safety rails.
+    pub intake: IntakeSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[broker]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// AMQP URL of the RabbitMQ broker.
+    #[serde(serialize_with = "serialize_redacted_url")]
+    pub url: String,
+    /// Every exchange and queue name starts with this prefix.
+    pub prefix: String,
+    /// Deliveries a worker may hold unacknowledged; 0 = derive from `worker.concurrency`.
+    pub prefetch: u16,
+    /// Publisher confirms kept in flight by `enqueue`.
+    pub confirm_window: usize,
+    /// Redeliveries before the broker dead-letters a message that keeps failing (quorum `x-delivery-limit`).
+    pub delivery_limit: u32,
+    /// How long a process keeps trying to (re)connect before giving up.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: "mfa-reset".into(),
+            prefetch: 0,
+            confirm_window: 2000,
+            delivery_limit: 5,
+            connect_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A national cloud: picks the authority and Graph root together.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cloud {
+    /// Worldwide: login.microsoftonline.com + graph.microsoft.com.
+    #[default]
+    Global,
+    /// US Government L4: login.microsoftonline.us + graph.microsoft.us.
+    Usgov,
+    /// US Government L5 (DoD): login.microsoftonline.us + dod-graph.microsoft.us.
+    UsgovDod,
+    /// Operated by 21Vianet: login.chinacloudapi.cn + microsoftgraph.chinacloudapi.cn.
+    China,
+}
+
+impl Cloud {
+    /// (authority, graph root) of this cloud.
+    pub fn endpoints(self) -> (&'static str, &'static str) {
+        match self {
+            Cloud::Global => ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
+            Cloud::Usgov => ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
+            Cloud::UsgovDod => ("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
+            Cloud::China => ("https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn"),
+        }
+    }
+}
+
+/// `[graph]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphSettings {
+    /// National cloud; sets `authority` and `base_url` unless those are given explicitly.
+    pub cloud: Cloud,
+    /// Graph v1.0 root, e.g. `https://graph.microsoft.com/v1.0`. Empty = from `cloud`.
+    pub base_url: String,
+    /// Graph beta root. Empty = `base_url` with `/v1.0` replaced by `/beta`.
+    pub beta_url: String,
+    /// Token authority; the token URL is `{authority}/{tenant_id}/oauth2/v2.0/token`. Empty = from `cloud`.
+    pub authority: String,
+    /// Scope requested with the token. Empty = `{graph root}/.default`.
+    pub scope: String,
+    /// Directory (tenant) id.
+    pub tenant_id: String,
+    /// Application (client) id of the app registration.
+    pub client_id: String,
+    /// Client secret. Never logged, never printed.
+    #[serde(skip_serializing)]
+    pub client_secret: Option<SecretString>,
+    /// PEM certificate for certificate login (instead of a secret).
+    pub client_certificate: Option<String>,
+    /// PEM private key (PKCS#8 or PKCS#1 RSA) matching `client_certificate`.
+    pub client_private_key: Option<String>,
+    /// Per-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Renew a cached token this long before it expires.
+    #[serde(with = "humantime_serde")]
+    pub token_renew_before: Duration,
+}
+
+impl Default for GraphSettings {
+    fn default() -> Self {
+        Self {
+            cloud: Cloud::Global,
+            base_url: String::new(),
+            beta_url: String::new(),
+            authority: String::new(),
+            scope: String::new(),
+            tenant_id: String::new(),
+            client_id: String::new(),
+            client_secret: None,
+            client_certificate: None,
+            client_private_key: None,
+            request_timeout: Duration::from_secs(65),
+            token_renew_before: Duration::from_secs(300),
+        }
+    }
+}
+
+impl GraphSettings {
+    /// The v1.0 root, from `base_url` or the cloud.
+    pub fn v1_url(&self) -> String {
+        if self.base_url.is_empty() {
+            format!("{}/v1.0", self.cloud.endpoints().1)
+        } else {
+            self.base_url.trim_end_matches('/').to_string()
+        }
+    }
+    /// The beta root, from `beta_url` or derived from the v1.0 root.
+    pub fn beta_url(&self) -> String {
+        if !self.beta_url.is_empty() {
+            return self.beta_url.trim_end_matches('/').to_string();
+        }
+        let v1 = self.v1_url();
+        match v1.strip_suffix("/v1.0") {
+            Some(root) => format!("{root}/beta"),
+            None => v1,
+        }
+    }
+    /// The authority, from `authority` or the cloud.
+    pub fn authority_url(&self) -> String {
+        if self.authority.is_empty() {
+            self.cloud.endpoints().0.to_string()
+        } else {
+            self.authority.trim_end_matches('/').to_string()
+        }
+    }
+    /// `{authority}/{tenant_id}/oauth2/v2.0/token`.
+    pub fn token_url(&self) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.authority_url(), self.tenant_id)
+    }
+    /// The `.default` scope of the Graph root in use.
+    pub fn scope(&self) -> String {
+        if !self.scope.is_empty() {
+            return self.scope.clone();
+        }
+        let v1 = self.v1_url();
+        let root = v1.strip_suffix("/v1.0").unwrap_or(&v1);
+        // The simulator and the real Graph both accept the root of the API they serve.
+        let root = if root.starts_with("http://127.") || root.starts_with("http://localhost") {
+            self.cloud.endpoints().1
+        } else {
+            root
+        };
+        format!("{root}/.default")
+    }
+}
+
+/// `[rate]`: our own budget, mirroring Graph's published buckets (graph-api.md, "Throttling").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateSettings {
+    /// Requests of any kind allowed per `requests_period`.
+    pub requests: u32,
+    /// Period of the all-requests bucket.
+    #[serde(with = "humantime_serde")]
+    pub requests_period: Duration,
+    /// Writes (DELETE/POST/PATCH) allowed per `writes_period`.
+    pub writes: u32,
+    /// Period of the writes bucket.
+    #[serde(with = "humantime_serde")]
+    pub writes_period: Duration,
+    /// Worker processes sharing this app+tenant budget; each takes 1/N of it.
+    pub processes: u32,
+    /// Burst allowed above the steady rate, in seconds' worth of the rate.
+    pub burst_secs: f64,
+    /// Slow down when Graph reports `x-ms-throttle-limit-percentage` at or above this.
+    pub slow_down_at_percent: f64,
+}
+
+impl Default for RateSettings {
+    fn default() -> Self {
+        Self {
+            requests: 3500,
+            requests_period: Duration::from_secs(10),
+            writes: 3000,
+            writes_period: Duration::from_secs(150),
+            processes: 1,
+            burst_secs: 1.0,
+            slow_down_at_percent: 80.0,
+        }
+    }
+}
+
+/// `[retry]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    /// In-process retries of one Graph call before the request is handed to a delay tier.
+    pub max_attempts: u32,
+    /// First backoff delay when Graph gives no Retry-After.
+    #[serde(with = "humantime_serde")]
+    pub base_delay: Duration,
+    /// Longest single backoff delay.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Total time one request may spend retrying in process (well below the broker's 30 min ack timeout).
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Duration,
+    /// Broker delay tiers, in order; after the last one the request is dead-lettered.
+    #[serde(with = "duration_list")]
+    pub tiers: Vec<Duration>,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            base_delay: Duration::from_secs(3),
+            max_delay: Duration::from_secs(180),
+            max_elapsed: Duration::from_secs(300),
+            tiers: vec![
+                Duration::from_secs(30),
+                Duration::from_secs(300),
+                Duration::from_secs(1800),
+            ],
+        }
+    }
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Users in flight per worker process.
+    pub concurrency: usize,
+    /// How long SIGTERM waits for in-flight users before giving up on them (they are redelivered).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Address of `/metrics` and `/healthz`; empty = not served.
+    pub metrics_addr: String,
+    /// Name of this worker in outcomes; empty = hostname-pid.
+    pub name: String,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            shutdown_grace: Duration::from_secs(60),
+            metrics_addr: String::new(),
+            name: String::new(),
+        }
+    }
+}
+
+/// Which method types a reset removes.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum MethodSelection {
+    /// `"all"` (every removable type) or `"portal"` (what the portal's "Require re-register MFA" removes).
+    Preset(String),
+    /// Explicit list of type stems, e.g. `["phone", "microsoftAuthenticator"]`.
+    List(Vec<String>),
+}
+
+impl Default for MethodSelection {
+    fn default() -> Self {
+        MethodSelection::Preset("all".into())
+    }
+}
+
+/// `[reset]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResetSettings {
+    /// Method types to remove: `"all"`, `"portal"`, or a list of stems.
+    pub methods: MethodSelection,
+    /// Keep full phone numbers and email addresses in outcomes so `restore` can re-create them.
+    pub backup: bool,
+    /// Users never touched (UPNs or object ids), e.g. break-glass accounts.
+    pub protected_users: Vec<String>,
+    /// Skip users holding any directory role.
+    pub skip_admins: bool,
+    /// Requests older than this are not executed (`expired`).
+    #[serde(with = "humantime_serde")]
+    pub max_request_age: Duration,
+    /// After deleting, re-list at most this long while Graph still shows deleted methods.
+    #[serde(with = "humantime_serde")]
+    pub consistency_wait: Duration,
+}
+
+impl Default for ResetSettings {
+    fn default() -> Self {
+        Self {
+            methods: MethodSelection::default(),
+            backup: false,
+            protected_users: Vec::new(),
+            skip_admins: true,
+            max_request_age: Duration::from_secs(24 * 3600),
+            consistency_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[intake]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntakeSettings {
+    /// `enqueue` refuses more users than this without `--yes`.
+    pub confirm_above: usize,
+    /// Who is recorded as `requested_by` when the input does not say; empty = the OS user.
+    pub requested_by: String,
+}
+
+impl Default for IntakeSettings {
+    fn default() -> Self {
+        Self {
+            confirm_above: 500,
+            requested_by: String::new(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: String,
+    /// tracing filter, e.g. `info` or `mfa_reset=debug`; `RUST_LOG` overrides.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+/// An AMQP/HTTP URL with its password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Settings {
+    /// Load the layers. `config_dir_file` is `config/default.toml` when present.
+    pub fn load(config_file: Option<&Path>) -> anyhow::Result<Settings> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        let default_file = Path::new("config/default.toml");
+        if default_file.exists() {
+            figment = figment.merge(Toml::file(default_file));
+        }
+        if let Some(file) = config_file {
+            anyhow::ensure!(
+                file.exists(),
+                "config file {} does not exist",
+                file.display()
+            );
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("MFA_RESET__").split("__").lowercase(true));
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        Ok(settings)
+    }
+}
+
+/// `["30s", "5m", "30m"]` ⇄ `Vec<Duration>`.
+mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let texts: Vec<String> = list
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        texts.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        texts
+            .iter()
+            .map(|t| humantime::parse_duration(t).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_the_password_only() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://host/"), "amqp://host/");
+    }
+
+    #[test]
+    fn beta_url_is_derived_from_v1() {
+        let g = GraphSettings {
+            base_url: "http://127.0.0.1:9/v1.0".into(),
+            ..Default::default()
+        };
+        assert_eq!(g.beta_url(), "http://127.0.0.1:9/beta");
+        assert_eq!(g.token_url(), "https://login.microsoftonline.com//oauth2/v2.0/token");
+    }
+
+    #[test]
+    fn clouds_pick_matching_endpoints() {
+        let g = GraphSettings {
+            cloud: Cloud::China,
+            tenant_id: "t".into(),
+            ..Default::default()
+        };
+        assert_eq!(g.v1_url(), "https://microsoftgraph.chinacloudapi.cn/v1.0");
+        assert_eq!(g.token_url(), "https://login.chinacloudapi.cn/t/oauth2/v2.0/token");
+        assert_eq!(g.scope(), "https://microsoftgraph.chinacloudapi.cn/.default");
+    }
+}

@@ -1,0 +1,83 @@
+//! The request message on `{prefix}.requests` and the records on the `{prefix}.outcomes` stream.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Outcome, UserRef};
+
+/// The request format this build writes and understands.
+pub const REQUEST_VERSION: u32 = 1;
+
+/// One user to reset: the JSON body of a message on `{prefix}.requests`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    /// Message format version; workers dead-letter versions they do not know.
+    pub version: u32,
+    /// Unique per (batch, user): a UUIDv5 of both, so enqueueing a batch again is absorbed.
+    pub request_id: Uuid,
+    /// The batch this request belongs to.
+    pub batch: String,
+    /// Whom to reset.
+    pub user: UserRef,
+    /// Helpdesk ticket, if any.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// Why, in the operator's words.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Who asked.
+    #[serde(default)]
+    pub requested_by: Option<String>,
+    /// List and record what would be removed; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Also revoke the user's sign-in sessions.
+    #[serde(default)]
+    pub revoke_sessions: bool,
+    /// When the request was made; requests older than `reset.max_request_age` expire.
+    pub requested_at: DateTime<Utc>,
+}
+
+impl ResetRequest {
+    /// The deterministic request id of `user` in `batch`.
+    pub fn id_for(batch: &str, user: &UserRef) -> Uuid {
+        let name = format!("{batch}\n{}", user.key());
+        Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes())
+    }
+}
+
+/// Written once per batch by `enqueue`, before its requests: how many to expect.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BatchManifest {
+    /// Batch id.
+    pub batch: String,
+    /// Number of requests the batch holds.
+    pub count: u64,
+    /// Where they came from: `csv:FILE`, `tickets:FILE`, `group:ID`.
+    pub source: String,
+    /// Dry run?
+    pub dry_run: bool,
+    /// Sessions revoked too?
+    pub revoke_sessions: bool,
+    /// Who enqueued it.
+    pub requested_by: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One record of the `{prefix}.outcomes` stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    /// A batch was enqueued.
+    Manifest(BatchManifest),
+    /// A user's final outcome.
+    Outcome(Box<Outcome>),
+    /// Written by a reader to find "the end of the stream so far".
+    Marker {
+        /// Unique per read.
+        id: Uuid,
+    },
+}

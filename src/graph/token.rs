@@ -1,0 +1,5 @@
+//! Client-credentials tokens. STUB — the graph helper completes it.
+
+/// Gets and caches access tokens.
+#[derive(Debug)]
+pub struct TokenProvider {}

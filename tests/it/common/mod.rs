@@ -1,0 +1,12 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code)]
+
+use mfa_reset::sim::{SimConfig, SimServer};
+
+/// Start a simulator on a free port.
+pub async fn start_sim(config: SimConfig) -> SimServer {
+    mfa_reset::sim::spawn(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts")
+}

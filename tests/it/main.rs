@@ -1,0 +1,8 @@
+//! Integration tests, one module per capability, all in one binary (one link, shared helpers).
+//! They talk to the real RabbitMQ on 127.0.0.1:5672 and to the Graph simulator over real HTTP.
+
+mod common;
+
+mod graph_client;
+mod intake;
+mod sim;
