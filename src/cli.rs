@@ -1,1 +1,183 @@
-//! stub
+//! The command line: `mfa-reset <command>` (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Reset MFA for many Entra ID users through RabbitMQ workers and Microsoft Graph.
+#[derive(Debug, Parser)]
+#[command(name = "mfa-reset", version, about, long_about = None)]
+pub struct Cli {
+    /// Settings file layered over config/default.toml (environment MFA_RESET__SECTION__KEY wins).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Declare the broker topology (idempotent).
+    Setup,
+    /// Validate an input in full, then enqueue one request per user.
+    Enqueue(EnqueueArgs),
+    /// Consume requests and reset users until SIGINT/SIGTERM.
+    Work(WorkArgs),
+    /// Counts per outcome status for a batch, and how many are pending.
+    Status(StatusArgs),
+    /// One row per requested user: what was removed, what failed and why.
+    Report(ReportArgs),
+    /// Inspect and operate the dead-letter queue.
+    Dlq {
+        /// What to do.
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Re-create the phone and email methods a batch removed (needs reset.backup = true).
+    Restore(RestoreArgs),
+    /// Everything in one command: a simulated tenant, the broker, workers, a progress bar, a report.
+    Demo(DemoArgs),
+}
+
+/// `enqueue`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["csv", "tickets", "group"])))]
+pub struct EnqueueArgs {
+    /// CSV file with a user column (user, userPrincipalName, upn, id or objectId).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Ticket events, one JSON object per line (`-` = standard input).
+    #[arg(long, value_name = "FILE")]
+    pub tickets: Option<PathBuf>,
+    /// Every user member of this Entra group (object id).
+    #[arg(long, value_name = "GROUP_ID")]
+    pub group: Option<String>,
+    /// With --group: include members of nested groups.
+    #[arg(long, requires = "group")]
+    pub transitive: bool,
+    /// Batch id; default: a readable unique id (e.g. 20261127-2301-csv-users-4f2a).
+    #[arg(long, value_name = "ID")]
+    pub batch: Option<String>,
+    /// Record what would be removed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also revoke each user's sign-in sessions.
+    #[arg(long)]
+    pub revoke_sessions: bool,
+    /// Confirm a batch larger than intake.confirm_above.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Recorded as requested_by (default: intake.requested_by or the OS user).
+    #[arg(long, value_name = "WHO")]
+    pub requested_by: Option<String>,
+    /// Why, recorded with every request that has no reason of its own.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+/// `work`
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// Users in flight (default: worker.concurrency).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Exit 0 once nothing has been in flight or waiting for SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub exit_when_idle: Option<u64>,
+}
+
+/// `status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Batch id.
+    #[arg(long, value_name = "ID")]
+    pub batch: String,
+    /// Block until every request of the batch has a final outcome.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up (exit 2) after SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+/// Report formats.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// CSV with the documented columns.
+    Csv,
+    /// One JSON outcome per line, with every detail.
+    Jsonl,
+}
+
+/// `report`
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Batch id.
+    #[arg(long, value_name = "ID")]
+    pub batch: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
+    pub format: ReportFormat,
+    /// Write here instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// `dlq …`
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// What is in the dead-letter queue and why (nothing is removed).
+    List {
+        /// Only this batch.
+        #[arg(long, value_name = "ID")]
+        batch: Option<String>,
+    },
+    /// Put dead-lettered requests back on the requests queue with a fresh attempt count.
+    Replay {
+        /// Only this batch.
+        #[arg(long, value_name = "ID")]
+        batch: Option<String>,
+        /// Only this error code (e.g. retries_exhausted).
+        #[arg(long, value_name = "CODE")]
+        error_code: Option<String>,
+    },
+    /// Delete the dead letters of a batch.
+    Purge {
+        /// The batch.
+        #[arg(long, value_name = "ID")]
+        batch: String,
+    },
+}
+
+/// `restore`
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The batch whose removed phone/email methods to re-create.
+    #[arg(long, value_name = "ID")]
+    pub batch: String,
+    /// Only this user.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+}
+
+/// `demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Users in the simulated tenant.
+    #[arg(long, default_value_t = 600)]
+    pub tenant_users: usize,
+    /// CSV to enqueue (default: the shipped examples/demo-users.csv).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Worker tasks (in-process workers).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Simulated Graph latency per request.
+    #[arg(long, default_value_t = 40)]
+    pub latency_ms: u64,
+    /// Where to write the outcome report.
+    #[arg(long, default_value = "demo-report.csv")]
+    pub out: PathBuf,
+}

@@ -10,6 +10,7 @@
 //! - [`cli`]: the command line (clap).
 //! - [`domain`]: `UserRef`, `ResetRequest`, `Outcome`, `Status`: the wire formats.
 //! - [`intake`]: CSV files and ticket events parsed and validated before anything is enqueued.
+//! - [`batch`]: one batch's manifest and outcomes, folded from the outcomes stream.
 //! - [`broker`]: RabbitMQ topology, confirmed publishing, consuming, reading the outcomes stream.
 //! - [`graph`]: the Microsoft Graph client: tokens, methods, errors, rate budget, Retry-After pause.
 //! - [`reset`]: the per-user reset plan (what to delete, in which order) and its outcome.
@@ -17,6 +18,7 @@
 //! - [`commands`]: one module per subcommand, each with a `run`.
 //! - [`sim`]: the Graph simulator used by tests, the demo and the benchmarks.
 
+pub mod batch;
 pub mod broker;
 pub mod cli;
 pub mod commands;

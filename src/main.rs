@@ -1,1 +1,40 @@
-fn main(){}
+//! `mfa-reset`: parse the command line, load settings, set up logging, run the command.
+
+use clap::Parser;
+use mfa_reset::cli::{Cli, Command};
+use mfa_reset::commands::{self, enqueue::Refused, status::TimedOut};
+use mfa_reset::config::Settings;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
+    };
+    mfa_reset::telemetry::init(&settings.log);
+    let result = match &cli.command {
+        Command::Setup => commands::setup::run(&settings).await,
+        Command::Enqueue(args) => commands::enqueue::run(&settings, args).await.map(|_| ()),
+        Command::Work(args) => commands::work::run(&settings, args).await,
+        Command::Status(args) => commands::status::run(&settings, args).await,
+        Command::Report(args) => commands::report::run(&settings, args).await,
+        Command::Dlq { command } => commands::dlq::run(&settings, command).await,
+        Command::Restore(args) => commands::restore::run(&settings, args).await.map(|_| ()),
+        Command::Demo(args) => commands::demo::run(&settings, args).await,
+    };
+    if let Err(err) = result {
+        let code = if let Some(refused) = err.downcast_ref::<Refused>() {
+            refused.exit_code
+        } else if err.downcast_ref::<TimedOut>().is_some() {
+            commands::status::EXIT_TIMEOUT
+        } else {
+            1
+        };
+        eprintln!("error: {err:#}");
+        std::process::exit(code);
+    }
+}

@@ -1,1 +1,111 @@
-//! stub
+//! Logging (text or JSON, to stderr) and the `/metrics` + `/healthz` endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogSettings;
+use crate::graph::GraphClient;
+use crate::worker::WorkerMetrics;
+
+/// Install the global tracing subscriber. `RUST_LOG` overrides `log.level`.
+pub fn init(log: &LogSettings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests, demo) is harmless: the first subscriber stays.
+    let _ = if log.format == "json" {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.with_target(false).try_init()
+    };
+}
+
+/// Serve `/metrics` (Prometheus text) and `/healthz` on `addr` until `cancel`.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<WorkerMetrics>,
+    graph: GraphClient,
+    cancel: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let health = metrics.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                let graph = graph.clone();
+                async move { render(&metrics, &graph) }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    if health.connected.get() == 1 {
+                        (StatusCode::OK, "ok\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker\n")
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await;
+    });
+    Ok(local)
+}
+
+fn render(metrics: &WorkerMetrics, graph: &GraphClient) -> String {
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        return String::new();
+    }
+    // Graph traffic counters come from the client's own atomics, as a flat JSON snapshot.
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(graph.stats().snapshot()) {
+        out = out.trim_end_matches("# EOF\n").to_string();
+        flatten_numbers(&mut out, "mfa_reset_graph", &serde_json::Value::Object(fields));
+        out.push_str("# EOF\n");
+    }
+    out
+}
+
+/// `{"requests": 3, "by_status": {"429": 1}}` → `mfa_reset_graph_requests 3`,
+/// `mfa_reset_graph_by_status{key="429"} 1`.
+fn flatten_numbers(out: &mut String, name: &str, value: &serde_json::Value) {
+    use std::fmt::Write;
+    match value {
+        serde_json::Value::Number(n) => {
+            let _ = writeln!(out, "{name} {n}");
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match v {
+                    serde_json::Value::Object(inner) if inner.values().all(|x| x.is_number()) => {
+                        for (label, n) in inner {
+                            let _ = writeln!(out, "{name}_{k}{{key=\"{label}\"}} {n}");
+                        }
+                    }
+                    _ => flatten_numbers(out, &format!("{name}_{k}"), v),
+                }
+            }
+        }
+        _ => {}
+    }
+}

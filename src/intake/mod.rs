@@ -80,3 +80,10 @@ pub fn plan_tickets(_path: &Path) -> Result<Plan, IntakeError> {
 pub fn plan_rows(_source: String, _rows: Vec<IntakeRow>) -> Plan {
     todo!()
 }
+
+impl IntakeError {
+    /// Every error, one line each, for a person.
+    pub fn render(&self, _source: &str) -> String {
+        todo!()
+    }
+}

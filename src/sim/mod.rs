@@ -51,3 +51,10 @@ impl SimServer {
 pub async fn spawn(_config: SimConfig, _listen: SocketAddr) -> anyhow::Result<SimServer> {
     todo!()
 }
+
+impl SimServer {
+    /// Counters (stub).
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}

@@ -1,0 +1,179 @@
+//! `mfa-reset demo`: the whole path in one command, against a simulated tenant.
+//!
+//! Starts the Graph simulator in-process, enqueues the shipped example CSV through the
+//! real broker under a fresh prefix, runs workers in-process, shows live progress, then
+//! prints a summary and writes the outcome report. Only a reachable RabbitMQ is needed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lapin::options::QueueDeleteOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{self, Topology};
+use crate::cli::{DemoArgs, EnqueueArgs};
+use crate::config::Settings;
+use crate::domain::Status;
+use crate::graph::GraphClient;
+use crate::sim::{self, SimConfig};
+use crate::worker::{self, WorkOptions, WorkerMetrics};
+
+/// The example input: a few hundred users of the simulated tenant, some guests, one
+/// unknown user and one break-glass account.
+pub const DEMO_CSV: &str = include_str!("../../examples/demo-users.csv");
+
+/// The break-glass account in the example input, protected in the demo's settings.
+pub const DEMO_BREAK_GLASS: &str = "breakglass.admin@contoso.com";
+
+/// Run the demo.
+pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut probe = base.broker.clone();
+    probe.connect_timeout = Duration::from_secs(3);
+    let conn = broker::connect(&probe, "mfa-reset demo").await?;
+
+    let server = sim::spawn(
+        SimConfig {
+            users: args.tenant_users,
+            seed: 1,
+            latency_ms: args.latency_ms,
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse()?,
+    )
+    .await
+    .context("starting the Graph simulator")?;
+    let sim_defaults = SimConfig::default();
+
+    let mut settings = base.clone();
+    settings.broker.prefix = format!(
+        "mfa-reset-demo-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    settings.graph.base_url = format!("{}/v1.0", server.url());
+    settings.graph.beta_url = format!("{}/beta", server.url());
+    settings.graph.authority = server.url();
+    settings.graph.tenant_id = sim_defaults.tenant_id.clone();
+    settings.graph.client_id = sim_defaults.client_id.clone();
+    settings.graph.client_secret = Some(sim_defaults.client_secret.clone().into());
+    settings.graph.client_certificate = None;
+    settings.retry.tiers = vec![Duration::from_secs(5), Duration::from_secs(30)];
+    settings.reset.protected_users.push(DEMO_BREAK_GLASS.to_string());
+
+    eprintln!("Graph simulator: {} ({} users)", server.url(), args.tenant_users);
+    eprintln!("RabbitMQ:        {} (prefix {})", crate::config::redact_url(&settings.broker.url), settings.broker.prefix);
+
+    let csv_path = match &args.csv {
+        Some(p) => p.clone(),
+        None => {
+            let path = std::env::temp_dir().join(format!("{}-users.csv", settings.broker.prefix));
+            std::fs::write(&path, DEMO_CSV)?;
+            path
+        }
+    };
+    eprintln!();
+    let enqueued = super::enqueue::run(
+        &settings,
+        &EnqueueArgs {
+            csv: Some(csv_path.clone()),
+            tickets: None,
+            group: None,
+            transitive: false,
+            batch: None,
+            dry_run: false,
+            revoke_sessions: true,
+            yes: true,
+            requested_by: Some("demo".into()),
+            reason: Some("demo: mass re-registration after an incident".into()),
+        },
+    )
+    .await?;
+    if args.csv.is_none() {
+        let _ = std::fs::remove_file(&csv_path);
+    }
+    eprintln!();
+
+    let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;
+    let cancel = CancellationToken::new();
+    let metrics = Arc::new(WorkerMetrics::default());
+    let mut workers = Vec::new();
+    for i in 0..args.workers.max(1) {
+        let mut s = settings.clone();
+        s.worker.name = format!("demo-worker-{}", i + 1);
+        let graph = graph.clone();
+        let metrics = metrics.clone();
+        let cancel = cancel.clone();
+        let options = WorkOptions {
+            concurrency: settings.worker.concurrency,
+            exit_when_idle: None,
+        };
+        workers.push(tokio::spawn(async move {
+            worker::run(&s, graph, options, metrics, cancel).await
+        }));
+    }
+    eprintln!("{} workers resetting {} users …", args.workers.max(1), enqueued.count);
+    let work_started = Instant::now();
+    let view = super::status::watch(
+        &settings,
+        &enqueued.batch,
+        Some(Duration::from_secs(600)),
+        Some(enqueued.count),
+    )
+    .await;
+    let work_secs = work_started.elapsed().as_secs_f64();
+    cancel.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
+    let view = view?;
+
+    let mut report = std::fs::File::create(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    super::report::write_csv(&view, &mut report)?;
+
+    println!();
+    print!("{}", super::status::summary_table(&view));
+    let stats = server.stats();
+    println!();
+    println!(
+        "{} users in {:.1}s ({:.0} users/s) by {} workers; Graph simulator: {}",
+        view.finished(),
+        work_secs,
+        view.finished() as f64 / work_secs.max(0.001),
+        args.workers.max(1),
+        serde_json::to_string(&stats).unwrap_or_default()
+    );
+    println!();
+    println!("Not reset, and why:");
+    for o in view
+        .outcomes()
+        .filter(|o| !matches!(o.status, Status::Reset | Status::AlreadyClean))
+        .take(8)
+    {
+        println!(
+            "  {:<45} {:<18} {}",
+            o.user.to_string(),
+            o.status.as_str(),
+            o.error_message.as_deref().unwrap_or("")
+        );
+    }
+    println!();
+    println!("Report: {} (one row per user: what was removed, what failed and why)", args.out.display());
+    println!("Total time {:.1}s.", started.elapsed().as_secs_f64());
+
+    // The demo's queues served their purpose; leave the broker as we found it.
+    let topology = Topology::new(&settings.broker, &settings.retry);
+    let channel = conn.create_channel().await?;
+    for q in topology.all_queues() {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(topology.exchange().as_str().into(), Default::default())
+        .await;
+    let _ = conn.close(200, "bye".into()).await;
+    drop(server);
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! `mfa-reset dlq list | replay | purge`: the dead-letter queue.
+//!
+//! Every operation reads the queue through a consumer and acks only what it removes:
+//! messages it leaves go back to the queue when its channel closes, so an interrupted
+//! command loses nothing. `replay` publishes (confirmed) before it acks: at worst a
+//! request is replayed twice, and the worker absorbs the second by its request id.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use serde::Serialize;
+
+use crate::broker::headers::{self, Headers};
+use crate::broker::publisher::publish_confirmed;
+use crate::broker::topology::RK_REQUEST;
+use crate::broker::{self, OutMessage, Topology};
+use crate::cli::DlqCommand;
+use crate::config::Settings;
+use crate::domain::ResetRequest;
+
+/// One dead letter, as `dlq list` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeadLetter {
+    /// User, when the message is a readable request.
+    pub user: Option<String>,
+    /// Batch, when known.
+    pub batch: Option<String>,
+    /// Why: our code, Graph's, or the broker's (`delivery_limit`, …).
+    pub error_code: String,
+    /// Detail.
+    pub error_message: String,
+    /// Attempts made.
+    pub attempts: u64,
+    /// When it was dead-lettered.
+    pub failed_at: Option<String>,
+    /// Request id.
+    pub request_id: Option<String>,
+}
+
+impl DeadLetter {
+    fn from_delivery(d: &Delivery) -> DeadLetter {
+        let request: Option<ResetRequest> = serde_json::from_slice(&d.data).ok();
+        let props = &d.properties;
+        let (code, message, attempts) = match headers::get_str(props, headers::ERROR_CODE) {
+            Some(code) => (
+                code,
+                headers::get_str(props, headers::ERROR_MESSAGE).unwrap_or_default(),
+                headers::get_u64(props, headers::ATTEMPTS).unwrap_or(0),
+            ),
+            None => match headers::x_death(props) {
+                Some((reason, queue, count)) => (
+                    reason.clone(),
+                    format!("dead-lettered by the broker from {queue} ({reason})"),
+                    count,
+                ),
+                None => ("unknown".into(), String::new(), 0),
+            },
+        };
+        DeadLetter {
+            user: request
+                .as_ref()
+                .map(|r| r.user.to_string())
+                .or_else(|| headers::get_str(props, headers::USER)),
+            batch: request
+                .as_ref()
+                .map(|r| r.batch.clone())
+                .or_else(|| headers::get_str(props, headers::BATCH)),
+            error_code: code,
+            error_message: message,
+            attempts,
+            failed_at: headers::get_str(props, headers::FAILED_AT),
+            request_id: props.message_id().as_ref().map(|s| s.to_string()),
+        }
+    }
+
+    fn matches(&self, batch: Option<&str>, code: Option<&str>) -> bool {
+        batch.is_none_or(|b| self.batch.as_deref() == Some(b))
+            && code.is_none_or(|c| self.error_code == c)
+    }
+}
+
+/// Run the command.
+pub async fn run(settings: &Settings, command: &DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List { batch } => {
+            let letters = list(settings, batch.as_deref()).await?;
+            print!("{}", render(&letters));
+        }
+        DlqCommand::Replay { batch, error_code } => {
+            let n = replay(settings, batch.as_deref(), error_code.as_deref()).await?;
+            println!("replayed: {n}");
+        }
+        DlqCommand::Purge { batch } => {
+            let n = purge(settings, batch).await?;
+            println!("purged: {n}");
+        }
+    }
+    Ok(())
+}
+
+/// Everything in the dead-letter queue (filtered by batch); nothing is removed.
+pub async fn list(settings: &Settings, batch: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
+    let mut letters = Vec::new();
+    walk(settings, |d| {
+        let letter = DeadLetter::from_delivery(d);
+        if letter.matches(batch, None) {
+            letters.push(letter);
+        }
+        Action::Keep
+    })
+    .await?;
+    Ok(letters)
+}
+
+/// Replay matching dead letters; returns how many.
+pub async fn replay(
+    settings: &Settings,
+    batch: Option<&str>,
+    code: Option<&str>,
+) -> anyhow::Result<u64> {
+    let mut chosen = 0;
+    walk(settings, |d| {
+        let letter = DeadLetter::from_delivery(d);
+        if letter.matches(batch, code) && serde_json::from_slice::<ResetRequest>(&d.data).is_ok() {
+            chosen += 1;
+            Action::Replay
+        } else {
+            Action::Keep
+        }
+    })
+    .await
+}
+
+/// Delete a batch's dead letters; returns how many.
+pub async fn purge(settings: &Settings, batch: &str) -> anyhow::Result<u64> {
+    walk(settings, |d| {
+        if DeadLetter::from_delivery(d).matches(Some(batch), None) {
+            Action::Remove
+        } else {
+            Action::Keep
+        }
+    })
+    .await
+}
+
+enum Action {
+    Keep,
+    Remove,
+    Replay,
+}
+
+/// Visit every message in the dead-letter queue once; returns how many were removed or replayed.
+async fn walk<F>(settings: &Settings, mut visit: F) -> anyhow::Result<u64>
+where
+    F: FnMut(&Delivery) -> Action,
+{
+    let topology = Topology::new(&settings.broker, &settings.retry);
+    let conn = broker::connect(&settings.broker, "mfa-reset dlq").await?;
+    let result = walk_on(&conn, &topology, &mut visit).await;
+    let _ = conn.close(200, "bye".into()).await;
+    result
+}
+
+async fn walk_on<F>(conn: &Connection, topology: &Topology, visit: &mut F) -> anyhow::Result<u64>
+where
+    F: FnMut(&Delivery) -> Action,
+{
+    let channel = conn.create_channel().await?;
+    topology.declare(&channel).await?;
+    let publish = conn.create_channel().await?;
+    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    let total = message_count(&channel, &topology.dead()).await?;
+    if total == 0 {
+        return Ok(0);
+    }
+    channel
+        .basic_qos(500, BasicQosOptions { global: false })
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            topology.dead().as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut seen = 0u64;
+    let mut acted = 0u64;
+    while seen < u64::from(total) {
+        let next = tokio::time::timeout(Duration::from_secs(3), consumer.next()).await;
+        let delivery = match next {
+            Err(_) | Ok(None) => break,
+            Ok(Some(d)) => d.context("reading the dead-letter queue")?,
+        };
+        seen += 1;
+        match visit(&delivery) {
+            Action::Keep => {}
+            Action::Remove => {
+                delivery.ack(BasicAckOptions::default()).await?;
+                acted += 1;
+            }
+            Action::Replay => {
+                replay_one(&publish, topology, &delivery).await?;
+                delivery.ack(BasicAckOptions::default()).await?;
+                acted += 1;
+            }
+        }
+    }
+    // Closing the channel returns every message we kept to the queue.
+    let _ = channel.close(200, "done".into()).await;
+    let _ = publish.close(200, "done".into()).await;
+    Ok(acted)
+}
+
+async fn replay_one(
+    publish: &Channel,
+    topology: &Topology,
+    delivery: &Delivery,
+) -> anyhow::Result<()> {
+    let mut request: ResetRequest = serde_json::from_slice(&delivery.data)?;
+    // A new execution, not a duplicate of the failed one: the worker keys on (id, replay).
+    request.replay += 1;
+    request.carry = None;
+    // Fresh attempts, and a fresh age: an operator replaying today means today.
+    request.requested_at = chrono::Utc::now();
+    let headers = Headers::default()
+        .str("x-mfa-replayed-from", &headers::get_str(&delivery.properties, headers::ERROR_CODE).unwrap_or_default())
+        .build();
+    let msg = OutMessage::json(RK_REQUEST, serde_json::to_vec(&request)?)
+        .with_id(request.request_id.to_string())
+        .with_headers(headers);
+    publish_confirmed(publish, &topology.exchange(), &msg).await
+}
+
+async fn message_count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
+}
+
+/// The table `dlq list` prints.
+pub fn render(letters: &[DeadLetter]) -> String {
+    let mut out = format!("{} dead letter(s)\n", letters.len());
+    if letters.is_empty() {
+        return out;
+    }
+    out.push_str(&format!(
+        "{:<40} {:<28} {:<26} {:>8}  {:<25}  {}\n",
+        "user", "batch", "error_code", "attempts", "failed_at", "error_message"
+    ));
+    for l in letters {
+        out.push_str(&format!(
+            "{:<40} {:<28} {:<26} {:>8}  {:<25}  {}\n",
+            l.user.as_deref().unwrap_or("(not a request)"),
+            l.batch.as_deref().unwrap_or("-"),
+            l.error_code,
+            l.attempts,
+            l.failed_at.as_deref().unwrap_or("-"),
+            l.error_message
+        ));
+    }
+    out
+}

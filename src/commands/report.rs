@@ -1,0 +1,116 @@
+//! `mfa-reset report`: one row per user of a batch.
+
+use std::io::Write;
+
+use anyhow::Context;
+
+use crate::batch::BatchView;
+use crate::cli::{ReportArgs, ReportFormat};
+use crate::config::Settings;
+use crate::domain::Outcome;
+
+/// The CSV report's columns, in order (a contract: scripts read them).
+pub const CSV_COLUMNS: [&str; 12] = [
+    "user",
+    "status",
+    "methods_removed",
+    "methods_remaining",
+    "sessions_revoked",
+    "attempts",
+    "error_code",
+    "error_message",
+    "ticket",
+    "batch",
+    "request_id",
+    "finished_at",
+];
+
+/// Run the command.
+pub async fn run(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
+    let view = super::status::load(settings, &args.batch).await?;
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    match args.format {
+        ReportFormat::Csv => write_csv(&view, &mut out)?,
+        ReportFormat::Jsonl => write_jsonl(&view, &mut out)?,
+    }
+    out.flush()?;
+    if view.pending() > 0 {
+        eprintln!(
+            "note: {} request(s) of batch {} have no outcome yet; they are not in this report",
+            view.pending(),
+            args.batch
+        );
+    }
+    if let Some(path) = &args.out {
+        eprintln!("wrote {} rows to {}", view.finished(), path.display());
+    }
+    Ok(())
+}
+
+/// Write the CSV report.
+pub fn write_csv(view: &BatchView, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record(CSV_COLUMNS)?;
+    for o in view.outcomes() {
+        w.write_record(csv_row(o).iter().map(|c| neutralise(c)))?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Write one JSON outcome per line.
+pub fn write_jsonl(view: &BatchView, out: &mut dyn Write) -> anyhow::Result<()> {
+    for o in view.outcomes() {
+        serde_json::to_writer(&mut *out, o)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+fn csv_row(o: &Outcome) -> [String; 12] {
+    let join = |v: &[crate::domain::MethodRecord]| {
+        v.iter().map(|m| m.short()).collect::<Vec<_>>().join(";")
+    };
+    [
+        o.user.to_string(),
+        o.status.to_string(),
+        join(&o.methods_removed),
+        join(&o.methods_remaining),
+        o.sessions_revoked.to_string(),
+        o.attempts.to_string(),
+        o.error_code.clone().unwrap_or_default(),
+        o.error_message.clone().unwrap_or_default(),
+        o.ticket.clone().unwrap_or_default(),
+        o.batch.clone(),
+        o.request_id.to_string(),
+        o.finished_at.to_rfc3339(),
+    ]
+}
+
+/// Cells beginning with `=`, `+`, `-`, `@` (or tab/CR) are prefixed with `'` so a
+/// spreadsheet shows them as text instead of running them as formulas (OWASP CSV injection).
+pub fn neutralise(cell: &str) -> String {
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{cell}"),
+        _ => cell.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralised() {
+        assert_eq!(neutralise("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(neutralise("+1 555"), "'+1 555");
+        assert_eq!(neutralise("-2"), "'-2");
+        assert_eq!(neutralise("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(neutralise("alice@contoso.com"), "alice@contoso.com");
+    }
+}

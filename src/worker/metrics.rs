@@ -1,0 +1,71 @@
+//! Worker counters, exported on `/metrics` in the Prometheus text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::domain::Status;
+
+/// Label set `status="reset"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// Outcome status.
+    pub status: String,
+}
+
+/// What a worker process counts.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    /// Outcomes recorded, by status.
+    pub outcomes: Family<StatusLabel, Counter>,
+    /// Requests handed to a delay tier.
+    pub retried: Counter,
+    /// Messages dead-lettered by this worker.
+    pub dead_lettered: Counter,
+    /// Redelivered requests acked without touching Graph (already recorded).
+    pub duplicates: Counter,
+    /// Handlers that panicked.
+    pub panics: Counter,
+    /// Reconnections to the broker.
+    pub reconnects: Counter,
+    /// Users in flight.
+    pub in_flight: Gauge<i64, AtomicI64>,
+    /// 1 while connected and consuming.
+    pub connected: Gauge<i64, AtomicI64>,
+}
+
+type AtomicI64 = std::sync::atomic::AtomicI64;
+
+impl WorkerMetrics {
+    /// Count one outcome.
+    pub fn outcome(&self, status: Status) {
+        self.outcomes
+            .get_or_create(&StatusLabel {
+                status: status.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// Outcomes of one status counted so far.
+    pub fn count(&self, status: Status) -> u64 {
+        self.outcomes
+            .get_or_create(&StatusLabel {
+                status: status.as_str().to_string(),
+            })
+            .get()
+    }
+
+    /// Register every metric (names prefixed `mfa_reset_`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("mfa_reset_outcomes", "Outcomes recorded, by status", self.outcomes.clone());
+        registry.register("mfa_reset_retried", "Requests handed to a delay tier", self.retried.clone());
+        registry.register("mfa_reset_dead_lettered", "Messages dead-lettered by this worker", self.dead_lettered.clone());
+        registry.register("mfa_reset_duplicates", "Redelivered requests acked without touching Graph", self.duplicates.clone());
+        registry.register("mfa_reset_handler_panics", "Handlers that panicked", self.panics.clone());
+        registry.register("mfa_reset_broker_reconnects", "Reconnections to the broker", self.reconnects.clone());
+        registry.register("mfa_reset_in_flight", "Users in flight", self.in_flight.clone());
+        registry.register("mfa_reset_connected", "1 while connected and consuming", self.connected.clone());
+    }
+}
