@@ -34,7 +34,10 @@ impl BatchView {
             Record::Manifest(m) if m.batch == self.batch => {
                 // Enqueueing the same batch again (to finish an interrupted run) may write a
                 // second manifest; the largest count is the batch's size.
-                let bigger = self.manifest.as_ref().is_none_or(|old| m.count >= old.count);
+                let bigger = self
+                    .manifest
+                    .as_ref()
+                    .is_none_or(|old| m.count >= old.count);
                 if bigger {
                     self.manifest = Some(m);
                 }

@@ -86,10 +86,22 @@ impl Cloud {
     /// (authority, graph root) of this cloud.
     pub fn endpoints(self) -> (&'static str, &'static str) {
         match self {
-            Cloud::Global => ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
-            Cloud::Usgov => ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
-            Cloud::UsgovDod => ("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
-            Cloud::China => ("https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn"),
+            Cloud::Global => (
+                "https://login.microsoftonline.com",
+                "https://graph.microsoft.com",
+            ),
+            Cloud::Usgov => (
+                "https://login.microsoftonline.us",
+                "https://graph.microsoft.us",
+            ),
+            Cloud::UsgovDod => (
+                "https://login.microsoftonline.us",
+                "https://dod-graph.microsoft.us",
+            ),
+            Cloud::China => (
+                "https://login.chinacloudapi.cn",
+                "https://microsoftgraph.chinacloudapi.cn",
+            ),
         }
     }
 }
@@ -176,7 +188,11 @@ impl GraphSettings {
     }
     /// `{authority}/{tenant_id}/oauth2/v2.0/token`.
     pub fn token_url(&self) -> String {
-        format!("{}/{}/oauth2/v2.0/token", self.authority_url(), self.tenant_id)
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.authority_url(),
+            self.tenant_id
+        )
     }
     /// The `.default` scope of the Graph root in use.
     pub fn scope(&self) -> String {
@@ -470,7 +486,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(g.beta_url(), "http://127.0.0.1:9/beta");
-        assert_eq!(g.token_url(), "https://login.microsoftonline.com//oauth2/v2.0/token");
+        assert_eq!(
+            g.token_url(),
+            "https://login.microsoftonline.com//oauth2/v2.0/token"
+        );
     }
 
     #[test]
@@ -481,7 +500,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(g.v1_url(), "https://microsoftgraph.chinacloudapi.cn/v1.0");
-        assert_eq!(g.token_url(), "https://login.chinacloudapi.cn/t/oauth2/v2.0/token");
-        assert_eq!(g.scope(), "https://microsoftgraph.chinacloudapi.cn/.default");
+        assert_eq!(
+            g.token_url(),
+            "https://login.chinacloudapi.cn/t/oauth2/v2.0/token"
+        );
+        assert_eq!(
+            g.scope(),
+            "https://microsoftgraph.chinacloudapi.cn/.default"
+        );
     }
 }

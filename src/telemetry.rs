@@ -57,7 +57,10 @@ pub async fn serve_metrics(
                     if health.connected.get() == 1 {
                         (StatusCode::OK, "ok\n")
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker\n")
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not connected to the broker\n",
+                        )
                     }
                 }
             }),
@@ -80,7 +83,11 @@ fn render(metrics: &WorkerMetrics, graph: &GraphClient) -> String {
     // Graph traffic counters come from the client's own atomics, as a flat JSON snapshot.
     if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(graph.stats().snapshot()) {
         out = out.trim_end_matches("# EOF\n").to_string();
-        flatten_numbers(&mut out, "mfa_reset_graph", &serde_json::Value::Object(fields));
+        flatten_numbers(
+            &mut out,
+            "mfa_reset_graph",
+            &serde_json::Value::Object(fields),
+        );
         out.push_str("# EOF\n");
     }
     out

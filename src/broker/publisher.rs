@@ -10,9 +10,9 @@ use std::collections::VecDeque;
 
 use anyhow::{bail, Context};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Confirmation, PublisherConfirm};
 
 use super::Topology;
 use crate::config::BrokerSettings;
@@ -272,6 +272,8 @@ async fn open(
         .declare(&channel)
         .await
         .context("declaring the broker topology")?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     Ok((conn, channel))
 }

@@ -86,7 +86,9 @@ impl StreamFollower {
             .await
             .context("reading the outcomes stream")?;
         let publish = conn.create_channel().await?;
-        publish.confirm_select(ConfirmSelectOptions::default()).await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
 
         let waiters: Waiters = Arc::default();
         let cancel = CancellationToken::new();
@@ -101,14 +103,14 @@ impl StreamFollower {
                 };
                 let delivery = match next {
                     None => break,
-                    Some(Err(err)) => return Err(anyhow::Error::from(err).context("outcomes stream")),
+                    Some(Err(err)) => {
+                        return Err(anyhow::Error::from(err).context("outcomes stream"))
+                    }
                     Some(Ok(d)) => d,
                 };
                 unacked += 1;
                 if unacked >= ACK_EVERY {
-                    delivery
-                        .ack(BasicAckOptions { multiple: true })
-                        .await?;
+                    delivery.ack(BasicAckOptions { multiple: true }).await?;
                     unacked = 0;
                 }
                 match serde_json::from_slice::<Record>(&delivery.data) {
@@ -147,11 +149,16 @@ impl StreamFollower {
             w.insert(id, tx);
         }
         let body = serde_json::to_vec(&Record::Marker { id })?;
-        publish_confirmed(&self.publish, &self.exchange, &OutMessage::json(RK_OUTCOME, body))
-            .await
-            .context("writing a marker to the outcomes stream")?;
-        rx.await
-            .map_err(|_| anyhow::anyhow!("the outcomes stream reader stopped before reaching the marker"))
+        publish_confirmed(
+            &self.publish,
+            &self.exchange,
+            &OutMessage::json(RK_OUTCOME, body),
+        )
+        .await
+        .context("writing a marker to the outcomes stream")?;
+        rx.await.map_err(|_| {
+            anyhow::anyhow!("the outcomes stream reader stopped before reaching the marker")
+        })
     }
 
     /// True while the reader task runs.

@@ -119,7 +119,8 @@ impl Topology {
         let mut dead = FieldTable::default();
         // Dead letters are the operator's to-do list: replicated like the requests.
         dead.insert("x-queue-type".into(), long_str("quorum"));
-        self.queue(channel, &self.dead(), durable, dead, RK_DEAD).await?;
+        self.queue(channel, &self.dead(), durable, dead, RK_DEAD)
+            .await?;
 
         for (i, delay) in self.tiers.iter().enumerate() {
             let mut wait = FieldTable::default();
@@ -135,8 +136,14 @@ impl Topology {
             wait.insert("x-dead-letter-routing-key".into(), long_str(RK_REQUEST));
             wait.insert("x-dead-letter-strategy".into(), long_str("at-least-once"));
             wait.insert("x-overflow".into(), long_str("reject-publish"));
-            self.queue(channel, &self.retry_queue(i), durable, wait, &self.retry_key(i))
-                .await?;
+            self.queue(
+                channel,
+                &self.retry_queue(i),
+                durable,
+                wait,
+                &self.retry_key(i),
+            )
+            .await?;
         }
 
         let mut outcomes = FieldTable::default();

@@ -59,10 +59,21 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     settings.graph.client_secret = Some(sim_defaults.client_secret.clone().into());
     settings.graph.client_certificate = None;
     settings.retry.tiers = vec![Duration::from_secs(5), Duration::from_secs(30)];
-    settings.reset.protected_users.push(DEMO_BREAK_GLASS.to_string());
+    settings
+        .reset
+        .protected_users
+        .push(DEMO_BREAK_GLASS.to_string());
 
-    eprintln!("Graph simulator: {} ({} users)", server.url(), args.tenant_users);
-    eprintln!("RabbitMQ:        {} (prefix {})", crate::config::redact_url(&settings.broker.url), settings.broker.prefix);
+    eprintln!(
+        "Graph simulator: {} ({} users)",
+        server.url(),
+        args.tenant_users
+    );
+    eprintln!(
+        "RabbitMQ:        {} (prefix {})",
+        crate::config::redact_url(&settings.broker.url),
+        settings.broker.prefix
+    );
 
     let csv_path = match &args.csv {
         Some(p) => p.clone(),
@@ -112,7 +123,11 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
             worker::run(&s, graph, options, metrics, cancel).await
         }));
     }
-    eprintln!("{} workers resetting {} users …", args.workers.max(1), enqueued.count);
+    eprintln!(
+        "{} workers resetting {} users …",
+        args.workers.max(1),
+        enqueued.count
+    );
     let work_started = Instant::now();
     let view = super::status::watch(
         &settings,
@@ -159,7 +174,10 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("Report: {} (one row per user: what was removed, what failed and why)", args.out.display());
+    println!(
+        "Report: {} (one row per user: what was removed, what failed and why)",
+        args.out.display()
+    );
     println!("Total time {:.1}s.", started.elapsed().as_secs_f64());
 
     // The demo's queues served their purpose; leave the broker as we found it.

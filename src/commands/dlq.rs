@@ -176,7 +176,9 @@ where
     let channel = conn.create_channel().await?;
     topology.declare(&channel).await?;
     let publish = conn.create_channel().await?;
-    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let total = message_count(&channel, &topology.dead()).await?;
     if total == 0 {
         return Ok(0);
@@ -232,7 +234,10 @@ async fn replay_one(
     // Fresh attempts, and a fresh age: an operator replaying today means today.
     request.requested_at = chrono::Utc::now();
     let headers = Headers::default()
-        .str("x-mfa-replayed-from", &headers::get_str(&delivery.properties, headers::ERROR_CODE).unwrap_or_default())
+        .str(
+            "x-mfa-replayed-from",
+            &headers::get_str(&delivery.properties, headers::ERROR_CODE).unwrap_or_default(),
+        )
         .build();
     let msg = OutMessage::json(RK_REQUEST, serde_json::to_vec(&request)?)
         .with_id(request.request_id.to_string())

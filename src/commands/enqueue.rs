@@ -76,7 +76,9 @@ pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqu
     let requested_by = args
         .requested_by
         .clone()
-        .or_else(|| (!settings.intake.requested_by.is_empty()).then(|| settings.intake.requested_by.clone()))
+        .or_else(|| {
+            (!settings.intake.requested_by.is_empty()).then(|| settings.intake.requested_by.clone())
+        })
         .or_else(|| std::env::var("USER").ok());
     let count = publish(settings, &plan, &batch, args, requested_by).await?;
     println!("batch: {batch}");
@@ -148,7 +150,11 @@ fn print_summary(plan: &Plan, batch: &str, args: &EnqueueArgs) {
     let _ = writeln!(
         err,
         "sessions: {}",
-        if args.revoke_sessions { "revoke sign-in sessions too" } else { "left as they are (add --revoke-sessions to revoke)" }
+        if args.revoke_sessions {
+            "revoke sign-in sessions too"
+        } else {
+            "left as they are (add --revoke-sessions to revoke)"
+        }
     );
 }
 
@@ -160,7 +166,8 @@ async fn publish(
     requested_by: Option<String>,
 ) -> anyhow::Result<u64> {
     let topology = Topology::new(&settings.broker, &settings.retry);
-    let mut publisher = Publisher::connect(&settings.broker, &topology, "mfa-reset enqueue").await?;
+    let mut publisher =
+        Publisher::connect(&settings.broker, &topology, "mfa-reset enqueue").await?;
     let now = Utc::now();
     let manifest = Record::Manifest(BatchManifest {
         batch: batch.to_string(),
@@ -228,7 +235,13 @@ pub fn new_batch_id(source: &str) -> String {
         .unwrap_or_default();
     let stem: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(24)
         .collect();
     let stem = stem.trim_matches('-');

@@ -26,7 +26,11 @@ pub struct Restored {
 /// Run the command.
 pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Restored> {
     let view = super::status::load(settings, &args.batch).await?;
-    let only = args.user.as_deref().map(UserRef::parse).transpose()
+    let only = args
+        .user
+        .as_deref()
+        .map(UserRef::parse)
+        .transpose()
         .map_err(|e| anyhow::anyhow!("--user: {e}"))?;
     let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;
     let mut done = Restored::default();
@@ -41,28 +45,52 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
             let result = match (m.kind.as_str(), &m.backup_value) {
                 ("phone", Some(number)) => {
                     graph
-                        .create_phone_method(&outcome.user, number, m.phone_type.as_deref().unwrap_or("mobile"))
+                        .create_phone_method(
+                            &outcome.user,
+                            number,
+                            m.phone_type.as_deref().unwrap_or("mobile"),
+                        )
                         .await
                 }
                 ("email", Some(address)) => graph.create_email_method(&outcome.user, address).await,
                 ("phone" | "email", None) => {
-                    println!("{}: {} {} has no backup (reset.backup was off): cannot restore", outcome.user, m.kind, m.masked.as_deref().unwrap_or(&m.id));
+                    println!(
+                        "{}: {} {} has no backup (reset.backup was off): cannot restore",
+                        outcome.user,
+                        m.kind,
+                        m.masked.as_deref().unwrap_or(&m.id)
+                    );
                     done.no_backup += 1;
                     continue;
                 }
                 _ => {
-                    println!("{}: {} {} cannot be restored by any API: the user must register it again", outcome.user, m.kind, m.display_name.as_deref().unwrap_or(&m.id));
+                    println!(
+                        "{}: {} {} cannot be restored by any API: the user must register it again",
+                        outcome.user,
+                        m.kind,
+                        m.display_name.as_deref().unwrap_or(&m.id)
+                    );
                     done.not_restorable += 1;
                     continue;
                 }
             };
             match result {
                 Ok(()) => {
-                    println!("{}: restored {} {}", outcome.user, m.kind, m.masked.as_deref().unwrap_or(""));
+                    println!(
+                        "{}: restored {} {}",
+                        outcome.user,
+                        m.kind,
+                        m.masked.as_deref().unwrap_or("")
+                    );
                     done.created += 1;
                 }
                 Err(err) => {
-                    println!("{}: could not restore {} {}: {err}", outcome.user, m.kind, m.masked.as_deref().unwrap_or(""));
+                    println!(
+                        "{}: could not restore {} {}: {err}",
+                        outcome.user,
+                        m.kind,
+                        m.masked.as_deref().unwrap_or("")
+                    );
                     done.failed += 1;
                 }
             }

@@ -33,7 +33,13 @@ pub struct TimedOut {
 /// Run the command.
 pub async fn run(settings: &Settings, args: &StatusArgs) -> anyhow::Result<()> {
     let view = if args.wait {
-        watch(settings, &args.batch, args.timeout.map(Duration::from_secs), None).await?
+        watch(
+            settings,
+            &args.batch,
+            args.timeout.map(Duration::from_secs),
+            None,
+        )
+        .await?
     } else {
         load(settings, &args.batch).await?
     };
@@ -87,7 +93,10 @@ pub async fn watch(
         }
     })
     .await?;
-    follower.sync().await.context("reading the outcomes stream")?;
+    follower
+        .sync()
+        .await
+        .context("reading the outcomes stream")?;
     if total_hint.is_none() {
         let snapshot = view.lock().map(|v| v.clone()).unwrap_or_default();
         ensure_known(&snapshot, batch, settings)?;
@@ -214,7 +223,11 @@ pub fn summary_table(view: &BatchView) -> String {
     for status in Status::ALL {
         let n = counts.get(&status).copied().unwrap_or(0);
         if n > 0 {
-            out.push_str(&format!("  {:<18} {n:>7}   {}\n", status.as_str(), explain(status)));
+            out.push_str(&format!(
+                "  {:<18} {n:>7}   {}\n",
+                status.as_str(),
+                explain(status)
+            ));
         }
     }
     out.push_str(&format!("  {:<18} {:>7}\n", "pending", view.pending()));
@@ -226,10 +239,14 @@ fn explain(status: Status) -> &'static str {
     match status {
         Status::Reset => "every method in scope removed",
         Status::AlreadyClean => "nothing removable was registered",
-        Status::Partial => "some methods remain: see the report's methods_remaining and error columns",
+        Status::Partial => {
+            "some methods remain: see the report's methods_remaining and error columns"
+        }
         Status::DryRun => "nothing changed; the report lists what would be removed",
         Status::Failed => "not reset: see the report's error columns and `mfa-reset dlq list`",
-        Status::SkippedProtected => "protected account (reset.protected_users / directory role): not touched",
+        Status::SkippedProtected => {
+            "protected account (reset.protected_users / directory role): not touched"
+        }
         Status::Expired => "older than reset.max_request_age: not executed",
     }
 }

@@ -16,11 +16,12 @@ pub async fn run(settings: &Settings, args: &WorkArgs) -> anyhow::Result<()> {
     let cancel = super::shutdown_token();
     let metrics = Arc::new(WorkerMetrics::default());
     if !settings.worker.metrics_addr.is_empty() {
-        let addr = settings
-            .worker
-            .metrics_addr
-            .parse()
-            .with_context(|| format!("worker.metrics_addr {:?} is not HOST:PORT", settings.worker.metrics_addr))?;
+        let addr = settings.worker.metrics_addr.parse().with_context(|| {
+            format!(
+                "worker.metrics_addr {:?} is not HOST:PORT",
+                settings.worker.metrics_addr
+            )
+        })?;
         let bound =
             crate::telemetry::serve_metrics(addr, metrics.clone(), graph.clone(), cancel.clone())
                 .await?;

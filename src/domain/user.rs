@@ -49,10 +49,14 @@ impl UserRef {
                 return Ok(UserRef::ObjectId(id));
             }
         }
-        if let Some(bad) = s
-            .chars()
-            .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '<' | '>' | '\\' | ',' | ';' | '(' | ')' | '[' | ']' | ':' | '|'))
-        {
+        if let Some(bad) = s.chars().find(|c| {
+            c.is_whitespace()
+                || c.is_control()
+                || matches!(
+                    c,
+                    '"' | '<' | '>' | '\\' | ',' | ';' | '(' | ')' | '[' | ']' | ':' | '|'
+                )
+        }) {
             return Err(UserRefError::BadCharacter(bad));
         }
         let (local, domain) = s.rsplit_once('@').ok_or(UserRefError::NotAUser)?;
@@ -124,11 +128,20 @@ mod tests {
 
     #[test]
     fn parses_upns_guests_and_object_ids() {
-        assert!(matches!(UserRef::parse("alice@contoso.com"), Ok(UserRef::Upn(_))));
+        assert!(matches!(
+            UserRef::parse("alice@contoso.com"),
+            Ok(UserRef::Upn(_))
+        ));
         let guest = UserRef::parse("ann_fabrikam.com#EXT#@contoso.onmicrosoft.com").unwrap();
         assert!(guest.is_guest());
-        assert!(matches!(UserRef::parse("$admin@contoso.com"), Ok(UserRef::Upn(_))));
-        assert!(matches!(UserRef::parse("o'brien+test&x@contoso.com"), Ok(UserRef::Upn(_))));
+        assert!(matches!(
+            UserRef::parse("$admin@contoso.com"),
+            Ok(UserRef::Upn(_))
+        ));
+        assert!(matches!(
+            UserRef::parse("o'brien+test&x@contoso.com"),
+            Ok(UserRef::Upn(_))
+        ));
         assert!(matches!(
             UserRef::parse(" 6F9619FF-8B86-D011-B42D-00C04FC964FF "),
             Ok(UserRef::ObjectId(_))
@@ -141,9 +154,18 @@ mod tests {
         assert_eq!(UserRef::parse("bob@"), Err(UserRefError::NotAUser));
         assert_eq!(UserRef::parse("bob"), Err(UserRefError::NotAUser));
         assert_eq!(UserRef::parse("bob@localhost"), Err(UserRefError::NotAUser));
-        assert_eq!(UserRef::parse("bo b@x.com"), Err(UserRefError::BadCharacter(' ')));
-        assert_eq!(UserRef::parse("a\0b@x.com"), Err(UserRefError::BadCharacter('\0')));
-        assert!(matches!(UserRef::parse(&"a".repeat(2000)), Err(UserRefError::TooLong(_))));
+        assert_eq!(
+            UserRef::parse("bo b@x.com"),
+            Err(UserRefError::BadCharacter(' '))
+        );
+        assert_eq!(
+            UserRef::parse("a\0b@x.com"),
+            Err(UserRefError::BadCharacter('\0'))
+        );
+        assert!(matches!(
+            UserRef::parse(&"a".repeat(2000)),
+            Err(UserRefError::TooLong(_))
+        ));
     }
 
     #[test]

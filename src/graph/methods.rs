@@ -15,25 +15,47 @@ pub enum AuthMethod {
     /// Password: cannot be deleted.
     Password { id: String },
     /// Phone (mobile, alternateMobile, office).
-    Phone { id: String, phone_number: String, phone_type: String },
+    Phone {
+        id: String,
+        phone_number: String,
+        phone_type: String,
+    },
     /// Email (SSPR).
     Email { id: String, email_address: String },
     /// Microsoft Authenticator app.
-    MicrosoftAuthenticator { id: String, display_name: Option<String> },
+    MicrosoftAuthenticator {
+        id: String,
+        display_name: Option<String>,
+    },
     /// FIDO2 security key / passkey.
-    Fido2 { id: String, display_name: Option<String> },
+    Fido2 {
+        id: String,
+        display_name: Option<String>,
+    },
     /// Software OATH token.
     SoftwareOath { id: String },
     /// Temporary Access Pass.
     TemporaryAccessPass { id: String },
     /// Windows Hello for Business.
-    WindowsHelloForBusiness { id: String, display_name: Option<String> },
+    WindowsHelloForBusiness {
+        id: String,
+        display_name: Option<String>,
+    },
     /// macOS platform credential.
-    PlatformCredential { id: String, display_name: Option<String> },
+    PlatformCredential {
+        id: String,
+        display_name: Option<String>,
+    },
     /// External authentication method.
-    External { id: String, display_name: Option<String> },
+    External {
+        id: String,
+        display_name: Option<String>,
+    },
     /// Hardware OATH token (beta).
-    HardwareOath { id: String, display_name: Option<String> },
+    HardwareOath {
+        id: String,
+        display_name: Option<String>,
+    },
     /// QR code + PIN (beta).
     QrCodePin { id: String },
     /// A type this build does not know: reported as remaining, never deleted.
@@ -136,17 +158,27 @@ impl AuthMethod {
     ];
 
     /// What the portal's "Require re-register MFA" removes (graph-api.md).
-    pub const PORTAL_STEMS: [&'static str; 4] =
-        ["phone", "microsoftAuthenticator", "softwareOath", "hardwareOath"];
+    pub const PORTAL_STEMS: [&'static str; 4] = [
+        "phone",
+        "microsoftAuthenticator",
+        "softwareOath",
+        "hardwareOath",
+    ];
 
     /// True for a type this build knows how to delete (everything but password and unknown types).
     pub fn is_removable(&self) -> bool {
-        !matches!(self, AuthMethod::Password { .. } | AuthMethod::Unknown { .. })
+        !matches!(
+            self,
+            AuthMethod::Password { .. } | AuthMethod::Unknown { .. }
+        )
     }
 
     /// True for a type only reachable under `/beta`.
     pub fn is_beta_only(&self) -> bool {
-        matches!(self, AuthMethod::HardwareOath { .. } | AuthMethod::QrCodePin { .. })
+        matches!(
+            self,
+            AuthMethod::HardwareOath { .. } | AuthMethod::QrCodePin { .. }
+        )
     }
 
     /// Path of its DELETE under `/users/{u}/authentication/`, `None` when it cannot be deleted.
@@ -156,11 +188,15 @@ impl AuthMethod {
             AuthMethod::Password { .. } | AuthMethod::Unknown { .. } => return None,
             AuthMethod::Phone { .. } => format!("phoneMethods/{id}"),
             AuthMethod::Email { .. } => format!("emailMethods/{id}"),
-            AuthMethod::MicrosoftAuthenticator { .. } => format!("microsoftAuthenticatorMethods/{id}"),
+            AuthMethod::MicrosoftAuthenticator { .. } => {
+                format!("microsoftAuthenticatorMethods/{id}")
+            }
             AuthMethod::Fido2 { .. } => format!("fido2Methods/{id}"),
             AuthMethod::SoftwareOath { .. } => format!("softwareOathMethods/{id}"),
             AuthMethod::TemporaryAccessPass { .. } => format!("temporaryAccessPassMethods/{id}"),
-            AuthMethod::WindowsHelloForBusiness { .. } => format!("windowsHelloForBusinessMethods/{id}"),
+            AuthMethod::WindowsHelloForBusiness { .. } => {
+                format!("windowsHelloForBusinessMethods/{id}")
+            }
             AuthMethod::PlatformCredential { .. } => format!("platformCredentialMethods/{id}"),
             AuthMethod::External { .. } => format!("externalAuthenticationMethods/{id}/$ref"),
             AuthMethod::HardwareOath { .. } => format!("hardwareOathMethods/{id}"),
@@ -175,7 +211,9 @@ impl AuthMethod {
             (AuthMethod::MicrosoftAuthenticator { .. }, "push") => true,
             (AuthMethod::SoftwareOath { .. } | AuthMethod::HardwareOath { .. }, "oath") => true,
             (AuthMethod::Phone { phone_type, .. }, "sms" | "voiceMobile") => phone_type == "mobile",
-            (AuthMethod::Phone { phone_type, .. }, "voiceAlternateMobile") => phone_type == "alternateMobile",
+            (AuthMethod::Phone { phone_type, .. }, "voiceAlternateMobile") => {
+                phone_type == "alternateMobile"
+            }
             (AuthMethod::Phone { phone_type, .. }, "voiceOffice") => phone_type == "office",
             _ => false,
         }
@@ -200,7 +238,11 @@ impl AuthMethod {
             ..MethodRecord::default()
         };
         match self {
-            AuthMethod::Phone { phone_number, phone_type, .. } => {
+            AuthMethod::Phone {
+                phone_number,
+                phone_type,
+                ..
+            } => {
                 rec.masked = Some(mask_phone(phone_number));
                 rec.phone_type = Some(phone_type.clone());
                 rec.backup_value = backup.then(|| phone_number.clone());
@@ -236,7 +278,10 @@ mod tests {
             "phoneNumber": "+1 5555551234", "phoneType": "mobile"
         }));
         assert_eq!(phone.stem(), "phone");
-        assert_eq!(phone.delete_path().unwrap(), "phoneMethods/3179e48a-750b-4051-897c-87b9720928f7");
+        assert_eq!(
+            phone.delete_path().unwrap(),
+            "phoneMethods/3179e48a-750b-4051-897c-87b9720928f7"
+        );
         let future = AuthMethod::from_json(&json!({
             "@odata.type": "#microsoft.graph.quantumAuthenticationMethod", "id": "q1"
         }));
@@ -246,7 +291,10 @@ mod tests {
         let ext = AuthMethod::from_json(&json!({
             "@odata.type": "#microsoft.graph.externalAuthenticationMethod", "id": "e1"
         }));
-        assert_eq!(ext.delete_path().unwrap(), "externalAuthenticationMethods/e1/$ref");
+        assert_eq!(
+            ext.delete_path().unwrap(),
+            "externalAuthenticationMethods/e1/$ref"
+        );
     }
 
     #[test]
@@ -259,6 +307,9 @@ mod tests {
         let rec = phone.record(false);
         assert_eq!(rec.masked.as_deref(), Some("+1 ******1234"));
         assert_eq!(rec.backup_value, None);
-        assert_eq!(phone.record(true).backup_value.as_deref(), Some("+1 5555551234"));
+        assert_eq!(
+            phone.record(true).backup_value.as_deref(),
+            Some("+1 5555551234")
+        );
     }
 }

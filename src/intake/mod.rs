@@ -61,7 +61,9 @@ pub struct Plan {
 
 impl Plan {
     /// The rows to enqueue, in input order, duplicates skipped.
-    pub fn rows(&self) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<IntakeRow>> + Send + '_>> {
+    pub fn rows(
+        &self,
+    ) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<IntakeRow>> + Send + '_>> {
         todo!()
     }
 }

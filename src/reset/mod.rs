@@ -50,12 +50,14 @@ impl Scope {
     /// From `reset.methods`. Unknown names are an error naming the accepted ones.
     pub fn from_settings(sel: &MethodSelection) -> anyhow::Result<Scope> {
         let names: Vec<String> = match sel {
-            MethodSelection::Preset(p) if p == "all" => {
-                AuthMethod::REMOVABLE_STEMS.iter().map(|s| s.to_string()).collect()
-            }
-            MethodSelection::Preset(p) if p == "portal" => {
-                AuthMethod::PORTAL_STEMS.iter().map(|s| s.to_string()).collect()
-            }
+            MethodSelection::Preset(p) if p == "all" => AuthMethod::REMOVABLE_STEMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            MethodSelection::Preset(p) if p == "portal" => AuthMethod::PORTAL_STEMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             MethodSelection::Preset(p) => anyhow::bail!(
                 "reset.methods = {p:?}: use \"all\", \"portal\" or a list of method types ({})",
                 AuthMethod::REMOVABLE_STEMS.join(", ")
@@ -175,7 +177,11 @@ impl Run<'_> {
             .iter()
             .filter(|m| matches!(m, AuthMethod::Unknown { .. }))
             .collect();
-        let targets: Vec<AuthMethod> = listed.iter().filter(|m| scope.contains(m)).cloned().collect();
+        let targets: Vec<AuthMethod> = listed
+            .iter()
+            .filter(|m| scope.contains(m))
+            .cloned()
+            .collect();
 
         if req.dry_run {
             let mut would = self.removed.clone();
@@ -239,7 +245,11 @@ impl Run<'_> {
                         "unknown_method_type".to_string(),
                         format!(
                             "method type(s) this build does not know were left in place: {}",
-                            unknown.iter().map(|m| m.stem()).collect::<Vec<_>>().join(", ")
+                            unknown
+                                .iter()
+                                .map(|m| m.stem())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     )
                 })
@@ -257,8 +267,10 @@ impl Run<'_> {
     /// Non-default candidates first, the default last. One read of the default, and only
     /// when more than one method could be it.
     async fn order(&mut self, targets: &[AuthMethod]) -> Vec<AuthMethod> {
-        let (candidates, mut others): (Vec<AuthMethod>, Vec<AuthMethod>) =
-            targets.iter().cloned().partition(AuthMethod::can_be_default);
+        let (candidates, mut others): (Vec<AuthMethod>, Vec<AuthMethod>) = targets
+            .iter()
+            .cloned()
+            .partition(AuthMethod::can_be_default);
         let mut candidates = candidates;
         if candidates.len() > 1 {
             self.calls += 1;
@@ -309,7 +321,8 @@ impl Run<'_> {
         loop {
             self.calls += 1;
             let listed = self.graph.list_methods(self.user).await?;
-            let in_scope: Vec<AuthMethod> = listed.into_iter().filter(|m| scope.contains(m)).collect();
+            let in_scope: Vec<AuthMethod> =
+                listed.into_iter().filter(|m| scope.contains(m)).collect();
             let lagging = in_scope
                 .iter()
                 .any(|m| deleted.contains(&format!("{}:{}", m.stem(), m.id())));

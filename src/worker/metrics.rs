@@ -59,13 +59,45 @@ impl WorkerMetrics {
 
     /// Register every metric (names prefixed `mfa_reset_`).
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("mfa_reset_outcomes", "Outcomes recorded, by status", self.outcomes.clone());
-        registry.register("mfa_reset_retried", "Requests handed to a delay tier", self.retried.clone());
-        registry.register("mfa_reset_dead_lettered", "Messages dead-lettered by this worker", self.dead_lettered.clone());
-        registry.register("mfa_reset_duplicates", "Redelivered requests acked without touching Graph", self.duplicates.clone());
-        registry.register("mfa_reset_handler_panics", "Handlers that panicked", self.panics.clone());
-        registry.register("mfa_reset_broker_reconnects", "Reconnections to the broker", self.reconnects.clone());
-        registry.register("mfa_reset_in_flight", "Users in flight", self.in_flight.clone());
-        registry.register("mfa_reset_connected", "1 while connected and consuming", self.connected.clone());
+        registry.register(
+            "mfa_reset_outcomes",
+            "Outcomes recorded, by status",
+            self.outcomes.clone(),
+        );
+        registry.register(
+            "mfa_reset_retried",
+            "Requests handed to a delay tier",
+            self.retried.clone(),
+        );
+        registry.register(
+            "mfa_reset_dead_lettered",
+            "Messages dead-lettered by this worker",
+            self.dead_lettered.clone(),
+        );
+        registry.register(
+            "mfa_reset_duplicates",
+            "Redelivered requests acked without touching Graph",
+            self.duplicates.clone(),
+        );
+        registry.register(
+            "mfa_reset_handler_panics",
+            "Handlers that panicked",
+            self.panics.clone(),
+        );
+        registry.register(
+            "mfa_reset_broker_reconnects",
+            "Reconnections to the broker",
+            self.reconnects.clone(),
+        );
+        registry.register(
+            "mfa_reset_in_flight",
+            "Users in flight",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "mfa_reset_connected",
+            "1 while connected and consuming",
+            self.connected.clone(),
+        );
     }
 }

@@ -91,8 +91,8 @@ pub async fn run(
     let ledger = Arc::new(Ledger::new(settings.reset.max_request_age));
     let mut failures = 0u32;
     loop {
-        let conn = crate::broker::connect(&settings.broker, &format!("mfa-reset worker {name}"))
-            .await?;
+        let conn =
+            crate::broker::connect(&settings.broker, &format!("mfa-reset worker {name}")).await?;
         let result = session(
             &conn,
             settings,
@@ -145,7 +145,9 @@ async fn session(
         .declare(&publish)
         .await
         .context("declaring the broker topology")?;
-    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
 
     // Learn what is already recorded (the last max_request_age of outcomes) before consuming.
     let since = Utc::now()
@@ -159,7 +161,10 @@ async fn session(
     })
     .await?;
     follower.sync().await?;
-    tracing::info!(known_outcomes = ledger.len(), "caught up with the outcomes stream");
+    tracing::info!(
+        known_outcomes = ledger.len(),
+        "caught up with the outcomes stream"
+    );
 
     let concurrency = options.concurrency.max(1);
     let prefetch = if settings.broker.prefetch > 0 {
@@ -175,7 +180,9 @@ async fn session(
     let mut consumer = consume
         .basic_consume(
             topology.requests().as_str().into(),
-            format!("{name}-{}", uuid::Uuid::new_v4().simple()).as_str().into(),
+            format!("{name}-{}", uuid::Uuid::new_v4().simple())
+                .as_str()
+                .into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -251,10 +258,8 @@ async fn session(
         .basic_cancel(consumer_tag, BasicCancelOptions::default())
         .await;
     let grace = settings.worker.shutdown_grace;
-    let drained = tokio::time::timeout(grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             left = tasks.len(),
@@ -349,11 +354,15 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
     let max_age = chrono::Duration::from_std(ctx.settings.reset.max_request_age)
         .unwrap_or(chrono::Duration::days(1));
     let executed = if Utc::now() - request.requested_at > max_age {
-        Ok(simple(Status::Expired, "expired", format!(
-            "requested at {}, older than reset.max_request_age ({}); not executed",
-            request.requested_at.to_rfc3339(),
-            humantime::format_duration(ctx.settings.reset.max_request_age)
-        )))
+        Ok(simple(
+            Status::Expired,
+            "expired",
+            format!(
+                "requested at {}, older than reset.max_request_age ({}); not executed",
+                request.requested_at.to_rfc3339(),
+                humantime::format_duration(ctx.settings.reset.max_request_age)
+            ),
+        ))
     } else if reset::is_protected(&ctx.settings.reset, &request.user) {
         Ok(simple(
             Status::SkippedProtected,
@@ -504,8 +513,12 @@ fn parse_request(body: &[u8]) -> Result<ResetRequest, (String, String)> {
             ))
         }
     }
-    serde_json::from_value(value)
-        .map_err(|e| ("invalid_message".to_string(), format!("not a reset request: {e}")))
+    serde_json::from_value(value).map_err(|e| {
+        (
+            "invalid_message".to_string(),
+            format!("not a reset request: {e}"),
+        )
+    })
 }
 
 /// Publish a copy of the delivery to the dead-letter queue with why, confirmed.
@@ -543,13 +556,20 @@ mod tests {
 
     #[test]
     fn garbage_and_unknown_versions_are_told_apart() {
-        assert_eq!(parse_request(b"\xff\x00garbage").unwrap_err().0, "invalid_message");
         assert_eq!(
-            parse_request(br#"{"version": 99, "user": "a@b.com"}"#).unwrap_err().0,
+            parse_request(b"\xff\x00garbage").unwrap_err().0,
+            "invalid_message"
+        );
+        assert_eq!(
+            parse_request(br#"{"version": 99, "user": "a@b.com"}"#)
+                .unwrap_err()
+                .0,
             "unknown_version"
         );
         assert_eq!(
-            parse_request(br#"{"version": 1, "user": "a@b.com"}"#).unwrap_err().0,
+            parse_request(br#"{"version": 1, "user": "a@b.com"}"#)
+                .unwrap_err()
+                .0,
             "invalid_message"
         );
     }
