@@ -269,10 +269,3 @@ async fn serve_connection(
         _ = cancel.cancelled() => {}
     }
 }
-
-impl SimServer {
-    /// Counters (stub).
-    pub fn stats(&self) -> serde_json::Value {
-        serde_json::Value::Null
-    }
-}
