@@ -5,4 +5,5 @@ mod common;
 
 mod graph_client;
 mod intake;
+mod pipeline;
 mod sim;

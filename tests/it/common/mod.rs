@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod env;
+
 use mfa_reset::sim::{SimConfig, SimServer};
 
 /// Start a simulator on a free port.

@@ -1,0 +1,214 @@
+//! [`TestEnv`]: a simulator, a unique broker prefix and settings pointing at both, so
+//! tests never see each other's messages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use mfa_reset::batch::BatchView;
+use mfa_reset::broker::{self, Topology};
+use mfa_reset::cli::EnqueueArgs;
+use mfa_reset::commands;
+use mfa_reset::config::Settings;
+use mfa_reset::graph::GraphClient;
+use mfa_reset::sim::{SimConfig, SimServer};
+use mfa_reset::worker::{self, WorkOptions, WorkerMetrics};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One test's world.
+pub struct TestEnv {
+    /// The simulator.
+    pub sim: SimServer,
+    /// Settings pointing at the simulator and a fresh prefix.
+    pub settings: Settings,
+    /// Workers started with [`TestEnv::start_worker`].
+    workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+}
+
+/// A fresh prefix for this test.
+pub fn unique_prefix(test: &str) -> String {
+    format!(
+        "mfa-test-{test}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Settings for `sim` under a fresh prefix, with short retry tiers and no admin check.
+pub fn settings_for(sim: &SimServer, test: &str) -> Settings {
+    let defaults = SimConfig::default();
+    let mut s = Settings::default();
+    s.broker.prefix = unique_prefix(test);
+    s.broker.connect_timeout = Duration::from_secs(20);
+    s.graph.base_url = format!("{}/v1.0", sim.url());
+    s.graph.beta_url = format!("{}/beta", sim.url());
+    s.graph.authority = sim.url();
+    s.graph.tenant_id = defaults.tenant_id;
+    s.graph.client_id = defaults.client_id;
+    s.graph.client_secret = Some(defaults.client_secret.into());
+    s.retry.base_delay = Duration::from_millis(200);
+    s.retry.max_delay = Duration::from_secs(2);
+    s.retry.max_elapsed = Duration::from_secs(10);
+    s.retry.tiers = vec![Duration::from_secs(1), Duration::from_secs(2)];
+    s.reset.skip_admins = false;
+    s.reset.consistency_wait = Duration::from_secs(2);
+    s.worker.shutdown_grace = Duration::from_secs(20);
+    s.intake.confirm_above = 100_000;
+    s
+}
+
+impl TestEnv {
+    /// A simulator with `config` and settings for it.
+    pub async fn new(test: &str, config: SimConfig) -> TestEnv {
+        let sim = super::start_sim(config).await;
+        let settings = settings_for(&sim, test);
+        TestEnv {
+            sim,
+            settings,
+            workers: Vec::new(),
+        }
+    }
+
+    /// The topology of this test's prefix.
+    pub fn topology(&self) -> Topology {
+        Topology::new(&self.settings.broker, &self.settings.retry)
+    }
+
+    /// Declare the topology.
+    pub async fn setup(&self) {
+        commands::setup::run(&self.settings).await.expect("setup");
+    }
+
+    /// Write `content` to a temp file and enqueue it as CSV.
+    pub async fn enqueue_csv(&self, content: &str) -> anyhow::Result<commands::enqueue::Enqueued> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("users.csv");
+        std::fs::write(&path, content)?;
+        commands::enqueue::run(&self.settings, &enqueue_args(Some(path), None)).await
+    }
+
+    /// Enqueue ticket events from a temp file.
+    pub async fn enqueue_tickets(&self, content: &str) -> anyhow::Result<commands::enqueue::Enqueued> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("tickets.jsonl");
+        std::fs::write(&path, content)?;
+        commands::enqueue::run(&self.settings, &enqueue_args(None, Some(path))).await
+    }
+
+    /// Start an in-process worker with its own Graph client.
+    pub fn start_worker(&mut self, concurrency: usize) {
+        let mut settings = self.settings.clone();
+        settings.worker.name = format!("test-worker-{}", self.workers.len() + 1);
+        let cancel = CancellationToken::new();
+        let token = cancel.clone();
+        let handle = tokio::spawn(async move {
+            let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;
+            let options = WorkOptions {
+                concurrency,
+                exit_when_idle: None,
+            };
+            worker::run(&settings, graph, options, Arc::new(WorkerMetrics::default()), token).await
+        });
+        self.workers.push((cancel, handle));
+    }
+
+    /// Stop every worker started here (graceful) and wait for them.
+    pub async fn stop_workers(&mut self) {
+        for (cancel, handle) in self.workers.drain(..) {
+            cancel.cancel();
+            handle.await.expect("worker task").expect("worker ends cleanly");
+        }
+    }
+
+    /// Wait until the batch is complete (or fail the test after `secs`).
+    pub async fn wait_batch(&self, batch: &str, secs: u64) -> BatchView {
+        commands::status::watch(&self.settings, batch, Some(Duration::from_secs(secs)), None)
+            .await
+            .expect("batch completes in time")
+    }
+
+    /// Messages ready in a queue of this test's prefix.
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        let conn = broker::connect(&self.settings.broker, "test").await.expect("broker");
+        let ch = conn.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        let _ = conn.close(200, "bye".into()).await;
+        q.message_count()
+    }
+
+    /// Publish raw bytes to the requests queue (for poison-message tests).
+    pub async fn publish_raw(&self, body: &[u8]) {
+        let conn = broker::connect(&self.settings.broker, "test").await.expect("broker");
+        let ch = conn.create_channel().await.expect("channel");
+        let topo = self.topology();
+        topo.declare(&ch).await.expect("declare");
+        ch.basic_publish(
+            topo.exchange().as_str().into(),
+            "request".into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+        let _ = conn.close(200, "bye".into()).await;
+    }
+
+    /// Delete this test's queues and exchange.
+    pub async fn cleanup(mut self) {
+        self.stop_workers().await;
+        let Ok(conn) = broker::connect(&self.settings.broker, "test cleanup").await else {
+            return;
+        };
+        if let Ok(ch) = conn.create_channel().await {
+            let topo = self.topology();
+            for q in topo.all_queues() {
+                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            }
+            let _ = ch
+                .exchange_delete(topo.exchange().as_str().into(), Default::default())
+                .await;
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    }
+}
+
+/// `enqueue` arguments for a file, confirmed, not a dry run.
+pub fn enqueue_args(csv: Option<std::path::PathBuf>, tickets: Option<std::path::PathBuf>) -> EnqueueArgs {
+    EnqueueArgs {
+        csv,
+        tickets,
+        group: None,
+        transitive: false,
+        batch: None,
+        dry_run: false,
+        revoke_sessions: false,
+        yes: true,
+        requested_by: Some("tests".into()),
+        reason: None,
+    }
+}
+
+/// A CSV of the first `n` generated users (header `userPrincipalName`).
+pub fn csv_of_generated(n: usize) -> String {
+    let mut s = String::from("userPrincipalName\n");
+    for i in 0..n {
+        s.push_str(&mfa_reset::sim::tenant::upn_for_index(i));
+        s.push('\n');
+    }
+    s
+}
