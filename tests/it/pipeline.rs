@@ -28,17 +28,29 @@ fn is_removable(method: &serde_json::Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_hundred_users_all_end_reset_and_keep_only_their_password() {
     let mut env = TestEnv::new("pipeline-300", tenant(300)).await;
-    let enqueued = env.enqueue_csv(&csv_of_generated(300)).await.expect("enqueue");
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(300))
+        .await
+        .expect("enqueue");
     assert_eq!(enqueued.count, 300);
 
     env.start_worker(32);
     let view = env.wait_batch(&enqueued.batch, 120).await;
 
     assert_eq!(view.finished(), 300);
-    assert_eq!(view.counts().get(&Status::Reset).copied(), Some(300), "{:?}", view.counts());
+    assert_eq!(
+        view.counts().get(&Status::Reset).copied(),
+        Some(300),
+        "{:?}",
+        view.counts()
+    );
     for user in env.sim.users_snapshot() {
         let removable: Vec<_> = user.methods.iter().filter(|m| is_removable(m)).collect();
-        assert!(removable.is_empty(), "{} still has {removable:?}", user.user_principal_name);
+        assert!(
+            removable.is_empty(),
+            "{} still has {removable:?}",
+            user.user_principal_name
+        );
         assert!(
             user.methods.iter().any(|m| !is_removable(m)),
             "{} lost its password",
@@ -64,7 +76,9 @@ async fn an_invalid_csv_enqueues_nothing_and_names_each_bad_line() {
 
     let err = env.enqueue_csv(&csv).await.expect_err("refused");
 
-    let refused = err.downcast_ref::<Refused>().expect("a refusal for a person");
+    let refused = err
+        .downcast_ref::<Refused>()
+        .expect("a refusal for a person");
     assert!(refused.message.contains("line 3"), "{}", refused.message);
     assert!(refused.message.contains("line 5"), "{}", refused.message);
     assert!(!refused.message.contains("line 2"), "{}", refused.message);
@@ -108,11 +122,19 @@ async fn an_unknown_user_fails_and_sits_in_the_dead_letter_queue_with_its_reason
     env.start_worker(4);
     let view = env.wait_batch(&enqueued.batch, 60).await;
 
-    let failed: Vec<_> = view.outcomes().filter(|o| o.status == Status::Failed).collect();
+    let failed: Vec<_> = view
+        .outcomes()
+        .filter(|o| o.status == Status::Failed)
+        .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].user.to_string(), "nobody.here@contoso.com");
-    assert_eq!(failed[0].error_code.as_deref(), Some("Request_ResourceNotFound"));
-    let letters = dlq::list(&env.settings, Some(&enqueued.batch)).await.expect("dlq list");
+    assert_eq!(
+        failed[0].error_code.as_deref(),
+        Some("Request_ResourceNotFound")
+    );
+    let letters = dlq::list(&env.settings, Some(&enqueued.batch))
+        .await
+        .expect("dlq list");
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].user.as_deref(), Some("nobody.here@contoso.com"));
     assert_eq!(letters[0].error_code, "Request_ResourceNotFound");
@@ -125,7 +147,8 @@ async fn a_garbage_message_is_dead_lettered_without_stopping_the_worker() {
     let mut env = TestEnv::new("pipeline-garbage", tenant(10)).await;
     env.setup().await;
     env.publish_raw(b"\x00\xffthis is not json").await;
-    env.publish_raw(br#"{"version": 7, "user": "a@contoso.com"}"#).await;
+    env.publish_raw(br#"{"version": 7, "user": "a@contoso.com"}"#)
+        .await;
     env.start_worker(2);
     let enqueued = env
         .enqueue_csv(&csv_of_generated(3))
@@ -134,7 +157,11 @@ async fn a_garbage_message_is_dead_lettered_without_stopping_the_worker() {
 
     let view = env.wait_batch(&enqueued.batch, 60).await;
 
-    assert_eq!(view.finished(), 3, "the worker kept going after the garbage");
+    assert_eq!(
+        view.finished(),
+        3,
+        "the worker kept going after the garbage"
+    );
     let letters = dlq::list(&env.settings, None).await.expect("dlq list");
     let codes: Vec<&str> = letters.iter().map(|l| l.error_code.as_str()).collect();
     assert!(codes.contains(&"invalid_message"), "{codes:?}");
@@ -145,7 +172,10 @@ async fn a_garbage_message_is_dead_lettered_without_stopping_the_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_on_one_queue_process_a_batch_once() {
     let mut env = TestEnv::new("pipeline-two", tenant(200)).await;
-    let enqueued = env.enqueue_csv(&csv_of_generated(200)).await.expect("enqueue");
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(200))
+        .await
+        .expect("enqueue");
     env.start_worker(8);
     env.start_worker(8);
     let view = env.wait_batch(&enqueued.batch, 120).await;
@@ -154,7 +184,9 @@ async fn two_workers_on_one_queue_process_a_batch_once() {
     // Every request has exactly one outcome record on the stream, not just in the view.
     let seen: Arc<Mutex<HashMap<uuid::Uuid, u32>>> = Arc::default();
     let sink = seen.clone();
-    let conn = mfa_reset::broker::connect(&env.settings.broker, "test").await.expect("broker");
+    let conn = mfa_reset::broker::connect(&env.settings.broker, "test")
+        .await
+        .expect("broker");
     read_until_now(&conn, &env.topology(), Offset::First, move |r| {
         if let Record::Outcome(o) = r {
             *sink.lock().unwrap().entry(o.request_id).or_default() += 1;
@@ -164,7 +196,10 @@ async fn two_workers_on_one_queue_process_a_batch_once() {
     .expect("read stream");
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 200);
-    assert!(seen.values().all(|n| *n == 1), "some request has two outcomes");
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "some request has two outcomes"
+    );
     let workers: std::collections::HashSet<_> = view.outcomes().map(|o| o.worker.clone()).collect();
     assert_eq!(workers.len(), 2, "both workers took part: {workers:?}");
     // No method was deleted twice: the simulator applied exactly what the outcomes say.

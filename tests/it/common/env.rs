@@ -90,7 +90,10 @@ impl TestEnv {
     }
 
     /// Enqueue ticket events from a temp file.
-    pub async fn enqueue_tickets(&self, content: &str) -> anyhow::Result<commands::enqueue::Enqueued> {
+    pub async fn enqueue_tickets(
+        &self,
+        content: &str,
+    ) -> anyhow::Result<commands::enqueue::Enqueued> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("tickets.jsonl");
         std::fs::write(&path, content)?;
@@ -109,7 +112,14 @@ impl TestEnv {
                 concurrency,
                 exit_when_idle: None,
             };
-            worker::run(&settings, graph, options, Arc::new(WorkerMetrics::default()), token).await
+            worker::run(
+                &settings,
+                graph,
+                options,
+                Arc::new(WorkerMetrics::default()),
+                token,
+            )
+            .await
         });
         self.workers.push((cancel, handle));
     }
@@ -118,7 +128,10 @@ impl TestEnv {
     pub async fn stop_workers(&mut self) {
         for (cancel, handle) in self.workers.drain(..) {
             cancel.cancel();
-            handle.await.expect("worker task").expect("worker ends cleanly");
+            handle
+                .await
+                .expect("worker task")
+                .expect("worker ends cleanly");
         }
     }
 
@@ -131,7 +144,9 @@ impl TestEnv {
 
     /// Messages ready in a queue of this test's prefix.
     pub async fn queue_len(&self, queue: &str) -> u32 {
-        let conn = broker::connect(&self.settings.broker, "test").await.expect("broker");
+        let conn = broker::connect(&self.settings.broker, "test")
+            .await
+            .expect("broker");
         let ch = conn.create_channel().await.expect("channel");
         let q = ch
             .queue_declare(
@@ -150,7 +165,9 @@ impl TestEnv {
 
     /// Publish raw bytes to the requests queue (for poison-message tests).
     pub async fn publish_raw(&self, body: &[u8]) {
-        let conn = broker::connect(&self.settings.broker, "test").await.expect("broker");
+        let conn = broker::connect(&self.settings.broker, "test")
+            .await
+            .expect("broker");
         let ch = conn.create_channel().await.expect("channel");
         let topo = self.topology();
         topo.declare(&ch).await.expect("declare");
@@ -177,7 +194,9 @@ impl TestEnv {
         if let Ok(ch) = conn.create_channel().await {
             let topo = self.topology();
             for q in topo.all_queues() {
-                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
             }
             let _ = ch
                 .exchange_delete(topo.exchange().as_str().into(), Default::default())
@@ -188,7 +207,10 @@ impl TestEnv {
 }
 
 /// `enqueue` arguments for a file, confirmed, not a dry run.
-pub fn enqueue_args(csv: Option<std::path::PathBuf>, tickets: Option<std::path::PathBuf>) -> EnqueueArgs {
+pub fn enqueue_args(
+    csv: Option<std::path::PathBuf>,
+    tickets: Option<std::path::PathBuf>,
+) -> EnqueueArgs {
     EnqueueArgs {
         csv,
         tickets,

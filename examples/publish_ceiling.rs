@@ -1,0 +1,74 @@
+//! The producer benchmark's ceiling: a minimal lapin publisher, pipelined confirms (a window
+//! of in-flight confirms, like `enqueue`), same-size messages, into a fresh quorum queue.
+//!
+//! `cargo run --release --example publish_ceiling -- COUNT BYTES [WINDOW]`
+//! prints `ceiling: N msg/s`. The queue is deleted afterwards.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let size: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(320);
+    let window: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let url = std::env::var("MFA_RESET__BROKER__URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let queue = format!("mfa-reset-ceiling-{}", std::process::id());
+    let mut qargs = FieldTable::default();
+    qargs.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.as_str().into(), durable, qargs)
+        .await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let body = vec![b'x'; size];
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    let started = Instant::now();
+    let mut pending = VecDeque::with_capacity(window);
+    for _ in 0..count {
+        if pending.len() >= window {
+            if let Some(c) = pending.pop_front() {
+                let _ = c.await?;
+            }
+        }
+        let c = ch
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                props.clone(),
+            )
+            .await?;
+        pending.push_back(c);
+    }
+    while let Some(c) = pending.pop_front() {
+        let _ = c.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "ceiling: {:.0} msg/s ({count} messages of {size} bytes in {secs:.2}s)",
+        count as f64 / secs
+    );
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    conn.close(200, "bye".into()).await?;
+    Ok(())
+}
