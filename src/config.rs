@@ -137,6 +137,11 @@ pub struct GraphSettings {
     /// Renew a cached token this long before it expires.
     #[serde(with = "humantime_serde")]
     pub token_renew_before: Duration,
+    /// List methods from the beta root, which also shows beta-only types (hardware OATH,
+    /// QR code + PIN); false = v1.0, where those stay invisible and are never deleted.
+    pub list_methods_from_beta: bool,
+    /// `$top` of paged listings such as group members (Graph allows 1..=999).
+    pub page_size: u32,
 }
 
 impl Default for GraphSettings {
@@ -154,6 +159,8 @@ impl Default for GraphSettings {
             client_private_key: None,
             request_timeout: Duration::from_secs(65),
             token_renew_before: Duration::from_secs(300),
+            list_methods_from_beta: true,
+            page_size: 999,
         }
     }
 }
@@ -227,7 +234,9 @@ pub struct RateSettings {
     pub writes_period: Duration,
     /// Worker processes sharing this app+tenant budget; each takes 1/N of it.
     pub processes: u32,
-    /// Burst allowed above the steady rate, in seconds' worth of the rate.
+    /// Burst allowed above the steady rate, in seconds' worth of the rate. Keep it a small
+    /// fraction of Graph's bucket (10 s of requests, 150 s of writes) so that our burst never
+    /// drains it: the server's bucket then stays mostly full at our steady rate.
     pub burst_secs: f64,
     /// Slow down when Graph reports `x-ms-throttle-limit-percentage` at or above this.
     pub slow_down_at_percent: f64,
@@ -241,7 +250,7 @@ impl Default for RateSettings {
             writes: 3000,
             writes_period: Duration::from_secs(150),
             processes: 1,
-            burst_secs: 1.0,
+            burst_secs: 0.2,
             slow_down_at_percent: 80.0,
         }
     }
@@ -251,7 +260,8 @@ impl Default for RateSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetrySettings {
-    /// In-process retries of one Graph call before the request is handed to a delay tier.
+    /// Attempts of one Graph call in process (the first try included) before the error is
+    /// handed to the caller, which moves the request to a broker delay tier.
     pub max_attempts: u32,
     /// First backoff delay when Graph gives no Retry-After.
     #[serde(with = "humantime_serde")]

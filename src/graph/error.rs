@@ -1,6 +1,13 @@
 //! [`Error`]: every Graph answer that is not a success, classified once.
+//!
+//! [`classify`] is the only place that turns an HTTP status, its headers and its body into an
+//! [`Error`]; [`from_transport`] does the same for requests that got no answer. Both branch on
+//! status and Graph's error `code`, never on message text (messages change and are localised).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde_json::Value;
 
 /// A failed Graph call. The variant decides what happens next: retry in process,
 /// hand to a broker delay tier, or record `failed` and dead-letter.
@@ -76,5 +83,288 @@ impl Error {
     /// True when trying again later can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Throttled { .. } | Error::Transient { .. })
+    }
+}
+
+/// Classify a non-success answer of Graph (or of the token endpoint's 429/5xx).
+///
+/// 429 → `Throttled`; 503/504 with Retry-After → `Throttled`; 500/502/503/504 → `Transient`;
+/// 401 → `Auth` (the client renews the token and retries once before returning it);
+/// 403 → `Forbidden`; 404 → `NotFound`; 400 and any other status → `BadRequest`.
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
+    let retry_after = retry_after(headers, SystemTime::now());
+    let (code, message) = error_body(body);
+    let code = code.unwrap_or_else(|| default_code(status).to_string());
+    match status {
+        429 => Error::Throttled {
+            status,
+            retry_after,
+        },
+        503 | 504 if retry_after.is_some() => Error::Throttled {
+            status,
+            retry_after,
+        },
+        500 | 502 | 503 | 504 => Error::Transient {
+            status,
+            code,
+            message,
+        },
+        401 => Error::Auth { code, message },
+        403 => Error::Forbidden { code, message },
+        404 => Error::NotFound { code, message },
+        _ => Error::BadRequest {
+            status,
+            code,
+            message,
+        },
+    }
+}
+
+/// Classify a request that got no HTTP answer: `Transient` with status 0 and code `timeout`
+/// or `connection`. The request may still have reached Graph.
+pub fn from_transport(err: &reqwest::Error) -> Error {
+    let code = if err.is_timeout() {
+        "timeout"
+    } else {
+        "connection"
+    };
+    // reqwest's Display names the URL, never headers, so no token can leak through it.
+    Error::Transient {
+        status: 0,
+        code: code.to_string(),
+        message: err.to_string(),
+    }
+}
+
+/// The code Graph would have sent for `status`, when the body has none.
+fn default_code(status: u16) -> &'static str {
+    match status {
+        400 => "badRequest",
+        401 => "InvalidAuthenticationToken",
+        403 => "Authorization_RequestDenied",
+        404 => "Request_ResourceNotFound",
+        429 => "TooManyRequests",
+        500..=599 => "serviceUnavailable",
+        _ => "unexpectedStatus",
+    }
+}
+
+/// `(code, message)` from either error shape Graph uses:
+/// `{"error":{"code","message"}}` and (WHfB / FIDO2 deletes)
+/// `{"odata.error":{"code","message":{"value"}}}`. Anything else gives `(None, "")`.
+pub fn error_body(body: &[u8]) -> (Option<String>, String) {
+    let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        return (
+            None,
+            String::from_utf8_lossy(body).chars().take(200).collect(),
+        );
+    };
+    let err = json.get("error").or_else(|| json.get("odata.error"));
+    let Some(err) = err.filter(|e| e.is_object()) else {
+        return (None, String::new());
+    };
+    let code = err.get("code").and_then(Value::as_str).map(str::to_string);
+    let message = match err.get("message") {
+        Some(Value::String(m)) => m.clone(),
+        Some(m) => m
+            .get("value")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        None => String::new(),
+    };
+    (code, message)
+}
+
+/// Retry-After as seconds (`120`) or an HTTP date; a date in the past gives zero.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    parse_retry_after(text, now)
+}
+
+/// See [`retry_after`].
+pub fn parse_retry_after(text: &str, now: SystemTime) -> Option<Duration> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = text.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// An error of the token endpoint: `Auth` with the AADSTS code (`AADSTS7000215` for a wrong
+/// secret), or the OAuth `error` when there is none. 429 and 5xx stay retryable.
+pub fn classify_token_error(status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
+    if status == 429 || (500..=599).contains(&status) {
+        return classify(status, headers, body);
+    }
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let error = json.get("error").and_then(Value::as_str);
+    let description = json
+        .get("error_description")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let aadsts = json
+        .get("error_codes")
+        .and_then(Value::as_array)
+        .and_then(|codes| codes.first())
+        .and_then(Value::as_u64)
+        .map(|n| format!("AADSTS{n}"))
+        .or_else(|| {
+            // The description starts with the code, e.g. "AADSTS7000215: Invalid client secret…".
+            let digits: String = description
+                .strip_prefix("AADSTS")?
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            (!digits.is_empty()).then(|| format!("AADSTS{digits}"))
+        });
+    let code = aadsts
+        .or_else(|| error.map(str::to_string))
+        .unwrap_or_else(|| format!("http_{status}"));
+    // Only the first line: the rest is trace and correlation ids.
+    let message = description.lines().next().unwrap_or_default().to_string();
+    let message = if message.is_empty() {
+        format!("token endpoint answered {status}")
+    } else {
+        message
+    };
+    Error::Auth { code, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(retry_after: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(v) = retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn both_error_shapes_give_code_and_message() {
+        let graph = br#"{"error":{"code":"badRequest","message":"Cannot delete default method","innerError":{}}}"#;
+        let odata = br#"{"odata.error":{"code":"invalid_request","message":{"lang":"en","value":"WHfB says no"}}}"#;
+        assert_eq!(
+            error_body(graph),
+            (
+                Some("badRequest".into()),
+                "Cannot delete default method".into()
+            )
+        );
+        assert_eq!(
+            error_body(odata),
+            (Some("invalid_request".into()), "WHfB says no".into())
+        );
+        match classify(400, &headers(None), odata) {
+            Error::BadRequest { status, code, .. } => {
+                assert_eq!((status, code.as_str()), (400, "invalid_request"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_their_variants() {
+        let h = headers(None);
+        let body = br#"{"error":{"code":"X","message":"m"}}"#;
+        assert!(matches!(
+            classify(429, &h, body),
+            Error::Throttled {
+                status: 429,
+                retry_after: None
+            }
+        ));
+        assert!(matches!(
+            classify(500, &h, body),
+            Error::Transient { status: 500, .. }
+        ));
+        assert!(matches!(
+            classify(502, &h, b""),
+            Error::Transient { status: 502, .. }
+        ));
+        assert!(matches!(
+            classify(503, &h, b""),
+            Error::Transient { status: 503, .. }
+        ));
+        assert!(matches!(
+            classify(504, &h, b"not json"),
+            Error::Transient { status: 504, .. }
+        ));
+        assert!(matches!(classify(401, &h, body), Error::Auth { .. }));
+        assert!(matches!(classify(403, &h, body), Error::Forbidden { .. }));
+        assert!(
+            matches!(classify(404, &h, b""), Error::NotFound { ref code, .. } if code == "Request_ResourceNotFound")
+        );
+        assert!(matches!(
+            classify(409, &h, body),
+            Error::BadRequest { status: 409, .. }
+        ));
+        assert!(
+            matches!(classify(400, &h, body), Error::BadRequest { ref code, .. } if code == "X")
+        );
+    }
+
+    #[test]
+    fn a_503_or_504_with_retry_after_is_throttling() {
+        let h = headers(Some("7"));
+        assert!(matches!(
+            classify(503, &h, b""),
+            Error::Throttled { status: 503, retry_after: Some(d) } if d == Duration::from_secs(7)
+        ));
+        assert!(matches!(
+            classify(504, &h, b""),
+            Error::Throttled { status: 504, .. }
+        ));
+        assert!(matches!(classify(500, &h, b""), Error::Transient { .. }));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_dates_and_past_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(
+            retry_after(&headers(Some(" 5 ")), now),
+            Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn token_errors_carry_the_aadsts_code() {
+        let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x","error_codes":[7000215]}"#;
+        match classify_token_error(401, &HeaderMap::new(), body) {
+            Error::Auth { code, message } => {
+                assert_eq!(code, "AADSTS7000215");
+                assert_eq!(message, "AADSTS7000215: Invalid client secret provided.");
+            }
+            other => panic!("{other:?}"),
+        }
+        let no_codes =
+            br#"{"error":"invalid_client","error_description":"AADSTS700016: app not found"}"#;
+        assert!(
+            matches!(classify_token_error(400, &HeaderMap::new(), no_codes), Error::Auth { code, .. } if code == "AADSTS700016")
+        );
+        let bare = br#"{"error":"unauthorized_client"}"#;
+        assert!(
+            matches!(classify_token_error(400, &HeaderMap::new(), bare), Error::Auth { code, .. } if code == "unauthorized_client")
+        );
+        assert!(classify_token_error(503, &HeaderMap::new(), b"").is_retryable());
     }
 }

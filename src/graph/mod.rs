@@ -17,8 +17,8 @@ mod throttle;
 mod token;
 
 pub use address::user_path;
-pub use client::{GraphClient, GroupMember};
+pub use client::{GraphClient, GroupMember, TemporaryAccessPass};
 pub use error::Error;
 pub use methods::AuthMethod;
-pub use throttle::{Budget, PauseGate, ThrottleStats};
-pub use token::TokenProvider;
+pub use throttle::{Budget, PauseGate, ThrottleSnapshot, ThrottleStats};
+pub use token::{AccessToken, TokenProvider};
