@@ -248,7 +248,25 @@ pub fn token_endpoint(
 ) -> (Response, bool) {
     match issue_token(policy, store, tenant, host, body) {
         Ok(response) => (response, true),
-        Err(response) => (response, false),
+        Err(refusal) => (
+            token_error(refusal.error, refusal.aadsts, &refusal.description),
+            false,
+        ),
+    }
+}
+
+/// Why the token endpoint refused: becomes a 400 in Entra's error shape.
+struct Refusal {
+    error: &'static str,
+    aadsts: u32,
+    description: String,
+}
+
+fn refuse(error: &'static str, aadsts: u32, description: &str) -> Refusal {
+    Refusal {
+        error,
+        aadsts,
+        description: description.to_string(),
     }
 }
 
@@ -258,9 +276,9 @@ fn issue_token(
     tenant: &str,
     host: &str,
     body: &[u8],
-) -> Result<Response, Response> {
+) -> Result<Response, Refusal> {
     if !tenant.eq_ignore_ascii_case(&policy.tenant_id) {
-        return Err(token_error(
+        return Err(refuse(
             "invalid_request",
             90002,
             &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
@@ -269,7 +287,7 @@ fn issue_token(
     let form = parse_form(body);
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     if field("grant_type") != "client_credentials" {
-        return Err(token_error(
+        return Err(refuse(
             "unsupported_grant_type",
             70003,
             "The app requested an unsupported grant type.",
@@ -277,7 +295,7 @@ fn issue_token(
     }
     let client_id = field("client_id");
     if !client_id.eq_ignore_ascii_case(&policy.client_id) {
-        return Err(token_error(
+        return Err(refuse(
             "unauthorized_client",
             700016,
             &format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
@@ -285,7 +303,7 @@ fn issue_token(
     }
     let scope = field("scope");
     if !scope.ends_with("/.default") {
-        return Err(token_error(
+        return Err(refuse(
             "invalid_scope",
             1002012,
             &format!("The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."),
@@ -293,7 +311,7 @@ fn issue_token(
     }
     if let Some(secret) = form.get("client_secret") {
         if *secret != policy.client_secret {
-            return Err(token_error(
+            return Err(refuse(
                 "invalid_client",
                 7000215,
                 &format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
@@ -301,7 +319,7 @@ fn issue_token(
         }
     } else if let Some(assertion) = form.get("client_assertion") {
         if field("client_assertion_type") != ASSERTION_TYPE {
-            return Err(token_error(
+            return Err(refuse(
                 "invalid_request",
                 700025,
                 "Client assertion type is not supported; expected urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
@@ -312,9 +330,9 @@ fn issue_token(
             format!("https://{host}/{tenant}/oauth2/v2.0/token"),
         ];
         verify_assertion(policy, assertion, &audiences)
-            .map_err(|why| token_error("invalid_client", 700027, &why))?;
+            .map_err(|why| refuse("invalid_client", 700027, &why))?;
     } else {
-        return Err(token_error(
+        return Err(refuse(
             "invalid_client",
             7000218,
             "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
@@ -414,6 +432,11 @@ mod tests {
         let form = parse_form(b"scope=https%3A%2F%2Fgraph.microsoft.com%2F.default&a=b+c");
         assert_eq!(form["scope"], "https://graph.microsoft.com/.default");
         assert_eq!(form["a"], "b c");
+    }
+
+    #[test]
+    fn app_keys_are_case_insensitive() {
+        assert_eq!(app_key("T", "C"), app_key("t", "c"));
     }
 
     #[test]

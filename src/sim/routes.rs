@@ -1322,12 +1322,4 @@ mod tests {
             })
         ));
     }
-
-    #[test]
-    fn auth_app_keys_are_case_insensitive() {
-        assert_eq!(
-            super::super::auth::app_key("T", "C"),
-            auth::app_key("t", "c")
-        );
-    }
 }

@@ -844,7 +844,7 @@ mod tests {
         assert_eq!(upn_for_index(51), "alex.wilber@contoso.com");
         assert_eq!(
             upn_for_index(24),
-            "jana.vance_fabrikam.com#EXT#@contoso.onmicrosoft.com"
+            "lars.vance_fabrikam.com#EXT#@contoso.onmicrosoft.com"
         );
         assert_eq!(upn_for_index(2_500), "adele.vance2500@contoso.com");
         let a = generate(30, 1, &GenOptions::default());
