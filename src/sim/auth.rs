@@ -238,7 +238,7 @@ pub fn parse_form(body: &[u8]) -> HashMap<String, String> {
         .collect()
 }
 
-/// Answer `POST /{tenant}/oauth2/v2.0/token`; `Ok(token)` also tells the caller a token was issued.
+/// Answer `POST /{tenant}/oauth2/v2.0/token`: the response and whether a token was issued.
 pub fn token_endpoint(
     policy: &TokenPolicy,
     store: &TokenStore,

@@ -4,7 +4,8 @@
 //!
 //! - [`tenant`]: users, methods, groups; generated from a seed or loaded from a fixture.
 //! - [`auth`]: the token endpoint, issued tokens, client assertion verification.
-//! - [`routes`]: Graph handlers and the `/_sim` inspection endpoints.
+//! - [`routes`]: the request pipeline, Graph paths and handlers.
+//! - [`inspect`]: the `/_sim` inspection and control endpoints.
 //! - [`throttle`]: token buckets, Retry-After, throttle headers, violations.
 //! - [`faults`]: injected errors, ghost successes, dropped connections, latency, outages.
 //! - [`stats`]: counters served at `/_sim/stats`.
@@ -14,6 +15,7 @@
 
 pub mod auth;
 pub mod faults;
+pub mod inspect;
 pub mod reply;
 pub mod routes;
 pub mod stats;
@@ -31,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use faults::{FaultPatch, FaultSettings};
-pub use routes::UserView;
+pub use inspect::UserView;
 pub use stats::SimStats;
 pub use tenant::{Fixture, GenOptions};
 pub use throttle::ThrottleSettings;

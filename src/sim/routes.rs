@@ -1,6 +1,6 @@
 //! Request handling: the pipeline every request goes through (stats → outage → bearer →
 //! throttle → latency → faults → handler → headers), path parsing the way Graph reads
-//! paths, the Graph handlers, and the `/_sim` inspection endpoints (no auth).
+//! paths, and the Graph handlers. `/_sim` requests are passed to [`super::inspect`].
 //!
 //! Paths are parsed from the raw (still percent-encoded) URI: split on `/` first, then each
 //! segment is percent-decoded, so `%23EXT%23` and `%2F` inside a UPN reach the lookup intact.
@@ -17,13 +17,12 @@ use chrono::Utc;
 use percent_encoding::percent_decode_str;
 use rand::distr::Alphanumeric;
 use rand::Rng;
-use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::auth::token_endpoint;
-use super::faults::{Fault, FaultPatch};
+use super::faults::Fault;
 use super::reply::{empty, graph_error, json_response, odata_error, RequestIds};
 use super::tenant::{
     email_method, graph_date, phone_id, phone_method, DeletedMethod, Method, User, PREFERENCES,
@@ -33,65 +32,6 @@ use super::Shared;
 
 /// Largest request body read.
 const MAX_BODY: usize = 1 << 20;
-
-/// A user's full state as `/_sim/users` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserView {
-    /// Object id.
-    pub id: String,
-    /// UPN.
-    pub user_principal_name: String,
-    /// Display name.
-    pub display_name: String,
-    /// Writes refused with 403.
-    pub privileged: bool,
-    /// Directory roles held.
-    pub directory_roles: Vec<String>,
-    /// `userPreferredMethodForSecondaryAuthentication`.
-    pub default_method: Option<String>,
-    /// Id of the registered method the preference points at.
-    pub default_method_id: Option<String>,
-    /// `revokeSignInSessions` calls.
-    pub sessions_revoked: u64,
-    /// Registered methods as Graph JSON (beta-only types included).
-    pub methods: Vec<Value>,
-    /// Deleted methods as Graph JSON, with `deletedDateTime` added.
-    pub deleted_methods: Vec<Value>,
-}
-
-impl UserView {
-    /// Snapshot of one user.
-    pub fn of(user: &User) -> UserView {
-        UserView {
-            id: user.id.clone(),
-            user_principal_name: user.user_principal_name.clone(),
-            display_name: user.display_name.clone(),
-            privileged: user.privileged,
-            directory_roles: user.directory_roles.clone(),
-            default_method: user.preferred_method.clone(),
-            default_method_id: user.default_method().map(|m| m.id().to_string()),
-            sessions_revoked: user.sessions_revoked,
-            methods: user
-                .methods
-                .iter()
-                .map(|m| Value::Object(m.0.clone()))
-                .collect(),
-            deleted_methods: user
-                .deleted
-                .iter()
-                .map(|d| {
-                    let mut m = d.method.0.clone();
-                    m.insert(
-                        "deletedDateTime".into(),
-                        Value::String(d.deleted_at.to_rfc3339()),
-                    );
-                    Value::Object(m)
-                })
-                .collect(),
-        }
-    }
-}
 
 /// A method collection under `/users/{u}/authentication/`.
 #[derive(Debug, Clone, Copy)]
@@ -224,7 +164,7 @@ fn method_not_allowed() -> Refusal {
     )
 }
 
-fn decode(segment: &str) -> String {
+pub(crate) fn decode(segment: &str) -> String {
     percent_decode_str(segment).decode_utf8_lossy().into_owned()
 }
 
@@ -450,7 +390,7 @@ pub(crate) async fn handle(
     };
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["_sim", rest @ ..] => inspect(&shared, &parts.method, rest, &body),
+        ["_sim", rest @ ..] => super::inspect::inspect(&shared, &parts.method, rest, &body),
         [tenant, "oauth2", "v2.0", "token"] if parts.method == HttpMethod::POST => {
             shared.stats.arrived(arrived);
             let template = "POST /{tenant}/oauth2/v2.0/token";
@@ -1222,48 +1162,6 @@ fn group_members(ctx: &Ctx<'_>, group: &str, transitive: bool, query: &str) -> R
     }
     body.insert("value".into(), Value::Array(page));
     json_response(StatusCode::OK, &Value::Object(body))
-}
-
-/// The `/_sim` endpoints: inspection and control, no auth, not counted in stats.
-fn inspect(shared: &Shared, method: &HttpMethod, rest: &[&str], body: &[u8]) -> Response {
-    let get = method == HttpMethod::GET;
-    let post = method == HttpMethod::POST;
-    match rest {
-        ["users"] if get => {
-            let tenant = lock(&shared.tenant);
-            let users: Vec<UserView> = tenant.users.iter().map(UserView::of).collect();
-            json_response(StatusCode::OK, &json!(users))
-        }
-        ["users", key] if get => {
-            let key = decode(key);
-            let tenant = lock(&shared.tenant);
-            match tenant.find(&key) {
-                Some(i) => json_response(StatusCode::OK, &json!(UserView::of(&tenant.users[i]))),
-                None => json_response(
-                    StatusCode::NOT_FOUND,
-                    &json!({"error": format!("no user {key}")}),
-                ),
-            }
-        }
-        ["stats"] if get => json_response(StatusCode::OK, &json!(shared.stats.snapshot())),
-        ["stats", "reset"] if post => {
-            shared.stats.reset();
-            empty(StatusCode::NO_CONTENT)
-        }
-        ["faults"] if get => json_response(StatusCode::OK, &json!(shared.faults.settings())),
-        ["faults"] if post => match serde_json::from_slice::<FaultPatch>(body) {
-            Ok(patch) => json_response(StatusCode::OK, &json!(shared.faults.apply(patch))),
-            Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
-        },
-        ["tokens", "expire"] if post => {
-            shared.tokens.expire_all();
-            empty(StatusCode::NO_CONTENT)
-        }
-        _ => json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"error": "unknown /_sim endpoint"}),
-        ),
-    }
 }
 
 #[cfg(test)]
