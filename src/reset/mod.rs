@@ -134,6 +134,10 @@ pub async fn execute(
     }
 }
 
+fn is_mobile(m: &AuthMethod) -> bool {
+    matches!(m, AuthMethod::Phone { phone_type, .. } if phone_type == "mobile")
+}
+
 struct Run<'a> {
     graph: &'a GraphClient,
     user: &'a UserRef,
@@ -272,12 +276,15 @@ impl Run<'_> {
             .cloned()
             .partition(AuthMethod::can_be_default);
         let mut candidates = candidates;
+        // An alternateMobile cannot exist without the mobile: Graph refuses to delete the
+        // mobile first, so phones other than the mobile go before it.
+        candidates.sort_by_key(is_mobile);
         if candidates.len() > 1 {
             self.calls += 1;
             match self.graph.default_method(self.user).await {
                 Ok(Some(preferred)) => {
                     // Stable sort: the default (true) goes after the rest (false).
-                    candidates.sort_by_key(|m| m.matches_default(&preferred));
+                    candidates.sort_by_key(|m| (m.matches_default(&preferred), is_mobile(m)));
                 }
                 Ok(None) => {}
                 Err(err) => {
