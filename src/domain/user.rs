@@ -49,13 +49,22 @@ impl UserRef {
                 return Ok(UserRef::ObjectId(id));
             }
         }
-        if let Some(bad) = s
-            .chars()
-            .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '<' | '>' | '\\' | ',' | ';' | '(' | ')' | '[' | ']' | ':' | '|'))
-        {
+        if let Some(bad) = s.chars().find(|c| {
+            c.is_whitespace()
+                || c.is_control()
+                || is_invisible(*c)
+                || matches!(
+                    c,
+                    '"' | '<' | '>' | '\\' | ',' | ';' | '(' | ')' | '[' | ']' | ':' | '|'
+                )
+        }) {
             return Err(UserRefError::BadCharacter(bad));
         }
         let (local, domain) = s.rsplit_once('@').ok_or(UserRefError::NotAUser)?;
+        // Entra allows exactly one `@` (a guest's own `@` becomes `_` before `#EXT#`).
+        if local.contains('@') {
+            return Err(UserRefError::NotAUser);
+        }
         if local.is_empty() || domain.is_empty() || local.len() > 113 + "#EXT#".len() + 256 {
             return Err(UserRefError::NotAUser);
         }
@@ -96,6 +105,20 @@ impl UserRef {
     }
 }
 
+/// Characters that print as nothing (zero-width spaces and joiners, a byte order mark, a soft
+/// hyphen). They arrive by copy-paste from mail and web pages, are neither whitespace nor
+/// control characters to Rust, and would make a UPN that Graph never finds.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{FEFF}'
+    )
+}
+
 impl fmt::Display for UserRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -124,11 +147,20 @@ mod tests {
 
     #[test]
     fn parses_upns_guests_and_object_ids() {
-        assert!(matches!(UserRef::parse("alice@contoso.com"), Ok(UserRef::Upn(_))));
+        assert!(matches!(
+            UserRef::parse("alice@contoso.com"),
+            Ok(UserRef::Upn(_))
+        ));
         let guest = UserRef::parse("ann_fabrikam.com#EXT#@contoso.onmicrosoft.com").unwrap();
         assert!(guest.is_guest());
-        assert!(matches!(UserRef::parse("$admin@contoso.com"), Ok(UserRef::Upn(_))));
-        assert!(matches!(UserRef::parse("o'brien+test&x@contoso.com"), Ok(UserRef::Upn(_))));
+        assert!(matches!(
+            UserRef::parse("$admin@contoso.com"),
+            Ok(UserRef::Upn(_))
+        ));
+        assert!(matches!(
+            UserRef::parse("o'brien+test&x@contoso.com"),
+            Ok(UserRef::Upn(_))
+        ));
         assert!(matches!(
             UserRef::parse(" 6F9619FF-8B86-D011-B42D-00C04FC964FF "),
             Ok(UserRef::ObjectId(_))
@@ -141,9 +173,34 @@ mod tests {
         assert_eq!(UserRef::parse("bob@"), Err(UserRefError::NotAUser));
         assert_eq!(UserRef::parse("bob"), Err(UserRefError::NotAUser));
         assert_eq!(UserRef::parse("bob@localhost"), Err(UserRefError::NotAUser));
-        assert_eq!(UserRef::parse("bo b@x.com"), Err(UserRefError::BadCharacter(' ')));
-        assert_eq!(UserRef::parse("a\0b@x.com"), Err(UserRefError::BadCharacter('\0')));
-        assert!(matches!(UserRef::parse(&"a".repeat(2000)), Err(UserRefError::TooLong(_))));
+        assert_eq!(
+            UserRef::parse("bo b@x.com"),
+            Err(UserRefError::BadCharacter(' '))
+        );
+        assert_eq!(
+            UserRef::parse("a\0b@x.com"),
+            Err(UserRefError::BadCharacter('\0'))
+        );
+        assert!(matches!(
+            UserRef::parse(&"a".repeat(2000)),
+            Err(UserRefError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_a_second_at_sign_and_invisible_characters() {
+        assert_eq!(
+            UserRef::parse("bob@contoso.com@contoso.com"),
+            Err(UserRefError::NotAUser)
+        );
+        assert_eq!(
+            UserRef::parse("\u{feff}alice@contoso.com"),
+            Err(UserRefError::BadCharacter('\u{feff}'))
+        );
+        assert_eq!(
+            UserRef::parse("alice\u{200b}@contoso.com"),
+            Err(UserRefError::BadCharacter('\u{200b}'))
+        );
     }
 
     #[test]
