@@ -6,7 +6,6 @@
 //! shows whether any user repeats; only then does a second look at the file find the lines of
 //! the repeats. See [`KeyHasher`] for why a hash collision is not a practical worry.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
@@ -418,7 +417,8 @@ impl CsvOrigin {
         hasher: &KeyHasher,
         repeated: &[u128],
     ) -> anyhow::Result<Vec<(u64, u64, String)>> {
-        let mut first_lines: HashMap<u128, u64> = HashMap::with_capacity(repeated.len());
+        // first_lines[i] is where the user hashed to repeated[i] first appeared (0: not yet).
+        let mut first_lines = vec![0u64; repeated.len()];
         let mut named = Vec::new();
         let mut records = Records::open(&self.path, &self.layout)?;
         records.next()?; // the header
@@ -428,14 +428,12 @@ impl CsvOrigin {
                 .row(&records.record, line)
                 .map_err(|e| anyhow!("line {line} changed: {}", e.reason))?;
             let hash = hasher.hash(&row.user.key());
-            if repeated.binary_search(&hash).is_err() {
+            let Ok(at) = repeated.binary_search(&hash) else {
                 continue;
-            }
-            match first_lines.get(&hash) {
-                None => {
-                    first_lines.insert(hash, line);
-                }
-                Some(&first) => {
+            };
+            match first_lines[at] {
+                0 => first_lines[at] = line,
+                first => {
                     self.duplicate_lines.push(line);
                     if named.len() < MAX_DUPLICATES {
                         named.push((line, first, row.user.to_string()));
