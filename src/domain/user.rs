@@ -52,6 +52,7 @@ impl UserRef {
         if let Some(bad) = s.chars().find(|c| {
             c.is_whitespace()
                 || c.is_control()
+                || is_invisible(*c)
                 || matches!(
                     c,
                     '"' | '<' | '>' | '\\' | ',' | ';' | '(' | ')' | '[' | ']' | ':' | '|'
@@ -60,6 +61,10 @@ impl UserRef {
             return Err(UserRefError::BadCharacter(bad));
         }
         let (local, domain) = s.rsplit_once('@').ok_or(UserRefError::NotAUser)?;
+        // Entra allows exactly one `@` (a guest's own `@` becomes `_` before `#EXT#`).
+        if local.contains('@') {
+            return Err(UserRefError::NotAUser);
+        }
         if local.is_empty() || domain.is_empty() || local.len() > 113 + "#EXT#".len() + 256 {
             return Err(UserRefError::NotAUser);
         }
@@ -98,6 +103,20 @@ impl UserRef {
     pub fn is_guest(&self) -> bool {
         matches!(self, UserRef::Upn(upn) if upn.to_ascii_uppercase().contains("#EXT#"))
     }
+}
+
+/// Characters that print as nothing (zero-width spaces and joiners, a byte order mark, a soft
+/// hyphen). They arrive by copy-paste from mail and web pages, are neither whitespace nor
+/// control characters to Rust, and would make a UPN that Graph never finds.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{FEFF}'
+    )
 }
 
 impl fmt::Display for UserRef {
@@ -166,6 +185,22 @@ mod tests {
             UserRef::parse(&"a".repeat(2000)),
             Err(UserRefError::TooLong(_))
         ));
+    }
+
+    #[test]
+    fn rejects_a_second_at_sign_and_invisible_characters() {
+        assert_eq!(
+            UserRef::parse("bob@contoso.com@contoso.com"),
+            Err(UserRefError::NotAUser)
+        );
+        assert_eq!(
+            UserRef::parse("\u{feff}alice@contoso.com"),
+            Err(UserRefError::BadCharacter('\u{feff}'))
+        );
+        assert_eq!(
+            UserRef::parse("alice\u{200b}@contoso.com"),
+            Err(UserRefError::BadCharacter('\u{200b}'))
+        );
     }
 
     #[test]

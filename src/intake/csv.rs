@@ -1,24 +1,24 @@
 //! CSV files: the layout (BOM, delimiter, which column is which), the validating first pass
 //! and the re-reading second pass behind [`Plan::rows`](super::Plan::rows).
 //!
-//! Memory stays bounded however long the file is: the first pass keeps one 24-byte entry per
-//! row (a 128-bit hash of the user key and the line number), sorted once at the end to find
-//! duplicates; no row is kept. The hash is SHA-256 cut to 128 bits, so two different users
-//! colliding (and one being skipped as a "duplicate") is not a practical possibility.
+//! Memory stays bounded however long the file is: the first pass keeps one 128-bit hash of
+//! the user key per row (16 bytes; 16 MB for a million rows) and no row. Sorting the hashes
+//! shows whether any user repeats; only then does a second look at the file find the lines of
+//! the repeats. See [`KeyHasher`] for why a hash collision is not a practical worry.
 
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom};
+use std::hash::{BuildHasher, RandomState};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use ::csv::{ByteRecord, ReaderBuilder};
 use anyhow::{anyhow, bail};
-use sha2::{Digest, Sha256};
 
 use super::{
-    is_utf16_bom, parse_text, parse_user, plural, text_problem, thousands, unreadable,
-    InputKind, IntakeError, IntakeRow, Origin, Plan, RowError, RowErrors, MAX_DUPLICATES,
-    SAMPLE_SIZE, UTF8_BOM,
+    is_utf16_bom, parse_text, parse_user, plural, text_problem, thousands, unreadable, InputKind,
+    IntakeError, IntakeRow, Origin, Plan, RowError, RowErrors, MAX_DUPLICATES, SAMPLE_SIZE,
+    UTF8_BOM,
 };
 
 /// Accepted names of the user column, in priority order (compared case-insensitively).
@@ -68,26 +68,25 @@ impl Stamp {
     }
 }
 
-/// One entry per valid row in the first pass; `Ord` sorts by hash, then line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Seen {
-    hash: [u64; 2],
-    line: u64,
-}
+/// A 128-bit hash of a user key: two SipHash-1-3 hashes (std's `RandomState`), each keyed at
+/// random per plan. A collision would make a user be skipped as a "duplicate"; among a
+/// million keys its chance is about 2^-88, and random keys mean no input can aim for one.
+/// (Fast, too, in an unoptimised test build, where SHA-256's generic wrappers cost µs a key.)
+struct KeyHasher([RandomState; 2]);
 
-/// The first 128 bits of SHA-256 of the user key.
-fn key_hash(key: &str) -> [u64; 2] {
-    let digest = Sha256::digest(key.as_bytes());
-    let mut hi = [0u8; 8];
-    let mut lo = [0u8; 8];
-    hi.copy_from_slice(&digest[..8]);
-    lo.copy_from_slice(&digest[8..16]);
-    [u64::from_le_bytes(hi), u64::from_le_bytes(lo)]
+impl KeyHasher {
+    fn new() -> KeyHasher {
+        KeyHasher([RandomState::new(), RandomState::new()])
+    }
+
+    fn hash(&self, key: &str) -> u128 {
+        u128::from(self.0[0].hash_one(key)) << 64 | u128::from(self.0[1].hash_one(key))
+    }
 }
 
 /// Records of the file, blank ones skipped, with the line each starts on.
 struct Records {
-    reader: ::csv::Reader<File>,
+    reader: ::csv::Reader<CrlfAsLf<BufReader<File>>>,
     record: ByteRecord,
 }
 
@@ -104,7 +103,7 @@ impl Records {
             // Rows with more or fewer fields than the header are fine if the user cell exists.
             .flexible(true)
             .delimiter(delimiter)
-            .from_reader(file);
+            .from_reader(CrlfAsLf::new(BufReader::new(file)));
         Records {
             reader,
             record: ByteRecord::new(),
@@ -129,6 +128,12 @@ impl Records {
 
     /// Why the current record is not UTF-8 text, or `None`.
     fn text_problem(&self, name: &str, line: u64, headers: &[String]) -> Option<String> {
+        // Fast path: a whole record that is UTF-8 without NUL needs no per-cell look. (Cells
+        // split only at ASCII bytes, so a UTF-8 record has UTF-8 cells.)
+        let all = self.record.as_slice();
+        if !all.contains(&0) && std::str::from_utf8(all).is_ok() {
+            return None;
+        }
         self.record.iter().enumerate().find_map(|(i, cell)| {
             let where_ = match headers.get(i) {
                 Some(header) => format!(", column {header:?},"),
@@ -136,6 +141,66 @@ impl Records {
             };
             text_problem(name, line, &where_, cell)
         })
+    }
+}
+
+/// Reads `\r\n` as `\n`; a lone `\r` is kept.
+///
+/// The csv crate counts lines by `\n` but ends a record at the `\r` of `\r\n`, so the `\n`
+/// is counted as part of the next record and every record of a CRLF file after the first is
+/// reported one line too early. With `\n` alone its line numbers are right. (Line breaks
+/// inside quoted cells become `\n` too, which no cell we read cares about.)
+struct CrlfAsLf<R> {
+    inner: R,
+    /// A `\r` ended the last buffer: whether it pairs with a `\n` shows on the next read.
+    held_cr: bool,
+}
+
+impl<R: BufRead> CrlfAsLf<R> {
+    fn new(inner: R) -> Self {
+        CrlfAsLf {
+            inner,
+            held_cr: false,
+        }
+    }
+}
+
+impl<R: BufRead> Read for CrlfAsLf<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let input = self.inner.fill_buf()?;
+            if self.held_cr {
+                self.held_cr = false;
+                if input.first() != Some(&b'\n') {
+                    out[0] = b'\r';
+                    return Ok(1);
+                }
+                // Otherwise the pair becomes the `\n` copied below.
+            }
+            if input.is_empty() {
+                return Ok(0);
+            }
+            let take = input.len().min(out.len());
+            let (copied, consumed) = match input[..take].iter().position(|&b| b == b'\r') {
+                None => (take, take),
+                Some(at) if at + 1 == input.len() => {
+                    self.held_cr = true;
+                    (at, at + 1)
+                }
+                // Drop the `\r`; its `\n` is copied on the next read.
+                Some(at) if input[at + 1] == b'\n' => (at, at + 1),
+                Some(at) => (at + 1, at + 1),
+            };
+            out[..copied].copy_from_slice(&input[..copied]);
+            self.inner.consume(consumed);
+            // Returning 0 would mean the end of the file: read on if only a `\r` was dropped.
+            if copied > 0 {
+                return Ok(copied);
+            }
+        }
     }
 }
 
@@ -280,8 +345,9 @@ pub(super) fn plan(path: &Path) -> Result<Plan, IntakeError> {
         reason,
     };
 
+    let hasher = KeyHasher::new();
     let mut errors = RowErrors::default();
-    let mut seen: Vec<Seen> = Vec::new();
+    let mut hashes: Vec<u128> = Vec::new();
     let mut sample: Vec<(String, String)> = Vec::new();
     while let Some(line) = records.next().map_err(read_error)? {
         if let Some(problem) = records.text_problem(&name, line, &layout.headers) {
@@ -290,10 +356,7 @@ pub(super) fn plan(path: &Path) -> Result<Plan, IntakeError> {
         match layout.row(&records.record, line) {
             Ok(row) => {
                 let key = row.user.key();
-                seen.push(Seen {
-                    hash: key_hash(&key),
-                    line,
-                });
+                hashes.push(hasher.hash(&key));
                 if sample.len() < SAMPLE_SIZE && sample.iter().all(|(k, _)| *k != key) {
                     sample.push((key, row.user.to_string()));
                 }
@@ -301,7 +364,7 @@ pub(super) fn plan(path: &Path) -> Result<Plan, IntakeError> {
             Err(error) => errors.push(error),
         }
     }
-    let data_rows = seen.len() as u64 + errors.total;
+    let data_rows = hashes.len() as u64 + errors.total;
     errors.into_result(InputKind::Csv)?;
     if data_rows == 0 {
         return Err(IntakeError::File(format!(
@@ -310,32 +373,33 @@ pub(super) fn plan(path: &Path) -> Result<Plan, IntakeError> {
         )));
     }
 
-    // Sorted by (hash, line), the first entry of each run of equal hashes is the user's first
-    // line and the rest are its duplicates.
-    seen.sort_unstable();
-    let mut pairs: Vec<(u64, u64)> = Vec::new();
-    for run in seen.chunk_by(|a, b| a.hash == b.hash) {
-        pairs.extend(run[1..].iter().map(|dup| (dup.line, run[0].line)));
-    }
-    let count = seen.len() as u64 - pairs.len() as u64;
-    drop(seen);
-    pairs.sort_unstable();
-    let duplicate_lines: Vec<u64> = pairs.iter().map(|&(line, _)| line).collect();
-    pairs.truncate(MAX_DUPLICATES);
+    let rows = hashes.len() as u64;
+    hashes.sort_unstable();
+    let mut repeated: Vec<u128> = hashes
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    drop(hashes);
+    repeated.dedup();
 
-    let origin = CsvOrigin {
+    let mut origin = CsvOrigin {
         path: path.to_path_buf(),
         name: name.clone(),
         layout,
         stamp,
-        duplicate_lines,
+        duplicate_lines: Vec::new(),
     };
-    let duplicates = origin
-        .name_duplicates(&pairs)
-        .map_err(|e| IntakeError::File(format!("cannot read {name} again: {e:#}")))?;
+    let duplicates = if repeated.is_empty() {
+        Vec::new()
+    } else {
+        origin
+            .find_duplicates(&hasher, &repeated)
+            .map_err(|e| IntakeError::File(format!("cannot read {name} again: {e:#}")))?
+    };
     Ok(Plan {
         source: format!("csv:{name}"),
-        count,
+        count: rows - origin.duplicate_lines.len() as u64,
         duplicates_total: origin.duplicate_lines.len() as u64,
         duplicates,
         sample: sample.into_iter().map(|(_, user)| user).collect(),
@@ -344,31 +408,38 @@ pub(super) fn plan(path: &Path) -> Result<Plan, IntakeError> {
 }
 
 impl CsvOrigin {
-    /// The user on each (duplicate line, first line) pair, read from the file: the first
-    /// pass kept only hashes. Reads only as far as the last pair.
-    fn name_duplicates(&self, pairs: &[(u64, u64)]) -> anyhow::Result<Vec<(u64, u64, String)>> {
-        let mut named = Vec::with_capacity(pairs.len());
-        if pairs.is_empty() {
-            return Ok(named);
-        }
+    /// The lines of users whose key hashes are in `repeated` (sorted): the first line of
+    /// each stays, later ones go into `duplicate_lines`; the first [`MAX_DUPLICATES`] are
+    /// returned as (line, first line, user). The first pass kept only hashes, so this reads
+    /// the file again; it runs only when some user repeats.
+    fn find_duplicates(
+        &mut self,
+        hasher: &KeyHasher,
+        repeated: &[u128],
+    ) -> anyhow::Result<Vec<(u64, u64, String)>> {
+        // first_lines[i] is where the user hashed to repeated[i] first appeared (0: not yet).
+        let mut first_lines = vec![0u64; repeated.len()];
+        let mut named = Vec::new();
         let mut records = Records::open(&self.path, &self.layout)?;
         records.next()?; // the header
-        let mut pending = pairs.iter().peekable();
         while let Some(line) = records.next()? {
-            let Some(&&(dup, first)) = pending.peek() else {
-                break;
+            let row = self
+                .layout
+                .row(&records.record, line)
+                .map_err(|e| anyhow!("line {line} changed: {}", e.reason))?;
+            let hash = hasher.hash(&row.user.key());
+            let Ok(at) = repeated.binary_search(&hash) else {
+                continue;
             };
-            if line == dup {
-                let row = self
-                    .layout
-                    .row(&records.record, line)
-                    .map_err(|e| anyhow!("line {line} changed: {}", e.reason))?;
-                named.push((dup, first, row.user.to_string()));
-                pending.next();
+            match first_lines[at] {
+                0 => first_lines[at] = line,
+                first => {
+                    self.duplicate_lines.push(line);
+                    if named.len() < MAX_DUPLICATES {
+                        named.push((line, first, row.user.to_string()));
+                    }
+                }
             }
-        }
-        if named.len() != pairs.len() {
-            bail!("it changed while it was being read");
         }
         Ok(named)
     }
@@ -481,6 +552,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn crlf_is_read_as_lf_at_any_buffer_boundary_and_a_lone_cr_is_kept() {
+        let input = b"a\r\nb\r\r\n\rc\r";
+        for capacity in 1..input.len() + 1 {
+            let mut output = Vec::new();
+            CrlfAsLf::new(BufReader::with_capacity(capacity, &input[..]))
+                .read_to_end(&mut output)
+                .unwrap();
+            assert_eq!(output, b"a\nb\r\n\rc\r", "buffer of {capacity}");
+        }
+    }
+
+    #[test]
     fn the_delimiter_is_whichever_occurs_more_outside_quotes() {
         assert_eq!(detect_delimiter(b"user;ticket;reason\n"), b';');
         assert_eq!(detect_delimiter(b"user,ticket\na;b;c;d\n"), b',');
@@ -503,12 +586,20 @@ mod tests {
         let headers = vec!["mail".to_string(), "name".to_string()];
         let message = find_columns("u.csv", &headers).unwrap_err().to_string();
         assert!(message.contains("\"mail\", \"name\""), "{message}");
-        assert!(message.contains("user, userPrincipalName, upn, id, objectId"), "{message}");
+        assert!(
+            message.contains("user, userPrincipalName, upn, id, objectId"),
+            "{message}"
+        );
     }
 
     #[test]
-    fn key_hashes_differ_for_different_keys_and_agree_for_equal_ones() {
-        assert_eq!(key_hash("a@x.com"), key_hash("a@x.com"));
-        assert_ne!(key_hash("a@x.com"), key_hash("b@x.com"));
+    fn key_hashes_agree_for_equal_keys_and_differ_for_others() {
+        let hasher = KeyHasher::new();
+        assert_eq!(hasher.hash("a@x.com"), hasher.hash("a@x.com"));
+        assert_ne!(hasher.hash("a@x.com"), hasher.hash("b@x.com"));
+        assert_ne!(
+            hasher.hash("a@x.com") >> 64,
+            hasher.hash("a@x.com") & u128::from(u64::MAX)
+        );
     }
 }

@@ -334,7 +334,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -454,7 +454,10 @@ mod tests {
              fix the value or delete the row"
         );
         let empty = parse_user(7, "user", "  ").unwrap_err();
-        assert_eq!(empty.reason, "user is empty: fill in the user or delete the row");
+        assert_eq!(
+            empty.reason,
+            "user is empty: fill in the user or delete the row"
+        );
     }
 
     #[test]
@@ -474,9 +477,15 @@ mod tests {
     #[test]
     fn nul_bytes_and_invalid_utf8_are_named_with_their_line() {
         let nul = text_problem("f.csv", 3, "", b"a\0b").unwrap();
-        assert!(nul.contains("f.csv line 3") && nul.contains("binary or UTF-16"), "{nul}");
+        assert!(
+            nul.contains("f.csv line 3") && nul.contains("binary or UTF-16"),
+            "{nul}"
+        );
         let latin1 = text_problem("f.csv", 4, "", b"Ren\xe9").unwrap();
-        assert!(latin1.contains("line 4") && latin1.contains("save the file as UTF-8"), "{latin1}");
+        assert!(
+            latin1.contains("line 4") && latin1.contains("save the file as UTF-8"),
+            "{latin1}"
+        );
         assert!(text_problem("f.csv", 5, "", "René".as_bytes()).is_none());
     }
 }

@@ -13,8 +13,7 @@ use serde_json::error::Category;
 
 use super::{
     dedupe_in_memory, is_utf16_bom, parse_text, parse_user, shorten, text_problem, unreadable,
-    InputKind, IntakeError, IntakeRow, Origin, Plan, RowError, RowErrors, SAMPLE_SIZE,
-    UTF8_BOM,
+    InputKind, IntakeError, IntakeRow, Origin, Plan, RowError, RowErrors, SAMPLE_SIZE, UTF8_BOM,
 };
 
 /// The fields an event may have.
@@ -138,12 +137,13 @@ fn read(name: &str, mut reader: impl BufRead) -> Result<Vec<IntakeRow>, IntakeEr
 fn parse_line(line: u64, text: &str, ends_line: bool) -> Result<IntakeRow, RowError> {
     let event: TicketEvent =
         serde_json::from_str(text).map_err(|e| json_error(line, text, ends_line, &e))?;
-    let ticket = parse_text(line, "ticket", Some(event.ticket.as_str()))?.ok_or_else(|| RowError {
-        line,
-        field: "ticket".into(),
-        value: String::new(),
-        reason: "ticket is empty: give the ticket id or delete the line".into(),
-    })?;
+    let ticket =
+        parse_text(line, "ticket", Some(event.ticket.as_str()))?.ok_or_else(|| RowError {
+            line,
+            field: "ticket".into(),
+            value: String::new(),
+            reason: "ticket is empty: give the ticket id or delete the line".into(),
+        })?;
     Ok(IntakeRow {
         line,
         user: parse_user(line, "user", &event.user)?,
@@ -271,22 +271,28 @@ mod tests {
 
     #[test]
     fn a_misspelt_field_is_named_with_the_accepted_fields_and_a_suggestion() {
-        let errors = refused(
-            "{\"ticket\":\"INC1\",\"user\":\"a@contoso.com\",\"revoke_session\":true}\n",
-        );
+        let errors =
+            refused("{\"ticket\":\"INC1\",\"user\":\"a@contoso.com\",\"revoke_session\":true}\n");
         assert_eq!(errors[0].field, "revoke_session");
-        assert!(errors[0].reason.contains("did you mean \"revoke_sessions\"?"), "{}", errors[0].reason);
+        assert!(
+            errors[0]
+                .reason
+                .contains("did you mean \"revoke_sessions\"?"),
+            "{}",
+            errors[0].reason
+        );
         assert!(errors[0].reason.contains(&TICKET_FIELDS.join(", ")));
     }
 
     #[test]
     fn a_missing_ticket_and_a_bad_user_are_each_named() {
-        let errors = refused(
-            "{\"user\":\"a@contoso.com\"}\n{\"ticket\":\"INC2\",\"user\":\"bob@\"}\n",
-        );
+        let errors =
+            refused("{\"user\":\"a@contoso.com\"}\n{\"ticket\":\"INC2\",\"user\":\"bob@\"}\n");
         assert_eq!((errors[0].line, errors[0].field.as_str()), (1, "ticket"));
         assert_eq!((errors[1].line, errors[1].field.as_str()), (2, "user"));
-        assert!(errors[1].reason.starts_with("\"bob@\" is not a user principal name"));
+        assert!(errors[1]
+            .reason
+            .starts_with("\"bob@\" is not a user principal name"));
     }
 
     #[test]
@@ -295,20 +301,36 @@ mod tests {
             "{\"ticket\":\"INC1\",\n{\"ticket\":\"INC2\",\"user\":\"a@contoso.com\"}\n{\"ticket\":\"INC3\",\"us",
         );
         assert_eq!(errors.len(), 2);
-        assert!(errors[0].reason.contains("not closed on this line"), "{}", errors[0].reason);
+        assert!(
+            errors[0].reason.contains("not closed on this line"),
+            "{}",
+            errors[0].reason
+        );
         assert_eq!(errors[1].line, 3);
-        assert!(errors[1].reason.contains("truncated"), "{}", errors[1].reason);
+        assert!(
+            errors[1].reason.contains("truncated"),
+            "{}",
+            errors[1].reason
+        );
     }
 
     #[test]
     fn not_json_is_reported_with_serdes_column() {
         let errors = refused("INC1 a@contoso.com\n");
-        assert!(errors[0].reason.starts_with("is not valid JSON (expected value at column 1)"), "{}", errors[0].reason);
+        assert!(
+            errors[0]
+                .reason
+                .starts_with("is not valid JSON (expected value at column 1)"),
+            "{}",
+            errors[0].reason
+        );
     }
 
     #[test]
     fn an_input_without_events_is_refused() {
-        let message = read("events.jsonl", "\n \n".as_bytes()).unwrap_err().to_string();
+        let message = read("events.jsonl", "\n \n".as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("has only blank lines"), "{message}");
     }
 }
