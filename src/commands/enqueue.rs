@@ -44,12 +44,24 @@ pub struct Refused {
 
 /// Run the command.
 pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqueued> {
-    let plan = make_plan(settings, args).await?;
+    // Validate and publish from one private copy of the file: an editor saving the file
+    // between the two passes cannot make us publish rows that were never validated.
+    let snapshot = match &args.csv {
+        Some(path) => Some(snapshot(path)?),
+        None => None,
+    };
+    let plan = make_plan(settings, args, snapshot.as_ref().map(|s| s.path())).await?;
     for (line, first, user) in &plan.duplicates {
         eprintln!(
             "warning: {} line {line}: {user} already appears on line {first}; enqueued once",
             plan.source
         );
+    }
+    let unlisted = plan
+        .duplicates_total
+        .saturating_sub(plan.duplicates.len() as u64);
+    if unlisted > 0 {
+        eprintln!("warning: … and {unlisted} more duplicate rows, each enqueued once");
     }
     anyhow::ensure!(
         plan.count > 0,
@@ -86,9 +98,43 @@ pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqu
     Ok(Enqueued { batch, count })
 }
 
-async fn make_plan(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Plan> {
-    let result = if let Some(path) = &args.csv {
-        intake::plan_csv(path)
+/// A private copy of `path` that lives as long as the returned file.
+fn snapshot(path: &std::path::Path) -> anyhow::Result<tempfile::NamedTempFile> {
+    let mut copy =
+        tempfile::NamedTempFile::new().context("creating a temporary copy of the input")?;
+    match std::fs::File::open(path) {
+        Ok(mut file) => {
+            std::io::copy(&mut file, &mut copy)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(copy)
+        }
+        Err(err) => Err(Refused {
+            message: format!(
+                "{}: cannot read it ({err}); nothing was enqueued",
+                path.display()
+            ),
+            exit_code: 1,
+        }
+        .into()),
+    }
+}
+
+async fn make_plan(
+    settings: &Settings,
+    args: &EnqueueArgs,
+    csv_snapshot: Option<&std::path::Path>,
+) -> anyhow::Result<Plan> {
+    let result = if let Some(path) = csv_snapshot {
+        intake::plan_csv(path).map(|mut plan| {
+            plan.source = format!(
+                "csv:{}",
+                args.csv
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+            plan
+        })
     } else if let Some(path) = &args.tickets {
         intake::plan_tickets(path)
     } else if let Some(group) = &args.group {
@@ -103,8 +149,13 @@ async fn make_plan(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Pl
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     result.map_err(|err| {
+        let mut message = err.render(&source);
+        if let Some(copy) = csv_snapshot {
+            // Messages about the file name the operator's file, not our private copy.
+            message = message.replace(&copy.display().to_string(), &source);
+        }
         Refused {
-            message: err.render(&source),
+            message,
             exit_code: 1,
         }
         .into()
