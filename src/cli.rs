@@ -174,8 +174,8 @@ pub struct DemoArgs {
     /// Worker tasks (in-process workers).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Simulated Graph latency per request.
-    #[arg(long, default_value_t = 40)]
+    /// Simulated Graph latency per request, in milliseconds (real Graph: ~50–300).
+    #[arg(long, default_value_t = 120)]
     pub latency_ms: u64,
     /// Where to write the outcome report.
     #[arg(long, default_value = "demo-report.csv")]

@@ -236,8 +236,9 @@ pub struct RateSettings {
     pub processes: u32,
     /// Burst allowed above the steady rate, in seconds' worth of the rate. Keep it a small
     /// fraction of Graph's bucket (10 s of requests, 150 s of writes) so that our burst never
-    /// drains it: the server's bucket then stays mostly full at our steady rate.
-    pub burst_secs: f64,
+    /// Burst allowed at full budget, as a fraction of each bucket (Graph's buckets start
+    /// full). Kept below `slow_down_at_percent` so our own burst never makes Graph warn.
+    pub burst_fraction: f64,
     /// Slow down when Graph reports `x-ms-throttle-limit-percentage` at or above this.
     pub slow_down_at_percent: f64,
 }
@@ -250,7 +251,7 @@ impl Default for RateSettings {
             writes: 3000,
             writes_period: Duration::from_secs(150),
             processes: 1,
-            burst_secs: 0.2,
+            burst_fraction: 0.5,
             slow_down_at_percent: 80.0,
         }
     }

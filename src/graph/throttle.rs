@@ -325,6 +325,8 @@ pub const FACTOR_MIN: f64 = 0.05;
 pub const FACTOR_SLOW_DOWN: f64 = 0.9;
 /// Multiplier on a 429 (once per pause).
 pub const FACTOR_THROTTLED: f64 = 0.75;
+/// Burst of the slowed-down limiters, in seconds of their rate.
+pub const SLOWED_BURST_SECS: f64 = 0.2;
 /// Additive recovery per quiet window.
 pub const FACTOR_RECOVERY_STEP: f64 = 0.02;
 
@@ -430,7 +432,7 @@ struct Scaled {
 
 /// The proactive budget of one process: all requests (`rate.requests` per
 /// `rate.requests_period`) and writes (`rate.writes` per `rate.writes_period`), each divided
-/// by `rate.processes`, with bursts of `rate.burst_secs` worth of the rate. Share one per
+/// by `rate.processes`, with bursts of `rate.burst_fraction` of each bucket. Share one per
 /// process through `Arc`.
 ///
 /// **Adaptive factor.** governor's quotas are fixed, so f < 1 is realised by a second pair
@@ -478,18 +480,28 @@ impl Budget {
     }
 
     fn limiters(rate: &RateSettings, factor: f64) -> (Limiter, Limiter) {
+        // At full budget a burst is a fraction of each bucket (Graph's buckets start full);
+        // once slowed down, bursts stay small so a rebuilt limiter cannot dump a bucket's
+        // worth of requests into a Graph that is already pushing back.
+        let burst_secs = |period: Duration| {
+            if factor >= 1.0 {
+                rate.burst_fraction.clamp(0.0, 1.0) * period.as_secs_f64()
+            } else {
+                SLOWED_BURST_SECS
+            }
+        };
         let all = process_quota(
             rate.requests,
             rate.requests_period,
             rate.processes,
-            rate.burst_secs,
+            burst_secs(rate.requests_period),
             factor,
         );
         let writes = process_quota(
             rate.writes,
             rate.writes_period,
             rate.processes,
-            rate.burst_secs,
+            burst_secs(rate.writes_period),
             factor,
         );
         (RateLimiter::direct(all), RateLimiter::direct(writes))
@@ -687,9 +699,26 @@ mod tests {
             writes,
             writes_period: Duration::from_secs(writes_period),
             processes,
-            burst_secs: burst,
+            burst_fraction: burst,
             slow_down_at_percent: 80.0,
         }
+    }
+
+    #[test]
+    fn a_full_budget_bursts_a_fraction_of_the_bucket_and_a_slowed_one_bursts_little() {
+        let rate = RateSettings {
+            writes: 3000,
+            writes_period: Duration::from_secs(150),
+            burst_fraction: 0.5,
+            ..RateSettings::default()
+        };
+        let (_, writes) = Budget::limiters(&rate, 1.0);
+        let burst = (0..5000).take_while(|_| writes.check().is_ok()).count();
+        assert_eq!(burst, 1500);
+        // Slowed to half: 10 writes/s, a burst of 0.2 s of that.
+        let (_, slowed) = Budget::limiters(&rate, 0.5);
+        let burst = (0..5000).take_while(|_| slowed.check().is_ok()).count();
+        assert_eq!(burst, 2);
     }
 
     #[test]
