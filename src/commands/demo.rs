@@ -152,12 +152,21 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     let stats = server.stats();
     println!();
     println!(
-        "{} users in {:.1}s ({:.0} users/s) by {} workers; Graph simulator: {}",
+        "{} users in {:.1}s ({:.0} users/s) by {} workers.",
         view.finished(),
         work_secs,
         view.finished() as f64 / work_secs.max(0.001),
         args.workers.max(1),
-        serde_json::to_string(&stats).unwrap_or_default()
+    );
+    println!(
+        "Graph (simulated): {} requests, {} methods deleted, {} sessions revoked, peak {} requests/s, \
+         {} throttled (429), {} requests sent during a Retry-After",
+        stats.requests_total,
+        stats.methods_deleted,
+        stats.sessions_revoked,
+        stats.peak_requests_per_second,
+        stats.throttled,
+        stats.violations
     );
     println!();
     println!("Not reset, and why:");
