@@ -3,6 +3,7 @@
 
 mod common;
 
+mod cli;
 mod graph_client;
 mod intake;
 mod pipeline;
