@@ -3,6 +3,7 @@
 
 mod common;
 
+mod fidelity;
 mod graph_client;
 mod intake;
 mod pipeline;
