@@ -237,12 +237,39 @@ impl GraphClient {
             .map(str::to_string))
     }
 
+    /// `PATCH /beta/users/{u}/authentication/signInPreferences` with
+    /// `userPreferredMethodForSecondaryAuthentication` = `preferred` (`voiceMobile`, `push`, …).
+    pub async fn set_default_method(&self, user: &UserRef, preferred: &str) -> Result<(), Error> {
+        let url = self.user_url(true, user, "/authentication/signInPreferences");
+        let body = json!({ "userPreferredMethodForSecondaryAuthentication": preferred });
+        self.execute(Method::PATCH, url, Some(body), OnNotFound::Error)
+            .await
+            .map(|_| ())
+    }
+
     /// `POST /users/{u}/revokeSignInSessions`.
     pub async fn revoke_sessions(&self, user: &UserRef) -> Result<(), Error> {
         let url = self.user_url(false, user, "/revokeSignInSessions");
         self.execute(Method::POST, url, None, OnNotFound::Error)
             .await
             .map(|_| ())
+    }
+
+    /// `GET /users/{u}?$select=id,userPrincipalName`: the user's object id and UPN, so a
+    /// user requested by one can be matched against a list holding the other.
+    pub async fn user_identity(&self, user: &UserRef) -> Result<(String, String), Error> {
+        let url = self.user_url(false, user, "?$select=id,userPrincipalName");
+        let answer = self
+            .execute(Method::GET, url, None, OnNotFound::Error)
+            .await?;
+        let body = answer.json()?;
+        let text = |k: &str| {
+            body.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok((text("id"), text("userPrincipalName")))
     }
 
     /// Display names of the directory roles the user holds (transitively).

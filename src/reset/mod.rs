@@ -82,13 +82,36 @@ impl Scope {
     }
 }
 
-/// Is `user` listed in `reset.protected_users`?
+/// Is `user` listed in `reset.protected_users` as it is written in the request?
+/// (Listed by UPN but requested by object id, or the other way round, is caught inside the
+/// reset, which can ask Graph for the other identifier.)
 pub fn is_protected(settings: &ResetSettings, user: &UserRef) -> bool {
     let key = user.key();
     settings
         .protected_users
         .iter()
-        .any(|p| p.trim().to_lowercase() == key)
+        .any(|p| protected_key(p) == key)
+}
+
+/// An entry of `reset.protected_users` as a [`UserRef::key`] (object ids in any case or
+/// with braces compare equal).
+fn protected_key(entry: &str) -> String {
+    UserRef::parse(entry)
+        .map(|u| u.key())
+        .unwrap_or_else(|_| entry.trim().to_lowercase())
+}
+
+/// True when the protected list holds identifiers of the other kind than the request's
+/// (object ids for a UPN request, or UPNs for an object-id request): only Graph can tell
+/// whether the user is one of them.
+fn needs_identity(settings: &ResetSettings, user: &UserRef) -> bool {
+    settings.protected_users.iter().any(|p| {
+        matches!(
+            (UserRef::parse(p), user),
+            (Ok(UserRef::ObjectId(_)), UserRef::Upn(_))
+                | (Ok(UserRef::Upn(_)), UserRef::ObjectId(_))
+        )
+    })
 }
 
 /// Reset one user. `carried` holds what an earlier attempt of the same request removed.
@@ -105,6 +128,7 @@ pub async fn execute(
         user: &req.user,
         backup: settings.backup,
         removed: carried,
+        gone: HashSet::new(),
         sessions_revoked: carried_revoked,
         calls: 0,
     };
@@ -134,8 +158,17 @@ pub async fn execute(
     }
 }
 
+/// `type:id`, as [`MethodRecord::short`] writes it.
+fn short(m: &AuthMethod) -> String {
+    format!("{}:{}", m.stem(), m.id())
+}
+
 fn is_mobile(m: &AuthMethod) -> bool {
     matches!(m, AuthMethod::Phone { phone_type, .. } if phone_type == "mobile")
+}
+
+fn is_alternate_mobile(m: &AuthMethod) -> bool {
+    matches!(m, AuthMethod::Phone { phone_type, .. } if phone_type == "alternateMobile")
 }
 
 struct Run<'a> {
@@ -143,35 +176,62 @@ struct Run<'a> {
     user: &'a UserRef,
     backup: bool,
     removed: Vec<MethodRecord>,
+    /// `type:id` of methods whose first DELETE answered 404: already gone (deleted elsewhere
+    /// or by an earlier attempt), not removed by us, but no longer there.
+    gone: HashSet<String>,
     sessions_revoked: bool,
     calls: u32,
 }
 
 impl Run<'_> {
+    /// Not touched: a protected account.
+    fn skipped(&self, code: &str, message: String) -> Executed {
+        Executed {
+            status: Status::SkippedProtected,
+            removed: Vec::new(),
+            remaining: Vec::new(),
+            sessions_revoked: false,
+            error: Some((code.to_string(), message)),
+            graph_calls: self.calls,
+        }
+    }
+
     async fn reset(
         &mut self,
         req: &ResetRequest,
         settings: &ResetSettings,
         scope: &Scope,
     ) -> Result<Executed, graph::Error> {
+        if needs_identity(settings, self.user) {
+            self.calls += 1;
+            let (id, upn) = self.graph.user_identity(self.user).await?;
+            let listed = |value: &str| {
+                let value = value.to_lowercase();
+                !value.is_empty()
+                    && settings
+                        .protected_users
+                        .iter()
+                        .any(|p| protected_key(p) == value)
+            };
+            if listed(&id) || listed(&upn) {
+                return Ok(self.skipped(
+                    "protected_user",
+                    format!("listed in reset.protected_users (as {upn} / {id}); not touched"),
+                ));
+            }
+        }
+
         if settings.skip_admins {
             self.calls += 1;
             let roles = self.graph.directory_roles(self.user).await?;
             if !roles.is_empty() {
-                return Ok(Executed {
-                    status: Status::SkippedProtected,
-                    removed: Vec::new(),
-                    remaining: Vec::new(),
-                    sessions_revoked: false,
-                    error: Some((
-                        "directory_role".into(),
-                        format!(
-                            "holds directory role(s) {}; not touched (reset.skip_admins)",
-                            roles.join(", ")
-                        ),
-                    )),
-                    graph_calls: self.calls,
-                });
+                return Ok(self.skipped(
+                    "directory_role",
+                    format!(
+                        "holds directory role(s) {}; not touched (reset.skip_admins)",
+                        roles.join(", ")
+                    ),
+                ));
             }
         }
 
@@ -201,22 +261,34 @@ impl Run<'_> {
         }
 
         let ordered = self.order(&targets).await;
-        let mut refused: Vec<AuthMethod> = Vec::new();
+        // Refused (400): most likely the default-method rule. Tried again once the others are
+        // gone; a refusal that stays is reported as remaining, never guessed around.
+        let mut refused: Vec<(AuthMethod, graph::Error)> = Vec::new();
         for method in ordered {
             match self.delete(&method).await {
                 Ok(()) => {}
-                // Most likely the default-method rule: try again once the others are gone.
-                Err(graph::Error::BadRequest { .. }) if targets.len() > 1 => refused.push(method),
+                Err(err @ graph::Error::BadRequest { .. }) => refused.push((method, err)),
                 Err(err) => return Err(err),
             }
         }
         let mut still_refused = Vec::new();
-        for method in refused {
+        for (method, first) in refused {
+            if targets.len() == 1 {
+                // Nothing else was deleted in between: asking again cannot change the answer.
+                still_refused.push((method, first));
+                continue;
+            }
             if let Err(err) = self.delete(&method).await {
                 if err.is_retryable() {
                     return Err(err);
                 }
                 still_refused.push((method, err));
+            }
+        }
+        if self.removed.is_empty() && unknown.is_empty() && still_refused.len() == targets.len() {
+            // Graph refused every delete and nothing else is left: the reset failed outright.
+            if let Some((_, err)) = still_refused.first() {
+                return Err(err.clone());
             }
         }
 
@@ -240,24 +312,26 @@ impl Run<'_> {
         } else {
             Status::Reset
         };
-        let error = still_refused
+        // Graph's code when it refused something; ours when only unknown types are left.
+        let refusal = still_refused
             .first()
-            .map(|(m, e)| (e.code(), format!("{} {}: {e}", m.stem(), m.id())))
-            .or_else(|| {
-                (!unknown.is_empty()).then(|| {
-                    (
-                        "unknown_method_type".to_string(),
-                        format!(
-                            "method type(s) this build does not know were left in place: {}",
-                            unknown
-                                .iter()
-                                .map(|m| m.stem())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                })
-            });
+            .map(|(m, e)| (e.code(), format!("{} {}: {e}", m.stem(), m.id())));
+        let unknown_note = (!unknown.is_empty()).then(|| {
+            format!(
+                "method type(s) this build does not know were left in place: {}",
+                unknown
+                    .iter()
+                    .map(|m| m.stem())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
+        let error = match (refusal, unknown_note) {
+            (Some((code, message)), Some(note)) => Some((code, format!("{message}; {note}"))),
+            (Some(refusal), None) => Some(refusal),
+            (None, Some(note)) => Some(("unknown_method_type".to_string(), note)),
+            (None, None) => None,
+        };
         Ok(Executed {
             status,
             removed: std::mem::take(&mut self.removed),
@@ -282,7 +356,26 @@ impl Run<'_> {
         if candidates.len() > 1 {
             self.calls += 1;
             match self.graph.default_method(self.user).await {
-                Ok(Some(preferred)) => {
+                Ok(Some(mut preferred)) => {
+                    if preferred == "voiceAlternateMobile"
+                        && candidates.iter().any(is_mobile)
+                        && candidates.iter().any(is_alternate_mobile)
+                    {
+                        // Deadlock otherwise: Graph refuses the mobile while an alternate
+                        // exists, and the alternate (the default) while the mobile exists.
+                        // Both go anyway; make the mobile the default so it can go last.
+                        self.calls += 1;
+                        match self
+                            .graph
+                            .set_default_method(self.user, "voiceMobile")
+                            .await
+                        {
+                            Ok(()) => preferred = "voiceMobile".to_string(),
+                            Err(err) => {
+                                tracing::debug!(user = %self.user, error = %err, "could not move the default to the mobile");
+                            }
+                        }
+                    }
                     // Stable sort: the default (true) goes after the rest (false).
                     candidates.sort_by_key(|m| (m.matches_default(&preferred), is_mobile(m)));
                 }
@@ -305,8 +398,11 @@ impl Run<'_> {
                 Ok(())
             }
             // Gone before our first try (deleted elsewhere, or by an earlier attempt):
-            // nothing to remove, not an error.
-            Err(graph::Error::NotFound { .. }) => Ok(()),
+            // nothing to remove, not an error, and not ours to report as removed.
+            Err(graph::Error::NotFound { .. }) => {
+                self.gone.insert(short(method));
+                Ok(())
+            }
             Err(err) => Err(err),
         }
     }
@@ -322,7 +418,12 @@ impl Run<'_> {
         if targets.is_empty() {
             return Ok(Vec::new());
         }
-        let deleted: HashSet<String> = self.removed.iter().map(|r| r.short()).collect();
+        let deleted: HashSet<String> = self
+            .removed
+            .iter()
+            .map(|r| r.short())
+            .chain(self.gone.iter().cloned())
+            .collect();
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(500);
         loop {
@@ -330,19 +431,57 @@ impl Run<'_> {
             let listed = self.graph.list_methods(self.user).await?;
             let in_scope: Vec<AuthMethod> =
                 listed.into_iter().filter(|m| scope.contains(m)).collect();
-            let lagging = in_scope
-                .iter()
-                .any(|m| deleted.contains(&format!("{}:{}", m.stem(), m.id())));
+            let lagging = in_scope.iter().any(|m| deleted.contains(&short(m)));
             if !lagging || started.elapsed() + pause > wait {
                 // After the bound, trust the 204s: a deleted method still listed is lag, not a method.
                 let remaining = in_scope
                     .into_iter()
-                    .filter(|m| !deleted.contains(&format!("{}:{}", m.stem(), m.id())))
+                    .filter(|m| !deleted.contains(&short(m)))
                     .collect::<Vec<_>>();
                 return Ok(remaining);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(4));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(protected: &[&str]) -> ResetSettings {
+        ResetSettings {
+            protected_users: protected.iter().map(|p| p.to_string()).collect(),
+            ..ResetSettings::default()
+        }
+    }
+
+    #[test]
+    fn protected_users_match_in_any_case_and_object_id_form() {
+        let s = settings(&[
+            " BreakGlass@Contoso.com ",
+            "{6F9619FF-8B86-D011-B42D-00C04FC964FF}",
+        ]);
+        let upn = UserRef::parse("breakglass@contoso.com").unwrap();
+        let id = UserRef::parse("6f9619ff-8b86-d011-b42d-00c04fc964ff").unwrap();
+        assert!(is_protected(&s, &upn));
+        assert!(is_protected(&s, &id));
+        assert!(!is_protected(
+            &s,
+            &UserRef::parse("alice@contoso.com").unwrap()
+        ));
+    }
+
+    #[test]
+    fn graph_is_asked_only_when_the_list_holds_the_other_kind_of_identifier() {
+        let upn = UserRef::parse("alice@contoso.com").unwrap();
+        let id = UserRef::parse("6f9619ff-8b86-d011-b42d-00c04fc964ff").unwrap();
+        let by_upn = settings(&["breakglass@contoso.com"]);
+        assert!(!needs_identity(&by_upn, &upn));
+        assert!(needs_identity(&by_upn, &id));
+        let by_id = settings(&["6f9619ff-8b86-d011-b42d-00c04fc964ff"]);
+        assert!(needs_identity(&by_id, &upn));
+        assert!(!needs_identity(&settings(&[]), &upn));
     }
 }

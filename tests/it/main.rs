@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod fidelity;
 mod graph_client;
 mod intake;
 mod pipeline;
