@@ -6,4 +6,5 @@ mod common;
 mod graph_client;
 mod intake;
 mod pipeline;
+mod reliability;
 mod sim;
