@@ -73,7 +73,14 @@ struct Ctx {
     /// Requests (id, replay) being executed by this process: a duplicate copy arriving
     /// meanwhile is acked at once (the copy in flight owns the outcome).
     in_flight: Mutex<HashSet<(uuid::Uuid, u32)>>,
+    outbox: Arc<Outbox>,
 }
+
+/// Outcomes decided but not recorded because the broker went away while publishing them.
+/// They outlive the connection: the next session records them before it consumes anything,
+/// so the redelivered request is then found done instead of being executed again (which would
+/// find the methods gone and record `already_clean`, losing what was removed).
+type Outbox = Mutex<std::collections::HashMap<(uuid::Uuid, u32), Outcome>>;
 
 /// This worker's name in outcomes and dead letters.
 pub fn worker_name(settings: &Settings) -> String {
@@ -102,6 +109,7 @@ pub async fn run(
         settings.reset.max_request_age,
         settings.worker.ledger_capacity,
     ));
+    let outbox: Arc<Outbox> = Arc::default();
     let mut failures = 0u32;
     loop {
         let conn =
@@ -113,6 +121,7 @@ pub async fn run(
             graph.clone(),
             scope.clone(),
             ledger.clone(),
+            outbox.clone(),
             &name,
             &options,
             metrics.clone(),
@@ -148,6 +157,7 @@ async fn session(
     graph: GraphClient,
     scope: Scope,
     ledger: Arc<Ledger>,
+    outbox: Arc<Outbox>,
     name: &str,
     options: &WorkOptions,
     metrics: Arc<WorkerMetrics>,
@@ -174,6 +184,7 @@ async fn session(
     })
     .await?;
     follower.sync().await?;
+    record_held_outcomes(&publish, topology, &ledger, &outbox).await?;
     tracing::info!(
         known_outcomes = ledger.len(),
         "caught up with the outcomes stream"
@@ -214,6 +225,7 @@ async fn session(
         name: name.to_string(),
         metrics: metrics.clone(),
         in_flight: Mutex::default(),
+        outbox,
     });
     metrics.connected.set(1);
     let slots = Arc::new(Semaphore::new(concurrency));
@@ -298,6 +310,39 @@ async fn session(
         let _ = ctx.publish.close(200, "bye".into()).await;
     }
     outcome
+}
+
+/// Record the outcomes held through a broker outage (see [`Outbox`]). Always, even when the
+/// stream already has an outcome for the request: that one may come from another worker that
+/// got the redelivered copy first and found the methods gone (`already_clean`); the batch view
+/// prefers the outcome that removed the methods, and a duplicate record costs nothing.
+async fn record_held_outcomes(
+    publish: &Channel,
+    topology: &Topology,
+    ledger: &Ledger,
+    outbox: &Outbox,
+) -> anyhow::Result<()> {
+    let held: Vec<Outcome> = outbox
+        .lock()
+        .map(|o| o.values().cloned().collect())
+        .unwrap_or_default();
+    for outcome in held {
+        let key = (outcome.request_id, outcome.replay);
+        let body = serde_json::to_vec(&Record::Outcome(Box::new(outcome.clone())))?;
+        publish_confirmed(
+            publish,
+            &topology.exchange(),
+            &OutMessage::json(RK_OUTCOME, body).with_id(key.0.to_string()),
+        )
+        .await
+        .context("recording outcomes held through a broker outage")?;
+        ledger.record(key.0, key.1, outcome.finished_at);
+        tracing::info!(user = %outcome.user, status = %outcome.status, "recorded an outcome held through a broker outage");
+        if let Ok(mut o) = outbox.lock() {
+            o.remove(&key);
+        }
+    }
+    Ok(())
 }
 
 /// Messages ready in the requests queue and every delay tier.
@@ -421,7 +466,11 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
         return Ok(());
     }
     let key = (request.request_id, request.replay);
-    let fresh = ctx.in_flight.lock().map(|mut s| s.insert(key)).unwrap_or(true);
+    let fresh = ctx
+        .in_flight
+        .lock()
+        .map(|mut s| s.insert(key))
+        .unwrap_or(true);
     if !fresh {
         // A second copy (e.g. republished by a producer after a broker restart) while the
         // first is being executed here: the first one records the outcome, or comes back.
@@ -570,13 +619,18 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
         ctx.metrics.dead_lettered.inc();
     }
     let body = serde_json::to_vec(&Record::Outcome(Box::new(outcome.clone())))?;
-    publish_confirmed(
+    if let Err(err) = publish_confirmed(
         &ctx.publish,
         &ctx.topology.exchange(),
         &OutMessage::json(RK_OUTCOME, body).with_id(request.request_id.to_string()),
     )
     .await
-    .context("recording the outcome")?;
+    {
+        if let Ok(mut held) = ctx.outbox.lock() {
+            held.insert((outcome.request_id, outcome.replay), outcome.clone());
+        }
+        return Err(err.context("recording the outcome (held; recorded after reconnecting)"));
+    }
     ctx.ledger
         .record(outcome.request_id, outcome.replay, outcome.finished_at);
     delivery.ack(BasicAckOptions::default()).await?;
