@@ -50,8 +50,7 @@ impl BatchView {
                     Some(existing)
                         if existing.replay > o.replay
                             || (existing.replay == o.replay
-                                && existing.methods_removed.len()
-                                    >= o.methods_removed.len()) => {}
+                                && existing.methods_removed.len() >= o.methods_removed.len()) => {}
                     Some(_) => {
                         self.outcomes.insert(o.request_id, o);
                     }

@@ -88,10 +88,9 @@ async fn sigterm_finishes_the_users_in_flight_records_them_and_exits_zero() {
 
     signal(&worker, Signal::SIGTERM);
     let started = Instant::now();
-    let (code, _, stderr) =
-        tokio::time::timeout(Duration::from_secs(30), finish(worker))
-            .await
-            .expect("the worker exits within the grace period");
+    let (code, _, stderr) = tokio::time::timeout(Duration::from_secs(30), finish(worker))
+        .await
+        .expect("the worker exits within the grace period");
 
     assert_eq!(code, Some(0), "exit code; stderr:\n{stderr}");
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -101,7 +100,10 @@ async fn sigterm_finishes_the_users_in_flight_records_them_and_exits_zero() {
         .await
         .expect("status");
     let ready = env.queue_len(&env.topology().requests()).await;
-    assert!(view.finished() < 60, "the test must stop the worker mid-batch");
+    assert!(
+        view.finished() < 60,
+        "the test must stop the worker mid-batch"
+    );
     assert_eq!(view.finished() + u64::from(ready), 60);
     // Nothing half-done: a user without an outcome still has every method it had.
     let recorded: HashSet<String> = view.outcomes().map(|o| o.user.key()).collect();
@@ -247,12 +249,8 @@ async fn an_interrupted_reset_resumes_by_listing_again_and_deleting_only_what_re
     let upn = mfa_reset::sim::tenant::upn_for_index(0);
     let user = UserRef::parse(&upn).expect("user");
     // A crashed worker got half-way: one method already deleted, no outcome recorded.
-    let graph = GraphClient::new(
-        &env.settings.graph,
-        &env.settings.rate,
-        &env.settings.retry,
-    )
-    .expect("client");
+    let graph = GraphClient::new(&env.settings.graph, &env.settings.rate, &env.settings.retry)
+        .expect("client");
     let methods = graph.list_methods(&user).await.expect("list");
     let targets: Vec<_> = methods.iter().filter(|m| m.is_removable()).collect();
     assert!(targets.len() >= 3);
@@ -333,7 +331,10 @@ async fn a_graph_outage_pauses_the_workers_and_the_batch_completes_without_failu
             .map(|o| (o.user.to_string(), o.error_code.clone(), o.attempts))
             .collect::<Vec<_>>()
     );
-    assert!(view.outcomes().all(|o| o.attempts == 1), "no attempt used up");
+    assert!(
+        view.outcomes().all(|o| o.attempts == 1),
+        "no attempt used up"
+    );
     assert!(
         metrics.outage_requeues.get() > 0,
         "the outage reached the delay queue"
@@ -399,7 +400,10 @@ async fn a_message_that_keeps_killing_its_worker_is_dead_lettered_by_the_deliver
         let worker = spawn_worker(&env.settings, "crashing", 1);
         let deadline = Instant::now() + Duration::from_secs(30);
         while env.queue_len(&requests).await > 0 {
-            assert!(Instant::now() < deadline, "the worker never took the message");
+            assert!(
+                Instant::now() < deadline,
+                "the worker never took the message"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -506,7 +510,10 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
         .iter()
         .map(|b| serde_json::from_slice(b).expect("a request"))
         .collect();
-    assert!(!replayed.is_empty() && in_dead.len() < 510, "killed half-way");
+    assert!(
+        !replayed.is_empty() && in_dead.len() < 510,
+        "killed half-way"
+    );
     assert!(replayed.iter().all(|r| r.replay == 1 && r.carry.is_none()));
     let mut all: HashSet<String> = in_dead;
     all.extend(replayed.iter().map(|r| r.user.to_string()));
@@ -521,7 +528,14 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
     // replay --batch B --error-code C: back with a fresh attempt count, executed again.
     let (code, out, err) = run(
         &env.settings,
-        &["dlq", "replay", "--batch", &b.batch, "--error-code", "no_such_code"],
+        &[
+            "dlq",
+            "replay",
+            "--batch",
+            &b.batch,
+            "--error-code",
+            "no_such_code",
+        ],
     )
     .await;
     assert_eq!((code, out.trim()), (Some(0), "replayed: 0"), "{err}");
@@ -569,7 +583,14 @@ async fn status_wait_prints_counts_rate_and_eta_as_plain_lines_without_a_termina
 
     let (code, out, err) = run(
         &env.settings,
-        &["status", "--batch", &enqueued.batch, "--wait", "--timeout", "120"],
+        &[
+            "status",
+            "--batch",
+            &enqueued.batch,
+            "--wait",
+            "--timeout",
+            "120",
+        ],
     )
     .await;
 
@@ -579,7 +600,10 @@ async fn status_wait_prints_counts_rate_and_eta_as_plain_lines_without_a_termina
     let last = progress.last().expect("a final line");
     assert!(last.starts_with("40/40 users done"), "{last}");
     assert!(last.contains("/s") && last.contains("ETA"), "{last}");
-    assert!(last.contains("reset 40") && last.contains("pending 0"), "{last}");
+    assert!(
+        last.contains("reset 40") && last.contains("pending 0"),
+        "{last}"
+    );
     assert!(!err.contains('\u{1b}'), "no terminal escapes in a log");
     assert!(out.contains("reset") && out.contains("total"), "{out}");
     env.cleanup().await;
@@ -612,7 +636,10 @@ async fn status_wait_draws_a_progress_bar_on_a_terminal() {
     assert!(text.contains("users"), "{text}");
     assert!(text.contains("ETA"), "{text}");
     assert!(text.contains('\u{1b}'), "drawn with terminal control codes");
-    assert!(!text.contains("users done,"), "no plain lines on a terminal");
+    assert!(
+        !text.contains("users done,"),
+        "no plain lines on a terminal"
+    );
     env.cleanup().await;
 }
 
@@ -625,7 +652,10 @@ async fn a_worker_serves_metrics_and_healthz_and_writes_json_logs_when_asked() {
         .expect("enqueue");
     let port = free_port();
     let worker = proc::mfa_reset(&env.settings, &["work", "--concurrency", "4"])
-        .env("MFA_RESET__WORKER__METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env(
+            "MFA_RESET__WORKER__METRICS_ADDR",
+            format!("127.0.0.1:{port}"),
+        )
         .env("MFA_RESET__LOG__FORMAT", "json")
         .spawn()
         .expect("worker");
@@ -676,7 +706,10 @@ async fn a_worker_serves_metrics_and_healthz_and_writes_json_logs_when_asked() {
     assert!(lines.len() >= 30, "{stderr}");
     for line in lines {
         let v: serde_json::Value = serde_json::from_str(line).expect("every log line is JSON");
-        assert!(v.get("level").is_some() && v.get("timestamp").is_some(), "{line}");
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{line}"
+        );
     }
     env.cleanup().await;
 }
@@ -756,7 +789,12 @@ async fn no_log_line_or_outcome_record_holds_the_client_secret_or_an_access_toke
     let (code, out, err) = proc::finish(
         proc::mfa_reset(
             &env.settings,
-            &["enqueue", "--csv", &path.to_string_lossy(), "--revoke-sessions"],
+            &[
+                "enqueue",
+                "--csv",
+                &path.to_string_lossy(),
+                "--revoke-sessions",
+            ],
         )
         .env("RUST_LOG", "trace")
         .spawn()
@@ -777,17 +815,34 @@ async fn no_log_line_or_outcome_record_holds_the_client_secret_or_an_access_toke
     assert_eq!(code, Some(0), "{err}");
     logs.push_str(&out);
     logs.push_str(&err);
-    let (code, out, err) = run(&env.settings, &["report", "--batch", &batch, "--format", "jsonl"]).await;
+    let (code, out, err) = run(
+        &env.settings,
+        &["report", "--batch", &batch, "--format", "jsonl"],
+    )
+    .await;
     assert_eq!(code, Some(0), "{err}");
     logs.push_str(&out);
 
     assert!(env.sim.stats().tokens_issued >= 1, "a token was used");
-    assert!(logs.contains("outcome recorded"), "trace logs were captured");
+    assert!(
+        logs.contains("outcome recorded"),
+        "trace logs were captured"
+    );
     assert!(logs.len() > 10_000, "trace logs were captured");
     assert!(!logs.contains(&secret), "the client secret is in the logs");
-    assert!(!logs.contains("Bearer "), "an authorization header is in the logs");
-    assert!(!logs.contains("access_token"), "a token answer is in the logs");
-    assert_eq!(token_like(&logs), None, "something token-like is in the logs");
+    assert!(
+        !logs.contains("Bearer "),
+        "an authorization header is in the logs"
+    );
+    assert!(
+        !logs.contains("access_token"),
+        "a token answer is in the logs"
+    );
+    assert_eq!(
+        token_like(&logs),
+        None,
+        "something token-like is in the logs"
+    );
     let records = serde_json::to_string(&env.stream_records().await).expect("json");
     assert!(records.contains("\"outcome\""));
     assert!(!records.contains(&secret));
@@ -814,7 +869,10 @@ async fn report_cells_that_a_spreadsheet_would_run_as_formulas_are_neutralised()
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
     assert_eq!(rows.len(), 2);
     let cells: Vec<&str> = rows.iter().flat_map(|r| r.iter()).collect();
-    assert!(cells.contains(&"'=HYPERLINK(\"http://evil\",\"x\")"), "{csv}");
+    assert!(
+        cells.contains(&"'=HYPERLINK(\"http://evil\",\"x\")"),
+        "{csv}"
+    );
     assert!(cells.contains(&"'+1-555"), "{csv}");
     for cell in cells {
         assert!(
@@ -887,7 +945,12 @@ async fn hostile_input_files_are_refused_with_a_clear_message_and_nothing_is_enq
         std::fs::write(&path, &content).expect("write");
         let (code, out, err) = run(
             &env.settings,
-            &["enqueue", &format!("--{kind}"), &path.to_string_lossy(), "--yes"],
+            &[
+                "enqueue",
+                &format!("--{kind}"),
+                &path.to_string_lossy(),
+                "--yes",
+            ],
         )
         .await;
         assert_eq!(code, Some(1), "{name}: exit code; {err}");

@@ -26,7 +26,10 @@ pub fn env_of(s: &Settings) -> Vec<(String, String)> {
         ("BROKER__URL", s.broker.url.clone()),
         ("BROKER__PREFIX", s.broker.prefix.clone()),
         ("BROKER__CONNECT_TIMEOUT", human(s.broker.connect_timeout)),
-        ("BROKER__DELIVERY_LIMIT", s.broker.delivery_limit.to_string()),
+        (
+            "BROKER__DELIVERY_LIMIT",
+            s.broker.delivery_limit.to_string(),
+        ),
         ("GRAPH__BASE_URL", s.graph.base_url.clone()),
         ("GRAPH__BETA_URL", s.graph.beta_url.clone()),
         ("GRAPH__AUTHORITY", s.graph.authority.clone()),
