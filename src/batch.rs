@@ -2,7 +2,9 @@
 //!
 //! The stream may hold more than one outcome per request (a duplicate delivery racing a
 //! crash, a `dlq replay`): the view keeps one per request — the latest replay, and within
-//! it the first recorded — so every requested user has exactly one final outcome.
+//! it the first recorded, unless a later copy removed more methods (two copies of one
+//! request executed at the same time: the one that found the methods gone must not hide the
+//! one that removed them) — so every requested user has exactly one final outcome.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -45,7 +47,10 @@ impl BatchView {
             Record::Outcome(o) if o.batch == self.batch => {
                 let o = *o;
                 match self.outcomes.get(&o.request_id) {
-                    Some(existing) if existing.replay >= o.replay => {}
+                    Some(existing)
+                        if existing.replay > o.replay
+                            || (existing.replay == o.replay
+                                && existing.methods_removed.len() >= o.methods_removed.len()) => {}
                     Some(_) => {
                         self.outcomes.insert(o.request_id, o);
                     }

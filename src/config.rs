@@ -307,6 +307,8 @@ pub struct WorkerSettings {
     pub metrics_addr: String,
     /// Name of this worker in outcomes; empty = hostname-pid.
     pub name: String,
+    /// Most request ids the idempotency ledger keeps in memory (oldest forgotten first).
+    pub ledger_capacity: usize,
 }
 
 impl Default for WorkerSettings {
@@ -316,6 +318,7 @@ impl Default for WorkerSettings {
             shutdown_grace: Duration::from_secs(60),
             metrics_addr: String::new(),
             name: String::new(),
+            ledger_capacity: crate::worker::ledger::DEFAULT_CAPACITY,
         }
     }
 }

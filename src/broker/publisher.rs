@@ -74,6 +74,30 @@ pub async fn publish_confirmed(
     exchange: &str,
     msg: &OutMessage,
 ) -> anyhow::Result<()> {
+    // A confirm normally takes milliseconds. When the broker goes away mid-publish, lapin may
+    // never resolve it (rabbitmq.md, "lapin 4.x"): give up so the caller can hold the message
+    // and reconnect instead of hanging until the shutdown grace runs out.
+    tokio::time::timeout(
+        CONFIRM_TIMEOUT,
+        publish_confirmed_inner(channel, exchange, msg),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "no publisher confirm for a message to {:?} within {CONFIRM_TIMEOUT:?}",
+            msg.routing_key
+        )
+    })?
+}
+
+/// How long [`publish_confirmed`] waits for the broker's confirm.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+async fn publish_confirmed_inner(
+    channel: &Channel,
+    exchange: &str,
+    msg: &OutMessage,
+) -> anyhow::Result<()> {
     let confirm = channel
         .basic_publish(
             exchange.into(),

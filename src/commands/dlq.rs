@@ -179,12 +179,15 @@ where
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let total = message_count(&channel, &topology.dead()).await?;
-    if total == 0 {
-        return Ok(0);
-    }
+    // Messages ready now. Messages another reader just handed back (a `dlq list` that ended a
+    // moment ago, a killed `dlq replay`) may not be counted yet: the quorum queue takes them
+    // back asynchronously. So the walk goes on past `total` until the queue stays quiet.
+    let total = u64::from(message_count(&channel, &topology.dead()).await?);
+    // No prefetch limit: every message we keep stays unacked until the channel closes, so a
+    // limit of N would stop the broker after N kept messages and hide the rest of the queue.
+    // Memory is the dead-letter queue's size, which `list` holds anyway.
     channel
-        .basic_qos(500, BasicQosOptions { global: false })
+        .basic_qos(0, BasicQosOptions { global: false })
         .await?;
     let mut consumer = channel
         .basic_consume(
@@ -196,8 +199,13 @@ where
         .await?;
     let mut seen = 0u64;
     let mut acted = 0u64;
-    while seen < u64::from(total) {
-        let next = tokio::time::timeout(Duration::from_secs(3), consumer.next()).await;
+    loop {
+        let quiet = if seen < total {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_millis(500)
+        };
+        let next = tokio::time::timeout(quiet, consumer.next()).await;
         let delivery = match next {
             Err(_) | Ok(None) => break,
             Ok(Some(d)) => d.context("reading the dead-letter queue")?,

@@ -34,9 +34,18 @@ pub struct WorkerMetrics {
     pub in_flight: Gauge<i64, AtomicI64>,
     /// 1 while connected and consuming.
     pub connected: Gauge<i64, AtomicI64>,
+    /// Requests sent back to a delay tier without using up an attempt because Graph was
+    /// unreachable or throttling (an outage is not the request's fault).
+    pub outage_requeues: Counter,
+    /// Messages waiting in the requests queue and the delay tiers (probed every few seconds).
+    pub queue_ready: Gauge<i64, AtomicI64>,
+    /// Seconds between a request's `requested_at` and the moment a worker took it, for the
+    /// last request taken: how far behind the workers are.
+    pub queue_lag_seconds: Gauge<f64, AtomicU64>,
 }
 
 type AtomicI64 = std::sync::atomic::AtomicI64;
+type AtomicU64 = std::sync::atomic::AtomicU64;
 
 impl WorkerMetrics {
     /// Count one outcome.
@@ -98,6 +107,21 @@ impl WorkerMetrics {
             "mfa_reset_connected",
             "1 while connected and consuming",
             self.connected.clone(),
+        );
+        registry.register(
+            "mfa_reset_outage_requeues",
+            "Requests sent back to a delay tier without using an attempt (Graph unreachable or throttling)",
+            self.outage_requeues.clone(),
+        );
+        registry.register(
+            "mfa_reset_queue_ready",
+            "Messages waiting in the requests queue and the delay tiers",
+            self.queue_ready.clone(),
+        );
+        registry.register(
+            "mfa_reset_queue_lag_seconds",
+            "Age of the last request taken (requested_at to start)",
+            self.queue_lag_seconds.clone(),
         );
     }
 }

@@ -5,6 +5,12 @@
 //! Graph errors outlast the in-process retries goes to the next broker delay tier (never
 //! held unacked through a long wait); after the last tier it fails and is dead-lettered.
 //!
+//! An outage is not the request's fault: when the in-process retries end on Graph being
+//! unreachable (no answer, 502/503/504) or throttling, the request waits in the first delay
+//! tier again *without* using up an attempt. It comes back until Graph answers, bounded by
+//! `reset.max_request_age` (past it the request ends `expired`), so a long outage never
+//! turns a whole batch into `failed`.
+//!
 //! # Layout
 //! - [`ledger`]: which requests already have an outcome (idempotency).
 //! - [`metrics`]: counters for `/metrics` and summaries.
@@ -12,7 +18,8 @@
 pub mod ledger;
 pub mod metrics;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -37,7 +44,7 @@ use crate::broker::topology::{RK_DEAD, RK_OUTCOME};
 use crate::broker::{OutMessage, Topology};
 use crate::config::Settings;
 use crate::domain::{Carry, Outcome, Record, ResetRequest, Status, REQUEST_VERSION};
-use crate::graph::GraphClient;
+use crate::graph::{self, GraphClient};
 use crate::reset::{self, Scope};
 
 pub use ledger::Ledger;
@@ -63,7 +70,17 @@ struct Ctx {
     publish: Channel,
     name: String,
     metrics: Arc<WorkerMetrics>,
+    /// Requests (id, replay) being executed by this process: a duplicate copy arriving
+    /// meanwhile is acked at once (the copy in flight owns the outcome).
+    in_flight: Mutex<HashSet<(uuid::Uuid, u32)>>,
+    outbox: Arc<Outbox>,
 }
+
+/// Outcomes decided but not recorded because the broker went away while publishing them.
+/// They outlive the connection: the next session records them before it consumes anything,
+/// so the redelivered request is then found done instead of being executed again (which would
+/// find the methods gone and record `already_clean`, losing what was removed).
+type Outbox = Mutex<std::collections::HashMap<(uuid::Uuid, u32), Outcome>>;
 
 /// This worker's name in outcomes and dead letters.
 pub fn worker_name(settings: &Settings) -> String {
@@ -88,7 +105,11 @@ pub async fn run(
     let topology = Topology::new(&settings.broker, &settings.retry);
     let scope = Scope::from_settings(&settings.reset.methods)?;
     let name = worker_name(settings);
-    let ledger = Arc::new(Ledger::new(settings.reset.max_request_age));
+    let ledger = Arc::new(Ledger::with_capacity(
+        settings.reset.max_request_age,
+        settings.worker.ledger_capacity,
+    ));
+    let outbox: Arc<Outbox> = Arc::default();
     let mut failures = 0u32;
     loop {
         let conn =
@@ -100,6 +121,7 @@ pub async fn run(
             graph.clone(),
             scope.clone(),
             ledger.clone(),
+            outbox.clone(),
             &name,
             &options,
             metrics.clone(),
@@ -135,6 +157,7 @@ async fn session(
     graph: GraphClient,
     scope: Scope,
     ledger: Arc<Ledger>,
+    outbox: Arc<Outbox>,
     name: &str,
     options: &WorkOptions,
     metrics: Arc<WorkerMetrics>,
@@ -161,6 +184,7 @@ async fn session(
     })
     .await?;
     follower.sync().await?;
+    record_held_outcomes(&publish, topology, &ledger, &outbox).await?;
     tracing::info!(
         known_outcomes = ledger.len(),
         "caught up with the outcomes stream"
@@ -200,17 +224,27 @@ async fn session(
         publish,
         name: name.to_string(),
         metrics: metrics.clone(),
+        in_flight: Mutex::default(),
+        outbox,
     });
     metrics.connected.set(1);
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut last_activity = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut ticks = 0u64;
     let outcome: anyhow::Result<()> = loop {
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
             _ = tick.tick() => {
                 while tasks.try_join_next().is_some() {}
+                ticks += 1;
+                if ticks % 10 == 1 {
+                    // Queue lag for /metrics; a failed probe is not worth a reconnect.
+                    if let Ok(ready) = queues_ready(&probe, topology).await {
+                        metrics.queue_ready.set(ready as i64);
+                    }
+                }
                 if !tasks.is_empty() {
                     last_activity = Instant::now();
                 }
@@ -219,7 +253,7 @@ async fn session(
                 }
                 if let Some(idle) = options.exit_when_idle {
                     if tasks.is_empty() && last_activity.elapsed() >= idle {
-                        if queues_empty(&probe, topology).await? {
+                        if queues_ready(&probe, topology).await? == 0 {
                             tracing::info!(idle = ?idle, "nothing in flight or waiting; exiting");
                             break Ok(());
                         }
@@ -278,10 +312,44 @@ async fn session(
     outcome
 }
 
-/// Are the requests queue and every delay tier empty?
-async fn queues_empty(probe: &Channel, topology: &Topology) -> anyhow::Result<bool> {
+/// Record the outcomes held through a broker outage (see [`Outbox`]). Always, even when the
+/// stream already has an outcome for the request: that one may come from another worker that
+/// got the redelivered copy first and found the methods gone (`already_clean`); the batch view
+/// prefers the outcome that removed the methods, and a duplicate record costs nothing.
+async fn record_held_outcomes(
+    publish: &Channel,
+    topology: &Topology,
+    ledger: &Ledger,
+    outbox: &Outbox,
+) -> anyhow::Result<()> {
+    let held: Vec<Outcome> = outbox
+        .lock()
+        .map(|o| o.values().cloned().collect())
+        .unwrap_or_default();
+    for outcome in held {
+        let key = (outcome.request_id, outcome.replay);
+        let body = serde_json::to_vec(&Record::Outcome(Box::new(outcome.clone())))?;
+        publish_confirmed(
+            publish,
+            &topology.exchange(),
+            &OutMessage::json(RK_OUTCOME, body).with_id(key.0.to_string()),
+        )
+        .await
+        .context("recording outcomes held through a broker outage")?;
+        ledger.record(key.0, key.1, outcome.finished_at);
+        tracing::info!(user = %outcome.user, status = %outcome.status, "recorded an outcome held through a broker outage");
+        if let Ok(mut o) = outbox.lock() {
+            o.remove(&key);
+        }
+    }
+    Ok(())
+}
+
+/// Messages ready in the requests queue and every delay tier.
+async fn queues_ready(probe: &Channel, topology: &Topology) -> anyhow::Result<u64> {
     let mut names = vec![topology.requests()];
     names.extend((0..topology.tiers().len()).map(|i| topology.retry_queue(i)));
+    let mut ready = 0u64;
     for name in names {
         let q = probe
             .queue_declare(
@@ -293,23 +361,32 @@ async fn queues_empty(probe: &Channel, topology: &Topology) -> anyhow::Result<bo
                 FieldTable::default(),
             )
             .await?;
-        if q.message_count() > 0 {
-            return Ok(false);
-        }
+        ready += u64::from(q.message_count());
     }
-    Ok(true)
+    Ok(ready)
 }
 
 /// Handle one delivery; a panic inside is contained, and the delivery is handed back
 /// (after `broker.delivery_limit` redeliveries the broker dead-letters it).
 async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
     let delivery = Arc::new(delivery);
-    let inner = tokio::spawn(process(ctx.clone(), delivery.clone()));
-    match inner.await {
+    // Aborting this task (shutdown grace elapsed) must stop the processing too, not leave it
+    // calling Graph for a delivery the broker is about to hand to another worker.
+    let mut inner = AbortOnDrop(tokio::spawn(process(ctx.clone(), delivery.clone())));
+    match (&mut inner.0).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => {
-            // Broker trouble: the delivery stays unacked and comes back after reconnecting.
-            tracing::warn!(error = %format!("{err:#}"), "could not finish a delivery; it will be redelivered");
+            // Broker trouble (publishing the outcome or the retry failed): hand the delivery
+            // back so it is tried again now (counted by the delivery limit) instead of sitting
+            // unacked until the channel closes. On a dead channel the nack fails and the broker
+            // requeues it anyway when the connection goes.
+            tracing::warn!(error = %format!("{err:#}"), "could not finish a delivery; handing it back");
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
         }
         Err(join) => {
             ctx.metrics.panics.inc();
@@ -324,8 +401,47 @@ async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
     }
 }
 
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Removes a request from the in-flight set when its handler ends, however it ends.
+struct InFlightGuard<'a> {
+    set: &'a Mutex<HashSet<(uuid::Uuid, u32)>>,
+    key: (uuid::Uuid, u32),
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.key);
+        }
+    }
+}
+
+/// A Graph error that says "Graph is not there / not now" rather than "not this request":
+/// no answer at all, a gateway error, or throttling. Such a request keeps its attempts.
+fn is_outage(error: &graph::Error) -> bool {
+    matches!(
+        error,
+        graph::Error::Throttled { .. }
+            | graph::Error::Transient {
+                status: 0 | 502 | 503 | 504,
+                ..
+            }
+    )
+}
+
 async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
-    let attempt = headers::get_u64(&delivery.properties, headers::ATTEMPT).unwrap_or(1) as u32;
+    // A header from outside could say 0 (or be absent); attempts count from 1.
+    let attempt = headers::get_u64(&delivery.properties, headers::ATTEMPT)
+        .unwrap_or(1)
+        .clamp(1, u64::from(u32::MAX)) as u32;
     let request = match parse_request(&delivery.data) {
         Ok(r) => r,
         Err((code, message)) => {
@@ -349,20 +465,50 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
         delivery.ack(BasicAckOptions::default()).await?;
         return Ok(());
     }
+    let key = (request.request_id, request.replay);
+    let fresh = ctx
+        .in_flight
+        .lock()
+        .map(|mut s| s.insert(key))
+        .unwrap_or(true);
+    if !fresh {
+        // A second copy (e.g. republished by a producer after a broker restart) while the
+        // first is being executed here: the first one records the outcome, or comes back.
+        tracing::info!(request_id = %request.request_id, user = %request.user, "a copy is already in flight here; acking this one without touching Graph");
+        ctx.metrics.duplicates.inc();
+        delivery.ack(BasicAckOptions::default()).await?;
+        return Ok(());
+    }
+    let _in_flight = InFlightGuard {
+        set: &ctx.in_flight,
+        key,
+    };
+    if let Ok(lag) = (Utc::now() - request.requested_at).to_std() {
+        ctx.metrics.queue_lag_seconds.set(lag.as_secs_f64());
+    }
 
     let carry = request.carry.clone().unwrap_or_default();
     let max_age = chrono::Duration::from_std(ctx.settings.reset.max_request_age)
         .unwrap_or(chrono::Duration::days(1));
     let executed = if Utc::now() - request.requested_at > max_age {
-        Ok(simple(
+        let mut expired = simple(
             Status::Expired,
             "expired",
             format!(
-                "requested at {}, older than reset.max_request_age ({}); not executed",
+                "requested at {}, older than reset.max_request_age ({}); not executed{}",
                 request.requested_at.to_rfc3339(),
-                humantime::format_duration(ctx.settings.reset.max_request_age)
+                humantime::format_duration(ctx.settings.reset.max_request_age),
+                carry
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(" further (last error: {e})"))
+                    .unwrap_or_default()
             ),
-        ))
+        );
+        // What earlier attempts removed stays on the record.
+        expired.removed = carry.removed.clone();
+        expired.sessions_revoked = carry.sessions_revoked;
+        Ok(expired)
     } else if reset::is_protected(&ctx.settings.reset, &request.user) {
         Ok(simple(
             Status::SkippedProtected,
@@ -385,7 +531,8 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
         Ok(done) => done,
         Err(later) => {
             let tiers = ctx.topology.tiers().len();
-            if (attempt as usize) <= tiers {
+            let outage = is_outage(&later.error);
+            if tiers > 0 && (outage || (attempt as usize) <= tiers) {
                 let mut next = request.clone();
                 next.carry = Some(Carry {
                     removed: later.removed,
@@ -393,9 +540,15 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
                     last_error: Some(later.error.to_string()),
                 });
                 let body = serde_json::to_vec(&next)?;
-                let tier = attempt as usize - 1;
+                // An outage keeps the attempt (and waits the first, shortest tier); any other
+                // retryable error uses one up and waits longer each time.
+                let (tier, next_attempt) = if outage {
+                    (0, attempt)
+                } else {
+                    (attempt as usize - 1, attempt + 1)
+                };
                 let headers = Headers::from_props(&delivery.properties)
-                    .int(headers::ATTEMPT, u64::from(attempt) + 1)
+                    .int(headers::ATTEMPT, u64::from(next_attempt))
                     .str(headers::ERROR_CODE, &later.error.code())
                     .str(headers::ERROR_MESSAGE, &later.error.to_string())
                     .build();
@@ -403,7 +556,12 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
                     .with_id(request.request_id.to_string())
                     .with_headers(headers);
                 publish_confirmed(&ctx.publish, &ctx.topology.exchange(), &msg).await?;
-                tracing::info!(user = %request.user, attempt, delay = ?ctx.topology.tiers()[tier], error = %later.error, "Graph kept failing; retrying later from a delay queue");
+                if outage {
+                    tracing::warn!(user = %request.user, attempt, delay = ?ctx.topology.tiers()[tier], error = %later.error, "Graph unreachable or throttling; waiting in a delay queue without using an attempt");
+                    ctx.metrics.outage_requeues.inc();
+                } else {
+                    tracing::info!(user = %request.user, attempt, delay = ?ctx.topology.tiers()[tier], error = %later.error, "Graph kept failing; retrying later from a delay queue");
+                }
                 ctx.metrics.retried.inc();
                 delivery.ack(BasicAckOptions::default()).await?;
                 return Ok(());
@@ -461,13 +619,18 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
         ctx.metrics.dead_lettered.inc();
     }
     let body = serde_json::to_vec(&Record::Outcome(Box::new(outcome.clone())))?;
-    publish_confirmed(
+    if let Err(err) = publish_confirmed(
         &ctx.publish,
         &ctx.topology.exchange(),
         &OutMessage::json(RK_OUTCOME, body).with_id(request.request_id.to_string()),
     )
     .await
-    .context("recording the outcome")?;
+    {
+        if let Ok(mut held) = ctx.outbox.lock() {
+            held.insert((outcome.request_id, outcome.replay), outcome.clone());
+        }
+        return Err(err.context("recording the outcome (held; recorded after reconnecting)"));
+    }
     ctx.ledger
         .record(outcome.request_id, outcome.replay, outcome.finished_at);
     delivery.ack(BasicAckOptions::default()).await?;

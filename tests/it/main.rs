@@ -8,4 +8,5 @@ mod fidelity;
 mod graph_client;
 mod intake;
 mod pipeline;
+mod reliability;
 mod sim;

@@ -185,6 +185,64 @@ impl TestEnv {
         let _ = conn.close(200, "bye".into()).await;
     }
 
+    /// How many outcome records the stream holds per request id (all batches).
+    pub async fn outcome_counts(&self) -> std::collections::HashMap<uuid::Uuid, u32> {
+        let seen: Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, u32>>> =
+            Arc::default();
+        let sink = seen.clone();
+        for record in self.stream_records().await {
+            if let mfa_reset::domain::Record::Outcome(o) = record {
+                *sink.lock().unwrap().entry(o.request_id).or_default() += 1;
+            }
+        }
+        let counts = seen.lock().unwrap().clone();
+        counts
+    }
+
+    /// Every record on this test's outcomes stream, oldest first.
+    pub async fn stream_records(&self) -> Vec<mfa_reset::domain::Record> {
+        let records: Arc<std::sync::Mutex<Vec<mfa_reset::domain::Record>>> = Arc::default();
+        let sink = records.clone();
+        let conn = broker::connect(&self.settings.broker, "test")
+            .await
+            .expect("broker");
+        mfa_reset::broker::stream::read_until_now(
+            &conn,
+            &self.topology(),
+            mfa_reset::broker::stream::Offset::First,
+            move |r| sink.lock().unwrap().push(r),
+        )
+        .await
+        .expect("read the outcomes stream");
+        let _ = conn.close(200, "bye".into()).await;
+        let out = records.lock().unwrap().clone();
+        out
+    }
+
+    /// Take every message now in `queue` off it (acked) and return the bodies.
+    pub async fn drain_queue(&self, queue: &str) -> Vec<Vec<u8>> {
+        let conn = broker::connect(&self.settings.broker, "test drain")
+            .await
+            .expect("broker");
+        let ch = conn.create_channel().await.expect("channel");
+        let mut bodies = Vec::new();
+        loop {
+            let got = ch
+                .basic_get(
+                    queue.into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await
+                .expect("basic.get");
+            match got {
+                Some(m) => bodies.push(m.delivery.data.clone()),
+                None => break,
+            }
+        }
+        let _ = conn.close(200, "bye".into()).await;
+        bodies
+    }
+
     /// Delete this test's queues and exchange.
     pub async fn cleanup(mut self) {
         self.stop_workers().await;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod env;
+pub mod proc;
 
 use mfa_reset::sim::{SimConfig, SimServer};
 

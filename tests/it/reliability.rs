@@ -1,0 +1,975 @@
+//! Reliability and operations: graceful shutdown, crashes, redeliveries, a Graph outage,
+//! poison messages, dead-letter operations, visibility, safety rails and hostile files.
+//! Workers run as real `mfa-reset work` processes where the test needs signals, logs or
+//! `/metrics`; the broker is the real RabbitMQ. Broker restarts are in `tests/broker_restart.rs`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mfa_reset::commands::dlq;
+use mfa_reset::domain::{Record, ResetRequest, Status, UserRef};
+use mfa_reset::graph::GraphClient;
+use mfa_reset::sim::{FaultPatch, GenOptions, SimConfig};
+use mfa_reset::worker::{self, WorkOptions, WorkerMetrics};
+use nix::sys::signal::Signal;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::env::{csv_of_generated, TestEnv};
+use crate::common::proc::{self, finish, free_port, run, signal, spawn_worker};
+
+fn tenant(users: usize, latency_ms: u64) -> SimConfig {
+    SimConfig {
+        users,
+        latency_ms,
+        generation: GenOptions {
+            methods_min: 1,
+            ..GenOptions::default()
+        },
+        ..SimConfig::default()
+    }
+}
+
+fn removable(user: &mfa_reset::sim::UserView) -> usize {
+    user.methods
+        .iter()
+        .filter(|m| m["@odata.type"] != "#microsoft.graph.passwordAuthenticationMethod")
+        .count()
+}
+
+/// Wait until the batch has at least `n` outcomes (or panic after `secs`).
+async fn wait_for_outcomes(env: &TestEnv, batch: &str, n: u64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let view = mfa_reset::commands::status::load(&env.settings, batch)
+            .await
+            .expect("status");
+        if view.finished() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} outcomes after {secs}s",
+            view.finished()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The batch id `enqueue` printed.
+fn batch_of(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("batch: "))
+        .expect("enqueue prints the batch")
+        .trim()
+        .to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graceful shutdown, crash, no second execution
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_users_in_flight_records_them_and_exits_zero() {
+    // 200 ms per Graph call and ~5 calls per user: a user takes about a second.
+    let env = TestEnv::new("rel-sigterm", tenant(60, 200)).await;
+    let before: HashMap<String, usize> = env
+        .sim
+        .users_snapshot()
+        .iter()
+        .map(|u| (u.user_principal_name.to_lowercase(), removable(u)))
+        .collect();
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(60))
+        .await
+        .expect("enqueue");
+    let worker = spawn_worker(&env.settings, "sigterm-worker", 8);
+    wait_for_outcomes(&env, &enqueued.batch, 3, 60).await;
+
+    signal(&worker, Signal::SIGTERM);
+    let started = Instant::now();
+    let (code, _, stderr) = tokio::time::timeout(Duration::from_secs(30), finish(worker))
+        .await
+        .expect("the worker exits within the grace period");
+
+    assert_eq!(code, Some(0), "exit code; stderr:\n{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(stderr.contains("shutdown requested"), "{stderr}");
+    // Nothing lost: every request has an outcome or is back in the queue, ready.
+    let view = mfa_reset::commands::status::load(&env.settings, &enqueued.batch)
+        .await
+        .expect("status");
+    let ready = env.queue_len(&env.topology().requests()).await;
+    assert!(
+        view.finished() < 60,
+        "the test must stop the worker mid-batch"
+    );
+    assert_eq!(view.finished() + u64::from(ready), 60);
+    // Nothing half-done: a user without an outcome still has every method it had.
+    let recorded: HashSet<String> = view.outcomes().map(|o| o.user.key()).collect();
+    for user in env.sim.users_snapshot() {
+        let key = user.user_principal_name.to_lowercase();
+        if !recorded.contains(&key) {
+            assert_eq!(removable(&user), before[&key], "{key} was left half-done");
+        }
+    }
+    // A new worker finishes the rest; every request ends with exactly one outcome.
+    let mut env = env;
+    env.start_worker(8);
+    let view = env.wait_batch(&enqueued.batch, 120).await;
+    assert_eq!(view.finished(), 60);
+    let counts = env.outcome_counts().await;
+    assert_eq!(counts.len(), 60);
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_nothing_and_every_user_ends_with_one_outcome() {
+    let env = TestEnv::new("rel-kill", tenant(150, 60)).await;
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(150))
+        .await
+        .expect("enqueue");
+    let victim = spawn_worker(&env.settings, "victim", 16);
+    let survivor = spawn_worker(&env.settings, "survivor", 8);
+    wait_for_outcomes(&env, &enqueued.batch, 20, 60).await;
+
+    signal(&victim, Signal::SIGKILL);
+    let _ = finish(victim).await;
+    let newcomer = spawn_worker(&env.settings, "newcomer", 8);
+    let view = env.wait_batch(&enqueued.batch, 180).await;
+    signal(&survivor, Signal::SIGTERM);
+    signal(&newcomer, Signal::SIGTERM);
+    assert_eq!(finish(survivor).await.0, Some(0));
+    assert_eq!(finish(newcomer).await.0, Some(0));
+
+    assert_eq!(view.finished(), 150);
+    let workers: HashSet<String> = view.outcomes().map(|o| o.worker.clone()).collect();
+    assert!(workers.contains("victim"), "{workers:?}");
+    // Exactly one outcome record per request on the stream, and one row per user in `report`.
+    let counts = env.outcome_counts().await;
+    assert_eq!(counts.len(), 150);
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "a request was recorded twice"
+    );
+    let (code, csv, stderr) = run(&env.settings, &["report", "--batch", &enqueued.batch]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let users: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap_or(""))
+        .collect();
+    assert_eq!(users.len(), 150);
+    assert_eq!(users.iter().collect::<HashSet<_>>().len(), 150);
+    // Users the victim held half-way were resumed: nobody keeps a removable method.
+    for user in env.sim.users_snapshot() {
+        assert_eq!(removable(&user), 0, "{}", user.user_principal_name);
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_delivered_again_after_its_outcome_is_recorded_does_not_touch_graph() {
+    let mut env = TestEnv::new("rel-dup", tenant(20, 0)).await;
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(20))
+        .await
+        .expect("enqueue");
+    env.start_worker(8);
+    env.wait_batch(&enqueued.batch, 60).await;
+    env.stop_workers().await;
+    let requests_before = env.sim.stats().requests_total;
+
+    // The same 20 requests again (as a producer republishing after a lost confirm would).
+    for i in 0..20 {
+        let user = UserRef::parse(&mfa_reset::sim::tenant::upn_for_index(i)).expect("user");
+        let request = ResetRequest {
+            version: mfa_reset::domain::REQUEST_VERSION,
+            request_id: ResetRequest::id_for(&enqueued.batch, &user),
+            batch: enqueued.batch.clone(),
+            user,
+            ticket: None,
+            reason: None,
+            requested_by: None,
+            dry_run: false,
+            revoke_sessions: false,
+            requested_at: chrono::Utc::now(),
+            replay: 0,
+            carry: None,
+        };
+        env.publish_raw(&serde_json::to_vec(&request).expect("json"))
+            .await;
+    }
+    let metrics = Arc::new(WorkerMetrics::default());
+    let cancel = CancellationToken::new();
+    let handle = {
+        let settings = env.settings.clone();
+        let metrics = metrics.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;
+            let options = WorkOptions {
+                concurrency: 4,
+                exit_when_idle: Some(Duration::from_secs(1)),
+            };
+            worker::run(&settings, graph, options, metrics, cancel).await
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(60), handle)
+        .await
+        .expect("the worker goes idle")
+        .expect("worker task")
+        .expect("worker ends cleanly");
+
+    assert_eq!(metrics.duplicates.get(), 20);
+    assert_eq!(env.sim.stats().requests_total, requests_before);
+    assert_eq!(env.queue_len(&env.topology().requests()).await, 0);
+    let counts = env.outcome_counts().await;
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    drop(cancel);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_reset_resumes_by_listing_again_and_deleting_only_what_remains() {
+    let mut env = TestEnv::new(
+        "rel-resume",
+        SimConfig {
+            users: 5,
+            generation: GenOptions {
+                methods_min: 3,
+                ..GenOptions::default()
+            },
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let upn = mfa_reset::sim::tenant::upn_for_index(0);
+    let user = UserRef::parse(&upn).expect("user");
+    // A crashed worker got half-way: one method already deleted, no outcome recorded.
+    let graph = GraphClient::new(&env.settings.graph, &env.settings.rate, &env.settings.retry)
+        .expect("client");
+    let methods = graph.list_methods(&user).await.expect("list");
+    let targets: Vec<_> = methods.iter().filter(|m| m.is_removable()).collect();
+    assert!(targets.len() >= 3);
+    // Whichever Graph lets go first (not the default, not a mobile with an alternate).
+    let mut deleted = false;
+    for method in &targets {
+        if graph.delete_method(&user, method).await.is_ok() {
+            deleted = true;
+            break;
+        }
+    }
+    assert!(deleted, "one method deleted out of band");
+    let deleted_before = env.sim.stats().methods_deleted;
+
+    let enqueued = env
+        .enqueue_csv(&format!("user\n{upn}\n"))
+        .await
+        .expect("enqueue");
+    env.start_worker(1);
+    let view = env.wait_batch(&enqueued.batch, 60).await;
+
+    let outcome = view.outcomes().next().expect("outcome");
+    assert_eq!(outcome.status, Status::Reset, "{outcome:?}");
+    assert_eq!(outcome.methods_removed.len(), targets.len() - 1);
+    assert_eq!(
+        env.sim.stats().methods_deleted - deleted_before,
+        targets.len() as u64 - 1,
+        "only what remained was deleted"
+    );
+    assert_eq!(removable(&env.sim.user(&upn).expect("user")), 0);
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graph outage
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_outage_pauses_the_workers_and_the_batch_completes_without_failures() {
+    // The issue's outage is a minute; 25 s keeps CI short and already outlasts what the test
+    // settings' in-process retries (10 s) plus both delay tiers (1 s, 2 s) used to allow.
+    let env = TestEnv::new("rel-outage", tenant(120, 30)).await;
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(120))
+        .await
+        .expect("enqueue");
+    let metrics = Arc::new(WorkerMetrics::default());
+    let cancel = CancellationToken::new();
+    let handle = {
+        let settings = env.settings.clone();
+        let metrics = metrics.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;
+            let options = WorkOptions {
+                concurrency: 8,
+                exit_when_idle: None,
+            };
+            worker::run(&settings, graph, options, metrics, cancel).await
+        })
+    };
+    wait_for_outcomes(&env, &enqueued.batch, 10, 60).await;
+
+    env.sim.set_faults(FaultPatch {
+        outage_secs: Some(25),
+        ..FaultPatch::default()
+    });
+    let view = env.wait_batch(&enqueued.batch, 150).await;
+    cancel.cancel();
+    handle.await.expect("task").expect("worker ends cleanly");
+
+    assert!(env.sim.stats().faults_injected + env.sim.stats().dropped_connections > 0);
+    assert_eq!(
+        view.counts().get(&Status::Reset).copied(),
+        Some(120),
+        "{:?}",
+        view.outcomes()
+            .filter(|o| o.status != Status::Reset)
+            .map(|o| (o.user.to_string(), o.error_code.clone(), o.attempts))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        view.outcomes().all(|o| o.attempts == 1),
+        "no attempt used up"
+    );
+    assert!(
+        metrics.outage_requeues.get() > 0,
+        "the outage reached the delay queue"
+    );
+    let letters = dlq::list(&env.settings, None).await.expect("dlq list");
+    assert!(letters.is_empty(), "{letters:?}");
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Poison messages
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_json_a_wrong_schema_and_an_unknown_version_are_dead_lettered_with_a_reason() {
+    let mut env = TestEnv::new("rel-poison", tenant(5, 0)).await;
+    env.setup().await;
+    env.publish_raw(b"{\"version\": 1, \"user\": ").await;
+    env.publish_raw(br#"{"version": 1, "user": "a@contoso.com", "colour": "red"}"#)
+        .await;
+    env.publish_raw(br#"{"version": 2, "request_id": "x"}"#)
+        .await;
+    env.start_worker(2);
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(3))
+        .await
+        .expect("enqueue");
+
+    let view = env.wait_batch(&enqueued.batch, 60).await;
+
+    assert_eq!(view.finished(), 3, "the worker kept going");
+    let letters = dlq::list(&env.settings, None).await.expect("dlq list");
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    let mut reasons: Vec<(String, String)> = letters
+        .iter()
+        .map(|l| (l.error_code.clone(), l.error_message.clone()))
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons[0].0, "invalid_message");
+    assert!(reasons[0].1.contains("not JSON"), "{reasons:?}");
+    assert_eq!(reasons[1].0, "invalid_message");
+    assert!(reasons[1].1.contains("not a reset request"), "{reasons:?}");
+    assert_eq!(reasons[2].0, "unknown_version");
+    assert!(reasons[2].1.contains("version 2"), "{reasons:?}");
+    assert!(letters.iter().all(|l| l.failed_at.is_some()));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_keeps_killing_its_worker_is_dead_lettered_by_the_delivery_limit() {
+    // Every Graph call takes 3 s: the worker is always mid-request when it is killed.
+    let mut env = TestEnv::new("rel-limit", tenant(5, 3000)).await;
+    env.settings.broker.delivery_limit = 2;
+    let poison = env
+        .enqueue_csv(&csv_of_generated(1))
+        .await
+        .expect("enqueue");
+    let requests = env.topology().requests();
+    let dead = env.topology().dead();
+
+    let mut kills = 0;
+    while env.queue_len(&dead).await == 0 {
+        assert!(kills < 8, "still not dead-lettered after {kills} crashes");
+        let worker = spawn_worker(&env.settings, "crashing", 1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while env.queue_len(&requests).await > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the worker never took the message"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        signal(&worker, Signal::SIGKILL);
+        let _ = finish(worker).await;
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let letters = dlq::list(&env.settings, Some(&poison.batch))
+        .await
+        .expect("dlq list");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].error_code, "delivery_limit");
+    assert!(letters[0].error_message.contains("requests"), "{letters:?}");
+    assert_eq!(
+        letters[0].user.as_deref(),
+        Some(mfa_reset::sim::tenant::upn_for_index(0).as_str())
+    );
+    // Workers keep going with the next batch.
+    env.sim.set_faults(FaultPatch {
+        latency_ms: Some(0),
+        ..FaultPatch::default()
+    });
+    env.start_worker(4);
+    let next = env
+        .enqueue_csv(&format!(
+            "user\n{}\n{}\n",
+            mfa_reset::sim::tenant::upn_for_index(1),
+            mfa_reset::sim::tenant::upn_for_index(2)
+        ))
+        .await
+        .expect("enqueue");
+    assert_eq!(env.wait_batch(&next.batch, 60).await.finished(), 2);
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dead-letter operations
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupted_replay_loses_nothing(
+) {
+    let mut env = TestEnv::new("rel-dlq", tenant(5, 0)).await;
+    // 510 users who do not exist: more dead letters than one prefetch window used to show.
+    let mut big = String::from("user\n");
+    for i in 0..510 {
+        big.push_str(&format!("ghost{i}@contoso.com\n"));
+    }
+    let a = env.enqueue_csv(&big).await.expect("enqueue a");
+    let b = env
+        .enqueue_csv("user\nnobody1@contoso.com\nnobody2@contoso.com\nnobody3@contoso.com\n")
+        .await
+        .expect("enqueue b");
+    env.publish_raw(b"not json at all").await;
+    env.start_worker(16);
+    env.wait_batch(&a.batch, 120).await;
+    env.wait_batch(&b.batch, 60).await;
+    env.stop_workers().await;
+    let dead = env.topology().dead();
+    let requests = env.topology().requests();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.queue_len(&dead).await < 514 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // list: user, batch, error, attempts, when — for every letter.
+    let (code, out, err) = run(&env.settings, &["dlq", "list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("514 dead letter(s)"), "{}", &out[..200]);
+    let letters = dlq::list(&env.settings, Some(&a.batch))
+        .await
+        .expect("list");
+    assert_eq!(letters.len(), 510);
+    for l in &letters {
+        assert!(l.user.as_deref().is_some_and(|u| u.starts_with("ghost")));
+        assert_eq!(l.error_code, "Request_ResourceNotFound");
+        assert_eq!(l.attempts, 1);
+        let when = l.failed_at.as_deref().expect("failed_at");
+        chrono::DateTime::parse_from_rfc3339(when).expect("an RFC 3339 time");
+    }
+
+    // An interrupted replay (kill -9 half-way) loses nothing: every request of batch A is in
+    // the dead-letter queue or back on the requests queue (or both).
+    let replay = proc::mfa_reset(&env.settings, &["dlq", "replay", "--batch", &a.batch])
+        .spawn()
+        .expect("dlq replay");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.queue_len(&requests).await < 20 {
+        assert!(Instant::now() < deadline, "replay never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&replay, Signal::SIGKILL);
+    let _ = finish(replay).await;
+    let in_dead: HashSet<String> = dlq::list(&env.settings, Some(&a.batch))
+        .await
+        .expect("list")
+        .into_iter()
+        .filter_map(|l| l.user)
+        .collect();
+    let replayed: Vec<ResetRequest> = env
+        .drain_queue(&requests)
+        .await
+        .iter()
+        .map(|b| serde_json::from_slice(b).expect("a request"))
+        .collect();
+    assert!(
+        !replayed.is_empty() && in_dead.len() < 510,
+        "killed half-way"
+    );
+    assert!(replayed.iter().all(|r| r.replay == 1 && r.carry.is_none()));
+    let mut all: HashSet<String> = in_dead;
+    all.extend(replayed.iter().map(|r| r.user.to_string()));
+    assert_eq!(all.len(), 510, "a dead letter was lost");
+
+    // purge --batch A removes A's letters only.
+    let (code, out, err) = run(&env.settings, &["dlq", "purge", "--batch", &a.batch]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("purged: "), "{out}");
+    assert_eq!(env.queue_len(&dead).await, 4);
+
+    // replay --batch B --error-code C: back with a fresh attempt count, executed again.
+    let (code, out, err) = run(
+        &env.settings,
+        &[
+            "dlq",
+            "replay",
+            "--batch",
+            &b.batch,
+            "--error-code",
+            "no_such_code",
+        ],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (Some(0), "replayed: 0"), "{err}");
+    let (code, out, err) = run(
+        &env.settings,
+        &[
+            "dlq",
+            "replay",
+            "--batch",
+            &b.batch,
+            "--error-code",
+            "Request_ResourceNotFound",
+        ],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (Some(0), "replayed: 3"), "{err}");
+    assert_eq!(env.queue_len(&dead).await, 1, "the invalid message stays");
+    env.start_worker(4);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = mfa_reset::commands::status::load(&env.settings, &b.batch)
+            .await
+            .expect("status");
+        if view.outcomes().filter(|o| o.replay == 1).count() == 3 {
+            assert!(view.outcomes().all(|o| o.attempts == 1));
+            break;
+        }
+        assert!(Instant::now() < deadline, "replayed requests not executed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Visibility
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_wait_prints_counts_rate_and_eta_as_plain_lines_without_a_terminal() {
+    let mut env = TestEnv::new("rel-status", tenant(40, 100)).await;
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(40))
+        .await
+        .expect("enqueue");
+    env.start_worker(4);
+
+    let (code, out, err) = run(
+        &env.settings,
+        &[
+            "status",
+            "--batch",
+            &enqueued.batch,
+            "--wait",
+            "--timeout",
+            "120",
+        ],
+    )
+    .await;
+
+    assert_eq!(code, Some(0), "{err}");
+    let progress: Vec<&str> = err.lines().filter(|l| l.contains("users done")).collect();
+    assert!(progress.len() >= 2, "a line every few seconds: {err}");
+    let last = progress.last().expect("a final line");
+    assert!(last.starts_with("40/40 users done"), "{last}");
+    assert!(last.contains("/s") && last.contains("ETA"), "{last}");
+    assert!(
+        last.contains("reset 40") && last.contains("pending 0"),
+        "{last}"
+    );
+    assert!(!err.contains('\u{1b}'), "no terminal escapes in a log");
+    assert!(out.contains("reset") && out.contains("total"), "{out}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_wait_draws_a_progress_bar_on_a_terminal() {
+    let mut env = TestEnv::new("rel-bar", tenant(20, 50)).await;
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(20))
+        .await
+        .expect("enqueue");
+    env.start_worker(4);
+    // `script` gives the command a pseudo-terminal, as an operator's shell would.
+    let command = format!(
+        "{} status --batch {} --wait --timeout 120",
+        env!("CARGO_BIN_EXE_mfa-reset"),
+        enqueued.batch
+    );
+    let out = tokio::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .envs(proc::env_of(&env.settings))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("script runs");
+
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("users"), "{text}");
+    assert!(text.contains("ETA"), "{text}");
+    assert!(text.contains('\u{1b}'), "drawn with terminal control codes");
+    assert!(
+        !text.contains("users done,"),
+        "no plain lines on a terminal"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_metrics_and_healthz_and_writes_json_logs_when_asked() {
+    let env = TestEnv::new("rel-metrics", tenant(30, 20)).await;
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(30))
+        .await
+        .expect("enqueue");
+    let port = free_port();
+    let worker = proc::mfa_reset(&env.settings, &["work", "--concurrency", "4"])
+        .env(
+            "MFA_RESET__WORKER__METRICS_ADDR",
+            format!("127.0.0.1:{port}"),
+        )
+        .env("MFA_RESET__LOG__FORMAT", "json")
+        .spawn()
+        .expect("worker");
+    env.wait_batch(&enqueued.batch, 60).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+
+    let health = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        // The queue probe runs every few seconds.
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        if text.contains("mfa_reset_queue_ready 0") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    signal(&worker, Signal::SIGTERM);
+    let (code, _, stderr) = finish(worker).await;
+
+    for expected in [
+        "mfa_reset_outcomes_total{status=\"reset\"} 30",
+        "mfa_reset_graph_status_200 ",
+        "mfa_reset_graph_status_429 0",
+        "mfa_reset_graph_throttled 0",
+        "mfa_reset_graph_pause_secs ",
+        "mfa_reset_in_flight 0",
+        "mfa_reset_queue_ready 0",
+        "mfa_reset_queue_lag_seconds ",
+        "mfa_reset_outage_requeues_total 0",
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
+    }
+    assert_eq!(code, Some(0));
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 30, "{stderr}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("every log line is JSON");
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{line}"
+        );
+    }
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safety rails
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_shows_a_summary_and_refuses_more_than_confirm_above_without_yes() {
+    let mut env = TestEnv::new("rel-confirm", tenant(5, 0)).await;
+    env.settings.intake.confirm_above = 500;
+    env.setup().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("many.csv");
+    std::fs::write(&path, csv_of_generated(501)).expect("write");
+    let path = path.to_string_lossy().to_string();
+
+    let (code, _, err) = run(&env.settings, &["enqueue", "--csv", &path]).await;
+
+    assert_eq!(
+        code,
+        Some(mfa_reset::commands::enqueue::EXIT_NEEDS_CONFIRMATION),
+        "{err}"
+    );
+    assert!(err.contains("users:    501"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "sample:   {}",
+            mfa_reset::sim::tenant::upn_for_index(0)
+        )),
+        "{err}"
+    );
+    assert!(err.contains("action:   delete every registered"), "{err}");
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(env.queue_len(&env.topology().requests()).await, 0);
+
+    let (code, out, err) = run(&env.settings, &["enqueue", "--csv", &path, "--yes"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("enqueued: 501"), "{out}");
+    assert_eq!(env.queue_len(&env.topology().requests()).await, 501);
+    env.cleanup().await;
+}
+
+/// Runs of 64 ASCII letters and digits: what the simulator's access tokens look like.
+fn token_like(text: &str) -> Option<String> {
+    let mut run = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() {
+            run.push(c);
+        } else {
+            if run.len() >= 64 {
+                return Some(run);
+            }
+            run.clear();
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_log_line_or_outcome_record_holds_the_client_secret_or_an_access_token() {
+    let secret = format!("s3cr3t~{}", uuid::Uuid::new_v4().simple());
+    let mut env = TestEnv::new(
+        "rel-secret",
+        SimConfig {
+            client_secret: secret.clone(),
+            ..tenant(10, 0)
+        },
+    )
+    .await;
+    env.settings.graph.client_secret = Some(secret.clone().into());
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("users.csv");
+    std::fs::write(&path, csv_of_generated(10)).expect("write");
+
+    let mut logs = String::new();
+    let (code, out, err) = proc::finish(
+        proc::mfa_reset(
+            &env.settings,
+            &[
+                "enqueue",
+                "--csv",
+                &path.to_string_lossy(),
+                "--revoke-sessions",
+            ],
+        )
+        .env("RUST_LOG", "trace")
+        .spawn()
+        .expect("enqueue"),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let batch = batch_of(&out);
+    logs.push_str(&out);
+    logs.push_str(&err);
+    let (code, out, err) = proc::finish(
+        proc::mfa_reset(&env.settings, &["work", "--exit-when-idle", "2"])
+            .env("RUST_LOG", "trace")
+            .spawn()
+            .expect("work"),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    logs.push_str(&out);
+    logs.push_str(&err);
+    let (code, out, err) = run(
+        &env.settings,
+        &["report", "--batch", &batch, "--format", "jsonl"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    logs.push_str(&out);
+
+    assert!(env.sim.stats().tokens_issued >= 1, "a token was used");
+    assert!(
+        logs.contains("outcome recorded"),
+        "trace logs were captured"
+    );
+    assert!(logs.len() > 10_000, "trace logs were captured");
+    assert!(!logs.contains(&secret), "the client secret is in the logs");
+    assert!(
+        !logs.contains("Bearer "),
+        "an authorization header is in the logs"
+    );
+    assert!(
+        !logs.contains("access_token"),
+        "a token answer is in the logs"
+    );
+    assert_eq!(
+        token_like(&logs),
+        None,
+        "something token-like is in the logs"
+    );
+    let records = serde_json::to_string(&env.stream_records().await).expect("json");
+    assert!(records.contains("\"outcome\""));
+    assert!(!records.contains(&secret));
+    assert_eq!(token_like(&records), None);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_cells_that_a_spreadsheet_would_run_as_formulas_are_neutralised() {
+    let mut env = TestEnv::new("rel-formula", tenant(5, 0)).await;
+    let a = mfa_reset::sim::tenant::upn_for_index(0);
+    let tickets = format!(
+        "{{\"ticket\":\"=HYPERLINK(\\\"http://evil\\\",\\\"x\\\")\",\"user\":\"{a}\"}}\n\
+         {{\"ticket\":\"+1-555\",\"user\":\"nobody@contoso.com\"}}\n"
+    );
+    let enqueued = env.enqueue_tickets(&tickets).await.expect("enqueue");
+    env.start_worker(2);
+    env.wait_batch(&enqueued.batch, 60).await;
+
+    let (code, csv, err) = run(&env.settings, &["report", "--batch", &enqueued.batch]).await;
+
+    assert_eq!(code, Some(0), "{err}");
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
+    assert_eq!(rows.len(), 2);
+    let cells: Vec<&str> = rows.iter().flat_map(|r| r.iter()).collect();
+    assert!(
+        cells.contains(&"'=HYPERLINK(\"http://evil\",\"x\")"),
+        "{csv}"
+    );
+    assert!(cells.contains(&"'+1-555"), "{csv}");
+    for cell in cells {
+        assert!(
+            !cell.starts_with(['=', '+', '-', '@']),
+            "{cell:?} would run as a formula"
+        );
+    }
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile files
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_files_are_refused_with_a_clear_message_and_nothing_is_enqueued() {
+    let env = TestEnv::new("rel-hostile", tenant(5, 0)).await;
+    env.setup().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut million = String::with_capacity(40_000_000);
+    million.push_str("userPrincipalName\n");
+    for i in 0..1_000_000 {
+        million.push_str(&format!("user{i}@contoso.com\n"));
+    }
+    million.push_str("bob@\n");
+    let ten_mb_field = format!("user\nalice@contoso.com\n{}\n", "a".repeat(10 << 20));
+    let cases: Vec<(&str, &str, Vec<u8>, &[&str])> = vec![
+        (
+            "invalid UTF-8",
+            "csv",
+            b"user\nalice@contoso.com\n\xff\xfebob@contoso.com\n".to_vec(),
+            &["line 3", "UTF-8"],
+        ),
+        (
+            "no user column",
+            "csv",
+            b"name,email\nalice,alice@contoso.com\n".to_vec(),
+            &["no user column", "userPrincipalName"],
+        ),
+        ("empty file", "csv", Vec::new(), &["empty"]),
+        ("header only", "csv", b"user\n".to_vec(), &["no data rows"]),
+        (
+            "1,000,001 rows, the last one bad",
+            "csv",
+            million.into_bytes(),
+            &["line 1000002", "bob@"],
+        ),
+        (
+            "a 10 MB single field",
+            "csv",
+            ten_mb_field.into_bytes(),
+            &["line 3", "characters long"],
+        ),
+        (
+            "NUL bytes",
+            "csv",
+            b"user\nalice@contoso.com\nbo\x00b@contoso.com\n".to_vec(),
+            &["line 3", "NUL"],
+        ),
+        (
+            "a ticket file with a truncated last line",
+            "tickets",
+            b"{\"ticket\":\"INC1\",\"user\":\"alice@contoso.com\"}\n{\"ticket\":\"INC2\",\"user\":\"bo"
+                .to_vec(),
+            &["line 2", "truncated"],
+        ),
+    ];
+
+    for (name, kind, content, expected) in cases {
+        let path = dir.path().join(format!("input.{kind}"));
+        std::fs::write(&path, &content).expect("write");
+        let (code, out, err) = run(
+            &env.settings,
+            &[
+                "enqueue",
+                &format!("--{kind}"),
+                &path.to_string_lossy(),
+                "--yes",
+            ],
+        )
+        .await;
+        assert_eq!(code, Some(1), "{name}: exit code; {err}");
+        for word in expected {
+            assert!(err.contains(word), "{name}: {word:?} not in {err}");
+        }
+        assert!(err.contains("nothing was enqueued"), "{name}: {err}");
+        assert!(err.len() < 4000, "{name}: the message stays readable");
+        assert!(!out.contains("enqueued:"), "{name}: {out}");
+        assert_eq!(
+            env.queue_len(&env.topology().requests()).await,
+            0,
+            "{name}: something was enqueued"
+        );
+    }
+    let records = env.stream_records().await;
+    assert!(
+        !records.iter().any(|r| matches!(r, Record::Manifest(_))),
+        "no batch manifest was written"
+    );
+    env.cleanup().await;
+}
