@@ -98,7 +98,18 @@ async fn publish_confirmed_inner(
     exchange: &str,
     msg: &OutMessage,
 ) -> anyhow::Result<()> {
-    let confirm = channel
+    let confirm = begin_publish(channel, exchange, msg).await?;
+    check_confirmation(confirm.await?, &msg.routing_key)
+}
+
+/// Hand `msg` to the broker; the returned future resolves with its confirm.
+/// `mandatory`: a message that routes nowhere comes back as an error, not a silent drop.
+async fn begin_publish(
+    channel: &Channel,
+    exchange: &str,
+    msg: &OutMessage,
+) -> lapin::Result<PublisherConfirm> {
+    channel
         .basic_publish(
             exchange.into(),
             msg.routing_key.as_str().into(),
@@ -109,8 +120,7 @@ async fn publish_confirmed_inner(
             &msg.body,
             msg.properties(),
         )
-        .await?;
-    check_confirmation(confirm.await?, &msg.routing_key)
+        .await
 }
 
 fn check_confirmation(c: Confirmation, routing_key: &str) -> anyhow::Result<()> {
@@ -207,18 +217,7 @@ impl Publisher {
     }
 
     async fn publish(&self, msg: &OutMessage) -> lapin::Result<PublisherConfirm> {
-        self.channel
-            .basic_publish(
-                self.topology.exchange().as_str().into(),
-                msg.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &msg.body,
-                msg.properties(),
-            )
-            .await
+        begin_publish(&self.channel, &self.topology.exchange(), msg).await
     }
 
     async fn settle_front(&mut self) -> anyhow::Result<()> {
