@@ -6,5 +6,5 @@ mod request;
 mod user;
 
 pub use outcome::{mask_email, mask_phone, MethodRecord, Outcome, Status};
-pub use request::{BatchManifest, Carry, Record, ResetRequest, REQUEST_VERSION};
+pub use request::{BatchManifest, Carry, PlanRecord, Record, ResetRequest, REQUEST_VERSION};
 pub use user::{UserRef, UserRefError};

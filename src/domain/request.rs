@@ -48,6 +48,21 @@ pub struct ResetRequest {
     pub carry: Option<Carry>,
 }
 
+/// The methods one attempt of a request is about to delete.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanRecord {
+    /// The request.
+    pub request_id: Uuid,
+    /// Its replay generation.
+    pub replay: u32,
+    /// Its batch.
+    pub batch: String,
+    /// About to be deleted (masked details; full values only with `reset.backup`).
+    pub methods: Vec<super::MethodRecord>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
 /// Progress carried from one attempt of a request to the next.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +114,9 @@ pub enum Record {
     Manifest(BatchManifest),
     /// A user's final outcome.
     Outcome(Box<Outcome>),
+    /// Written before the first DELETE of a request: what is about to be removed. If the
+    /// worker dies half-way, the next attempt learns from it what the first one removed.
+    Plan(PlanRecord),
     /// Written by a reader to find "the end of the stream so far".
     Marker {
         /// Unique per read.

@@ -115,22 +115,55 @@ fn needs_identity(settings: &ResetSettings, user: &UserRef) -> bool {
 }
 
 /// Reset one user. `carried` holds what an earlier attempt of the same request removed.
+/// Where a reset writes down what it is about to delete, before the first DELETE, so a
+/// later attempt can tell what an interrupted one removed.
+#[async_trait::async_trait]
+pub trait Journal: Send + Sync {
+    /// Record the methods about to be deleted; returns once it is durable.
+    async fn planned(&self, methods: &[MethodRecord]) -> anyhow::Result<()>;
+}
+
+/// A journal that keeps nothing (tools that need no crash recovery).
+pub struct NoJournal;
+
+#[async_trait::async_trait]
+impl Journal for NoJournal {
+    async fn planned(&self, _methods: &[MethodRecord]) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// What earlier attempts of the same request did.
+#[derive(Debug, Clone, Default)]
+pub struct Earlier {
+    /// Removed by attempts that handed the request to a delay tier.
+    pub removed: Vec<MethodRecord>,
+    /// Sessions already revoked.
+    pub sessions_revoked: bool,
+    /// Planned by attempts that left no outcome (a worker killed half-way): whatever of it is
+    /// no longer listed was removed by them.
+    pub planned: Vec<MethodRecord>,
+}
+
+/// Reset one user, knowing what `earlier` attempts of the same request did.
 pub async fn execute(
     graph: &GraphClient,
     req: &ResetRequest,
     settings: &ResetSettings,
     scope: &Scope,
-    carried: Vec<MethodRecord>,
-    carried_revoked: bool,
+    earlier: Earlier,
+    journal: &dyn Journal,
 ) -> Result<Executed, RetryLater> {
     let mut run = Run {
         graph,
         user: &req.user,
         backup: settings.backup,
-        removed: carried,
+        removed: earlier.removed,
         gone: HashSet::new(),
-        sessions_revoked: carried_revoked,
+        sessions_revoked: earlier.sessions_revoked,
         calls: 0,
+        planned_earlier: earlier.planned,
+        journal,
     };
     match run.reset(req, settings, scope).await {
         Ok(done) => Ok(done),
@@ -181,9 +214,26 @@ struct Run<'a> {
     gone: HashSet<String>,
     sessions_revoked: bool,
     calls: u32,
+    planned_earlier: Vec<MethodRecord>,
+    journal: &'a dyn Journal,
 }
 
 impl Run<'_> {
+    /// Methods an interrupted earlier attempt planned that are no longer listed: it removed them.
+    fn adopt_earlier_plan(&mut self, listed: &[AuthMethod]) {
+        if self.planned_earlier.is_empty() {
+            return;
+        }
+        let still_there: HashSet<String> = listed.iter().map(short).collect();
+        let mut known: HashSet<String> = self.removed.iter().map(MethodRecord::short).collect();
+        for planned in std::mem::take(&mut self.planned_earlier) {
+            let key = planned.short();
+            if !still_there.contains(&key) && known.insert(key) {
+                self.removed.push(planned);
+            }
+        }
+    }
+
     /// Not touched: a protected account.
     fn skipped(&self, code: &str, message: String) -> Executed {
         Executed {
@@ -247,6 +297,8 @@ impl Run<'_> {
             .cloned()
             .collect();
 
+        self.adopt_earlier_plan(&listed);
+
         if req.dry_run {
             let mut would = self.removed.clone();
             would.extend(targets.iter().map(|m| m.record(self.backup)));
@@ -260,6 +312,18 @@ impl Run<'_> {
             });
         }
 
+        if !targets.is_empty() {
+            let planned: Vec<MethodRecord> =
+                targets.iter().map(|m| m.record(self.backup)).collect();
+            self.journal
+                .planned(&planned)
+                .await
+                .map_err(|e| graph::Error::Transient {
+                    status: 0,
+                    code: "journal".into(),
+                    message: format!("could not record the plan before deleting: {e:#}"),
+                })?;
+        }
         let ordered = self.order(&targets).await;
         // Refused (400): most likely the default-method rule. Tried again once the others are
         // gone; a refusal that stays is reported as remaining, never guessed around.

@@ -14,10 +14,18 @@ use std::sync::Mutex;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
+use crate::domain::MethodRecord;
+
 type Key = (Uuid, u32);
+
+/// Plans kept at most (a plan lives only until its outcome arrives: in-flight and
+/// interrupted requests).
+const PLAN_CAPACITY: usize = 100_000;
 
 #[derive(Debug, Default)]
 struct Entries {
+    /// What an attempt was about to delete, for requests without an outcome yet.
+    plans: HashMap<Key, Vec<MethodRecord>>,
     done: HashMap<Key, DateTime<Utc>>,
     /// Insertion order, for evicting the oldest first when the limit is reached.
     order: VecDeque<Key>,
@@ -56,6 +64,7 @@ impl Ledger {
             return;
         };
         let key = (request_id, replay);
+        e.plans.remove(&key);
         if e.done.insert(key, at).is_none() {
             e.order.push_back(key);
         }
@@ -63,7 +72,7 @@ impl Ledger {
         if e.order.len() % 4096 == 0 {
             let cutoff = Utc::now() - self.max_age;
             e.done.retain(|_, t| *t >= cutoff);
-            let Entries { done, order } = &mut *e;
+            let Entries { done, order, .. } = &mut *e;
             order.retain(|k| done.contains_key(k));
         }
         while e.order.len() > self.capacity {
@@ -71,6 +80,33 @@ impl Ledger {
                 e.done.remove(&oldest);
             }
         }
+    }
+
+    /// Remember what an attempt of a request without an outcome was about to delete.
+    pub fn record_plan(&self, request_id: Uuid, replay: u32, methods: Vec<MethodRecord>) {
+        let Ok(mut e) = self.entries.lock() else {
+            return;
+        };
+        let key = (request_id, replay);
+        if e.done.contains_key(&key) {
+            return;
+        }
+        if e.plans.len() >= PLAN_CAPACITY && !e.plans.contains_key(&key) {
+            // Far more interrupted requests than any batch: forget one rather than grow.
+            if let Some(any) = e.plans.keys().next().copied() {
+                e.plans.remove(&any);
+            }
+        }
+        e.plans.entry(key).or_default().extend(methods);
+    }
+
+    /// What earlier attempts of this request were about to delete (if they left no outcome).
+    pub fn plan(&self, request_id: Uuid, replay: u32) -> Vec<MethodRecord> {
+        self.entries
+            .lock()
+            .ok()
+            .and_then(|e| e.plans.get(&(request_id, replay)).cloned())
+            .unwrap_or_default()
     }
 
     /// Has this request (this replay of it) an outcome?

@@ -177,12 +177,18 @@ async fn session(
         - chrono::Duration::from_std(settings.reset.max_request_age)
             .unwrap_or(chrono::Duration::days(1));
     let ledger_in = ledger.clone();
-    let follower = StreamFollower::start(conn, topology, Offset::Since(since), move |record| {
-        if let Record::Outcome(o) = record {
-            ledger_in.record(o.request_id, o.replay, o.finished_at);
-        }
-    })
-    .await?;
+    let follower =
+        StreamFollower::start(
+            conn,
+            topology,
+            Offset::Since(since),
+            move |record| match record {
+                Record::Outcome(o) => ledger_in.record(o.request_id, o.replay, o.finished_at),
+                Record::Plan(p) => ledger_in.record_plan(p.request_id, p.replay, p.methods),
+                Record::Manifest(_) | Record::Marker { .. } => {}
+            },
+        )
+        .await?;
     follower.sync().await?;
     record_held_outcomes(&publish, topology, &ledger, &outbox).await?;
     tracing::info!(
@@ -516,13 +522,22 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
             "listed in reset.protected_users; not touched".to_string(),
         ))
     } else {
+        let earlier = reset::Earlier {
+            removed: carry.removed.clone(),
+            sessions_revoked: carry.sessions_revoked,
+            planned: ctx.ledger.plan(request.request_id, request.replay),
+        };
+        let journal = StreamJournal {
+            ctx: &ctx,
+            request: &request,
+        };
         reset::execute(
             &ctx.graph,
             &request,
             &ctx.settings.reset,
             &ctx.scope,
-            carry.removed.clone(),
-            carry.sessions_revoked,
+            earlier,
+            &journal,
         )
         .await
     };
@@ -644,6 +659,28 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
         "outcome recorded"
     );
     Ok(())
+}
+
+/// Writes a request's plan to the outcomes stream (confirmed) before its first DELETE.
+struct StreamJournal<'a> {
+    ctx: &'a Ctx,
+    request: &'a ResetRequest,
+}
+
+#[async_trait::async_trait]
+impl reset::Journal for StreamJournal<'_> {
+    async fn planned(&self, methods: &[crate::domain::MethodRecord]) -> anyhow::Result<()> {
+        let record = Record::Plan(crate::domain::PlanRecord {
+            request_id: self.request.request_id,
+            replay: self.request.replay,
+            batch: self.request.batch.clone(),
+            methods: methods.to_vec(),
+            at: Utc::now(),
+        });
+        let msg = OutMessage::json(RK_OUTCOME, serde_json::to_vec(&record)?)
+            .with_id(self.request.request_id.to_string());
+        publish_confirmed(&self.ctx.publish, &self.ctx.topology.exchange(), &msg).await
+    }
 }
 
 fn simple(status: Status, code: &str, message: String) -> reset::Executed {

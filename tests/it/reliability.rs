@@ -284,6 +284,89 @@ async fn an_interrupted_reset_resumes_by_listing_again_and_deleting_only_what_re
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_interrupted_after_deleting_keeps_the_record_of_what_it_removed() {
+    let mut env = TestEnv::new(
+        "rel-plan",
+        SimConfig {
+            users: 5,
+            generation: GenOptions {
+                methods_min: 3,
+                ..GenOptions::default()
+            },
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    env.setup().await;
+    let upn = mfa_reset::sim::tenant::upn_for_index(1);
+    let user = UserRef::parse(&upn).expect("user");
+    let batch = "rel-plan-batch";
+    let request_id = ResetRequest::id_for(batch, &user);
+    // What a worker killed half-way leaves behind: its plan on the stream, one method deleted,
+    // no outcome.
+    let graph = GraphClient::new(&env.settings.graph, &env.settings.rate, &env.settings.retry)
+        .expect("client");
+    let methods = graph.list_methods(&user).await.expect("list");
+    let targets: Vec<_> = methods.into_iter().filter(|m| m.is_removable()).collect();
+    assert!(targets.len() >= 3);
+    let mut deleted_by_crashed = None;
+    for method in &targets {
+        if graph.delete_method(&user, method).await.is_ok() {
+            deleted_by_crashed = Some(format!("{}:{}", method.stem(), method.id()));
+            break;
+        }
+    }
+    let deleted_by_crashed = deleted_by_crashed.expect("one method deleted by the crashed worker");
+    let plan = Record::Plan(mfa_reset::domain::PlanRecord {
+        request_id,
+        replay: 0,
+        batch: batch.into(),
+        methods: targets.iter().map(|m| m.record(false)).collect(),
+        at: chrono::Utc::now(),
+    });
+    let conn = mfa_reset::broker::connect(&env.settings.broker, "test")
+        .await
+        .expect("broker");
+    let channel = conn.create_channel().await.expect("channel");
+    channel
+        .confirm_select(Default::default())
+        .await
+        .expect("confirms");
+    let msg = mfa_reset::broker::OutMessage::json("outcome", serde_json::to_vec(&plan).unwrap());
+    mfa_reset::broker::publisher::publish_confirmed(&channel, &env.topology().exchange(), &msg)
+        .await
+        .expect("plan recorded");
+    let _ = conn.close(200, "bye".into()).await;
+
+    let mut args = crate::common::env::enqueue_args(None, None);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("users.csv");
+    std::fs::write(&csv, format!("user\n{upn}\n")).unwrap();
+    args.csv = Some(csv);
+    args.batch = Some(batch.into());
+    mfa_reset::commands::enqueue::run(&env.settings, &args)
+        .await
+        .expect("enqueue");
+    env.start_worker(1);
+    let view = env.wait_batch(batch, 60).await;
+
+    let outcome = view.outcomes().next().expect("outcome");
+    assert_eq!(outcome.status, Status::Reset, "{outcome:?}");
+    let removed: HashSet<String> = outcome.methods_removed.iter().map(|m| m.short()).collect();
+    assert_eq!(
+        removed.len(),
+        targets.len(),
+        "every method is on the record: {removed:?}"
+    );
+    assert!(
+        removed.contains(&deleted_by_crashed),
+        "including the one the crashed worker removed"
+    );
+    assert_eq!(removable(&env.sim.user(&upn).expect("user")), 0);
+    env.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Graph outage
 
