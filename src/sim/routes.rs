@@ -474,7 +474,7 @@ async fn graph(
     body: &[u8],
     arrived: Instant,
 ) -> Response {
-    shared.stats.arrived(arrived);
+    shared.stats.graph_arrived(arrived);
     let ids = RequestIds::new(header_text(headers, "client-request-id"));
     let (template, route) = parse_graph(method, beta, segments);
     if let Some(fault) = shared.faults.outage() {
@@ -827,6 +827,7 @@ fn execute(ctx: &Ctx<'_>, route: Route, query: &str, body: &[u8]) -> Response {
                 &json!({"@odata.context": ctx.context("Edm.Boolean"), "value": true}),
             )
         }
+        Route::GetSignInPreferences(_) if shared.deny_sign_in_preferences => ctx.forbidden(),
         Route::GetSignInPreferences(_) => json_response(
             StatusCode::OK,
             &json!({

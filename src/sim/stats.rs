@@ -1,5 +1,6 @@
-//! What the simulator saw: request counts per endpoint and status, peak rate, 429s,
-//! violations of Retry-After, ghost successes, tokens issued and injected faults.
+//! What the simulator saw: request counts per endpoint and status, peak rate, the active
+//! window of Graph traffic (first and last request, requests per second), 429s, violations
+//! of Retry-After, ghost successes, tokens issued and injected faults.
 //! Served at `GET /_sim/stats`, zeroed by `POST /_sim/stats/reset`.
 
 use std::collections::BTreeMap;
@@ -24,6 +25,20 @@ pub struct SimStats {
     pub writes: u64,
     /// Most requests that arrived within one wall-clock second since start.
     pub peak_requests_per_second: u64,
+    /// Graph requests (token requests excluded), the first of every attempt included.
+    #[serde(default)]
+    pub graph_requests: u64,
+    /// When the first Graph request arrived, in milliseconds since start (or the last reset).
+    #[serde(default)]
+    pub first_graph_request_ms: Option<u64>,
+    /// When the last Graph request arrived, in milliseconds since start (or the last reset).
+    /// With `first_graph_request_ms`, the active window benchmarks divide by.
+    #[serde(default)]
+    pub last_graph_request_ms: Option<u64>,
+    /// Graph requests arriving in each second counted from the first one (at most
+    /// [`MAX_SECONDS_RECORDED`] entries): the steady-state rate, without start and tail.
+    #[serde(default)]
+    pub graph_requests_per_second: Vec<u64>,
     /// 429 answers sent by the throttle (ghost 429s are counted in `ghost_successes`).
     pub throttled: u64,
     /// Requests that arrived while a Retry-After sent earlier had not yet elapsed.
@@ -42,12 +57,16 @@ pub struct SimStats {
     pub sessions_revoked: u64,
 }
 
+/// Length of `graph_requests_per_second` beyond which later seconds are not recorded (a day).
+pub const MAX_SECONDS_RECORDED: usize = 86_400;
+
 #[derive(Debug)]
 struct Inner {
     stats: SimStats,
     start: Instant,
     second: u64,
     in_second: u64,
+    first_graph: Option<Instant>,
 }
 
 /// The shared, locked counters.
@@ -64,12 +83,39 @@ impl Default for StatsRecorder {
                 start: Instant::now(),
                 second: 0,
                 in_second: 0,
+                first_graph: None,
             }),
         }
     }
 }
 
 impl StatsRecorder {
+    /// Count an arriving Graph request: the total, the peak, and the active window.
+    pub fn graph_arrived(&self, now: Instant) {
+        self.arrived(now);
+        let mut inner = lock(&self.inner);
+        let first = *inner.first_graph.get_or_insert(now);
+        let since_start = |t: Instant| {
+            u64::try_from(t.saturating_duration_since(inner.start).as_millis()).unwrap_or(u64::MAX)
+        };
+        let (first_ms, now_ms) = (since_start(first), since_start(now));
+        let stats = &mut inner.stats;
+        stats.graph_requests += 1;
+        stats.first_graph_request_ms = Some(first_ms);
+        stats.last_graph_request_ms = Some(
+            stats
+                .last_graph_request_ms
+                .map_or(now_ms, |l| l.max(now_ms)),
+        );
+        let second = now.saturating_duration_since(first).as_secs() as usize;
+        if second < MAX_SECONDS_RECORDED {
+            if stats.graph_requests_per_second.len() <= second {
+                stats.graph_requests_per_second.resize(second + 1, 0);
+            }
+            stats.graph_requests_per_second[second] += 1;
+        }
+    }
+
     /// Count an arriving request for the total and the per-second peak.
     pub fn arrived(&self, now: Instant) {
         let mut inner = lock(&self.inner);
@@ -116,5 +162,33 @@ impl StatsRecorder {
         let mut inner = lock(&self.inner);
         inner.stats = SimStats::default();
         inner.in_second = 0;
+        inner.first_graph = None;
+        inner.start = Instant::now();
+        inner.second = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn graph_requests_record_the_active_window_and_each_second() {
+        let stats = StatsRecorder::default();
+        let t0 = lock(&stats.inner).start;
+        stats.arrived(t0 + Duration::from_millis(100)); // a token request: not Graph
+        stats.graph_arrived(t0 + Duration::from_millis(1_000));
+        stats.graph_arrived(t0 + Duration::from_millis(1_500));
+        stats.graph_arrived(t0 + Duration::from_millis(3_200));
+        let s = stats.snapshot();
+        assert_eq!((s.requests_total, s.graph_requests), (4, 3));
+        assert_eq!(s.first_graph_request_ms, Some(1_000));
+        assert_eq!(s.last_graph_request_ms, Some(3_200));
+        assert_eq!(s.graph_requests_per_second, [2, 0, 1]);
+        stats.reset();
+        let s = stats.snapshot();
+        assert_eq!((s.graph_requests, s.first_graph_request_ms), (0, None));
+        assert!(s.graph_requests_per_second.is_empty());
     }
 }
