@@ -515,10 +515,10 @@ async fn graph(
             information,
             violation,
         } => {
-            shared.stats.update(|s| {
-                s.throttled += 1;
-                s.violations += u64::from(violation);
-            });
+            shared.stats.throttled(arrived);
+            shared
+                .stats
+                .update(|s| s.violations += u64::from(violation));
             let response = too_many_requests(shared, &ids, retry_after_secs, information, &app);
             return finish(shared, &template, response, &ids, Some(100));
         }

@@ -39,6 +39,10 @@ pub struct SimStats {
     /// [`MAX_SECONDS_RECORDED`] entries): the steady-state rate, without start and tail.
     #[serde(default)]
     pub graph_requests_per_second: Vec<u64>,
+    /// 429s from the buckets in each second counted from the first Graph request (same
+    /// indexing as `graph_requests_per_second`): 429s of the opening apart from steady state.
+    #[serde(default)]
+    pub throttled_per_second: Vec<u64>,
     /// 429 answers sent by the throttle (ghost 429s are counted in `ghost_successes`).
     pub throttled: u64,
     /// Requests that arrived while a Retry-After sent earlier had not yet elapsed.
@@ -107,13 +111,15 @@ impl StatsRecorder {
                 .last_graph_request_ms
                 .map_or(now_ms, |l| l.max(now_ms)),
         );
-        let second = now.saturating_duration_since(first).as_secs() as usize;
-        if second < MAX_SECONDS_RECORDED {
-            if stats.graph_requests_per_second.len() <= second {
-                stats.graph_requests_per_second.resize(second + 1, 0);
-            }
-            stats.graph_requests_per_second[second] += 1;
-        }
+        count_in_second(&mut stats.graph_requests_per_second, first, now);
+    }
+
+    /// Count a 429 sent by the buckets to a Graph request that arrived at `now`.
+    pub fn throttled(&self, now: Instant) {
+        let mut inner = lock(&self.inner);
+        let first = *inner.first_graph.get_or_insert(now);
+        inner.stats.throttled += 1;
+        count_in_second(&mut inner.stats.throttled_per_second, first, now);
     }
 
     /// Count an arriving request for the total and the per-second peak.
@@ -168,6 +174,17 @@ impl StatsRecorder {
     }
 }
 
+/// Add one to the entry of the second `now` falls in, counted from `first`.
+fn count_in_second(per_second: &mut Vec<u64>, first: Instant, now: Instant) {
+    let second = now.saturating_duration_since(first).as_secs() as usize;
+    if second < MAX_SECONDS_RECORDED {
+        if per_second.len() <= second {
+            per_second.resize(second + 1, 0);
+        }
+        per_second[second] += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +203,12 @@ mod tests {
         assert_eq!(s.first_graph_request_ms, Some(1_000));
         assert_eq!(s.last_graph_request_ms, Some(3_200));
         assert_eq!(s.graph_requests_per_second, [2, 0, 1]);
+        stats.throttled(t0 + Duration::from_millis(2_100));
+        let s = stats.snapshot();
+        assert_eq!(
+            (s.throttled, s.throttled_per_second.as_slice()),
+            (1, &[0, 1][..])
+        );
         stats.reset();
         let s = stats.snapshot();
         assert_eq!((s.graph_requests, s.first_graph_request_ms), (0, None));
