@@ -185,9 +185,9 @@ fn long_str(s: &str) -> AMQPValue {
 /// `30s`, `5m`, `30m`, `2h`: a short label for a delay.
 fn tier_label(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 3600 && s % 3600 == 0 {
+    if s >= 3600 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else if s > 0 {
         format!("{s}s")

@@ -566,7 +566,7 @@ fn limit_percentage(headers: &HeaderMap) -> Option<f64> {
         .trim()
         .parse()
         .ok()?;
-    (value.is_finite() && value >= 0.0).then(|| if value <= 2.0 { value * 100.0 } else { value })
+    (value.is_finite() && value >= 0.0).then_some(if value <= 2.0 { value * 100.0 } else { value })
 }
 
 /// Percent-encode the id segments of a method's DELETE path, keeping `/` and `$ref`.
