@@ -194,7 +194,7 @@ async fn two_workers_on_one_queue_process_a_batch_once() {
     })
     .await
     .expect("read stream");
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 200);
     assert!(
         seen.values().all(|n| *n == 1),
