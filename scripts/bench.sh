@@ -198,13 +198,11 @@ bench_producer() {
         2> >(while IFS= read -r line; do printf '%s %s\n' "$(date +%s.%N)" "$line"; done >"$dir/enqueue.err")
     date +%s.%N >"$dir/enqueue.end"
     sleep 0.5
-    # The mean request size as the broker stores it (body bytes), for the ceiling run.
-    rabbitmqctl -q list_queues name messages message_bytes 2>/dev/null |
-        grep "^$MFA_RESET__BROKER__PREFIX\.requests\b" >"$dir/queue.txt" || true
-    cleanup_queues
+    # The size of one request as enqueue published it, for the ceiling run.
     local size
-    size=$(awk '{ if ($2 > 0) printf "%d", $3 / $2 }' "$dir/queue.txt")
-    [[ -n $size ]] || { echo "could not read the requests queue size" >&2; exit 1; }
+    size=$("$CEILING_BIN" size-of "$MFA_RESET__BROKER__PREFIX.requests")
+    cleanup_queues
+    [[ -n $size ]] || { echo "could not read a request's size" >&2; exit 1; }
     log "producer: ceiling, $ROWS messages of $size bytes"
     /usr/bin/time -v -o "$dir/ceiling.time" "$CEILING_BIN" "$ROWS" "$size" 2000 >"$dir/ceiling.out" 2>"$dir/ceiling.err"
     printf '{"rows":%s,"size":%s,"load_before":"%s","load_after":"%s"}\n' \

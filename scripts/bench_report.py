@@ -184,7 +184,7 @@ def producer_block(out):
     rate = rows / wall
     lines = [
         "== 4. Producer ==",
-        f"{rows} rows, requests of {run['size']} bytes (mean body size in the queue), confirm window 2000",
+        f"{rows} rows, requests of {run['size']} bytes (the body of the first one enqueued), confirm window 2000",
         f"load average before / after: {run['load_before']} / {run['load_after']}",
         f"enqueue wall time           {wall:.1f} s, CPU {cpu:.1f} s, peak RSS {rss:.1f} MB",
         f"enqueue rows/s (whole run)  {rate:.0f} = {rate / ceiling:.1%} of the ceiling",
