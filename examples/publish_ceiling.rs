@@ -3,19 +3,28 @@
 //!
 //! `cargo run --release --example publish_ceiling -- COUNT BYTES [WINDOW]`
 //! prints `ceiling: N msg/s`. The queue is deleted afterwards.
+//!
+//! `… --example publish_ceiling -- size-of QUEUE` prints the body size of the first message
+//! in QUEUE (got and requeued), so the ceiling can be measured with the size `enqueue`
+//! publishes (the broker does not count quorum-queue bytes in `list_queues message_bytes`).
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("size-of") {
+        let queue = args.nth(1).unwrap_or_default();
+        return size_of(&queue).await;
+    }
     let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let size: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(320);
     let window: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
@@ -68,6 +77,27 @@ async fn main() -> anyhow::Result<()> {
         count as f64 / secs
     );
     ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    conn.close(200, "bye".into()).await?;
+    Ok(())
+}
+
+async fn size_of(queue: &str) -> anyhow::Result<()> {
+    let url = std::env::var("MFA_RESET__BROKER__URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let message = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{queue} is empty"))?;
+    println!("{}", message.delivery.data.len());
+    message
+        .delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
         .await?;
     conn.close(200, "bye".into()).await?;
     Ok(())

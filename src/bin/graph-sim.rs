@@ -113,6 +113,9 @@ struct Args {
     /// How long a deleted method keeps being listed.
     #[arg(long, default_value_t = 0)]
     consistency_delay_ms: u64,
+    /// Answer signInPreferences reads with 403 (clients fall back to two-pass deletion).
+    #[arg(long)]
+    deny_sign_in_preferences: bool,
 }
 
 impl Args {
@@ -162,6 +165,7 @@ impl Args {
                 outage_secs: self.outage_secs,
             },
             consistency_delay_ms: self.consistency_delay_ms,
+            deny_sign_in_preferences: self.deny_sign_in_preferences,
         })
     }
 }

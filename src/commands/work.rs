@@ -32,7 +32,10 @@ pub async fn run(settings: &Settings, args: &WorkArgs) -> anyhow::Result<()> {
         exit_when_idle: args.exit_when_idle.map(Duration::from_secs),
     };
     tracing::info!(concurrency = options.concurrency, prefix = %settings.broker.prefix, "worker starting");
-    worker::run(settings, graph, options, metrics.clone(), cancel).await?;
-    tracing::info!("worker stopped");
+    worker::run(settings, graph.clone(), options, metrics.clone(), cancel).await?;
+    // The process's Graph traffic as the client saw it (429s, pauses, budget waits):
+    // operators and scripts/bench.sh read it from this line.
+    let graph_stats = serde_json::to_string(&graph.stats().snapshot())?;
+    tracing::info!(graph = %graph_stats, "worker stopped");
     Ok(())
 }

@@ -438,8 +438,8 @@ struct Scaled {
 /// **Adaptive factor.** governor's quotas are fixed, so f < 1 is realised by a second pair
 /// of limiters at f × the budget, built anew whenever f changes (at most a couple of times
 /// per [`FACTOR_WINDOW`]) and dropped when f is back at 1; a request then passes both the
-/// full-budget limiters and the scaled ones. A fresh scaled limiter starts with a full (small)
-/// burst, but the full-budget limiters still bound the total.
+/// full-budget limiters and the scaled ones. A rebuilt scaled limiter starts empty, so steps
+/// of f never add a burst on top of the rate.
 #[derive(Debug)]
 pub struct Budget {
     all: Limiter,
@@ -521,21 +521,11 @@ impl Budget {
     /// Returns how long it waited.
     pub async fn acquire(&self, write: bool) -> Duration {
         let start = Instant::now();
-        if self.factor() < 1.0 {
-            self.update(|a| a.roll(Instant::now()));
-        }
-        let scaled = self
-            .scaled
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
         // The tighter limiters first, so a cell of a looser one is not held while waiting.
-        if let Some(scaled) = scaled {
-            if write {
-                until_ready(&scaled.writes).await;
-            }
-            until_ready(&scaled.all).await;
+        if write {
+            self.until_slowed_ready(|s| &s.writes).await;
         }
+        self.until_slowed_ready(|s| &s.all).await;
         if write {
             until_ready(&self.writes).await;
         }
@@ -543,6 +533,35 @@ impl Budget {
         let waited = start.elapsed();
         self.stats.add_budget_wait(waited);
         waited
+    }
+
+    /// Wait for one cell of the slowed limiter `pick` selects, while f < 1. The current
+    /// limiter is looked up again on every wake-up: a task that kept waiting on one replaced
+    /// since would be let through at the old rate, next to the tasks on the new one (measured
+    /// in the storm benchmark: +30 % over the factor's rate during recovery, then a 429).
+    async fn until_slowed_ready(&self, pick: impl Fn(&Scaled) -> &Limiter) {
+        loop {
+            if self.factor() >= 1.0 {
+                return;
+            }
+            self.update(|a| a.roll(Instant::now()));
+            let Some(scaled) = self
+                .scaled
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+            else {
+                return;
+            };
+            let limiter = pick(&scaled);
+            match limiter.check() {
+                Ok(()) => return,
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(limiter.clock().now());
+                    tokio::time::sleep(wait.max(Duration::from_micros(100))).await;
+                }
+            }
+        }
     }
 
     /// Graph's `x-ms-throttle-limit-percentage` of an answer: at or above
@@ -576,7 +595,13 @@ impl Budget {
         if factor >= 1.0 {
             *scaled = None;
         } else if scaled.as_ref().is_none_or(|s| s.factor != factor) {
+            // A new limiter starts with its burst available; rebuilt at every step of the
+            // factor (up to twice a second), that burst would come on top of the rate each
+            // time (+40 % at 0.2 s per 0.5 s window: measured in the storm benchmark as a 429
+            // every few seconds). The tasks are already sending at the old rate, so start empty.
             let (all, writes) = Self::limiters(&self.settings, factor);
+            drain(&all);
+            drain(&writes);
             *scaled = Some(Arc::new(Scaled {
                 factor,
                 all,
@@ -585,6 +610,11 @@ impl Budget {
         }
         tracing::debug!(factor, "graph budget factor changed");
     }
+}
+
+/// Take every cell `limiter` has available now (its burst, bounded by the quota).
+fn drain(limiter: &Limiter) {
+    while limiter.check().is_ok() {}
 }
 
 /// Wait for one cell of `limiter` on tokio's timer (governor's own `until_ready` uses
@@ -824,6 +854,38 @@ mod tests {
         budget.update(|a| a.roll(Instant::now() + Duration::from_secs(60)));
         assert_eq!(budget.factor(), 1.0);
         assert!(budget.scaled.read().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_rebuilt_scaled_limiter_starts_without_a_burst() {
+        // 100 per 10 s: at f = 0.9 one cell per 111 ms, far longer than this test takes.
+        let budget = Budget::new(&rate(100, 10, 100, 10, 1, 0.5)).unwrap();
+        budget.observe_limit_percentage(85.0);
+        let scaled = budget.scaled.read().unwrap().clone().unwrap();
+        assert!(scaled.all.check().is_err());
+        assert!(scaled.writes.check().is_err());
+        // The full-budget limiters keep their burst (they bound the total, not the step).
+        assert!(budget.all.check().is_ok());
+    }
+
+    // Real time (governor's clock is not tokio's), but one-sided: correct code cannot pass
+    // the waiter before 1 s, the old behaviour passed it at 111 ms.
+    #[tokio::test]
+    async fn a_waiting_task_follows_the_limiter_that_replaced_the_one_it_waited_on() {
+        let budget = Arc::new(Budget::new(&rate(10, 1, 10, 1, 1, 0.5)).unwrap());
+        budget.observe_limit_percentage(85.0); // f = 0.9: 9/s, the next cell in 111 ms
+        let waiter = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.acquire(false).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        budget.update(|a| a.factor = 0.1); // 1/s, rebuilt empty: the next cell in 1 s
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            !waiter.is_finished(),
+            "let through at the replaced limiter's rate"
+        );
+        waiter.abort();
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct SimConfig {
     pub faults: FaultSettings,
     /// How long a deleted method keeps being listed after its 204.
     pub consistency_delay_ms: u64,
+    /// Answer `signInPreferences` reads with 403, as for an app without the permission to
+    /// read it: clients must then find the default method the two-pass way.
+    pub deny_sign_in_preferences: bool,
 }
 
 impl Default for SimConfig {
@@ -91,6 +94,7 @@ impl Default for SimConfig {
             throttle: ThrottleSettings::default(),
             faults: FaultSettings::default(),
             consistency_delay_ms: 0,
+            deny_sign_in_preferences: false,
         }
     }
 }
@@ -106,6 +110,7 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     pub(crate) stats: StatsRecorder,
     pub(crate) consistency_delay: Duration,
+    pub(crate) deny_sign_in_preferences: bool,
 }
 
 /// A running simulator; stops when dropped or on [`SimServer::shutdown`].
@@ -219,6 +224,7 @@ pub async fn spawn(config: SimConfig, listen: SocketAddr) -> anyhow::Result<SimS
         faults: Faults::new(faults),
         stats: StatsRecorder::default(),
         consistency_delay: Duration::from_millis(config.consistency_delay_ms),
+        deny_sign_in_preferences: config.deny_sign_in_preferences,
     });
     let cancel = CancellationToken::new();
     let task = tokio::spawn(accept_loop(listener, shared.clone(), cancel.clone()));

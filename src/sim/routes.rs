@@ -474,7 +474,7 @@ async fn graph(
     body: &[u8],
     arrived: Instant,
 ) -> Response {
-    shared.stats.arrived(arrived);
+    shared.stats.graph_arrived(arrived);
     let ids = RequestIds::new(header_text(headers, "client-request-id"));
     let (template, route) = parse_graph(method, beta, segments);
     if let Some(fault) = shared.faults.outage() {
@@ -515,10 +515,10 @@ async fn graph(
             information,
             violation,
         } => {
-            shared.stats.update(|s| {
-                s.throttled += 1;
-                s.violations += u64::from(violation);
-            });
+            shared.stats.throttled(arrived);
+            shared
+                .stats
+                .update(|s| s.violations += u64::from(violation));
             let response = too_many_requests(shared, &ids, retry_after_secs, information, &app);
             return finish(shared, &template, response, &ids, Some(100));
         }
@@ -827,6 +827,7 @@ fn execute(ctx: &Ctx<'_>, route: Route, query: &str, body: &[u8]) -> Response {
                 &json!({"@odata.context": ctx.context("Edm.Boolean"), "value": true}),
             )
         }
+        Route::GetSignInPreferences(_) if shared.deny_sign_in_preferences => ctx.forbidden(),
         Route::GetSignInPreferences(_) => json_response(
             StatusCode::OK,
             &json!({
