@@ -15,7 +15,12 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    mfa_reset::telemetry::init(&settings.log);
+    let mut log = settings.log.clone();
+    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
+        // The demo draws a progress bar and a summary; a log line per user would bury them.
+        log.level = "warn".into();
+    }
+    mfa_reset::telemetry::init(&log);
     let result = match &cli.command {
         Command::Setup => commands::setup::run(&settings).await,
         Command::Enqueue(args) => commands::enqueue::run(&settings, args).await.map(|_| ()),
