@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::error::Category;
 
 use super::{
-    dedupe_in_memory, is_utf16_bom, parse_text, parse_user, shorten, text_problem, unreadable,
-    InputKind, IntakeError, IntakeRow, Origin, Plan, RowError, RowErrors, SAMPLE_SIZE, UTF8_BOM,
+    is_utf16_bom, parse_text, parse_user, shorten, text_problem, unreadable, InputKind,
+    IntakeError, IntakeRow, Plan, RowError, RowErrors, UTF8_BOM,
 };
 
 /// The fields an event may have.
@@ -58,24 +58,12 @@ pub(super) fn plan(path: &Path) -> Result<Plan, IntakeError> {
         (name, Box::new(BufReader::new(file)))
     };
     let rows = read(&name, reader)?;
-    let (rows, duplicates, duplicates_total) = dedupe_in_memory(rows);
     let source = if stdin {
         "tickets:-".to_string()
     } else {
         format!("tickets:{name}")
     };
-    Ok(Plan {
-        source,
-        count: rows.len() as u64,
-        sample: rows
-            .iter()
-            .take(SAMPLE_SIZE)
-            .map(|row| row.user.to_string())
-            .collect(),
-        duplicates,
-        duplicates_total,
-        origin: Origin::Memory(rows),
-    })
+    Ok(super::plan_rows(source, rows))
 }
 
 /// Every event of `reader`, or every reason it is refused.
