@@ -84,13 +84,9 @@ struct Answer {
 
 impl Answer {
     fn json(&self) -> Result<Value, Error> {
-        serde_json::from_slice(&self.body).map_err(|e| Error::Transient {
+        serde_json::from_slice(&self.body).map_err(|e| Error::InvalidResponse {
             status: self.status,
-            code: "invalid_response".into(),
-            message: format!(
-                "Graph answered {} with a body that is not JSON: {e}",
-                self.status
-            ),
+            message: format!("not JSON: {e}"),
         })
     }
 }
@@ -204,10 +200,8 @@ impl GraphClient {
     /// be deleted (password, unknown types) is a `BadRequest` without any request.
     pub async fn delete_method(&self, user: &UserRef, method: &AuthMethod) -> Result<(), Error> {
         let Some(path) = method.delete_path() else {
-            return Err(Error::BadRequest {
-                status: 0,
-                code: "notDeletable".into(),
-                message: format!("a {} method cannot be deleted through Graph", method.stem()),
+            return Err(Error::NotDeletable {
+                stem: method.stem().to_string(),
             });
         };
         // Method ids come from Graph, but encode them anyway: they end up in a URL path.
@@ -358,9 +352,8 @@ impl GraphClient {
             .await?;
         let json = answer.json()?;
         let text = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_string);
-        let pass = text("temporaryAccessPass").ok_or_else(|| Error::Transient {
+        let pass = text("temporaryAccessPass").ok_or_else(|| Error::InvalidResponse {
             status: answer.status,
-            code: "invalid_response".into(),
             message: "Graph created a Temporary Access Pass but did not return it".into(),
         })?;
         Ok(TemporaryAccessPass {
@@ -489,7 +482,7 @@ impl GraphClient {
                     inner.budget.on_throttled(until.into_std());
                     delay
                 }
-                Error::Transient { .. } => {
+                Error::Transient { .. } | Error::NoAnswer { .. } => {
                     maybe_applied |= token.is_some();
                     jittered(backoff.next().unwrap_or(inner.retry.max_delay))
                 }
@@ -505,7 +498,7 @@ impl GraphClient {
             inner.stats.record_retry();
             tracing::debug!(
                 %url,
-                status = status_of(&error),
+                status = error.status().unwrap_or(0),
                 code = %error.code(),
                 delay_ms = delay.as_millis() as u64,
                 retry = retries,
@@ -566,17 +559,6 @@ fn bearer(token: &str) -> HeaderValue {
     // Keeps the token out of any header dump (hyper and reqwest honour this flag).
     value.set_sensitive(true);
     value
-}
-
-fn status_of(error: &Error) -> u16 {
-    match error {
-        Error::Throttled { status, .. }
-        | Error::Transient { status, .. }
-        | Error::BadRequest { status, .. } => *status,
-        Error::NotFound { .. } => 404,
-        Error::Forbidden { .. } => 403,
-        Error::Auth { .. } => 401,
-    }
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
-/// A failed Graph call. The variant decides what happens next: retry in process,
-/// hand to a broker delay tier, or record `failed` and dead-letter.
+/// A failed Graph call. Each variant is one typed cause; [`Error::class`] is the one place
+/// that decides what happens next (see [`Class`]).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// 429, or 503/504 with Retry-After: wait (at least) `retry_after`, then retry.
@@ -21,14 +21,31 @@ pub enum Error {
         /// Retry-After, when Graph sent one.
         retry_after: Option<Duration>,
     },
-    /// 5xx, timeouts, connection errors: retry with backoff.
+    /// No HTTP answer at all (timeout, refused or dropped connection). The request may
+    /// still have reached Graph and been applied.
+    #[error("no answer from Graph ({cause}): {message}")]
+    NoAnswer {
+        /// Why there was no answer.
+        cause: NoAnswer,
+        /// What the transport said (names the URL, never a header).
+        message: String,
+    },
+    /// A 5xx answer (without Retry-After): retry with backoff.
     #[error("transient Graph error {code}: {message}")]
     Transient {
-        /// HTTP status (0 for connection-level errors).
+        /// HTTP status (500..=599).
         status: u16,
-        /// Graph's error code, or `timeout` / `connection`.
+        /// Graph's error code.
         code: String,
         /// Graph's message.
+        message: String,
+    },
+    /// A success status whose body is not what Graph documents (not JSON, a field missing).
+    #[error("Graph answered {status} with a body we cannot read: {message}")]
+    InvalidResponse {
+        /// HTTP status.
+        status: u16,
+        /// What was wrong with it.
         message: String,
     },
     /// 404 `Request_ResourceNotFound`.
@@ -57,6 +74,13 @@ pub enum Error {
         /// Graph's message.
         message: String,
     },
+    /// A method Graph offers no DELETE for (password, types this build does not know).
+    /// No request was made.
+    #[error("a {stem} method cannot be deleted through Graph")]
+    NotDeletable {
+        /// The method's type stem.
+        stem: String,
+    },
     /// Could not get a token, or 401 persisted after renewing it.
     #[error("authentication failed ({code}): {message}")]
     Auth {
@@ -67,11 +91,48 @@ pub enum Error {
     },
 }
 
+/// Why a request got no HTTP answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// `graph.request_timeout` passed without an answer.
+    Timeout,
+    /// The connection could not be made, or broke before the answer.
+    Connection,
+}
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NoAnswer::Timeout => "timeout",
+            NoAnswer::Connection => "connection",
+        })
+    }
+}
+
+/// What an error means for the request that met it: the one error taxonomy of the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Graph is not there, or not now (no answer, 502/503/504, throttling): try again later
+    /// *without* charging the request an attempt.
+    Outage,
+    /// This request failed in a way a later attempt may fix (500, an unreadable answer):
+    /// try again later, using up an attempt.
+    Retry,
+    /// Permanent for this request (4xx, not deletable): record it and dead-letter it.
+    Permanent,
+    /// Nothing can succeed until someone fixes the app itself (its credential, consent,
+    /// tenant): stop taking requests and leave them queued.
+    Halt,
+}
+
 impl Error {
     /// Graph's error code, for reports.
     pub fn code(&self) -> String {
         match self {
             Error::Throttled { .. } => "TooManyRequests".into(),
+            Error::NoAnswer { cause, .. } => cause.to_string(),
+            Error::InvalidResponse { .. } => "invalid_response".into(),
+            Error::NotDeletable { .. } => "notDeletable".into(),
             Error::Transient { code, .. }
             | Error::NotFound { code, .. }
             | Error::Forbidden { code, .. }
@@ -80,9 +141,37 @@ impl Error {
         }
     }
 
+    /// The HTTP status Graph answered, if it answered at all.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Throttled { status, .. }
+            | Error::Transient { status, .. }
+            | Error::InvalidResponse { status, .. }
+            | Error::BadRequest { status, .. } => Some(*status),
+            Error::NotFound { .. } => Some(404),
+            Error::Forbidden { .. } => Some(403),
+            Error::Auth { .. } => Some(401),
+            Error::NoAnswer { .. } | Error::NotDeletable { .. } => None,
+        }
+    }
+
+    /// What this error means for the request (see [`Class`]).
+    pub fn class(&self) -> Class {
+        match self {
+            Error::Throttled { .. } | Error::NoAnswer { .. } => Class::Outage,
+            Error::Transient { status, .. } if matches!(status, 502..=504) => Class::Outage,
+            Error::Transient { .. } | Error::InvalidResponse { .. } => Class::Retry,
+            Error::NotFound { .. }
+            | Error::Forbidden { .. }
+            | Error::BadRequest { .. }
+            | Error::NotDeletable { .. }
+            | Error::Auth { .. } => Class::Permanent,
+        }
+    }
+
     /// True when trying again later can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Throttled { .. } | Error::Transient { .. })
+        matches!(self.class(), Class::Outage | Class::Retry)
     }
 }
 
@@ -120,18 +209,16 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
     }
 }
 
-/// Classify a request that got no HTTP answer: `Transient` with status 0 and code `timeout`
-/// or `connection`. The request may still have reached Graph.
+/// Classify a request that got no HTTP answer. The request may still have reached Graph.
 pub fn from_transport(err: &reqwest::Error) -> Error {
-    let code = if err.is_timeout() {
-        "timeout"
+    let cause = if err.is_timeout() {
+        NoAnswer::Timeout
     } else {
-        "connection"
+        NoAnswer::Connection
     };
     // reqwest's Display names the URL, never headers, so no token can leak through it.
-    Error::Transient {
-        status: 0,
-        code: code.to_string(),
+    Error::NoAnswer {
+        cause,
         message: err.to_string(),
     }
 }
@@ -366,5 +453,43 @@ mod tests {
             matches!(classify_token_error(400, &HeaderMap::new(), bare), Error::Auth { code, .. } if code == "unauthorized_client")
         );
         assert!(classify_token_error(503, &HeaderMap::new(), b"").is_retryable());
+    }
+
+    #[test]
+    fn every_cause_has_one_class() {
+        let h = headers(None);
+        let class = |status: u16| classify(status, &h, b"").class();
+        assert_eq!(class(429), Class::Outage);
+        for gateway in [502, 503, 504] {
+            assert_eq!(class(gateway), Class::Outage, "{gateway}");
+        }
+        assert_eq!(class(500), Class::Retry);
+        for permanent in [400, 401, 403, 404, 409] {
+            assert_eq!(class(permanent), Class::Permanent, "{permanent}");
+        }
+        let no_answer = Error::NoAnswer {
+            cause: NoAnswer::Timeout,
+            message: "timed out".into(),
+        };
+        assert_eq!(
+            (
+                no_answer.class(),
+                no_answer.code().as_str(),
+                no_answer.status()
+            ),
+            (Class::Outage, "timeout", None)
+        );
+        let unreadable = Error::InvalidResponse {
+            status: 200,
+            message: "not JSON".into(),
+        };
+        assert_eq!(unreadable.class(), Class::Retry);
+        let not_deletable = Error::NotDeletable {
+            stem: "password".into(),
+        };
+        assert_eq!(
+            (not_deletable.class(), not_deletable.status()),
+            (Class::Permanent, None)
+        );
     }
 }

@@ -18,7 +18,7 @@ mod token;
 
 pub use address::user_path;
 pub use client::{GraphClient, GroupMember, TemporaryAccessPass};
-pub use error::Error;
+pub use error::{Class, Error, NoAnswer};
 pub use methods::AuthMethod;
 pub use throttle::{Budget, PauseGate, ThrottleSnapshot, ThrottleStats};
 pub use token::{AccessToken, TokenProvider};

@@ -34,12 +34,28 @@ pub struct Executed {
 /// with what was already removed so the record is not lost.
 #[derive(Debug, Clone)]
 pub struct RetryLater {
-    /// The error that stopped it.
-    pub error: graph::Error,
+    /// What stopped it.
+    pub cause: Interrupted,
     /// Methods already removed in this attempt.
     pub removed: Vec<MethodRecord>,
     /// Sessions already revoked.
     pub sessions_revoked: bool,
+}
+
+/// Why a reset stopped before it could conclude.
+#[derive(Debug, Clone)]
+pub enum Interrupted {
+    /// A Graph error (its [`graph::Class`] says what to do next).
+    Graph(graph::Error),
+    /// The plan could not be recorded before the first DELETE (broker trouble): nothing was
+    /// deleted in this attempt.
+    Journal(String),
+}
+
+impl From<graph::Error> for Interrupted {
+    fn from(error: graph::Error) -> Interrupted {
+        Interrupted::Graph(error)
+    }
 }
 
 /// Which method stems are in scope.
@@ -167,12 +183,7 @@ pub async fn execute(
     };
     match run.reset(req, settings, scope).await {
         Ok(done) => Ok(done),
-        Err(error) if error.is_retryable() => Err(RetryLater {
-            error,
-            removed: run.removed,
-            sessions_revoked: run.sessions_revoked,
-        }),
-        Err(error) => {
+        Err(Interrupted::Graph(error)) if !error.is_retryable() => {
             // Permanent: failed if nothing was removed, partial otherwise.
             let status = if run.removed.is_empty() {
                 Status::Failed
@@ -188,6 +199,11 @@ pub async fn execute(
                 graph_calls: run.calls,
             })
         }
+        Err(cause) => Err(RetryLater {
+            cause,
+            removed: run.removed,
+            sessions_revoked: run.sessions_revoked,
+        }),
     }
 }
 
@@ -251,7 +267,7 @@ impl Run<'_> {
         req: &ResetRequest,
         settings: &ResetSettings,
         scope: &Scope,
-    ) -> Result<Executed, graph::Error> {
+    ) -> Result<Executed, Interrupted> {
         if needs_identity(settings, self.user) {
             self.calls += 1;
             let (id, upn) = self.graph.user_identity(self.user).await?;
@@ -315,14 +331,9 @@ impl Run<'_> {
         if !targets.is_empty() {
             let planned: Vec<MethodRecord> =
                 targets.iter().map(|m| m.record(self.backup)).collect();
-            self.journal
-                .planned(&planned)
-                .await
-                .map_err(|e| graph::Error::Transient {
-                    status: 0,
-                    code: "journal".into(),
-                    message: format!("could not record the plan before deleting: {e:#}"),
-                })?;
+            self.journal.planned(&planned).await.map_err(|e| {
+                Interrupted::Journal(format!("could not record the plan before deleting: {e:#}"))
+            })?;
         }
         let ordered = self.order(&targets).await;
         // Refused (400): most likely the default-method rule. Tried again once the others are
@@ -332,7 +343,7 @@ impl Run<'_> {
             match self.delete(&method).await {
                 Ok(()) => {}
                 Err(err @ graph::Error::BadRequest { .. }) => refused.push((method, err)),
-                Err(err) => return Err(err),
+                Err(err) => return Err(err.into()),
             }
         }
         let mut still_refused = Vec::new();
@@ -344,7 +355,7 @@ impl Run<'_> {
             }
             if let Err(err) = self.delete(&method).await {
                 if err.is_retryable() {
-                    return Err(err);
+                    return Err(err.into());
                 }
                 still_refused.push((method, err));
             }
@@ -352,7 +363,7 @@ impl Run<'_> {
         if self.removed.is_empty() && unknown.is_empty() && still_refused.len() == targets.len() {
             // Graph refused every delete and nothing else is left: the reset failed outright.
             if let Some((_, err)) = still_refused.first() {
-                return Err(err.clone());
+                return Err(err.clone().into());
             }
         }
 

@@ -430,19 +430,6 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-/// A Graph error that says "Graph is not there / not now" rather than "not this request":
-/// no answer at all, a gateway error, or throttling. Such a request keeps its attempts.
-fn is_outage(error: &graph::Error) -> bool {
-    matches!(
-        error,
-        graph::Error::Throttled { .. }
-            | graph::Error::Transient {
-                status: 0 | 502 | 503 | 504,
-                ..
-            }
-    )
-}
-
 async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
     // A header from outside could say 0 (or be absent); attempts count from 1.
     let attempt = headers::get_u64(&delivery.properties, headers::ATTEMPT)
@@ -545,14 +532,21 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
     let executed = match executed {
         Ok(done) => done,
         Err(later) => {
+            let error = match later.cause {
+                reset::Interrupted::Graph(error) => error,
+                // The broker would not take the plan: hand the delivery back (nothing was
+                // deleted in this attempt).
+                reset::Interrupted::Journal(message) => anyhow::bail!(message),
+            };
             let tiers = ctx.topology.tiers().len();
-            let outage = is_outage(&later.error);
+            // An outage is not the request's fault: it keeps its attempts.
+            let outage = error.class() == graph::Class::Outage;
             if tiers > 0 && (outage || (attempt as usize) <= tiers) {
                 let mut next = request.clone();
                 next.carry = Some(Carry {
                     removed: later.removed,
                     sessions_revoked: later.sessions_revoked,
-                    last_error: Some(later.error.to_string()),
+                    last_error: Some(error.to_string()),
                 });
                 let body = serde_json::to_vec(&next)?;
                 // An outage keeps the attempt (and waits the first, shortest tier); any other
@@ -564,18 +558,18 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
                 };
                 let headers = Headers::from_props(&delivery.properties)
                     .int(headers::ATTEMPT, u64::from(next_attempt))
-                    .str(headers::ERROR_CODE, &later.error.code())
-                    .str(headers::ERROR_MESSAGE, &later.error.to_string())
+                    .str(headers::ERROR_CODE, &error.code())
+                    .str(headers::ERROR_MESSAGE, &error.to_string())
                     .build();
                 let msg = OutMessage::json(&ctx.topology.retry_key(tier), body)
                     .with_id(request.request_id.to_string())
                     .with_headers(headers);
                 publish_confirmed(&ctx.publish, &ctx.topology.exchange(), &msg).await?;
                 if outage {
-                    tracing::warn!(user = %request.user, attempt, delay = ?ctx.topology.tiers()[tier], error = %later.error, "Graph unreachable or throttling; waiting in a delay queue without using an attempt");
+                    tracing::warn!(user = %request.user, attempt, delay = ?ctx.topology.tiers()[tier], error = %error, "Graph unreachable or throttling; waiting in a delay queue without using an attempt");
                     ctx.metrics.outage_requeues.inc();
                 } else {
-                    tracing::info!(user = %request.user, attempt, delay = ?ctx.topology.tiers()[tier], error = %later.error, "Graph kept failing; retrying later from a delay queue");
+                    tracing::info!(user = %request.user, attempt, delay = ?ctx.topology.tiers()[tier], error = %error, "Graph kept failing; retrying later from a delay queue");
                 }
                 ctx.metrics.retried.inc();
                 delivery.ack(BasicAckOptions::default()).await?;
@@ -593,7 +587,7 @@ async fn process(ctx: Arc<Ctx>, delivery: Arc<Delivery>) -> anyhow::Result<()> {
                 sessions_revoked: later.sessions_revoked,
                 error: Some((
                     "retries_exhausted".into(),
-                    format!("gave up after {attempt} attempts: {}", later.error),
+                    format!("gave up after {attempt} attempts: {error}"),
                 )),
                 graph_calls: 0,
             }
