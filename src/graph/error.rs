@@ -159,7 +159,9 @@ impl Error {
     pub fn class(&self) -> Class {
         match self {
             Error::Throttled { .. } | Error::NoAnswer { .. } => Class::Outage,
-            Error::Transient { status, .. } if matches!(status, 502..=504) => Class::Outage,
+            Error::Transient {
+                status: 502..=504, ..
+            } => Class::Outage,
             Error::Transient { .. } | Error::InvalidResponse { .. } => Class::Retry,
             Error::NotFound { .. }
             | Error::Forbidden { .. }
