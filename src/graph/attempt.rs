@@ -449,6 +449,7 @@ mod tests {
                 "{step:?}, expected {expected:?}"
             );
         }
+        assert_eq!(a.retries(), 2, "each back-off is a retry");
         // A 502 is an outage rather than this request's fault, but backs off all the same.
         let gateway = Error::Transient {
             status: 502,
