@@ -76,43 +76,10 @@ pub async fn serve_metrics(
 fn render(metrics: &WorkerMetrics, graph: &GraphClient) -> String {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    graph.stats().register(&mut registry);
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
         return String::new();
     }
-    // Graph traffic counters come from the client's own atomics, as a flat JSON snapshot.
-    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(graph.stats().snapshot()) {
-        out = out.trim_end_matches("# EOF\n").to_string();
-        flatten_numbers(
-            &mut out,
-            "mfa_reset_graph",
-            &serde_json::Value::Object(fields),
-        );
-        out.push_str("# EOF\n");
-    }
     out
-}
-
-/// `{"requests": 3, "by_status": {"429": 1}}` → `mfa_reset_graph_requests 3`,
-/// `mfa_reset_graph_by_status{key="429"} 1`.
-fn flatten_numbers(out: &mut String, name: &str, value: &serde_json::Value) {
-    use std::fmt::Write;
-    match value {
-        serde_json::Value::Number(n) => {
-            let _ = writeln!(out, "{name} {n}");
-        }
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                match v {
-                    serde_json::Value::Object(inner) if inner.values().all(|x| x.is_number()) => {
-                        for (label, n) in inner {
-                            let _ = writeln!(out, "{name}_{k}{{key=\"{label}\"}} {n}");
-                        }
-                    }
-                    _ => flatten_numbers(out, &format!("{name}_{k}"), v),
-                }
-            }
-        }
-        _ => {}
-    }
 }

@@ -1,4 +1,4 @@
-//! How a user goes into a URL path.
+//! How a user, a method id or a nextLink goes into (or comes from) a URL.
 //!
 //! Graph addresses a user as `/users/{id}` or `/users/{userPrincipalName}`. UPNs need care:
 //! a guest UPN holds `#EXT#`, and an unencoded `#` starts a URL fragment, so Graph sees
@@ -33,6 +33,37 @@ pub fn user_path(user: &UserRef) -> String {
         }
         UserRef::Upn(upn) => format!("users/{}", encode_segment(upn)),
     }
+}
+
+/// Percent-encode the id segments of a method's DELETE path, keeping `/` and `$ref`.
+pub(super) fn encode_delete_path(path: &str) -> String {
+    path.split('/')
+        .map(|s| {
+            if s == "$ref" {
+                s.to_string()
+            } else {
+                encode_segment(s)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `scheme://authority` of a URL: the origin an `@odata.nextLink` must keep (a link elsewhere
+/// would receive our bearer token).
+pub(super) fn origin(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |i| after_scheme + i);
+    url[..end].to_ascii_lowercase()
+}
+
+/// True when `link` lies under `origin` (same scheme, host and port).
+pub(super) fn is_under(link: &str, origin: &str) -> bool {
+    link.len() > origin.len()
+        && link[..origin.len()].eq_ignore_ascii_case(origin)
+        && link.as_bytes()[origin.len()] == b'/'
 }
 
 #[cfg(test)]
@@ -87,6 +118,33 @@ mod tests {
         assert_eq!(
             path("$o'neil@contoso.com"),
             "users('%24o%27%27neil@contoso.com')"
+        );
+    }
+
+    #[test]
+    fn next_links_must_stay_on_graph() {
+        let o = origin("https://graph.microsoft.com/v1.0");
+        assert_eq!(o, "https://graph.microsoft.com");
+        assert!(is_under(
+            "https://graph.microsoft.com/v1.0/groups/x?$skiptoken=1",
+            &o
+        ));
+        assert!(!is_under(
+            "https://graph.microsoft.com.evil.example/v1.0",
+            &o
+        ));
+        assert!(!is_under("http://graph.microsoft.com/v1.0", &o));
+    }
+
+    #[test]
+    fn delete_paths_keep_ref_and_encode_ids() {
+        assert_eq!(
+            encode_delete_path("externalAuthenticationMethods/a b/$ref"),
+            "externalAuthenticationMethods/a%20b/$ref"
+        );
+        assert_eq!(
+            encode_delete_path("phoneMethods/3179e48a-750b"),
+            "phoneMethods/3179e48a-750b"
         );
     }
 }

@@ -1,30 +1,21 @@
-//! [`GraphClient`]: every Graph call mfa-reset makes, all through one send path.
+//! [`GraphClient`]: every Graph call mfa-reset makes, all through one send loop.
 //!
-//! The send path ([`GraphClient::execute`]) is the only place that talks HTTP to Graph:
-//! token → `gate.wait()` → budget (all, and writes for DELETE/POST/PATCH) → `gate.wait()` →
-//! send → feed `x-ms-throttle-limit-percentage` to the budget → classify → retry or return.
-//!
-//! Retries: a 429 (or 503/504 with Retry-After) pauses the whole process through the shared
-//! [`PauseGate`] for the Retry-After, or, without one, for the next step of the backoff
-//! schedule (base `retry.base_delay`, doubling, capped at `retry.max_delay`, equal jitter).
-//! Other 5xx, timeouts and dropped connections back off this request only. A 401 renews the
-//! token and retries once. At most `retry.max_attempts` attempts and `retry.max_elapsed` in
-//! all; then the error goes back to the caller, which hands retryable ones to a broker delay
-//! tier (the broker's 30-minute ack timeout is never approached in process).
+//! This file holds the client and its calls, each one URL and one parse of the answer. Every
+//! call goes through the send loop in `send.rs` (`GraphClient::execute`); what follows each
+//! attempt (renew the token, pause everyone, back off, give up, already applied, done) is
+//! decided and unit-tested in `attempt.rs`. A call that gives up hands its error back; the
+//! caller hands retryable ones to a broker delay tier (the broker's 30-minute ack timeout is
+//! never approached in process).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::Method;
 use secrecy::SecretString;
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
-use super::address::encode_segment;
-use super::error::{classify, from_transport};
-use super::throttle::{backoff_schedule, jittered};
+use super::address::{encode_delete_path, encode_segment, is_under, origin};
+use super::attempt::OnNotFound;
 use super::{user_path, AuthMethod, Budget, Error, PauseGate, ThrottleStats, TokenProvider};
 use crate::config::{GraphSettings, RateSettings, RetrySettings};
 use crate::domain::UserRef;
@@ -57,48 +48,23 @@ pub struct TemporaryAccessPass {
 /// The Graph client: one per process, cheap to clone, shares its token cache, budget and pause gate.
 #[derive(Clone)]
 pub struct GraphClient {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    http: reqwest::Client,
-    v1: String,
-    beta: String,
+pub(super) struct Inner {
+    pub(super) http: reqwest::Client,
+    pub(super) v1: String,
+    pub(super) beta: String,
     /// `scheme://host[:port]` of the Graph roots: a nextLink elsewhere is refused (it would
     /// receive our bearer token).
-    origins: [String; 2],
-    list_from_beta: bool,
-    page_size: u32,
-    tokens: TokenProvider,
-    budget: Arc<Budget>,
-    gate: Arc<PauseGate>,
-    stats: Arc<ThrottleStats>,
-    retry: RetrySettings,
-}
-
-/// A successful answer.
-struct Answer {
-    status: u16,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Result<Value, Error> {
-        serde_json::from_slice(&self.body).map_err(|e| Error::InvalidResponse {
-            status: self.status,
-            message: format!("not JSON: {e}"),
-        })
-    }
-}
-
-/// How one call treats a 404.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OnNotFound {
-    /// An error like any other.
-    Error,
-    /// Success when an earlier attempt may have been applied (a DELETE answered 429/5xx or
-    /// timed out, then 404 on the retry: it was already gone).
-    GoneAfterRetry,
+    pub(super) origins: [String; 2],
+    pub(super) list_from_beta: bool,
+    pub(super) page_size: u32,
+    pub(super) tokens: TokenProvider,
+    pub(super) budget: Arc<Budget>,
+    pub(super) gate: Arc<PauseGate>,
+    pub(super) stats: Arc<ThrottleStats>,
+    pub(super) retry: RetrySettings,
 }
 
 impl GraphClient {
@@ -398,214 +364,6 @@ impl GraphClient {
         }
         Ok(items)
     }
-
-    /// The one send path (see the module docs).
-    async fn execute(
-        &self,
-        method: Method,
-        url: String,
-        body: Option<Value>,
-        on_not_found: OnNotFound,
-    ) -> Result<Answer, Error> {
-        let inner = &*self.inner;
-        let write = matches!(method, Method::DELETE | Method::POST | Method::PATCH);
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let started = Instant::now();
-        let mut backoff = backoff_schedule(&inner.retry);
-        let mut attempts: u32 = 0;
-        let mut retries: u32 = 0;
-        let mut renewed = false;
-        let mut maybe_applied = false;
-        loop {
-            // Token errors are classified like Graph errors (transient ones are retried).
-            let (error, token) = match inner.tokens.token().await {
-                Err(e) => (e, None),
-                Ok(token) => {
-                    attempts += 1;
-                    inner.gate.wait().await;
-                    inner.budget.acquire(write).await;
-                    inner.gate.wait().await;
-                    let mut request = inner
-                        .http
-                        .request(method.clone(), &url)
-                        .header(AUTHORIZATION, bearer(token.secret()))
-                        .header(ACCEPT, "application/json")
-                        .header("client-request-id", &request_id);
-                    if retries > 0 {
-                        request = request.header("Retry-Attempt", retries.to_string());
-                    }
-                    request = match &body {
-                        Some(b) => request.json(b),
-                        // Graph wants a Content-Length on a POST even without a body.
-                        None if write => request.body(""),
-                        None => request,
-                    };
-                    match self.send(request).await {
-                        Ok(answer) => return Ok(answer),
-                        Err(e) => (e, Some(token)),
-                    }
-                }
-            };
-            if let Error::NotFound { .. } = &error {
-                if on_not_found == OnNotFound::GoneAfterRetry && maybe_applied {
-                    tracing::debug!(%url, "404 on a retried DELETE: already applied");
-                    return Ok(Answer {
-                        status: 404,
-                        body: Bytes::new(),
-                    });
-                }
-            }
-            let delay = match &error {
-                Error::Auth { .. } if token.is_some() && !renewed => {
-                    // 401: the token expired or was revoked early. Renew once, retry at once.
-                    if let Some(token) = &token {
-                        inner.tokens.invalidate(token).await;
-                    }
-                    renewed = true;
-                    inner.stats.record_token_renewal();
-                    inner.stats.record_retry();
-                    retries += 1;
-                    tracing::debug!(%url, status = 401, "token refused; renewing it and retrying once");
-                    attempts -= 1; // the renewal retry does not use up an attempt
-                    continue;
-                }
-                Error::Throttled { retry_after, .. } => {
-                    inner.stats.record_throttled();
-                    // Only a request that was sent can have been applied.
-                    maybe_applied |= token.is_some();
-                    let delay = retry_after.unwrap_or_else(|| {
-                        jittered(backoff.next().unwrap_or(inner.retry.max_delay))
-                    });
-                    let until = Instant::now() + delay;
-                    // Graph throttles the app, not the request: every task waits.
-                    inner.stats.add_pause(inner.gate.pause_until(until));
-                    inner.budget.on_throttled(until.into_std());
-                    delay
-                }
-                Error::Transient { .. } | Error::NoAnswer { .. } => {
-                    maybe_applied |= token.is_some();
-                    jittered(backoff.next().unwrap_or(inner.retry.max_delay))
-                }
-                _ => return Err(error),
-            };
-            if attempts >= inner.retry.max_attempts
-                || started.elapsed() + delay > inner.retry.max_elapsed
-            {
-                tracing::debug!(%url, attempts, error = %error, "giving up in process");
-                return Err(error);
-            }
-            retries += 1;
-            inner.stats.record_retry();
-            tracing::debug!(
-                %url,
-                status = error.status().unwrap_or(0),
-                code = %error.code(),
-                delay_ms = delay.as_millis() as u64,
-                retry = retries,
-                "retrying Graph call"
-            );
-            if !matches!(error, Error::Throttled { .. }) {
-                tokio::time::sleep(delay).await;
-            }
-            // A throttled retry waits on the gate at the top of the loop, with everyone else.
-        }
-    }
-
-    /// Send one request, count it, feed the throttle headers to the budget, classify.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, Error> {
-        let inner = &*self.inner;
-        let result = {
-            let _in_flight = inner.stats.start_request();
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let headers = response.headers().clone();
-                    match response.bytes().await {
-                        Ok(body) => Ok((status, headers, body)),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            }
-        };
-        let (status, headers, body) = match result {
-            Ok(parts) => parts,
-            Err(e) => {
-                inner.stats.record_transport_error(e.is_timeout());
-                return Err(from_transport(&e));
-            }
-        };
-        inner.stats.record_status(status);
-        if let Some(percent) = limit_percentage(&headers) {
-            inner.budget.observe_limit_percentage(percent);
-        }
-        if (200..300).contains(&status) {
-            return Ok(Answer { status, body });
-        }
-        if status == 429 {
-            tracing::debug!(
-                scope = header_text(&headers, "x-ms-throttle-scope"),
-                information = header_text(&headers, "x-ms-throttle-information"),
-                "Graph throttled us"
-            );
-        }
-        Err(classify(status, &headers, &body))
-    }
-}
-
-fn bearer(token: &str) -> HeaderValue {
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
-    // Keeps the token out of any header dump (hyper and reqwest honour this flag).
-    value.set_sensitive(true);
-    value
-}
-
-fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
-/// `x-ms-throttle-limit-percentage` as a percentage. Graph documents it as a fraction of the
-/// limit (0.8–1.8), the simulator sends whole percents (80–100): values up to 2 are fractions.
-fn limit_percentage(headers: &HeaderMap) -> Option<f64> {
-    let value: f64 = header_text(headers, "x-ms-throttle-limit-percentage")?
-        .trim()
-        .parse()
-        .ok()?;
-    (value.is_finite() && value >= 0.0).then_some(if value <= 2.0 { value * 100.0 } else { value })
-}
-
-/// Percent-encode the id segments of a method's DELETE path, keeping `/` and `$ref`.
-fn encode_delete_path(path: &str) -> String {
-    path.split('/')
-        .map(|s| {
-            if s == "$ref" {
-                s.to_string()
-            } else {
-                encode_segment(s)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// `scheme://authority` of a URL.
-fn origin(url: &str) -> String {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let end = url[after_scheme..]
-        .find('/')
-        .map_or(url.len(), |i| after_scheme + i);
-    url[..end].to_ascii_lowercase()
-}
-
-/// True when `link` lies under `origin` (same scheme, host and port).
-fn is_under(link: &str, origin: &str) -> bool {
-    link.len() > origin.len()
-        && link[..origin.len()].eq_ignore_ascii_case(origin)
-        && link.as_bytes()[origin.len()] == b'/'
 }
 
 #[cfg(test)]
@@ -663,49 +421,6 @@ mod tests {
         assert_eq!(
             client.user_url(true, &guest, "/authentication/methods"),
             "http://127.0.0.1:9/beta/users/ann_fabrikam.com%23EXT%23@contoso.onmicrosoft.com/authentication/methods"
-        );
-    }
-
-    #[test]
-    fn limit_percentage_reads_fractions_and_percents() {
-        let mut h = HeaderMap::new();
-        assert_eq!(limit_percentage(&h), None);
-        h.insert(
-            "x-ms-throttle-limit-percentage",
-            HeaderValue::from_static("0.85"),
-        );
-        assert!((limit_percentage(&h).unwrap() - 85.0).abs() < 1e-9);
-        h.insert(
-            "x-ms-throttle-limit-percentage",
-            HeaderValue::from_static("92"),
-        );
-        assert_eq!(limit_percentage(&h), Some(92.0));
-    }
-
-    #[test]
-    fn next_links_must_stay_on_graph() {
-        let o = origin("https://graph.microsoft.com/v1.0");
-        assert_eq!(o, "https://graph.microsoft.com");
-        assert!(is_under(
-            "https://graph.microsoft.com/v1.0/groups/x?$skiptoken=1",
-            &o
-        ));
-        assert!(!is_under(
-            "https://graph.microsoft.com.evil.example/v1.0",
-            &o
-        ));
-        assert!(!is_under("http://graph.microsoft.com/v1.0", &o));
-    }
-
-    #[test]
-    fn delete_paths_keep_ref_and_encode_ids() {
-        assert_eq!(
-            encode_delete_path("externalAuthenticationMethods/a b/$ref"),
-            "externalAuthenticationMethods/a%20b/$ref"
-        );
-        assert_eq!(
-            encode_delete_path("phoneMethods/3179e48a-750b"),
-            "phoneMethods/3179e48a-750b"
         );
     }
 }

@@ -100,12 +100,19 @@ pub enum NoAnswer {
     Connection,
 }
 
-impl std::fmt::Display for NoAnswer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl NoAnswer {
+    /// The cause's name in reports and metric labels: `timeout`, `connection`.
+    pub fn as_str(self) -> &'static str {
+        match self {
             NoAnswer::Timeout => "timeout",
             NoAnswer::Connection => "connection",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -122,6 +129,10 @@ pub enum Class {
     Permanent,
     /// Nothing can succeed until someone fixes the app itself (its credential, consent,
     /// tenant): stop taking requests and leave them queued.
+    ///
+    /// No cause maps here yet: app-wide token errors (a wrong or expired secret, missing
+    /// admin consent, a disabled app) will, in [`Error::class`]. The Graph client already
+    /// hands a `Halt` back at once, without retrying in process (see `graph::attempt`).
     Halt,
 }
 
@@ -155,7 +166,10 @@ impl Error {
         }
     }
 
-    /// What this error means for the request (see [`Class`]).
+    /// What this error means for the request (see [`Class`]). The one place that decides it:
+    /// the Graph client retries `Outage` and `Retry` in process (up to `retry.max_attempts`)
+    /// and hands `Permanent` and `Halt` back at once; the worker then requeues, delays,
+    /// dead-letters or halts by the same class.
     pub fn class(&self) -> Class {
         match self {
             Error::Throttled { .. } | Error::NoAnswer { .. } => Class::Outage,

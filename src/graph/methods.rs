@@ -5,7 +5,8 @@ use serde_json::Value;
 
 use crate::domain::{mask_email, mask_phone, MethodRecord};
 
-/// The password method's fixed id (graph-api.md).
+/// The password method's fixed id
+/// (<https://learn.microsoft.com/en-us/graph/api/resources/passwordauthenticationmethod>).
 #[allow(dead_code)]
 pub const PASSWORD_METHOD_ID: &str = "28c10230-6103-485e-b985-444c60001490";
 
@@ -157,7 +158,8 @@ impl AuthMethod {
         "qrCodePin",
     ];
 
-    /// What the portal's "Require re-register MFA" removes (graph-api.md).
+    /// What the portal's "Require re-register MFA" removes
+    /// (<https://learn.microsoft.com/en-us/entra/identity/authentication/howto-mfa-userdevicesettings>).
     pub const PORTAL_STEMS: [&'static str; 4] = [
         "phone",
         "microsoftAuthenticator",

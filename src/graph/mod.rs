@@ -3,22 +3,42 @@
 //!
 //! # Layout
 //! - `token`: client-credentials tokens (secret or certificate), cached and renewed.
-//! - `client`: [`GraphClient`], every call we make, each retried in one place.
+//! - `client`: [`GraphClient`], every call we make, all through one send loop.
+//! - `attempt`: the send loop's decisions: after each attempt, the next step (renew the token,
+//!   pause everyone, back off, give up, already applied, done), and the backoff schedule.
 //! - `methods`: [`AuthMethod`], one variant per `@odata.type`, and its DELETE path.
-//! - `error`: [`Error`], the one classification of Graph's answers (retry / renew / permanent).
-//! - `throttle`: [`Budget`] (proactive limits) and [`PauseGate`] (one pause for every task).
-//! - `address`: how a user goes into a URL path (`#EXT#`, `$`, `'`).
+//! - `error`: [`Error`], the one classification of Graph's answers, and its [`Class`]
+//!   (outage / retry / permanent / halt).
+//! - `budget`: [`Budget`], the proactive rate limits, on tokio's clock.
+//! - `adaptive`: the budget's adaptive factor (slows down on Graph's warnings and 429s).
+//! - `pause`: [`PauseGate`], one Retry-After pause for every task.
+//! - `stats`: [`ThrottleStats`], the client's traffic counters as Prometheus metrics, and
+//!   [`ThrottleSnapshot`], their flat copy for logs and benchmarks.
+//! - `address`: how a user, a method id or a nextLink goes into (or comes from) a URL.
 
+mod adaptive;
 mod address;
+mod attempt;
+mod budget;
 mod client;
 mod error;
 mod methods;
-mod throttle;
+mod pause;
+mod send;
+mod stats;
 mod token;
 
 pub use address::user_path;
+pub use budget::Budget;
 pub use client::{GraphClient, GroupMember, TemporaryAccessPass};
 pub use error::{Class, Error, NoAnswer};
 pub use methods::AuthMethod;
-pub use throttle::{Budget, PauseGate, ThrottleSnapshot, ThrottleStats};
+pub use pause::PauseGate;
+pub use stats::{ThrottleSnapshot, ThrottleStats};
 pub use token::{AccessToken, TokenProvider};
+
+/// Lock a mutex whose data stays valid even if a holder panicked (plain values, no invariants
+/// spanning a panic), so a poisoned lock is recovered rather than propagated.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -773,10 +773,10 @@ async fn a_worker_serves_metrics_and_healthz_and_writes_json_logs_when_asked() {
 
     for expected in [
         "mfa_reset_outcomes_total{status=\"reset\"} 30",
-        "mfa_reset_graph_status_200 ",
-        "mfa_reset_graph_status_429 0",
-        "mfa_reset_graph_throttled 0",
-        "mfa_reset_graph_pause_secs ",
+        "mfa_reset_graph_responses_total{status=\"200\"} ",
+        "mfa_reset_graph_responses_total{status=\"429\"} 0",
+        "mfa_reset_graph_throttled_total 0",
+        "mfa_reset_graph_pause_seconds_total ",
         "mfa_reset_in_flight 0",
         "mfa_reset_queue_ready 0",
         "mfa_reset_queue_lag_seconds ",

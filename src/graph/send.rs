@@ -1,0 +1,254 @@
+//! The one send loop of [`GraphClient`]: every attempt of every call goes through
+//! [`GraphClient::execute`] here.
+//!
+//! Each attempt goes token → `gate.wait()` → budget (all, and writes for DELETE/POST/PATCH) →
+//! `gate.wait()` → send → feed `x-ms-throttle-limit-percentage` to the budget → classify.
+//! What follows an attempt is not decided here: the attempt machine ([`super::attempt`])
+//! returns a [`Step`], and the loop carries it out (renews the token, pauses everyone, sleeps,
+//! or returns).
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
+use reqwest::Method;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::attempt::{Attempts, OnNotFound, Outcome, Step};
+use super::error::{classify, from_transport};
+use super::{AccessToken, Error, GraphClient};
+
+/// A successful answer.
+pub(super) struct Answer {
+    pub(super) status: u16,
+    pub(super) body: Bytes,
+}
+
+impl Answer {
+    pub(super) fn json(&self) -> Result<Value, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::InvalidResponse {
+            status: self.status,
+            message: format!("not JSON: {e}"),
+        })
+    }
+}
+
+impl GraphClient {
+    /// The one send loop (see the module docs): one attempt after another, each followed by
+    /// the [`Step`] the attempt machine (`attempt.rs`) decides, carried out here.
+    pub(super) async fn execute(
+        &self,
+        method: Method,
+        url: String,
+        body: Option<Value>,
+        on_not_found: OnNotFound,
+    ) -> Result<Answer, Error> {
+        let inner = &*self.inner;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut attempts = Attempts::new(&inner.retry, on_not_found, Instant::now());
+        loop {
+            let (outcome, token) = self
+                .attempt(
+                    &method,
+                    &url,
+                    body.as_ref(),
+                    &request_id,
+                    attempts.retries(),
+                )
+                .await;
+            let failure = match &outcome {
+                Outcome::Answered(_) => None,
+                Outcome::NoToken(e) | Outcome::Failed(e) => {
+                    Some((e.status().unwrap_or(0), e.code()))
+                }
+            };
+            let (status, code) = failure.unwrap_or_default();
+            // A throttled call waits at the gate, with everyone else, in its next attempt;
+            // a backed-off one sleeps here.
+            let (delay, sleep) = match attempts.next_step(outcome, &inner.retry, Instant::now()) {
+                Step::Done(answer) => return Ok(answer),
+                Step::AlreadyApplied => {
+                    tracing::debug!(%url, "404 on a retried DELETE: already applied");
+                    return Ok(Answer {
+                        status: 404,
+                        body: Bytes::new(),
+                    });
+                }
+                Step::GiveUp(error) => {
+                    tracing::debug!(%url, error = %error, "Graph call failed; handing the error back");
+                    return Err(error);
+                }
+                Step::PauseEveryoneThenGiveUp { until, error } => {
+                    self.pause_everyone(until);
+                    tracing::debug!(%url, error = %error, "Graph call failed; handing the error back");
+                    return Err(error);
+                }
+                Step::RenewToken => {
+                    if let Some(token) = &token {
+                        inner.tokens.invalidate(token).await;
+                    }
+                    inner.stats.record_token_renewal();
+                    inner.stats.record_retry();
+                    tracing::debug!(%url, status = 401, "token refused; renewing it and retrying once");
+                    continue;
+                }
+                Step::PauseEveryone { until } => {
+                    self.pause_everyone(until);
+                    (until.saturating_duration_since(Instant::now()), false)
+                }
+                Step::BackOff { delay } => (delay, true),
+            };
+            inner.stats.record_retry();
+            tracing::debug!(
+                %url,
+                status,
+                %code,
+                delay_ms = delay.as_millis() as u64,
+                retry = attempts.retries(),
+                "retrying Graph call"
+            );
+            if sleep {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// Graph throttled the app: every task of the process waits until `until`.
+    fn pause_everyone(&self, until: Instant) {
+        let inner = &*self.inner;
+        inner.stats.record_throttled();
+        inner.stats.add_pause(inner.gate.pause_until(until));
+        inner.budget.on_throttled(until);
+    }
+
+    /// One attempt: a token, the pause and the budget, the request. Hands back the token the
+    /// request carried, if it got that far (a 401 invalidates exactly that one).
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &str,
+        body: Option<&Value>,
+        request_id: &str,
+        retries: u32,
+    ) -> (Outcome<Answer>, Option<AccessToken>) {
+        let inner = &*self.inner;
+        let write = matches!(*method, Method::DELETE | Method::POST | Method::PATCH);
+        // Token errors are classified like Graph errors (transient ones are retried).
+        let token = match inner.tokens.token().await {
+            Ok(token) => token,
+            Err(e) => return (Outcome::NoToken(e), None),
+        };
+        inner.gate.wait().await;
+        inner.budget.acquire(write).await;
+        inner.gate.wait().await;
+        let mut request = inner
+            .http
+            .request(method.clone(), url)
+            .header(AUTHORIZATION, bearer(token.secret()))
+            .header(ACCEPT, "application/json")
+            .header("client-request-id", request_id);
+        if retries > 0 {
+            request = request.header("Retry-Attempt", retries.to_string());
+        }
+        request = match body {
+            Some(b) => request.json(b),
+            // Graph wants a Content-Length on a POST even without a body.
+            None if write => request.body(""),
+            None => request,
+        };
+        let outcome = match self.send(request).await {
+            Ok(answer) => Outcome::Answered(answer),
+            Err(e) => Outcome::Failed(e),
+        };
+        (outcome, Some(token))
+    }
+
+    /// Send one request, count it, feed the throttle headers to the budget, classify.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, Error> {
+        let inner = &*self.inner;
+        let result = {
+            let _in_flight = inner.stats.start_request();
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let headers = response.headers().clone();
+                    match response.bytes().await {
+                        Ok(body) => Ok((status, headers, body)),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let (status, headers, body) = match result {
+            Ok(parts) => parts,
+            Err(e) => {
+                let error = from_transport(&e);
+                if let Error::NoAnswer { cause, .. } = &error {
+                    inner.stats.record_no_answer(*cause);
+                }
+                return Err(error);
+            }
+        };
+        inner.stats.record_status(status);
+        if let Some(percent) = limit_percentage(&headers) {
+            inner.budget.observe_limit_percentage(percent);
+        }
+        if (200..300).contains(&status) {
+            return Ok(Answer { status, body });
+        }
+        if status == 429 {
+            tracing::debug!(
+                scope = header_text(&headers, "x-ms-throttle-scope"),
+                information = header_text(&headers, "x-ms-throttle-information"),
+                "Graph throttled us"
+            );
+        }
+        Err(classify(status, &headers, &body))
+    }
+}
+
+fn bearer(token: &str) -> HeaderValue {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+    // Keeps the token out of any header dump (hyper and reqwest honour this flag).
+    value.set_sensitive(true);
+    value
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// `x-ms-throttle-limit-percentage` as a percentage. Graph documents it as a fraction of the
+/// limit (0.8–1.8), the simulator sends whole percents (80–100): values up to 2 are fractions.
+fn limit_percentage(headers: &HeaderMap) -> Option<f64> {
+    let value: f64 = header_text(headers, "x-ms-throttle-limit-percentage")?
+        .trim()
+        .parse()
+        .ok()?;
+    (value.is_finite() && value >= 0.0).then_some(if value <= 2.0 { value * 100.0 } else { value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_percentage_reads_fractions_and_percents() {
+        let mut h = HeaderMap::new();
+        assert_eq!(limit_percentage(&h), None);
+        h.insert(
+            "x-ms-throttle-limit-percentage",
+            HeaderValue::from_static("0.85"),
+        );
+        assert!((limit_percentage(&h).unwrap() - 85.0).abs() < 1e-9);
+        h.insert(
+            "x-ms-throttle-limit-percentage",
+            HeaderValue::from_static("92"),
+        );
+        assert_eq!(limit_percentage(&h), Some(92.0));
+    }
+}
