@@ -8,7 +8,10 @@
 
 use std::collections::VecDeque;
 
+use std::time::Duration;
+
 use anyhow::{bail, Context};
+use backon::{BackoffBuilder, ConstantBackoff, ConstantBuilder};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
@@ -135,7 +138,21 @@ fn check_confirmation(c: Confirmation, routing_key: &str) -> anyhow::Result<()> 
 }
 
 /// Reconnections in a row without one confirm in between before giving up.
-const MAX_RECOVERIES_WITHOUT_PROGRESS: u32 = 30;
+const MAX_RECOVERIES_WITHOUT_PROGRESS: usize = 30;
+
+/// The waits before each reconnection in a row without progress: the first at once (a
+/// dropped connection is usually back already), then 500 ms each, and none past
+/// [`MAX_RECOVERIES_WITHOUT_PROGRESS`]: the iterator ends, the publisher gives up.
+type Recoveries = std::iter::Chain<std::iter::Once<Duration>, ConstantBackoff>;
+
+fn recoveries() -> Recoveries {
+    std::iter::once(Duration::ZERO).chain(
+        ConstantBuilder::default()
+            .with_delay(Duration::from_millis(500))
+            .with_max_times(MAX_RECOVERIES_WITHOUT_PROGRESS - 1)
+            .build(),
+    )
+}
 
 /// Pipelined, confirmed publishing that survives a broker restart.
 pub struct Publisher {
@@ -148,7 +165,8 @@ pub struct Publisher {
     window: usize,
     confirmed: u64,
     reconnects: u32,
-    recoveries_without_progress: u32,
+    /// Reset by every confirm.
+    recoveries: Recoveries,
 }
 
 impl Publisher {
@@ -169,7 +187,7 @@ impl Publisher {
             window: settings.confirm_window.max(1),
             confirmed: 0,
             reconnects: 0,
-            recoveries_without_progress: 0,
+            recoveries: recoveries(),
         })
     }
 
@@ -239,7 +257,7 @@ impl Publisher {
             Ok(c) => {
                 check_confirmation(c, &msg.routing_key)?;
                 self.confirmed += 1;
-                self.recoveries_without_progress = 0;
+                self.recoveries = recoveries();
                 Ok(())
             }
             Err(err) => {
@@ -252,17 +270,14 @@ impl Publisher {
 
     /// Reconnect and publish every unconfirmed message again, in order.
     async fn recover(&mut self) -> anyhow::Result<()> {
-        self.recoveries_without_progress += 1;
-        if self.recoveries_without_progress > MAX_RECOVERIES_WITHOUT_PROGRESS {
+        let Some(delay) = self.recoveries.next() else {
             bail!(
                 "the broker keeps dropping the connection; {} message(s) were confirmed, {} were not",
                 self.confirmed,
                 self.pending.len()
             );
-        }
-        if self.recoveries_without_progress > 1 {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        }
+        };
+        tokio::time::sleep(delay).await;
         let _ = self.conn.close(200, "reconnecting".into()).await;
         let (conn, channel) = open(&self.settings, &self.topology, &self.name)
             .await
@@ -299,4 +314,17 @@ async fn open(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok((conn, channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_publisher_reconnects_at_once_then_every_half_second_thirty_times_in_all() {
+        let waits: Vec<Duration> = recoveries().collect();
+        assert_eq!(waits.len(), MAX_RECOVERIES_WITHOUT_PROGRESS);
+        assert_eq!(waits[0], Duration::ZERO);
+        assert!(waits[1..].iter().all(|w| *w == Duration::from_millis(500)));
+    }
 }

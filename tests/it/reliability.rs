@@ -15,7 +15,9 @@ use mfa_reset::worker::{self, WorkOptions, WorkerMetrics};
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
+use crate::common::amqp_hold::{broker_address, AmqpHold};
 use crate::common::env::{csv_of_generated, TestEnv};
+use crate::common::graph_front::GraphFront;
 use crate::common::proc::{self, finish, free_port, run, signal, spawn_worker};
 
 fn tenant(users: usize, latency_ms: u64) -> SimConfig {
@@ -54,6 +56,35 @@ async fn wait_for_outcomes(env: &TestEnv, batch: &str, n: u64, secs: u64) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Wait until `condition` holds (or panic after `secs`, naming what was awaited).
+async fn wait_until(what: &str, secs: u64, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not after {secs}s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The method ids in the `methods_removed` column of a CSV report (`type:id;type:id`), by user.
+fn removed_by_report(csv: &str) -> HashMap<String, HashSet<String>> {
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let headers = reader.headers().expect("a header row").clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).expect(name);
+    let (user, removed) = (column("user"), column("methods_removed"));
+    reader
+        .records()
+        .map(|row| {
+            let row = row.expect("a row");
+            let ids = row[removed]
+                .split(';')
+                .filter(|m| !m.is_empty())
+                .map(|m| m.split_once(':').expect("type:id").1.to_string())
+                .collect();
+            (row[user].to_lowercase(), ids)
+        })
+        .collect()
 }
 
 /// The batch id `enqueue` printed.
@@ -167,6 +198,19 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_every_user_ends_with_one_ou
     for user in env.sim.users_snapshot() {
         assert_eq!(removable(&user), 0, "{}", user.user_principal_name);
     }
+    // What the report says was removed is exactly what the simulator deleted, user by user,
+    // including what the victim deleted before it died.
+    let reported = removed_by_report(&csv);
+    assert_eq!(reported.len(), 150);
+    for user in env.sim.users_snapshot() {
+        let deleted: HashSet<String> = user
+            .deleted_methods
+            .iter()
+            .map(|m| m["id"].as_str().expect("a method id").to_string())
+            .collect();
+        let key = user.user_principal_name.to_lowercase();
+        assert_eq!(reported[&key], deleted, "{key}");
+    }
     env.cleanup().await;
 }
 
@@ -229,6 +273,116 @@ async fn a_request_delivered_again_after_its_outcome_is_recorded_does_not_touch_
     let counts = env.outcome_counts().await;
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
     drop(cancel);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_request_whose_outcome_is_recorded_is_acked_without_a_graph_call() {
+    let env = TestEnv::new("rel-redelivered", tenant(3, 0)).await;
+    env.setup().await;
+    let user = UserRef::parse(&mfa_reset::sim::tenant::upn_for_index(0)).expect("user");
+    let batch = "rel-redelivered-batch";
+    let request = ResetRequest {
+        version: mfa_reset::domain::REQUEST_VERSION,
+        request_id: ResetRequest::id_for(batch, &user),
+        batch: batch.into(),
+        user: user.clone(),
+        ticket: None,
+        reason: None,
+        requested_by: None,
+        dry_run: false,
+        revoke_sessions: false,
+        requested_at: chrono::Utc::now(),
+        replay: 0,
+        carry: None,
+    };
+    env.publish_raw(&serde_json::to_vec(&request).expect("json"))
+        .await;
+    // A worker that will die: it takes the request and keeps it unsettled …
+    let dying = mfa_reset::broker::connect(&env.settings.broker, "dying worker")
+        .await
+        .expect("broker");
+    let channel = dying.create_channel().await.expect("channel");
+    let taken = channel
+        .basic_get(
+            env.topology().requests().as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: false },
+        )
+        .await
+        .expect("basic.get")
+        .expect("the request");
+    assert!(!taken.delivery.redelivered);
+    // … while a live worker waits for work.
+    let metrics = Arc::new(WorkerMetrics::default());
+    let cancel = CancellationToken::new();
+    let handle = {
+        let settings = env.settings.clone();
+        let (metrics, cancel) = (metrics.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;
+            let options = WorkOptions {
+                concurrency: 2,
+                exit_when_idle: None,
+            };
+            worker::run(&settings, graph, options, metrics, cancel).await
+        })
+    };
+    wait_until("the live worker is consuming", 60, || {
+        metrics.connected.get() == 1
+    })
+    .await;
+    // The dying worker records the outcome, then dies before acking: the broker redelivers.
+    let outcome = mfa_reset::domain::Outcome {
+        request_id: request.request_id,
+        batch: batch.into(),
+        user: user.clone(),
+        status: Status::Reset,
+        methods_removed: Vec::new(),
+        methods_remaining: Vec::new(),
+        sessions_revoked: false,
+        attempts: 1,
+        error_code: None,
+        error_message: None,
+        ticket: None,
+        finished_at: chrono::Utc::now(),
+        worker: "dying".into(),
+        graph_calls: 3,
+        replay: 0,
+        dry_run: false,
+    };
+    let publish = dying.create_channel().await.expect("channel");
+    publish
+        .confirm_select(Default::default())
+        .await
+        .expect("confirms");
+    let record = Record::Outcome(Box::new(outcome));
+    let msg = mfa_reset::broker::OutMessage::json("outcome", serde_json::to_vec(&record).unwrap());
+    mfa_reset::broker::publisher::publish_confirmed(&publish, &env.topology().exchange(), &msg)
+        .await
+        .expect("outcome recorded");
+    let graph_requests_before = env.sim.stats().requests_total;
+    let _ = dying.close(200, "dies".into()).await;
+
+    wait_until("the redelivered copy is absorbed", 60, || {
+        metrics.duplicates.get() == 1
+    })
+    .await;
+    cancel.cancel();
+    handle
+        .await
+        .expect("worker task")
+        .expect("worker ends cleanly");
+
+    assert_eq!(env.sim.stats().requests_total, graph_requests_before);
+    assert_eq!(
+        graph_requests_before, 0,
+        "no Graph call at all, token included"
+    );
+    assert_eq!(
+        env.outcome_counts().await.get(&request.request_id),
+        Some(&1)
+    );
+    assert_eq!(env.queue_len(&env.topology().requests()).await, 0);
     env.cleanup().await;
 }
 
@@ -427,6 +581,65 @@ async fn a_graph_outage_pauses_the_workers_and_the_batch_completes_without_failu
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_graph_keeps_failing_ends_failed_after_every_tier_with_one_dead_letter_and_the_others_reset(
+) {
+    let mut env = TestEnv::new("rel-500", tenant(6, 0)).await;
+    let front = GraphFront::start(&env.sim.url()).await;
+    front.point(&mut env.settings);
+    env.settings.retry.tiers = vec![Duration::from_millis(200), Duration::from_millis(400)];
+    env.settings.retry.max_attempts = 2;
+    env.settings.retry.base_delay = Duration::from_millis(20);
+    env.settings.retry.max_delay = Duration::from_millis(50);
+    let failing = mfa_reset::sim::tenant::upn_for_index(2).to_lowercase();
+    let before = removable(&env.sim.user(&failing).expect("user"));
+    front.fail_user(&failing);
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(6))
+        .await
+        .expect("enqueue");
+
+    env.start_worker(4);
+    let view = env.wait_batch(&enqueued.batch, 120).await;
+
+    let tiers = env.settings.retry.tiers.len() as u32;
+    let by_user: HashMap<String, _> = view.outcomes().map(|o| (o.user.key(), o.clone())).collect();
+    assert_eq!(by_user.len(), 6);
+    let failed = &by_user[&failing];
+    assert_eq!(failed.status, Status::Failed, "{failed:?}");
+    assert_eq!(failed.error_code.as_deref(), Some("retries_exhausted"));
+    assert_eq!(failed.attempts, tiers + 1);
+    for (user, outcome) in &by_user {
+        if *user != failing {
+            assert_eq!(
+                (outcome.status, outcome.attempts),
+                (Status::Reset, 1),
+                "{user} was affected: {outcome:?}"
+            );
+        }
+    }
+    let letters = dlq::list(&env.settings, None).await.expect("dlq list");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].user.as_deref(), Some(failing.as_str()));
+    assert_eq!(letters[0].error_code, "retries_exhausted");
+    assert_eq!(letters[0].attempts, u64::from(tiers + 1));
+    // Graph was asked once per attempt at least, and never let it change anything.
+    let asked = front
+        .calls()
+        .iter()
+        .filter(|c| c.user.as_deref() == Some(failing.as_str()))
+        .count();
+    assert!(asked >= (tiers + 1) as usize, "{asked} requests");
+    assert_eq!(removable(&env.sim.user(&failing).expect("user")), before);
+    let counts = env.outcome_counts().await;
+    assert_eq!(counts.len(), 6);
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "one outcome per user: {counts:?}"
+    );
+    env.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Poison messages
 
@@ -489,11 +702,16 @@ async fn a_message_that_keeps_killing_its_worker_is_dead_lettered_by_the_deliver
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Taken (not ready, not dead): the worker holds it, in a Graph call of 3 s.
         signal(&worker, Signal::SIGKILL);
         let _ = finish(worker).await;
         kills += 1;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The broker takes it back (or dead-letters it) once it sees the connection gone.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while env.queue_len(&requests).await + env.queue_len(&dead).await == 0 {
+            assert!(Instant::now() < deadline, "the message never came back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     let letters = dlq::list(&env.settings, Some(&poison.batch))
@@ -571,16 +789,25 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
 
     // An interrupted replay (kill -9 half-way) loses nothing: every request of batch A is in
     // the dead-letter queue or back on the requests queue (or both).
-    let replay = proc::mfa_reset(&env.settings, &["dlq", "replay", "--batch", &a.batch])
+    // The replay talks to the broker through a relay that lets 20 of its publishes through
+    // and holds the 21st: it is killed there, half-way, whatever the machine's speed.
+    let hold = AmqpHold::start(broker_address(&env.settings.broker.url), 20).await;
+    let mut through_hold = env.settings.clone();
+    through_hold.broker.url = hold.url();
+    let replay = proc::mfa_reset(&through_hold, &["dlq", "replay", "--batch", &a.batch])
         .spawn()
         .expect("dlq replay");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while env.queue_len(&requests).await < 20 {
-        assert!(Instant::now() < deadline, "replay never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(60), hold.held())
+        .await
+        .expect("the replay reached its 21st publish");
     signal(&replay, Signal::SIGKILL);
     let _ = finish(replay).await;
+    // The broker takes back what the killed replay held once the relay closes its connection.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.queue_len(&dead).await < 514 - 20 {
+        assert!(Instant::now() < deadline, "the letters never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let in_dead: HashSet<String> = dlq::list(&env.settings, Some(&a.batch))
         .await
         .expect("list")
@@ -593,9 +820,15 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
         .iter()
         .map(|b| serde_json::from_slice(b).expect("a request"))
         .collect();
-    assert!(
-        !replayed.is_empty() && in_dead.len() < 510,
-        "killed half-way"
+    assert_eq!(
+        replayed.len(),
+        20,
+        "what reached the broker is on the requests queue"
+    );
+    assert_eq!(
+        in_dead.len(),
+        490,
+        "what it had not replayed is still a dead letter"
     );
     assert!(replayed.iter().all(|r| r.replay == 1 && r.carry.is_none()));
     let mut all: HashSet<String> = in_dead;
@@ -752,7 +985,7 @@ async fn a_worker_serves_metrics_and_healthz_and_writes_json_logs_when_asked() {
         .await
         .expect("healthz");
     assert_eq!(health.status(), 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let metrics = loop {
         // The queue probe runs every few seconds.
         let text = http
@@ -763,9 +996,13 @@ async fn a_worker_serves_metrics_and_healthz_and_writes_json_logs_when_asked() {
             .text()
             .await
             .expect("body");
-        if text.contains("mfa_reset_queue_ready 0") || Instant::now() > deadline {
+        if text.contains("mfa_reset_queue_ready 0") {
             break text;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the queue probe never saw 0:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     signal(&worker, Signal::SIGTERM);

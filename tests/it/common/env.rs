@@ -102,7 +102,12 @@ impl TestEnv {
 
     /// Start an in-process worker with its own Graph client.
     pub fn start_worker(&mut self, concurrency: usize) {
-        let mut settings = self.settings.clone();
+        self.start_worker_with(self.settings.clone(), concurrency);
+    }
+
+    /// Start an in-process worker with `settings` (e.g. another broker URL) instead of the
+    /// test's; stopped with the others.
+    pub fn start_worker_with(&mut self, mut settings: Settings, concurrency: usize) {
         settings.worker.name = format!("test-worker-{}", self.workers.len() + 1);
         let cancel = CancellationToken::new();
         let token = cancel.clone();

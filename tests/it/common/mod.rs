@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod amqp_hold;
 pub mod env;
+pub mod graph_front;
 pub mod proc;
 
 use mfa_reset::sim::{SimConfig, SimServer};

@@ -1,0 +1,386 @@
+//! What becomes of a delivery, decided as a value.
+//!
+//! [`decide`] is a pure function: from the request (or why the body is not one), what came
+//! of trying it ([`Attempt`]) and the deployment's [`Rules`], it returns one [`Disposition`].
+//! It touches no broker, no Graph and no clock of its own, so every branch is unit-tested
+//! here. Carrying a disposition out against the broker is `delivery::carry_out`'s job, and
+//! the order of its steps there is part of the contract each variant documents.
+//!
+//! The rules it encodes:
+//! - a request whose outcome someone already owns is acked without touching Graph;
+//! - a Graph error is judged by its [`Class`]: an outage waits in the first delay tier
+//!   *without* using up an attempt; a retryable error uses one and waits longer each time,
+//!   until the tiers run out (`retries_exhausted`); a permanent error is the outcome; an
+//!   app-wide error halts the worker and leaves the request queued, attempt unused;
+//! - a `failed` outcome is dead-lettered before it is recorded;
+//! - trouble with the broker, or a crash of the handler, hands the delivery back.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::ResetSettings;
+use crate::domain::{Carry, MethodRecord, Outcome, ResetRequest, Status, REQUEST_VERSION};
+use crate::graph::Class;
+use crate::reset::{self, Executed, Interrupted, RetryLater};
+
+/// Why: a machine-readable code and a sentence for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    /// `invalid_message`, `unknown_version`, Graph's error code, …
+    pub code: String,
+    /// What happened.
+    pub message: String,
+}
+
+impl Cause {
+    /// A cause from its code and message.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Cause {
+        Cause {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What to do with one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Someone already owns this request's outcome (it is recorded, or a copy is being
+    /// executed here): ack, Graph untouched.
+    Ack,
+    /// A retryable error: publish `request` (its `carry` holds what was done so far) to delay
+    /// tier `tier` as attempt `attempt`, then ack.
+    Retry {
+        /// Index into `retry.tiers`.
+        tier: usize,
+        /// The attempt number it comes back with (one more than this one).
+        attempt: u32,
+        /// The request to publish, with its carry.
+        request: Box<ResetRequest>,
+        /// The error, for the message headers.
+        cause: Cause,
+    },
+    /// Graph unreachable or throttling: publish `request` to the first delay tier with the
+    /// same attempt number (an outage is not the request's fault), then ack.
+    RequeueOutage {
+        /// This attempt's number, unchanged.
+        attempt: u32,
+        /// The request to publish, with its carry.
+        request: Box<ResetRequest>,
+        /// The error, for the message headers.
+        cause: Cause,
+    },
+    /// Record the outcome (confirmed; held through a broker outage), then ack.
+    Record(Box<Outcome>),
+    /// A failed outcome: a dead-letter copy first, then record the outcome, then ack. (A
+    /// crash in between re-executes and may dead-letter twice; it never leaves a failed
+    /// request out of the dead-letter queue.)
+    DeadLetterThenRecord(Box<Outcome>),
+    /// The body is not a request this worker can run: dead-letter it with why, then ack.
+    DeadLetterInvalid(Cause),
+    /// A request that fails verification (signature, approval): dead-lettered with why and
+    /// never executed. No check produces it yet; signed and approved requests come next.
+    Reject(Cause),
+    /// Graph refuses the app itself (credential, consent, tenant): nothing can succeed until
+    /// someone fixes it. Put `request` back on the requests queue as attempt `attempt` (no
+    /// attempt used), ack, and stop taking requests.
+    Halt {
+        /// This attempt's number, unchanged.
+        attempt: u32,
+        /// The request to put back, with its carry.
+        request: Box<ResetRequest>,
+        /// The error, for the operator.
+        cause: Cause,
+    },
+    /// Broker trouble or a crashed handler: requeue the delivery now (`basic.nack`); the
+    /// broker's delivery limit dead-letters one that keeps coming back.
+    HandBack {
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// What came of trying a request.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    /// Not run: its outcome is recorded already, or a copy of it is in flight here.
+    Duplicate,
+    /// Not run: older than `reset.max_request_age`.
+    Expired,
+    /// Not run: listed in `reset.protected_users`.
+    Protected,
+    /// Not run: it failed verification (signed and approved requests, next).
+    Refused(Cause),
+    /// The reset concluded.
+    Executed(Executed),
+    /// The reset stopped before it could conclude.
+    Interrupted(RetryLater),
+    /// The broker failed us before the reset could start (catching up with the outcomes
+    /// stream): nothing was done.
+    BrokerTrouble(String),
+    /// The handler panicked (the panic's message).
+    Panicked(String),
+}
+
+/// A delivery as the decision sees it.
+#[derive(Debug, Clone)]
+pub enum Delivered<'a> {
+    /// The body is not a request this worker runs; nothing was tried.
+    Invalid(Cause),
+    /// A request, and what came of trying it.
+    Tried(&'a ResetRequest, Attempt),
+}
+
+/// What the decision needs to know besides the delivery.
+#[derive(Debug, Clone)]
+pub struct Rules<'a> {
+    /// How many broker delay tiers there are (`retry.tiers`).
+    pub tiers: usize,
+    /// `reset.max_request_age`.
+    pub max_request_age: Duration,
+    /// This worker's name, for outcomes.
+    pub worker: &'a str,
+    /// The time the decision is made, for outcomes and expiry.
+    pub now: DateTime<Utc>,
+}
+
+/// Decide what becomes of a delivery. `attempt` is its attempt number (1 for the first).
+pub fn decide(delivered: Delivered<'_>, attempt: u32, rules: &Rules<'_>) -> Disposition {
+    let attempt = attempt.max(1);
+    let (request, result) = match delivered {
+        Delivered::Invalid(cause) => return Disposition::DeadLetterInvalid(cause),
+        Delivered::Tried(request, result) => (request, result),
+    };
+    match result {
+        Attempt::Duplicate => Disposition::Ack,
+        Attempt::Refused(cause) => Disposition::Reject(cause),
+        Attempt::BrokerTrouble(reason) => Disposition::HandBack { reason },
+        Attempt::Panicked(message) => Disposition::HandBack {
+            reason: format!("the handler panicked: {message}"),
+        },
+        Attempt::Expired => conclude(request, expired(request, rules), attempt, rules),
+        Attempt::Protected => conclude(request, protected(), attempt, rules),
+        Attempt::Executed(executed) => conclude(request, executed, attempt, rules),
+        Attempt::Interrupted(later) => interrupted(request, later, attempt, rules),
+    }
+}
+
+/// Before running a request: is it too old, or protected? `None`: run it.
+pub fn gate(
+    request: &ResetRequest,
+    settings: &ResetSettings,
+    rules: &Rules<'_>,
+) -> Option<Attempt> {
+    let max_age =
+        chrono::Duration::from_std(rules.max_request_age).unwrap_or(chrono::Duration::days(1));
+    if rules.now - request.requested_at > max_age {
+        Some(Attempt::Expired)
+    } else if reset::is_protected(settings, &request.user) {
+        Some(Attempt::Protected)
+    } else {
+        None
+    }
+}
+
+/// The attempt number in a delivery's header: 1 when absent, and never 0 (a header from
+/// outside could say anything).
+pub fn attempt_number(header: Option<u64>) -> u32 {
+    u32::try_from(header.unwrap_or(1))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+/// A request, or why the body is not one (`invalid_message` | `unknown_version`).
+pub fn parse_request(body: &[u8]) -> Result<ResetRequest, Cause> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Cause::new("invalid_message", format!("not JSON: {e}")))?;
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(REQUEST_VERSION) => {}
+        Some(v) => {
+            return Err(Cause::new(
+                "unknown_version",
+                format!("request version {v}; this worker understands version {REQUEST_VERSION}"),
+            ))
+        }
+        None => {
+            return Err(Cause::new(
+                "invalid_message",
+                "no numeric \"version\" field",
+            ))
+        }
+    }
+    serde_json::from_value(value)
+        .map_err(|e| Cause::new("invalid_message", format!("not a reset request: {e}")))
+}
+
+/// A reset that stopped: retry, wait out an outage, halt, or conclude.
+fn interrupted(
+    request: &ResetRequest,
+    later: RetryLater,
+    attempt: u32,
+    rules: &Rules<'_>,
+) -> Disposition {
+    let error = match later.cause {
+        // The broker would not take the plan: nothing was deleted in this attempt.
+        Interrupted::Journal(reason) => return Disposition::HandBack { reason },
+        Interrupted::Graph(error) => error,
+    };
+    let cause = Cause::new(error.code(), error.to_string());
+    let done = Done {
+        removed: later.removed,
+        sessions_revoked: later.sessions_revoked,
+    };
+    after_graph_error(error.class(), cause, done, request, attempt, rules)
+}
+
+/// What earlier attempts and this one did before stopping.
+struct Done {
+    removed: Vec<MethodRecord>,
+    sessions_revoked: bool,
+}
+
+/// The decision for a reset stopped by a Graph error of `class`.
+fn after_graph_error(
+    class: Class,
+    cause: Cause,
+    done: Done,
+    request: &ResetRequest,
+    attempt: u32,
+    rules: &Rules<'_>,
+) -> Disposition {
+    let tried_again = |done: Done| {
+        let mut next = request.clone();
+        next.carry = Some(Carry {
+            removed: done.removed,
+            sessions_revoked: done.sessions_revoked,
+            last_error: Some(cause.message.clone()),
+        });
+        Box::new(next)
+    };
+    match class {
+        Class::Halt => Disposition::Halt {
+            attempt,
+            request: tried_again(done),
+            cause,
+        },
+        Class::Outage if rules.tiers > 0 => Disposition::RequeueOutage {
+            attempt,
+            request: tried_again(done),
+            cause,
+        },
+        Class::Retry if attempt as usize <= rules.tiers => Disposition::Retry {
+            tier: attempt as usize - 1,
+            attempt: attempt.saturating_add(1),
+            request: tried_again(done),
+            cause,
+        },
+        Class::Permanent => {
+            let executed = stopped(done, cause.code, cause.message);
+            conclude(request, executed, attempt, rules)
+        }
+        Class::Outage | Class::Retry => {
+            let message = format!("gave up after {attempt} attempts: {}", cause.message);
+            let executed = stopped(done, "retries_exhausted".into(), message);
+            conclude(request, executed, attempt, rules)
+        }
+    }
+}
+
+/// A reset that ended on an error: `failed` if nothing was removed, `partial` otherwise.
+fn stopped(done: Done, code: String, message: String) -> Executed {
+    let status = if done.removed.is_empty() {
+        Status::Failed
+    } else {
+        Status::Partial
+    };
+    Executed {
+        status,
+        removed: done.removed,
+        remaining: Vec::new(),
+        sessions_revoked: done.sessions_revoked,
+        error: Some((code, message)),
+        graph_calls: 0,
+    }
+}
+
+/// Not executed: too old. What earlier attempts removed stays on the record.
+fn expired(request: &ResetRequest, rules: &Rules<'_>) -> Executed {
+    let carry = request.carry.clone().unwrap_or_default();
+    let last_error = carry
+        .last_error
+        .as_deref()
+        .map(|e| format!(" further (last error: {e})"))
+        .unwrap_or_default();
+    Executed {
+        status: Status::Expired,
+        removed: carry.removed,
+        remaining: Vec::new(),
+        sessions_revoked: carry.sessions_revoked,
+        error: Some((
+            "expired".into(),
+            format!(
+                "requested at {}, older than reset.max_request_age ({}); not executed{last_error}",
+                request.requested_at.to_rfc3339(),
+                humantime::format_duration(rules.max_request_age),
+            ),
+        )),
+        graph_calls: 0,
+    }
+}
+
+/// Not touched: a protected account.
+fn protected() -> Executed {
+    Executed {
+        status: Status::SkippedProtected,
+        removed: Vec::new(),
+        remaining: Vec::new(),
+        sessions_revoked: false,
+        error: Some((
+            "protected_user".into(),
+            "listed in reset.protected_users; not touched".into(),
+        )),
+        graph_calls: 0,
+    }
+}
+
+/// Record the outcome; a failed one goes to the dead-letter queue first.
+fn conclude(
+    request: &ResetRequest,
+    executed: Executed,
+    attempt: u32,
+    rules: &Rules<'_>,
+) -> Disposition {
+    let outcome = Box::new(outcome(request, executed, attempt, rules));
+    if outcome.status == Status::Failed {
+        Disposition::DeadLetterThenRecord(outcome)
+    } else {
+        Disposition::Record(outcome)
+    }
+}
+
+fn outcome(request: &ResetRequest, executed: Executed, attempt: u32, rules: &Rules<'_>) -> Outcome {
+    let (error_code, error_message) = executed.error.unzip();
+    Outcome {
+        request_id: request.request_id,
+        batch: request.batch.clone(),
+        user: request.user.clone(),
+        status: executed.status,
+        methods_removed: executed.removed,
+        methods_remaining: executed.remaining,
+        sessions_revoked: executed.sessions_revoked,
+        attempts: attempt,
+        error_code,
+        error_message,
+        ticket: request.ticket.clone(),
+        finished_at: rules.now,
+        worker: rules.worker.to_string(),
+        graph_calls: executed.graph_calls,
+        replay: request.replay,
+        dry_run: request.dry_run,
+    }
+}
+
+#[cfg(test)]
+#[path = "disposition_tests.rs"]
+mod tests;

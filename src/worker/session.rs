@@ -1,0 +1,378 @@
+//! One connection's life: open it, consume until told to stop or the broker goes away,
+//! then shut down gracefully.
+//!
+//! The loop's concerns are separate pieces: dispatching each delivery to a task of its own
+//! ([`Dispatch`]), reaping finished tasks, probing queue depth for `/metrics`, watching that
+//! the outcomes stream is still followed, and exiting when idle ([`Idle`]).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection};
+use tokio::sync::Semaphore;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::delivery;
+use super::disposition::{Cause, Rules};
+use super::{Worker, WorkerMetrics};
+use crate::broker::consumer::{prefetch_for, Probe};
+use crate::broker::stream::{Offset, StreamFollower};
+use crate::broker::{Consumer, Incoming, Topology};
+use crate::domain::Record;
+
+/// How often the queue depth is probed for `/metrics`.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// How often the stream reader and idleness are checked.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// How a session ended.
+pub(super) enum Ended {
+    /// Cancelled, or idle with nothing waiting: the worker is done.
+    Stopped,
+    /// Graph refuses the app itself: the worker must stop until someone fixes it.
+    Halted(Cause),
+    /// The broker went away (or never let the session start): reconnect.
+    Lost(anyhow::Error),
+}
+
+/// What every delivery task of one connection shares.
+pub(super) struct Ctx {
+    /// What outlives the connection.
+    pub worker: Arc<Worker>,
+    /// Follows the outcomes stream into the ledger.
+    pub follower: StreamFollower,
+    /// A channel in confirm mode for outcomes, plans, retries and dead letters.
+    pub publish: Channel,
+    /// Requests (id, replay) being executed by this process: a duplicate copy arriving
+    /// meanwhile is acked at once (the copy in flight owns the outcome).
+    pub in_flight: Mutex<HashSet<(uuid::Uuid, u32)>>,
+    /// Raised by a delivery that met an app-wide Graph error.
+    pub halt: Halt,
+}
+
+impl Ctx {
+    /// The rules of [`super::disposition::decide`], as of now.
+    pub fn rules(&self) -> Rules<'_> {
+        Rules {
+            tiers: self.worker.topology.tiers().len(),
+            max_request_age: self.worker.settings.reset.max_request_age,
+            worker: &self.worker.name,
+            now: Utc::now(),
+        }
+    }
+}
+
+/// Stop taking requests: raised once, with the first cause.
+#[derive(Default)]
+pub(super) struct Halt {
+    raised: CancellationToken,
+    cause: OnceLock<Cause>,
+}
+
+impl Halt {
+    /// Raise it.
+    pub fn raise(&self, cause: Cause) {
+        let _ = self.cause.set(cause);
+        self.raised.cancel();
+    }
+
+    /// Wait until raised; the first cause.
+    async fn raised(&self) -> Cause {
+        self.raised.cancelled().await;
+        self.cause
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Cause::new("halt", "Graph refuses the app"))
+    }
+}
+
+/// Consume on `conn` until cancelled, idle, halted, or the broker goes away.
+pub(super) async fn run(
+    conn: &Connection,
+    worker: &Arc<Worker>,
+    cancel: &CancellationToken,
+) -> Ended {
+    let (ctx, mut consumer, probe) = match open(conn, worker).await {
+        Ok(opened) => opened,
+        Err(err) => return Ended::Lost(err),
+    };
+    let metrics = &worker.metrics;
+    metrics.connected.set(1);
+    let mut dispatch = Dispatch::new(worker.options.concurrency, cancel);
+    let mut idle = Idle::new(worker.options.exit_when_idle);
+    let mut probe_every = interval(PROBE_EVERY);
+    let mut watch_every = interval(WATCH_EVERY);
+    let ended = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break Ended::Stopped,
+            cause = ctx.halt.raised() => break Ended::Halted(cause),
+            Some(done) = dispatch.tasks.join_next(), if !dispatch.tasks.is_empty() => {
+                reap(done, metrics);
+            }
+            _ = probe_every.tick() => {
+                // Queue lag for /metrics; a failed probe is not worth a reconnect.
+                if let Ok(ready) = probe.ready().await {
+                    metrics.queue_ready.set(i64::try_from(ready).unwrap_or(i64::MAX));
+                }
+            }
+            _ = watch_every.tick() => {
+                if let Some(ended) = watch(&ctx, &probe, &mut idle, dispatch.busy()).await {
+                    break ended;
+                }
+            }
+            next = consumer.next() => match next {
+                None => break Ended::Lost(anyhow::anyhow!("the broker cancelled the consumer")),
+                Some(Err(err)) => break Ended::Lost(err),
+                Some(Ok(incoming)) => {
+                    idle.touch();
+                    dispatch.spawn(&ctx, incoming);
+                }
+            },
+        }
+    };
+    shut_down(ctx, consumer, probe, dispatch, metrics).await;
+    ended
+}
+
+/// Declare the topology, catch up with the outcomes stream, record what the outbox holds,
+/// then start consuming.
+async fn open(
+    conn: &Connection,
+    worker: &Arc<Worker>,
+) -> anyhow::Result<(Arc<Ctx>, Consumer, Probe)> {
+    let topology = &worker.topology;
+    let publish = conn.create_channel().await?;
+    topology
+        .declare(&publish)
+        .await
+        .context("declaring the broker topology")?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let follower = follow_outcomes(conn, worker).await?;
+    worker
+        .outbox
+        .record_held(&publish, topology, &worker.ledger)
+        .await?;
+    tracing::info!(
+        known_outcomes = worker.ledger.len(),
+        "caught up with the outcomes stream"
+    );
+    let prefetch = prefetch_for(worker.settings.broker.prefetch, worker.options.concurrency);
+    let consumer = Consumer::start(conn, &topology.requests(), prefetch, &worker.name).await?;
+    let probe = Probe::open(conn, waiting_queues(topology)).await?;
+    let ctx = Ctx {
+        worker: worker.clone(),
+        follower,
+        publish,
+        in_flight: Mutex::default(),
+        halt: Halt::default(),
+    };
+    Ok((Arc::new(ctx), consumer, probe))
+}
+
+/// Follow the outcomes stream into the ledger, from the last `max_request_age` (older
+/// requests expire anyway), and wait until it has caught up.
+async fn follow_outcomes(conn: &Connection, worker: &Worker) -> anyhow::Result<StreamFollower> {
+    let since = Utc::now()
+        - chrono::Duration::from_std(worker.settings.reset.max_request_age)
+            .unwrap_or(chrono::Duration::days(1));
+    let ledger = worker.ledger.clone();
+    let follower = StreamFollower::start(
+        conn,
+        &worker.topology,
+        Offset::Since(since),
+        move |record| match record {
+            Record::Outcome(o) => ledger.record(o.request_id, o.replay, o.finished_at),
+            Record::Plan(p) => ledger.record_plan(p.request_id, p.replay, p.methods),
+            Record::Manifest(_) | Record::Marker { .. } => {}
+        },
+    )
+    .await?;
+    follower.sync().await?;
+    Ok(follower)
+}
+
+/// The requests queue and every delay tier: where work waits.
+fn waiting_queues(topology: &Topology) -> Vec<String> {
+    let mut names = vec![topology.requests()];
+    names.extend((0..topology.tiers().len()).map(|i| topology.retry_queue(i)));
+    names
+}
+
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}
+
+/// One task per delivery, at most `concurrency` of them running.
+struct Dispatch {
+    tasks: JoinSet<()>,
+    slots: Arc<Semaphore>,
+    /// Cancelled when the session ends: deliveries still waiting for a slot go back.
+    stop: CancellationToken,
+}
+
+impl Dispatch {
+    fn new(concurrency: usize, cancel: &CancellationToken) -> Dispatch {
+        Dispatch {
+            tasks: JoinSet::new(),
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            stop: cancel.child_token(),
+        }
+    }
+
+    fn spawn(&mut self, ctx: &Arc<Ctx>, incoming: Incoming) {
+        let task = delivery::handle(ctx.clone(), incoming, self.slots.clone(), self.stop.clone());
+        self.tasks.spawn(task);
+    }
+
+    /// True while a delivery is running or waiting for a slot.
+    fn busy(&self) -> bool {
+        !self.tasks.is_empty()
+    }
+}
+
+/// A delivery task ended; one that panicked outside the caught part is counted and logged.
+fn reap(done: Result<(), JoinError>, metrics: &WorkerMetrics) {
+    if let Err(err) = done {
+        if err.is_panic() {
+            metrics.panics.inc();
+            tracing::error!(error = %err, "a delivery task crashed; the broker redelivers its request");
+        }
+    }
+}
+
+/// The periodic checks: the outcomes stream is still followed, and idleness.
+async fn watch(ctx: &Ctx, probe: &Probe, idle: &mut Idle, busy: bool) -> Option<Ended> {
+    if !ctx.follower.is_running() {
+        return Some(Ended::Lost(anyhow::anyhow!(
+            "the outcomes stream reader stopped"
+        )));
+    }
+    if busy {
+        idle.touch();
+    }
+    if !idle.due() {
+        return None;
+    }
+    match probe.ready().await {
+        Ok(0) => {
+            tracing::info!(idle = ?idle.after, "nothing in flight or waiting; exiting");
+            Some(Ended::Stopped)
+        }
+        Ok(_) => {
+            idle.touch();
+            None
+        }
+        Err(err) => Some(Ended::Lost(err)),
+    }
+}
+
+/// Stop taking deliveries, hand back those not started, let the users in flight finish
+/// within `worker.shutdown_grace`, then close.
+async fn shut_down(
+    ctx: Arc<Ctx>,
+    consumer: Consumer,
+    probe: Probe,
+    mut dispatch: Dispatch,
+    metrics: &WorkerMetrics,
+) {
+    dispatch.stop.cancel();
+    consumer.stop().await;
+    let grace = ctx.worker.settings.worker.shutdown_grace;
+    let tasks = &mut dispatch.tasks;
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(done) = tasks.join_next().await {
+            reap(done, metrics);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "shutdown grace elapsed; unfinished users will be redelivered to another worker"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    metrics.connected.set(0);
+    // Closing the consuming channel hands every delivery not settled back to the queue.
+    consumer.close().await;
+    probe.close().await;
+    if let Ok(ctx) = Arc::try_unwrap(ctx) {
+        let _ = ctx.follower.stop().await;
+        let _ = ctx.publish.close(200, "bye".into()).await;
+    }
+}
+
+/// When to exit for idleness: `after` this long with nothing in flight or arriving.
+struct Idle {
+    after: Option<Duration>,
+    since: Instant,
+}
+
+impl Idle {
+    fn new(after: Option<Duration>) -> Idle {
+        Idle {
+            after,
+            since: Instant::now(),
+        }
+    }
+
+    /// Something happened: the idle time starts again.
+    fn touch(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// Idle long enough to check whether anything is waiting.
+    fn due(&self) -> bool {
+        self.after
+            .is_some_and(|after| self.since.elapsed() >= after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idleness_is_due_after_its_time_without_activity_and_never_when_not_asked() {
+        let mut idle = Idle::new(Some(Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        assert!(!idle.due());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(idle.due());
+        idle.touch();
+        assert!(!idle.due(), "activity starts the idle time again");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(idle.due());
+
+        let never = Idle::new(None);
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        assert!(!never.due());
+    }
+
+    #[test]
+    fn work_waits_in_the_requests_queue_and_every_delay_tier() {
+        let retry = crate::config::RetrySettings {
+            tiers: vec![Duration::from_secs(1), Duration::from_secs(2)],
+            ..Default::default()
+        };
+        let broker = crate::config::BrokerSettings {
+            prefix: "p".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            waiting_queues(&Topology::new(&broker, &retry)),
+            ["p.requests", "p.retry.1s", "p.retry.2s"]
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! [`GraphFront`]: an HTTP relay in front of the Graph simulator that records every request
+//! by user and can make Graph fail for one user only.
+//!
+//! Everything is forwarded to the real simulator over HTTP and its answer returned as is,
+//! except requests about a user marked with [`GraphFront::fail_user`]: those are answered
+//! `500 generalException` without reaching the simulator (a user Graph keeps failing on,
+//! while the rest of the tenant is fine). The user is read from the path segment after
+//! `users/` (`/v1.0/users/{upn or id}/…`), as the client writes it for plain UPNs and ids.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use axum::Router;
+use mfa_reset::config::Settings;
+use tokio::task::JoinHandle;
+
+/// One request that reached the front.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// HTTP method.
+    pub method: Method,
+    /// The user of a `/users/{user}/…` path, lowercased.
+    pub user: Option<String>,
+    /// The path.
+    pub path: String,
+    /// The status answered.
+    pub status: u16,
+}
+
+/// The relay (see the module doc).
+pub struct GraphFront {
+    url: String,
+    state: Arc<FrontState>,
+    task: JoinHandle<()>,
+}
+
+struct FrontState {
+    upstream: String,
+    client: reqwest::Client,
+    failing: Mutex<HashSet<String>>,
+    calls: Mutex<Vec<Call>>,
+}
+
+impl GraphFront {
+    /// Relay to the simulator at `upstream` (`http://127.0.0.1:PORT`).
+    pub async fn start(upstream: &str) -> GraphFront {
+        let state = Arc::new(FrontState {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            client: reqwest::Client::new(),
+            failing: Mutex::default(),
+            calls: Mutex::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("front binds");
+        let url = format!("http://{}", listener.local_addr().expect("front address"));
+        let app = Router::new().fallback(forward).with_state(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        GraphFront { url, state, task }
+    }
+
+    /// Point `settings`' Graph and token URLs at the front.
+    pub fn point(&self, settings: &mut Settings) {
+        settings.graph.base_url = format!("{}/v1.0", self.url);
+        settings.graph.beta_url = format!("{}/beta", self.url);
+        settings.graph.authority = self.url.clone();
+    }
+
+    /// From now on, answer every request about `user` (UPN or id) with a 500.
+    pub fn fail_user(&self, user: &str) {
+        self.state
+            .failing
+            .lock()
+            .unwrap()
+            .insert(user.to_lowercase());
+    }
+
+    /// Every request so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.calls.lock().unwrap().clone()
+    }
+
+    /// DELETE requests so far, by user.
+    pub fn deletes_by_user(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for call in self.calls() {
+            if let (&Method::DELETE, Some(user)) = (&call.method, call.user) {
+                *counts.entry(user).or_default() += 1;
+            }
+        }
+        counts
+    }
+}
+
+impl Drop for GraphFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(
+    State(state): State<Arc<FrontState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let user = user_of(&path);
+    let failing = user
+        .as_ref()
+        .is_some_and(|u| state.failing.lock().unwrap().contains(u));
+    let response = if failing {
+        json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"error":{"code":"generalException","message":"injected by the test's Graph front"}}"#,
+        )
+    } else {
+        relay(&state, method.clone(), &uri, headers, body).await
+    };
+    state.calls.lock().unwrap().push(Call {
+        method,
+        user,
+        path,
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+async fn relay(
+    state: &FrontState,
+    method: Method,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = format!(
+        "{}{}",
+        state.upstream,
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let mut request = state.client.request(method, target).body(body);
+    for (name, value) in headers.iter() {
+        if name != "host" && name != "content-length" {
+            request = request.header(name, value);
+        }
+    }
+    let answer = match request.send().await {
+        Ok(answer) => answer,
+        Err(err) => return json(StatusCode::BAD_GATEWAY, &format!("{{\"error\":\"{err}\"}}")),
+    };
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if name != "content-length" && name != "transfer-encoding" && name != "connection" {
+            response = response.header(name, value);
+        }
+    }
+    let bytes = answer.bytes().await.unwrap_or_default();
+    response.body(Body::from(bytes)).expect("a response")
+}
+
+fn json(status: StatusCode, body: &str) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("a response")
+}
+
+/// The user of `/…/users/{user}/…`, percent-decoded and lowercased.
+fn user_of(path: &str) -> Option<String> {
+    let mut segments = path.split('/');
+    segments.find(|s| *s == "users")?;
+    let user = segments.next().filter(|s| !s.is_empty())?;
+    let decoded = percent_encoding::percent_decode_str(user).decode_utf8_lossy();
+    Some(decoded.to_lowercase())
+}
