@@ -27,6 +27,5 @@ pub mod domain;
 pub mod graph;
 pub mod intake;
 pub mod reset;
-pub mod sim;
 pub mod telemetry;
 pub mod worker;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::env::{csv_of_generated, TestEnv};
 use common::proc;
+use graph_sim::{GenOptions, SimConfig};
 use mfa_reset::domain::{ResetRequest, Status};
-use mfa_reset::sim::{GenOptions, SimConfig};
 
 const NODE: &str = "mfa-test@localhost";
 const PORT: u16 = 5673;

@@ -9,4 +9,3 @@ mod graph_client;
 mod intake;
 mod pipeline;
 mod reliability;
-mod sim;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::throttle::lock;
+use crate::throttle::lock;
 
 /// The fault knobs. Rates are fractions in 0..=1 of Graph requests.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

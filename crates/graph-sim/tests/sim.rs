@@ -1,20 +1,21 @@
 //! Integration tests of the Graph simulator, over real HTTP: the token endpoint, addressing
 //! users, listing and deleting methods, Graph's refusals, throttling, faults and groups.
+//!
+//! The fixtures are the workspace's (`tests/fixtures/` at the root), shared with mfa-reset's
+//! tests so that both read the same tenant and the same client certificate.
 
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use mfa_reset::sim::tenant::{PASSWORD_METHOD_ID, RESET_PENDING_GROUP_ID};
-use mfa_reset::sim::{FaultSettings, Fixture, GenOptions, SimConfig, SimServer, ThrottleSettings};
+use graph_sim::tenant::{PASSWORD_METHOD_ID, RESET_PENDING_GROUP_ID};
+use graph_sim::{FaultSettings, Fixture, GenOptions, SimConfig, SimServer, ThrottleSettings};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::common::start_sim;
-
-const CERT_PEM: &str = include_str!("../fixtures/client-cert.pem");
-const KEY_PEM: &str = include_str!("../fixtures/client-key.pem");
+const CERT_PEM: &str = include_str!("../../../tests/fixtures/client-cert.pem");
+const KEY_PEM: &str = include_str!("../../../tests/fixtures/client-key.pem");
 
 const ADELE: &str = "adele.vance%40contoso.com";
 const EVERY: &str = "every.method%40contoso.com";
@@ -24,7 +25,8 @@ const OFFICE: &str = "e37fc753-ff3b-4958-9484-eaa9425c82bc";
 const EMAIL: &str = "3ddfcfc8-9383-446f-83cc-3ab9be4be18f";
 
 fn fixture() -> Fixture {
-    serde_json::from_str(include_str!("../fixtures/tenant.json")).expect("fixture parses")
+    serde_json::from_str(include_str!("../../../tests/fixtures/tenant.json"))
+        .expect("fixture parses")
 }
 
 fn fixture_config() -> SimConfig {
@@ -32,6 +34,13 @@ fn fixture_config() -> SimConfig {
         fixture: Some(fixture()),
         ..SimConfig::default()
     }
+}
+
+/// Start a simulator on a free port.
+async fn start_sim(config: SimConfig) -> SimServer {
+    graph_sim::spawn(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts")
 }
 
 /// A simulator and an HTTP client holding a token.
@@ -882,7 +891,7 @@ async fn an_empty_bucket_answers_429_at_once_with_retry_after_seconds_and_thrott
     }
 
     // Latency from now on: a 429 must not wait for it.
-    graph.sim.set_faults(mfa_reset::sim::FaultPatch {
+    graph.sim.set_faults(graph_sim::FaultPatch {
         latency_ms: Some(300),
         ..Default::default()
     });
@@ -1038,7 +1047,7 @@ async fn a_deleted_method_stays_listed_during_the_consistency_delay() {
 #[tokio::test]
 async fn a_dropped_connection_gives_the_client_no_answer() {
     let graph = Graph::start(fixture_config()).await;
-    graph.sim.set_faults(mfa_reset::sim::FaultPatch {
+    graph.sim.set_faults(graph_sim::FaultPatch {
         drop_rate: Some(1.0),
         ..Default::default()
     });

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use mfa_reset::sim::tenant::{self, NESTED_GROUP_ID, RESET_PENDING_GROUP_ID};
-use mfa_reset::sim::{self, FaultSettings, Fixture, GenOptions, SimConfig, ThrottleSettings};
+use graph_sim::tenant::{self, NESTED_GROUP_ID, RESET_PENDING_GROUP_ID};
+use graph_sim::{self as sim, FaultSettings, Fixture, GenOptions, SimConfig, ThrottleSettings};
 
 /// A stand-in for Microsoft Graph and its token endpoint, for tests, demos and benchmarks.
 ///

@@ -1,6 +1,6 @@
 //! Request handling: the pipeline every request goes through (stats → outage → bearer →
 //! throttle → latency → faults → handler → headers), path parsing the way Graph reads
-//! paths, and the Graph handlers. `/_sim` requests are passed to [`super::inspect`].
+//! paths, and the Graph handlers. `/_sim` requests are passed to [`crate::inspect`].
 //!
 //! Paths are parsed from the raw (still percent-encoded) URI: split on `/` first, then each
 //! segment is percent-decoded, so `%23EXT%23` and `%2F` inside a UPN reach the lookup intact.
@@ -21,14 +21,14 @@ use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::auth::token_endpoint;
-use super::faults::Fault;
-use super::reply::{empty, graph_error, json_response, odata_error, RequestIds};
-use super::tenant::{
+use crate::auth::token_endpoint;
+use crate::faults::Fault;
+use crate::reply::{empty, graph_error, json_response, odata_error, RequestIds};
+use crate::tenant::{
     email_method, graph_date, phone_id, phone_method, DeletedMethod, Method, User, PREFERENCES,
 };
-use super::throttle::{lock, Admission};
-use super::Shared;
+use crate::throttle::{lock, Admission};
+use crate::Shared;
 
 /// Largest request body read.
 const MAX_BODY: usize = 1 << 20;
@@ -390,7 +390,7 @@ pub(crate) async fn handle(
     };
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["_sim", rest @ ..] => super::inspect::inspect(&shared, &parts.method, rest, &body),
+        ["_sim", rest @ ..] => crate::inspect::inspect(&shared, &parts.method, rest, &body),
         [tenant, "oauth2", "v2.0", "token"] if parts.method == HttpMethod::POST => {
             shared.stats.arrived(arrived);
             let template = "POST /{tenant}/oauth2/v2.0/token";

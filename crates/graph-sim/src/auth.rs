@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use super::reply::{json_response, token_error};
-use super::throttle::lock;
+use crate::reply::{json_response, token_error};
+use crate::throttle::lock;
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Entra refuses assertions valid for longer than this.
@@ -441,7 +441,7 @@ mod tests {
 
     #[test]
     fn the_test_certificate_parses() {
-        let pem = include_str!("../../tests/fixtures/client-cert.pem");
+        let pem = include_str!("../../../tests/fixtures/client-cert.pem");
         let cert = ClientCertificate::from_pem(pem).unwrap();
         assert_eq!(cert.x5t_s256.len(), 43);
     }

@@ -6,12 +6,12 @@ use axum::response::Response;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::faults::FaultPatch;
-use super::reply::{empty, json_response};
-use super::routes::decode;
-use super::tenant::User;
-use super::throttle::lock;
-use super::Shared;
+use crate::faults::FaultPatch;
+use crate::reply::{empty, json_response};
+use crate::routes::decode;
+use crate::tenant::User;
+use crate::throttle::lock;
+use crate::Shared;
 
 /// A user's full state as `/_sim/users` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
