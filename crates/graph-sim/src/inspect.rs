@@ -1,14 +1,20 @@
 //! The `/_sim` endpoints (no auth, not counted in stats): the state of every user, the
-//! counters, the fault knobs; and [`UserView`], the snapshot tests and the demo read.
+//! counters, the fault knobs, and switches tests use instead of waiting (expire every token,
+//! end the consistency delay); and [`UserView`], the snapshot tests and the demo read.
 
-use axum::http::{Method as HttpMethod, StatusCode};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::faults::FaultPatch;
 use crate::reply::{empty, json_response};
-use crate::routes::decode;
 use crate::tenant::User;
 use crate::throttle::lock;
 use crate::Shared;
@@ -72,49 +78,70 @@ impl UserView {
     }
 }
 
-/// The `/_sim` endpoints: inspection and control, no auth, not counted in stats.
-pub(crate) fn inspect(
-    shared: &Shared,
-    method: &HttpMethod,
-    rest: &[&str],
-    body: &[u8],
-) -> Response {
-    let get = method == HttpMethod::GET;
-    let post = method == HttpMethod::POST;
-    match rest {
-        ["users"] if get => {
-            let tenant = lock(&shared.tenant);
-            let users: Vec<UserView> = tenant.users.iter().map(UserView::of).collect();
-            json_response(StatusCode::OK, &json!(users))
-        }
-        ["users", key] if get => {
-            let key = decode(key);
-            let tenant = lock(&shared.tenant);
-            match tenant.find(&key) {
-                Some(i) => json_response(StatusCode::OK, &json!(UserView::of(&tenant.users[i]))),
-                None => json_response(
-                    StatusCode::NOT_FOUND,
-                    &json!({"error": format!("no user {key}")}),
-                ),
-            }
-        }
-        ["stats"] if get => json_response(StatusCode::OK, &json!(shared.stats.snapshot())),
-        ["stats", "reset"] if post => {
-            shared.stats.reset();
-            empty(StatusCode::NO_CONTENT)
-        }
-        ["faults"] if get => json_response(StatusCode::OK, &json!(shared.faults.settings())),
-        ["faults"] if post => match serde_json::from_slice::<FaultPatch>(body) {
-            Ok(patch) => json_response(StatusCode::OK, &json!(shared.faults.apply(patch))),
-            Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
-        },
-        ["tokens", "expire"] if post => {
-            shared.tokens.expire_all();
-            empty(StatusCode::NO_CONTENT)
-        }
-        _ => json_response(
+/// The `/_sim` endpoints (nested under `/_sim`).
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/users", get(users))
+        .route("/users/{key}", get(user))
+        .route("/stats", get(stats))
+        .route("/stats/reset", post(reset_stats))
+        .route("/faults", get(faults).post(set_faults))
+        .route("/tokens/expire", post(expire_tokens))
+        .route("/deletions/settle", post(settle_deletions))
+        .fallback(unknown)
+        .method_not_allowed_fallback(unknown)
+}
+
+async fn users(State(shared): State<Arc<Shared>>) -> Response {
+    let tenant = lock(&shared.tenant);
+    let users: Vec<UserView> = tenant.users.iter().map(UserView::of).collect();
+    json_response(StatusCode::OK, &json!(users))
+}
+
+async fn user(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
+    let tenant = lock(&shared.tenant);
+    match tenant.find(&key) {
+        Some(i) => json_response(StatusCode::OK, &json!(UserView::of(&tenant.users[i]))),
+        None => json_response(
             StatusCode::NOT_FOUND,
-            &json!({"error": "unknown /_sim endpoint"}),
+            &json!({"error": format!("no user {key}")}),
         ),
     }
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    json_response(StatusCode::OK, &json!(shared.stats.snapshot()))
+}
+
+async fn reset_stats(State(shared): State<Arc<Shared>>) -> Response {
+    shared.stats.reset();
+    empty(StatusCode::NO_CONTENT)
+}
+
+async fn faults(State(shared): State<Arc<Shared>>) -> Response {
+    json_response(StatusCode::OK, &json!(shared.faults.settings()))
+}
+
+async fn set_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<FaultPatch>(&body) {
+        Ok(patch) => json_response(StatusCode::OK, &json!(shared.faults.apply(patch))),
+        Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
+    }
+}
+
+async fn expire_tokens(State(shared): State<Arc<Shared>>) -> Response {
+    shared.tokens.expire_all();
+    empty(StatusCode::NO_CONTENT)
+}
+
+async fn settle_deletions(State(shared): State<Arc<Shared>>) -> Response {
+    lock(&shared.tenant).settle_deletions();
+    empty(StatusCode::NO_CONTENT)
+}
+
+async fn unknown() -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"error": "unknown /_sim endpoint"}),
+    )
 }
