@@ -14,7 +14,8 @@ use graph_sim::{self as sim, FaultSettings, Fixture, GenOptions, SimConfig, Thro
 /// A stand-in for Microsoft Graph and its token endpoint, for tests, demos and benchmarks.
 ///
 /// Inspection (no auth): GET /_sim/users, GET /_sim/users/{user}, GET /_sim/stats,
-/// POST /_sim/stats/reset, GET|POST /_sim/faults, POST /_sim/tokens/expire.
+/// POST /_sim/stats/reset, GET|POST /_sim/faults, POST /_sim/tokens/expire,
+/// POST /_sim/deletions/settle.
 #[derive(Debug, Parser)]
 #[command(name = "graph-sim", version, after_help = format!(
     "With --group-size N, group `reset-pending` has id {RESET_PENDING_GROUP_ID} (its nested group: {NESTED_GROUP_ID})."
