@@ -16,7 +16,10 @@
 //! - [`reset`]: the per-user reset plan (what to delete, in which order) and its outcome.
 //! - [`worker`]: the consume loop: idempotency, retry tiers, dead-lettering, shutdown.
 //! - [`commands`]: one module per subcommand, each with a `run`.
-//! - [`sim`]: the Graph simulator used by tests, the demo and the benchmarks.
+//!
+//! The Graph simulator used by tests, the demo and the benchmarks is the workspace's
+//! `graph-sim` crate (`crates/graph-sim`), which shares no types with this one; `demo` needs
+//! it through the default cargo feature `demo`.
 
 pub mod batch;
 pub mod broker;
@@ -27,6 +30,5 @@ pub mod domain;
 pub mod graph;
 pub mod intake;
 pub mod reset;
-pub mod sim;
 pub mod telemetry;
 pub mod worker;

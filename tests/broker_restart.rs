@@ -20,8 +20,8 @@ use common::amqp_hold::AmqpHold;
 use common::env::{csv_of_generated, TestEnv};
 use common::graph_front::GraphFront;
 use common::proc;
+use graph_sim::{GenOptions, SimConfig};
 use mfa_reset::domain::{Record, ResetRequest, Status};
-use mfa_reset::sim::{GenOptions, SimConfig};
 
 const NODE: &str = "mfa-test@localhost";
 const PORT: u16 = 5673;

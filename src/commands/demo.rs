@@ -4,19 +4,33 @@
 //! real broker under a fresh prefix, runs workers in-process, shows live progress, then
 //! prints a summary and writes the outcome report. Only a reachable RabbitMQ is needed.
 
+// Everything but `DemoArgs` and `Settings` serves only the simulated run, present with the
+// `demo` feature (a default one); without it `run` only explains why there is no demo.
+#[cfg(feature = "demo")]
 use std::sync::Arc;
+#[cfg(feature = "demo")]
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "demo")]
 use anyhow::Context;
+#[cfg(feature = "demo")]
+use graph_sim::{self as sim, SimConfig};
+#[cfg(feature = "demo")]
 use lapin::options::QueueDeleteOptions;
+#[cfg(feature = "demo")]
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "demo")]
 use crate::broker::{self, Topology};
-use crate::cli::{DemoArgs, EnqueueArgs};
+use crate::cli::DemoArgs;
+#[cfg(feature = "demo")]
+use crate::cli::EnqueueArgs;
 use crate::config::Settings;
+#[cfg(feature = "demo")]
 use crate::domain::Status;
+#[cfg(feature = "demo")]
 use crate::graph::GraphClient;
-use crate::sim::{self, SimConfig};
+#[cfg(feature = "demo")]
 use crate::worker::{self, WorkOptions, WorkerMetrics};
 
 /// The example input: a few hundred users of the simulated tenant, some guests, one
@@ -27,6 +41,7 @@ pub const DEMO_CSV: &str = include_str!("../../examples/demo-users.csv");
 pub const DEMO_BREAK_GLASS: &str = "breakglass.admin@contoso.com";
 
 /// Run the demo.
+#[cfg(feature = "demo")]
 pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut probe = base.broker.clone();
@@ -203,4 +218,14 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     let _ = conn.close(200, "bye".into()).await;
     drop(server);
     Ok(())
+}
+
+/// This build has no Graph simulator (built with `--no-default-features`), so no demo.
+#[cfg(not(feature = "demo"))]
+pub async fn run(_base: &Settings, _args: &DemoArgs) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this mfa-reset was built without the Graph simulator (cargo feature `demo` off, \
+         e.g. --no-default-features), so it has no demo: build it with the default features \
+         (cargo build --release) to run `mfa-reset demo`"
+    )
 }

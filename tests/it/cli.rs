@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use mfa_reset::sim::SimConfig;
+use graph_sim::SimConfig;
 
 use crate::common::env::{csv_of_generated, TestEnv};
 

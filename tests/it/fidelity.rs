@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use graph_sim::tenant::{
+    upn_for_index, MOBILE_PHONE_ID, RESET_PENDING_GROUP_ID, UNKNOWN_METHOD_TYPE,
+};
+use graph_sim::{FaultPatch, Fixture, GenOptions, SimConfig, SimStats};
 use mfa_reset::batch::BatchView;
 use mfa_reset::broker::topology::{RK_OUTCOME, RK_REQUEST};
 use mfa_reset::broker::{OutMessage, Publisher};
@@ -15,10 +19,6 @@ use mfa_reset::config::MethodSelection;
 use mfa_reset::domain::{
     BatchManifest, Outcome, Record, ResetRequest, Status, UserRef, REQUEST_VERSION,
 };
-use mfa_reset::sim::tenant::{
-    upn_for_index, MOBILE_PHONE_ID, RESET_PENDING_GROUP_ID, UNKNOWN_METHOD_TYPE,
-};
-use mfa_reset::sim::{FaultPatch, Fixture, GenOptions, SimConfig, SimStats};
 use serde_json::{json, Value};
 
 use crate::common::env::{enqueue_args, TestEnv};

@@ -5,10 +5,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use graph_sim::{FaultPatch, Fixture, GenOptions, SimConfig, SimServer, ThrottleSettings};
 use mfa_reset::config::{GraphSettings, RateSettings, RetrySettings};
 use mfa_reset::domain::UserRef;
 use mfa_reset::graph::{AuthMethod, Error, GraphClient};
-use mfa_reset::sim::{FaultPatch, Fixture, GenOptions, SimConfig, SimServer, ThrottleSettings};
 use secrecy::SecretString;
 
 use crate::common::start_sim;
@@ -315,7 +315,7 @@ async fn group_members_follow_next_links_across_250_members() {
         ..graph_settings(&sim)
     };
     let graph = GraphClient::new(&settings, &RateSettings::default(), &quick_retry()).unwrap();
-    let group = mfa_reset::sim::tenant::RESET_PENDING_GROUP_ID;
+    let group = graph_sim::tenant::RESET_PENDING_GROUP_ID;
 
     let members = graph.group_members(group, true).await.expect("all pages");
 

@@ -1,5 +1,6 @@
 //! Integration tests, one module per capability, all in one binary (one link, shared helpers).
 //! They talk to the real RabbitMQ on 127.0.0.1:5672 and to the Graph simulator over real HTTP.
+//! The simulator's own tests are in its crate, `crates/graph-sim/tests/`.
 
 mod common;
 
@@ -9,4 +10,3 @@ mod graph_client;
 mod intake;
 mod pipeline;
 mod reliability;
-mod sim;

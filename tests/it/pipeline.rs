@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use graph_sim::{GenOptions, SimConfig};
 use mfa_reset::broker::stream::{read_until_now, Offset};
 use mfa_reset::commands::{dlq, enqueue::Refused};
 use mfa_reset::domain::{Record, Status};
-use mfa_reset::sim::{GenOptions, SimConfig};
 
 use crate::common::env::{csv_of_generated, TestEnv};
 
@@ -70,8 +70,8 @@ async fn an_invalid_csv_enqueues_nothing_and_names_each_bad_line() {
     env.setup().await;
     let csv = format!(
         "userPrincipalName\n{}\nbob@\n{}\nnot a user\n",
-        mfa_reset::sim::tenant::upn_for_index(0),
-        mfa_reset::sim::tenant::upn_for_index(1)
+        graph_sim::tenant::upn_for_index(0),
+        graph_sim::tenant::upn_for_index(1)
     );
 
     let err = env.enqueue_csv(&csv).await.expect_err("refused");
@@ -89,8 +89,8 @@ async fn an_invalid_csv_enqueues_nothing_and_names_each_bad_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticket_events_are_processed_with_their_ticket_and_session_choice() {
     let mut env = TestEnv::new("pipeline-tickets", tenant(10)).await;
-    let a = mfa_reset::sim::tenant::upn_for_index(2);
-    let b = mfa_reset::sim::tenant::upn_for_index(3);
+    let a = graph_sim::tenant::upn_for_index(2);
+    let b = graph_sim::tenant::upn_for_index(3);
     let tickets = format!(
         "{{\"ticket\":\"INC0012345\",\"user\":\"{a}\",\"reason\":\"lost phone\",\"revoke_sessions\":true}}\n\
          {{\"ticket\":\"INC0012346\",\"user\":\"{b}\",\"requested_by\":\"helpdesk\"}}\n"
@@ -116,7 +116,7 @@ async fn an_unknown_user_fails_and_sits_in_the_dead_letter_queue_with_its_reason
     let mut env = TestEnv::new("pipeline-unknown", tenant(10)).await;
     let csv = format!(
         "user\n{}\nnobody.here@contoso.com\n",
-        mfa_reset::sim::tenant::upn_for_index(0)
+        graph_sim::tenant::upn_for_index(0)
     );
     let enqueued = env.enqueue_csv(&csv).await.expect("enqueue");
     env.start_worker(4);

@@ -7,10 +7,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use graph_sim::{FaultPatch, GenOptions, SimConfig};
 use mfa_reset::commands::dlq;
 use mfa_reset::domain::{Record, ResetRequest, Status, UserRef};
 use mfa_reset::graph::GraphClient;
-use mfa_reset::sim::{FaultPatch, GenOptions, SimConfig};
 use mfa_reset::worker::{self, WorkOptions, WorkerMetrics};
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,7 @@ fn tenant(users: usize, latency_ms: u64) -> SimConfig {
     }
 }
 
-fn removable(user: &mfa_reset::sim::UserView) -> usize {
+fn removable(user: &graph_sim::UserView) -> usize {
     user.methods
         .iter()
         .filter(|m| m["@odata.type"] != "#microsoft.graph.passwordAuthenticationMethod")
@@ -228,7 +228,7 @@ async fn a_request_delivered_again_after_its_outcome_is_recorded_does_not_touch_
 
     // The same 20 requests again (as a producer republishing after a lost confirm would).
     for i in 0..20 {
-        let user = UserRef::parse(&mfa_reset::sim::tenant::upn_for_index(i)).expect("user");
+        let user = UserRef::parse(&graph_sim::tenant::upn_for_index(i)).expect("user");
         let request = ResetRequest {
             version: mfa_reset::domain::REQUEST_VERSION,
             request_id: ResetRequest::id_for(&enqueued.batch, &user),
@@ -280,7 +280,7 @@ async fn a_request_delivered_again_after_its_outcome_is_recorded_does_not_touch_
 async fn a_redelivered_request_whose_outcome_is_recorded_is_acked_without_a_graph_call() {
     let env = TestEnv::new("rel-redelivered", tenant(3, 0)).await;
     env.setup().await;
-    let user = UserRef::parse(&mfa_reset::sim::tenant::upn_for_index(0)).expect("user");
+    let user = UserRef::parse(&graph_sim::tenant::upn_for_index(0)).expect("user");
     let batch = "rel-redelivered-batch";
     let request = ResetRequest {
         version: mfa_reset::domain::REQUEST_VERSION,
@@ -400,7 +400,7 @@ async fn an_interrupted_reset_resumes_by_listing_again_and_deleting_only_what_re
         },
     )
     .await;
-    let upn = mfa_reset::sim::tenant::upn_for_index(0);
+    let upn = graph_sim::tenant::upn_for_index(0);
     let user = UserRef::parse(&upn).expect("user");
     // A crashed worker got half-way: one method already deleted, no outcome recorded.
     let graph = GraphClient::new(&env.settings.graph, &env.settings.rate, &env.settings.retry)
@@ -453,7 +453,7 @@ async fn a_reset_interrupted_after_deleting_keeps_the_record_of_what_it_removed(
     )
     .await;
     env.setup().await;
-    let upn = mfa_reset::sim::tenant::upn_for_index(1);
+    let upn = graph_sim::tenant::upn_for_index(1);
     let user = UserRef::parse(&upn).expect("user");
     let batch = "rel-plan-batch";
     let request_id = ResetRequest::id_for(batch, &user);
@@ -591,7 +591,7 @@ async fn a_user_graph_keeps_failing_ends_failed_after_every_tier_with_one_dead_l
     env.settings.retry.max_attempts = 2;
     env.settings.retry.base_delay = Duration::from_millis(20);
     env.settings.retry.max_delay = Duration::from_millis(50);
-    let failing = mfa_reset::sim::tenant::upn_for_index(2).to_lowercase();
+    let failing = graph_sim::tenant::upn_for_index(2).to_lowercase();
     let before = removable(&env.sim.user(&failing).expect("user"));
     front.fail_user(&failing);
     let enqueued = env
@@ -722,7 +722,7 @@ async fn a_message_that_keeps_killing_its_worker_is_dead_lettered_by_the_deliver
     assert!(letters[0].error_message.contains("requests"), "{letters:?}");
     assert_eq!(
         letters[0].user.as_deref(),
-        Some(mfa_reset::sim::tenant::upn_for_index(0).as_str())
+        Some(graph_sim::tenant::upn_for_index(0).as_str())
     );
     // Workers keep going with the next batch.
     env.sim.set_faults(FaultPatch {
@@ -733,8 +733,8 @@ async fn a_message_that_keeps_killing_its_worker_is_dead_lettered_by_the_deliver
     let next = env
         .enqueue_csv(&format!(
             "user\n{}\n{}\n",
-            mfa_reset::sim::tenant::upn_for_index(1),
-            mfa_reset::sim::tenant::upn_for_index(2)
+            graph_sim::tenant::upn_for_index(1),
+            graph_sim::tenant::upn_for_index(2)
         ))
         .await
         .expect("enqueue");
@@ -1058,7 +1058,7 @@ async fn enqueue_shows_a_summary_and_refuses_more_than_confirm_above_without_yes
     assert!(
         err.contains(&format!(
             "sample:   {}",
-            mfa_reset::sim::tenant::upn_for_index(0)
+            graph_sim::tenant::upn_for_index(0)
         )),
         "{err}"
     );
@@ -1173,7 +1173,7 @@ async fn no_log_line_or_outcome_record_holds_the_client_secret_or_an_access_toke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_cells_that_a_spreadsheet_would_run_as_formulas_are_neutralised() {
     let mut env = TestEnv::new("rel-formula", tenant(5, 0)).await;
-    let a = mfa_reset::sim::tenant::upn_for_index(0);
+    let a = graph_sim::tenant::upn_for_index(0);
     let tickets = format!(
         "{{\"ticket\":\"=HYPERLINK(\\\"http://evil\\\",\\\"x\\\")\",\"user\":\"{a}\"}}\n\
          {{\"ticket\":\"+1-555\",\"user\":\"nobody@contoso.com\"}}\n"

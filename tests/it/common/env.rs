@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use graph_sim::{SimConfig, SimServer};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
@@ -13,7 +14,6 @@ use mfa_reset::cli::EnqueueArgs;
 use mfa_reset::commands;
 use mfa_reset::config::Settings;
 use mfa_reset::graph::GraphClient;
-use mfa_reset::sim::{SimConfig, SimServer};
 use mfa_reset::worker::{self, WorkOptions, WorkerMetrics};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -292,7 +292,7 @@ pub fn enqueue_args(
 pub fn csv_of_generated(n: usize) -> String {
     let mut s = String::from("userPrincipalName\n");
     for i in 0..n {
-        s.push_str(&mfa_reset::sim::tenant::upn_for_index(i));
+        s.push_str(&graph_sim::tenant::upn_for_index(i));
         s.push('\n');
     }
     s

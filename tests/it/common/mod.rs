@@ -7,11 +7,11 @@ pub mod env;
 pub mod graph_front;
 pub mod proc;
 
-use mfa_reset::sim::{SimConfig, SimServer};
+use graph_sim::{SimConfig, SimServer};
 
 /// Start a simulator on a free port.
 pub async fn start_sim(config: SimConfig) -> SimServer {
-    mfa_reset::sim::spawn(config, "127.0.0.1:0".parse().unwrap())
+    graph_sim::spawn(config, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("simulator starts")
 }

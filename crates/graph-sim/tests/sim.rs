@@ -1,20 +1,21 @@
 //! Integration tests of the Graph simulator, over real HTTP: the token endpoint, addressing
 //! users, listing and deleting methods, Graph's refusals, throttling, faults and groups.
+//!
+//! The fixtures are the workspace's (`tests/fixtures/` at the root), shared with mfa-reset's
+//! tests so that both read the same tenant and the same client certificate.
 
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use mfa_reset::sim::tenant::{PASSWORD_METHOD_ID, RESET_PENDING_GROUP_ID};
-use mfa_reset::sim::{FaultSettings, Fixture, GenOptions, SimConfig, SimServer, ThrottleSettings};
+use graph_sim::tenant::{PASSWORD_METHOD_ID, RESET_PENDING_GROUP_ID};
+use graph_sim::{FaultSettings, Fixture, GenOptions, SimConfig, SimServer, ThrottleSettings};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::common::start_sim;
-
-const CERT_PEM: &str = include_str!("../fixtures/client-cert.pem");
-const KEY_PEM: &str = include_str!("../fixtures/client-key.pem");
+const CERT_PEM: &str = include_str!("../../../tests/fixtures/client-cert.pem");
+const KEY_PEM: &str = include_str!("../../../tests/fixtures/client-key.pem");
 
 const ADELE: &str = "adele.vance%40contoso.com";
 const EVERY: &str = "every.method%40contoso.com";
@@ -24,7 +25,8 @@ const OFFICE: &str = "e37fc753-ff3b-4958-9484-eaa9425c82bc";
 const EMAIL: &str = "3ddfcfc8-9383-446f-83cc-3ab9be4be18f";
 
 fn fixture() -> Fixture {
-    serde_json::from_str(include_str!("../fixtures/tenant.json")).expect("fixture parses")
+    serde_json::from_str(include_str!("../../../tests/fixtures/tenant.json"))
+        .expect("fixture parses")
 }
 
 fn fixture_config() -> SimConfig {
@@ -32,6 +34,13 @@ fn fixture_config() -> SimConfig {
         fixture: Some(fixture()),
         ..SimConfig::default()
     }
+}
+
+/// Start a simulator on a free port.
+async fn start_sim(config: SimConfig) -> SimServer {
+    graph_sim::spawn(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts")
 }
 
 /// A simulator and an HTTP client holding a token.
@@ -246,12 +255,8 @@ async fn token_by_certificate_assertion_is_issued_and_a_wrong_audience_is_refuse
 
 #[tokio::test]
 async fn expired_or_missing_token_is_refused_with_401_invalid_authentication_token() {
-    let graph = Graph::start(SimConfig {
-        token_ttl_secs: 1,
-        ..fixture_config()
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let graph = Graph::start(fixture_config()).await;
+    graph.sim.expire_tokens();
 
     let expired = graph
         .get(&format!("/v1.0/users/{ADELE}/authentication/methods"))
@@ -264,7 +269,12 @@ async fn expired_or_missing_token_is_refused_with_401_invalid_authentication_tok
         .await
         .unwrap();
 
-    assert_eq!(error_code(expired).await.1, "InvalidAuthenticationToken");
+    let (status, code, message) = error_code(expired).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken")
+    );
+    assert!(message.contains("expired"), "{message}");
     assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
@@ -849,6 +859,36 @@ async fn tap_phone_and_email_methods_can_be_created() {
     assert_eq!(listed.len(), 4);
 }
 
+#[tokio::test]
+async fn a_token_is_refused_once_its_lifetime_has_passed() {
+    // A lifetime of 0 s has passed as soon as the token is issued: no waiting on a clock.
+    let sim = start_sim(SimConfig {
+        token_ttl_secs: 0,
+        ..fixture_config()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let issued = secret_token(&http, &sim, "sim-secret").await;
+
+    let answer = http
+        .get(format!(
+            "{}/v1.0/users/{ADELE}/authentication/methods",
+            sim.url()
+        ))
+        .bearer_auth(issued["access_token"].as_str().expect("token issued"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(issued["expires_in"], 0);
+    let (status, code, message) = error_code(answer).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken")
+    );
+    assert!(message.contains("expired"), "{message}");
+}
+
 // ---- throttling ----
 
 fn throttled_config(requests: u32) -> SimConfig {
@@ -870,6 +910,7 @@ async fn an_empty_bucket_answers_429_at_once_with_retry_after_seconds_and_thrott
     let graph = Graph::start(config).await;
     let path = format!("/v1.0/users/{ADELE}/authentication/methods");
     let mut percentages = Vec::new();
+    let bucket_opened = std::time::Instant::now();
     for _ in 0..5 {
         let r = graph.get(&path).await;
         assert_eq!(r.status(), StatusCode::OK);
@@ -881,18 +922,19 @@ async fn an_empty_bucket_answers_429_at_once_with_retry_after_seconds_and_thrott
         );
     }
 
-    // Latency from now on: a 429 must not wait for it.
-    graph.sim.set_faults(mfa_reset::sim::FaultPatch {
-        latency_ms: Some(300),
+    // Latency from now on, far longer than any answer takes: a 429 must not wait for it.
+    graph.sim.set_faults(graph_sim::FaultPatch {
+        latency_ms: Some(60_000),
         ..Default::default()
     });
     let started = std::time::Instant::now();
     let refused = graph.get(&path).await;
     let took = started.elapsed();
+    let bucket_age = bucket_opened.elapsed();
 
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(
-        took < Duration::from_millis(250),
+        took < Duration::from_secs(30),
         "429 without the added latency: {took:?}"
     );
     let secs: u64 = refused.headers()["retry-after"]
@@ -900,7 +942,13 @@ async fn an_empty_bucket_answers_429_at_once_with_retry_after_seconds_and_thrott
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(secs, 20, "one of 5 tokens per 100 s refills in 20 s");
+    // One of 5 tokens per 100 s refills in 20 s, less what refilled since the bucket opened
+    // (nothing worth a second unless this machine took a second for six requests).
+    let fewest = (20.0 - bucket_age.as_secs_f64()).ceil().max(1.0) as u64;
+    assert!(
+        (fewest..=20).contains(&secs),
+        "Retry-After {secs} s, expected {fewest}..=20 s after {bucket_age:?}"
+    );
     assert!(refused.headers().contains_key("x-ms-throttle-scope"));
     assert!(refused.headers().contains_key("x-ms-throttle-information"));
     assert_eq!(error_code(refused).await.1, "TooManyRequests");
@@ -918,30 +966,37 @@ async fn retry_after_is_an_http_date_when_asked() {
     let path = format!("/v1.0/users/{ADELE}/authentication/methods");
     graph.get(&path).await;
 
+    let before = std::time::SystemTime::now();
     let refused = graph.get(&path).await;
+    let after = std::time::SystemTime::now();
 
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     let date =
         httpdate::parse_http_date(refused.headers()["retry-after"].to_str().unwrap()).unwrap();
-    let wait = date
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
+    // The 10 s wait (1 token per 10 s), rounded up to the date's whole second, counted from
+    // the moment the 429 was sent: somewhere between `before` and `after`.
     assert!(
-        wait >= Duration::from_secs(9) && wait <= Duration::from_secs(12),
-        "{wait:?}"
+        date >= before + Duration::from_secs(10),
+        "{date:?} is less than 10 s after {before:?}"
+    );
+    assert!(
+        date <= after + Duration::from_secs(11),
+        "{date:?} is more than 11 s after {after:?}"
     );
 }
 
 #[tokio::test]
 async fn requests_ignoring_retry_after_are_counted_as_violations() {
-    let graph = Graph::start(throttled_config(1)).await;
+    let mut config = throttled_config(1);
+    // No grace for requests already on the wire: the next request ignores the Retry-After.
+    config.throttle.violation_grace = Duration::ZERO;
+    let graph = Graph::start(config).await;
     let path = format!("/v1.0/users/{ADELE}/authentication/methods");
     graph.get(&path).await;
     let refused = graph.get(&path).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(graph.sim.stats().violations, 0);
 
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let ignoring = graph.get(&path).await;
 
     assert_eq!(ignoring.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -999,7 +1054,6 @@ async fn a_ghost_delete_is_applied_though_answered_with_an_error_so_the_retry_se
     let path = format!("/v1.0/users/{ADELE}/authentication/emailMethods/{EMAIL}");
 
     let first = graph.delete(&path).await;
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let retry = graph.delete(&path).await;
 
     assert!(
@@ -1017,8 +1071,9 @@ async fn a_ghost_delete_is_applied_though_answered_with_an_error_so_the_retry_se
 
 #[tokio::test]
 async fn a_deleted_method_stays_listed_during_the_consistency_delay() {
+    // A delay no test run outlasts; the test ends it through the simulator, not the clock.
     let graph = Graph::start(SimConfig {
-        consistency_delay_ms: 500,
+        consistency_delay_ms: 3_600_000,
         ..fixture_config()
     })
     .await;
@@ -1027,7 +1082,7 @@ async fn a_deleted_method_stays_listed_during_the_consistency_delay() {
     assert_eq!(graph.delete(&path).await.status(), StatusCode::NO_CONTENT);
     let soon = graph.method_ids("v1.0", ADELE).await;
     let again = graph.delete(&path).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    graph.sim.settle_deletions();
     let later = graph.method_ids("v1.0", ADELE).await;
 
     assert!(soon.contains(&EMAIL.to_string()));
@@ -1038,7 +1093,7 @@ async fn a_deleted_method_stays_listed_during_the_consistency_delay() {
 #[tokio::test]
 async fn a_dropped_connection_gives_the_client_no_answer() {
     let graph = Graph::start(fixture_config()).await;
-    graph.sim.set_faults(mfa_reset::sim::FaultPatch {
+    graph.sim.set_faults(graph_sim::FaultPatch {
         drop_rate: Some(1.0),
         ..Default::default()
     });
@@ -1203,6 +1258,41 @@ async fn stats_count_requests_per_endpoint_and_reset_to_zero() {
     );
     assert!(stats["peak_requests_per_second"].as_u64().unwrap() >= 1);
     assert_eq!(graph.sim.stats().requests_total, 0);
+}
+
+#[tokio::test]
+async fn tokens_expire_and_deletions_settle_on_request_over_http() {
+    let graph = Graph::start(SimConfig {
+        consistency_delay_ms: 3_600_000,
+        ..fixture_config()
+    })
+    .await;
+    let delete = format!("/v1.0/users/{ADELE}/authentication/emailMethods/{EMAIL}");
+    assert_eq!(graph.delete(&delete).await.status(), StatusCode::NO_CONTENT);
+    let listed_before = graph.method_ids("v1.0", ADELE).await;
+
+    let settled = graph
+        .http
+        .post(graph.url("/_sim/deletions/settle"))
+        .send()
+        .await
+        .unwrap();
+    let listed_after = graph.method_ids("v1.0", ADELE).await;
+    let expired = graph
+        .http
+        .post(graph.url("/_sim/tokens/expire"))
+        .send()
+        .await
+        .unwrap();
+    let refused = graph
+        .get(&format!("/v1.0/users/{ADELE}/authentication/methods"))
+        .await;
+
+    assert!(listed_before.contains(&EMAIL.to_string()));
+    assert_eq!(settled.status(), StatusCode::NO_CONTENT);
+    assert!(!listed_after.contains(&EMAIL.to_string()));
+    assert_eq!(expired.status(), StatusCode::NO_CONTENT);
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

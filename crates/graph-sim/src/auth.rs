@@ -3,10 +3,12 @@
 //! every Graph call goes through.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -19,8 +21,10 @@ use serde_json::{json, Value};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use super::reply::{json_response, token_error};
-use super::throttle::lock;
+use crate::graph::paths::decode;
+use crate::reply::{json_response, token_error};
+use crate::throttle::lock;
+use crate::Shared;
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Entra refuses assertions valid for longer than this.
@@ -238,6 +242,27 @@ pub fn parse_form(body: &[u8]) -> HashMap<String, String> {
         .collect()
 }
 
+/// The token endpoint's handler, after the stages of [`crate::pipeline`] it goes through.
+pub(crate) async fn token(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // The route is `/{tenant}/oauth2/v2.0/token`: the tenant is the first segment.
+    let raw_tenant = uri.path().trim_start_matches('/').split('/').next();
+    let tenant = decode(raw_tenant.unwrap_or(""));
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| shared.addr.to_string(), str::to_string);
+    let (response, issued) = token_endpoint(&shared.policy, &shared.tokens, &tenant, &host, &body);
+    if issued {
+        shared.stats.update(|s| s.tokens_issued += 1);
+    }
+    response
+}
+
 /// Answer `POST /{tenant}/oauth2/v2.0/token`: the response and whether a token was issued.
 pub fn token_endpoint(
     policy: &TokenPolicy,
@@ -441,7 +466,7 @@ mod tests {
 
     #[test]
     fn the_test_certificate_parses() {
-        let pem = include_str!("../../tests/fixtures/client-cert.pem");
+        let pem = include_str!("../../../tests/fixtures/client-cert.pem");
         let cert = ClientCertificate::from_pem(pem).unwrap();
         assert_eq!(cert.x5t_s256.len(), 43);
     }

@@ -1,117 +1,32 @@
-//! The Graph simulator (`graph-sim`): a stand-in for Microsoft Graph and its token endpoint,
-//! over real HTTP, faithful to the parts of Graph mfa-reset touches (see
-//! `shared/reference/graph-api.md`).
+//! Serving: [`spawn`] binds a listener and serves the [`crate::router`] on every connection;
+//! [`SimServer`] is the handle tests, the demo and the binary hold.
 //!
-//! - [`tenant`]: users, methods, groups; generated from a seed or loaded from a fixture.
-//! - [`auth`]: the token endpoint, issued tokens, client assertion verification.
-//! - [`routes`]: the request pipeline, Graph paths and handlers.
-//! - [`inspect`]: the `/_sim` inspection and control endpoints.
-//! - [`throttle`]: token buckets, Retry-After, throttle headers, violations.
-//! - [`faults`]: injected errors, ghost successes, dropped connections, latency, outages.
-//! - [`stats`]: counters served at `/_sim/stats`.
-//!
-//! The server is a hand-rolled hyper accept loop rather than `axum::serve` because a
-//! simulated dropped connection must close one TCP connection from inside a handler.
+//! A hand-rolled hyper accept loop rather than `axum::serve`, because a simulated dropped
+//! connection must close one TCP connection without writing an answer: each connection's
+//! service looks at the router's response and, when a stage marked it
+//! [`DropConnection`](crate::pipeline::DropConnection), cancels that connection's switch, which
+//! drops the hyper connection future and with it the socket (the client sees a reset or an
+//! unexpected EOF).
 
-pub mod auth;
-pub mod faults;
-pub mod inspect;
-pub mod reply;
-pub mod routes;
-pub mod stats;
-pub mod tenant;
-pub mod throttle;
-
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
-pub use faults::{FaultPatch, FaultSettings};
-pub use inspect::UserView;
-pub use stats::SimStats;
-pub use tenant::{Fixture, GenOptions};
-pub use throttle::ThrottleSettings;
-
-use auth::{ClientCertificate, TokenPolicy, TokenStore};
-use faults::Faults;
-use stats::StatsRecorder;
-use tenant::Tenant;
-use throttle::{lock, Throttle};
-
-/// Everything that shapes the simulator's behaviour.
-#[derive(Debug, Clone)]
-pub struct SimConfig {
-    /// Tenant id accepted by the token endpoint.
-    pub tenant_id: String,
-    /// Client id accepted by the token endpoint.
-    pub client_id: String,
-    /// Client secret accepted by the token endpoint.
-    pub client_secret: String,
-    /// Generated users (ignored with a fixture).
-    pub users: usize,
-    /// Seed of the generated tenant.
-    pub seed: u64,
-    /// Added latency per Graph request, in milliseconds (initial `faults.latency_ms` when that is 0).
-    pub latency_ms: u64,
-    /// Lifetime of issued access tokens (`expires_in`).
-    pub token_ttl_secs: u64,
-    /// PEM certificate whose key signs client assertions; `None` = certificates refused.
-    pub client_certificate_pem: Option<String>,
-    /// A fixture tenant; when set, `users`, `seed` and `generation` are ignored.
-    pub fixture: Option<Fixture>,
-    /// Knobs of the generated tenant.
-    pub generation: GenOptions,
-    /// Throttling.
-    pub throttle: ThrottleSettings,
-    /// Initial faults (adjustable at run time through `POST /_sim/faults`).
-    pub faults: FaultSettings,
-    /// How long a deleted method keeps being listed after its 204.
-    pub consistency_delay_ms: u64,
-    /// Answer `signInPreferences` reads with 403, as for an app without the permission to
-    /// read it: clients must then find the default method the two-pass way.
-    pub deny_sign_in_preferences: bool,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        Self {
-            tenant_id: "00000000-0000-0000-0000-000000000001".into(),
-            client_id: "00000000-0000-0000-0000-000000000002".into(),
-            client_secret: "sim-secret".into(),
-            users: 100,
-            seed: 1,
-            latency_ms: 0,
-            token_ttl_secs: 3599,
-            client_certificate_pem: None,
-            fixture: None,
-            generation: GenOptions::default(),
-            throttle: ThrottleSettings::default(),
-            faults: FaultSettings::default(),
-            consistency_delay_ms: 0,
-            deny_sign_in_preferences: false,
-        }
-    }
-}
-
-/// State shared by every connection.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) addr: SocketAddr,
-    pub(crate) policy: TokenPolicy,
-    pub(crate) tokens: TokenStore,
-    pub(crate) tenant: Mutex<Tenant>,
-    pub(crate) throttle: Throttle,
-    pub(crate) faults: Faults,
-    pub(crate) stats: StatsRecorder,
-    pub(crate) consistency_delay: Duration,
-    pub(crate) deny_sign_in_preferences: bool,
-}
+use crate::auth::{ClientCertificate, TokenPolicy, TokenStore};
+use crate::faults::{FaultPatch, FaultSettings, Faults};
+use crate::inspect::UserView;
+use crate::pipeline::DropConnection;
+use crate::stats::{SimStats, StatsRecorder};
+use crate::tenant::{self, Tenant};
+use crate::throttle::{lock, Throttle, ThrottleSettings};
+use crate::{router, Shared, SimConfig};
 
 /// A running simulator; stops when dropped or on [`SimServer::shutdown`].
 pub struct SimServer {
@@ -169,9 +84,16 @@ impl SimServer {
         self.shared.throttle.set_settings(settings);
     }
 
-    /// Expire every issued access token now.
+    /// Expire every issued access token now (`POST /_sim/tokens/expire`): what a token's
+    /// lifetime ending does, without waiting for it.
     pub fn expire_tokens(&self) {
         self.shared.tokens.expire_all();
+    }
+
+    /// End the consistency delay now (`POST /_sim/deletions/settle`): deleted methods stop
+    /// being listed, as when `consistency_delay_ms` has passed, without waiting for it.
+    pub fn settle_deletions(&self) {
+        lock(&self.shared.tenant).settle_deletions();
     }
 
     /// Stop serving and wait for the accept loop to end.
@@ -227,7 +149,11 @@ pub async fn spawn(config: SimConfig, listen: SocketAddr) -> anyhow::Result<SimS
         deny_sign_in_preferences: config.deny_sign_in_preferences,
     });
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(accept_loop(listener, shared.clone(), cancel.clone()));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        router::router(shared.clone()),
+        cancel.clone(),
+    ));
     Ok(SimServer {
         addr,
         shared,
@@ -236,7 +162,7 @@ pub async fn spawn(config: SimConfig, listen: SocketAddr) -> anyhow::Result<SimS
     })
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
+async fn accept_loop(listener: TcpListener, router: Router, cancel: CancellationToken) {
     loop {
         let (stream, _peer) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -251,22 +177,30 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
             },
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, shared.clone(), cancel.clone()));
+        tokio::spawn(serve_connection(stream, router.clone(), cancel.clone()));
     }
 }
 
-/// Serve one connection; a handler cancels `kill` to close it without answering.
+/// Serve one connection; a response marked [`DropConnection`] closes it without an answer.
 async fn serve_connection(
     stream: tokio::net::TcpStream,
-    shared: Arc<Shared>,
+    router: Router,
     cancel: CancellationToken,
 ) {
     let kill = CancellationToken::new();
-    let handler_kill = kill.clone();
+    let switch = kill.clone();
     let service = hyper::service::service_fn(move |request| {
-        let shared = shared.clone();
-        let kill = handler_kill.clone();
-        async move { Ok::<_, Infallible>(routes::handle(shared, kill, request).await) }
+        let router = router.clone();
+        let switch = switch.clone();
+        async move {
+            let response = router.oneshot(request).await?;
+            if response.extensions().get::<DropConnection>().is_some() {
+                switch.cancel();
+                // The connection future is dropped with this one, before anything is written.
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection(TokioIo::new(stream), service);

@@ -2,8 +2,9 @@
 //! All off by default; adjustable at run time through `POST /_sim/faults`.
 //!
 //! A *dropped connection* is done by closing the TCP connection without writing a response:
-//! the handler signals its connection's task (see `mod.rs`), which drops the hyper connection
-//! future and with it the socket, so the client sees a reset / unexpected EOF.
+//! the failing stage marks its response (see `pipeline.rs`), and the connection's service
+//! (see `server.rs`) drops the hyper connection future instead of writing it, and with it the
+//! socket, so the client sees a reset / unexpected EOF.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::throttle::lock;
+use crate::throttle::lock;
 
 /// The fault knobs. Rates are fractions in 0..=1 of Graph requests.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use mfa_reset::sim::tenant::{self, NESTED_GROUP_ID, RESET_PENDING_GROUP_ID};
-use mfa_reset::sim::{self, FaultSettings, Fixture, GenOptions, SimConfig, ThrottleSettings};
+use graph_sim::tenant::{self, NESTED_GROUP_ID, RESET_PENDING_GROUP_ID};
+use graph_sim::{self as sim, FaultSettings, Fixture, GenOptions, SimConfig, ThrottleSettings};
 
 /// A stand-in for Microsoft Graph and its token endpoint, for tests, demos and benchmarks.
 ///
 /// Inspection (no auth): GET /_sim/users, GET /_sim/users/{user}, GET /_sim/stats,
-/// POST /_sim/stats/reset, GET|POST /_sim/faults, POST /_sim/tokens/expire.
+/// POST /_sim/stats/reset, GET|POST /_sim/faults, POST /_sim/tokens/expire,
+/// POST /_sim/deletions/settle.
 #[derive(Debug, Parser)]
 #[command(name = "graph-sim", version, after_help = format!(
     "With --group-size N, group `reset-pending` has id {RESET_PENDING_GROUP_ID} (its nested group: {NESTED_GROUP_ID})."

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::throttle::lock;
+use crate::throttle::lock;
 
 /// Counters since start or the last reset.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
