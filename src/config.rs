@@ -235,7 +235,8 @@ impl GraphSettings {
     }
 }
 
-/// `[rate]`: our own budget, mirroring Graph's published buckets (graph-api.md, "Throttling").
+/// `[rate]`: our own budget, mirroring Graph's published buckets for identity and access
+/// (<https://learn.microsoft.com/graph/throttling-limits#identity-and-access-service-limits>).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateSettings {
@@ -251,8 +252,6 @@ pub struct RateSettings {
     pub writes_period: Duration,
     /// Worker processes sharing this app+tenant budget; each takes 1/N of it.
     pub processes: u32,
-    /// Burst allowed above the steady rate, in seconds' worth of the rate. Keep it a small
-    /// fraction of Graph's bucket (10 s of requests, 150 s of writes) so that our burst never
     /// Burst allowed at full budget, as a fraction of each bucket (Graph's buckets start
     /// full). Kept below `slow_down_at_percent` so our own burst never makes Graph warn.
     pub burst_fraction: f64,

@@ -1,5 +1,7 @@
 //! Unit tests of the reset plan: the default-method and alternate-mobile rules, the scope and
-//! the outcome, without HTTP.
+//! the outcome, without HTTP. Longer than ~600 lines because every kind and every default
+//! value is spelled out: a change to a rule shows as a changed line here. With these tests
+//! alone, `cargo mutants --file src/reset/plan.rs -- --lib` leaves no mutant alive.
 
 use super::*;
 use serde_json::json;
