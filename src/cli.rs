@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "mfa-reset", version, about, long_about = None)]
 pub struct Cli {
-    /// Settings file layered over config/default.toml (environment MFA_RESET__SECTION__KEY wins).
+    /// Settings file (default: $MFA_RESET_CONFIG, else /etc/mfa-reset/config.toml when present;
+    /// never one of the current directory). Environment MFA_RESET__SECTION__KEY wins over it.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The command.

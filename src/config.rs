@@ -1,8 +1,13 @@
-//! Typed settings, loaded in layers: built-in defaults → `config/default.toml` →
-//! an optional `--config FILE` → environment variables `MFA_RESET__<SECTION>__<KEY>`.
+//! Typed settings, loaded in layers: built-in defaults → one settings file (`--config FILE`,
+//! else `MFA_RESET_CONFIG`, else `/etc/mfa-reset/config.toml` when present; see [`source`])
+//! → environment variables `MFA_RESET__<SECTION>__<KEY>`.
 //!
-//! Every key is documented in `config/default.toml`. Secrets are [`SecretString`]s: they
-//! print as `[REDACTED]` in `Debug` and are never serialised back out.
+//! Every key is documented in the repository's `config/default.toml`, the reference (it is
+//! not read unless named). Secrets are [`SecretString`]s: they print as `[REDACTED]` in
+//! `Debug` and are never serialised back out; the broker URL's password is hidden only where
+//! it is shown (`Debug`, [`redact_url`]), never in the value the settings hold.
+
+pub mod source;
 
 use std::path::Path;
 use std::time::Duration;
@@ -35,11 +40,10 @@ pub struct Settings {
 }
 
 /// `[broker]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerSettings {
-    /// AMQP URL of the RabbitMQ broker.
-    #[serde(serialize_with = "serialize_redacted_url")]
+    /// AMQP URL of the RabbitMQ broker (its password is hidden in `Debug`).
     pub url: String,
     /// Every exchange and queue name starts with this prefix.
     pub prefix: String,
@@ -52,6 +56,19 @@ pub struct BrokerSettings {
     /// How long a process keeps trying to (re)connect before giving up.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("prefetch", &self.prefetch)
+            .field("confirm_window", &self.confirm_window)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl Default for BrokerSettings {
@@ -218,7 +235,8 @@ impl GraphSettings {
     }
 }
 
-/// `[rate]`: our own budget, mirroring Graph's published buckets (graph-api.md, "Throttling").
+/// `[rate]`: our own budget, mirroring Graph's published buckets for identity and access
+/// (<https://learn.microsoft.com/graph/throttling-limits#identity-and-access-service-limits>).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateSettings {
@@ -234,8 +252,6 @@ pub struct RateSettings {
     pub writes_period: Duration,
     /// Worker processes sharing this app+tenant budget; each takes 1/N of it.
     pub processes: u32,
-    /// Burst allowed above the steady rate, in seconds' worth of the rate. Keep it a small
-    /// fraction of Graph's bucket (10 s of requests, 150 s of writes) so that our burst never
     /// Burst allowed at full budget, as a fraction of each bucket (Graph's buckets start
     /// full). Kept below `slow_down_at_percent` so our own burst never makes Graph warn.
     pub burst_fraction: f64,
@@ -410,10 +426,6 @@ impl Default for LogSettings {
     }
 }
 
-fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&redact_url(url))
-}
-
 /// An AMQP/HTTP URL with its password replaced by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -434,26 +446,31 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl Settings {
-    /// Load the layers. `config_dir_file` is `config/default.toml` when present.
+    /// Load the layers: built-in defaults, the settings file [`source::choose`] picks
+    /// (`config_file` is `--config`), then the environment. A file someone else could
+    /// change is refused ([`source::ensure_trusted`]).
     pub fn load(config_file: Option<&Path>) -> anyhow::Result<Settings> {
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
-        let default_file = Path::new("config/default.toml");
-        if default_file.exists() {
-            figment = figment.merge(Toml::file(default_file));
+        let file = source::choose(
+            config_file,
+            std::env::var_os(source::FILE_VARIABLE),
+            Path::new(source::SYSTEM_FILE),
+        )?;
+        if let Some(file) = &file {
+            source::ensure_trusted(file)?;
         }
-        if let Some(file) = config_file {
-            anyhow::ensure!(
-                file.exists(),
-                "config file {} does not exist",
-                file.display()
-            );
-            figment = figment.merge(Toml::file(file));
-        }
-        figment = figment.merge(Env::prefixed("MFA_RESET__").split("__").lowercase(true));
-        let settings: Settings = figment
+        Self::layers(file.as_deref())
+            .merge(Env::prefixed("MFA_RESET__").split("__").lowercase(true))
             .extract()
-            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-        Ok(settings)
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))
+    }
+
+    /// Built-in defaults, then `file`.
+    fn layers(file: Option<&Path>) -> Figment {
+        let figment = Figment::from(Serialized::defaults(Settings::default()));
+        match file {
+            Some(file) => figment.merge(Toml::file_exact(file)),
+            None => figment,
+        }
     }
 }
 
@@ -511,14 +528,36 @@ mod tests {
 
     #[test]
     fn default_toml_matches_the_built_in_defaults() {
-        let from_file = Settings::load(Some(std::path::Path::new(concat!(
+        let from_file: Settings = Settings::layers(Some(std::path::Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/config/default.toml"
         ))))
+        .extract()
         .expect("default.toml loads");
         let a = serde_json::to_value(from_file).expect("serialise");
         let b = serde_json::to_value(Settings::default()).expect("serialise");
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_built_in_defaults_keep_the_broker_password() {
+        // Serialised into the defaults layer, a redacted URL would become the URL in use.
+        let settings: Settings = Settings::layers(None).extract().expect("defaults load");
+        assert_eq!(settings.broker.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn the_broker_password_is_hidden_when_shown() {
+        let broker = BrokerSettings {
+            url: "amqp://mfa:s3cret@broker.example:5672/%2f".into(),
+            ..BrokerSettings::default()
+        };
+        let shown = format!("{broker:?}");
+        assert!(
+            shown.contains("amqp://mfa:***@broker.example:5672/%2f"),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]

@@ -16,9 +16,17 @@ async fn main() {
         }
     };
     let mut log = settings.log.clone();
-    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
-        // The demo draws a progress bar and a summary; a log line per user would bury them.
-        log.level = "warn".into();
+    if std::env::var_os("RUST_LOG").is_none() {
+        match cli.command {
+            // The demo draws a progress bar and a summary; a log line per user would bury them.
+            Command::Demo(_) => log.level = "warn".into(),
+            // These turn a channel the broker closed (a queue not set up yet) into a message
+            // naming the fix; lapin's own ERROR line about it would only confuse.
+            Command::Status(_) | Command::Report(_) | Command::Dlq { .. } | Command::Restore(_) => {
+                log.level = format!("{},lapin::channel=off", log.level)
+            }
+            _ => {}
+        }
     }
     mfa_reset::telemetry::init(&log);
     let result = match &cli.command {

@@ -164,7 +164,11 @@ where
 {
     let topology = Topology::new(&settings.broker, &settings.retry);
     let conn = broker::connect(&settings.broker, "mfa-reset dlq").await?;
-    let result = walk_on(&conn, &topology, &mut visit).await;
+    let result =
+        match super::ensure_set_up(&conn, &topology.dead(), "no dead letters", settings).await {
+            Ok(()) => walk_on(&conn, &topology, &mut visit).await,
+            Err(err) => Err(err),
+        };
     let _ = conn.close(200, "bye".into()).await;
     result
 }

@@ -74,7 +74,7 @@ pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqu
         Some(b) => validate_batch_id(b)?,
         None => new_batch_id(&plan.source),
     };
-    print_summary(&plan, &batch, args);
+    print_summary(&plan, args);
     if plan.count > settings.intake.confirm_above as u64 && !args.yes {
         return Err(Refused {
             message: format!(
@@ -186,15 +186,15 @@ async fn group_plan(settings: &Settings, group: &str, transitive: bool) -> anyho
     Ok(intake::plan_rows(format!("group:{group}"), rows))
 }
 
-fn print_summary(plan: &Plan, batch: &str, args: &EnqueueArgs) {
+fn print_summary(plan: &Plan, args: &EnqueueArgs) {
     let mut err = std::io::stderr().lock();
     let action = if args.dry_run {
         "DRY RUN: list and record what would be removed, change nothing"
     } else {
         "delete every registered authentication method in scope (reset.methods)"
     };
+    // The batch id is printed once, on standard output, when the batch is enqueued.
     let _ = writeln!(err, "source:   {}", plan.source);
-    let _ = writeln!(err, "batch:    {batch}");
     let _ = writeln!(err, "users:    {}", plan.count);
     let _ = writeln!(err, "sample:   {}", plan.sample.join(", "));
     let _ = writeln!(err, "action:   {action}");

@@ -9,7 +9,65 @@ pub mod setup;
 pub mod status;
 pub mod work;
 
+use anyhow::Context;
+use lapin::options::QueueDeclareOptions;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::FieldTable;
+use lapin::Connection;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+/// Fail with "`what`: nothing is set up yet" when `queue` does not exist, instead of the
+/// broker's NOT_FOUND: a read before `setup` (or under a mistyped prefix) is a person's
+/// mistake, and the message says how to fix it.
+pub(crate) async fn ensure_set_up(
+    conn: &Connection,
+    queue: &str,
+    what: &str,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        queue_exists(conn, queue).await?,
+        "{what}: nothing is set up under broker.prefix {:?} yet (the broker has no {queue}): \
+         run `mfa-reset setup` or enqueue a batch first, or check broker.prefix \
+         (MFA_RESET__BROKER__PREFIX)",
+        settings.broker.prefix
+    );
+    Ok(())
+}
+
+/// Does `queue` exist? Asked with a passive declare on a channel of its own, as the broker
+/// closes the channel a missing queue was asked on.
+async fn queue_exists(conn: &Connection, queue: &str) -> anyhow::Result<bool> {
+    let channel = conn.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match declared {
+        Ok(_) => {
+            let _ = channel.close(200, "bye".into()).await;
+            Ok(true)
+        }
+        Err(err) if is_not_found(&err) => Ok(false),
+        Err(err) => Err(err).with_context(|| format!("checking that {queue} exists")),
+    }
+}
+
+fn is_not_found(err: &lapin::Error) -> bool {
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+    )
+}
 
 /// A token cancelled by the first SIGINT or SIGTERM.
 pub fn shutdown_token() -> CancellationToken {

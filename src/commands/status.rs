@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 use crate::batch::BatchView;
 use crate::broker::stream::{read_until_now, Offset, StreamFollower};
@@ -51,6 +51,13 @@ pub async fn run(settings: &Settings, args: &StatusArgs) -> anyhow::Result<()> {
 pub async fn load(settings: &Settings, batch: &str) -> anyhow::Result<BatchView> {
     let topology = Topology::new(&settings.broker, &settings.retry);
     let conn = broker::connect(&settings.broker, "mfa-reset status").await?;
+    super::ensure_set_up(
+        &conn,
+        &topology.outcomes(),
+        &format!("no batch {batch:?}"),
+        settings,
+    )
+    .await?;
     let view = Arc::new(Mutex::new(BatchView::new(batch)));
     let sink = view.clone();
     read_until_now(&conn, &topology, Offset::First, move |r| {
@@ -85,6 +92,13 @@ pub async fn watch(
 ) -> anyhow::Result<BatchView> {
     let topology = Topology::new(&settings.broker, &settings.retry);
     let conn = broker::connect(&settings.broker, "mfa-reset status --wait").await?;
+    super::ensure_set_up(
+        &conn,
+        &topology.outcomes(),
+        &format!("no batch {batch:?}"),
+        settings,
+    )
+    .await?;
     let view = Arc::new(Mutex::new(BatchView::new(batch)));
     let sink = view.clone();
     let follower = StreamFollower::start(&conn, &topology, Offset::First, move |r| {
@@ -144,8 +158,14 @@ impl Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total);
             let style = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} users  {per_sec}  ETA {eta}\n  {msg}",
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} users  {rate}  ETA {eta}\n  {msg}",
             )
+            .map(|style| {
+                // indicatif's own {per_sec} prints four decimals ("47.3533/s").
+                style.with_key("rate", |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&per_second(state.per_sec()));
+                })
+            })
             .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.enable_steady_tick(Duration::from_millis(120));
@@ -181,10 +201,10 @@ impl Progress {
             "unknown".into()
         };
         format!(
-            "{}/{} users done, {:.1}/s, ETA {eta} ({counts})",
+            "{}/{} users done, {}, ETA {eta} ({counts})",
             view.finished(),
             view.expected(),
-            rate
+            per_second(rate)
         )
     }
 
@@ -196,6 +216,15 @@ impl Progress {
             let counts = counts_line(view);
             eprintln!("{}", self.plain(view, &counts));
         }
+    }
+}
+
+/// A rate as people read it: `47.4/s`, `473/s`.
+pub fn per_second(rate: f64) -> String {
+    if rate >= 100.0 {
+        format!("{rate:.0}/s")
+    } else {
+        format!("{rate:.1}/s")
     }
 }
 
@@ -248,5 +277,19 @@ fn explain(status: Status) -> &'static str {
             "protected account (reset.protected_users / directory role): not touched"
         }
         Status::Expired => "older than reset.max_request_age: not executed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_rounded_to_what_a_person_reads() {
+        assert_eq!(per_second(47.3533), "47.4/s");
+        assert_eq!(per_second(0.0), "0.0/s");
+        assert_eq!(per_second(99.94), "99.9/s");
+        assert_eq!(per_second(100.0), "100/s");
+        assert_eq!(per_second(473.49), "473/s");
     }
 }

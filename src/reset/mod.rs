@@ -1,17 +1,26 @@
-//! The per-user reset: which methods to delete, in which order, and what the outcome is.
+//! The per-user reset: ask Graph, follow the plan, record what happened.
 //!
-//! Order matters because of Graph's default-method rule: "Cannot delete default method with
-//! other methods configured" (graph-api.md). Microsoft's own scripts delete everything else
-//! first and the default last. We learn the default with one read (beta
-//! `signInPreferences`) only when more than one method could be it; when that read is not
-//! allowed, a refused DELETE is retried after the others (the two-pass way).
+//! The decisions (which methods, in which order, what the outcome is) are pure functions in
+//! [`plan`]; this module only calls Graph and feeds the answers to them. The default method
+//! is read (beta `signInPreferences`) only when more than one method could be it; when that
+//! read is not allowed, a refused DELETE is retried after the others (the two-pass way).
+//!
+//! # Layout
+//! - [`plan`]: [`MethodKind`], [`DefaultMethod`], [`Scope`], [`plan::order`],
+//!   [`plan::conclude`]: the rules, without I/O.
+//! - `settle`: re-listing while Graph still shows deleted methods (eventual consistency).
+
+pub mod plan;
+mod settle;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::config::{MethodSelection, ResetSettings};
+use crate::config::ResetSettings;
 use crate::domain::{MethodRecord, ResetRequest, Status, UserRef};
 use crate::graph::{self, AuthMethod, GraphClient};
+
+pub use plan::{DefaultMethod, MethodKind, MethodType, Scope};
 
 /// What a reset did, before it is wrapped into an `Outcome`.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,46 +67,6 @@ impl From<graph::Error> for Interrupted {
     }
 }
 
-/// Which method stems are in scope.
-#[derive(Debug, Clone)]
-pub struct Scope(HashSet<String>);
-
-impl Scope {
-    /// From `reset.methods`. Unknown names are an error naming the accepted ones.
-    pub fn from_settings(sel: &MethodSelection) -> anyhow::Result<Scope> {
-        let names: Vec<String> = match sel {
-            MethodSelection::Preset(p) if p == "all" => AuthMethod::REMOVABLE_STEMS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            MethodSelection::Preset(p) if p == "portal" => AuthMethod::PORTAL_STEMS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            MethodSelection::Preset(p) => anyhow::bail!(
-                "reset.methods = {p:?}: use \"all\", \"portal\" or a list of method types ({})",
-                AuthMethod::REMOVABLE_STEMS.join(", ")
-            ),
-            MethodSelection::List(list) => {
-                for name in list {
-                    anyhow::ensure!(
-                        AuthMethod::REMOVABLE_STEMS.contains(&name.as_str()),
-                        "reset.methods: {name:?} is not a removable method type; use one of {}",
-                        AuthMethod::REMOVABLE_STEMS.join(", ")
-                    );
-                }
-                list.clone()
-            }
-        };
-        Ok(Scope(names.into_iter().collect()))
-    }
-
-    /// Is this method to be removed?
-    pub fn contains(&self, m: &AuthMethod) -> bool {
-        m.is_removable() && self.0.contains(m.stem())
-    }
-}
-
 /// Is `user` listed in `reset.protected_users` as it is written in the request?
 /// (Listed by UPN but requested by object id, or the other way round, is caught inside the
 /// reset, which can ask Graph for the other identifier.)
@@ -130,7 +99,6 @@ fn needs_identity(settings: &ResetSettings, user: &UserRef) -> bool {
     })
 }
 
-/// Reset one user. `carried` holds what an earlier attempt of the same request removed.
 /// Where a reset writes down what it is about to delete, before the first DELETE, so a
 /// later attempt can tell what an interrupted one removed.
 #[async_trait::async_trait]
@@ -184,14 +152,9 @@ pub async fn execute(
     match run.reset(req, settings, scope).await {
         Ok(done) => Ok(done),
         Err(Interrupted::Graph(error)) if !error.is_retryable() => {
-            // Permanent: failed if nothing was removed, partial otherwise.
-            let status = if run.removed.is_empty() {
-                Status::Failed
-            } else {
-                Status::Partial
-            };
+            // Permanent: what was removed stays on the record.
             Ok(Executed {
-                status,
+                status: plan::stopped(!run.removed.is_empty()),
                 removed: run.removed,
                 remaining: Vec::new(),
                 sessions_revoked: run.sessions_revoked,
@@ -210,14 +173,6 @@ pub async fn execute(
 /// `type:id`, as [`MethodRecord::short`] writes it.
 fn short(m: &AuthMethod) -> String {
     format!("{}:{}", m.stem(), m.id())
-}
-
-fn is_mobile(m: &AuthMethod) -> bool {
-    matches!(m, AuthMethod::Phone { phone_type, .. } if phone_type == "mobile")
-}
-
-fn is_alternate_mobile(m: &AuthMethod) -> bool {
-    matches!(m, AuthMethod::Phone { phone_type, .. } if phone_type == "alternateMobile")
 }
 
 struct Run<'a> {
@@ -241,13 +196,9 @@ impl Run<'_> {
             return;
         }
         let still_there: HashSet<String> = listed.iter().map(short).collect();
-        let mut known: HashSet<String> = self.removed.iter().map(MethodRecord::short).collect();
-        for planned in std::mem::take(&mut self.planned_earlier) {
-            let key = planned.short();
-            if !still_there.contains(&key) && known.insert(key) {
-                self.removed.push(planned);
-            }
-        }
+        let planned = std::mem::take(&mut self.planned_earlier);
+        let gone = plan::removed_earlier(planned, &self.removed, &still_there);
+        self.removed.extend(gone);
     }
 
     /// Not touched: a protected account.
@@ -268,44 +219,15 @@ impl Run<'_> {
         settings: &ResetSettings,
         scope: &Scope,
     ) -> Result<Executed, Interrupted> {
-        if needs_identity(settings, self.user) {
-            self.calls += 1;
-            let (id, upn) = self.graph.user_identity(self.user).await?;
-            let listed = |value: &str| {
-                let value = value.to_lowercase();
-                !value.is_empty()
-                    && settings
-                        .protected_users
-                        .iter()
-                        .any(|p| protected_key(p) == value)
-            };
-            if listed(&id) || listed(&upn) {
-                return Ok(self.skipped(
-                    "protected_user",
-                    format!("listed in reset.protected_users (as {upn} / {id}); not touched"),
-                ));
-            }
-        }
-
-        if settings.skip_admins {
-            self.calls += 1;
-            let roles = self.graph.directory_roles(self.user).await?;
-            if !roles.is_empty() {
-                return Ok(self.skipped(
-                    "directory_role",
-                    format!(
-                        "holds directory role(s) {}; not touched (reset.skip_admins)",
-                        roles.join(", ")
-                    ),
-                ));
-            }
+        if let Some((code, message)) = self.not_to_be_touched(settings).await? {
+            return Ok(self.skipped(code, message));
         }
 
         self.calls += 1;
         let listed = self.graph.list_methods(self.user).await?;
         let unknown: Vec<&AuthMethod> = listed
             .iter()
-            .filter(|m| matches!(m, AuthMethod::Unknown { .. }))
+            .filter(|m| MethodKind::of(m) == MethodKind::Unknown)
             .collect();
         let targets: Vec<AuthMethod> = listed
             .iter()
@@ -335,33 +257,15 @@ impl Run<'_> {
                 Interrupted::Journal(format!("could not record the plan before deleting: {e:#}"))
             })?;
         }
-        let ordered = self.order(&targets).await;
-        // Refused (400): most likely the default-method rule. Tried again once the others are
-        // gone; a refusal that stays is reported as remaining, never guessed around.
-        let mut refused: Vec<(AuthMethod, graph::Error)> = Vec::new();
-        for method in ordered {
-            match self.delete(&method).await {
-                Ok(()) => {}
-                Err(err @ graph::Error::BadRequest { .. }) => refused.push((method, err)),
-                Err(err) => return Err(err.into()),
-            }
-        }
-        let mut still_refused = Vec::new();
-        for (method, first) in refused {
-            if targets.len() == 1 {
-                // Nothing else was deleted in between: asking again cannot change the answer.
-                still_refused.push((method, first));
-                continue;
-            }
-            if let Err(err) = self.delete(&method).await {
-                if err.is_retryable() {
-                    return Err(err.into());
-                }
-                still_refused.push((method, err));
-            }
-        }
-        if self.removed.is_empty() && unknown.is_empty() && still_refused.len() == targets.len() {
-            // Graph refused every delete and nothing else is left: the reset failed outright.
+        let default = self.default_method(&targets).await;
+        let ordered = plan::order(targets.clone(), MethodKind::of, default);
+        let still_refused = self.delete_all(ordered).await?;
+        if plan::refused_outright(
+            !self.removed.is_empty(),
+            !unknown.is_empty(),
+            still_refused.len(),
+            targets.len(),
+        ) {
             if let Some((_, err)) = still_refused.first() {
                 return Err(err.clone().into());
             }
@@ -376,93 +280,131 @@ impl Run<'_> {
         let remaining = self
             .verify(&targets, settings.consistency_wait, scope)
             .await?;
+        let conclusion = plan::conclude(&plan::Tally {
+            removed_any: !self.removed.is_empty(),
+            remaining: remaining.len(),
+            unknown: unknown.iter().map(|m| m.stem().to_string()).collect(),
+            // Graph's code when it refused something.
+            refusal: still_refused
+                .first()
+                .map(|(m, e)| (e.code(), format!("{} {}: {e}", m.stem(), m.id()))),
+        });
         let mut remaining_records: Vec<MethodRecord> =
             remaining.iter().map(|m| m.record(false)).collect();
         remaining_records.extend(unknown.iter().map(|m| m.record(false)));
-
-        let status = if !remaining_records.is_empty() {
-            Status::Partial
-        } else if self.removed.is_empty() {
-            Status::AlreadyClean
-        } else {
-            Status::Reset
-        };
-        // Graph's code when it refused something; ours when only unknown types are left.
-        let refusal = still_refused
-            .first()
-            .map(|(m, e)| (e.code(), format!("{} {}: {e}", m.stem(), m.id())));
-        let unknown_note = (!unknown.is_empty()).then(|| {
-            format!(
-                "method type(s) this build does not know were left in place: {}",
-                unknown
-                    .iter()
-                    .map(|m| m.stem())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        });
-        let error = match (refusal, unknown_note) {
-            (Some((code, message)), Some(note)) => Some((code, format!("{message}; {note}"))),
-            (Some(refusal), None) => Some(refusal),
-            (None, Some(note)) => Some(("unknown_method_type".to_string(), note)),
-            (None, None) => None,
-        };
         Ok(Executed {
-            status,
+            status: conclusion.status,
             removed: std::mem::take(&mut self.removed),
             remaining: remaining_records,
             sessions_revoked: self.sessions_revoked,
-            error,
+            error: conclusion.error,
             graph_calls: self.calls,
         })
     }
 
-    /// Non-default candidates first, the default last. One read of the default, and only
-    /// when more than one method could be it.
-    async fn order(&mut self, targets: &[AuthMethod]) -> Vec<AuthMethod> {
-        let (candidates, mut others): (Vec<AuthMethod>, Vec<AuthMethod>) = targets
-            .iter()
-            .cloned()
-            .partition(AuthMethod::can_be_default);
-        let mut candidates = candidates;
-        // An alternateMobile cannot exist without the mobile: Graph refuses to delete the
-        // mobile first, so phones other than the mobile go before it.
-        candidates.sort_by_key(is_mobile);
-        if candidates.len() > 1 {
+    /// Why the user must not be touched (code, message), if so: listed in
+    /// `reset.protected_users` under its other identifier, or holding a directory role.
+    async fn not_to_be_touched(
+        &mut self,
+        settings: &ResetSettings,
+    ) -> Result<Option<(&'static str, String)>, graph::Error> {
+        if needs_identity(settings, self.user) {
             self.calls += 1;
-            match self.graph.default_method(self.user).await {
-                Ok(Some(mut preferred)) => {
-                    if preferred == "voiceAlternateMobile"
-                        && candidates.iter().any(is_mobile)
-                        && candidates.iter().any(is_alternate_mobile)
-                    {
-                        // Deadlock otherwise: Graph refuses the mobile while an alternate
-                        // exists, and the alternate (the default) while the mobile exists.
-                        // Both go anyway; make the mobile the default so it can go last.
-                        self.calls += 1;
-                        match self
-                            .graph
-                            .set_default_method(self.user, "voiceMobile")
-                            .await
-                        {
-                            Ok(()) => preferred = "voiceMobile".to_string(),
-                            Err(err) => {
-                                tracing::debug!(user = %self.user, error = %err, "could not move the default to the mobile");
-                            }
-                        }
-                    }
-                    // Stable sort: the default (true) goes after the rest (false).
-                    candidates.sort_by_key(|m| (m.matches_default(&preferred), is_mobile(m)));
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    // Not fatal: the two-pass fallback handles a refused default.
-                    tracing::debug!(user = %self.user, error = %err, "default method unknown; deleting in two passes");
-                }
+            let (id, upn) = self.graph.user_identity(self.user).await?;
+            let listed = |value: &str| {
+                let value = value.to_lowercase();
+                !value.is_empty()
+                    && settings
+                        .protected_users
+                        .iter()
+                        .any(|p| protected_key(p) == value)
+            };
+            if listed(&id) || listed(&upn) {
+                return Ok(Some((
+                    "protected_user",
+                    format!("listed in reset.protected_users (as {upn} / {id}); not touched"),
+                )));
             }
         }
-        others.extend(candidates);
-        others
+        if settings.skip_admins {
+            self.calls += 1;
+            let roles = self.graph.directory_roles(self.user).await?;
+            if !roles.is_empty() {
+                return Ok(Some((
+                    "directory_role",
+                    format!(
+                        "holds directory role(s) {}; not touched (reset.skip_admins)",
+                        roles.join(", ")
+                    ),
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The user's default method, read only when more than one target could be it; when the
+    /// plan needs it, first moved from the alternate mobile to the mobile. `None` when
+    /// unknown: the two-pass fallback then handles a refused default.
+    async fn default_method(&mut self, targets: &[AuthMethod]) -> Option<DefaultMethod> {
+        let kinds: Vec<MethodKind> = targets.iter().map(MethodKind::of).collect();
+        if !plan::needs_default_read(&kinds) {
+            return None;
+        }
+        self.calls += 1;
+        let default = match self.graph.default_method(self.user).await {
+            Ok(preferred) => preferred.as_deref().and_then(DefaultMethod::parse),
+            Err(err) => {
+                tracing::debug!(user = %self.user, error = %err, "default method unknown; deleting in two passes");
+                return None;
+            }
+        };
+        if !plan::must_move_default_to_mobile(&kinds, default) {
+            return default;
+        }
+        self.calls += 1;
+        let mobile = DefaultMethod::VoiceMobile;
+        match self
+            .graph
+            .set_default_method(self.user, mobile.as_str())
+            .await
+        {
+            Ok(()) => Some(mobile),
+            Err(err) => {
+                tracing::debug!(user = %self.user, error = %err, "could not move the default to the mobile");
+                default
+            }
+        }
+    }
+
+    /// Delete `ordered`, then once more each DELETE Graph refused (400: most likely the
+    /// default-method rule) now that the others are gone. Returns the refusals that stayed:
+    /// reported as remaining, never guessed around.
+    async fn delete_all(
+        &mut self,
+        ordered: Vec<AuthMethod>,
+    ) -> Result<Vec<(AuthMethod, graph::Error)>, Interrupted> {
+        let targets = ordered.len();
+        let mut refused: Vec<(AuthMethod, graph::Error)> = Vec::new();
+        for method in ordered {
+            match self.delete(&method).await {
+                Ok(()) => {}
+                Err(err @ graph::Error::BadRequest { .. }) => refused.push((method, err)),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        if !plan::ask_again_after_the_others(targets) {
+            return Ok(refused);
+        }
+        let mut still_refused = Vec::new();
+        for (method, _) in refused {
+            if let Err(err) = self.delete(&method).await {
+                if err.is_retryable() {
+                    return Err(err.into());
+                }
+                still_refused.push((method, err));
+            }
+        }
+        Ok(still_refused)
     }
 
     async fn delete(&mut self, method: &AuthMethod) -> Result<(), graph::Error> {
@@ -483,11 +425,12 @@ impl Run<'_> {
     }
 
     /// List again and report what is still there, tolerating eventual consistency: a method
-    /// we deleted (204) that is still listed is re-checked for at most `wait`.
+    /// we deleted (204) that is still listed is re-checked for at most `wait`, after which
+    /// the 204s are trusted (a deleted method still listed is lag, not a method).
     async fn verify(
         &mut self,
         targets: &[AuthMethod],
-        wait: Duration,
+        wait: std::time::Duration,
         scope: &Scope,
     ) -> Result<Vec<AuthMethod>, graph::Error> {
         if targets.is_empty() {
@@ -499,25 +442,27 @@ impl Run<'_> {
             .map(|r| r.short())
             .chain(self.gone.iter().cloned())
             .collect();
-        let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(500);
-        loop {
-            self.calls += 1;
-            let listed = self.graph.list_methods(self.user).await?;
-            let in_scope: Vec<AuthMethod> =
-                listed.into_iter().filter(|m| scope.contains(m)).collect();
-            let lagging = in_scope.iter().any(|m| deleted.contains(&short(m)));
-            if !lagging || started.elapsed() + pause > wait {
-                // After the bound, trust the 204s: a deleted method still listed is lag, not a method.
-                let remaining = in_scope
-                    .into_iter()
-                    .filter(|m| !deleted.contains(&short(m)))
-                    .collect::<Vec<_>>();
-                return Ok(remaining);
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(4));
-        }
+        // Counted across awaits of a Send future: an atomic, not a Cell.
+        let lists = AtomicU32::new(0);
+        let (graph, user) = (self.graph, self.user);
+        let listed = settle::until_settled(
+            wait,
+            || {
+                lists.fetch_add(1, Ordering::Relaxed);
+                graph.list_methods(user)
+            },
+            |listed: &Vec<AuthMethod>| {
+                listed
+                    .iter()
+                    .any(|m| scope.contains(m) && deleted.contains(&short(m)))
+            },
+        )
+        .await;
+        self.calls += lists.into_inner();
+        Ok(listed?
+            .into_iter()
+            .filter(|m| scope.contains(m) && !deleted.contains(&short(m)))
+            .collect())
     }
 }
 

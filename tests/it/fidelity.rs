@@ -45,7 +45,7 @@ fn fixture_tenant() -> SimConfig {
 }
 
 /// A tenant built in the test from Graph-shaped JSON.
-fn tenant_of(users: Value) -> SimConfig {
+pub(crate) fn tenant_of(users: Value) -> SimConfig {
     let fixture: Fixture =
         serde_json::from_value(json!({ "users": users })).expect("a valid fixture");
     SimConfig {
@@ -54,16 +54,16 @@ fn tenant_of(users: Value) -> SimConfig {
     }
 }
 
-fn phone(phone_type: &str, number: &str) -> Value {
+pub(crate) fn phone(phone_type: &str, number: &str) -> Value {
     json!({"@odata.type": "#microsoft.graph.phoneAuthenticationMethod", "phoneNumber": number, "phoneType": phone_type})
 }
 
-fn typed(stem: &str, id: &str) -> Value {
+pub(crate) fn typed(stem: &str, id: &str) -> Value {
     json!({"@odata.type": format!("#microsoft.graph.{stem}AuthenticationMethod"), "id": id, "displayName": format!("{stem} {id}")})
 }
 
 /// Enqueue `users` (a CSV written for the test), optionally as a dry run.
-async fn enqueue(env: &TestEnv, users: &[&str], dry_run: bool) -> Enqueued {
+pub(crate) async fn enqueue(env: &TestEnv, users: &[&str], dry_run: bool) -> Enqueued {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("users.csv");
     let mut csv = String::from("userPrincipalName\n");
@@ -80,25 +80,25 @@ async fn enqueue(env: &TestEnv, users: &[&str], dry_run: bool) -> Enqueued {
 }
 
 /// Enqueue `users`, run one worker until the batch is complete, return the batch.
-async fn reset(env: &mut TestEnv, users: &[&str]) -> BatchView {
+pub(crate) async fn reset(env: &mut TestEnv, users: &[&str]) -> BatchView {
     let enqueued = enqueue(env, users, false).await;
     env.start_worker(4);
     env.wait_batch(&enqueued.batch, 60).await
 }
 
-fn outcome<'a>(view: &'a BatchView, user: &str) -> &'a Outcome {
+pub(crate) fn outcome<'a>(view: &'a BatchView, user: &str) -> &'a Outcome {
     let key = user.to_lowercase();
     view.outcomes()
         .find(|o| o.user.key() == key)
         .unwrap_or_else(|| panic!("no outcome for {user}"))
 }
 
-fn kinds(records: &[mfa_reset::domain::MethodRecord]) -> Vec<&str> {
+pub(crate) fn kinds(records: &[mfa_reset::domain::MethodRecord]) -> Vec<&str> {
     records.iter().map(|r| r.kind.as_str()).collect()
 }
 
 /// Stems of the methods the simulator still holds for `upn` (password included).
-fn sim_stems(env: &TestEnv, upn: &str) -> Vec<String> {
+pub(crate) fn sim_stems(env: &TestEnv, upn: &str) -> Vec<String> {
     env.sim
         .user(upn)
         .expect("user in the simulator")
@@ -115,7 +115,7 @@ fn sim_stems(env: &TestEnv, upn: &str) -> Vec<String> {
 }
 
 /// Answers to requests of one HTTP method, per status, over every endpoint.
-fn by_status(stats: &SimStats, method: &str) -> BTreeMap<String, u64> {
+pub(crate) fn by_status(stats: &SimStats, method: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for (endpoint, statuses) in &stats.requests_by_endpoint {
         if endpoint.starts_with(&format!("{method} ")) {
@@ -128,7 +128,7 @@ fn by_status(stats: &SimStats, method: &str) -> BTreeMap<String, u64> {
 }
 
 /// Answers to requests of endpoints containing `fragment`, summed.
-fn calls_to(stats: &SimStats, fragment: &str) -> u64 {
+pub(crate) fn calls_to(stats: &SimStats, fragment: &str) -> u64 {
     stats
         .requests_by_endpoint
         .iter()

@@ -65,10 +65,19 @@ fn semicolons_a_byte_order_mark_and_crlf_are_understood() {
     let rows = rows(&plan);
 
     assert_eq!(plan.count, 2);
+    assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].user.to_string(), "alice@contoso.com");
     assert_eq!(rows[0].ticket.as_deref(), Some("INC1"));
     assert_eq!(rows[0].reason.as_deref(), Some("lost phone; new one"));
-    assert_eq!((rows[1].line, rows[1].ticket.as_deref()), (3, None));
+    assert_eq!(rows[1].user.to_string(), "bob@contoso.com");
+    assert_eq!(
+        (
+            rows[1].line,
+            rows[1].ticket.as_deref(),
+            rows[1].reason.as_deref()
+        ),
+        (3, None, None)
+    );
 }
 
 #[test]
@@ -115,8 +124,9 @@ fn invalid_rows_are_all_named_with_their_line_numbers() {
 fn a_row_too_short_to_reach_the_user_column_is_named() {
     let (_dir, path) = file("users.csv", "name,user\nAlice,alice@contoso.com\nBob\n");
 
-    let (errors, _) = row_errors(plan_csv(&path));
+    let (errors, total) = row_errors(plan_csv(&path));
 
+    assert_eq!((errors.len(), total), (1, 1));
     assert_eq!(errors[0].line, 3);
     assert!(
         errors[0].reason.contains("user column \"user\" is field 2"),
@@ -280,8 +290,9 @@ fn a_ten_megabyte_field_is_reported_as_an_invalid_user_shortened() {
     csv.push(b'\n');
     let (_dir, path) = file("users.csv", csv);
 
-    let (errors, _) = row_errors(plan_csv(&path));
+    let (errors, total) = row_errors(plan_csv(&path));
 
+    assert_eq!((errors.len(), total), (1, 1));
     assert_eq!(errors[0].line, 3);
     assert!(errors[0].value.chars().count() <= 80);
     assert!(
@@ -334,6 +345,10 @@ fn tickets_are_read_with_their_options_and_duplicates_dropped() {
     let rows = rows(&plan);
 
     assert_eq!(plan.count, 1);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].user.to_string(), "alice@contoso.com");
+    assert_eq!(rows[0].ticket.as_deref(), Some("INC1"));
+    assert_eq!(rows[0].reason.as_deref(), Some("lost phone"));
     assert_eq!(rows[0].revoke_sessions, Some(true));
     assert_eq!(rows[0].requested_by.as_deref(), Some("hd@contoso.com"));
     assert_eq!(
@@ -372,6 +387,7 @@ fn an_unknown_ticket_field_is_named() {
     let rendered = result.as_ref().unwrap_err().render("events.jsonl");
     let (errors, _) = row_errors(result);
 
+    assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].field, "revoke_session");
     assert!(
         rendered.starts_with("events.jsonl line 1, field \"revoke_session\": unknown field"),
