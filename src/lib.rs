@@ -5,16 +5,26 @@
 //! Microsoft Graph, and every user ends with a recorded outcome on a replayable stream.
 //!
 //! # Layout
-//! - [`config`]: typed settings, loaded in layers (defaults, TOML, `--config`, environment).
+//! - [`config`]: typed settings in layers (built-in defaults, one settings file from `--config`,
+//!   `MFA_RESET_CONFIG` or `/etc/mfa-reset/config.toml` — refused when others can write it —,
+//!   then the environment).
 //! - [`telemetry`]: tracing setup (text or JSON), metrics registry.
 //! - [`cli`]: the command line (clap).
 //! - [`domain`]: `UserRef`, `ResetRequest`, `Outcome`, `Status`: the wire formats.
 //! - [`intake`]: CSV files and ticket events parsed and validated before anything is enqueued.
 //! - [`batch`]: one batch's manifest and outcomes, folded from the outcomes stream.
-//! - [`broker`]: RabbitMQ topology, confirmed publishing, consuming, reading the outcomes stream.
-//! - [`graph`]: the Microsoft Graph client: tokens, methods, errors, rate budget, Retry-After pause.
-//! - [`reset`]: the per-user reset plan (what to delete, in which order) and its outcome.
-//! - [`worker`]: the consume loop: idempotency, retry tiers, dead-lettering, shutdown.
+//! - [`broker`]: RabbitMQ topology, confirmed publishing, consuming (`consumer`: QoS, ack,
+//!   hand back), reading the outcomes stream.
+//! - [`graph`]: the Microsoft Graph client: tokens, methods, the error taxonomy (`Class`: outage,
+//!   retry, permanent, halt), the attempt loop as a state machine (`attempt`), the rate budget,
+//!   its adaptive factor, the Retry-After pause and the traffic statistics.
+//! - [`reset`]: the per-user reset: the plan as pure functions (`plan`: which methods, in what
+//!   order, what the outcome is), waiting out Graph's eventual consistency (`settle`), and the
+//!   thin async layer that calls Graph.
+//! - [`worker`]: the consume loop: decisions as values (`disposition`: one pure function from a
+//!   delivery and its attempt to ack / retry tier / outage requeue / record / dead-letter /
+//!   halt / reject), carried out in one place (`delivery`), one task per delivery, the session
+//!   (`session`), the outbox of outcomes held through a broker outage, the idempotency ledger.
 //! - [`commands`]: one module per subcommand, each with a `run`.
 //!
 //! The Graph simulator used by tests, the demo and the benchmarks is the workspace's

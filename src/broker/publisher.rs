@@ -1,7 +1,7 @@
 //! Confirmed publishing.
 //!
 //! [`Publisher`] keeps up to `broker.confirm_window` publishes in flight (waiting for each
-//! confirm one by one is 20–30× slower, rabbitmq.md) and keeps every unconfirmed message
+//! confirm one by one is 20–30× slower: docs/rabbitmq-notes.md) and keeps every unconfirmed message
 //! until its ack arrives: when the connection drops, it reconnects with backoff and
 //! publishes the unconfirmed ones again. Duplicates that this can cause are absorbed by
 //! the request id (see `worker`). [`publish_confirmed`] is the one-message form the worker uses.
@@ -78,7 +78,7 @@ pub async fn publish_confirmed(
     msg: &OutMessage,
 ) -> anyhow::Result<()> {
     // A confirm normally takes milliseconds. When the broker goes away mid-publish, lapin may
-    // never resolve it (rabbitmq.md, "lapin 4.x"): give up so the caller can hold the message
+    // never resolve it (docs/rabbitmq-notes.md, "lapin 4.x"): give up so the caller can hold the message
     // and reconnect instead of hanging until the shutdown grace runs out.
     tokio::time::timeout(
         CONFIRM_TIMEOUT,
@@ -248,7 +248,7 @@ impl Publisher {
         };
         match confirm.await {
             Ok(Confirmation::Nack(_)) => {
-                // The broker did not take it: publish it again (rabbitmq.md: republish or fail loudly).
+                // The broker did not take it: publish it again (https://www.rabbitmq.com/docs/confirms#server-sent-nacks).
                 tracing::warn!(routing_key = %msg.routing_key, "broker nacked a message; republishing");
                 let again = self.publish(&msg).await.ok();
                 self.pending.push_front((msg, again));

@@ -126,7 +126,7 @@ impl Topology {
             let mut wait = FieldTable::default();
             wait.insert("x-queue-type".into(), long_str("quorum"));
             // Messages expire only at the head of a queue, so one queue per delay keeps
-            // every message's wait exact (rabbitmq.md, "Delayed retry without plugins").
+            // every message's wait exact (https://www.rabbitmq.com/docs/ttl#per-message-ttl-caveats).
             wait.insert(
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt(delay.as_millis() as i64),

@@ -1,6 +1,6 @@
 //! The Graph simulator (`graph-sim`): a stand-in for Microsoft Graph and its token endpoint,
-//! over real HTTP, faithful to the parts of Graph mfa-reset touches (see
-//! `shared/reference/graph-api.md`). It shares no types with mfa-reset, on purpose: a client
+//! over real HTTP, faithful to the parts of Graph mfa-reset touches as Microsoft documents them
+//! (https://learn.microsoft.com/graph/api/resources/authenticationmethods-overview). It shares no types with mfa-reset, on purpose: a client
 //! test against it checks the client against an independent reading of Graph.
 //!
 //! - [`server`]: [`spawn`] and [`SimServer`]: the listener, and the switch that drops a connection.
