@@ -17,6 +17,7 @@
 //! - [`worker`]: the consume loop: idempotency, retry tiers, dead-lettering, shutdown.
 //! - [`commands`]: one module per subcommand, each with a `run`.
 //! - [`sim`]: the Graph simulator used by tests, the demo and the benchmarks.
+//! - [`trust`]: signatures (OpenSSH sshsig, ssh-agent), allowed signers, Merkle batches, record chains.
 
 pub mod batch;
 pub mod broker;
@@ -29,4 +30,5 @@ pub mod intake;
 pub mod reset;
 pub mod sim;
 pub mod telemetry;
+pub mod trust;
 pub mod worker;
