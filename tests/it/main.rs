@@ -10,3 +10,4 @@ mod intake;
 mod pipeline;
 mod reliability;
 mod sim;
+mod trust;
