@@ -190,8 +190,8 @@ fn principal_patterns_are_refused() {
 #[test]
 fn malformed_lines_say_what_to_fix() {
     let cases = [
-        (format!("alice@contoso.com"), "missing key"),
-        (format!("alice@contoso.com namespaces=\"x\""), "missing key"),
+        ("alice@contoso.com".to_string(), "missing key"),
+        ("alice@contoso.com namespaces=\"x\"".to_string(), "missing key"),
         (
             format!("alice@contoso.com nosuch=\"x\" {}", line(1)),
             "unknown option \"nosuch\"",

@@ -39,7 +39,8 @@ use serde_json::{json, Value};
 
 use super::canonical::{canonical_json_value, CanonicalError};
 use super::digest::Digest;
-use super::sshsig::{verify, SignError, Signer, Verified, VerifyError};
+use super::signer::{SignError, Signer};
+use super::sshsig::{verify, Verified, VerifyError};
 use super::{AllowedSigners, Namespace};
 
 /// Where a record sits in its chain.

@@ -1,8 +1,9 @@
 //! Trust: the cryptographic core behind "only signed, approved requests are executed; every
 //! record is signed and verifiable" — self-contained, no broker and no Graph.
 //!
-//! - [`sshsig`]: OpenSSH signatures (`ssh-keygen -Y sign` / `-Y verify`), a [`Signer`] from a
-//!   key file or ssh-agent, and [`verify`] against an [`AllowedSigners`] file.
+//! - [`signer`]: OpenSSH signatures as `ssh-keygen -Y sign` makes them, by a [`Signer`] from a
+//!   key file or ssh-agent.
+//! - [`sshsig`]: [`verify`] them as `ssh-keygen -Y verify` does, against [`AllowedSigners`].
 //! - [`agent`]: the few ssh-agent protocol messages signing needs.
 //! - [`allowed_signers`]: OpenSSH's allowed-signers file: who may sign, for which namespaces.
 //! - [`merkle`]: RFC 6962 Merkle tree: one signed root per batch, one proof per request.
@@ -20,6 +21,7 @@ pub mod canonical;
 pub mod chain;
 pub mod digest;
 pub mod merkle;
+pub mod signer;
 pub mod sshsig;
 #[cfg(test)]
 mod test_keys;
@@ -33,7 +35,8 @@ pub use chain::{
 };
 pub use digest::Digest;
 pub use merkle::{MerkleProof, MerkleTree, RootBuilder};
-pub use sshsig::{verify, SignError, Signer, SignerError, Verified, VerifyError};
+pub use signer::{SignError, Signer, SignerError};
+pub use sshsig::{verify, verify_canonical, Verified, VerifyError};
 
 /// What a signature is for: the sshsig namespace, and the `namespaces="…"` an allowed-signers
 /// line grants. One per role of issue 10.

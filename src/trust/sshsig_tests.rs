@@ -1,9 +1,11 @@
-//! Unit tests of signing and verifying (interoperability with ssh-keygen and ssh-agent is in
+//! Unit tests of signing (`signer`) and verifying (`sshsig`) (interoperability with ssh-keygen and ssh-agent is in
 //! tests/it/trust.rs).
 
 use super::*;
+use crate::trust::signer::{armor, generate_ed25519, write_key_pair, Signer, SignerError};
 use crate::trust::test_keys::{allowed, ecdsa, ed25519, signer, SkKey};
 use serde_json::json;
+use ssh_key::PrivateKey;
 
 fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")

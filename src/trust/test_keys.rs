@@ -117,6 +117,6 @@ impl SkKey {
         put_string(&mut blob, b"");
         put_string(&mut blob, b"sha512");
         put_string(&mut blob, &signature);
-        super::sshsig::armor(&blob)
+        super::signer::armor(&blob)
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use mfa_reset::trust::agent::AgentClient;
-use mfa_reset::trust::sshsig::{generate_ed25519, write_key_pair};
+use mfa_reset::trust::signer::{generate_ed25519, write_key_pair};
 use mfa_reset::trust::{verify, AllowedSigners, Namespace, Signer, SignerError, VerifyError};
 use ssh_key::PublicKey;
 
