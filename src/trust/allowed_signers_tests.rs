@@ -191,7 +191,10 @@ fn principal_patterns_are_refused() {
 fn malformed_lines_say_what_to_fix() {
     let cases = [
         ("alice@contoso.com".to_string(), "missing key"),
-        ("alice@contoso.com namespaces=\"x\"".to_string(), "missing key"),
+        (
+            "alice@contoso.com namespaces=\"x\"".to_string(),
+            "missing key",
+        ),
         (
             format!("alice@contoso.com nosuch=\"x\" {}", line(1)),
             "unknown option \"nosuch\"",

@@ -96,15 +96,28 @@ fn signed_bytes(link: &ChainLink, record: &Value) -> Result<Vec<u8>, CanonicalEr
     canonical_json_value(&json!({ "link": link, "record": record }))
 }
 
-/// The chain id of one writer's records of one batch.
+/// The chain id of one writer's records of one batch: `{batch}/{writer}` (a batch id holds
+/// no `/`; the writer id is random per worker process, e.g. a UUID).
 pub fn chain_id(batch: &str, writer: &str) -> String {
     format!("{batch}/{writer}")
+}
+
+impl ChainLink {
+    /// The batch part of the chain id. The chain is signed, so an audit of a batch takes the
+    /// records whose chain names it, and flags a record whose own batch field says otherwise.
+    pub fn batch(&self) -> &str {
+        self.chain
+            .rsplit_once('/')
+            .map_or(&self.chain, |(batch, _)| batch)
+    }
 }
 
 /// Appends records to one chain: seals each with the next link and the writer's signature.
 ///
 /// Publish every sealed record; if a publish fails, publish *the same* record again (the
-/// audit takes duplicates), never seal a replacement: that would fork the chain.
+/// audit takes duplicates), never seal a replacement: that would fork the chain, and a record
+/// never published before later ones are is a gap the audit reports as missing. A worker
+/// that dies with sealed but unpublished records loses only its chain's tail: no gap.
 #[derive(Debug, Clone)]
 pub struct ChainWriter {
     chain: String,

@@ -124,6 +124,7 @@ fn links_chain_each_record_to_the_previous_one() {
         .filter(|record| record.link.chain == "b1/w-a")
         .collect();
     assert_eq!(chain_a[0].link.prev, Digest::ZERO);
+    assert_eq!(chain_a[0].link.batch(), "b1");
     for pair in chain_a.windows(2) {
         assert_eq!(pair[1].link.seq, pair[0].link.seq + 1);
         assert_eq!(pair[1].link.prev, pair[0].digest().unwrap());
