@@ -26,6 +26,7 @@
 //!   halt / reject), carried out in one place (`delivery`), one task per delivery, the session
 //!   (`session`), the outbox of outcomes held through a broker outage, the idempotency ledger.
 //! - [`commands`]: one module per subcommand, each with a `run`.
+//! - [`trust`]: signatures (OpenSSH sshsig, ssh-agent), allowed signers, Merkle batches, record chains.
 //!
 //! The Graph simulator used by tests, the demo and the benchmarks is the workspace's
 //! `graph-sim` crate (`crates/graph-sim`), which shares no types with this one; `demo` needs
@@ -41,4 +42,5 @@ pub mod graph;
 pub mod intake;
 pub mod reset;
 pub mod telemetry;
+pub mod trust;
 pub mod worker;

@@ -11,3 +11,4 @@ mod graph_client;
 mod intake;
 mod pipeline;
 mod reliability;
+mod trust;

@@ -1,0 +1,459 @@
+//! The Merkle tree that lets one signature cover a whole batch: the producer signs a manifest
+//! holding the root, and each request carries its inclusion proof.
+//!
+//! The tree is RFC 6962's (Certificate Transparency, section 2.1): SHA-256 with domain
+//! separation, `leaf = H(0x00 ‖ data)` and `node = H(0x01 ‖ left ‖ right)`, for any number of
+//! leaves: the left subtree holds the largest power of two strictly below the count. Built
+//! bottom-up, that is "pair neighbours; a last node without a neighbour moves up unchanged".
+//! The empty tree's root is `H("")`. Proofs list sibling hashes from the leaf upwards and are
+//! checked with RFC 9162's algorithm (section 2.1.3.2).
+//!
+//! Memory: [`MerkleTree`] keeps every level, about two hashes per leaf (64 MB for a million
+//! leaves), so every proof is a walk of ~20 lookups. [`RootBuilder`] computes only the root of a
+//! stream of leaves in O(log n) memory, for a verifier that has the whole list.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest as _, Sha256};
+
+use super::digest::Digest;
+
+/// Hash of one leaf: `H(0x00 ‖ data)`.
+pub fn leaf_hash(data: &[u8]) -> Digest {
+    Digest(
+        Sha256::new()
+            .chain_update([0u8])
+            .chain_update(data)
+            .finalize()
+            .into(),
+    )
+}
+
+/// Hash of an interior node: `H(0x01 ‖ left ‖ right)`.
+pub fn node_hash(left: &Digest, right: &Digest) -> Digest {
+    Digest(
+        Sha256::new()
+            .chain_update([1u8])
+            .chain_update(left.0)
+            .chain_update(right.0)
+            .finalize()
+            .into(),
+    )
+}
+
+/// The root of the empty tree: `H("")`.
+pub fn empty_root() -> Digest {
+    Digest::of(b"")
+}
+
+/// Root of the tree over `leaves` (each leaf's data, in order), in O(log n) memory.
+pub fn root<I, B>(leaves: I) -> Digest
+where
+    I: IntoIterator<Item = B>,
+    B: AsRef<[u8]>,
+{
+    let mut builder = RootBuilder::default();
+    for leaf in leaves {
+        builder.push(leaf.as_ref());
+    }
+    builder.root()
+}
+
+/// A whole tree, every level kept, for building the proofs of all leaves.
+#[derive(Debug, Clone)]
+pub struct MerkleTree {
+    /// `levels[0]` are the leaf hashes; each next level is half as long (rounded up);
+    /// the last level holds the root alone. Empty for an empty tree.
+    levels: Vec<Vec<Digest>>,
+}
+
+impl MerkleTree {
+    /// Build the tree over `leaves` (each leaf's data, in order).
+    pub fn from_leaves<I, B>(leaves: I) -> MerkleTree
+    where
+        I: IntoIterator<Item = B>,
+        B: AsRef<[u8]>,
+    {
+        let hashes = leaves
+            .into_iter()
+            .map(|leaf| leaf_hash(leaf.as_ref()))
+            .collect();
+        MerkleTree::from_leaf_hashes(hashes)
+    }
+
+    /// Build the tree over leaf hashes already computed with [`leaf_hash`].
+    pub fn from_leaf_hashes(leaf_hashes: Vec<Digest>) -> MerkleTree {
+        if leaf_hashes.is_empty() {
+            return MerkleTree { levels: Vec::new() };
+        }
+        let mut levels = vec![leaf_hashes];
+        while let Some(below) = levels.last().filter(|level| level.len() > 1) {
+            let above = below
+                .chunks(2)
+                .map(|pair| match pair {
+                    [left, right] => node_hash(left, right),
+                    // RFC 6962: a last node without a neighbour moves up unchanged.
+                    [alone] => *alone,
+                    _ => unreachable!("chunks(2) yields one or two items"),
+                })
+                .collect();
+            levels.push(above);
+        }
+        MerkleTree { levels }
+    }
+
+    /// Number of leaves.
+    pub fn len(&self) -> u64 {
+        self.levels.first().map_or(0, |leaves| leaves.len() as u64)
+    }
+
+    /// True for a tree without leaves.
+    pub fn is_empty(&self) -> bool {
+        self.levels.is_empty()
+    }
+
+    /// The root hash ([`empty_root`] for an empty tree).
+    pub fn root(&self) -> Digest {
+        self.levels
+            .last()
+            .and_then(|level| level.first())
+            .copied()
+            .unwrap_or_else(empty_root)
+    }
+
+    /// The inclusion proof of leaf `index`, or `None` past the last leaf.
+    pub fn proof(&self, index: u64) -> Option<MerkleProof> {
+        let count = self.len();
+        if index >= count {
+            return None;
+        }
+        let mut path = Vec::with_capacity(self.levels.len());
+        let mut position = usize::try_from(index).ok()?;
+        for level in &self.levels[..self.levels.len() - 1] {
+            let sibling = position ^ 1;
+            // No sibling: this node moves up unchanged and adds nothing to the path.
+            if let Some(hash) = level.get(sibling) {
+                path.push(*hash);
+            }
+            position /= 2;
+        }
+        Some(MerkleProof { index, count, path })
+    }
+}
+
+/// Computes the root of a stream of leaves in O(log n) memory.
+#[derive(Debug, Clone, Default)]
+pub struct RootBuilder {
+    /// Roots of the perfect subtrees so far, largest first, with their height.
+    stack: Vec<(u32, Digest)>,
+    count: u64,
+}
+
+impl RootBuilder {
+    /// Add the next leaf's data.
+    pub fn push(&mut self, leaf: &[u8]) {
+        self.push_hash(leaf_hash(leaf));
+    }
+
+    /// Add the next leaf, already hashed with [`leaf_hash`].
+    pub fn push_hash(&mut self, hash: Digest) {
+        let mut node = (0u32, hash);
+        while let Some(&(height, left)) = self.stack.last() {
+            if height != node.0 {
+                break;
+            }
+            self.stack.pop();
+            node = (height + 1, node_hash(&left, &node.1));
+        }
+        self.stack.push(node);
+        self.count += 1;
+    }
+
+    /// Number of leaves pushed.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// True before the first leaf.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The root of the leaves pushed so far.
+    pub fn root(&self) -> Digest {
+        // The perfect subtrees, largest first, are exactly RFC 6962's split of the count into
+        // a power of two and the rest: fold them from the right.
+        let mut nodes = self.stack.iter().rev();
+        let Some(&(_, mut root)) = nodes.next() else {
+            return empty_root();
+        };
+        for (_, left) in nodes {
+            root = node_hash(left, &root);
+        }
+        root
+    }
+}
+
+/// The inclusion proof of one leaf: its index, the tree's leaf count and the sibling hashes
+/// from the leaf upwards.
+///
+/// On the wire the path is one base64 string of the concatenated hashes (a million-leaf tree
+/// gives 20 hashes, 856 characters), not a list of hex strings twice that size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerkleProof {
+    /// Position of the leaf, from 0.
+    pub index: u64,
+    /// Number of leaves in the tree.
+    pub count: u64,
+    /// Sibling hashes, leaf level first.
+    #[serde(
+        serialize_with = "path_to_base64",
+        deserialize_with = "path_from_base64"
+    )]
+    pub path: Vec<Digest>,
+}
+
+impl MerkleProof {
+    /// True when `leaf_data` is leaf `self.index` of the `self.count`-leaf tree with `root`.
+    pub fn verify(&self, leaf_data: &[u8], root: &Digest) -> bool {
+        verify(leaf_data, self.index, self.count, &self.path, root)
+    }
+}
+
+/// True when `leaf_data` is leaf `index` of the `count`-leaf tree with `root`, by `proof`
+/// (RFC 9162, section 2.1.3.2).
+///
+/// `root` *and* `count` must come from the signed manifest: a path along the left edge is
+/// the same for several counts, so the proof alone does not pin the count.
+pub fn verify(leaf_data: &[u8], index: u64, count: u64, proof: &[Digest], root: &Digest) -> bool {
+    verify_hash(&leaf_hash(leaf_data), index, count, proof, root)
+}
+
+/// As [`verify`], for a leaf already hashed with [`leaf_hash`].
+pub fn verify_hash(leaf: &Digest, index: u64, count: u64, proof: &[Digest], root: &Digest) -> bool {
+    if index >= count {
+        return false;
+    }
+    let mut position = index;
+    let mut last = count - 1;
+    let mut hash = *leaf;
+    for sibling in proof {
+        if last == 0 {
+            return false;
+        }
+        if position & 1 == 1 || position == last {
+            hash = node_hash(sibling, &hash);
+            if position & 1 == 0 {
+                // A right-edge node that moved up unchanged: climb until it is a right child.
+                while position & 1 == 0 && position != 0 {
+                    position >>= 1;
+                    last >>= 1;
+                }
+            }
+        } else {
+            hash = node_hash(&hash, sibling);
+        }
+        position >>= 1;
+        last >>= 1;
+    }
+    last == 0 && hash == *root
+}
+
+fn path_to_base64<S: Serializer>(path: &[Digest], serializer: S) -> Result<S::Ok, S::Error> {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = path.iter().flat_map(|digest| digest.0).collect();
+    serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn path_from_base64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Digest>, D::Error> {
+    use base64::Engine as _;
+    /// Far above the 64 levels a u64 leaf count can need; bounds what a message can make us
+    /// decode.
+    const MAX_CHARS: usize = 4 * 64 * Digest::LEN / 3 + 4;
+    let text = String::deserialize(deserializer)?;
+    if text.len() > MAX_CHARS {
+        return Err(serde::de::Error::custom(
+            "Merkle proof longer than 64 hashes",
+        ));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.as_bytes())
+        .map_err(|error| {
+            serde::de::Error::custom(format!("Merkle proof is not base64: {error}"))
+        })?;
+    if bytes.len() % Digest::LEN != 0 {
+        return Err(serde::de::Error::custom(
+            "Merkle proof length is not a multiple of 32 bytes",
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(Digest::LEN)
+        .map(|chunk| {
+            let mut digest = [0u8; Digest::LEN];
+            digest.copy_from_slice(chunk);
+            Digest(digest)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 6962's definition, written recursively, to check the bottom-up tree against.
+    fn reference_root(leaves: &[Vec<u8>]) -> Digest {
+        match leaves.len() {
+            0 => empty_root(),
+            1 => leaf_hash(&leaves[0]),
+            n => {
+                let k = largest_power_of_two_below(n);
+                node_hash(&reference_root(&leaves[..k]), &reference_root(&leaves[k..]))
+            }
+        }
+    }
+
+    /// RFC 6962's PATH(m, D[n]), written recursively.
+    fn reference_path(index: usize, leaves: &[Vec<u8>]) -> Vec<Digest> {
+        let n = leaves.len();
+        if n <= 1 {
+            return Vec::new();
+        }
+        let k = largest_power_of_two_below(n);
+        if index < k {
+            let mut path = reference_path(index, &leaves[..k]);
+            path.push(reference_root(&leaves[k..]));
+            path
+        } else {
+            let mut path = reference_path(index - k, &leaves[k..]);
+            path.push(reference_root(&leaves[..k]));
+            path
+        }
+    }
+
+    fn largest_power_of_two_below(n: usize) -> usize {
+        let mut k = 1;
+        while k * 2 < n {
+            k *= 2;
+        }
+        k
+    }
+
+    fn leaves(count: usize) -> Vec<Vec<u8>> {
+        (0..count)
+            .map(|i| format!("user{i}@contoso.com").into_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn roots_and_paths_match_rfc_6962_for_every_size_up_to_70() {
+        for count in 0..=70 {
+            let data = leaves(count);
+            let tree = MerkleTree::from_leaves(&data);
+            assert_eq!(tree.len(), count as u64);
+            assert_eq!(tree.root(), reference_root(&data), "count {count}");
+            assert_eq!(
+                root(&data),
+                reference_root(&data),
+                "streamed, count {count}"
+            );
+            for index in 0..count {
+                let proof = tree.proof(index as u64).unwrap();
+                assert_eq!(
+                    proof.path,
+                    reference_path(index, &data),
+                    "count {count} index {index}"
+                );
+            }
+            assert_eq!(tree.proof(count as u64), None);
+        }
+    }
+
+    #[test]
+    fn known_answer_from_rfc_6962_style_definition() {
+        // Two leaves "a", "b": H(1 ‖ H(0 ‖ "a") ‖ H(0 ‖ "b")), computed independently.
+        let mut manual = vec![1u8];
+        manual.extend(Digest::of(b"\0a").0);
+        manual.extend(Digest::of(b"\0b").0);
+        assert_eq!(root([b"a", b"b"]), Digest::of(&manual));
+        assert_eq!(root(Vec::<Vec<u8>>::new()), Digest::of(b""));
+        assert_eq!(root([b"a"]), Digest::of(b"\0a"));
+    }
+
+    #[test]
+    fn every_proof_of_small_trees_verifies_and_nothing_else_does() {
+        for count in 1..=33u64 {
+            let data = leaves(count as usize);
+            let tree = MerkleTree::from_leaves(&data);
+            let root = tree.root();
+            for index in 0..count {
+                let proof = tree.proof(index).unwrap();
+                let leaf = &data[index as usize];
+                assert!(proof.verify(leaf, &root), "count {count} index {index}");
+                // Another leaf's data, another index, another count, another root: refused.
+                let other = b"mallory@contoso.com";
+                assert!(!verify(other, index, count, &proof.path, &root));
+                if count > 1 {
+                    let wrong_index = (index + 1) % count;
+                    assert!(!verify(leaf, wrong_index, count, &proof.path, &root));
+                }
+                assert!(!verify(leaf, count, count, &proof.path, &root));
+                assert!(!verify(leaf, index, count, &proof.path, &Digest::of(b"x")));
+                // A shortened or lengthened path: refused.
+                if let Some((_, shorter)) = proof.path.split_last() {
+                    assert!(!verify(leaf, index, count, shorter, &root));
+                }
+                let mut longer = proof.path.clone();
+                longer.push(root);
+                assert!(!verify(leaf, index, count, &longer, &root));
+            }
+        }
+    }
+
+    #[test]
+    fn a_leaf_cannot_pose_as_an_interior_node() {
+        // Domain separation: the two children of the root of a 2-leaf tree, concatenated, are
+        // not a leaf of a 1-leaf tree with the same root.
+        let tree = MerkleTree::from_leaves([b"a", b"b"]);
+        let mut forged = Vec::new();
+        forged.extend(leaf_hash(b"a").0);
+        forged.extend(leaf_hash(b"b").0);
+        assert!(!verify(&forged, 0, 1, &[], &tree.root()));
+    }
+
+    #[test]
+    fn proofs_survive_the_wire_and_bad_encodings_are_refused() {
+        let tree = MerkleTree::from_leaves(leaves(1000));
+        let proof = tree.proof(777).unwrap();
+        let json = serde_json::to_string(&proof).unwrap();
+        let back: MerkleProof = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, proof);
+        assert!(
+            serde_json::from_str::<MerkleProof>(r#"{"index":0,"count":2,"path":"AAAA"}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<MerkleProof>(r#"{"index":0,"count":2,"path":"*"}"#).is_err()
+        );
+        let huge = "A".repeat(10_000);
+        let text = format!(r#"{{"index":0,"count":2,"path":"{huge}"}}"#);
+        assert!(serde_json::from_str::<MerkleProof>(&text).is_err());
+    }
+
+    #[test]
+    fn random_proofs_of_a_big_odd_tree_verify() {
+        use rand::{Rng, SeedableRng};
+        let count = 100_003u64;
+        let data: Vec<Vec<u8>> = (0..count).map(|i| i.to_le_bytes().to_vec()).collect();
+        let tree = MerkleTree::from_leaves(&data);
+        assert_eq!(tree.root(), root(&data));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        for index in (0..200)
+            .map(|_| rng.random_range(0..count))
+            .chain([0, count - 1])
+        {
+            let proof = tree.proof(index).unwrap();
+            assert!(proof.path.len() <= 17, "{}", proof.path.len());
+            assert!(proof.verify(&data[index as usize], &tree.root()));
+            assert!(!proof.verify(&data[((index + 1) % count) as usize], &tree.root()));
+        }
+    }
+}
