@@ -35,6 +35,8 @@ pub struct Settings {
     pub reset: ResetSettings,
     /// Intake (enqueue) safety rails.
     pub intake: IntakeSettings,
+    /// Who may request, approve, execute and stop resets: signatures and caps.
+    pub security: SecuritySettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -325,6 +327,9 @@ pub struct WorkerSettings {
     pub name: String,
     /// Most request ids the idempotency ledger keeps in memory (oldest forgotten first).
     pub ledger_capacity: usize,
+    /// Path of this worker's SSH private key: it signs every record the worker writes
+    /// (namespace `mfa-reset-worker`).
+    pub key: String,
 }
 
 impl Default for WorkerSettings {
@@ -335,6 +340,7 @@ impl Default for WorkerSettings {
             metrics_addr: String::new(),
             name: String::new(),
             ledger_capacity: crate::worker::ledger::DEFAULT_CAPACITY,
+            key: String::new(),
         }
     }
 }
@@ -403,6 +409,31 @@ impl Default for IntakeSettings {
         Self {
             confirm_above: 500,
             requested_by: String::new(),
+        }
+    }
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// Path of the OpenSSH `allowed_signers` file: which SSH key may sign as whom, and for which
+    /// namespaces (`mfa-reset-request`, `mfa-reset-approve`, `mfa-reset-worker`, `mfa-reset-admin`).
+    pub allowed_signers: String,
+    /// A batch of more users than this is executed only once a second, different person has
+    /// approved it (`mfa-reset approve`).
+    pub approval_above: u64,
+    /// Most resets executed per hour across all workers; at the cap workers stop taking
+    /// requests until the hour frees up (nothing is lost). 0 = no cap.
+    pub max_resets_per_hour: u64,
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        Self {
+            allowed_signers: String::new(),
+            approval_above: 25,
+            max_resets_per_hour: 10_000,
         }
     }
 }

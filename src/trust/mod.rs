@@ -11,6 +11,7 @@
 //!   forged ones.
 //! - [`canonical`]: the one byte form (canonical JSON) of whatever is signed or hashed.
 //! - [`digest`]: the SHA-256 value type they share.
+//! - [`keyset`]: throw-away keys and their `allowed_signers` for the demo and the tests.
 //!
 //! Every signature names its purpose in a [`Namespace`], so a signature made for one role
 //! (approving) can never be replayed as another (requesting).
@@ -20,6 +21,7 @@ pub mod allowed_signers;
 pub mod canonical;
 pub mod chain;
 pub mod digest;
+pub mod keyset;
 pub mod merkle;
 pub mod signer;
 pub mod sshsig;
@@ -34,6 +36,7 @@ pub use chain::{
     AuditReport, ChainAudit, ChainLink, ChainWriter, Finding, FindingKind, SealedRecord,
 };
 pub use digest::Digest;
+pub use keyset::{KeyFile, KeySet};
 pub use merkle::{MerkleProof, MerkleTree, RootBuilder};
 pub use signer::{SignError, Signer, SignerError};
 pub use sshsig::{verify, verify_canonical, Verified, VerifyError};

@@ -6,8 +6,8 @@
 //! (`userPreferredMethodForSecondaryAuthentication` names only phones, the Authenticator app
 //! and OATH tokens): it goes before the default.
 
-use mfa_reset::domain::Status;
 use graph_sim::tenant::{EMAIL_METHOD_ID, MOBILE_PHONE_ID};
+use mfa_reset::domain::Status;
 use serde_json::{json, Value};
 
 use crate::common::env::TestEnv;

@@ -14,6 +14,7 @@ use mfa_reset::cli::EnqueueArgs;
 use mfa_reset::commands;
 use mfa_reset::config::Settings;
 use mfa_reset::graph::GraphClient;
+use mfa_reset::trust::KeySet;
 use mfa_reset::worker::{self, WorkOptions, WorkerMetrics};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,11 @@ pub struct TestEnv {
     pub sim: SimServer,
     /// Settings pointing at the simulator and a fresh prefix.
     pub settings: Settings,
+    /// Throw-away keys of two operators, a worker and an admin, named in the
+    /// `security.allowed_signers` of `settings` (the worker's is `worker.key`).
+    pub keys: KeySet,
+    /// Where the keys live (removed with the test's world).
+    _key_dir: Arc<tempfile::TempDir>,
     /// Workers started with [`TestEnv::start_worker`].
     workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -63,10 +69,16 @@ impl TestEnv {
     /// A simulator with `config` and settings for it.
     pub async fn new(test: &str, config: SimConfig) -> TestEnv {
         let sim = super::start_sim(config).await;
-        let settings = settings_for(&sim, test);
+        let mut settings = settings_for(&sim, test);
+        let key_dir = tempfile::tempdir().expect("key dir");
+        let keys = KeySet::generate(key_dir.path()).expect("test keys");
+        settings.security.allowed_signers = keys.allowed_signers.display().to_string();
+        settings.worker.key = keys.worker.path.display().to_string();
         TestEnv {
             sim,
             settings,
+            keys,
+            _key_dir: Arc::new(key_dir),
             workers: Vec::new(),
         }
     }
