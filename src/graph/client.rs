@@ -478,13 +478,14 @@ impl GraphClient {
             Err(e) => return Err(self.app_wide_if_forbidden(e, READ_GROUP_MEMBERS).await),
         };
         let mut users: Vec<GroupMember> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut skipped = SkippedMembers::default();
         for member in &items {
             let odata_type = member.get("@odata.type").and_then(Value::as_str);
             let id = member.get("id").and_then(Value::as_str);
             match (odata_type.map(|t| t.trim_start_matches('#')), id) {
                 (Some("microsoft.graph.user"), Some(id)) => {
-                    if !users.iter().any(|u| u.id.eq_ignore_ascii_case(id)) {
+                    if seen.insert(id.to_ascii_lowercase()) {
                         users.push(GroupMember {
                             id: id.to_string(),
                             user_principal_name: member
