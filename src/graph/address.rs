@@ -23,6 +23,20 @@ pub(crate) fn encode_segment(segment: &str) -> String {
     utf8_percent_encode(segment, UPN_SEGMENT).to_string()
 }
 
+/// What a Graph call can address a user by: a [`UserRef`] as requested (UPN or object id), or
+/// a user already resolved to its object id ([`super::DirectoryUser`]), which every call after
+/// the first should use: an object id cannot be renamed between two calls.
+pub trait UserAddress {
+    /// The path under the Graph root: `users/{id}` or `users/{encoded upn}`.
+    fn graph_path(&self) -> String;
+}
+
+impl UserAddress for UserRef {
+    fn graph_path(&self) -> String {
+        user_path(self)
+    }
+}
+
 /// `users/{id}`, `users/{encoded upn}`, or `users('{encoded upn}')` for a UPN starting with `$`
 /// (single quotes inside the key doubled, as OData string literals require, then encoded).
 pub fn user_path(user: &UserRef) -> String {

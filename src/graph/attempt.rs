@@ -158,8 +158,9 @@ impl Attempts {
         }
         match error.class() {
             Class::Outage | Class::Retry => {}
-            // Halt: the app itself cannot work (no producer yet: app-wide token errors will map
-            // to it). Retrying in process cannot help; the caller stops taking requests.
+            // Halt: the app itself cannot work (its credential, consent, permissions, tenant:
+            // `Error::App`, `Error::Auth`). Retrying in process cannot help; the caller stops
+            // taking requests.
             Class::Permanent | Class::Halt => return Step::GiveUp(error),
         }
         // Only a request that was sent can have been applied.

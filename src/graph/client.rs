@@ -6,6 +6,16 @@
 //! decided and unit-tested in `attempt.rs`. A call that gives up hands its error back; the
 //! caller hands retryable ones to a broker delay tier (the broker's 30-minute ack timeout is
 //! never approached in process).
+//!
+//! v1.0 unless a call or a type exists only in beta: Microsoft does not support beta in
+//! production (<https://learn.microsoft.com/en-us/graph/versioning-and-support>). Beta serves
+//! `signInPreferences` (the default method), hardware OATH tokens (only when a listing asks for
+//! them, [`Listing::WithHardwareOath`]), and `transitiveRoleAssignments` (the privilege
+//! check); `graph.list_methods_from_beta` lists everything from beta instead.
+//!
+//! A 403 on a call that only the app's permission governs (reading a user, listing methods,
+//! listing a group) is the app's fault, not the user's: [`Error::App`] with
+//! [`AppFault::PermissionMissing`], class `Halt`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,19 +24,34 @@ use reqwest::Method;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use super::address::{encode_delete_path, encode_segment, is_under, origin};
+use uuid::Uuid;
+
+use super::address::{encode_delete_path, encode_segment, is_under, origin, UserAddress};
 use super::attempt::OnNotFound;
-use super::{user_path, AuthMethod, Budget, Error, PauseGate, ThrottleStats, TokenProvider};
+use super::directory::{
+    DirectoryUser, GroupMember, GroupUsers, Privilege, RoleHeld, SkippedMembers,
+};
+use super::{AppFault, AuthMethod, Budget, Error, PauseGate, ThrottleStats, TokenProvider};
 use crate::config::{GraphSettings, RateSettings, RetrySettings};
 use crate::domain::UserRef;
 
-/// A member of a group, as `enqueue --group` needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupMember {
-    /// Object id.
-    pub id: String,
-    /// UPN, when Graph gave one.
-    pub user_principal_name: Option<String>,
+/// The request header of an advanced query on directory objects (with `$count=true`).
+const EVENTUAL: [(&str, &str); 1] = [("ConsistencyLevel", "eventual")];
+
+/// Application permissions whose absence makes a call answer 403 for every user.
+const READ_USERS: &str = "User.Read.All";
+const MANAGE_METHODS: &str = "UserAuthenticationMethod.ReadWrite.All";
+const READ_GROUP_MEMBERS: &str = "GroupMember.Read.All";
+const READ_ROLES: &str = "RoleManagement.Read.Directory";
+
+/// Which methods a listing must show (see [`GraphClient::list_methods_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// `GET /v1.0/users/{u}/authentication/methods`: every type but hardware OATH tokens.
+    Supported,
+    /// The v1.0 listing plus `GET /beta/users/{u}/authentication/hardwareOathMethods`, the one
+    /// type only beta shows: for a scope that removes hardware OATH tokens.
+    WithHardwareOath,
 }
 
 /// A Temporary Access Pass just created. The pass itself is a secret: hand it to the user
@@ -142,29 +167,139 @@ impl GraphClient {
         &self.inner.tokens
     }
 
-    fn user_url(&self, beta: bool, user: &UserRef, rest: &str) -> String {
+    fn user_url(&self, beta: bool, user: &(impl UserAddress + ?Sized), rest: &str) -> String {
         let root = if beta {
             &self.inner.beta
         } else {
             &self.inner.v1
         };
-        format!("{root}/{}{rest}", user_path(user))
+        format!("{root}/{}{rest}", user.graph_path())
     }
 
-    /// `GET /users/{u}/authentication/methods`, from the beta root unless
-    /// `graph.list_methods_from_beta` is off: v1.0 does not list hardware OATH tokens or
-    /// QR code + PIN, and a reset that cannot see a method cannot remove it.
-    pub async fn list_methods(&self, user: &UserRef) -> Result<Vec<AuthMethod>, Error> {
+    /// Drop the cached token and get a new one: what to do before trying again after a
+    /// `Halt` (only a token issued after admin consent or a permission was granted carries
+    /// it). Hands back the token endpoint's error when the app still cannot get one.
+    pub async fn renew_token(&self) -> Result<(), Error> {
+        self.inner.tokens.forget().await;
+        self.inner.tokens.token().await.map(|_| ())
+    }
+
+    /// A 403 from a call only the app's `permission` governs: the app's fault, not the user's.
+    /// The cached token is dropped so that the next try gets a token issued after a fix.
+    async fn app_wide_if_forbidden(&self, error: Error, permission: &'static str) -> Error {
+        match error {
+            Error::Forbidden { code, message } => {
+                self.inner.tokens.forget().await;
+                Error::App {
+                    fault: AppFault::PermissionMissing(permission),
+                    status: Some(403),
+                    code,
+                    message,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// `GET /users/{u}?$select=id,userPrincipalName,userType`: the user's object id, current
+    /// UPN and type, read once so that every later call addresses the user by object id (pass
+    /// the [`DirectoryUser`] as the user of those calls).
+    ///
+    /// 404: no such user ([`Error::NotFound`], permanent). 403: the app lacks `User.Read.All`
+    /// ([`Error::App`], halt).
+    pub async fn resolve_user(&self, user: &UserRef) -> Result<DirectoryUser, Error> {
+        let url = self.user_url(false, user, "?$select=id,userPrincipalName,userType");
+        let answer = match self
+            .execute(Method::GET, url, None, OnNotFound::Error)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => return Err(self.app_wide_if_forbidden(e, READ_USERS).await),
+        };
+        let body = answer.json()?;
+        let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+        let id = text("id")
+            .and_then(|id| Uuid::try_parse(&id).ok())
+            .ok_or_else(|| Error::InvalidResponse {
+                status: answer.status,
+                message: format!("the user {user} came without an object id"),
+            })?;
+        Ok(DirectoryUser {
+            id,
+            user_principal_name: text("userPrincipalName").unwrap_or_default(),
+            user_type: text("userType"),
+        })
+    }
+
+    /// `GET /users/{u}/authentication/methods`, from the beta root when
+    /// `graph.list_methods_from_beta` is on, else from v1.0 alone (hardware OATH tokens
+    /// unseen). Kept for callers that do not say what they need; see
+    /// [`GraphClient::list_methods_with`].
+    pub async fn list_methods(
+        &self,
+        user: &(impl UserAddress + ?Sized),
+    ) -> Result<Vec<AuthMethod>, Error> {
         let url = self.user_url(self.inner.list_from_beta, user, "/authentication/methods");
-        let items = self.get_paged(url).await?;
+        match self.get_paged(url).await {
+            Ok(items) => Ok(items.iter().map(AuthMethod::from_json).collect()),
+            Err(e) => Err(self.app_wide_if_forbidden(e, MANAGE_METHODS).await),
+        }
+    }
+
+    /// A user's methods, listed as `listing` asks: v1.0, plus beta's hardware OATH collection
+    /// for [`Listing::WithHardwareOath`] (the only type v1.0 does not list; Microsoft does not
+    /// support beta in production, so nothing else is read from it). With
+    /// `graph.list_methods_from_beta` on, the whole listing comes from beta instead.
+    ///
+    /// 403: the app lacks `UserAuthenticationMethod.ReadWrite.All` ([`Error::App`], halt).
+    pub async fn list_methods_with(
+        &self,
+        user: &(impl UserAddress + ?Sized),
+        listing: Listing,
+    ) -> Result<Vec<AuthMethod>, Error> {
+        if self.inner.list_from_beta {
+            return self.list_methods(user).await;
+        }
+        let mut items = match self
+            .get_paged(self.user_url(false, user, "/authentication/methods"))
+            .await
+        {
+            Ok(items) => items,
+            Err(e) => return Err(self.app_wide_if_forbidden(e, MANAGE_METHODS).await),
+        };
+        if listing == Listing::WithHardwareOath {
+            let url = self.user_url(true, user, "/authentication/hardwareOathMethods");
+            let tokens = match self.get_paged(url).await {
+                Ok(tokens) => tokens,
+                Err(e) => return Err(self.app_wide_if_forbidden(e, MANAGE_METHODS).await),
+            };
+            for mut token in tokens {
+                // A typed collection may leave the type out of its items.
+                if let Value::Object(fields) = &mut token {
+                    fields.entry("@odata.type").or_insert_with(|| {
+                        Value::String("#microsoft.graph.hardwareOathAuthenticationMethod".into())
+                    });
+                }
+                let id = token.get("id").cloned();
+                // Should v1.0 start listing them, each still appears once.
+                if !items.iter().any(|i| i.get("id") == id.as_ref()) {
+                    items.push(token);
+                }
+            }
+        }
         Ok(items.iter().map(AuthMethod::from_json).collect())
     }
 
     /// The DELETE for `method`; a 404 on a retry of it counts as success.
     ///
-    /// Beta-only types are deleted under `/beta`, the rest under `/v1.0`. A method that cannot
-    /// be deleted (password, unknown types) is a `BadRequest` without any request.
-    pub async fn delete_method(&self, user: &UserRef, method: &AuthMethod) -> Result<(), Error> {
+    /// Beta-only types (hardware OATH) are deleted under `/beta`, the rest under `/v1.0`. A
+    /// method that cannot be deleted (password, unknown types) is a `NotDeletable` without any
+    /// request.
+    pub async fn delete_method(
+        &self,
+        user: &(impl UserAddress + ?Sized),
+        method: &AuthMethod,
+    ) -> Result<(), Error> {
         let Some(path) = method.delete_path() else {
             return Err(Error::NotDeletable {
                 stem: method.stem().to_string(),
@@ -184,7 +319,10 @@ impl GraphClient {
 
     /// `GET /beta/users/{u}/authentication/signInPreferences` →
     /// `userPreferredMethodForSecondaryAuthentication` (`push`, `oath`, `sms`, `voiceMobile`, …).
-    pub async fn default_method(&self, user: &UserRef) -> Result<Option<String>, Error> {
+    pub async fn default_method(
+        &self,
+        user: &(impl UserAddress + ?Sized),
+    ) -> Result<Option<String>, Error> {
         let url = self.user_url(true, user, "/authentication/signInPreferences");
         let answer = self
             .execute(Method::GET, url, None, OnNotFound::Error)
@@ -199,7 +337,11 @@ impl GraphClient {
 
     /// `PATCH /beta/users/{u}/authentication/signInPreferences` with
     /// `userPreferredMethodForSecondaryAuthentication` = `preferred` (`voiceMobile`, `push`, …).
-    pub async fn set_default_method(&self, user: &UserRef, preferred: &str) -> Result<(), Error> {
+    pub async fn set_default_method(
+        &self,
+        user: &(impl UserAddress + ?Sized),
+        preferred: &str,
+    ) -> Result<(), Error> {
         let url = self.user_url(true, user, "/authentication/signInPreferences");
         let body = json!({ "userPreferredMethodForSecondaryAuthentication": preferred });
         self.execute(Method::PATCH, url, Some(body), OnNotFound::Error)
@@ -207,8 +349,11 @@ impl GraphClient {
             .map(|_| ())
     }
 
-    /// `POST /users/{u}/revokeSignInSessions`.
-    pub async fn revoke_sessions(&self, user: &UserRef) -> Result<(), Error> {
+    /// `POST /users/{u}/revokeSignInSessions` (least privilege: `User.RevokeSessions.All`).
+    ///
+    /// Graph answers success for an external user too but revokes nothing: they sign in
+    /// through their home tenant ([`DirectoryUser::is_external`]). Do not claim otherwise.
+    pub async fn revoke_sessions(&self, user: &(impl UserAddress + ?Sized)) -> Result<(), Error> {
         let url = self.user_url(false, user, "/revokeSignInSessions");
         self.execute(Method::POST, url, None, OnNotFound::Error)
             .await
@@ -216,73 +361,164 @@ impl GraphClient {
     }
 
     /// `GET /users/{u}?$select=id,userPrincipalName`: the user's object id and UPN, so a
-    /// user requested by one can be matched against a list holding the other.
+    /// user requested by one can be matched against a list holding the other. Superseded by
+    /// [`GraphClient::resolve_user`].
     pub async fn user_identity(&self, user: &UserRef) -> Result<(String, String), Error> {
-        let url = self.user_url(false, user, "?$select=id,userPrincipalName");
-        let answer = self
-            .execute(Method::GET, url, None, OnNotFound::Error)
-            .await?;
-        let body = answer.json()?;
-        let text = |k: &str| {
-            body.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        Ok((text("id"), text("userPrincipalName")))
+        let resolved = self.resolve_user(user).await?;
+        Ok((resolved.id.to_string(), resolved.user_principal_name))
     }
 
-    /// Display names of the directory roles the user holds (transitively).
-    pub async fn directory_roles(&self, user: &UserRef) -> Result<Vec<String>, Error> {
+    /// Whether `user` holds any directory role, through the role-management API by object id:
+    ///
+    /// - `GET /beta/roleManagement/directory/transitiveRoleAssignments?$count=true&$filter=principalId eq '{id}'`
+    ///   (`ConsistencyLevel: eventual`): active assignments, direct or through a group;
+    /// - `GET /v1.0/roleManagement/directory/roleEligibilityScheduleInstances?$filter=principalId eq '{id}'`:
+    ///   PIM eligibilities (a user can activate one at will, after an MFA prompt that a reset
+    ///   would let an attacker answer).
+    ///
+    /// Any entry makes the user [`Privilege::Privileged`], however little Graph says about it.
+    /// Needs `RoleManagement.Read.Directory`.
+    ///
+    /// **Fail closed**: on `Err` the user must not be reset. A 403 (the app lacks the
+    /// permission) is [`Error::Forbidden`] naming it; a retryable error may be tried again
+    /// later; any other error ends the user untouched, saying the check could not be made.
+    pub async fn privilege(&self, user: &DirectoryUser) -> Result<Privilege, Error> {
+        let filter = format!("$filter=principalId%20eq%20'{}'", user.id.hyphenated());
+        let active_url = format!(
+            "{}/roleManagement/directory/transitiveRoleAssignments?$count=true&{filter}",
+            self.inner.beta
+        );
+        let eligible_url = format!(
+            "{}/roleManagement/directory/roleEligibilityScheduleInstances?{filter}",
+            self.inner.v1
+        );
+        let named = |e: Error| match e {
+            Error::Forbidden { code, message } => Error::Forbidden {
+                code,
+                message: format!(
+                    "{message} (the privilege check needs the application permission {READ_ROLES})"
+                ),
+            },
+            other => other,
+        };
+        let active = self
+            .get_paged_with(active_url, &EVENTUAL)
+            .await
+            .map_err(named)?;
+        let eligible = self
+            .get_paged_with(eligible_url, &[])
+            .await
+            .map_err(named)?;
+        let roles: Vec<RoleHeld> = active
+            .iter()
+            .map(|entry| RoleHeld::from_entry(entry, &user.id, false))
+            .chain(
+                eligible
+                    .iter()
+                    .map(|entry| RoleHeld::from_entry(entry, &user.id, true)),
+            )
+            .collect();
+        Ok(if roles.is_empty() {
+            Privilege::NotPrivileged
+        } else {
+            Privilege::Privileged { roles }
+        })
+    }
+
+    /// Names of the directory roles the user holds actively (transitively): the old check,
+    /// which misses PIM-eligible roles. Superseded by [`GraphClient::privilege`].
+    ///
+    /// A cast on a transitive list is an advanced query (`ConsistencyLevel: eventual`,
+    /// `$count=true`). A role the app may not read comes with only its id: it is named by
+    /// that id rather than dropped, so the check fails closed.
+    pub async fn directory_roles(
+        &self,
+        user: &(impl UserAddress + ?Sized),
+    ) -> Result<Vec<String>, Error> {
         let url = self.user_url(
             false,
             user,
-            "/transitiveMemberOf/microsoft.graph.directoryRole",
+            "/transitiveMemberOf/microsoft.graph.directoryRole?$count=true",
         );
-        let items = self.get_paged(url).await?;
+        let items = self.get_paged_with(url, &EVENTUAL).await?;
         Ok(items
             .iter()
-            .filter_map(|r| r.get("displayName").and_then(Value::as_str))
-            .map(str::to_string)
+            .map(|r| {
+                let id = r.get("id").and_then(Value::as_str).unwrap_or("?");
+                match r.get("displayName").and_then(Value::as_str) {
+                    Some(name) => name.to_string(),
+                    None => format!("directory role {id} (its name is not readable by the app)"),
+                }
+            })
             .collect())
     }
 
-    /// Every user member of a group, following `@odata.nextLink`.
-    pub async fn group_members(
-        &self,
-        group_id: &str,
-        transitive: bool,
-    ) -> Result<Vec<GroupMember>, Error> {
+    /// Every member of a group (`transitive`: of its nested groups too), sorted by type:
+    /// users are kept, devices, service principals, groups, contacts and anything else are
+    /// counted as skipped.
+    ///
+    /// `GET /groups/{id}/{members|transitiveMembers}?$select=id,userPrincipalName&$top={page_size}&$count=true`
+    /// with `ConsistencyLevel: eventual`, following `@odata.nextLink`. No OData cast: a cast
+    /// would hide exactly what is reported as skipped, so each member's `@odata.type` decides.
+    /// 403: the app lacks `GroupMember.Read.All` ([`Error::App`]).
+    pub async fn group_users(&self, group_id: &str, transitive: bool) -> Result<GroupUsers, Error> {
         let kind = if transitive {
             "transitiveMembers"
         } else {
             "members"
         };
         let url = format!(
-            "{}/groups/{}/{kind}/microsoft.graph.user?$select=id,userPrincipalName&$top={}",
+            "{}/groups/{}/{kind}?$select=id,userPrincipalName&$top={}&$count=true",
             self.inner.v1,
             encode_segment(group_id),
             self.inner.page_size
         );
-        let items = self.get_paged(url).await?;
-        Ok(items
-            .iter()
-            .filter_map(|m| {
-                Some(GroupMember {
-                    id: m.get("id")?.as_str()?.to_string(),
-                    user_principal_name: m
-                        .get("userPrincipalName")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                })
-            })
-            .collect())
+        let (items, reported_count) = match self.get_paged_counted(url, &EVENTUAL).await {
+            Ok(listed) => listed,
+            Err(e) => return Err(self.app_wide_if_forbidden(e, READ_GROUP_MEMBERS).await),
+        };
+        let mut users: Vec<GroupMember> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut skipped = SkippedMembers::default();
+        for member in &items {
+            let odata_type = member.get("@odata.type").and_then(Value::as_str);
+            let id = member.get("id").and_then(Value::as_str);
+            match (odata_type.map(|t| t.trim_start_matches('#')), id) {
+                (Some("microsoft.graph.user"), Some(id)) => {
+                    if seen.insert(id.to_ascii_lowercase()) {
+                        users.push(GroupMember {
+                            id: id.to_string(),
+                            user_principal_name: member
+                                .get("userPrincipalName")
+                                .and_then(Value::as_str)
+                                .map(str::to_string),
+                        });
+                    }
+                }
+                _ => skipped.count(odata_type),
+            }
+        }
+        Ok(GroupUsers {
+            users,
+            skipped,
+            reported_count,
+        })
+    }
+
+    /// The user members of a group (see [`GraphClient::group_users`], which also says what
+    /// was skipped).
+    pub async fn group_members(
+        &self,
+        group_id: &str,
+        transitive: bool,
+    ) -> Result<Vec<GroupMember>, Error> {
+        Ok(self.group_users(group_id, transitive).await?.users)
     }
 
     /// `POST /users/{u}/authentication/phoneMethods` (restore).
     pub async fn create_phone_method(
         &self,
-        user: &UserRef,
+        user: &(impl UserAddress + ?Sized),
         phone_number: &str,
         phone_type: &str,
     ) -> Result<(), Error> {
@@ -294,7 +530,11 @@ impl GraphClient {
     }
 
     /// `POST /users/{u}/authentication/emailMethods` (restore).
-    pub async fn create_email_method(&self, user: &UserRef, email: &str) -> Result<(), Error> {
+    pub async fn create_email_method(
+        &self,
+        user: &(impl UserAddress + ?Sized),
+        email: &str,
+    ) -> Result<(), Error> {
         let url = self.user_url(false, user, "/authentication/emailMethods");
         let body = json!({ "emailAddress": email });
         self.execute(Method::POST, url, Some(body), OnNotFound::Error)
@@ -306,7 +546,7 @@ impl GraphClient {
     /// Pass (replacing any existing one), usable for `lifetime_in_minutes` (10..=43200).
     pub async fn create_temporary_access_pass(
         &self,
-        user: &UserRef,
+        user: &(impl UserAddress + ?Sized),
         lifetime_in_minutes: u32,
         is_usable_once: bool,
     ) -> Result<TemporaryAccessPass, Error> {
@@ -341,13 +581,35 @@ impl GraphClient {
     /// GET `url` and every `@odata.nextLink` after it (the whole URL, as Graph requires);
     /// the concatenated `value` arrays.
     async fn get_paged(&self, url: String) -> Result<Vec<Value>, Error> {
+        self.get_paged_with(url, &[]).await
+    }
+
+    /// [`GraphClient::get_paged`] sending `headers` with every page.
+    async fn get_paged_with(
+        &self,
+        url: String,
+        headers: &[(&'static str, &'static str)],
+    ) -> Result<Vec<Value>, Error> {
+        Ok(self.get_paged_counted(url, headers).await?.0)
+    }
+
+    /// [`GraphClient::get_paged_with`], and the first page's `@odata.count`.
+    async fn get_paged_counted(
+        &self,
+        url: String,
+        headers: &[(&'static str, &'static str)],
+    ) -> Result<(Vec<Value>, Option<u64>), Error> {
         let mut items = Vec::new();
+        let mut count = None;
         let mut next = Some(url);
         while let Some(url) = next.take() {
             let answer = self
-                .execute(Method::GET, url, None, OnNotFound::Error)
+                .execute_with(Method::GET, url, None, OnNotFound::Error, headers)
                 .await?;
             let mut body = answer.json()?;
+            if count.is_none() {
+                count = body.get("@odata.count").and_then(Value::as_u64);
+            }
             if let Some(Value::Array(page)) = body.get_mut("value").map(Value::take) {
                 items.extend(page);
             }
@@ -362,7 +624,7 @@ impl GraphClient {
                 next = Some(link.to_string());
             }
         }
-        Ok(items)
+        Ok((items, count))
     }
 }
 

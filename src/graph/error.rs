@@ -1,8 +1,14 @@
 //! [`Error`]: every Graph answer that is not a success, classified once.
 //!
 //! [`classify`] is the only place that turns an HTTP status, its headers and its body into an
-//! [`Error`]; [`from_transport`] does the same for requests that got no answer. Both branch on
-//! status and Graph's error `code`, never on message text (messages change and are localised).
+//! [`Error`]; [`classify_token_error`] does it for the token endpoint; [`from_transport`] for
+//! requests that got no answer. They branch on status, Graph's error `code`, the OAuth `error`
+//! and the AADSTS number, never on message text (messages change and are localised).
+//!
+//! Errors of the app itself (its credential, consent, tenant: [`AppFault`]) are
+//! [`Error::App`], whose class is [`Class::Halt`]: no user can succeed until someone fixes the
+//! app, so the worker stops taking requests instead of failing each one. Each names the cause
+//! and the fix, and never holds a secret.
 
 use std::time::{Duration, SystemTime};
 
@@ -81,14 +87,131 @@ pub enum Error {
         /// The method's type stem.
         stem: String,
     },
-    /// Could not get a token, or 401 persisted after renewing it.
-    #[error("authentication failed ({code}): {message}")]
+    /// Graph refused the access token (401), and again with a freshly issued one: the app's
+    /// tokens are not good for Graph (no admin consent, wrong cloud or audience). App-wide.
+    #[error("Graph refused the app's access token even when freshly issued (401 {code}: {message}): grant admin consent to the app's application permissions, and check that graph.cloud / graph.base_url are the tenant's cloud")]
     Auth {
-        /// AADSTS / Graph error code.
+        /// Graph's error code.
         code: String,
-        /// Message.
+        /// Graph's message.
         message: String,
     },
+    /// The app itself cannot work, whatever the user: its credential, consent, permissions or
+    /// tenant (see [`AppFault`]). Nothing succeeds until someone fixes it.
+    #[error("{}", fault.explain(code, message))]
+    App {
+        /// What is wrong with the app.
+        fault: AppFault,
+        /// HTTP status of the refusal, if there was one.
+        status: Option<u16>,
+        /// `AADSTS7000215`, Graph's error code, or the OAuth `error`.
+        code: String,
+        /// The first line of Entra's description, or Graph's message.
+        message: String,
+    },
+    /// The token endpoint is unavailable for now (`temporarily_unavailable`, `server_error`,
+    /// 5xx): retry later; nothing is wrong with the app or the user.
+    #[error("the token endpoint is unavailable for now ({status} {code}): {message}")]
+    TokenUnavailable {
+        /// HTTP status.
+        status: u16,
+        /// `AADSTS…` or the OAuth `error`.
+        code: String,
+        /// The first line of Entra's description.
+        message: String,
+    },
+}
+
+/// What is wrong with the app when Entra or Graph refuses it as a whole (see [`Error::App`]).
+/// Sources: <https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes>
+/// and the Azure SDK's troubleshooting of `ClientSecretCredential` /
+/// `ClientCertificateCredential`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppFault {
+    /// AADSTS7000215: the secret sent is not a secret of the app.
+    SecretRejected,
+    /// AADSTS7000222: the secret has expired.
+    SecretExpired,
+    /// AADSTS700027 and kin: the client assertion or its certificate was refused.
+    CertificateRejected,
+    /// The client assertion could not even be signed with `graph.client_private_key`.
+    CertificateUnusable,
+    /// `invalid_client` without a more precise code: the credential was refused.
+    CredentialRejected,
+    /// AADSTS700016: no app with `graph.client_id` in the tenant.
+    AppNotFound,
+    /// AADSTS7000112: the app's service principal is disabled.
+    AppDisabled,
+    /// AADSTS90002: no such tenant (in this cloud).
+    TenantNotFound,
+    /// AADSTS65001 / 650056 / 500011 and kin: admin consent missing.
+    ConsentMissing,
+    /// Graph answered 403 to a call that only the app's permission governs: the app lacks
+    /// this application permission, or admin consent for it.
+    PermissionMissing(&'static str),
+    /// Any other refusal of the token request (scope, grant, parameters).
+    TokenRequestRefused,
+}
+
+impl AppFault {
+    /// The fault an AADSTS number or an OAuth `error` of the token endpoint stands for.
+    pub fn of_token_error(aadsts: Option<u64>, error: Option<&str>) -> AppFault {
+        match aadsts {
+            Some(7000215 | 70002) => AppFault::SecretRejected,
+            Some(7000222) => AppFault::SecretExpired,
+            Some(700027 | 700021 | 700023 | 700024 | 700030 | 50012 | 5002723) => {
+                AppFault::CertificateRejected
+            }
+            Some(700016 | 700011 | 7000229) => AppFault::AppNotFound,
+            Some(7000112 | 70001) => AppFault::AppDisabled,
+            Some(90002 | 900023 | 90038 | 90019) => AppFault::TenantNotFound,
+            Some(65001 | 650056 | 650057 | 90094 | 90008 | 500011) => AppFault::ConsentMissing,
+            _ => match error {
+                Some("invalid_client") => AppFault::CredentialRejected,
+                Some("unauthorized_client") => AppFault::AppNotFound,
+                _ => AppFault::TokenRequestRefused,
+            },
+        }
+    }
+
+    /// The cause and the fix, for a person.
+    pub fn explain(&self, code: &str, message: &str) -> String {
+        match self {
+            AppFault::SecretRejected => format!(
+                "the client secret was rejected ({code}): set graph.client_secret (MFA_RESET__GRAPH__CLIENT_SECRET) to the value, not the id, of a current secret of the app registration"
+            ),
+            AppFault::SecretExpired => format!(
+                "the client secret has expired ({code}): add a new secret under the app registration's Certificates & secrets and set graph.client_secret to its value"
+            ),
+            AppFault::CertificateRejected => format!(
+                "the client certificate was rejected ({code}: {message}): upload graph.client_certificate to the app registration's Certificates & secrets (or a renewed one if it expired) and check that graph.client_private_key is its key"
+            ),
+            AppFault::CertificateUnusable => format!(
+                "the client assertion cannot be signed ({code}: {message}): set graph.client_private_key to the RSA key of graph.client_certificate"
+            ),
+            AppFault::CredentialRejected => format!(
+                "Entra rejected the app's credential ({code}: {message}): check graph.client_secret, or graph.client_certificate and graph.client_private_key"
+            ),
+            AppFault::AppNotFound => format!(
+                "the app was not found in the tenant ({code}: {message}): check graph.client_id and graph.tenant_id, and that the app is registered in (or consented to by) that tenant"
+            ),
+            AppFault::AppDisabled => format!(
+                "the app is disabled in the tenant ({code}): enable its enterprise application (service principal) again in Entra"
+            ),
+            AppFault::TenantNotFound => format!(
+                "the tenant was not found ({code}): check graph.tenant_id, and graph.cloud (or graph.authority) for a national cloud"
+            ),
+            AppFault::ConsentMissing => format!(
+                "the app lacks admin consent ({code}: {message}): grant admin consent to its application permissions under API permissions"
+            ),
+            AppFault::PermissionMissing(permission) => format!(
+                "Graph refused the app (403 {code}): it lacks the application permission {permission}, or admin consent for it: add it under API permissions and grant admin consent"
+            ),
+            AppFault::TokenRequestRefused => format!(
+                "the token endpoint refused the app's request ({code}: {message}): check graph.scope, graph.client_id and graph.tenant_id"
+            ),
+        }
+    }
 }
 
 /// Why a request got no HTTP answer.
@@ -128,11 +251,9 @@ pub enum Class {
     /// Permanent for this request (4xx, not deletable): record it and dead-letter it.
     Permanent,
     /// Nothing can succeed until someone fixes the app itself (its credential, consent,
-    /// tenant): stop taking requests and leave them queued.
-    ///
-    /// No cause maps here yet: app-wide token errors (a wrong or expired secret, missing
-    /// admin consent, a disabled app) will, in [`Error::class`]. The Graph client already
-    /// hands a `Halt` back at once, without retrying in process (see `graph::attempt`).
+    /// permissions, tenant): stop taking requests and leave them queued ([`Error::App`], and
+    /// [`Error::Auth`], Graph refusing even a fresh token). The Graph client hands a `Halt`
+    /// back at once, without retrying in process (see `graph::attempt`).
     Halt,
 }
 
@@ -148,7 +269,9 @@ impl Error {
             | Error::NotFound { code, .. }
             | Error::Forbidden { code, .. }
             | Error::BadRequest { code, .. }
-            | Error::Auth { code, .. } => code.clone(),
+            | Error::Auth { code, .. }
+            | Error::App { code, .. }
+            | Error::TokenUnavailable { code, .. } => code.clone(),
         }
     }
 
@@ -158,10 +281,12 @@ impl Error {
             Error::Throttled { status, .. }
             | Error::Transient { status, .. }
             | Error::InvalidResponse { status, .. }
-            | Error::BadRequest { status, .. } => Some(*status),
+            | Error::BadRequest { status, .. }
+            | Error::TokenUnavailable { status, .. } => Some(*status),
             Error::NotFound { .. } => Some(404),
             Error::Forbidden { .. } => Some(403),
             Error::Auth { .. } => Some(401),
+            Error::App { status, .. } => *status,
             Error::NoAnswer { .. } | Error::NotDeletable { .. } => None,
         }
     }
@@ -172,7 +297,9 @@ impl Error {
     /// dead-letters or halts by the same class.
     pub fn class(&self) -> Class {
         match self {
-            Error::Throttled { .. } | Error::NoAnswer { .. } => Class::Outage,
+            Error::Throttled { .. } | Error::NoAnswer { .. } | Error::TokenUnavailable { .. } => {
+                Class::Outage
+            }
             Error::Transient {
                 status: 502..=504, ..
             } => Class::Outage,
@@ -180,8 +307,8 @@ impl Error {
             Error::NotFound { .. }
             | Error::Forbidden { .. }
             | Error::BadRequest { .. }
-            | Error::NotDeletable { .. }
-            | Error::Auth { .. } => Class::Permanent,
+            | Error::NotDeletable { .. } => Class::Permanent,
+            Error::Auth { .. } | Error::App { .. } => Class::Halt,
         }
     }
 
@@ -297,12 +424,19 @@ pub fn parse_retry_after(text: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// An error of the token endpoint: `Auth` with the AADSTS code (`AADSTS7000215` for a wrong
-/// secret), or the OAuth `error` when there is none. 429 and 5xx stay retryable.
+/// AADSTS numbers Entra documents as transient ("temporarily unavailable", "try again").
+const TRANSIENT_AADSTS: [u64; 5] = [90006, 90024, 90033, 90090, 50196];
+
+/// An error of the token endpoint.
+///
+/// - `temporarily_unavailable`, `server_error`, a transient AADSTS number or a 5xx:
+///   [`Error::TokenUnavailable`] (class `Outage`); with a Retry-After on a 429/503/504,
+///   [`Error::Throttled`].
+/// - Anything else: the token request carries nothing of any user, so it is the app's own
+///   fault: [`Error::App`] (class `Halt`) with the [`AppFault`] of its AADSTS number
+///   (`invalid_client` AADSTS7000215 for a wrong secret, 7000222 expired, 700027 certificate,
+///   7000112 disabled, 700016 app not found, 90002 tenant not found…).
 pub fn classify_token_error(status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
-    if status == 429 || (500..=599).contains(&status) {
-        return classify(status, headers, body);
-    }
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let error = json.get("error").and_then(Value::as_str);
     let description = json
@@ -314,7 +448,6 @@ pub fn classify_token_error(status: u16, headers: &HeaderMap, body: &[u8]) -> Er
         .and_then(Value::as_array)
         .and_then(|codes| codes.first())
         .and_then(Value::as_u64)
-        .map(|n| format!("AADSTS{n}"))
         .or_else(|| {
             // The description starts with the code, e.g. "AADSTS7000215: Invalid client secret…".
             let digits: String = description
@@ -322,19 +455,43 @@ pub fn classify_token_error(status: u16, headers: &HeaderMap, body: &[u8]) -> Er
                 .chars()
                 .take_while(char::is_ascii_digit)
                 .collect();
-            (!digits.is_empty()).then(|| format!("AADSTS{digits}"))
+            digits.parse().ok()
         });
     let code = aadsts
+        .map(|n| format!("AADSTS{n}"))
         .or_else(|| error.map(str::to_string))
         .unwrap_or_else(|| format!("http_{status}"));
     // Only the first line: the rest is trace and correlation ids.
-    let message = description.lines().next().unwrap_or_default().to_string();
+    let message = description.lines().next().unwrap_or_default().trim();
     let message = if message.is_empty() {
         format!("token endpoint answered {status}")
     } else {
-        message
+        message.to_string()
     };
-    Error::Auth { code, message }
+    let throttled = status == 429
+        || (matches!(status, 503 | 504) && retry_after(headers, SystemTime::now()).is_some());
+    if throttled {
+        return Error::Throttled {
+            status,
+            retry_after: retry_after(headers, SystemTime::now()),
+        };
+    }
+    let transient = matches!(error, Some("temporarily_unavailable" | "server_error"))
+        || aadsts.is_some_and(|n| TRANSIENT_AADSTS.contains(&n))
+        || (500..=599).contains(&status);
+    if transient {
+        return Error::TokenUnavailable {
+            status,
+            code,
+            message,
+        };
+    }
+    Error::App {
+        fault: AppFault::of_token_error(aadsts, error),
+        status: Some(status),
+        code,
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -449,11 +606,36 @@ mod tests {
         );
     }
 
+    fn token_body(error: &str, aadsts: u64, description: &str) -> Vec<u8> {
+        serde_json::json!({
+            "error": error,
+            "error_description": format!("AADSTS{aadsts}: {description}\r\nTrace ID: t\r\nCorrelation ID: c"),
+            "error_codes": [aadsts],
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn token_error(status: u16, error: &str, aadsts: u64) -> Error {
+        classify_token_error(
+            status,
+            &HeaderMap::new(),
+            &token_body(error, aadsts, "described"),
+        )
+    }
+
     #[test]
-    fn token_errors_carry_the_aadsts_code() {
+    fn token_errors_carry_the_aadsts_code_and_the_first_line() {
         let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x","error_codes":[7000215]}"#;
         match classify_token_error(401, &HeaderMap::new(), body) {
-            Error::Auth { code, message } => {
+            Error::App {
+                fault,
+                status,
+                code,
+                message,
+            } => {
+                assert_eq!(fault, AppFault::SecretRejected);
+                assert_eq!(status, Some(401));
                 assert_eq!(code, "AADSTS7000215");
                 assert_eq!(message, "AADSTS7000215: Invalid client secret provided.");
             }
@@ -461,14 +643,138 @@ mod tests {
         }
         let no_codes =
             br#"{"error":"invalid_client","error_description":"AADSTS700016: app not found"}"#;
-        assert!(
-            matches!(classify_token_error(400, &HeaderMap::new(), no_codes), Error::Auth { code, .. } if code == "AADSTS700016")
-        );
+        assert!(matches!(
+            classify_token_error(400, &HeaderMap::new(), no_codes),
+            Error::App { fault: AppFault::AppNotFound, code, .. } if code == "AADSTS700016"
+        ));
         let bare = br#"{"error":"unauthorized_client"}"#;
+        assert!(matches!(
+            classify_token_error(400, &HeaderMap::new(), bare),
+            Error::App { code, .. } if code == "unauthorized_client"
+        ));
+    }
+
+    #[test]
+    fn every_app_wide_token_error_halts_and_names_the_fix() {
+        let cases = [
+            (
+                401,
+                "invalid_client",
+                7000215,
+                AppFault::SecretRejected,
+                "graph.client_secret",
+            ),
+            (
+                401,
+                "invalid_client",
+                7000222,
+                AppFault::SecretExpired,
+                "new secret",
+            ),
+            (
+                401,
+                "invalid_client",
+                700027,
+                AppFault::CertificateRejected,
+                "graph.client_certificate",
+            ),
+            (
+                400,
+                "unauthorized_client",
+                700016,
+                AppFault::AppNotFound,
+                "graph.client_id",
+            ),
+            (
+                400,
+                "unauthorized_client",
+                7000112,
+                AppFault::AppDisabled,
+                "enable",
+            ),
+            (
+                400,
+                "invalid_request",
+                90002,
+                AppFault::TenantNotFound,
+                "graph.tenant_id",
+            ),
+            (
+                400,
+                "invalid_grant",
+                65001,
+                AppFault::ConsentMissing,
+                "admin consent",
+            ),
+            (
+                400,
+                "invalid_scope",
+                1002012,
+                AppFault::TokenRequestRefused,
+                "graph.scope",
+            ),
+        ];
+        for (status, error, aadsts, fault, fix) in cases {
+            let err = token_error(status, error, aadsts);
+            assert_eq!(err.class(), Class::Halt, "{aadsts}");
+            assert!(
+                matches!(&err, Error::App { fault: f, .. } if *f == fault),
+                "{aadsts}: {err:?}"
+            );
+            assert_eq!(err.code(), format!("AADSTS{aadsts}"));
+            assert_eq!(err.status(), Some(status));
+            let text = err.to_string();
+            assert!(text.contains(fix), "{aadsts}: {text}");
+            assert!(text.contains(&format!("AADSTS{aadsts}")), "{text}");
+            assert!(!text.contains("Trace ID"), "{text}");
+        }
+        let unknown_client =
+            classify_token_error(401, &HeaderMap::new(), br#"{"error":"invalid_client"}"#);
+        assert!(matches!(
+            unknown_client,
+            Error::App {
+                fault: AppFault::CredentialRejected,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_temporarily_unavailable_or_failing_token_endpoint_is_an_outage() {
+        let busy = token_error(503, "temporarily_unavailable", 90006);
+        let failing = token_error(500, "server_error", 50000);
+        // Even answered 400: the OAuth error says it is transient.
+        let busy_400 = token_error(400, "temporarily_unavailable", 90006);
+        let budget = token_error(400, "invalid_request", 90024);
+        let bare_502 = classify_token_error(502, &HeaderMap::new(), b"<html>");
+        for err in [busy, failing, busy_400, budget, bare_502] {
+            assert!(matches!(err, Error::TokenUnavailable { .. }), "{err:?}");
+            assert_eq!(err.class(), Class::Outage);
+            assert!(err.is_retryable());
+        }
+        let throttled = classify_token_error(429, &headers(Some("3")), b"");
+        assert!(matches!(
+            throttled,
+            Error::Throttled { retry_after: Some(d), .. } if d == Duration::from_secs(3)
+        ));
+    }
+
+    #[test]
+    fn a_missing_permission_halts_and_names_it() {
+        let err = Error::App {
+            fault: AppFault::PermissionMissing("UserAuthenticationMethod.ReadWrite.All"),
+            status: Some(403),
+            code: "Authorization_RequestDenied".into(),
+            message: "Insufficient privileges to complete the operation.".into(),
+        };
+        assert_eq!(err.class(), Class::Halt);
+        assert_eq!(err.status(), Some(403));
+        let text = err.to_string();
         assert!(
-            matches!(classify_token_error(400, &HeaderMap::new(), bare), Error::Auth { code, .. } if code == "unauthorized_client")
+            text.contains("UserAuthenticationMethod.ReadWrite.All")
+                && text.contains("admin consent"),
+            "{text}"
         );
-        assert!(classify_token_error(503, &HeaderMap::new(), b"").is_retryable());
     }
 
     #[test]
@@ -480,9 +786,11 @@ mod tests {
             assert_eq!(class(gateway), Class::Outage, "{gateway}");
         }
         assert_eq!(class(500), Class::Retry);
-        for permanent in [400, 401, 403, 404, 409] {
+        for permanent in [400, 403, 404, 409] {
             assert_eq!(class(permanent), Class::Permanent, "{permanent}");
         }
+        // A 401 reaches the caller only after a renewed token was refused too: app-wide.
+        assert_eq!(class(401), Class::Halt);
         let no_answer = Error::NoAnswer {
             cause: NoAnswer::Timeout,
             message: "timed out".into(),

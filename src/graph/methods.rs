@@ -52,12 +52,13 @@ pub enum AuthMethod {
         id: String,
         display_name: Option<String>,
     },
-    /// Hardware OATH token (beta).
+    /// Hardware OATH token (listed and deleted under beta only).
     HardwareOath {
         id: String,
         display_name: Option<String>,
     },
-    /// QR code + PIN (beta).
+    /// QR code + PIN (v1.0): one method holding a standard QR code, maybe a temporary one,
+    /// and a PIN.
     QrCodePin { id: String },
     /// A type this build does not know: reported as remaining, never deleted.
     Unknown { odata_type: String, id: String },
@@ -175,15 +176,18 @@ impl AuthMethod {
         )
     }
 
-    /// True for a type only reachable under `/beta`.
+    /// True for a type only reachable under `/beta`: hardware OATH tokens. v1.0 lists and
+    /// deletes every other type (QR code + PIN included).
     pub fn is_beta_only(&self) -> bool {
-        matches!(
-            self,
-            AuthMethod::HardwareOath { .. } | AuthMethod::QrCodePin { .. }
-        )
+        matches!(self, AuthMethod::HardwareOath { .. })
     }
 
     /// Path of its DELETE under `/users/{u}/authentication/`, `None` when it cannot be deleted.
+    ///
+    /// QR code + PIN is deleted whole at `qrCodePinMethod` (both QR codes and the PIN):
+    /// `qrCodePinMethod/standardQRCode` would delete the badge's code only and leave the
+    /// method registered
+    /// (<https://learn.microsoft.com/en-us/graph/api/qrcodepinauthenticationmethod-delete>).
     pub fn delete_path(&self) -> Option<String> {
         let id = self.id();
         Some(match self {
@@ -202,7 +206,7 @@ impl AuthMethod {
             AuthMethod::PlatformCredential { .. } => format!("platformCredentialMethods/{id}"),
             AuthMethod::External { .. } => format!("externalAuthenticationMethods/{id}/$ref"),
             AuthMethod::HardwareOath { .. } => format!("hardwareOathMethods/{id}"),
-            AuthMethod::QrCodePin { .. } => "qrCodePinMethod/standardQRCode".to_string(),
+            AuthMethod::QrCodePin { .. } => "qrCodePinMethod".to_string(),
         })
     }
 
@@ -297,6 +301,23 @@ mod tests {
             ext.delete_path().unwrap(),
             "externalAuthenticationMethods/e1/$ref"
         );
+    }
+
+    #[test]
+    fn qr_code_pin_is_deleted_whole_under_v1_and_hardware_oath_under_beta() {
+        let qr = AuthMethod::from_json(&json!({
+            "@odata.type": "#microsoft.graph.qrCodePinAuthenticationMethod", "id": "q"
+        }));
+        let hardware = AuthMethod::from_json(&json!({
+            "@odata.type": "#microsoft.graph.hardwareOathAuthenticationMethod", "id": "h"
+        }));
+        assert_eq!(qr.delete_path().as_deref(), Some("qrCodePinMethod"));
+        assert!(!qr.is_beta_only());
+        assert_eq!(
+            hardware.delete_path().as_deref(),
+            Some("hardwareOathMethods/h")
+        );
+        assert!(hardware.is_beta_only());
     }
 
     #[test]

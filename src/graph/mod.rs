@@ -14,13 +14,17 @@
 //! - `pause`: [`PauseGate`], one Retry-After pause for every task.
 //! - `stats`: [`ThrottleStats`], the client's traffic counters as Prometheus metrics, and
 //!   [`ThrottleSnapshot`], their flat copy for logs and benchmarks.
-//! - `address`: how a user, a method id or a nextLink goes into (or comes from) a URL.
+//! - `address`: how a user ([`UserAddress`]), a method id or a nextLink goes into (or comes
+//!   from) a URL.
+//! - `directory`: what is read from the directory, as types: [`DirectoryUser`] (a user resolved
+//!   to its object id), [`Privilege`] (directory roles, active or eligible), [`GroupUsers`].
 
 mod adaptive;
 mod address;
 mod attempt;
 mod budget;
 mod client;
+mod directory;
 mod error;
 mod methods;
 mod pause;
@@ -28,10 +32,13 @@ mod send;
 mod stats;
 mod token;
 
-pub use address::user_path;
+pub use address::{user_path, UserAddress};
 pub use budget::Budget;
-pub use client::{GraphClient, GroupMember, TemporaryAccessPass};
-pub use error::{Class, Error, NoAnswer};
+pub use client::{GraphClient, Listing, TemporaryAccessPass};
+pub use directory::{
+    DirectoryUser, GroupMember, GroupUsers, Privilege, RoleHeld, RoleHold, SkippedMembers,
+};
+pub use error::{AppFault, Class, Error, NoAnswer};
 pub use methods::AuthMethod;
 pub use pause::PauseGate;
 pub use stats::{ThrottleSnapshot, ThrottleStats};

@@ -42,6 +42,20 @@ impl GraphClient {
         body: Option<Value>,
         on_not_found: OnNotFound,
     ) -> Result<Answer, Error> {
+        self.execute_with(method, url, body, on_not_found, &[])
+            .await
+    }
+
+    /// [`GraphClient::execute`] with extra request `headers` (`ConsistencyLevel: eventual` for
+    /// an advanced query).
+    pub(super) async fn execute_with(
+        &self,
+        method: Method,
+        url: String,
+        body: Option<Value>,
+        on_not_found: OnNotFound,
+        headers: &[(&'static str, &'static str)],
+    ) -> Result<Answer, Error> {
         let inner = &*self.inner;
         let request_id = uuid::Uuid::new_v4().to_string();
         let mut attempts = Attempts::new(&inner.retry, on_not_found, Instant::now());
@@ -51,6 +65,7 @@ impl GraphClient {
                     &method,
                     &url,
                     body.as_ref(),
+                    headers,
                     &request_id,
                     attempts.retries(),
                 )
@@ -127,6 +142,7 @@ impl GraphClient {
         method: &Method,
         url: &str,
         body: Option<&Value>,
+        headers: &[(&'static str, &'static str)],
         request_id: &str,
         retries: u32,
     ) -> (Outcome<Answer>, Option<AccessToken>) {
@@ -148,6 +164,9 @@ impl GraphClient {
             .header("client-request-id", request_id);
         if retries > 0 {
             request = request.header("Retry-Attempt", retries.to_string());
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         request = match body {
             Some(b) => request.json(b),

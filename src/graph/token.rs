@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
 use tokio::time::Instant;
 
-use super::error::{classify_token_error, from_transport, Error};
+use super::error::{classify_token_error, from_transport, AppFault, Error};
 use crate::config::GraphSettings;
 
 /// Lifetime of a client assertion (Entra accepts up to 10 minutes).
@@ -205,6 +205,12 @@ impl TokenProvider {
         }
     }
 
+    /// Forget the cached token, whichever it is: the next [`TokenProvider::token`] fetches a
+    /// new one. After admin consent or a permission is granted, only a new token carries it.
+    pub async fn forget(&self) {
+        *self.cache.write().await = None;
+    }
+
     /// How many tokens were fetched so far.
     pub fn fetches(&self) -> u64 {
         self.fetches.load(Relaxed)
@@ -221,9 +227,11 @@ impl TokenProvider {
                 form.push(("client_secret", secret.expose_secret().to_string()))
             }
             Credential::Certificate { .. } => {
-                let assertion = self.client_assertion().map_err(|e| Error::Auth {
+                let assertion = self.client_assertion().map_err(|e| Error::App {
+                    fault: AppFault::CertificateUnusable,
+                    status: None,
                     code: "client_assertion".into(),
-                    message: format!("cannot sign the client assertion: {e}"),
+                    message: format!("{e:#}"),
                 })?;
                 form.push(("client_assertion_type", ASSERTION_TYPE.into()));
                 form.push(("client_assertion", assertion));
@@ -242,13 +250,15 @@ impl TokenProvider {
         let body = response.bytes().await.map_err(|e| from_transport(&e))?;
         if !(200..300).contains(&status) {
             let error = classify_token_error(status, &headers, &body);
-            tracing::warn!(status, code = %error.code(), "token request failed");
+            // The error names the cause and the fix; it never holds the credential.
+            tracing::warn!(status, code = %error.code(), error = %error, "token request failed");
             return Err(error);
         }
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| Error::Auth {
-            code: "invalid_token_response".into(),
-            message: format!("token endpoint answered {status} without an access_token"),
-        })?;
+        let answer: TokenAnswer =
+            serde_json::from_slice(&body).map_err(|_| Error::InvalidResponse {
+                status,
+                message: "the token endpoint answered without an access_token".into(),
+            })?;
         // `expires_in` is a number on v2.0 endpoints, a string on some older ones.
         let expires_in = match answer.expires_in {
             Some(serde_json::Value::Number(n)) => n.as_u64(),

@@ -806,7 +806,7 @@ async fn enqueue_group_enqueues_all_250_members_across_pages() {
         .sim
         .stats()
         .requests_by_endpoint
-        .get("GET /v1.0/groups/{id}/transitiveMembers/microsoft.graph.user")
+        .get("GET /v1.0/groups/{id}/transitiveMembers")
         .cloned()
         .unwrap_or_default();
     assert_eq!(pages.get("200"), Some(&3), "three pages of 100: {pages:?}");

@@ -16,7 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use percent_encoding::percent_decode_str;
 use rand::distr::Alphanumeric;
 use rand::Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
@@ -126,6 +126,8 @@ fn rsa_public_key_of_certificate(der: &[u8]) -> Option<&[u8]> {
 struct Issued {
     app: String,
     expires: Instant,
+    /// Issued while admin consent was granted: the token carries the app's `roles`.
+    roles: bool,
 }
 
 /// Why a bearer token was refused.
@@ -156,9 +158,18 @@ pub struct TokenStore {
     tokens: Mutex<HashMap<String, Issued>>,
 }
 
+fn bearer_token(authorization: &str) -> Option<&str> {
+    authorization
+        .strip_prefix("Bearer ")
+        .or_else(|| authorization.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 impl TokenStore {
-    /// Issue a token for `app` (tenant/client) valid for `ttl`.
-    pub fn issue(&self, app: &str, ttl: Duration) -> String {
+    /// Issue a token for `app` (tenant/client) valid for `ttl`; `roles` says whether it
+    /// carries the app's application permissions (admin consent granted).
+    pub fn issue(&self, app: &str, ttl: Duration, roles: bool) -> String {
         let token: String = rand::rng()
             .sample_iter(Alphanumeric)
             .take(64)
@@ -174,6 +185,7 @@ impl TokenStore {
             Issued {
                 app: app.to_string(),
                 expires: now + ttl,
+                roles,
             },
         );
         token
@@ -181,12 +193,8 @@ impl TokenStore {
 
     /// Check an `Authorization` header; the token's app on success.
     pub fn check(&self, authorization: Option<&str>) -> Result<String, BearerError> {
-        let value = authorization.ok_or(BearerError::Missing)?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+        let token = authorization
+            .and_then(bearer_token)
             .ok_or(BearerError::Missing)?;
         let tokens = lock(&self.tokens);
         let issued = tokens.get(token).ok_or(BearerError::Unknown)?;
@@ -194,6 +202,15 @@ impl TokenStore {
             return Err(BearerError::Expired);
         }
         Ok(issued.app.clone())
+    }
+
+    /// Does the token in this `Authorization` header carry the app's roles? A token issued
+    /// without admin consent has none, and Graph refuses everything it is used for.
+    pub fn has_roles(&self, authorization: Option<&str>) -> bool {
+        authorization
+            .and_then(bearer_token)
+            .and_then(|t| lock(&self.tokens).get(t).map(|i| i.roles))
+            .unwrap_or(false)
     }
 
     /// Expire every issued token now (to exercise a client's 401 handling).
@@ -205,19 +222,152 @@ impl TokenStore {
     }
 }
 
-/// What the token endpoint needs to know.
+/// What the token endpoint needs to know that never changes.
 #[derive(Debug, Clone)]
 pub struct TokenPolicy {
     /// Accepted tenant id.
     pub tenant_id: String,
     /// Accepted client id.
     pub client_id: String,
-    /// Accepted secret.
-    pub client_secret: String,
     /// Registered certificate, if any.
     pub certificate: Option<ClientCertificate>,
     /// Lifetime of issued tokens.
     pub token_ttl: Duration,
+}
+
+/// A transient failure of the token endpoint, as Entra answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenFault {
+    /// `temporarily_unavailable`, 503: the service is too busy; retry.
+    TemporarilyUnavailable,
+    /// `server_error`, 500: an error inside the service; retry.
+    ServerError,
+}
+
+/// The app registration and its service principal as Entra holds them: which credentials the
+/// token endpoint accepts, and what issued tokens may do in Graph. `GET /_sim/app` shows it,
+/// `POST /_sim/app` changes it (so a test can break the app and fix it while a batch runs).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppState {
+    /// The client secret the app accepts. Another value is refused with 401 `invalid_client`
+    /// AADSTS7000215; not shown by `GET /_sim/app`.
+    #[serde(skip_serializing)]
+    pub client_secret: String,
+    /// The secret has passed its end date: 401 `invalid_client` AADSTS7000222.
+    pub secret_expired: bool,
+    /// The certificate is registered on the app; otherwise every client assertion is refused
+    /// with 401 `invalid_client` AADSTS700027.
+    pub certificate_registered: bool,
+    /// The service principal is disabled: 400 `unauthorized_client` AADSTS7000112.
+    pub disabled: bool,
+    /// The tenant exists (in this cloud); otherwise 400 `invalid_request` AADSTS90002.
+    pub tenant_found: bool,
+    /// Admin consent was granted to the app's application permissions. Without it Entra still
+    /// issues a token, with no `roles`, and Graph refuses every call made with it
+    /// (403 `Authorization_RequestDenied`).
+    pub admin_consent: bool,
+    /// `RoleManagement.Read.Directory` is granted: the role-management API answers (403
+    /// otherwise), and directory roles in `transitiveMemberOf` are readable (otherwise they
+    /// come with only `@odata.type` and `id`).
+    pub role_management_read: bool,
+    /// `User.Read.All` is granted: `GET /users/{u}` answers (403 otherwise), and users listed
+    /// as group members are readable (otherwise only `@odata.type` and `id`).
+    pub user_read: bool,
+    /// The next `token_faults` token requests fail with this transient error.
+    pub token_fault: Option<TokenFault>,
+    /// How many token requests are still to fail with `token_fault`.
+    pub token_faults: u32,
+}
+
+impl AppState {
+    /// A healthy app accepting `client_secret`.
+    pub fn new(client_secret: &str) -> AppState {
+        AppState {
+            client_secret: client_secret.to_string(),
+            secret_expired: false,
+            certificate_registered: true,
+            disabled: false,
+            tenant_found: true,
+            admin_consent: true,
+            role_management_read: true,
+            user_read: true,
+            token_fault: None,
+            token_faults: 0,
+        }
+    }
+
+    /// Apply the fields `patch` sets.
+    pub fn apply(&mut self, patch: AppPatch) {
+        let AppPatch {
+            client_secret,
+            secret_expired,
+            certificate_registered,
+            disabled,
+            tenant_found,
+            admin_consent,
+            role_management_read,
+            user_read,
+            token_fault,
+            token_faults,
+        } = patch;
+        if let Some(v) = client_secret {
+            self.client_secret = v;
+        }
+        macro_rules! set {
+            ($($field:ident),*) => {$(if let Some(v) = $field { self.$field = v; })*};
+        }
+        set!(
+            secret_expired,
+            certificate_registered,
+            disabled,
+            tenant_found,
+            admin_consent,
+            role_management_read,
+            user_read,
+            token_faults
+        );
+        if let Some(fault) = token_fault {
+            self.token_fault = fault;
+        }
+    }
+}
+
+/// A change to [`AppState`]: the fields present are set (`POST /_sim/app`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppPatch {
+    /// See [`AppState::client_secret`].
+    pub client_secret: Option<String>,
+    /// See [`AppState::secret_expired`].
+    pub secret_expired: Option<bool>,
+    /// See [`AppState::certificate_registered`].
+    pub certificate_registered: Option<bool>,
+    /// See [`AppState::disabled`].
+    pub disabled: Option<bool>,
+    /// See [`AppState::tenant_found`].
+    pub tenant_found: Option<bool>,
+    /// See [`AppState::admin_consent`].
+    pub admin_consent: Option<bool>,
+    /// See [`AppState::role_management_read`].
+    pub role_management_read: Option<bool>,
+    /// See [`AppState::user_read`].
+    pub user_read: Option<bool>,
+    /// See [`AppState::token_fault`] (`null` clears it).
+    #[serde(default, deserialize_with = "present")]
+    pub token_fault: Option<Option<TokenFault>>,
+    /// See [`AppState::token_faults`].
+    pub token_faults: Option<u32>,
+}
+
+/// A field that is present (even as `null`) deserializes to `Some`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// The app key tokens, throttling and stats are kept under.
@@ -256,57 +406,108 @@ pub(crate) async fn token(
         .get("host")
         .and_then(|v| v.to_str().ok())
         .map_or_else(|| shared.addr.to_string(), str::to_string);
-    let (response, issued) = token_endpoint(&shared.policy, &shared.tokens, &tenant, &host, &body);
+    let (response, issued) = {
+        let mut app = lock(&shared.app);
+        token_endpoint(
+            &shared.policy,
+            &mut app,
+            &shared.tokens,
+            &tenant,
+            &host,
+            &body,
+        )
+    };
     if issued {
         shared.stats.update(|s| s.tokens_issued += 1);
     }
     response
 }
 
-/// Answer `POST /{tenant}/oauth2/v2.0/token`: the response and whether a token was issued.
+/// Answer `POST /{tenant}/oauth2/v2.0/token` for an app in state `app`: the response and
+/// whether a token was issued.
 pub fn token_endpoint(
     policy: &TokenPolicy,
+    app: &mut AppState,
     store: &TokenStore,
     tenant: &str,
     host: &str,
     body: &[u8],
 ) -> (Response, bool) {
-    match issue_token(policy, store, tenant, host, body) {
+    match issue_token(policy, app, store, tenant, host, body) {
         Ok(response) => (response, true),
         Err(refusal) => (
-            token_error(refusal.error, refusal.aadsts, &refusal.description),
+            token_error(
+                refusal.status,
+                refusal.error,
+                refusal.aadsts,
+                &refusal.description,
+            ),
             false,
         ),
     }
 }
 
-/// Why the token endpoint refused: becomes a 400 in Entra's error shape.
+/// Why the token endpoint refused, in Entra's error shape.
 struct Refusal {
+    status: StatusCode,
     error: &'static str,
     aadsts: u32,
     description: String,
 }
 
+/// A refusal answered 400 (Entra's usual status for token errors).
 fn refuse(error: &'static str, aadsts: u32, description: &str) -> Refusal {
     Refusal {
+        status: StatusCode::BAD_REQUEST,
         error,
         aadsts,
         description: description.to_string(),
     }
 }
 
+/// Client authentication failed: `invalid_client`, answered 401 (RFC 6749 §5.2; Entra
+/// answers a wrong or expired secret this way).
+fn refuse_client(aadsts: u32, description: &str) -> Refusal {
+    Refusal {
+        status: StatusCode::UNAUTHORIZED,
+        ..refuse("invalid_client", aadsts, description)
+    }
+}
+
 fn issue_token(
     policy: &TokenPolicy,
+    app: &mut AppState,
     store: &TokenStore,
     tenant: &str,
     host: &str,
     body: &[u8],
 ) -> Result<Response, Refusal> {
-    if !tenant.eq_ignore_ascii_case(&policy.tenant_id) {
+    if let Some(fault) = app.token_fault.filter(|_| app.token_faults > 0) {
+        app.token_faults -= 1;
+        return Err(match fault {
+            TokenFault::TemporarilyUnavailable => Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                ..refuse(
+                    "temporarily_unavailable",
+                    90006,
+                    "The service is temporarily unavailable. Please try again later.",
+                )
+            },
+            TokenFault::ServerError => Refusal {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                ..refuse(
+                    "server_error",
+                    50000,
+                    "There was an error issuing a token or an issue with our sign-in service.",
+                )
+            },
+        });
+    }
+    if !app.tenant_found || !tenant.eq_ignore_ascii_case(&policy.tenant_id) {
         return Err(refuse(
             "invalid_request",
             90002,
-            &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+            &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."),
         ));
     }
     let form = parse_form(body);
@@ -335,11 +536,16 @@ fn issue_token(
         ));
     }
     if let Some(secret) = form.get("client_secret") {
-        if *secret != policy.client_secret {
-            return Err(refuse(
-                "invalid_client",
+        if *secret != app.client_secret {
+            return Err(refuse_client(
                 7000215,
                 &format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
+            ));
+        }
+        if app.secret_expired {
+            return Err(refuse_client(
+                7000222,
+                &format!("The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."),
             ));
         }
     } else if let Some(assertion) = form.get("client_assertion") {
@@ -350,21 +556,37 @@ fn issue_token(
                 "Client assertion type is not supported; expected urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
             ));
         }
+        if !app.certificate_registered {
+            return Err(refuse_client(
+                700027,
+                "The certificate with identifier used to sign the client assertion is not registered on application.",
+            ));
+        }
         let audiences = [
             format!("http://{host}/{tenant}/oauth2/v2.0/token"),
             format!("https://{host}/{tenant}/oauth2/v2.0/token"),
         ];
         verify_assertion(policy, assertion, &audiences)
-            .map_err(|why| refuse("invalid_client", 700027, &why))?;
+            .map_err(|why| refuse_client(700027, &why))?;
     } else {
-        return Err(refuse(
-            "invalid_client",
+        return Err(refuse_client(
             7000218,
             "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
         ));
     }
+    if app.disabled {
+        return Err(refuse(
+            "unauthorized_client",
+            7000112,
+            &format!("Application '{client_id}'(mfa-reset) is disabled."),
+        ));
+    }
     let ttl = policy.token_ttl.as_secs();
-    let token = store.issue(&app_key(tenant, client_id), policy.token_ttl);
+    let token = store.issue(
+        &app_key(tenant, client_id),
+        policy.token_ttl,
+        app.admin_consent,
+    );
     Ok(json_response(
         StatusCode::OK,
         &json!({

@@ -1,5 +1,6 @@
 //! The `/_sim` endpoints (no auth, not counted in stats): the state of every user, the
-//! counters, the fault knobs, and switches tests use instead of waiting (expire every token,
+//! counters, the fault knobs, the app's state (credentials, consent, permissions: break it and
+//! fix it), renaming a user, and switches tests use instead of waiting (expire every token,
 //! end the consistency delay); and [`UserView`], the snapshot tests and the demo read.
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use axum::Router;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::auth::AppPatch;
 use crate::faults::FaultPatch;
 use crate::reply::{empty, json_response};
 use crate::tenant::User;
@@ -29,16 +31,27 @@ pub struct UserView {
     pub user_principal_name: String,
     /// Display name.
     pub display_name: String,
+    /// `userType`: `Member` or `Guest`.
+    pub user_type: String,
+    /// An external (`#EXT#`) user: revoking sessions does nothing for them.
+    pub external: bool,
     /// Writes refused with 403.
     pub privileged: bool,
-    /// Directory roles held.
+    /// Directory roles assigned directly and active (roles held through groups are the
+    /// groups').
     pub directory_roles: Vec<String>,
+    /// Directory roles the user is eligible for through PIM.
+    pub eligible_roles: Vec<String>,
     /// `userPreferredMethodForSecondaryAuthentication`.
     pub default_method: Option<String>,
     /// Id of the registered method the preference points at.
     pub default_method_id: Option<String>,
-    /// `revokeSignInSessions` calls.
+    /// `revokeSignInSessions` calls that took effect (never for an external user).
     pub sessions_revoked: u64,
+    /// `revokeSignInSessions` calls answered, with effect or not.
+    pub revoke_requests: u64,
+    /// QR codes of the QR code + PIN method (`standard`, `temporary`), when it is registered.
+    pub qr_codes: Vec<String>,
     /// Registered methods as Graph JSON (beta-only types included).
     pub methods: Vec<Value>,
     /// Deleted methods as Graph JSON, with `deletedDateTime` added.
@@ -52,11 +65,27 @@ impl UserView {
             id: user.id.clone(),
             user_principal_name: user.user_principal_name.clone(),
             display_name: user.display_name.clone(),
+            user_type: user.user_type.clone(),
+            external: user.is_external(),
             privileged: user.privileged,
             directory_roles: user.directory_roles.clone(),
+            eligible_roles: user.eligible_roles.clone(),
             default_method: user.preferred_method.clone(),
             default_method_id: user.default_method().map(|m| m.id().to_string()),
             sessions_revoked: user.sessions_revoked,
+            revoke_requests: user.revoke_requests,
+            qr_codes: if user.methods.iter().any(|m| m.stem() == "qrCodePin") {
+                [
+                    ("standard", user.qr_codes.standard),
+                    ("temporary", user.qr_codes.temporary),
+                ]
+                .iter()
+                .filter(|(_, present)| *present)
+                .map(|(name, _)| (*name).to_string())
+                .collect()
+            } else {
+                Vec::new()
+            },
             methods: user
                 .methods
                 .iter()
@@ -83,6 +112,8 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/users", get(users))
         .route("/users/{key}", get(user))
+        .route("/users/{key}/rename", post(rename_user))
+        .route("/app", get(app).post(set_app))
         .route("/stats", get(stats))
         .route("/stats/reset", post(reset_stats))
         .route("/faults", get(faults).post(set_faults))
@@ -106,6 +137,50 @@ async fn user(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Res
             StatusCode::NOT_FOUND,
             &json!({"error": format!("no user {key}")}),
         ),
+    }
+}
+
+/// Body of `POST /_sim/users/{user}/rename`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Rename {
+    user_principal_name: String,
+}
+
+async fn rename_user(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Response {
+    let rename: Rename = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return json_response(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
+    };
+    let mut tenant = lock(&shared.tenant);
+    let Some(index) = tenant.find(&key) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no user {key}")}),
+        );
+    };
+    match tenant.rename(index, &rename.user_principal_name) {
+        Ok(()) => json_response(StatusCode::OK, &json!(UserView::of(&tenant.users[index]))),
+        Err(e) => json_response(StatusCode::CONFLICT, &json!({ "error": e })),
+    }
+}
+
+async fn app(State(shared): State<Arc<Shared>>) -> Response {
+    json_response(StatusCode::OK, &json!(*lock(&shared.app)))
+}
+
+async fn set_app(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<AppPatch>(&body) {
+        Ok(patch) => {
+            let mut app = lock(&shared.app);
+            app.apply(patch);
+            json_response(StatusCode::OK, &json!(*app))
+        }
+        Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
     }
 }
 

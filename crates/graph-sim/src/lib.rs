@@ -6,10 +6,12 @@
 //! - [`server`]: [`spawn`] and [`SimServer`]: the listener, and the switch that drops a connection.
 //! - [`router`]: the axum routes (`/_sim`, the token endpoint, Graph), each behind its stages.
 //! - [`pipeline`]: the stages as middleware: arrival and answer, outage, auth, throttle, faults.
-//! - [`graph`]: Graph's path grammar and handlers (users, methods, preferences, groups).
-//! - [`auth`]: the token endpoint, issued tokens, client assertion verification.
+//! - [`graph`]: Graph's path grammar and handlers (users, methods, preferences, groups, roles).
+//! - [`auth`]: the token endpoint, the app's state (credentials, consent, permissions), issued
+//!   tokens, client assertion verification.
 //! - [`inspect`]: the `/_sim` inspection and control endpoints.
-//! - [`tenant`]: users, methods, groups; generated from a seed or loaded from a fixture.
+//! - [`tenant`]: users, methods, roles, groups and their other members; generated from a seed
+//!   or loaded from a fixture.
 //! - [`throttle`]: token buckets, Retry-After, throttle headers, violations.
 //! - [`faults`]: injected errors, ghost successes, dropped connections, latency, outages.
 //! - [`stats`]: counters served at `/_sim/stats`.
@@ -31,6 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub use auth::{AppPatch, AppState, TokenFault};
 pub use faults::{FaultPatch, FaultSettings};
 pub use inspect::UserView;
 pub use server::{spawn, SimServer};
@@ -76,6 +79,10 @@ pub struct SimConfig {
     /// Answer `signInPreferences` reads with 403, as for an app without the permission to
     /// read it: clients must then find the default method the two-pass way.
     pub deny_sign_in_preferences: bool,
+    /// Start without `RoleManagement.Read.Directory` ([`AppState::role_management_read`]).
+    pub deny_role_management: bool,
+    /// Start without `User.Read.All` ([`AppState::user_read`]).
+    pub deny_user_read: bool,
 }
 
 impl Default for SimConfig {
@@ -95,6 +102,8 @@ impl Default for SimConfig {
             faults: FaultSettings::default(),
             consistency_delay_ms: 0,
             deny_sign_in_preferences: false,
+            deny_role_management: false,
+            deny_user_read: false,
         }
     }
 }
@@ -104,6 +113,7 @@ impl Default for SimConfig {
 pub(crate) struct Shared {
     pub(crate) addr: SocketAddr,
     pub(crate) policy: TokenPolicy,
+    pub(crate) app: Mutex<AppState>,
     pub(crate) tokens: TokenStore,
     pub(crate) tenant: Mutex<Tenant>,
     pub(crate) throttle: Throttle,

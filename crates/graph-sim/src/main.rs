@@ -8,17 +8,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use graph_sim::tenant::{self, NESTED_GROUP_ID, RESET_PENDING_GROUP_ID};
+use graph_sim::tenant::{self, NESTED_GROUP_ID, RESET_PENDING_GROUP_ID, ROLE_GROUP_ID};
 use graph_sim::{self as sim, FaultSettings, Fixture, GenOptions, SimConfig, ThrottleSettings};
 
 /// A stand-in for Microsoft Graph and its token endpoint, for tests, demos and benchmarks.
 ///
-/// Inspection (no auth): GET /_sim/users, GET /_sim/users/{user}, GET /_sim/stats,
-/// POST /_sim/stats/reset, GET|POST /_sim/faults, POST /_sim/tokens/expire,
-/// POST /_sim/deletions/settle.
+/// Inspection (no auth): GET /_sim/users, GET /_sim/users/{user},
+/// POST /_sim/users/{user}/rename, GET /_sim/stats, POST /_sim/stats/reset, GET|POST /_sim/faults,
+/// GET|POST /_sim/app (the app's secret, consent, permissions, disabled…),
+/// POST /_sim/tokens/expire, POST /_sim/deletions/settle.
 #[derive(Debug, Parser)]
 #[command(name = "graph-sim", version, after_help = format!(
-    "With --group-size N, group `reset-pending` has id {RESET_PENDING_GROUP_ID} (its nested group: {NESTED_GROUP_ID})."
+    "With --group-size N, group `reset-pending` has id {RESET_PENDING_GROUP_ID} (its nested group: {NESTED_GROUP_ID}); with --group-admin-rate, the role-assignable group is {ROLE_GROUP_ID}."
 ))]
 struct Args {
     /// Address to listen on (port 0 = any free port).
@@ -63,9 +64,15 @@ struct Args {
     /// Fraction of users whose writes are refused with 403.
     #[arg(long, default_value_t = 0.0)]
     privileged_rate: f64,
-    /// Fraction of users holding a directory role.
+    /// Fraction of users holding a directory role, assigned directly and active.
     #[arg(long, default_value_t = 0.0)]
     admin_rate: f64,
+    /// Fraction of users eligible for a directory role through PIM.
+    #[arg(long, default_value_t = 0.0)]
+    eligible_admin_rate: f64,
+    /// Fraction of users holding a directory role through a role-assignable group.
+    #[arg(long, default_value_t = 0.0)]
+    group_admin_rate: f64,
     /// Make group `reset-pending` with the first N users (half through a nested group).
     #[arg(long, default_value_t = 0)]
     group_size: usize,
@@ -117,6 +124,14 @@ struct Args {
     /// Answer signInPreferences reads with 403 (clients fall back to two-pass deletion).
     #[arg(long)]
     deny_sign_in_preferences: bool,
+    /// Start as an app without RoleManagement.Read.Directory: the role-management API answers
+    /// 403, directory roles come with only @odata.type and id.
+    #[arg(long)]
+    deny_role_management: bool,
+    /// Start as an app without User.Read.All: reading a user answers 403, group members that
+    /// are users come with only @odata.type and id.
+    #[arg(long)]
+    deny_user_read: bool,
 }
 
 impl Args {
@@ -145,6 +160,8 @@ impl Args {
                 unknown_method_rate: self.unknown_method_rate,
                 privileged_rate: self.privileged_rate,
                 admin_rate: self.admin_rate,
+                eligible_admin_rate: self.eligible_admin_rate,
+                group_admin_rate: self.group_admin_rate,
                 group_size: self.group_size,
             },
             throttle: ThrottleSettings {
@@ -167,6 +184,8 @@ impl Args {
             },
             consistency_delay_ms: self.consistency_delay_ms,
             deny_sign_in_preferences: self.deny_sign_in_preferences,
+            deny_role_management: self.deny_role_management,
+            deny_user_read: self.deny_user_read,
         })
     }
 }

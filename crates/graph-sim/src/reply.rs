@@ -75,13 +75,14 @@ pub fn odata_error(status: StatusCode, code: &str, message: &str) -> Response {
     )
 }
 
-/// The token endpoint's error shape (always 400 here, as Entra answers these).
-pub fn token_error(error: &str, aadsts: u32, description: &str) -> Response {
+/// The token endpoint's error shape, with `status` (400 for most refusals, 401 for
+/// `invalid_client`, 5xx for the transient `server_error` and `temporarily_unavailable`).
+pub fn token_error(status: StatusCode, error: &str, aadsts: u32, description: &str) -> Response {
     let trace_id = Uuid::new_v4().to_string();
     let correlation_id = Uuid::new_v4().to_string();
     let timestamp = Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
     json_response(
-        StatusCode::BAD_REQUEST,
+        status,
         &json!({
             "error": error,
             "error_description": format!(

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::auth::{ClientCertificate, TokenPolicy, TokenStore};
+use crate::auth::{AppPatch, AppState, ClientCertificate, TokenPolicy, TokenStore};
 use crate::faults::{FaultPatch, FaultSettings, Faults};
 use crate::inspect::UserView;
 use crate::pipeline::DropConnection;
@@ -90,6 +90,28 @@ impl SimServer {
         self.shared.tokens.expire_all();
     }
 
+    /// The app's state: credentials, consent, permissions (`GET /_sim/app`).
+    pub fn app(&self) -> AppState {
+        lock(&self.shared.app).clone()
+    }
+
+    /// Change the app's state (`POST /_sim/app`): break its secret, withdraw consent or a
+    /// permission, disable it… and fix it again. Returns the state now in force. Tokens already
+    /// issued keep the roles they were issued with, as Entra's do.
+    pub fn set_app(&self, patch: AppPatch) -> AppState {
+        let mut app = lock(&self.shared.app);
+        app.apply(patch);
+        app.clone()
+    }
+
+    /// Give a user a new UPN, keeping its object id (`POST /_sim/users/{user}/rename`).
+    pub fn rename_user(&self, key: &str, upn: &str) -> Result<UserView, String> {
+        let mut tenant = lock(&self.shared.tenant);
+        let index = tenant.find(key).ok_or_else(|| format!("no user {key}"))?;
+        tenant.rename(index, upn)?;
+        Ok(UserView::of(&tenant.users[index]))
+    }
+
     /// End the consistency delay now (`POST /_sim/deletions/settle`): deleted methods stop
     /// being listed, as when `consistency_delay_ms` has passed, without waiting for it.
     pub fn settle_deletions(&self) {
@@ -136,10 +158,14 @@ pub async fn spawn(config: SimConfig, listen: SocketAddr) -> anyhow::Result<SimS
         policy: TokenPolicy {
             tenant_id: config.tenant_id.clone(),
             client_id: config.client_id.clone(),
-            client_secret: config.client_secret.clone(),
             certificate,
             token_ttl: Duration::from_secs(config.token_ttl_secs),
         },
+        app: Mutex::new(AppState {
+            role_management_read: !config.deny_role_management,
+            user_read: !config.deny_user_read,
+            ..AppState::new(&config.client_secret)
+        }),
         tokens: TokenStore::default(),
         tenant: Mutex::new(tenant),
         throttle: Throttle::new(config.throttle.clone()),

@@ -9,7 +9,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use graph_sim::tenant::{PASSWORD_METHOD_ID, RESET_PENDING_GROUP_ID};
-use graph_sim::{FaultSettings, Fixture, GenOptions, SimConfig, SimServer, ThrottleSettings};
+use graph_sim::{
+    AppPatch, FaultSettings, Fixture, GenOptions, SimConfig, SimServer, ThrottleSettings,
+    TokenFault,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -18,6 +21,12 @@ const CERT_PEM: &str = include_str!("../../../tests/fixtures/client-cert.pem");
 const KEY_PEM: &str = include_str!("../../../tests/fixtures/client-key.pem");
 
 const ADELE: &str = "adele.vance%40contoso.com";
+const GLOBAL_ADMIN_ID: &str = "11111111-1111-4111-8111-000000000006";
+const ELIGIBLE_ADMIN_ID: &str = "11111111-1111-4111-8111-00000000000a";
+const GROUP_ADMIN_ID: &str = "11111111-1111-4111-8111-00000000000b";
+const ADELE_ID: &str = "11111111-1111-4111-8111-000000000001";
+const HELPDESK_GROUP_ID: &str = "22222222-2222-4222-8222-000000000004";
+const MIXED_GROUP_ID: &str = "22222222-2222-4222-8222-000000000003";
 const EVERY: &str = "every.method%40contoso.com";
 const MOBILE: &str = "3179e48a-750b-4051-897c-87b9720928f7";
 const ALTERNATE_MOBILE: &str = "b6332ec1-7057-4abe-9331-3d72feddfe41";
@@ -83,6 +92,26 @@ impl Graph {
 
     async fn get(&self, path: &str) -> reqwest::Response {
         self.send(reqwest::Method::GET, path, None).await
+    }
+
+    /// A GET with `ConsistencyLevel: eventual` (an advanced query, with `$count=true` in `path`).
+    async fn get_eventual(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .header("ConsistencyLevel", "eventual")
+            .send()
+            .await
+            .expect("request answered")
+    }
+
+    async fn post_sim(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("simulator answers")
     }
 
     async fn delete(&self, path: &str) -> reqwest::Response {
@@ -247,8 +276,10 @@ async fn token_by_certificate_assertion_is_issued_and_a_wrong_audience_is_refuse
     let ok: Value = ok.json().await.unwrap();
     assert!(ok["access_token"].is_string());
     for refused in [wrong_aud, too_long] {
-        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        // invalid_client: client authentication failed, 401 (RFC 6749 §5.2).
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
         let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_client");
         assert_eq!(body["error_codes"], json!([700027]));
     }
 }
@@ -287,7 +318,7 @@ async fn expired_or_missing_token_is_refused_with_401_invalid_authentication_tok
 // ---- listing ----
 
 #[tokio::test]
-async fn listing_shows_methods_with_realistic_fields_and_hides_beta_types_under_v1() {
+async fn listing_shows_methods_with_realistic_fields_and_hides_hardware_oath_under_v1() {
     let graph = Graph::start(fixture_config()).await;
 
     let v1 = graph.methods("v1.0", EVERY).await;
@@ -299,11 +330,11 @@ async fn listing_shows_methods_with_realistic_fields_and_hides_beta_types_under_
             .collect()
     };
     let v1_types = types(&v1);
-    assert_eq!(v1.len(), 11, "{v1_types:?}");
+    // v1.0 lists every type but hardware OATH (QR code + PIN is in v1.0); beta lists all.
+    assert_eq!(v1.len(), 12, "{v1_types:?}");
     assert_eq!(beta.len(), 13);
-    assert!(!v1_types
-        .iter()
-        .any(|t| t.contains("hardwareOath") || t.contains("qrCodePin")));
+    assert!(!v1_types.iter().any(|t| t.contains("hardwareOath")));
+    assert!(v1_types.iter().any(|t| t.contains("qrCodePin")));
     assert!(types(&beta).iter().any(|t| t.contains("hardwareOath")));
     assert!(types(&beta).iter().any(|t| t.contains("qrCodePin")));
     let password = v1
@@ -366,7 +397,7 @@ async fn deleting_each_method_type_answers_204_and_removes_it() {
         format!("{base}/platformCredentialMethods/9c9c9c9c-0000-4000-8000-000000000008"),
         format!("{base}/externalAuthenticationMethods/e0e0e0e0-0000-4000-8000-000000000008/$ref"),
         format!("{base}/hardwareOathMethods/4a4a4a4a-0000-4000-8000-000000000008"),
-        format!("{base}/qrCodePinMethod/standardQRCode"),
+        format!("{base}/qrCodePinMethod"),
         format!("{base}/phoneMethods/{MOBILE}"),
     ];
 
@@ -465,7 +496,7 @@ async fn deleting_default_method_first_is_refused_and_accepted_last() {
             "platformCredential" => format!("platformCredentialMethods/{id}"),
             "external" => format!("externalAuthenticationMethods/{id}/$ref"),
             "hardwareOath" => format!("hardwareOathMethods/{id}"),
-            _ => "qrCodePinMethod/standardQRCode".to_string(),
+            _ => "qrCodePinMethod".to_string(),
         };
         let r = graph
             .delete(&format!("/beta/users/{EVERY}/authentication/{path}"))
@@ -553,21 +584,64 @@ async fn whfb_and_fido2_not_found_answer_in_the_odata_error_shape() {
 }
 
 #[tokio::test]
-async fn beta_only_types_cannot_be_deleted_under_v1() {
+async fn hardware_oath_cannot_be_reached_under_v1() {
     let graph = Graph::start(fixture_config()).await;
 
     let hardware = graph
         .delete(&format!("/v1.0/users/{EVERY}/authentication/hardwareOathMethods/4a4a4a4a-0000-4000-8000-000000000008"))
         .await;
-    let qr = graph
-        .delete(&format!(
-            "/v1.0/users/{EVERY}/authentication/qrCodePinMethod/standardQRCode"
+    let listed_v1 = graph
+        .get(&format!(
+            "/v1.0/users/{EVERY}/authentication/hardwareOathMethods"
         ))
         .await;
+    let listed_beta: Value = graph
+        .get(&format!(
+            "/beta/users/{EVERY}/authentication/hardwareOathMethods"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
 
     assert_eq!(hardware.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(qr.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(listed_v1.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(listed_beta["value"].as_array().unwrap().len(), 1);
     assert_eq!(graph.methods("beta", EVERY).await.len(), 13);
+}
+
+#[tokio::test]
+async fn deleting_the_standard_qr_code_leaves_the_qr_code_pin_method_listed() {
+    let graph = Graph::start(fixture_config()).await;
+    let method = format!("/v1.0/users/{EVERY}/authentication/qrCodePinMethod");
+    let qr_listed = |methods: Vec<Value>| {
+        methods
+            .iter()
+            .any(|m| m["@odata.type"] == "#microsoft.graph.qrCodePinAuthenticationMethod")
+    };
+
+    let standard = graph.delete(&format!("{method}/standardQRCode")).await;
+    let again = graph.delete(&format!("{method}/standardQRCode")).await;
+
+    assert_eq!(standard.status(), StatusCode::NO_CONTENT);
+    assert_eq!(again.status(), StatusCode::NOT_FOUND, "that code is gone");
+    assert!(
+        qr_listed(graph.methods("v1.0", EVERY).await),
+        "the method, with its PIN, stays registered"
+    );
+    assert_eq!(graph.get(&method).await.status(), StatusCode::OK);
+    let user = graph.sim.user("every.method@contoso.com").unwrap();
+    assert!(user.qr_codes.is_empty(), "{:?}", user.qr_codes);
+    assert_eq!(user.deleted_methods.len(), 0);
+
+    let whole = graph.delete(&method).await;
+
+    assert_eq!(whole.status(), StatusCode::NO_CONTENT);
+    assert!(!qr_listed(graph.methods("v1.0", EVERY).await));
+    assert!(!qr_listed(graph.methods("beta", EVERY).await));
+    assert_eq!(graph.get(&method).await.status(), StatusCode::NOT_FOUND);
+    let user = graph.sim.user("every.method@contoso.com").unwrap();
+    assert_eq!(user.deleted_methods.len(), 1);
 }
 
 // ---- addressing users ----
@@ -756,17 +830,18 @@ async fn sign_in_preferences_show_the_default_and_can_change_it() {
 #[tokio::test]
 async fn directory_roles_of_a_role_holder_are_listed() {
     let graph = Graph::start(fixture_config()).await;
+    let roles = |user: &str| {
+        format!("/v1.0/users/{user}/transitiveMemberOf/microsoft.graph.directoryRole?$count=true")
+    };
 
     let admin: Value = graph
-        .get("/v1.0/users/global.admin%40contoso.com/transitiveMemberOf/microsoft.graph.directoryRole")
+        .get_eventual(&roles("global.admin%40contoso.com"))
         .await
         .json()
         .await
         .unwrap();
     let plain: Value = graph
-        .get(&format!(
-            "/v1.0/users/{ADELE}/transitiveMemberOf/microsoft.graph.directoryRole"
-        ))
+        .get_eventual(&roles(ADELE))
         .await
         .json()
         .await
@@ -777,6 +852,7 @@ async fn directory_roles_of_a_role_holder_are_listed() {
         admin["value"][0]["@odata.type"],
         "#microsoft.graph.directoryRole"
     );
+    assert_eq!(admin["@odata.count"], 1);
     assert_eq!(plain["value"], json!([]));
 }
 
@@ -1170,7 +1246,7 @@ async fn group_members_are_paged_over_250_users_through_nested_groups_without_du
     .await;
 
     let mut next = Some(graph.url(&format!(
-        "/v1.0/groups/{RESET_PENDING_GROUP_ID}/transitiveMembers/microsoft.graph.user?$select=id,userPrincipalName&$top=100"
+        "/v1.0/groups/{RESET_PENDING_GROUP_ID}/transitiveMembers/microsoft.graph.user?$select=id,userPrincipalName&$top=100&$count=true"
     )));
     let mut upns = Vec::new();
     let mut pages = 0;
@@ -1179,6 +1255,7 @@ async fn group_members_are_paged_over_250_users_through_nested_groups_without_du
             .http
             .get(&url)
             .bearer_auth(&graph.token)
+            .header("ConsistencyLevel", "eventual")
             .send()
             .await
             .unwrap()
@@ -1196,15 +1273,17 @@ async fn group_members_are_paged_over_250_users_through_nested_groups_without_du
         }
     }
     let direct: Value = graph
-        .get(&format!(
-            "/v1.0/groups/{RESET_PENDING_GROUP_ID}/members/microsoft.graph.user?$top=999"
+        .get_eventual(&format!(
+            "/v1.0/groups/{RESET_PENDING_GROUP_ID}/members/microsoft.graph.user?$top=999&$count=true"
         ))
         .await
         .json()
         .await
         .unwrap();
     let unknown = graph
-        .get("/v1.0/groups/00000000-0000-0000-0000-0000000000aa/members/microsoft.graph.user")
+        .get_eventual(
+            "/v1.0/groups/00000000-0000-0000-0000-0000000000aa/members/microsoft.graph.user?$count=true",
+        )
         .await;
 
     assert_eq!(pages, 3);
@@ -1213,6 +1292,620 @@ async fn group_members_are_paged_over_250_users_through_nested_groups_without_du
     assert_eq!(unique.len(), 260);
     assert_eq!(direct["value"].as_array().unwrap().len(), 130);
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}
+
+// ---- the app's state: credentials, consent, permissions ----
+
+async fn token_answer(
+    http: &reqwest::Client,
+    sim: &SimServer,
+    secret: &str,
+) -> (StatusCode, Value) {
+    let response = http
+        .post(sim.token_url())
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "00000000-0000-0000-0000-000000000002"),
+            ("client_secret", secret),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .expect("token endpoint answers");
+    (response.status(), response.json().await.expect("json"))
+}
+
+#[tokio::test]
+async fn a_wrong_or_expired_secret_is_refused_with_401_invalid_client_until_fixed() {
+    let sim = start_sim(SimConfig::default()).await;
+    let http = reqwest::Client::new();
+
+    let (wrong_status, wrong) = token_answer(&http, &sim, "wrong").await;
+    sim.set_app(AppPatch {
+        secret_expired: Some(true),
+        ..AppPatch::default()
+    });
+    let (expired_status, expired) = token_answer(&http, &sim, "sim-secret").await;
+    sim.set_app(AppPatch {
+        secret_expired: Some(false),
+        client_secret: Some("rotated".into()),
+        ..AppPatch::default()
+    });
+    let (rotated_status, rotated) = token_answer(&http, &sim, "sim-secret").await;
+    let (fixed_status, _) = token_answer(&http, &sim, "rotated").await;
+
+    assert_eq!(wrong_status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        (wrong["error"].as_str(), &wrong["error_codes"]),
+        (Some("invalid_client"), &json!([7000215]))
+    );
+    assert_eq!(expired_status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        (expired["error"].as_str(), &expired["error_codes"]),
+        (Some("invalid_client"), &json!([7000222]))
+    );
+    assert_eq!(rotated_status, StatusCode::UNAUTHORIZED);
+    assert_eq!(rotated["error_codes"], json!([7000215]));
+    assert_eq!(fixed_status, StatusCode::OK);
+    assert_eq!(sim.stats().tokens_issued, 1);
+}
+
+#[tokio::test]
+async fn a_disabled_app_an_unknown_tenant_and_an_unregistered_certificate_are_refused() {
+    let sim = start_sim(SimConfig {
+        client_certificate_pem: Some(CERT_PEM.to_string()),
+        ..SimConfig::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+
+    sim.set_app(AppPatch {
+        disabled: Some(true),
+        ..AppPatch::default()
+    });
+    let (disabled_status, disabled) = token_answer(&http, &sim, "sim-secret").await;
+    sim.set_app(AppPatch {
+        disabled: Some(false),
+        tenant_found: Some(false),
+        ..AppPatch::default()
+    });
+    let (tenant_status, tenant) = token_answer(&http, &sim, "sim-secret").await;
+    sim.set_app(AppPatch {
+        tenant_found: Some(true),
+        certificate_registered: Some(false),
+        ..AppPatch::default()
+    });
+    let certificate = assertion_token(&http, &sim, &assertion(&sim.token_url(), 600)).await;
+
+    assert_eq!(disabled_status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (disabled["error"].as_str(), &disabled["error_codes"]),
+        (Some("unauthorized_client"), &json!([7000112]))
+    );
+    assert_eq!(tenant_status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (tenant["error"].as_str(), &tenant["error_codes"]),
+        (Some("invalid_request"), &json!([90002]))
+    );
+    assert_eq!(certificate.status(), StatusCode::UNAUTHORIZED);
+    let certificate: Value = certificate.json().await.unwrap();
+    assert_eq!(certificate["error_codes"], json!([700027]));
+    assert_eq!(sim.stats().tokens_issued, 0);
+}
+
+#[tokio::test]
+async fn transient_token_errors_are_answered_then_tokens_are_issued_again() {
+    let sim = start_sim(SimConfig::default()).await;
+    let http = reqwest::Client::new();
+    sim.set_app(AppPatch {
+        token_fault: Some(Some(TokenFault::TemporarilyUnavailable)),
+        token_faults: Some(1),
+        ..AppPatch::default()
+    });
+
+    let (busy_status, busy) = token_answer(&http, &sim, "sim-secret").await;
+    let (ok_status, _) = token_answer(&http, &sim, "sim-secret").await;
+    sim.set_app(AppPatch {
+        token_fault: Some(Some(TokenFault::ServerError)),
+        token_faults: Some(1),
+        ..AppPatch::default()
+    });
+    let (error_status, error) = token_answer(&http, &sim, "sim-secret").await;
+
+    assert_eq!(busy_status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(busy["error"], "temporarily_unavailable");
+    assert_eq!(ok_status, StatusCode::OK);
+    assert_eq!(error_status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error["error"], "server_error");
+    assert_eq!(sim.app().token_faults, 0);
+}
+
+#[tokio::test]
+async fn without_admin_consent_a_token_is_issued_and_graph_refuses_it_everywhere() {
+    let graph = Graph::start(fixture_config()).await;
+    graph.sim.set_app(AppPatch {
+        admin_consent: Some(false),
+        ..AppPatch::default()
+    });
+    let http = reqwest::Client::new();
+
+    let (status, answer) = token_answer(&http, &graph.sim, "sim-secret").await;
+    let no_roles = answer["access_token"].as_str().unwrap().to_string();
+    let refused = http
+        .get(graph.url(&format!("/v1.0/users/{ADELE}/authentication/methods")))
+        .bearer_auth(&no_roles)
+        .send()
+        .await
+        .unwrap();
+    graph.sim.set_app(AppPatch {
+        admin_consent: Some(true),
+        ..AppPatch::default()
+    });
+    let still_refused = http
+        .get(graph.url(&format!("/v1.0/users/{ADELE}")))
+        .bearer_auth(&no_roles)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(status, StatusCode::OK, "Entra issues the token anyway");
+    let (status, code, _) = error_code(refused).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "Authorization_RequestDenied")
+    );
+    assert_eq!(
+        still_refused.status(),
+        StatusCode::FORBIDDEN,
+        "a token keeps the roles it was issued with"
+    );
+    assert_eq!(
+        graph.methods("v1.0", ADELE).await.len(),
+        5,
+        "the earlier token had them"
+    );
+}
+
+#[tokio::test]
+async fn the_app_state_is_shown_and_changed_over_http_without_the_secret() {
+    let graph = Graph::start(fixture_config()).await;
+
+    let changed: Value = graph
+        .post_sim(
+            "/_sim/app",
+            json!({"disabled": true, "tokenFault": "server_error", "tokenFaults": 2}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let shown: Value = graph.get("/_sim/app").await.json().await.unwrap();
+    let typo = graph.post_sim("/_sim/app", json!({"disbled": true})).await;
+
+    assert_eq!(changed["disabled"], true);
+    assert_eq!(changed["tokenFault"], "server_error");
+    assert_eq!(shown, changed);
+    assert!(shown.get("clientSecret").is_none());
+    assert_eq!(typo.status(), StatusCode::BAD_REQUEST);
+}
+
+// ---- users: properties, renaming, guests ----
+
+#[tokio::test]
+async fn a_user_is_read_by_upn_or_id_with_select_and_refused_without_user_read() {
+    let graph = Graph::start(fixture_config()).await;
+
+    let by_upn: Value = graph
+        .get(&format!("/v1.0/users/{ADELE}?$select=id,userPrincipalName"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let guest: Value = graph
+        .get("/v1.0/users/11111111-1111-4111-8111-000000000002?$select=id,userType")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let unknown_property = graph
+        .get(&format!("/v1.0/users/{ADELE}?$select=id,shoeSize"))
+        .await;
+    graph.sim.set_app(AppPatch {
+        user_read: Some(false),
+        ..AppPatch::default()
+    });
+    let denied = graph.get(&format!("/v1.0/users/{ADELE}")).await;
+
+    assert_eq!(by_upn["id"], ADELE_ID);
+    assert_eq!(by_upn["userPrincipalName"], "adele.vance@contoso.com");
+    assert!(by_upn.get("displayName").is_none(), "$select honoured");
+    assert_eq!(guest["userType"], "Guest");
+    assert_eq!(unknown_property.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(denied).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_renamed_user_keeps_its_id_and_its_old_upn_is_not_found() {
+    let graph = Graph::start(fixture_config()).await;
+
+    let renamed = graph
+        .post_sim(
+            "/_sim/users/adele.vance@contoso.com/rename",
+            json!({"userPrincipalName": "adele.smith@contoso.com"}),
+        )
+        .await;
+    let taken = graph
+        .post_sim(
+            &format!("/_sim/users/{ADELE_ID}/rename"),
+            json!({"userPrincipalName": "breakglass@contoso.com"}),
+        )
+        .await;
+    let old = graph.get(&format!("/v1.0/users/{ADELE}")).await;
+    let by_id: Value = graph
+        .get(&format!("/v1.0/users/{ADELE_ID}?$select=userPrincipalName"))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    assert_eq!(renamed.status(), StatusCode::OK);
+    let renamed: Value = renamed.json().await.unwrap();
+    assert_eq!(renamed["id"], ADELE_ID);
+    assert_eq!(taken.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(old).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(by_id["userPrincipalName"], "adele.smith@contoso.com");
+    assert_eq!(
+        graph
+            .method_ids("v1.0", "adele.smith%40contoso.com")
+            .await
+            .len(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn revoking_a_guests_sessions_answers_true_but_revokes_nothing() {
+    let graph = Graph::start(fixture_config()).await;
+    let guest = "megan.bowen_fabrikam.com%23EXT%23%40contoso.onmicrosoft.com";
+
+    let response = graph
+        .post(
+            &format!("/v1.0/users/{guest}/revokeSignInSessions"),
+            json!({}),
+        )
+        .await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["value"], true, "Graph's answer does not tell");
+    let user = graph
+        .sim
+        .user("megan.bowen_fabrikam.com#EXT#@contoso.onmicrosoft.com")
+        .unwrap();
+    assert!(user.external);
+    assert_eq!((user.revoke_requests, user.sessions_revoked), (1, 0));
+    assert_eq!(graph.sim.stats().sessions_revoked, 0);
+}
+
+// ---- roles ----
+
+async fn transitive_assignments(graph: &Graph, principal: &str) -> Value {
+    let response = graph
+        .get_eventual(&format!(
+            "/beta/roleManagement/directory/transitiveRoleAssignments?$count=true&$filter=principalId%20eq%20'{principal}'"
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+async fn eligibilities(graph: &Graph, principal: &str) -> Value {
+    let response = graph
+        .get(&format!(
+            "/v1.0/roleManagement/directory/roleEligibilityScheduleInstances?$filter=principalId%20eq%20'{principal}'"
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn active_roles_direct_or_through_a_group_and_eligible_roles_are_listed_by_principal() {
+    let graph = Graph::start(fixture_config()).await;
+
+    let global = transitive_assignments(&graph, GLOBAL_ADMIN_ID).await;
+    let through_group = transitive_assignments(&graph, GROUP_ADMIN_ID).await;
+    let eligible_active = transitive_assignments(&graph, ELIGIBLE_ADMIN_ID).await;
+    let eligible = eligibilities(&graph, ELIGIBLE_ADMIN_ID).await;
+    let plain_active = transitive_assignments(&graph, ADELE_ID).await;
+    let plain_eligible = eligibilities(&graph, ADELE_ID).await;
+    let legacy: Value = graph
+        .get_eventual(&format!(
+            "/v1.0/users/{GROUP_ADMIN_ID}/transitiveMemberOf/microsoft.graph.directoryRole?$count=true"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let legacy_eligible: Value = graph
+        .get_eventual(&format!(
+            "/v1.0/users/{ELIGIBLE_ADMIN_ID}/transitiveMemberOf/microsoft.graph.directoryRole?$count=true"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    assert_eq!(global["@odata.count"], 1);
+    assert_eq!(global["value"][0]["principalId"], GLOBAL_ADMIN_ID);
+    assert_eq!(
+        global["value"][0]["roleDefinitionId"],
+        "62e90394-69f5-4237-9190-012177145e10"
+    );
+    assert_eq!(
+        through_group["value"][0]["principalId"], HELPDESK_GROUP_ID,
+        "a role held through a group names the group"
+    );
+    assert_eq!(eligible_active["value"], json!([]));
+    assert_eq!(eligible["value"][0]["principalId"], ELIGIBLE_ADMIN_ID);
+    assert_eq!(
+        eligible["value"][0]["roleDefinitionId"],
+        "e8611ab8-c189-46e8-94e1-60213ab1f814"
+    );
+    assert_eq!(eligible["value"][0]["memberType"], "Direct");
+    assert_eq!(plain_active["value"], json!([]));
+    assert_eq!(plain_eligible["value"], json!([]));
+    assert_eq!(legacy["value"][0]["displayName"], "Helpdesk Administrator");
+    assert_eq!(
+        legacy_eligible["value"],
+        json!([]),
+        "transitiveMemberOf misses an eligible admin"
+    );
+}
+
+#[tokio::test]
+async fn transitive_role_assignments_need_the_advanced_query_parameters_and_beta() {
+    let graph = Graph::start(fixture_config()).await;
+    let path = format!(
+        "/beta/roleManagement/directory/transitiveRoleAssignments?$filter=principalId%20eq%20'{GLOBAL_ADMIN_ID}'"
+    );
+
+    let without_header = graph.get(&format!("{path}&$count=true")).await;
+    let without_count = graph.get_eventual(&path).await;
+    let without_filter = graph
+        .get_eventual("/beta/roleManagement/directory/transitiveRoleAssignments?$count=true")
+        .await;
+    let v1 = graph
+        .get_eventual(&format!(
+            "/v1.0/roleManagement/directory/transitiveRoleAssignments?$count=true&$filter=principalId%20eq%20'{GLOBAL_ADMIN_ID}'"
+        ))
+        .await;
+
+    assert_eq!(error_code(without_header).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        error_code(without_count).await,
+        (
+            StatusCode::BAD_REQUEST,
+            "Request_UnsupportedQuery".to_string(),
+            "Listing transitiveRoleAssignments is not supported because the required parameters might be missing. Try adding $count=true query parameter and ConsistencyLevel:eventual header. Refer to https://aka.ms/graph-docs/advanced-queries for more information".to_string()
+        )
+    );
+    assert_eq!(error_code(without_filter).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(v1).await.0, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn without_role_management_read_roles_are_refused_and_directory_roles_are_unreadable() {
+    let graph = Graph::start(SimConfig {
+        deny_role_management: true,
+        ..fixture_config()
+    })
+    .await;
+
+    let active = graph
+        .get_eventual(&format!(
+            "/beta/roleManagement/directory/transitiveRoleAssignments?$count=true&$filter=principalId%20eq%20'{GLOBAL_ADMIN_ID}'"
+        ))
+        .await;
+    let eligible = graph
+        .get("/v1.0/roleManagement/directory/roleEligibilityScheduleInstances")
+        .await;
+    let legacy: Value = graph
+        .get_eventual("/v1.0/users/global.admin%40contoso.com/transitiveMemberOf/microsoft.graph.directoryRole?$count=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let legacy_without_headers = graph
+        .get("/v1.0/users/global.admin%40contoso.com/transitiveMemberOf/microsoft.graph.directoryRole")
+        .await;
+
+    assert_eq!(error_code(active).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(error_code(eligible).await.0, StatusCode::FORBIDDEN);
+    let role = &legacy["value"][0];
+    assert_eq!(role["@odata.type"], "#microsoft.graph.directoryRole");
+    assert!(role["id"].is_string());
+    assert_eq!(
+        role["displayName"],
+        Value::Null,
+        "limited information: only @odata.type and id"
+    );
+    assert_eq!(
+        error_code(legacy_without_headers).await.1,
+        "Request_UnsupportedQuery"
+    );
+}
+
+// ---- group members of every kind ----
+
+#[tokio::test]
+async fn a_group_lists_users_groups_devices_service_principals_and_contacts_by_type() {
+    let graph = Graph::start(fixture_config()).await;
+
+    let transitive: Value = graph
+        .get_eventual(&format!(
+            "/v1.0/groups/{MIXED_GROUP_ID}/transitiveMembers?$select=id,userPrincipalName&$count=true"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let direct: Value = graph
+        .get(&format!("/v1.0/groups/{MIXED_GROUP_ID}/members"))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let types = |page: &Value| -> Vec<String> {
+        let mut t: Vec<String> = page["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["@odata.type"].as_str().unwrap().to_string())
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(
+        types(&transitive),
+        [
+            "#microsoft.graph.device",
+            "#microsoft.graph.device",
+            "#microsoft.graph.group",
+            "#microsoft.graph.orgContact",
+            "#microsoft.graph.servicePrincipal",
+            "#microsoft.graph.user",
+            "#microsoft.graph.user",
+            "#microsoft.graph.user",
+        ]
+    );
+    assert_eq!(transitive["@odata.count"], 8);
+    let device = transitive["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["@odata.type"] == "#microsoft.graph.device")
+        .unwrap();
+    assert!(device.get("userPrincipalName").is_none());
+    assert_eq!(
+        types(&direct).len(),
+        7,
+        "two users, four objects, one group"
+    );
+    assert!(
+        direct.get("@odata.count").is_none(),
+        "$count needs the header"
+    );
+}
+
+#[tokio::test]
+async fn a_cast_on_members_is_an_advanced_query() {
+    let graph = Graph::start(fixture_config()).await;
+    let cast = format!("/v1.0/groups/{MIXED_GROUP_ID}/transitiveMembers/microsoft.graph.user");
+
+    let plain = graph.get(&cast).await;
+    let count_only = graph.get(&format!("{cast}?$count=true")).await;
+    let advanced: Value = graph
+        .get_eventual(&format!("{cast}?$count=true"))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    for refused in [plain, count_only] {
+        let (status, code, message) = error_code(refused).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::BAD_REQUEST, "Request_UnsupportedQuery")
+        );
+        assert!(message.contains("ConsistencyLevel:eventual"), "{message}");
+    }
+    assert_eq!(advanced["@odata.count"], 3);
+    assert!(advanced["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["@odata.type"] == "#microsoft.graph.user"));
+}
+
+#[tokio::test]
+async fn without_user_read_users_in_a_member_list_have_only_type_and_id() {
+    let graph = Graph::start(SimConfig {
+        deny_user_read: true,
+        ..fixture_config()
+    })
+    .await;
+
+    let page: Value = graph
+        .get(&format!(
+            "/v1.0/groups/{MIXED_GROUP_ID}/members?$select=id,userPrincipalName"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let users: Vec<&Value> = page["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["@odata.type"] == "#microsoft.graph.user")
+        .collect();
+    assert_eq!(users.len(), 2);
+    for user in users {
+        assert!(user["id"].is_string());
+        assert_eq!(user["userPrincipalName"], Value::Null);
+    }
+}
+
+#[tokio::test]
+async fn generated_tenants_have_active_eligible_and_group_admins() {
+    let graph = Graph::start(SimConfig {
+        users: 60,
+        generation: GenOptions {
+            admin_rate: 0.1,
+            eligible_admin_rate: 0.1,
+            group_admin_rate: 0.1,
+            ..GenOptions::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let users = graph.sim.users_snapshot();
+
+    let mut active = 0;
+    let mut through_group = 0;
+    for user in &users {
+        for a in transitive_assignments(&graph, &user.id).await["value"]
+            .as_array()
+            .unwrap()
+        {
+            if a["principalId"] == user.id.as_str() {
+                active += 1;
+            } else {
+                assert_eq!(a["principalId"], graph_sim::tenant::ROLE_GROUP_ID);
+                through_group += 1;
+            }
+        }
+    }
+    let eligible: Value = graph
+        .get("/v1.0/roleManagement/directory/roleEligibilityScheduleInstances")
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    assert!(active > 0 && through_group > 0, "{active} {through_group}");
+    assert_eq!(
+        active,
+        users.iter().map(|u| u.directory_roles.len()).sum::<usize>()
+    );
+    assert_eq!(
+        eligible["value"].as_array().unwrap().len(),
+        users.iter().map(|u| u.eligible_roles.len()).sum::<usize>()
+    );
+    assert!(!eligible["value"].as_array().unwrap().is_empty());
 }
 
 // ---- inspection, stats, process ----
@@ -1327,7 +2020,7 @@ async fn the_inspection_endpoint_shows_a_users_state_and_deleted_methods() {
     assert_eq!(user["defaultMethodId"], MOBILE);
     assert_eq!(user["deletedMethods"][0]["id"], EMAIL);
     assert!(user["deletedMethods"][0]["deletedDateTime"].is_string());
-    assert_eq!(all.as_array().unwrap().len(), 9);
+    assert_eq!(all.as_array().unwrap().len(), 11);
 }
 
 #[tokio::test]

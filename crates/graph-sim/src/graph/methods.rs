@@ -1,6 +1,7 @@
 //! Writes to a user's methods: a DELETE after Graph's refusals (the default method while
-//! others exist, the mobile phone while an alternate exists), which may answer as a ghost; and
-//! creating the phone, email and Temporary Access Pass methods `restore` needs.
+//! others exist, the mobile phone while an alternate exists), which may answer as a ghost; the
+//! QR codes of a QR code + PIN method, deleted one by one while the method stays; and creating
+//! the phone, email and Temporary Access Pass methods `restore` needs.
 
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::paths::Collection;
+use super::paths::{Collection, QrCode, QR_CODE_PIN_STEM};
 use super::Ctx;
 use crate::pipeline::too_many_requests;
 use crate::reply::{empty, odata_error};
@@ -57,6 +58,10 @@ pub(super) fn delete_method(
         }
     }
     let method = user.methods.remove(i);
+    if method.stem() == QR_CODE_PIN_STEM {
+        // Both codes and the PIN go with the method.
+        user.qr_codes = crate::tenant::QrCodes::default();
+    }
     user.deleted.push(DeletedMethod {
         method,
         deleted_at: Utc::now(),
@@ -85,6 +90,47 @@ pub(super) fn delete_method(
         }
         None => empty(StatusCode::NO_CONTENT),
     }
+}
+
+/// The QR code `which` of the user's QR code + PIN method, as Graph shows a `qrCode`.
+pub(super) fn qr_code(user: &User, which: QrCode) -> Option<Value> {
+    let method = user.methods.iter().find(|m| m.stem() == QR_CODE_PIN_STEM)?;
+    let present = match which {
+        QrCode::Standard => user.qr_codes.standard,
+        QrCode::Temporary => user.qr_codes.temporary,
+    };
+    if !present {
+        return None;
+    }
+    let kind = match which {
+        QrCode::Standard => "standard",
+        QrCode::Temporary => "temporary",
+    };
+    let id = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("{}/{kind}", method.id()).as_bytes(),
+    );
+    Some(json!({
+        "id": id.to_string(),
+        "createdDateTime": method.0.get("createdDateTime").cloned().unwrap_or(Value::Null),
+        "startDateTime": method.0.get("createdDateTime").cloned().unwrap_or(Value::Null),
+        "expireDateTime": null,
+        "lastUsedDateTime": null,
+        "image": null,
+    }))
+}
+
+/// Delete the QR code `which` of the user's QR code + PIN method; false when there is none.
+/// The method stays registered (and listed) with its PIN and its other code.
+pub(super) fn delete_qr_code(user: &mut User, which: QrCode) -> bool {
+    if !user.methods.iter().any(|m| m.stem() == QR_CODE_PIN_STEM) {
+        return false;
+    }
+    let code = match which {
+        QrCode::Standard => &mut user.qr_codes.standard,
+        QrCode::Temporary => &mut user.qr_codes.temporary,
+    };
+    std::mem::replace(code, false)
 }
 
 fn text_field<'a>(input: &'a Value, key: &str) -> Option<&'a str> {

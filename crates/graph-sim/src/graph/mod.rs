@@ -1,51 +1,68 @@
 //! The Graph handler, last stage of the pipeline (see [`crate::pipeline`]): it carries out
-//! the route the first stage parsed, on the tenant.
+//! the route the first stage parsed, on the tenant, as the app's permissions allow
+//! ([`crate::auth::AppState`]): a token issued without admin consent is refused everywhere.
 //!
 //! - [`paths`]: Graph's path grammar, routes and stats templates.
+//! - [`query`]: OData query options and the advanced-query parameters.
 //! - [`methods`]: deleting and creating methods, with Graph's refusals and ghost answers.
-//! - [`groups`]: group members, paged.
+//! - [`groups`]: group members (users, groups, devices, service principals, contacts), paged.
+//! - [`roles`]: the role-management API (active assignments, eligibility instances).
 
 mod groups;
 mod methods;
 pub(crate) mod paths;
+mod query;
+mod roles;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use crate::auth::AppState;
 use crate::pipeline::{App, GraphRequest};
 use crate::reply::{empty, graph_error, json_response, odata_error, RequestIds};
 use crate::tenant::{Method, User, PREFERENCES};
 use crate::throttle::lock;
 use crate::Shared;
-use paths::{Collection, Route, QR_CODE_PIN_STEM};
+use paths::{Collection, QrCode, Route, QR_CODE_PIN_STEM};
+use query::Query;
 
 /// Answer a Graph request that went through every stage of the pipeline.
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
     Extension(request): Extension<GraphRequest>,
     Extension(App(app)): Extension<App>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let permissions = lock(&shared.app).clone();
+    let ctx = Ctx {
+        shared: &shared,
+        ids: &request.ids,
+        beta: request.beta,
+        host: &request.host,
+        app: &app,
+        permissions: &permissions,
+    };
+    // A token issued without admin consent carries no roles: Graph refuses whatever it is
+    // used for, as it refuses an app without the permission a call needs.
+    if !shared.tokens.has_roles(authorization) {
+        return ctx.forbidden();
+    }
     match request.route {
         Err(r) => graph_error(r.status, r.code, &r.message, &request.ids),
         Ok(route) => {
-            let ctx = Ctx {
-                shared: &shared,
-                ids: &request.ids,
-                beta: request.beta,
-                host: &request.host,
-                app: &app,
-            };
-            execute(&ctx, route, query.as_deref().unwrap_or(""), &body)
+            let query = Query::parse(query.as_deref().unwrap_or(""), &headers);
+            execute(&ctx, route, &query, &body)
         }
     }
 }
@@ -57,6 +74,8 @@ pub(crate) struct Ctx<'a> {
     beta: bool,
     host: &'a str,
     app: &'a str,
+    /// The app's permissions when the request arrived.
+    permissions: &'a AppState,
 }
 
 impl Ctx<'_> {
@@ -101,6 +120,15 @@ impl Ctx<'_> {
         self.error(StatusCode::BAD_REQUEST, "badRequest", message)
     }
 
+    /// A query that needs the advanced query parameters, sent without them.
+    fn needs_advanced_query(&self, what: &str) -> Response {
+        self.error(
+            StatusCode::BAD_REQUEST,
+            "Request_UnsupportedQuery",
+            &format!("{what} is not supported because the required parameters might be missing. Try adding $count=true query parameter and ConsistencyLevel:eventual header. Refer to https://aka.ms/graph-docs/advanced-queries for more information"),
+        )
+    }
+
     fn method_not_found(&self, c: Option<Collection>, id: &str) -> Response {
         let message = format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present.");
         if c.is_some_and(|c| c.odata_errors) {
@@ -127,44 +155,32 @@ impl Ctx<'_> {
     }
 }
 
-fn execute(ctx: &Ctx<'_>, route: Route, query: &str, body: &[u8]) -> Response {
+fn execute(ctx: &Ctx<'_>, route: Route, query: &Query, body: &[u8]) -> Response {
     let shared = ctx.shared;
-    if let Route::GroupMembers { group, transitive } = &route {
-        return groups::group_members(ctx, group, *transitive, query);
+    match &route {
+        Route::GroupMembers {
+            group,
+            transitive,
+            cast,
+        } => return groups::group_members(ctx, group, *transitive, cast.as_deref(), query),
+        Route::TransitiveRoleAssignments => return roles::transitive_assignments(ctx, query),
+        Route::RoleEligibilityInstances => return roles::eligibility_instances(ctx, query),
+        _ => {}
     }
-    let key = match &route {
-        Route::GetUser(u)
-        | Route::ListMethods(u)
-        | Route::GetMethod(u, _, _)
-        | Route::ListCollection(u, _)
-        | Route::DeleteMethod(u, _, _)
-        | Route::DeleteQrCodePin(u)
-        | Route::GetQrCodePin(u)
-        | Route::CreateMethod(u, _)
-        | Route::RevokeSessions(u)
-        | Route::GetSignInPreferences(u)
-        | Route::PatchSignInPreferences(u)
-        | Route::DirectoryRoles(u) => u.clone(),
-        Route::GroupMembers { .. } => String::new(),
-    };
+    let key = route.user().unwrap_or_default().to_string();
     let mut tenant = lock(&shared.tenant);
     let Some(index) = tenant.find(&key) else {
         return ctx.user_not_found(&key);
     };
+    if let Route::DirectoryRoles { transitive, .. } = route {
+        return directory_roles(ctx, &tenant, index, transitive, query);
+    }
     let user = &mut tenant.users[index];
     let now = Instant::now();
     let user_id = user_id_escaped(&user.id);
     let user_context = |suffix: &str| ctx.context(&format!("users('{user_id}'){suffix}"));
     match route {
-        Route::GetUser(_) => json_response(
-            StatusCode::OK,
-            &json!({
-                "@odata.context": ctx.context("users/$entity"),
-                "id": user.id,
-                "userPrincipalName": user.user_principal_name,
-                "displayName": user.display_name,
-            }),
-        ),
+        Route::GetUser(_) => get_user(ctx, user, query),
         Route::ListMethods(_) => {
             let value: Vec<Value> = ctx
                 .listed(user, now)
@@ -221,13 +237,29 @@ fn execute(ctx: &Ctx<'_>, route: Route, query: &str, body: &[u8]) -> Response {
             if user.privileged {
                 return ctx.forbidden();
             }
+            // The whole method: both QR codes and the PIN.
             match user
                 .methods
                 .iter()
                 .position(|m| m.stem() == QR_CODE_PIN_STEM)
             {
                 Some(i) => methods::delete_method(ctx, user, i, None),
-                None => ctx.method_not_found(None, "standardQRCode"),
+                None => ctx.method_not_found(None, "qrCodePinMethod"),
+            }
+        }
+        Route::GetQrCode(_, which) => match methods::qr_code(user, which) {
+            Some(code) => json_response(StatusCode::OK, &code),
+            None => ctx.method_not_found(None, qr_segment(which)),
+        },
+        Route::DeleteQrCode(_, which) => {
+            if user.privileged {
+                return ctx.forbidden();
+            }
+            // That code only: the method, its other code and its PIN stay registered.
+            if methods::delete_qr_code(user, which) {
+                empty(StatusCode::NO_CONTENT)
+            } else {
+                ctx.method_not_found(None, qr_segment(which))
             }
         }
         Route::CreateMethod(_, c) => {
@@ -258,8 +290,13 @@ fn execute(ctx: &Ctx<'_>, route: Route, query: &str, body: &[u8]) -> Response {
             if user.privileged {
                 return ctx.forbidden();
             }
-            user.sessions_revoked += 1;
-            shared.stats.update(|s| s.sessions_revoked += 1);
+            user.revoke_requests += 1;
+            // Graph answers true for everyone, but an external user signs in through their
+            // home tenant: nothing here is revoked.
+            if !user.is_external() {
+                user.sessions_revoked += 1;
+                shared.stats.update(|s| s.sessions_revoked += 1);
+            }
             json_response(
                 StatusCode::OK,
                 &json!({"@odata.context": ctx.context("Edm.Boolean"), "value": true}),
@@ -308,26 +345,128 @@ fn execute(ctx: &Ctx<'_>, route: Route, query: &str, body: &[u8]) -> Response {
             }
             empty(StatusCode::NO_CONTENT)
         }
-        Route::DirectoryRoles(_) => {
-            let value: Vec<Value> = user
-                .directory_roles
-                .iter()
-                .map(|role| {
-                    json!({
-                        "@odata.type": "#microsoft.graph.directoryRole",
-                        "id": Uuid::new_v5(&Uuid::NAMESPACE_OID, role.as_bytes()).to_string(),
-                        "displayName": role,
-                        "roleTemplateId": Uuid::new_v5(&Uuid::NAMESPACE_URL, role.as_bytes()).to_string(),
-                    })
-                })
-                .collect();
-            json_response(
-                StatusCode::OK,
-                &json!({"@odata.context": ctx.context("directoryObjects(microsoft.graph.directoryRole)"), "value": value}),
-            )
-        }
-        Route::GroupMembers { .. } => ctx.bad_request("unreachable"),
+        Route::DirectoryRoles { .. }
+        | Route::GroupMembers { .. }
+        | Route::TransitiveRoleAssignments
+        | Route::RoleEligibilityInstances => ctx.bad_request("unreachable"),
     }
+}
+
+fn qr_segment(which: QrCode) -> &'static str {
+    match which {
+        QrCode::Standard => "standardQRCode",
+        QrCode::Temporary => "temporaryQRCode",
+    }
+}
+
+/// Properties of a user this simulator can show, and their values.
+fn user_properties(user: &User) -> [(&'static str, Value); 6] {
+    [
+        ("id", Value::String(user.id.clone())),
+        ("displayName", Value::String(user.display_name.clone())),
+        (
+            "userPrincipalName",
+            Value::String(user.user_principal_name.clone()),
+        ),
+        ("userType", Value::String(user.user_type.clone())),
+        ("mail", Value::Null),
+        ("accountEnabled", Value::Bool(true)),
+    ]
+}
+
+/// `GET /users/{u}`: Graph's default properties, or those `$select` names. Needs
+/// `User.Read.All`.
+fn get_user(ctx: &Ctx<'_>, user: &User, query: &Query) -> Response {
+    if !ctx.permissions.user_read {
+        return ctx.forbidden();
+    }
+    let properties = user_properties(user);
+    let mut body = Map::new();
+    body.insert("@odata.context".into(), ctx.context("users/$entity"));
+    match query.select() {
+        None => {
+            for (k, v) in properties {
+                if matches!(k, "id" | "displayName" | "userPrincipalName" | "mail") {
+                    body.insert(k.into(), v);
+                }
+            }
+        }
+        Some(fields) => {
+            for field in &fields {
+                match properties.iter().find(|(k, _)| k.eq_ignore_ascii_case(field)) {
+                    Some((k, v)) => {
+                        body.insert((*k).into(), v.clone());
+                    }
+                    None => {
+                        return ctx.error(
+                            StatusCode::BAD_REQUEST,
+                            "Request_BadRequest",
+                            &format!("Could not find a property named '{field}' on type 'microsoft.graph.user'."),
+                        )
+                    }
+                }
+            }
+        }
+    }
+    json_response(StatusCode::OK, &Value::Object(body))
+}
+
+/// `…/{transitiveMemberOf|memberOf}/microsoft.graph.directoryRole`: the directory roles the
+/// user holds actively (through groups too, for `transitiveMemberOf`; PIM-eligible roles are
+/// not members until activated). A cast on a transitive list is an advanced query. An app that
+/// may not read directory roles gets them with only `@odata.type` and `id`.
+fn directory_roles(
+    ctx: &Ctx<'_>,
+    tenant: &crate::tenant::Tenant,
+    index: usize,
+    transitive: bool,
+    query: &Query,
+) -> Response {
+    if transitive && !query.advanced() {
+        return ctx.needs_advanced_query(
+            "The OData cast 'microsoft.graph.directoryRole' on transitiveMemberOf",
+        );
+    }
+    let names = if transitive {
+        tenant.active_role_names(index)
+    } else {
+        tenant.users[index].directory_roles.clone()
+    };
+    let readable = ctx.permissions.role_management_read;
+    let value: Vec<Value> = names
+        .iter()
+        .map(|role| {
+            let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, role.as_bytes()).to_string();
+            if readable {
+                json!({
+                    "@odata.type": "#microsoft.graph.directoryRole",
+                    "id": id,
+                    "displayName": role,
+                    "description": format!("{role} role"),
+                    "roleTemplateId": crate::tenant::roles::role_definition_id(role),
+                })
+            } else {
+                // Limited information: the app may not read this object.
+                json!({
+                    "@odata.type": "#microsoft.graph.directoryRole",
+                    "id": id,
+                    "displayName": null,
+                    "description": null,
+                    "roleTemplateId": null,
+                })
+            }
+        })
+        .collect();
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        ctx.context("directoryObjects(microsoft.graph.directoryRole)"),
+    );
+    if query.wants_count() {
+        body.insert("@odata.count".into(), json!(value.len()));
+    }
+    body.insert("value".into(), Value::Array(value));
+    json_response(StatusCode::OK, &Value::Object(body))
 }
 
 fn user_id_escaped(id: &str) -> String {

@@ -92,8 +92,26 @@ const COLLECTIONS: [Collection; 11] = [
     },
 ];
 
-/// Which DELETE-able singleton: `qrCodePinMethod` (beta).
+/// The type stem of the QR code + PIN method, a singleton at `qrCodePinMethod` (v1.0 and beta).
 pub(crate) const QR_CODE_PIN_STEM: &str = "qrCodePin";
+
+/// One of the two QR codes under `qrCodePinMethod`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QrCode {
+    /// `standardQRCode`: the badge's code.
+    Standard,
+    /// `temporaryQRCode`: a short-lived code.
+    Temporary,
+}
+
+/// The OData casts a member list accepts.
+pub(crate) const MEMBER_CASTS: [&str; 5] = [
+    "microsoft.graph.user",
+    "microsoft.graph.group",
+    "microsoft.graph.device",
+    "microsoft.graph.servicePrincipal",
+    "microsoft.graph.orgContact",
+];
 
 /// What a Graph path asks for; the user is still a key (id or UPN) to look up.
 #[derive(Debug, Clone)]
@@ -103,14 +121,57 @@ pub(crate) enum Route {
     GetMethod(String, Option<Collection>, String),
     ListCollection(String, Collection),
     DeleteMethod(String, Collection, String),
+    /// `DELETE …/qrCodePinMethod`: the whole method (both QR codes and the PIN).
     DeleteQrCodePin(String),
     GetQrCodePin(String),
+    /// `GET …/qrCodePinMethod/{standardQRCode|temporaryQRCode}`.
+    GetQrCode(String, QrCode),
+    /// `DELETE …/qrCodePinMethod/{standardQRCode|temporaryQRCode}`: that code only.
+    DeleteQrCode(String, QrCode),
     CreateMethod(String, Collection),
     RevokeSessions(String),
     GetSignInPreferences(String),
     PatchSignInPreferences(String),
-    DirectoryRoles(String),
-    GroupMembers { group: String, transitive: bool },
+    /// `…/{transitiveMemberOf|memberOf}/microsoft.graph.directoryRole`.
+    DirectoryRoles {
+        user: String,
+        transitive: bool,
+    },
+    /// `/groups/{id}/{members|transitiveMembers}[/{cast}]`.
+    GroupMembers {
+        group: String,
+        transitive: bool,
+        cast: Option<String>,
+    },
+    /// `GET /beta/roleManagement/directory/transitiveRoleAssignments`.
+    TransitiveRoleAssignments,
+    /// `GET /roleManagement/directory/roleEligibilityScheduleInstances`.
+    RoleEligibilityInstances,
+}
+
+impl Route {
+    /// The user key the route addresses, if it addresses one.
+    pub(crate) fn user(&self) -> Option<&str> {
+        match self {
+            Route::GetUser(u)
+            | Route::ListMethods(u)
+            | Route::GetMethod(u, _, _)
+            | Route::ListCollection(u, _)
+            | Route::DeleteMethod(u, _, _)
+            | Route::DeleteQrCodePin(u)
+            | Route::GetQrCodePin(u)
+            | Route::GetQrCode(u, _)
+            | Route::DeleteQrCode(u, _)
+            | Route::CreateMethod(u, _)
+            | Route::RevokeSessions(u)
+            | Route::GetSignInPreferences(u)
+            | Route::PatchSignInPreferences(u)
+            | Route::DirectoryRoles { user: u, .. } => Some(u),
+            Route::GroupMembers { .. }
+            | Route::TransitiveRoleAssignments
+            | Route::RoleEligibilityInstances => None,
+        }
+    }
 }
 
 /// A refusal decided while parsing the path.
@@ -202,17 +263,36 @@ pub(crate) fn parse_graph(
             let d: Vec<&str> = decoded.iter().map(String::as_str).collect();
             match d.as_slice() {
                 ["groups", id, kind @ ("members" | "transitiveMembers"), cast @ ..]
-                    if cast.is_empty() || cast == ["microsoft.graph.user"] =>
+                    if cast.is_empty() || (cast.len() == 1 && MEMBER_CASTS.contains(&cast[0])) =>
                 {
-                    let template =
-                        format!("{m} {version}/groups/{{id}}/{kind}/microsoft.graph.user");
+                    let cast = cast.first().map(|c| c.to_string());
+                    let template = format!(
+                        "{m} {version}/groups/{{id}}/{kind}{}",
+                        cast.as_deref().map(|c| format!("/{c}")).unwrap_or_default()
+                    );
                     let route = if method == HttpMethod::GET {
                         Ok(Route::GroupMembers {
                             group: id.to_string(),
                             transitive: *kind == "transitiveMembers",
+                            cast,
                         })
                     } else {
                         Err(method_not_allowed())
+                    };
+                    (template, route)
+                }
+                ["roleManagement", "directory", kind @ ("transitiveRoleAssignments" | "roleEligibilityScheduleInstances")] =>
+                {
+                    let template = format!("{m} {version}/roleManagement/directory/{kind}");
+                    let route = if *kind == "transitiveRoleAssignments" && !beta {
+                        // Only in beta (the page has no v1.0 version).
+                        Err(segment_not_found(kind))
+                    } else if method != HttpMethod::GET {
+                        Err(method_not_allowed())
+                    } else if *kind == "transitiveRoleAssignments" {
+                        Ok(Route::TransitiveRoleAssignments)
+                    } else {
+                        Ok(Route::RoleEligibilityInstances)
                     };
                     (template, route)
                 }
@@ -273,20 +353,28 @@ fn parse_user_route(
             };
             ("/authentication/signInPreferences".into(), route)
         }
+        // In v1.0 and beta alike.
         ["authentication", "qrCodePinMethod", tail @ ..] => {
             let template = format!(
                 "/authentication/qrCodePinMethod{}",
                 tail.iter().map(|t| format!("/{t}")).collect::<String>()
             );
-            let route = if !beta {
-                Err(segment_not_found("qrCodePinMethod"))
-            } else {
-                match tail {
-                    [] if get => Ok(Route::GetQrCodePin(user)),
-                    [] | ["standardQRCode"] if delete => Ok(Route::DeleteQrCodePin(user)),
-                    [] | ["standardQRCode"] => Err(method_not_allowed()),
-                    [other, ..] => Err(segment_not_found(other)),
-                }
+            let code = |segment: &str| match segment {
+                "standardQRCode" => Some(QrCode::Standard),
+                "temporaryQRCode" => Some(QrCode::Temporary),
+                _ => None,
+            };
+            let route = match tail {
+                [] if get => Ok(Route::GetQrCodePin(user)),
+                [] if delete => Ok(Route::DeleteQrCodePin(user)),
+                [] => Err(method_not_allowed()),
+                [segment] => match code(segment) {
+                    Some(c) if get => Ok(Route::GetQrCode(user, c)),
+                    Some(c) if delete => Ok(Route::DeleteQrCode(user, c)),
+                    Some(_) => Err(method_not_allowed()),
+                    None => Err(segment_not_found(segment)),
+                },
+                [other, ..] => Err(segment_not_found(other)),
             };
             (template, route)
         }
@@ -336,7 +424,13 @@ fn parse_user_route(
         ),
         [kind @ ("transitiveMemberOf" | "memberOf"), "microsoft.graph.directoryRole"] => (
             format!("/{kind}/microsoft.graph.directoryRole"),
-            allowed(get, Route::DirectoryRoles(user)),
+            allowed(
+                get,
+                Route::DirectoryRoles {
+                    user,
+                    transitive: *kind == "transitiveMemberOf",
+                },
+            ),
         ),
         [first, ..] => (format!("/{first}"), Err(segment_not_found(first))),
     }

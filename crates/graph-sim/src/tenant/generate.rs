@@ -9,8 +9,9 @@ use serde_json::{json, Map, Value};
 
 use super::{
     derived_preference, display_name_from_upn, email_method, fixed_date, graph_date, method,
-    password_method, phone_method, Group, Method, Tenant, User, NESTED_GROUP_ID,
-    RESET_PENDING_GROUP_ID, UNKNOWN_METHOD_TYPE,
+    password_method, phone_method, DirectoryObject, Group, Method, ObjectKind, QrCodes, Tenant,
+    User, NESTED_GROUP_ID, RESET_PENDING_GROUP_ID, RESET_PENDING_OBJECT_IDS, ROLE_GROUP_ID,
+    UNKNOWN_METHOD_TYPE,
 };
 
 const FIRST_NAMES: [&str; 50] = [
@@ -60,10 +61,17 @@ pub struct GenOptions {
     pub unknown_method_rate: f64,
     /// Fraction of users marked privileged (writes refused with 403).
     pub privileged_rate: f64,
-    /// Fraction of users holding a directory role.
+    /// Fraction of users holding a directory role, assigned directly and active.
     pub admin_rate: f64,
+    /// Fraction of users eligible for a directory role through PIM (not active until
+    /// activated: invisible to `transitiveMemberOf`).
+    pub eligible_admin_rate: f64,
+    /// Fraction of users holding a directory role through the role-assignable group
+    /// [`ROLE_GROUP_ID`] (Privileged Authentication Administrator).
+    pub group_admin_rate: f64,
     /// With N > 0: a `reset-pending` group ([`RESET_PENDING_GROUP_ID`]) of the first N users,
-    /// the second half of them through a nested group ([`NESTED_GROUP_ID`]).
+    /// the second half of them through a nested group ([`NESTED_GROUP_ID`]); it also holds two
+    /// devices, a service principal and a contact ([`RESET_PENDING_OBJECT_IDS`]).
     pub group_size: usize,
 }
 
@@ -75,6 +83,8 @@ impl Default for GenOptions {
             unknown_method_rate: 0.0,
             privileged_rate: 0.0,
             admin_rate: 0.0,
+            eligible_admin_rate: 0.0,
+            group_admin_rate: 0.0,
             group_size: 0,
         }
     }
@@ -93,27 +103,59 @@ const ROLES: [&str; 4] = [
 /// same whatever `n` is.
 pub fn generate(n: usize, seed: u64, options: &GenOptions) -> Tenant {
     let mut tenant = Tenant::default();
+    let mut role_group_members = Vec::new();
     for i in 0..n {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(i as u64);
-        tenant.users.push(generate_user(i, &mut rng, options));
+        let (user, through_group) = generate_user(i, &mut rng, options);
+        tenant.users.push(user);
+        if through_group {
+            role_group_members.push(i);
+        }
     }
     tenant.index();
+    if !role_group_members.is_empty() {
+        tenant.groups.push(Group {
+            id: ROLE_GROUP_ID.into(),
+            display_name: "authentication-admins".into(),
+            members: role_group_members,
+            directory_roles: vec!["Privileged Authentication Administrator".into()],
+            ..Group::default()
+        });
+    }
     if options.group_size > 0 {
         let size = options.group_size.min(n);
         let half = size / 2;
+        let kinds = [
+            (ObjectKind::Device, "DESKTOP-KIOSK01"),
+            (ObjectKind::Device, "DESKTOP-KIOSK02"),
+            (ObjectKind::ServicePrincipal, "Provisioning connector"),
+            (ObjectKind::OrgContact, "Facilities contractor"),
+        ];
+        for (id, (kind, name)) in RESET_PENDING_OBJECT_IDS.iter().zip(kinds) {
+            tenant.objects.push(DirectoryObject {
+                id: (*id).into(),
+                kind,
+                display_name: name.into(),
+            });
+        }
         tenant.groups.push(Group {
             id: RESET_PENDING_GROUP_ID.into(),
             display_name: "reset-pending".into(),
             members: (0..half).collect(),
             groups: vec![NESTED_GROUP_ID.into()],
+            objects: RESET_PENDING_OBJECT_IDS
+                .iter()
+                .map(|id| (*id).into())
+                .collect(),
+            ..Group::default()
         });
         tenant.groups.push(Group {
             id: NESTED_GROUP_ID.into(),
             display_name: "reset-pending-nested".into(),
             // Overlaps the parent by one user so transitive listing must deduplicate.
             members: (half.saturating_sub(1)..size).collect(),
-            groups: Vec::new(),
+            ..Group::default()
         });
     }
     tenant
@@ -269,7 +311,8 @@ fn make_method(kind: Kind, rng: &mut ChaCha8Rng, upn: &str) -> Method {
     }
 }
 
-fn generate_user(index: usize, rng: &mut ChaCha8Rng, options: &GenOptions) -> User {
+/// User `index`, and whether it holds its role through [`ROLE_GROUP_ID`].
+fn generate_user(index: usize, rng: &mut ChaCha8Rng, options: &GenOptions) -> (User, bool) {
     let upn = upn_for_index(index);
     let id = random_uuid(rng);
     let mut kinds: Vec<Kind> = Vec::new();
@@ -349,18 +392,30 @@ fn generate_user(index: usize, rng: &mut ChaCha8Rng, options: &GenOptions) -> Us
         Vec::new()
     };
     let voice = rng.random_bool(0.2);
-    User {
+    // Drawn after everything else, so that the users of earlier builds stay the same.
+    let eligible_roles = if rng.random_bool(options.eligible_admin_rate.clamp(0.0, 1.0)) {
+        vec![ROLES[rng.random_range(0..ROLES.len())].to_string()]
+    } else {
+        Vec::new()
+    };
+    let through_group = rng.random_bool(options.group_admin_rate.clamp(0.0, 1.0));
+    let user = User {
         id,
         display_name: display_name_from_upn(&upn),
+        user_type: User::default_user_type(&upn).into(),
         user_principal_name: upn,
         privileged,
         directory_roles,
+        eligible_roles,
         preferred_method: derived_preference(&methods, voice),
         system_preferred_enabled: false,
         methods,
         deleted: Vec::new(),
+        qr_codes: QrCodes::default(),
         sessions_revoked: 0,
-    }
+        revoke_requests: 0,
+    };
+    (user, through_group)
 }
 
 #[cfg(test)]
