@@ -269,19 +269,36 @@ impl Publisher {
     }
 
     /// Reconnect and publish every unconfirmed message again, in order.
+    ///
+    /// A reopen that fails counts as one more recovery: a broker that is starting accepts
+    /// connections before its queues are back ("home node ... is down or inaccessible"), and
+    /// that is the moment a producer riding out a restart reconnects.
     async fn recover(&mut self) -> anyhow::Result<()> {
-        let Some(delay) = self.recoveries.next() else {
-            bail!(
-                "the broker keeps dropping the connection; {} message(s) were confirmed, {} were not",
-                self.confirmed,
-                self.pending.len()
-            );
-        };
-        tokio::time::sleep(delay).await;
         let _ = self.conn.close(200, "reconnecting".into()).await;
-        let (conn, channel) = open(&self.settings, &self.topology, &self.name)
-            .await
-            .context("reconnecting to the broker to republish unconfirmed messages")?;
+        let mut last_error = None;
+        let (conn, channel) = loop {
+            let Some(delay) = self.recoveries.next() else {
+                let gave_up = anyhow::anyhow!(
+                    "the broker keeps dropping the connection; {} message(s) were confirmed, {} were not",
+                    self.confirmed,
+                    self.pending.len()
+                );
+                return Err(match last_error {
+                    Some(err) => anyhow::Error::context(err, gave_up.to_string()),
+                    None => gave_up,
+                });
+            };
+            tokio::time::sleep(delay).await;
+            match open(&self.settings, &self.topology, &self.name).await {
+                Ok(opened) => break opened,
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "broker not ready yet; retrying");
+                    last_error = Some(
+                        err.context("reconnecting to the broker to republish unconfirmed messages"),
+                    );
+                }
+            }
+        };
         self.conn = conn;
         self.channel = channel;
         self.reconnects += 1;
