@@ -9,6 +9,8 @@
 //! | `{p}.retry.{delay}` | quorum queue, TTL | a request waiting to be tried again (one queue per delay) |
 //! | `{p}.dead` | quorum queue | what could not succeed, with why |
 //! | `{p}.outcomes` | stream | every batch manifest and per-user outcome: the record |
+//! | `{p}.fleet` | fanout exchange | workers' heartbeats and throttling pauses (nothing kept) |
+//! | (server-named) | exclusive classic queue, one per worker connection | this worker's copy of `{p}.fleet` |
 
 use std::time::Duration;
 
@@ -58,6 +60,10 @@ impl Topology {
     /// `{p}.outcomes`.
     pub fn outcomes(&self) -> String {
         format!("{}.outcomes", self.prefix)
+    }
+    /// `{p}.fleet`: the fanout exchange of the workers' heartbeats and pauses.
+    pub fn fleet(&self) -> String {
+        format!("{}.fleet", self.prefix)
     }
     /// The delay tiers, in order.
     pub fn tiers(&self) -> &[Duration] {
@@ -154,7 +160,57 @@ impl Topology {
         outcomes.insert("x-max-age".into(), long_str("365D"));
         self.queue(channel, &self.outcomes(), durable, outcomes, RK_OUTCOME)
             .await?;
+
+        channel
+            .exchange_declare(
+                self.fleet().as_str().into(),
+                // Fanout: every worker gets every heartbeat and pause.
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    // Declared with the rest; what goes through it is live only, never kept.
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
         Ok(())
+    }
+
+    /// Declare this worker connection's queue on `{p}.fleet` and bind it; returns its name.
+    pub async fn declare_fleet_queue(&self, channel: &Channel) -> lapin::Result<String> {
+        let mut args = FieldTable::default();
+        // Classic: a private, transient queue (quorum queues cannot be exclusive).
+        args.insert("x-queue-type".into(), long_str("classic"));
+        // A heartbeat or pause older than 5 s says nothing about now.
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(5_000));
+        // A reader that falls behind keeps the newest messages, never a backlog.
+        args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));
+        args.insert("x-overflow".into(), long_str("drop-head"));
+        let queue = channel
+            .queue_declare(
+                // Server-named, so workers never collide.
+                "".into(),
+                QueueDeclareOptions {
+                    // Gone with the connection: a dead worker leaves nothing behind.
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await?;
+        let name = queue.name().to_string();
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                self.fleet().as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(name)
     }
 
     async fn queue(

@@ -21,11 +21,14 @@
 //! - `session`: one connection's life: consuming, reaping, queue probe, stream liveness,
 //!   idle exit, graceful shutdown.
 //! - [`outbox`]: outcomes held through a broker outage, recorded after reconnecting.
+//! - [`fleet`]: the other workers: heartbeats (the live count that divides the Graph budget)
+//!   and Retry-After pauses shared through the `{p}.fleet` exchange.
 //! - [`ledger`]: which requests already have an outcome (idempotency).
 //! - [`metrics`]: counters for `/metrics` and summaries.
 
 mod delivery;
 pub mod disposition;
+pub mod fleet;
 pub mod ledger;
 pub mod metrics;
 pub mod outbox;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::delivery;
 use super::disposition::{Cause, Rules};
+use super::fleet::Fleet;
 use super::{Worker, WorkerMetrics};
 use crate::broker::consumer::{prefetch_for, Probe};
 use crate::broker::stream::{Offset, StreamFollower};
@@ -102,6 +103,19 @@ pub(super) async fn run(
         Ok(opened) => opened,
         Err(err) => return Ended::Lost(err),
     };
+    // The other workers: the budget's share and shared pauses (see `fleet`).
+    let fleet = match Fleet::start(
+        conn,
+        &worker.topology,
+        &worker.settings,
+        &worker.name,
+        &worker.graph,
+    )
+    .await
+    {
+        Ok(fleet) => fleet,
+        Err(err) => return Ended::Lost(err),
+    };
     let metrics = &worker.metrics;
     metrics.connected.set(1);
     let mut dispatch = Dispatch::new(worker.options.concurrency, cancel);
@@ -137,6 +151,7 @@ pub(super) async fn run(
         }
     };
     shut_down(ctx, consumer, probe, dispatch, metrics).await;
+    fleet.stop().await;
     ended
 }
 
