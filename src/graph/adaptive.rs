@@ -11,15 +11,21 @@
 //!   (a 429 of this process, or a pause announced by another worker: same bucket) Graph let
 //!   through exactly what it refilled, so the answers served since an earlier episode, divided
 //!   by the time since, is this process's share of the real budget, whatever its size or its
-//!   refill granularity. The oldest episode of the last [`LOOKBACK`] is the anchor: the longer
-//!   the span, the less a refill step (1 s, 10 s) skews the estimate.
-//! - **On an episode** f is set just below that served rate ([`SET_BELOW_SERVED`]); never
-//!   cut by more than [`MAX_CUT`] at once (a short span can see no refill step at all). The
-//!   first episode, with nothing to measure from, halves f.
-//! - **Memory.** The served rate of the last episode is remembered (`throttled_at`): below it
-//!   f recovers fast ([`FAST_STEP`] of it per window), above it f only probes
-//!   ([`PROBE_STEP`] per window), and Graph's `x-ms-throttle-limit-percentage` warnings stop
-//!   the probe. Probed [`FORGET_ABOVE`] past it without a 429, the budget has grown: forgotten.
+//!   refill granularity. The latest earlier episode at least [`MIN_SPAN`] ago (within
+//!   [`LOOKBACK`]) is the anchor.
+//!   Counted over the whole span it is a lower bound (a pause longer than the bucket takes to
+//!   fill wastes refill); counted over the time not paused, an upper bound. With no episode
+//!   in the last [`LOOKBACK`], the served rate of that window is the estimate.
+//! - **On an episode** f is set halfway between the bounds, between [`MAX_CUT`] and
+//!   [`MIN_CUT`] of its value (a short span may have seen no refill step at all), and to at
+//!   least [`PROBE_CUT`] of it when the episode ends a probe above the last throttled rate.
+//!   The first episode, with nothing to measure from, halves f.
+//! - **Memory.** The rate that was throttled is remembered (`throttled_at`),
+//!   and the served one (`served_at`, a lower bound). Below the served rate f recovers fast
+//!   ([`FAST_STEP`] of it per window), then climbs [`CLIMB_STEP`] of the gap per window to
+//!   [`SET_BELOW_SERVED`] of the throttled rate, then only probes ([`PROBE_STEP`] per
+//!   window); Graph's `x-ms-throttle-limit-percentage` warnings stop the probe. Probed
+//!   [`FORGET_ABOVE`] past the throttled rate without a 429, the budget has grown: forgotten.
 //! - **Warnings without memory.** Before any 429, a warning (the percentage at or above
 //!   `rate.slow_down_at_percent`) cuts f by [`FACTOR_SLOW_DOWN`], once per window.
 //!
@@ -46,13 +52,19 @@ pub const SET_BELOW_SERVED: f64 = 0.97;
 pub const MAX_CUT: f64 = 0.5;
 /// An episode cuts f to at most this fraction of its value.
 pub const MIN_CUT: f64 = 0.95;
+/// An episode met while probing above the last throttled rate cuts f to no less than this
+/// fraction of its value: the probe went past the real budget by little (it was held for long
+/// just below), so the cut need not be deeper than the probe's last steps.
+pub const PROBE_CUT: f64 = 0.93;
+/// How long since the last episode an episode must come to count as ending a probe.
+pub const PROBE_HELD: Duration = Duration::from_secs(10);
 /// The first episode (nothing measured yet) multiplies f by this.
 pub const FIRST_CUT: f64 = 0.5;
 /// Recovery per quiet window up to the served rate, as a fraction of it.
 pub const FAST_STEP: f64 = 0.05;
 /// Growth per quiet window between the served rate and just below the throttled one: this
-/// fraction of the gap (about 10 %/s of it), at least [`PROBE_STEP`].
-pub const CLIMB_STEP: f64 = 0.05;
+/// fraction of the gap (about 20 %/s of it), at least [`PROBE_STEP`].
+pub const CLIMB_STEP: f64 = 0.1;
 /// Growth per quiet window past that: the probe (0.25 %/s).
 pub const PROBE_STEP: f64 = 0.00125;
 /// Recovery per quiet window when no throttled rate is known (4 % of the share per second).
@@ -228,6 +240,7 @@ impl Law {
             return;
         }
         self.episode_until = Some(pause_end);
+        let last_episode = self.anchors.back().map(|a| a.at);
         while self
             .anchors
             .front()
@@ -235,13 +248,14 @@ impl Law {
         {
             self.anchors.pop_front();
         }
-        // From the oldest anchor: served over the whole span (pauses included, when the
+        // From the latest anchor: served over the whole span (pauses included, when the
         // bucket may have refilled past its capacity: a lower bound) and over the time not
         // paused (a bucket that was full at a pause's end counts as sent: an upper bound).
         let far_enough = |a: &&Anchor| now.saturating_duration_since(a.at) >= MIN_SPAN;
         let estimate = self
             .anchors
             .iter()
+            .rev()
             .find(far_enough)
             .or_else(|| self.checkpoints.iter().find(far_enough))
             .map(|a| {
@@ -262,14 +276,22 @@ impl Law {
         self.paused += pause_end.saturating_duration_since(counted_from);
         self.paused_until = Some(self.paused_until.map_or(pause_end, |p| p.max(pause_end)));
         let before = self.factor;
+        // A probe: at or above the last throttled rate's target, long after that episode.
+        let probing = self
+            .throttled_at
+            .is_some_and(|at| before >= at * SET_BELOW_SERVED * 0.999)
+            && last_episode.is_some_and(|t| now.saturating_duration_since(t) >= PROBE_HELD);
         match estimate {
             Some((lower, upper)) => {
-                // Between the bounds: the lower one is far off while pauses are long next to
-                // the span (the bucket overflowed during them), the upper one once they are short.
+                // Halfway between the bounds: the lower one is exact while pauses stay
+                // shorter than the bucket takes to fill (Graph's 10 s buckets); past that the
+                // bucket overflowed during them and the upper one is the closer. Never above
+                // MIN_CUT of the rate that was throttled, nor below MAX_CUT of it.
+                let floor = if probing { PROBE_CUT } else { MAX_CUT };
                 self.factor = ((lower + upper.max(lower)) / 2.0)
-                    .clamp(before * MAX_CUT, before * MIN_CUT)
+                    .clamp(before * floor, before * MIN_CUT)
                     .max(FACTOR_MIN);
-                self.throttled_at = Some(upper.min(before).max(self.factor));
+                self.throttled_at = Some(before);
                 self.served_at = Some(lower.min(self.factor));
             }
             None => {
@@ -359,12 +381,12 @@ mod tests {
         let (lower, upper) = (12.0 / 350.0, 30.0 / 350.0);
         // Halfway, but at most halved at once.
         assert!(close(a.factor, before * MAX_CUT), "{}", a.factor);
-        // Throttled at most at the rate it now has (the upper bound is lower, but a short span
-        // is not trusted past MAX_CUT).
-        assert_eq!(a.throttled_at, Some(a.factor));
+        // The rate that was throttled is remembered.
+        assert_eq!(a.throttled_at, Some(before));
         assert!(close(a.served_at.unwrap(), lower));
-        // Again 2 s at 30/s after the pause: from the first anchor, 120 in 10 s (12/s)
-        // and in 4 s not paused (30/s).
+        // Again 2 s at 30/s after the pause: from the latest anchor, 60 in 5 s (12/s)
+        // and in 2 s not paused (30/s).
+
         serve(
             &mut a,
             t1 + Duration::from_secs(3),
@@ -396,7 +418,7 @@ mod tests {
         a.roll(t0 + Duration::from_secs(6));
         let target = 0.4 * SET_BELOW_SERVED;
         assert!(a.factor > 0.3 && a.factor < target, "{}", a.factor);
-        // Then 5 % of the gap per window.
+        // Then 10 % of the gap per window.
         let f = a.factor;
         a.roll(t0 + ms(6_500));
         assert!(

@@ -228,7 +228,7 @@ impl GraphClient {
         inner.stats.record_status(status);
         inner.budget.observe_answer(write, status);
         if let Some(percent) = limit_percentage(&headers) {
-            inner.budget.observe_limit_percentage(percent, write);
+            inner.budget.observe_limit_percentage(percent);
         }
         if (200..300).contains(&status) {
             return (Ok(Answer { status, body }), None);
