@@ -76,6 +76,11 @@ pub struct EnqueueArgs {
     /// Why, recorded with every request that has no reason of its own.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+    /// Your SSH key, to sign the batch (namespace mfa-reset-request): a private key file, or
+    /// a public key file (`~/.ssh/id_ed25519.pub`) whose private key ssh-agent holds
+    /// (SSH_AUTH_SOCK; FIDO2 `sk-` keys sign this way). It must be in security.allowed_signers.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 /// `work`

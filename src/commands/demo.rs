@@ -112,6 +112,7 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
             yes: true,
             requested_by: Some("demo".into()),
             reason: Some("demo: mass re-registration after an incident".into()),
+            key: None,
         },
     )
     .await?;
@@ -212,9 +213,11 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    let _ = channel
-        .exchange_delete(topology.exchange().as_str().into(), Default::default())
-        .await;
+    for exchange in topology.exchanges() {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await;
+    }
     let _ = conn.close(200, "bye".into()).await;
     drop(server);
     Ok(())

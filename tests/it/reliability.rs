@@ -227,6 +227,7 @@ async fn a_request_delivered_again_after_its_outcome_is_recorded_does_not_touch_
     let requests_before = env.sim.stats().requests_total;
 
     // The same 20 requests again (as a producer republishing after a lost confirm would).
+    let mut again = Vec::new();
     for i in 0..20 {
         let user = UserRef::parse(&graph_sim::tenant::upn_for_index(i)).expect("user");
         let request = ResetRequest {
@@ -243,9 +244,9 @@ async fn a_request_delivered_again_after_its_outcome_is_recorded_does_not_touch_
             replay: 0,
             carry: None,
         };
-        env.publish_raw(&serde_json::to_vec(&request).expect("json"))
-            .await;
+        again.push(request);
     }
+    env.publish_signed(&again).await;
     let metrics = Arc::new(WorkerMetrics::default());
     let cancel = CancellationToken::new();
     let handle = {
@@ -296,8 +297,7 @@ async fn a_redelivered_request_whose_outcome_is_recorded_is_acked_without_a_grap
         replay: 0,
         carry: None,
     };
-    env.publish_raw(&serde_json::to_vec(&request).expect("json"))
-        .await;
+    env.publish_signed(std::slice::from_ref(&request)).await;
     // A worker that will die: it takes the request and keeps it unsettled …
     let dying = mfa_reset::broker::connect(&env.settings.broker, "dying worker")
         .await
