@@ -19,13 +19,13 @@ use lapin::{Channel, Connection};
 use serde::Serialize;
 
 use crate::broker::headers::{self, Headers};
-use crate::trust::requests::{APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER};
 use crate::broker::publisher::publish_confirmed;
 use crate::broker::topology::RK_REQUEST;
 use crate::broker::{self, OutMessage, Topology};
 use crate::cli::DlqCommand;
 use crate::config::Settings;
 use crate::domain::ResetRequest;
+use crate::trust::requests::{APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER};
 
 /// One dead letter, as `dlq list` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]

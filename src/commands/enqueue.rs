@@ -157,8 +157,7 @@ fn operator(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Operator>
         }
         .into());
     };
-    let signer =
-        Signer::from_key_file(&key).with_context(|| format!("--key {}", key.display()))?;
+    let signer = Signer::from_key_file(&key).with_context(|| format!("--key {}", key.display()))?;
     let principal = signing_principal(settings, &signer, Namespace::Request)?;
     Ok(Operator { signer, principal })
 }
@@ -175,8 +174,7 @@ pub fn signing_principal(
         "security.allowed_signers is not set (MFA_RESET__SECURITY__ALLOWED_SIGNERS): it says \
          which principal your key signs as; point it at the deployment's allowed_signers file"
     );
-    let allowed =
-        AllowedSigners::read(std::path::Path::new(&settings.security.allowed_signers))?;
+    let allowed = AllowedSigners::read(std::path::Path::new(&settings.security.allowed_signers))?;
     let principal = allowed
         .principal_for(signer.public_key().key_data(), namespace, Utc::now())
         .map_err(|refusal| {

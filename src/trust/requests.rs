@@ -174,10 +174,7 @@ impl SealedBatch {
 
     /// The header value of proof `index`.
     pub fn proof_header(&self, index: usize) -> String {
-        self.proofs
-            .get(index)
-            .map(proof_header)
-            .unwrap_or_default()
+        self.proofs.get(index).map(proof_header).unwrap_or_default()
     }
 }
 
@@ -349,8 +346,11 @@ pub fn verify_batch(
         .map_err(|error| bad(format!("the manifest has no canonical form: {error}")))?;
     let signer = verify(signature, Namespace::Request, &bytes, policy.allowed, now)
         .map_err(|error| from_verify(error, "the batch manifest"))?;
-    let sealed: SealedManifest = serde_json::from_value(value)
-        .map_err(|error| bad(format!("the manifest is not one this worker reads: {error}")))?;
+    let sealed: SealedManifest = serde_json::from_value(value).map_err(|error| {
+        bad(format!(
+            "the manifest is not one this worker reads: {error}"
+        ))
+    })?;
     let manifest = sealed.manifest;
     if manifest.requested_by != signer.principal.as_str() {
         return Err(Refusal::new(

@@ -212,8 +212,7 @@ fn missing_forged_and_foreign_manifests_are_refused_with_their_reason() {
     assert_eq!(by(Some(&other.to_header())), Reason::BadSignature);
     // Signed by a key nobody listed, and by a worker key not allowed to request.
     for outsider in [&w.mallory, &w.worker] {
-        let foreign =
-            SealedBatch::seal(&requests, "alice@contoso.com", outsider, now()).unwrap();
+        let foreign = SealedBatch::seal(&requests, "alice@contoso.com", outsider, now()).unwrap();
         assert_eq!(
             refused(check(&w, request, &foreign, 0, None)),
             Reason::SignerNotAllowed

@@ -9,13 +9,13 @@ use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOption
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use mfa_reset::batch::BatchView;
+use mfa_reset::broker::headers::Headers;
 use mfa_reset::broker::{self, Topology};
 use mfa_reset::cli::EnqueueArgs;
 use mfa_reset::commands;
 use mfa_reset::config::Settings;
-use mfa_reset::graph::GraphClient;
-use mfa_reset::broker::headers::Headers;
 use mfa_reset::domain::ResetRequest;
+use mfa_reset::graph::GraphClient;
 use mfa_reset::trust::requests::{SealedBatch, MANIFEST_HEADER, PROOF_HEADER};
 use mfa_reset::trust::{KeySet, Signer};
 use mfa_reset::worker::{self, WorkOptions, WorkerMetrics};

@@ -44,7 +44,10 @@ pub fn env_of(s: &Settings) -> Vec<(String, String)> {
         ("WORKER__SHUTDOWN_GRACE", human(s.worker.shutdown_grace)),
         ("INTAKE__CONFIRM_ABOVE", s.intake.confirm_above.to_string()),
         ("INTAKE__KEY", s.intake.key.clone()),
-        ("SECURITY__ALLOWED_SIGNERS", s.security.allowed_signers.clone()),
+        (
+            "SECURITY__ALLOWED_SIGNERS",
+            s.security.allowed_signers.clone(),
+        ),
         (
             "SECURITY__APPROVAL_ABOVE",
             s.security.approval_above.to_string(),
