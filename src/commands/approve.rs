@@ -282,7 +282,7 @@ fn print_summary(settings: &Settings, batch: &TrustedBatch, requests: &[Waiting]
         .take(SAMPLE)
         .map(|w| printable(&w.request.user.to_string()))
         .collect();
-    let _ = writeln!(err, "batch:        {}", printable(&batch.manifest.batch));
+    let _ = writeln!(err, "batch id:     {}", printable(&batch.manifest.batch));
     let _ = writeln!(err, "requested by: {}", batch.requested_by);
     let _ = writeln!(
         err,
