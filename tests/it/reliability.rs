@@ -1074,13 +1074,27 @@ async fn enqueue_shows_a_summary_and_refuses_more_than_confirm_above_without_yes
 }
 
 /// Runs of 64 ASCII letters and digits: what the simulator's access tokens look like.
+///
+/// Signatures and digests are meant to be there (signed batch manifests, record chains): SSH
+/// SIGNATURE blocks are cut out first, and a run of exactly 64 hex digits (a SHA-256) is not
+/// a token.
 fn token_like(text: &str) -> Option<String> {
+    const BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";
+    const END: &str = "-----END SSH SIGNATURE-----";
+    let mut text = text.to_string();
+    while let Some(start) = text.find(BEGIN) {
+        let Some(end) = text[start..].find(END) else {
+            break;
+        };
+        text.replace_range(start..start + end + END.len(), "");
+    }
+    let is_digest = |run: &str| run.len() == 64 && run.chars().all(|c| c.is_ascii_hexdigit());
     let mut run = String::new();
     for c in text.chars().chain(std::iter::once(' ')) {
         if c.is_ascii_alphanumeric() {
             run.push(c);
         } else {
-            if run.len() >= 64 {
+            if run.len() >= 64 && !is_digest(&run) {
                 return Some(run);
             }
             run.clear();
