@@ -233,8 +233,15 @@ unknown_sim() {
 }
 
 # The workers' settings there: [rate] left at its defaults (they do not know the budget),
-# rate.processes unset (counted through the broker).
+# rate.processes unset (counted through the broker); throw-away signing keys
+# (`mfa-reset keys`), no approval step.
 unknown_worker_settings() {
+    local keys=$OUT/keys
+    [[ -f $keys/allowed_signers ]] || "$BIN/mfa-reset" keys --dir "$keys" >/dev/null
+    export MFA_RESET__SECURITY__ALLOWED_SIGNERS=$keys/allowed_signers
+    export MFA_RESET__SECURITY__APPROVAL_ABOVE=100000000
+    export MFA_RESET__INTAKE__KEY=$keys/requester
+    export MFA_RESET__WORKER__KEY=$keys/worker
     unset MFA_RESET__RATE__REQUESTS MFA_RESET__RATE__REQUESTS_PERIOD \
         MFA_RESET__RATE__WRITES MFA_RESET__RATE__WRITES_PERIOD MFA_RESET__RATE__PROCESSES
     export MFA_RESET__WORKER__CONCURRENCY=$CONCURRENCY

@@ -235,6 +235,7 @@ def main():
         lines, results = graph_block(load(out, "worker"), "1. Worker efficiency")
     elif what in ("unknown", "comego"):
         unknown_budget(out, what)
+        return
     elif what == "storm":
         lines, results = graph_block(load(out, "storm"), "2. Storm (simulator at half the worker's budget)", settle_from=10)
     elif what == "baseline":
