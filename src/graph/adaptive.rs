@@ -65,8 +65,10 @@ pub const FAST_STEP: f64 = 0.05;
 /// Growth per quiet window between the served rate and just below the throttled one: this
 /// fraction of the gap (about 20 %/s of it), at least [`PROBE_STEP`].
 pub const CLIMB_STEP: f64 = 0.1;
-/// Growth per quiet window past that: the probe (0.25 %/s).
-pub const PROBE_STEP: f64 = 0.00125;
+/// Growth per quiet window past that: the probe (0.125 %/s). Each throttling costs its
+/// Retry-After (up to seconds of nothing sent), so the probe is slow enough to meet one
+/// about once a minute.
+pub const PROBE_STEP: f64 = 0.000625;
 /// Recovery per quiet window when no throttled rate is known (4 % of the share per second).
 pub const RECOVERY_STEP: f64 = 0.02;
 /// Episodes older than this are no anchor for the served rate (the budget may have changed).
@@ -426,7 +428,7 @@ mod tests {
             "{}",
             a.factor
         );
-        // Past the target, only the probe: 0.125 % per window.
+        // Past the target, only the probe: 0.0625 % per window.
         a.factor = target;
         a.roll(t0 + ms(7_000));
         assert!(close(a.factor, target * (1.0 + PROBE_STEP)), "{}", a.factor);
@@ -454,12 +456,12 @@ mod tests {
         let mut a = Law::new(t0);
         a.factor = 0.5;
         a.throttled_at = Some(0.5);
-        // 20 % above at 0.125 % per window: 146 windows = 73 s.
-        a.roll(t0 + Duration::from_secs(74));
+        // 20 % above at 0.0625 % per window: 292 windows = 146 s.
+        a.roll(t0 + Duration::from_secs(147));
         assert_eq!(a.throttled_at, None);
         // From then on, the quicker recovery without memory.
         let f = a.factor;
-        a.roll(t0 + ms(74_500));
+        a.roll(t0 + ms(147_500));
         assert!(close(a.factor, f + RECOVERY_STEP));
     }
 
