@@ -221,7 +221,10 @@ impl Topology {
                 )
                 .await?;
         }
+        self.declare_fleet_exchange(channel).await
+    }
 
+    async fn declare_fleet_exchange(&self, channel: &Channel) -> lapin::Result<()> {
         channel
             .exchange_declare(
                 self.fleet().as_str().into(),
@@ -234,12 +237,13 @@ impl Topology {
                 },
                 FieldTable::default(),
             )
-            .await?;
-        Ok(())
+            .await
     }
 
-    /// Declare this worker connection's queue on `{p}.fleet` and bind it; returns its name.
+    /// Declare `{p}.fleet` (as [`Topology::declare`] does) and this worker connection's queue
+    /// on it, bound; returns the queue's name.
     pub async fn declare_fleet_queue(&self, channel: &Channel) -> lapin::Result<String> {
+        self.declare_fleet_exchange(channel).await?;
         let mut args = FieldTable::default();
         // Classic: a private, transient queue (quorum queues cannot be exclusive).
         args.insert("x-queue-type".into(), long_str("classic"));

@@ -22,8 +22,9 @@ use super::adaptive::{Law, FACTOR_MIN, FACTOR_WINDOW};
 use super::{lock, PauseGate, ThrottleStats};
 use crate::config::RateSettings;
 
-/// Burst of the slowed-down limiters, in seconds of their rate.
-pub const SLOWED_BURST_SECS: f64 = 0.2;
+/// Burst of the limiters once throttled, in seconds of their rate (at least one cell): a
+/// small bucket refilled in steps has no room for bunched requests.
+pub const SLOWED_BURST_SECS: f64 = 0.05;
 
 /// A governor clock reading tokio's: the time since `origin` on [`tokio::time::Instant`],
 /// which follows `tokio::time::pause()` / `advance()` in tests and is the monotonic clock
@@ -502,12 +503,12 @@ mod tests {
             .take_while(|_| full.writes.check().is_ok())
             .count();
         assert_eq!(burst, 1500);
-        // Slowed to half: 10 writes/s, a burst of 0.2 s of that.
+        // Slowed to half: 10 writes/s, a burst of 0.05 s of that (one cell).
         let slowed = Budget::limiters(&rate, key(1, 1.0, 0.5, false), TokioClock::new());
         let burst = (0..5000)
             .take_while(|_| slowed.writes.check().is_ok())
             .count();
-        assert_eq!(burst, 2);
+        assert_eq!(burst, 1);
     }
 
     #[test]
@@ -672,7 +673,7 @@ mod tests {
         }
         left.sort();
         assert!(left[0] >= pause_end, "nobody leaves inside the pause");
-        // Halved to 10/s with a burst of 0.2 s (2 cells), emptied at the pause's end: one per
+        // Halved to 10/s with a burst of one cell, emptied at the pause's end: one per
         // 100 ms after it, 16 tasks over 1.5 s.
         let last = left[15] - pause_end;
         assert!(last >= Duration::from_millis(1500), "{last:?}");

@@ -60,6 +60,13 @@ pub enum FleetMessage {
         requests: Learned,
         /// What its writes law learned.
         writes: Learned,
+        /// The pause it is in, left to run (0: none): a worker that joins mid-pause waits
+        /// it out too.
+        #[serde(default)]
+        pause_ms: u64,
+        /// The limit of that pause.
+        #[serde(default = "requests_limit")]
+        pause_limit: Limit,
     },
     /// Graph throttled a worker: everyone pauses.
     Pause {
@@ -74,6 +81,10 @@ pub enum FleetMessage {
         /// The limit Graph named.
         limit: Limit,
     },
+}
+
+fn requests_limit() -> Limit {
+    Limit::Requests
 }
 
 /// Parse a message from the exchange; `None` for anything too large or not one of ours.
@@ -133,6 +144,7 @@ pub fn peer_pause(
 pub struct Fleet {
     task: JoinHandle<()>,
     stop: CancellationToken,
+    started: Instant,
 }
 
 impl Fleet {
@@ -171,7 +183,17 @@ impl Fleet {
             peers: Peers::default(),
         };
         let task = tokio::spawn(run.run(deliveries, stop.clone()));
-        Ok(Fleet { task, stop })
+        Ok(Fleet {
+            task,
+            stop,
+            started: Instant::now(),
+        })
+    }
+
+    /// Return once every running peer has had the time to heartbeat since this started: the
+    /// count is right and a pause the fleet is in is known before the first request is taken.
+    pub async fn settled(&self) {
+        tokio::time::sleep_until(self.started + HEARTBEAT_EVERY + Duration::from_millis(200)).await;
     }
 
     /// Stop the task and close its channel (the queue goes with it).
@@ -204,11 +226,21 @@ impl Run {
                 _ = heartbeat.tick() => {
                     self.recount();
                     let (requests, writes) = self.graph.budget().learned();
+                    let pause_ms = self
+                        .graph
+                        .gate()
+                        .paused_until()
+                        .map_or(0, |until| {
+                            let left = until.saturating_duration_since(Instant::now());
+                            u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+                        });
                     self.publish(&FleetMessage::Heartbeat {
                         instance: self.instance,
                         worker: self.name.clone(),
                         requests,
                         writes,
+                        pause_ms,
+                        pause_limit: Limit::Requests,
                     })
                     .await;
                 }
@@ -263,11 +295,17 @@ impl Run {
                 instance,
                 requests,
                 writes,
-                ..
+                pause_ms,
+                pause_limit,
+                worker,
             } => {
                 self.peers.heard(instance, Instant::now());
                 self.recount();
                 self.graph.budget().adopt(requests, writes);
+                if pause_ms > 0 {
+                    // Transit is a few milliseconds; the heartbeat carries no send time.
+                    self.pause(&worker, Duration::from_millis(pause_ms), pause_limit);
+                }
             }
             FleetMessage::Pause {
                 worker,
@@ -277,16 +315,24 @@ impl Run {
                 ..
             } => {
                 let announced = Duration::from_millis(retry_after_ms);
-                let Some(left) = peer_pause(announced, sent_at, Utc::now(), self.cap) else {
-                    return;
-                };
-                let until = Instant::now() + left;
-                let grew = self.graph.gate().pause_until(until);
-                self.graph.stats().add_pause(grew);
-                self.graph.budget().on_throttled(until, limit);
-                tracing::debug!(%worker, pause_ms = left.as_millis() as u64, ?limit, "paused by another worker's throttling");
+                if let Some(left) = peer_pause(announced, sent_at, Utc::now(), self.cap) {
+                    self.pause(&worker, left, limit);
+                }
             }
         }
+    }
+
+    /// Pause this worker for `left` (at most the cap) because `worker` was throttled.
+    fn pause(&self, worker: &str, left: Duration, limit: Limit) {
+        let left = left.min(self.cap);
+        let until = Instant::now() + left;
+        let grew = self.graph.gate().pause_until(until);
+        if grew.is_zero() {
+            return;
+        }
+        self.graph.stats().add_pause(grew);
+        self.graph.budget().on_throttled(until, limit);
+        tracing::debug!(%worker, pause_ms = left.as_millis() as u64, ?limit, "paused by another worker's throttling");
     }
 
     async fn publish(&self, message: &FleetMessage) {
@@ -383,6 +429,8 @@ mod tests {
                 factor: 1.0,
                 throttled_at: None,
             },
+            pause_ms: 1500,
+            pause_limit: Limit::Requests,
         };
         assert_eq!(
             parse(&serde_json::to_vec(&heartbeat).unwrap()),

@@ -99,11 +99,8 @@ pub(super) async fn run(
     worker: &Arc<Worker>,
     cancel: &CancellationToken,
 ) -> Ended {
-    let (ctx, mut consumer, probe) = match open(conn, worker).await {
-        Ok(opened) => opened,
-        Err(err) => return Ended::Lost(err),
-    };
-    // The other workers: the budget's share and shared pauses (see `fleet`).
+    // The other workers first: the budget's share and a running pause are known before the
+    // first request is taken (see `fleet`).
     let fleet = match Fleet::start(
         conn,
         &worker.topology,
@@ -115,6 +112,13 @@ pub(super) async fn run(
     {
         Ok(fleet) => fleet,
         Err(err) => return Ended::Lost(err),
+    };
+    let (ctx, mut consumer, probe) = match open(conn, worker, &fleet).await {
+        Ok(opened) => opened,
+        Err(err) => {
+            fleet.stop().await;
+            return Ended::Lost(err);
+        }
     };
     let metrics = &worker.metrics;
     metrics.connected.set(1);
@@ -160,6 +164,7 @@ pub(super) async fn run(
 async fn open(
     conn: &Connection,
     worker: &Arc<Worker>,
+    fleet: &Fleet,
 ) -> anyhow::Result<(Arc<Ctx>, Consumer, Probe)> {
     let topology = &worker.topology;
     let publish = conn.create_channel().await?;
@@ -179,6 +184,7 @@ async fn open(
         known_outcomes = worker.ledger.len(),
         "caught up with the outcomes stream"
     );
+    fleet.settled().await;
     let prefetch = prefetch_for(worker.settings.broker.prefetch, worker.options.concurrency);
     let consumer = Consumer::start(conn, &topology.requests(), prefetch, &worker.name).await?;
     let probe = Probe::open(conn, waiting_queues(topology)).await?;
