@@ -54,12 +54,17 @@ pub async fn serve_metrics(
             get(move || {
                 let health = health.clone();
                 async move {
-                    if health.connected.get() == 1 {
-                        (StatusCode::OK, "ok\n")
+                    if let Some(reason) = health.halt_reason() {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("halted: {reason}\n"),
+                        )
+                    } else if health.connected.get() == 1 {
+                        (StatusCode::OK, "ok\n".to_string())
                     } else {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "not connected to the broker\n",
+                            "not connected to the broker\n".to_string(),
                         )
                     }
                 }

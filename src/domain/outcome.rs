@@ -126,6 +126,11 @@ pub struct Outcome {
     /// Dry run?
     #[serde(default)]
     pub dry_run: bool,
+    /// What a reader should know that is not an error: sessions not revoked for an external
+    /// user (Graph does not revoke them), methods kept because the user registered them
+    /// after the request was made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// `+1 5555551234` → `+1 ******1234`: country code and last four digits stay.

@@ -312,6 +312,12 @@ impl Error {
         }
     }
 
+    /// True when the app itself cannot work ([`Class::Halt`]): no user can succeed until
+    /// someone fixes it, so nothing about this user may be concluded from it.
+    pub fn halts(&self) -> bool {
+        self.class() == Class::Halt
+    }
+
     /// True when trying again later can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self.class(), Class::Outage | Class::Retry)
