@@ -295,6 +295,10 @@ pub struct RetrySettings {
     /// Broker delay tiers, in order; after the last one the request is dead-lettered.
     #[serde(with = "duration_list")]
     pub tiers: Vec<Duration>,
+    /// Longest pause a Retry-After from Graph may impose on the process (a longer one is
+    /// capped, and logged).
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetrySettings {
@@ -309,6 +313,7 @@ impl Default for RetrySettings {
                 Duration::from_secs(300),
                 Duration::from_secs(1800),
             ],
+            max_retry_after: Duration::from_secs(300),
         }
     }
 }
