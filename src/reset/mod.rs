@@ -246,6 +246,7 @@ pub async fn execute(
         planned_earlier: earlier.planned,
         journal,
         notes: Vec::new(),
+        listing: listing_for(scope),
     };
     match run.reset(req, settings, scope, protected).await {
         Ok(done) => Ok(done),
@@ -297,6 +298,8 @@ struct Run<'a> {
     planned_earlier: Vec<MethodRecord>,
     journal: &'a dyn Journal,
     notes: Vec<String>,
+    /// How methods are listed (v1.0, plus beta's hardware OATH collection when in scope).
+    listing: Listing,
 }
 
 impl Run<'_> {
@@ -342,11 +345,7 @@ impl Run<'_> {
             return Ok(self.skipped(code, message));
         }
 
-        self.calls += 1;
-        let registered = self
-            .graph
-            .list_registered(&user, listing_for(scope))
-            .await?;
+        let registered = self.list(&user).await?;
         let listed: Vec<AuthMethod> = registered.iter().map(|r| r.method.clone()).collect();
         let unknown: Vec<&AuthMethod> = listed
             .iter()
@@ -424,6 +423,28 @@ impl Run<'_> {
             graph_calls: self.calls,
             notes: std::mem::take(&mut self.notes),
         })
+    }
+
+    /// The user's methods. When beta's hardware OATH collection cannot be read (a permanent
+    /// error: beta out of reach for this app), v1.0 alone, and the outcome says so: hardware
+    /// tokens are then left in place rather than the whole reset failing.
+    async fn list(&mut self, user: &DirectoryUser) -> Result<Vec<Registered>, graph::Error> {
+        self.calls += 1;
+        match self.graph.list_registered(user, self.listing).await {
+            Err(error)
+                if self.listing == Listing::WithHardwareOath
+                    && !error.is_retryable()
+                    && !error.halts() =>
+            {
+                self.notes.push(format!(
+                    "hardware OATH tokens could not be listed from beta ({error}); any the user has were left in place"
+                ));
+                self.listing = Listing::Supported;
+                self.calls += 1;
+                self.graph.list_registered(user, self.listing).await
+            }
+            other => other,
+        }
     }
 
     /// Revoke the user's sign-in sessions, unless the user is external: Graph answers success
@@ -595,8 +616,7 @@ impl Run<'_> {
             .collect();
         // Counted across awaits of a Send future: an atomic, not a Cell.
         let lists = AtomicU32::new(0);
-        let graph = self.graph;
-        let listing = listing_for(scope);
+        let (graph, listing) = (self.graph, self.listing);
         let listed = settle::until_settled(
             wait,
             || {

@@ -394,8 +394,9 @@ pub struct Tally {
     pub unknown: Vec<String>,
     /// The first DELETE Graph kept refusing: (Graph's code, "type id: message").
     pub refusal: Option<(String, String)>,
-    /// Methods Graph answered 204 for but still listed after `reset.consistency_wait`
-    /// (`type:id`): the listing is believed over the 204, so they count as remaining too.
+    /// Methods Graph answered 204 (or 404: gone) for but still listed after
+    /// `reset.consistency_wait` (`type:id`): the listing is believed over the DELETE's answer,
+    /// so they count as remaining too.
     pub lingering: Vec<String>,
 }
 
@@ -428,7 +429,7 @@ pub fn conclude(tally: &Tally) -> Conclusion {
         (
             "still_listed".to_string(),
             format!(
-                "deleted (204) but still listed after reset.consistency_wait: {}",
+                "deleted (Graph answered 204, or 404: gone) but still listed after reset.consistency_wait: {}",
                 tally.lingering.join(", ")
             ),
         )

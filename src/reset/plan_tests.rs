@@ -557,7 +557,9 @@ fn a_method_still_listed_after_its_204_is_remaining_with_our_code() {
         c.error,
         Some((
             "still_listed".to_string(),
-            "deleted (204) but still listed after reset.consistency_wait: qrCodePin:q".to_string()
+            "deleted (Graph answered 204, or 404: gone) but still listed after \
+             reset.consistency_wait: qrCodePin:q"
+                .to_string()
         ))
     );
 }

@@ -77,7 +77,11 @@ async fn a_user_with_only_qr_code_and_pin_ends_reset_with_the_whole_method_gone(
         stats.requests_by_endpoint.keys()
     );
     assert_eq!(calls_to(&stats, "standardQRCode"), 0);
-    assert_eq!(calls_to(&stats, "GET /beta/"), 0, "v1.0 only: {stats:?}");
+    assert_eq!(
+        calls_to(&stats, "GET /beta/users/{user}/authentication/methods"),
+        0,
+        "listed from v1.0, beta only for hardware OATH tokens: {stats:?}"
+    );
     env.cleanup().await;
 }
 

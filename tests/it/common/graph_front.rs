@@ -45,8 +45,11 @@ struct FrontState {
     calls: Mutex<Vec<Call>>,
     /// Renames to make in the simulator just before relaying the first request whose path
     /// contains the fragment (a rename landing between two calls of one reset).
-    renames: Mutex<Option<(String, Vec<(String, String)>)>>,
+    renames: Mutex<Option<Renames>>,
 }
+
+/// A path fragment, and the `(user, new UPN)` renames to make before its first request.
+type Renames = (String, Vec<(String, String)>);
 
 impl GraphFront {
     /// Relay to the simulator at `upstream` (`http://127.0.0.1:PORT`).
