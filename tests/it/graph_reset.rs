@@ -477,16 +477,26 @@ async fn a_late_attempt_keeps_a_method_the_user_registered_after_the_request() {
         revoke_sessions: false,
         requested_by: None,
         created_at: requested_at,
+        sealed: None,
     });
+    let signed = env.sign(std::slice::from_ref(&request)).remove(0);
     let mut publisher = Publisher::connect(&env.settings.broker, &env.topology(), "test")
         .await
         .expect("publisher");
-    for (key, body) in [
-        (RK_OUTCOME, serde_json::to_vec(&manifest).unwrap()),
-        (RK_REQUEST, serde_json::to_vec(&request).unwrap()),
-    ] {
-        publisher.send(OutMessage::json(key, body)).await.unwrap();
-    }
+    publisher
+        .send(OutMessage::json(
+            RK_OUTCOME,
+            serde_json::to_vec(&manifest).unwrap(),
+        ))
+        .await
+        .unwrap();
+    publisher
+        .send(
+            OutMessage::json(RK_REQUEST, serde_json::to_vec(&request).unwrap())
+                .with_headers(signed),
+        )
+        .await
+        .unwrap();
     publisher.close().await.unwrap();
 
     env.start_worker(1);

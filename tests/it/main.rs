@@ -12,4 +12,5 @@ mod graph_reset;
 mod intake;
 mod pipeline;
 mod reliability;
+mod requests;
 mod trust;
