@@ -616,3 +616,62 @@ async fn hardware_oath_tokens_are_listed_from_beta_only_when_the_scope_removes_t
     assert_eq!(calls_to(&stats, "hardwareOathMethods"), 0);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporarily_unavailable_token_endpoint_is_retried_without_halting() {
+    let mut env = TestEnv::new(
+        "g9-token-busy",
+        SimConfig {
+            users: 10,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    // The first two token requests answer 503 temporarily_unavailable.
+    env.sim.set_app(AppPatch {
+        token_fault: Some(Some(graph_sim::TokenFault::TemporarilyUnavailable)),
+        token_faults: Some(2),
+        ..AppPatch::default()
+    });
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(5))
+        .await
+        .expect("enqueued");
+    let metrics = Arc::new(WorkerMetrics::default());
+    let cancel = CancellationToken::new();
+    let settings = env.settings.clone();
+    let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry).unwrap();
+    let worker = {
+        let (metrics, cancel) = (metrics.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let options = WorkOptions {
+                concurrency: 2,
+                exit_when_idle: None,
+            };
+            worker::run(&settings, graph, options, metrics, cancel).await
+        })
+    };
+
+    let view = env.wait_batch(&enqueued.batch, 60).await;
+
+    assert_eq!(
+        view.counts().get(&Status::Reset).copied(),
+        Some(5),
+        "{:?}",
+        view.counts()
+    );
+    assert_eq!(
+        metrics.halts.get(),
+        0,
+        "a busy token endpoint is an outage, not a halt"
+    );
+    assert_eq!(metrics.dead_lettered.get(), 0);
+    assert_eq!(
+        env.sim.app().token_faults,
+        0,
+        "both faults were met and retried"
+    );
+    cancel.cancel();
+    worker.await.unwrap().expect("the worker ends cleanly");
+    env.cleanup().await;
+}
