@@ -5,6 +5,12 @@
 //! is read (beta `signInPreferences`) only when more than one method could be it; when that
 //! read is not allowed, a refused DELETE is retried after the others (the two-pass way).
 //!
+//! The user is resolved to its object id first and every later call addresses that id; a
+//! user listed in `reset.protected_users` ([`ProtectedUsers`], resolved when the worker
+//! starts) or holding any directory role, active or PIM-eligible, is not touched, and neither
+//! is one whose roles could not be checked. Methods registered after the request was made are
+//! kept. The final listing is believed over a DELETE's 204.
+//!
 //! # Layout
 //! - [`plan`]: [`MethodKind`], [`DefaultMethod`], [`Scope`], [`plan::order`],
 //!   [`plan::conclude`]: the rules, without I/O.
