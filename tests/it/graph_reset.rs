@@ -619,7 +619,7 @@ async fn hardware_oath_tokens_are_listed_from_beta_only_when_the_scope_removes_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_temporarily_unavailable_token_endpoint_is_retried_without_halting() {
-    let mut env = TestEnv::new(
+    let env = TestEnv::new(
         "g9-token-busy",
         SimConfig {
             users: 10,
