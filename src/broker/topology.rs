@@ -9,6 +9,7 @@
 //! | `{p}.retry.{delay}` | quorum queue, TTL | a request waiting to be tried again (one queue per delay) |
 //! | `{p}.dead` | quorum queue | what could not succeed, with why |
 //! | `{p}.outcomes` | stream | every batch manifest and per-user outcome: the record |
+//! | `{p}.control` | stream | signed admin commands (`halt`, `resume`) every worker follows |
 
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub const RK_REQUEST: &str = "request";
 pub const RK_DEAD: &str = "dead";
 /// Routing key of the outcomes stream.
 pub const RK_OUTCOME: &str = "outcome";
+/// Routing key of the control stream.
+pub const RK_CONTROL: &str = "control";
 
 /// The names of one deployment's exchange and queues.
 #[derive(Debug, Clone)]
@@ -59,6 +62,10 @@ impl Topology {
     pub fn outcomes(&self) -> String {
         format!("{}.outcomes", self.prefix)
     }
+    /// `{p}.control`.
+    pub fn control(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
     /// The delay tiers, in order.
     pub fn tiers(&self) -> &[Duration] {
         &self.tiers
@@ -73,7 +80,12 @@ impl Topology {
     }
     /// Every queue, for tools that inspect or delete them.
     pub fn all_queues(&self) -> Vec<String> {
-        let mut q = vec![self.requests(), self.dead(), self.outcomes()];
+        let mut q = vec![
+            self.requests(),
+            self.dead(),
+            self.outcomes(),
+            self.control(),
+        ];
         q.extend((0..self.tiers.len()).map(|i| self.retry_queue(i)));
         q
     }
@@ -153,6 +165,15 @@ impl Topology {
         // Keep a year of outcomes (audit trail); older segments are dropped by the broker.
         outcomes.insert("x-max-age".into(), long_str("365D"));
         self.queue(channel, &self.outcomes(), durable, outcomes, RK_OUTCOME)
+            .await?;
+
+        let mut control = FieldTable::default();
+        // A stream, so every worker reads every command (a queue would hand each to one),
+        // and a worker starting late still finds the halt in force.
+        control.insert("x-queue-type".into(), long_str("stream"));
+        // Commands are few and small; a year of them is the admin's audit trail.
+        control.insert("x-max-age".into(), long_str("365D"));
+        self.queue(channel, &self.control(), durable, control, RK_CONTROL)
             .await?;
         Ok(())
     }

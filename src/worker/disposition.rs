@@ -13,7 +13,8 @@
 //!   until the tiers run out (`retries_exhausted`); a permanent error is the outcome; an
 //!   app-wide error halts the worker and leaves the request queued, attempt unused;
 //! - a `failed` outcome is dead-lettered before it is recorded;
-//! - trouble with the broker, or a crash of the handler, hands the delivery back.
+//! - trouble with the broker, a crash of the handler, or a halt or hourly cap that came
+//!   into force before the request started hands the delivery back.
 
 use std::time::Duration;
 
@@ -116,6 +117,9 @@ pub enum Attempt {
     Executed(Executed),
     /// The reset stopped before it could conclude.
     Interrupted(RetryLater),
+    /// Not run: an admin halted the workers, or the hourly cap is reached (why). It goes
+    /// back to the queue unexecuted, no attempt used, and waits there.
+    Paused(String),
     /// The broker failed us before the reset could start (catching up with the outcomes
     /// stream): nothing was done.
     BrokerTrouble(String),
@@ -155,7 +159,9 @@ pub fn decide(delivered: Delivered<'_>, attempt: u32, rules: &Rules<'_>) -> Disp
     match result {
         Attempt::Duplicate => Disposition::Ack,
         Attempt::Refused(cause) => Disposition::Reject(cause),
-        Attempt::BrokerTrouble(reason) => Disposition::HandBack { reason },
+        Attempt::BrokerTrouble(reason) | Attempt::Paused(reason) => {
+            Disposition::HandBack { reason }
+        }
         Attempt::Panicked(message) => Disposition::HandBack {
             reason: format!("the handler panicked: {message}"),
         },
@@ -378,6 +384,12 @@ fn outcome(request: &ResetRequest, executed: Executed, attempt: u32, rules: &Rul
         graph_calls: executed.graph_calls,
         replay: request.replay,
         dry_run: request.dry_run,
+        // Seam for signed requests: these come from the request's fields until the verified
+        // principals of its signed manifest and approval replace them.
+        requested_by: request.requested_by.clone(),
+        approved_by: None,
+        reason: request.reason.clone(),
+        item: None,
     }
 }
 

@@ -30,8 +30,8 @@ fn request() -> ResetRequest {
         batch: "b1".into(),
         user,
         ticket: Some("INC1".into()),
-        reason: None,
-        requested_by: None,
+        reason: Some("lost phone".into()),
+        requested_by: Some("alice@contoso.com".into()),
         dry_run: false,
         revoke_sessions: true,
         requested_at: now() - chrono::Duration::minutes(5),
@@ -159,7 +159,7 @@ fn a_plan_the_broker_would_not_take_hands_the_delivery_back() {
 }
 
 #[test]
-fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset() {
+fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset_and_who_asked_why() {
     let request = request();
     let got = recorded(decide(
         Delivered::Tried(
@@ -186,6 +186,10 @@ fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset()
         graph_calls: 7,
         replay: 2,
         dry_run: false,
+        requested_by: Some("alice@contoso.com".into()),
+        approved_by: None,
+        reason: Some("lost phone".into()),
+        item: None,
     };
     assert_eq!(got, expected);
 }
@@ -446,5 +450,15 @@ fn garbage_wrong_shapes_and_unknown_versions_are_told_apart() {
     assert_eq!(
         parse_request(&serde_json::to_vec(&request).unwrap()),
         Ok(request)
+    );
+}
+
+#[test]
+fn a_request_met_by_a_halt_or_the_hourly_cap_goes_back_unexecuted_with_its_attempt_unused() {
+    let why = "halted by carol@contoso.com".to_string();
+    assert_eq!(
+        decide_for(Attempt::Paused(why.clone()), 3, 2),
+        Disposition::HandBack { reason: why },
+        "handed back as it came: no outcome, no retry tier, no attempt used"
     );
 }

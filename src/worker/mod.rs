@@ -1,7 +1,9 @@
 //! The worker: consumes requests, resets users through Graph, records outcomes.
 //!
 //! Per delivery: parse (invalid → dead-letter) → already recorded? (ack, no Graph call) →
-//! expired / protected? → reset → outcome on the stream (confirmed) → ack. A request whose
+//! halted or capped? (handed back, nothing used) → expired / protected? → reset → outcome
+//! sealed on the stream (confirmed) → ack. Only records that verify against
+//! `security.allowed_signers` count as recorded (see [`crate::records`]). A request whose
 //! Graph errors outlast the in-process retries goes to the next broker delay tier (never
 //! held unacked through a long wait); after the last tier it fails and is dead-lettered.
 //!
@@ -20,12 +22,14 @@
 //! - `delivery`: one task per delivery: claim, run, decide, carry out; panics caught.
 //! - `session`: one connection's life: consuming, reaping, queue probe, stream liveness,
 //!   idle exit, graceful shutdown.
-//! - [`outbox`]: outcomes held through a broker outage, recorded after reconnecting.
+//! - [`gate`]: whether requests may be taken now: an admin's halt, the hourly cap.
+//! - [`outbox`]: sealed records held through a broker outage, recorded after reconnecting.
 //! - [`ledger`]: which requests already have an outcome (idempotency).
 //! - [`metrics`]: counters for `/metrics` and summaries.
 
 mod delivery;
 pub mod disposition;
+pub mod gate;
 pub mod ledger;
 pub mod metrics;
 pub mod outbox;
@@ -40,10 +44,12 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, Topology};
 use crate::config::Settings;
 use crate::graph::GraphClient;
+use crate::records::{RecordReader, Sealer};
 use crate::reset::Scope;
 use session::Ended;
 
 pub use disposition::Disposition;
+pub use gate::Gate;
 pub use ledger::Ledger;
 pub use metrics::WorkerMetrics;
 pub use outbox::Outbox;
@@ -68,6 +74,12 @@ struct Worker {
     name: String,
     metrics: Arc<WorkerMetrics>,
     options: WorkOptions,
+    /// Seals this worker's plans and outcomes with `worker.key`.
+    sealer: Sealer,
+    /// Believes only records (and commands) that verify against `security.allowed_signers`.
+    reader: RecordReader,
+    /// Halt and hourly cap.
+    gate: Gate,
 }
 
 /// This worker's name in outcomes and dead letters.
@@ -100,6 +112,10 @@ pub async fn run(
     metrics: Arc<WorkerMetrics>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let sealer = Sealer::from_key_setting(&settings.worker.key)?;
+    let reader = RecordReader::from_settings(&settings.security)?;
+    let principal = sealer.check_allowed(reader.allowed())?;
+    tracing::info!(key = %sealer.fingerprint(), %principal, "signing records with worker.key");
     let worker = Arc::new(Worker {
         settings: settings.clone(),
         topology: Topology::new(&settings.broker, &settings.retry),
@@ -113,6 +129,9 @@ pub async fn run(
         name: worker_name(settings),
         metrics,
         options,
+        sealer,
+        reader,
+        gate: Gate::new(settings.security.max_resets_per_hour),
     });
     let connection_name = format!("mfa-reset worker {}", worker.name);
     let mut delays = reconnect_backoff().build();

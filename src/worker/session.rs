@@ -3,7 +3,13 @@
 //!
 //! The loop's concerns are separate pieces: dispatching each delivery to a task of its own
 //! ([`Dispatch`]), reaping finished tasks, probing queue depth for `/metrics`, watching that
-//! the outcomes stream is still followed, and exiting when idle ([`Idle`]).
+//! the outcomes and control streams are still followed, pausing while the [`super::Gate`] is
+//! closed (halt, hourly cap) and exiting when idle ([`Idle`]).
+//!
+//! Pausing stops the consumer (`basic.cancel`): the broker sends nothing more, deliveries
+//! already here go back unexecuted (the gate check in `delivery`), those in flight finish.
+//! Going on starts a new consumer on the same connection; the paused one's channel is closed
+//! once its deliveries are settled (at the latest when the session ends).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,9 +28,13 @@ use super::delivery;
 use super::disposition::{Cause, Rules};
 use super::{Worker, WorkerMetrics};
 use crate::broker::consumer::{prefetch_for, Probe};
-use crate::broker::stream::{Offset, StreamFollower};
+use super::gate::Stop;
+use crate::broker::stream::{Followed, Offset, StreamFollower, StreamMessage};
+use crate::broker::topology::RK_CONTROL;
 use crate::broker::{Consumer, Incoming, Topology};
+use crate::control;
 use crate::domain::Record;
+use crate::records::Read;
 
 /// How often the queue depth is probed for `/metrics`.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -45,8 +55,10 @@ pub(super) enum Ended {
 pub(super) struct Ctx {
     /// What outlives the connection.
     pub worker: Arc<Worker>,
-    /// Follows the outcomes stream into the ledger.
+    /// Follows the outcomes stream into the ledger and the hourly cap.
     pub follower: StreamFollower,
+    /// Follows the control stream into the gate.
+    pub control: StreamFollower,
     /// A channel in confirm mode for outcomes, plans, retries and dead letters.
     pub publish: Channel,
     /// Requests (id, replay) being executed by this process: a duplicate copy arriving
@@ -65,6 +77,13 @@ impl Ctx {
             worker: &self.worker.name,
             now: Utc::now(),
         }
+    }
+
+    /// Why requests may not be taken now (halt, hourly cap), if they may not; `own` is the
+    /// request asking (in flight here already, it does not count against itself).
+    pub fn stopped(&self, own: Option<(uuid::Uuid, u32)>) -> Option<Stop> {
+        let in_flight = self.in_flight.lock().map(|set| set.clone()).unwrap_or_default();
+        self.worker.gate.stop(Utc::now(), &in_flight, own)
     }
 }
 
@@ -108,6 +127,15 @@ pub(super) async fn run(
     let mut idle = Idle::new(worker.options.exit_when_idle);
     let mut probe_every = interval(PROBE_EVERY);
     let mut watch_every = interval(WATCH_EVERY);
+    let mut paused: Option<Paused> = None;
+    // False once a paused consumer has ended (the broker confirmed the cancel).
+    let mut consuming = true;
+    let mut retired: Vec<Consumer> = Vec::new();
+    if let Some(stop) = ctx.stopped(None) {
+        // Halted (or capped) already: take nothing.
+        consumer.stop().await;
+        paused = Some(Paused::new(stop, metrics));
+    }
     let ended = loop {
         tokio::select! {
             _ = cancel.cancelled() => break Ended::Stopped,
@@ -125,8 +153,40 @@ pub(super) async fn run(
                 if let Some(ended) = watch(&ctx, &probe, &mut idle, dispatch.busy()).await {
                     break ended;
                 }
+                match (ctx.stopped(None), paused.is_some()) {
+                    (Some(stop), false) => {
+                        consumer.stop().await;
+                        paused = Some(Paused::new(stop, metrics));
+                    }
+                    (Some(stop), true) => {
+                        if let Some(p) = paused.as_mut() {
+                            p.still(stop, metrics);
+                        }
+                    }
+                    (None, true) => {
+                        let prefetch = prefetch_for(worker.settings.broker.prefetch, worker.options.concurrency);
+                        match Consumer::start(conn, &worker.topology.requests(), prefetch, &worker.name).await {
+                            Ok(started) => {
+                                retired.push(std::mem::replace(&mut consumer, started));
+                                consuming = true;
+                                if let Some(p) = paused.take() {
+                                    p.over(metrics);
+                                }
+                            }
+                            Err(err) => break Ended::Lost(err),
+                        }
+                    }
+                    (None, false) => {}
+                }
+                if !dispatch.busy() {
+                    for old in retired.drain(..) {
+                        old.close().await;
+                    }
+                }
             }
-            next = consumer.next() => match next {
+            next = consumer.next(), if consuming => match next {
+                // A paused consumer ends once the broker confirms the cancel.
+                None if paused.is_some() => consuming = false,
                 None => break Ended::Lost(anyhow::anyhow!("the broker cancelled the consumer")),
                 Some(Err(err)) => break Ended::Lost(err),
                 Some(Ok(incoming)) => {
@@ -136,8 +196,41 @@ pub(super) async fn run(
             },
         }
     };
+    if paused.is_some() {
+        metrics.paused.set(0);
+    }
+    for old in retired {
+        old.close().await;
+    }
     shut_down(ctx, consumer, probe, dispatch, metrics).await;
     ended
+}
+
+/// The worker is not taking requests: why, logged when it starts, changes and ends.
+struct Paused {
+    stop: Stop,
+}
+
+impl Paused {
+    fn new(stop: Stop, metrics: &WorkerMetrics) -> Paused {
+        tracing::warn!(reason = stop.code(), "not taking requests: {stop}");
+        metrics.pause(Some(&stop));
+        Paused { stop }
+    }
+
+    /// Still paused, maybe for another reason.
+    fn still(&mut self, stop: Stop, metrics: &WorkerMetrics) {
+        if stop.code() != self.stop.code() {
+            tracing::warn!(reason = stop.code(), "still not taking requests: {stop}");
+        }
+        metrics.pause(Some(&stop));
+        self.stop = stop;
+    }
+
+    fn over(self, metrics: &WorkerMetrics) {
+        tracing::info!(was = self.stop.code(), "taking requests again");
+        metrics.pause(None);
+    }
 }
 
 /// Declare the topology, catch up with the outcomes stream, record what the outbox holds,
@@ -156,6 +249,7 @@ async fn open(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let follower = follow_outcomes(conn, worker).await?;
+    let control = follow_control(conn, worker).await?;
     worker
         .outbox
         .record_held(&publish, topology, &worker.ledger)
@@ -170,6 +264,7 @@ async fn open(
     let ctx = Ctx {
         worker: worker.clone(),
         follower,
+        control,
         publish,
         in_flight: Mutex::default(),
         halt: Halt::default(),
@@ -179,21 +274,67 @@ async fn open(
 
 /// Follow the outcomes stream into the ledger, from the last `max_request_age` (older
 /// requests expire anyway), and wait until it has caught up.
-async fn follow_outcomes(conn: &Connection, worker: &Worker) -> anyhow::Result<StreamFollower> {
+async fn follow_outcomes(
+    conn: &Connection,
+    worker: &Arc<Worker>,
+) -> anyhow::Result<StreamFollower> {
     let since = Utc::now()
         - chrono::Duration::from_std(worker.settings.reset.max_request_age)
             .unwrap_or(chrono::Duration::days(1));
-    let ledger = worker.ledger.clone();
+    let worker = worker.clone();
     let follower = StreamFollower::start(
         conn,
-        &worker.topology,
+        &worker.topology.clone(),
         Offset::Since(since),
-        move |record| match record {
-            Record::Outcome(o) => ledger.record(o.request_id, o.replay, o.finished_at),
-            Record::Plan(p) => ledger.record_plan(p.request_id, p.replay, p.methods),
-            Record::Manifest(_) | Record::Marker { .. } => {}
+        move |message: StreamMessage| match worker.reader.read(&message.body) {
+            Read::Verified { record, .. } => {
+                worker.gate.record(&record, Utc::now());
+                match record {
+                    Record::Outcome(o) => worker.ledger.record(o.request_id, o.replay, o.finished_at),
+                    Record::Plan(p) => worker.ledger.record_plan(p.request_id, p.replay, p.methods),
+                    Record::Manifest(_) | Record::Marker { .. } => {}
+                }
+            }
+            Read::Unsealed(_) => {}
+            Read::Ignored { batch, reason } => {
+                worker.metrics.records_ignored.inc();
+                tracing::warn!(offset = message.offset, batch = batch.as_deref().unwrap_or(""), %reason, "ignoring a record on the outcomes stream that does not verify against security.allowed_signers");
+            }
         },
     )
+    .await?;
+    follower.sync().await?;
+    Ok(follower)
+}
+
+/// Follow the control stream from its start into the gate (admin commands are few), and
+/// wait until it has caught up: a worker started during a halt takes nothing.
+async fn follow_control(
+    conn: &Connection,
+    worker: &Arc<Worker>,
+) -> anyhow::Result<StreamFollower> {
+    let topology = &worker.topology;
+    let followed = Followed {
+        exchange: topology.exchange(),
+        stream: topology.control(),
+        routing_key: RK_CONTROL.to_string(),
+    };
+    let worker = worker.clone();
+    let follower = StreamFollower::start_on(conn, followed, Offset::First, move |message| {
+        let prefix = &worker.settings.broker.prefix;
+        match control::verify(&message.body, prefix, worker.reader.allowed()) {
+            Ok(issued) => {
+                let (action, by) = (issued.command.action, issued.by.to_string());
+                if worker.gate.command(issued) {
+                    tracing::info!(action = action.as_str(), %by, "admin command in force");
+                }
+            }
+            Err(reason) => {
+                worker.metrics.records_ignored.inc();
+                tracing::warn!(offset = message.offset, %reason, "ignoring a control command that does not verify (admin namespace, security.allowed_signers)");
+            }
+        }
+    })
     .await?;
     follower.sync().await?;
     Ok(follower)
@@ -257,6 +398,11 @@ async fn watch(ctx: &Ctx, probe: &Probe, idle: &mut Idle, busy: bool) -> Option<
             "the outcomes stream reader stopped"
         )));
     }
+    if !ctx.control.is_running() {
+        return Some(Ended::Lost(anyhow::anyhow!(
+            "the control stream reader stopped"
+        )));
+    }
     if busy {
         idle.touch();
     }
@@ -309,6 +455,7 @@ async fn shut_down(
     probe.close().await;
     if let Ok(ctx) = Arc::try_unwrap(ctx) {
         let _ = ctx.follower.stop().await;
+        let _ = ctx.control.stop().await;
         let _ = ctx.publish.close(200, "bye".into()).await;
     }
 }
