@@ -79,6 +79,13 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
         .protected_users
         .push(DEMO_BREAK_GLASS.to_string());
 
+    // Throw-away keys: the workers sign their records with one, and readers believe only
+    // what the demo's allowed_signers lists.
+    let key_dir = tempfile_dir(&settings.broker.prefix)?;
+    let keys = crate::trust::KeySet::generate(&key_dir).context("generating demo keys")?;
+    settings.security.allowed_signers = keys.allowed_signers.display().to_string();
+    settings.worker.key = keys.worker.path.display().to_string();
+
     eprintln!(
         "Graph simulator: {} ({} users)",
         server.url(),
@@ -216,8 +223,21 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
         .exchange_delete(topology.exchange().as_str().into(), Default::default())
         .await;
     let _ = conn.close(200, "bye".into()).await;
+    let _ = std::fs::remove_dir_all(&key_dir);
     drop(server);
     Ok(())
+}
+
+/// A fresh private folder for the demo's keys (removed at the end).
+#[cfg(feature = "demo")]
+fn tempfile_dir(prefix: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let dir = std::env::temp_dir().join(format!("{prefix}-keys"));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// This build has no Graph simulator (built with `--no-default-features`), so no demo.
