@@ -68,7 +68,7 @@ pub struct AdminArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check a batch's record end to end: exit 0 when intact, else list every missing,
-    /// altered or forged record and exit 3.
+    /// altered or forged record and exit 4.
     Verify {
         /// The batch.
         #[arg(long, value_name = "ID")]

@@ -28,7 +28,7 @@ use crate::cli::AuditCommand;
 use crate::trust::{ChainAudit, Namespace, SealedRecord};
 
 /// Exit code of `audit verify` when the record is not intact.
-pub const EXIT_DAMAGED: i32 = 3;
+pub const EXIT_DAMAGED: i32 = 4;
 
 /// `audit verify` found damage.
 #[derive(Debug, thiserror::Error)]
@@ -97,10 +97,10 @@ pub async fn run(settings: &Settings, command: &AuditCommand) -> anyhow::Result<
     }
 }
 
-/// Run `audit verify --batch ID`: print the verdict; [`Damaged`] when not intact.
-pub async fn verify(settings: &Settings, batch: &str) -> anyhow::Result<Verdict> {
-    let seen = read_stream(settings, Offset::First).await?;
+/// Audit `batch` as the stream has it now, printing nothing.
+pub async fn check(settings: &Settings, batch: &str) -> anyhow::Result<Verdict> {
     let allowed = load_allowed_signers(&settings.security)?;
+    let seen = read_stream(settings, Offset::First).await?;
     let verdict = audit(batch, &seen, &allowed);
     if verdict.records == 0 {
         anyhow::bail!(
@@ -108,6 +108,12 @@ pub async fn verify(settings: &Settings, batch: &str) -> anyhow::Result<Verdict>
             settings.broker.prefix
         );
     }
+    Ok(verdict)
+}
+
+/// Run `audit verify --batch ID`: print the verdict; [`Damaged`] when not intact.
+pub async fn verify(settings: &Settings, batch: &str) -> anyhow::Result<Verdict> {
+    let verdict = check(settings, batch).await?;
     println!(
         "batch {batch}: {} records in {} chains, {} verified",
         verdict.records, verdict.chains, verdict.verified

@@ -29,6 +29,9 @@ use crate::{graph, reset};
 /// A request (one replay of it).
 type Key = (uuid::Uuid, u32);
 
+/// How long a delivery met by a closed gate waits for the session to stop consuming.
+const PAUSE_HANDOVER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Handle one delivery: wait for a free slot (or hand it back unstarted when the session
 /// stops first), then process it.
 pub(super) async fn handle(
@@ -146,6 +149,9 @@ async fn claim<'a>(
 async fn run(ctx: &Ctx, request: &ResetRequest) -> Attempt {
     let worker = &ctx.worker;
     if let Some(stop) = ctx.stopped(Some((request.request_id, request.replay))) {
+        // Handed back only once the consumer has stopped, so it is not delivered straight
+        // back here (each return counts towards the queue's delivery limit).
+        ctx.until_not_consuming(PAUSE_HANDOVER).await;
         return Attempt::Paused(stop.to_string());
     }
     if let Ok(lag) = (Utc::now() - request.requested_at).to_std() {

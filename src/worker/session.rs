@@ -66,6 +66,10 @@ pub(super) struct Ctx {
     pub in_flight: Mutex<HashSet<(uuid::Uuid, u32)>>,
     /// Raised by a delivery that met an app-wide Graph error.
     pub halt: Halt,
+    /// Raised by a delivery that met a closed gate: the session stops consuming at once.
+    pub wake: tokio::sync::Notify,
+    /// True while the consumer takes deliveries; false once a pause has stopped it.
+    pub consuming: tokio::sync::watch::Sender<bool>,
 }
 
 impl Ctx {
@@ -77,6 +81,14 @@ impl Ctx {
             worker: &self.worker.name,
             now: Utc::now(),
         }
+    }
+
+    /// Wait (at most `limit`) until the session has stopped consuming after `wake`: a
+    /// delivery handed back before that would come straight back.
+    pub async fn until_not_consuming(&self, limit: Duration) {
+        self.wake.notify_one();
+        let mut consuming = self.consuming.subscribe();
+        let _ = tokio::time::timeout(limit, consuming.wait_for(|on| !on)).await;
     }
 
     /// Why requests may not be taken now (halt, hourly cap), if they may not; `own` is the
@@ -117,7 +129,7 @@ pub(super) async fn run(
     worker: &Arc<Worker>,
     cancel: &CancellationToken,
 ) -> Ended {
-    let (ctx, mut consumer, probe) = match open(conn, worker).await {
+    let (ctx, consumer, probe) = match open(conn, worker).await {
         Ok(opened) => opened,
         Err(err) => return Ended::Lost(err),
     };
@@ -127,14 +139,9 @@ pub(super) async fn run(
     let mut idle = Idle::new(worker.options.exit_when_idle);
     let mut probe_every = interval(PROBE_EVERY);
     let mut watch_every = interval(WATCH_EVERY);
-    let mut paused: Option<Paused> = None;
-    // False once a paused consumer has ended (the broker confirmed the cancel).
-    let mut consuming = true;
-    let mut retired: Vec<Consumer> = Vec::new();
-    if let Some(stop) = ctx.stopped(None) {
-        // Halted (or capped) already: take nothing.
-        consumer.stop().await;
-        paused = Some(Paused::new(stop, metrics));
+    let mut taking = Taking::new(consumer);
+    if let Err(err) = taking.regate(&ctx, conn).await {
+        return Ended::Lost(err);
     }
     let ended = loop {
         tokio::select! {
@@ -149,44 +156,26 @@ pub(super) async fn run(
                     metrics.queue_ready.set(i64::try_from(ready).unwrap_or(i64::MAX));
                 }
             }
+            // A delivery met a closed gate: stop consuming now, not at the next tick.
+            _ = ctx.wake.notified() => {
+                if let Err(err) = taking.regate(&ctx, conn).await {
+                    break Ended::Lost(err);
+                }
+            }
             _ = watch_every.tick() => {
                 if let Some(ended) = watch(&ctx, &probe, &mut idle, dispatch.busy()).await {
                     break ended;
                 }
-                match (ctx.stopped(None), paused.is_some()) {
-                    (Some(stop), false) => {
-                        consumer.stop().await;
-                        paused = Some(Paused::new(stop, metrics));
-                    }
-                    (Some(stop), true) => {
-                        if let Some(p) = paused.as_mut() {
-                            p.still(stop, metrics);
-                        }
-                    }
-                    (None, true) => {
-                        let prefetch = prefetch_for(worker.settings.broker.prefetch, worker.options.concurrency);
-                        match Consumer::start(conn, &worker.topology.requests(), prefetch, &worker.name).await {
-                            Ok(started) => {
-                                retired.push(std::mem::replace(&mut consumer, started));
-                                consuming = true;
-                                if let Some(p) = paused.take() {
-                                    p.over(metrics);
-                                }
-                            }
-                            Err(err) => break Ended::Lost(err),
-                        }
-                    }
-                    (None, false) => {}
+                if let Err(err) = taking.regate(&ctx, conn).await {
+                    break Ended::Lost(err);
                 }
                 if !dispatch.busy() {
-                    for old in retired.drain(..) {
-                        old.close().await;
-                    }
+                    taking.close_retired().await;
                 }
             }
-            next = consumer.next(), if consuming => match next {
+            next = taking.consumer.next(), if taking.consuming => match next {
                 // A paused consumer ends once the broker confirms the cancel.
-                None if paused.is_some() => consuming = false,
+                None if taking.paused.is_some() => taking.consuming = false,
                 None => break Ended::Lost(anyhow::anyhow!("the broker cancelled the consumer")),
                 Some(Err(err)) => break Ended::Lost(err),
                 Some(Ok(incoming)) => {
@@ -196,14 +185,70 @@ pub(super) async fn run(
             },
         }
     };
-    if paused.is_some() {
-        metrics.paused.set(0);
+    if taking.paused.is_some() {
+        metrics.pause(None);
     }
-    for old in retired {
-        old.close().await;
-    }
-    shut_down(ctx, consumer, probe, dispatch, metrics).await;
+    taking.close_retired().await;
+    shut_down(ctx, taking.consumer, probe, dispatch, metrics).await;
     ended
+}
+
+/// Taking requests, or paused because the gate is closed.
+struct Taking {
+    /// The consumer: the live one, or the stopped one while paused.
+    consumer: Consumer,
+    /// False once a paused consumer has ended (the broker confirmed the cancel).
+    consuming: bool,
+    /// Why not, while paused.
+    paused: Option<Paused>,
+    /// Consumers stopped by a pause, closed once their deliveries are settled.
+    retired: Vec<Consumer>,
+}
+
+impl Taking {
+    fn new(consumer: Consumer) -> Taking {
+        Taking {
+            consumer,
+            consuming: true,
+            paused: None,
+            retired: Vec::new(),
+        }
+    }
+
+    /// Follow the gate: pause when it closes, start a new consumer when it opens.
+    async fn regate(&mut self, ctx: &Ctx, conn: &Connection) -> anyhow::Result<()> {
+        let worker = &ctx.worker;
+        let metrics = &worker.metrics;
+        match (ctx.stopped(None), self.paused.as_mut()) {
+            (Some(stop), None) => {
+                self.consumer.stop().await;
+                ctx.consuming.send_replace(false);
+                self.paused = Some(Paused::new(stop, metrics));
+            }
+            (Some(stop), Some(paused)) => paused.still(stop, metrics),
+            (None, Some(_)) => {
+                let prefetch =
+                    prefetch_for(worker.settings.broker.prefetch, worker.options.concurrency);
+                let requests = worker.topology.requests();
+                let started = Consumer::start(conn, &requests, prefetch, &worker.name).await?;
+                self.retired
+                    .push(std::mem::replace(&mut self.consumer, started));
+                self.consuming = true;
+                ctx.consuming.send_replace(true);
+                if let Some(paused) = self.paused.take() {
+                    paused.over(metrics);
+                }
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    async fn close_retired(&mut self) {
+        for old in self.retired.drain(..) {
+            old.close().await;
+        }
+    }
 }
 
 /// The worker is not taking requests: why, logged when it starts, changes and ends.
@@ -268,6 +313,8 @@ async fn open(
         publish,
         in_flight: Mutex::default(),
         halt: Halt::default(),
+        wake: tokio::sync::Notify::new(),
+        consuming: tokio::sync::watch::Sender::new(true),
     };
     Ok((Arc::new(ctx), consumer, probe))
 }
