@@ -10,5 +10,6 @@ mod fidelity;
 mod graph_client;
 mod intake;
 mod pipeline;
+mod records;
 mod reliability;
 mod trust;
