@@ -172,9 +172,13 @@ mod tests {
     fn commands_by_non_admins_for_other_deployments_or_unsigned_are_refused() {
         let (_dir, keys, allowed) = setup();
         let by_operator = signed(Action::Resume, "p", &keys.requester.path);
-        assert!(verify(&by_operator, "p", &allowed).unwrap_err().contains("not allowed"));
+        assert!(verify(&by_operator, "p", &allowed)
+            .unwrap_err()
+            .contains("not allowed"));
         let elsewhere = signed(Action::Resume, "other", &keys.admin.path);
-        assert!(verify(&elsewhere, "p", &allowed).unwrap_err().contains("other"));
+        assert!(verify(&elsewhere, "p", &allowed)
+            .unwrap_err()
+            .contains("other"));
         let mut forged: SignedCommand =
             serde_json::from_slice(&signed(Action::Halt, "p", &keys.admin.path)).unwrap();
         forged.command.action = Action::Resume;
@@ -185,16 +189,29 @@ mod tests {
     #[test]
     fn the_latest_issued_command_wins_so_a_replayed_old_resume_does_not_lift_a_halt() {
         let (_dir, keys, allowed) = setup();
-        let old_resume = verify(&signed(Action::Resume, "p", &keys.admin.path), "p", &allowed).unwrap();
+        let old_resume = verify(
+            &signed(Action::Resume, "p", &keys.admin.path),
+            "p",
+            &allowed,
+        )
+        .unwrap();
         let halt = verify(&signed(Action::Halt, "p", &keys.admin.path), "p", &allowed).unwrap();
         let mut state = ControlState::default();
         assert!(state.halt().is_none());
         assert!(state.apply(old_resume.clone()));
         assert!(state.apply(halt));
         assert!(state.halt().is_some());
-        assert!(!state.apply(old_resume), "a replayed older resume is not newer");
+        assert!(
+            !state.apply(old_resume),
+            "a replayed older resume is not newer"
+        );
         assert!(state.halt().is_some());
-        let resume = verify(&signed(Action::Resume, "p", &keys.admin.path), "p", &allowed).unwrap();
+        let resume = verify(
+            &signed(Action::Resume, "p", &keys.admin.path),
+            "p",
+            &allowed,
+        )
+        .unwrap();
         assert!(state.apply(resume));
         assert!(state.halt().is_none());
     }

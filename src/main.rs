@@ -3,8 +3,8 @@
 use clap::Parser;
 use mfa_reset::cli::{Cli, Command};
 use mfa_reset::commands::{self, audit::Damaged, enqueue::Refused, status::TimedOut};
-use mfa_reset::control::Action;
 use mfa_reset::config::Settings;
+use mfa_reset::control::Action;
 
 #[tokio::main]
 async fn main() {
@@ -29,9 +29,7 @@ async fn main() {
             | Command::Restore(_)
             | Command::Audit { .. }
             | Command::Halt(_)
-            | Command::Resume(_) => {
-                log.level = format!("{},lapin::channel=off", log.level)
-            }
+            | Command::Resume(_) => log.level = format!("{},lapin::channel=off", log.level),
             _ => {}
         }
     }

@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::publisher::{publish_confirmed, OutMessage};
 use super::headers;
+use super::publisher::{publish_confirmed, OutMessage};
 use super::topology::RK_OUTCOME;
 use super::Topology;
 use crate::domain::Record;
@@ -185,8 +185,7 @@ impl StreamFollower {
                     continue;
                 }
                 handler(StreamMessage {
-                    offset: headers::get_u64(&delivery.properties, "x-stream-offset")
-                        .unwrap_or(0),
+                    offset: headers::get_u64(&delivery.properties, "x-stream-offset").unwrap_or(0),
                     timestamp: *delivery.properties.timestamp(),
                     body: delivery.data,
                 });

@@ -20,11 +20,11 @@ use serde_json::Value;
 
 use crate::broker::stream::{read_until_now, Offset, StreamMessage};
 use crate::broker::{self, Topology};
+use crate::cli::AuditCommand;
 use crate::config::Settings;
 use crate::domain::Record;
 use crate::records::read::load_allowed_signers;
 use crate::records::{Read, RecordReader};
-use crate::cli::AuditCommand;
 use crate::trust::{ChainAudit, Namespace, SealedRecord};
 
 /// Exit code of `audit verify` when the record is not intact.
@@ -203,7 +203,11 @@ fn audit(batch: &str, seen: &[Seen], allowed: &crate::trust::AllowedSigners) -> 
     }
     let by_item = if items_known { expected } else { None };
     let report = chain_audit.finish(by_item);
-    let mut lines: Vec<String> = report.findings.iter().map(|f| printable(&f.to_string())).collect();
+    let mut lines: Vec<String> = report
+        .findings
+        .iter()
+        .map(|f| printable(&f.to_string()))
+        .collect();
     if !items_known {
         if let Some(count) = expected {
             let done = concluded.len() as u64;
@@ -338,7 +342,9 @@ fn parse_since(text: &str) -> anyhow::Result<DateTime<Utc>> {
         return Ok(at.with_timezone(&Utc));
     }
     let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").with_context(|| {
-        format!("--since {text:?}: not a date (2026-11-28) or an RFC 3339 time (2026-11-28T09:00:00Z)")
+        format!(
+            "--since {text:?}: not a date (2026-11-28) or an RFC 3339 time (2026-11-28T09:00:00Z)"
+        )
     })?;
     Ok(date.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
 }

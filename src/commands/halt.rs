@@ -43,8 +43,7 @@ pub async fn run(settings: &Settings, action: Action, args: &AdminArgs) -> anyho
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let message =
-        OutMessage::json(RK_CONTROL, body).with_id(signed.command.id.to_string());
+    let message = OutMessage::json(RK_CONTROL, body).with_id(signed.command.id.to_string());
     publish_confirmed(&channel, &topology.exchange(), &message)
         .await
         .context("writing the command to the control stream")?;

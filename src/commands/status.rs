@@ -124,8 +124,7 @@ pub async fn watch(
     .await?;
     let view = Arc::new(Mutex::new(BatchView::new(batch)));
     let follower =
-        StreamFollower::start(&conn, &topology, Offset::First, believed(&view, settings)?)
-            .await?;
+        StreamFollower::start(&conn, &topology, Offset::First, believed(&view, settings)?).await?;
     follower
         .sync()
         .await

@@ -131,7 +131,12 @@ fn classify(body: &[u8], allowed: &AllowedSigners) -> Read {
     let batch = Some(sealed.link.batch().to_string());
     let record: Record = match serde_json::from_value(sealed.record.clone()) {
         Ok(record @ (Record::Outcome(_) | Record::Plan(_))) => record,
-        Ok(_) => return ignored(batch, "a sealed record that is not a plan or outcome".into()),
+        Ok(_) => {
+            return ignored(
+                batch,
+                "a sealed record that is not a plan or outcome".into(),
+            )
+        }
         Err(error) => return ignored(batch, format!("not a record: {error}")),
     };
     if record_batch(&record) != Some(sealed.link.batch()) {
@@ -206,7 +211,9 @@ mod tests {
     fn unsigned_plans_and_outcomes_are_ignored_but_manifests_are_taken() {
         let (_dir, _keys, allowed) = keys();
         let plain = serde_json::to_vec(&outcome("b1")).unwrap();
-        assert!(matches!(classify(&plain, &allowed), Read::Ignored { batch: Some(b), .. } if b == "b1"));
+        assert!(
+            matches!(classify(&plain, &allowed), Read::Ignored { batch: Some(b), .. } if b == "b1")
+        );
         let plan = serde_json::to_vec(&Record::Plan(PlanRecord {
             request_id: uuid::Uuid::new_v4(),
             replay: 0,
@@ -216,9 +223,15 @@ mod tests {
         }))
         .unwrap();
         assert!(matches!(classify(&plan, &allowed), Read::Ignored { .. }));
-        let marker = serde_json::to_vec(&Record::Marker { id: uuid::Uuid::new_v4() }).unwrap();
+        let marker = serde_json::to_vec(&Record::Marker {
+            id: uuid::Uuid::new_v4(),
+        })
+        .unwrap();
         assert!(matches!(classify(&marker, &allowed), Read::Unsealed(_)));
-        assert!(matches!(classify(b"{not json", &allowed), Read::Ignored { .. }));
+        assert!(matches!(
+            classify(b"{not json", &allowed),
+            Read::Ignored { .. }
+        ));
     }
 
     #[test]

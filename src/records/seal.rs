@@ -152,7 +152,12 @@ mod tests {
                 ChainWriter::new(chain_id(batch, &sealer.writer), Namespace::Worker)
             });
             writer
-                .seal(&Record::Marker { id: uuid::Uuid::nil() }, &sealer.signer)
+                .seal(
+                    &Record::Marker {
+                        id: uuid::Uuid::nil(),
+                    },
+                    &sealer.signer,
+                )
                 .unwrap()
         };
         let records: Vec<SealedRecord> = vec![seal("b1"), seal("b1"), seal("b2")];

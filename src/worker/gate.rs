@@ -115,8 +115,12 @@ impl Window {
             return None;
         }
         let cutoff = now - Duration::hours(WINDOW_HOURS);
-        let mut times: Vec<DateTime<Utc>> =
-            self.seen.values().copied().filter(|at| *at > cutoff).collect();
+        let mut times: Vec<DateTime<Utc>> = self
+            .seen
+            .values()
+            .copied()
+            .filter(|at| *at > cutoff)
+            .collect();
         let here = in_flight
             .iter()
             .filter(|key| Some(**key) != own && !self.seen.contains_key(key))
@@ -242,14 +246,18 @@ mod tests {
                 until: t0() + Duration::hours(1)
             })
         );
-        assert!(gate.stop(t0() + Duration::minutes(59), &none, None).is_some());
+        assert!(gate
+            .stop(t0() + Duration::minutes(59), &none, None)
+            .is_some());
         assert_eq!(gate.stop(t0() + Duration::minutes(61), &none, None), None);
     }
 
     #[test]
     fn a_user_counts_once_however_many_records_and_dry_runs_or_clean_outcomes_not_at_all() {
         let gate = Gate::new(2);
-        let Record::Plan(first) = plan(t0()) else { unreachable!() };
+        let Record::Plan(first) = plan(t0()) else {
+            unreachable!()
+        };
         let key = (first.request_id, first.replay);
         gate.record(&Record::Plan(first.clone()), t0());
         gate.record(&Record::Plan(first), t0());
@@ -278,7 +286,11 @@ mod tests {
             }))
         };
         gate.record(&outcome(1, false), t0());
-        assert_eq!(gate.stop(t0(), &HashSet::new(), None), None, "one user so far");
+        assert_eq!(
+            gate.stop(t0(), &HashSet::new(), None),
+            None,
+            "one user so far"
+        );
         let mut other = outcome(2, true);
         if let Record::Outcome(o) = &mut other {
             o.request_id = Uuid::new_v4();

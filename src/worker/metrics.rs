@@ -75,7 +75,10 @@ impl WorkerMetrics {
 
     /// Why the worker takes no requests now, if it takes none.
     pub fn paused_because(&self) -> Option<String> {
-        self.paused_because.lock().ok().and_then(|because| because.clone())
+        self.paused_because
+            .lock()
+            .ok()
+            .and_then(|because| because.clone())
     }
 
     /// Outcomes of one status counted so far.

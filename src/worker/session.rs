@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::delivery;
 use super::disposition::{Cause, Rules};
+use super::gate::Stop;
 use super::{Worker, WorkerMetrics};
 use crate::broker::consumer::{prefetch_for, Probe};
-use super::gate::Stop;
 use crate::broker::stream::{Followed, Offset, StreamFollower, StreamMessage};
 use crate::broker::topology::RK_CONTROL;
 use crate::broker::{Consumer, Incoming, Topology};
@@ -94,7 +94,11 @@ impl Ctx {
     /// Why requests may not be taken now (halt, hourly cap), if they may not; `own` is the
     /// request asking (in flight here already, it does not count against itself).
     pub fn stopped(&self, own: Option<(uuid::Uuid, u32)>) -> Option<Stop> {
-        let in_flight = self.in_flight.lock().map(|set| set.clone()).unwrap_or_default();
+        let in_flight = self
+            .in_flight
+            .lock()
+            .map(|set| set.clone())
+            .unwrap_or_default();
         self.worker.gate.stop(Utc::now(), &in_flight, own)
     }
 }
@@ -129,7 +133,7 @@ pub(super) async fn run(
     worker: &Arc<Worker>,
     cancel: &CancellationToken,
 ) -> Ended {
-    let (ctx, consumer, probe) = match open(conn, worker).await {
+    let (ctx, probe) = match open(conn, worker).await {
         Ok(opened) => opened,
         Err(err) => return Ended::Lost(err),
     };
@@ -139,8 +143,11 @@ pub(super) async fn run(
     let mut idle = Idle::new(worker.options.exit_when_idle);
     let mut probe_every = interval(PROBE_EVERY);
     let mut watch_every = interval(WATCH_EVERY);
-    let mut taking = Taking::new(consumer);
+    // Consuming starts here, unless a halt or the cap is in force already: then nothing
+    // is taken at all until the gate opens.
+    let mut taking = Taking::new(&ctx);
     if let Err(err) = taking.regate(&ctx, conn).await {
+        shut_down(ctx, taking.consumer, probe, dispatch, metrics).await;
         return Ended::Lost(err);
     }
     let ended = loop {
@@ -173,7 +180,7 @@ pub(super) async fn run(
                     taking.close_retired().await;
                 }
             }
-            next = taking.consumer.next(), if taking.consuming => match next {
+            next = next_delivery(&mut taking.consumer), if taking.consuming => match next {
                 // A paused consumer ends once the broker confirms the cancel.
                 None if taking.paused.is_some() => taking.consuming = false,
                 None => break Ended::Lost(anyhow::anyhow!("the broker cancelled the consumer")),
@@ -195,9 +202,10 @@ pub(super) async fn run(
 
 /// Taking requests, or paused because the gate is closed.
 struct Taking {
-    /// The consumer: the live one, or the stopped one while paused.
-    consumer: Consumer,
-    /// False once a paused consumer has ended (the broker confirmed the cancel).
+    /// The consumer: the live one, or the stopped one while paused; none before the first.
+    consumer: Option<Consumer>,
+    /// True while `consumer` may yield deliveries: false before the first one starts, and
+    /// once a paused one has ended (the broker confirmed the cancel).
     consuming: bool,
     /// Why not, while paused.
     paused: Option<Paused>,
@@ -206,11 +214,14 @@ struct Taking {
 }
 
 impl Taking {
-    fn new(consumer: Consumer) -> Taking {
+    /// Not consuming yet: paused "for no reason", so the first [`Taking::regate`] starts
+    /// the consumer when the gate is open.
+    fn new(ctx: &Ctx) -> Taking {
+        ctx.consuming.send_replace(false);
         Taking {
-            consumer,
-            consuming: true,
-            paused: None,
+            consumer: None,
+            consuming: false,
+            paused: Some(Paused { stop: None }),
             retired: Vec::new(),
         }
     }
@@ -221,7 +232,9 @@ impl Taking {
         let metrics = &worker.metrics;
         match (ctx.stopped(None), self.paused.as_mut()) {
             (Some(stop), None) => {
-                self.consumer.stop().await;
+                if let Some(consumer) = &self.consumer {
+                    consumer.stop().await;
+                }
                 ctx.consuming.send_replace(false);
                 self.paused = Some(Paused::new(stop, metrics));
             }
@@ -231,8 +244,9 @@ impl Taking {
                     prefetch_for(worker.settings.broker.prefetch, worker.options.concurrency);
                 let requests = worker.topology.requests();
                 let started = Consumer::start(conn, &requests, prefetch, &worker.name).await?;
-                self.retired
-                    .push(std::mem::replace(&mut self.consumer, started));
+                if let Some(old) = self.consumer.replace(started) {
+                    self.retired.push(old);
+                }
                 self.consuming = true;
                 ctx.consuming.send_replace(true);
                 if let Some(paused) = self.paused.take() {
@@ -251,39 +265,47 @@ impl Taking {
     }
 }
 
-/// The worker is not taking requests: why, logged when it starts, changes and ends.
+/// The next delivery of the consumer, if there is one (else never).
+async fn next_delivery(consumer: &mut Option<Consumer>) -> Option<anyhow::Result<Incoming>> {
+    match consumer {
+        Some(consumer) => consumer.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The worker is not taking requests: why (none: not started yet), logged when it starts,
+/// changes and ends.
 struct Paused {
-    stop: Stop,
+    stop: Option<Stop>,
 }
 
 impl Paused {
     fn new(stop: Stop, metrics: &WorkerMetrics) -> Paused {
         tracing::warn!(reason = stop.code(), "not taking requests: {stop}");
         metrics.pause(Some(&stop));
-        Paused { stop }
+        Paused { stop: Some(stop) }
     }
 
     /// Still paused, maybe for another reason.
     fn still(&mut self, stop: Stop, metrics: &WorkerMetrics) {
-        if stop.code() != self.stop.code() {
-            tracing::warn!(reason = stop.code(), "still not taking requests: {stop}");
+        if self.stop.as_ref().map(Stop::code) != Some(stop.code()) {
+            tracing::warn!(reason = stop.code(), "not taking requests: {stop}");
         }
         metrics.pause(Some(&stop));
-        self.stop = stop;
+        self.stop = Some(stop);
     }
 
     fn over(self, metrics: &WorkerMetrics) {
-        tracing::info!(was = self.stop.code(), "taking requests again");
+        if let Some(stop) = self.stop {
+            tracing::info!(was = stop.code(), "taking requests again");
+        }
         metrics.pause(None);
     }
 }
 
-/// Declare the topology, catch up with the outcomes stream, record what the outbox holds,
-/// then start consuming.
-async fn open(
-    conn: &Connection,
-    worker: &Arc<Worker>,
-) -> anyhow::Result<(Arc<Ctx>, Consumer, Probe)> {
+/// Declare the topology, catch up with the outcomes and control streams, record what the
+/// outbox holds (the caller then starts consuming, unless the gate is closed).
+async fn open(conn: &Connection, worker: &Arc<Worker>) -> anyhow::Result<(Arc<Ctx>, Probe)> {
     let topology = &worker.topology;
     let publish = conn.create_channel().await?;
     topology
@@ -303,8 +325,6 @@ async fn open(
         known_outcomes = worker.ledger.len(),
         "caught up with the outcomes stream"
     );
-    let prefetch = prefetch_for(worker.settings.broker.prefetch, worker.options.concurrency);
-    let consumer = Consumer::start(conn, &topology.requests(), prefetch, &worker.name).await?;
     let probe = Probe::open(conn, waiting_queues(topology)).await?;
     let ctx = Ctx {
         worker: worker.clone(),
@@ -316,7 +336,7 @@ async fn open(
         wake: tokio::sync::Notify::new(),
         consuming: tokio::sync::watch::Sender::new(true),
     };
-    Ok((Arc::new(ctx), consumer, probe))
+    Ok((Arc::new(ctx), probe))
 }
 
 /// Follow the outcomes stream into the ledger, from the last `max_request_age` (older
@@ -356,10 +376,7 @@ async fn follow_outcomes(
 
 /// Follow the control stream from its start into the gate (admin commands are few), and
 /// wait until it has caught up: a worker started during a halt takes nothing.
-async fn follow_control(
-    conn: &Connection,
-    worker: &Arc<Worker>,
-) -> anyhow::Result<StreamFollower> {
+async fn follow_control(conn: &Connection, worker: &Arc<Worker>) -> anyhow::Result<StreamFollower> {
     let topology = &worker.topology;
     let followed = Followed {
         exchange: topology.exchange(),
@@ -473,13 +490,15 @@ async fn watch(ctx: &Ctx, probe: &Probe, idle: &mut Idle, busy: bool) -> Option<
 /// within `worker.shutdown_grace`, then close.
 async fn shut_down(
     ctx: Arc<Ctx>,
-    consumer: Consumer,
+    consumer: Option<Consumer>,
     probe: Probe,
     mut dispatch: Dispatch,
     metrics: &WorkerMetrics,
 ) {
     dispatch.stop.cancel();
-    consumer.stop().await;
+    if let Some(consumer) = &consumer {
+        consumer.stop().await;
+    }
     let grace = ctx.worker.settings.worker.shutdown_grace;
     let tasks = &mut dispatch.tasks;
     let drained = tokio::time::timeout(grace, async {
@@ -498,7 +517,9 @@ async fn shut_down(
     }
     metrics.connected.set(0);
     // Closing the consuming channel hands every delivery not settled back to the queue.
-    consumer.close().await;
+    if let Some(consumer) = consumer {
+        consumer.close().await;
+    }
     probe.close().await;
     if let Ok(ctx) = Arc::try_unwrap(ctx) {
         let _ = ctx.follower.stop().await;

@@ -9,6 +9,7 @@ mod defaults;
 mod fidelity;
 mod graph_client;
 mod intake;
+mod kill_switch;
 mod pipeline;
 mod records;
 mod reliability;

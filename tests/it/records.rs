@@ -162,13 +162,22 @@ async fn forged_outcomes_and_plans_neither_skip_a_request_nor_reach_the_report_a
     // Before any worker runs, someone with only broker credentials writes "already done"
     // for user 0 (unsigned) and user 1 (sealed with their own key), and plans naming a
     // method for user 2 (unsigned, and sealed by an operator: allowed, but not as a worker).
-    let mallory = Signer::from_private_key(generate_ed25519("mallory").expect("key")).expect("signer");
+    let mallory =
+        Signer::from_private_key(generate_ed25519("mallory").expect("key")).expect("signer");
     let operator = Signer::from_key_file(&env.keys.requester.path).expect("operator key");
     let forged = vec![
         serde_json::to_vec(&forged_outcome(&batch, &user(0))).unwrap(),
-        sealed_by(&forged_outcome(&batch, &user(1)), &chain_id(&batch, "mallory"), &mallory),
+        sealed_by(
+            &forged_outcome(&batch, &user(1)),
+            &chain_id(&batch, "mallory"),
+            &mallory,
+        ),
         serde_json::to_vec(&forged_plan(&batch, &user(2))).unwrap(),
-        sealed_by(&forged_plan(&batch, &user(2)), &chain_id(&batch, "operator"), &operator),
+        sealed_by(
+            &forged_plan(&batch, &user(2)),
+            &chain_id(&batch, "operator"),
+            &operator,
+        ),
     ];
     publish_outcomes(&env.settings, &forged).await;
 
@@ -182,11 +191,18 @@ async fn forged_outcomes_and_plans_neither_skip_a_request_nor_reach_the_report_a
         assert_eq!(outcome.worker, "test-worker-1", "{outcome:?}");
         assert_eq!(outcome.status, Status::Reset, "{outcome:?}");
         assert!(!outcome.methods_removed.is_empty());
-        assert!(outcome.methods_removed.iter().all(|m| !m.id.starts_with("FORGED")));
+        assert!(outcome
+            .methods_removed
+            .iter()
+            .all(|m| !m.id.starts_with("FORGED")));
     }
     let removed: usize = view.outcomes().map(|o| o.methods_removed.len()).sum();
     assert_eq!(env.sim.stats().methods_deleted as usize, removed);
-    assert_eq!(view.ignored(), 4, "the four forged records are counted as ignored");
+    assert_eq!(
+        view.ignored(),
+        4,
+        "the four forged records are counted as ignored"
+    );
     let mut csv = Vec::new();
     commands::report::write_csv(&view, &mut csv).expect("report");
     let csv = String::from_utf8(csv).unwrap();
@@ -202,9 +218,20 @@ async fn forged_outcomes_and_plans_neither_skip_a_request_nor_reach_the_report_a
         .filter(|p| p.starts_with("forged:"))
         .collect();
     assert_eq!(forged_lines.len(), 4, "{:#?}", verdict.problems);
-    assert_eq!(verdict.problems.len(), 4, "nothing else: {:#?}", verdict.problems);
-    assert!(forged_lines.iter().any(|p| p.contains("mallory")), "{forged_lines:#?}");
-    assert!(forged_lines.iter().any(|p| p.contains("operator")), "{forged_lines:#?}");
+    assert_eq!(
+        verdict.problems.len(),
+        4,
+        "nothing else: {:#?}",
+        verdict.problems
+    );
+    assert!(
+        forged_lines.iter().any(|p| p.contains("mallory")),
+        "{forged_lines:#?}"
+    );
+    assert!(
+        forged_lines.iter().any(|p| p.contains("operator")),
+        "{forged_lines:#?}"
+    );
     assert!(forged_lines.iter().any(|p| p.contains("unsigned outcome")));
     assert!(forged_lines.iter().any(|p| p.contains("unsigned plan")));
     env.cleanup().await;
@@ -259,7 +286,9 @@ async fn a_record_dropped_from_or_altered_in_a_chain_is_found_by_audit_verify() 
         .cloned()
         .collect();
     publish_outcomes(&dropped, &without_middle).await;
-    let verdict = commands::audit::check(&dropped, &batch).await.expect("audit");
+    let verdict = commands::audit::check(&dropped, &batch)
+        .await
+        .expect("audit");
     assert_eq!(
         verdict.problems,
         [format!("missing: chain {chain} record {middle}")],
@@ -267,7 +296,12 @@ async fn a_record_dropped_from_or_altered_in_a_chain_is_found_by_audit_verify() 
     );
 
     // 2. The last record (an outcome) never published: no gap, but a user without outcome.
-    let last = bodies.iter().filter_map(sealed).map(|s| s.link.seq).max().unwrap();
+    let last = bodies
+        .iter()
+        .filter_map(sealed)
+        .map(|s| s.link.seq)
+        .max()
+        .unwrap();
     let truncated = copy("rec-truncated");
     let without_last: Vec<Vec<u8>> = bodies
         .iter()
@@ -275,7 +309,9 @@ async fn a_record_dropped_from_or_altered_in_a_chain_is_found_by_audit_verify() 
         .cloned()
         .collect();
     publish_outcomes(&truncated, &without_last).await;
-    let verdict = commands::audit::check(&truncated, &batch).await.expect("audit");
+    let verdict = commands::audit::check(&truncated, &batch)
+        .await
+        .expect("audit");
     assert_eq!(
         verdict.problems,
         ["missing: 1 of the manifest's 4 users have no verified outcome".to_string()]
@@ -296,7 +332,9 @@ async fn a_record_dropped_from_or_altered_in_a_chain_is_found_by_audit_verify() 
         })
         .collect();
     publish_outcomes(&altered, &edited).await;
-    let verdict = commands::audit::check(&altered, &batch).await.expect("audit");
+    let verdict = commands::audit::check(&altered, &batch)
+        .await
+        .expect("audit");
     let seq = changed_seq.expect("an outcome");
     assert!(
         verdict.problems[0].starts_with(&format!("altered: chain {chain} record {seq} ")),
@@ -304,7 +342,10 @@ async fn a_record_dropped_from_or_altered_in_a_chain_is_found_by_audit_verify() 
         verdict.problems
     );
     assert!(
-        verdict.problems.iter().any(|p| p.contains("no verified outcome")),
+        verdict
+            .problems
+            .iter()
+            .any(|p| p.contains("no verified outcome")),
         "the altered outcome does not count: {:#?}",
         verdict.problems
     );
