@@ -27,6 +27,7 @@ async fn main() {
             | Command::Report(_)
             | Command::Dlq { .. }
             | Command::Restore(_)
+            | Command::Approve(_)
             | Command::Audit { .. }
             | Command::Halt(_)
             | Command::Resume(_) => log.level = format!("{},lapin::channel=off", log.level),
@@ -37,6 +38,8 @@ async fn main() {
     let result = match &cli.command {
         Command::Setup => commands::setup::run(&settings).await,
         Command::Enqueue(args) => commands::enqueue::run(&settings, args).await.map(|_| ()),
+        Command::Approve(args) => commands::approve::run(&settings, args).await.map(|_| ()),
+        Command::Keys(args) => commands::keys::run(args),
         Command::Work(args) => commands::work::run(&settings, args).await,
         Command::Status(args) => commands::status::run(&settings, args).await,
         Command::Report(args) => commands::report::run(&settings, args).await,

@@ -7,6 +7,8 @@
 //! the order of its steps there is part of the contract each variant documents.
 //!
 //! The rules it encodes:
+//! - a request that failed verification ([`crate::trust::requests::Verdict::Refused`]) is
+//!   rejected: dead-lettered with its reason, never claimed, never sent to Graph;
 //! - a request whose outcome someone already owns is acked without touching Graph;
 //! - a Graph error is judged by its [`Class`]: an outage waits in the first delay tier
 //!   *without* using up an attempt; a retryable error uses one and waits longer each time,
@@ -24,6 +26,7 @@ use crate::config::ResetSettings;
 use crate::domain::{Carry, MethodRecord, Outcome, ResetRequest, Status, REQUEST_VERSION};
 use crate::graph::Class;
 use crate::reset::{self, Executed, Interrupted, RetryLater};
+use crate::trust::requests::{Refusal, Verified};
 
 /// Why: a machine-readable code and a sentence for a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,8 +83,9 @@ pub enum Disposition {
     DeadLetterThenRecord(Box<Outcome>),
     /// The body is not a request this worker can run: dead-letter it with why, then ack.
     DeadLetterInvalid(Cause),
-    /// A request that fails verification (signature, approval): dead-lettered with why and
-    /// never executed. No check produces it yet; signed and approved requests come next.
+    /// A request that fails verification (signature, batch, approval, date): dead-lettered
+    /// with why (code = the reason: `unsigned`, `bad_signature`, `signer_not_allowed`,
+    /// `not_in_batch`, `not_approved`, `future_request`) and never executed.
     Reject(Cause),
     /// Graph refuses the app itself (credential, consent, tenant): nothing can succeed until
     /// someone fixes it. Put `request` back on the requests queue as attempt `attempt` (no
@@ -111,8 +115,6 @@ pub enum Attempt {
     Expired,
     /// Not run: listed in `reset.protected_users`.
     Protected,
-    /// Not run: it failed verification (signed and approved requests, next).
-    Refused(Cause),
     /// The reset concluded.
     Executed(Executed),
     /// The reset stopped before it could conclude.
@@ -132,8 +134,10 @@ pub enum Attempt {
 pub enum Delivered<'a> {
     /// The body is not a request this worker runs; nothing was tried.
     Invalid(Cause),
-    /// A request, and what came of trying it.
-    Tried(&'a ResetRequest, Attempt),
+    /// A request that failed verification; nothing was tried.
+    Refused(Refusal),
+    /// A verified request (who requested and approved it), and what came of trying it.
+    Tried(&'a ResetRequest, &'a Verified, Attempt),
 }
 
 /// What the decision needs to know besides the delivery.
@@ -152,23 +156,25 @@ pub struct Rules<'a> {
 /// Decide what becomes of a delivery. `attempt` is its attempt number (1 for the first).
 pub fn decide(delivered: Delivered<'_>, attempt: u32, rules: &Rules<'_>) -> Disposition {
     let attempt = attempt.max(1);
-    let (request, result) = match delivered {
+    let (request, who, result) = match delivered {
         Delivered::Invalid(cause) => return Disposition::DeadLetterInvalid(cause),
-        Delivered::Tried(request, result) => (request, result),
+        Delivered::Refused(refusal) => {
+            return Disposition::Reject(Cause::new(refusal.reason.as_str(), refusal.message))
+        }
+        Delivered::Tried(request, who, result) => (request, who, result),
     };
     match result {
         Attempt::Duplicate => Disposition::Ack,
-        Attempt::Refused(cause) => Disposition::Reject(cause),
         Attempt::BrokerTrouble(reason) | Attempt::Paused(reason) => {
             Disposition::HandBack { reason }
         }
         Attempt::Panicked(message) => Disposition::HandBack {
             reason: format!("the handler panicked: {message}"),
         },
-        Attempt::Expired => conclude(request, expired(request, rules), attempt, rules),
-        Attempt::Protected => conclude(request, protected(), attempt, rules),
-        Attempt::Executed(executed) => conclude(request, executed, attempt, rules),
-        Attempt::Interrupted(later) => interrupted(request, later, attempt, rules),
+        Attempt::Expired => conclude(request, who, expired(request, rules), attempt, rules),
+        Attempt::Protected => conclude(request, who, protected(), attempt, rules),
+        Attempt::Executed(executed) => conclude(request, who, executed, attempt, rules),
+        Attempt::Interrupted(later) => interrupted(request, who, later, attempt, rules),
     }
 }
 
@@ -223,6 +229,7 @@ pub fn parse_request(body: &[u8]) -> Result<ResetRequest, Cause> {
 /// A reset that stopped: retry, wait out an outage, halt, or conclude.
 fn interrupted(
     request: &ResetRequest,
+    who: &Verified,
     later: RetryLater,
     attempt: u32,
     rules: &Rules<'_>,
@@ -237,7 +244,7 @@ fn interrupted(
         removed: later.removed,
         sessions_revoked: later.sessions_revoked,
     };
-    after_graph_error(error.class(), cause, done, request, attempt, rules)
+    after_graph_error(error.class(), cause, done, (request, who), attempt, rules)
 }
 
 /// What earlier attempts and this one did before stopping.
@@ -251,7 +258,7 @@ fn after_graph_error(
     class: Class,
     cause: Cause,
     done: Done,
-    request: &ResetRequest,
+    (request, who): (&ResetRequest, &Verified),
     attempt: u32,
     rules: &Rules<'_>,
 ) -> Disposition {
@@ -283,12 +290,12 @@ fn after_graph_error(
         },
         Class::Permanent => {
             let executed = stopped(done, cause.code, cause.message);
-            conclude(request, executed, attempt, rules)
+            conclude(request, who, executed, attempt, rules)
         }
         Class::Outage | Class::Retry => {
             let message = format!("gave up after {attempt} attempts: {}", cause.message);
             let executed = stopped(done, "retries_exhausted".into(), message);
-            conclude(request, executed, attempt, rules)
+            conclude(request, who, executed, attempt, rules)
         }
     }
 }
@@ -353,11 +360,12 @@ fn protected() -> Executed {
 /// Record the outcome; a failed one goes to the dead-letter queue first.
 fn conclude(
     request: &ResetRequest,
+    who: &Verified,
     executed: Executed,
     attempt: u32,
     rules: &Rules<'_>,
 ) -> Disposition {
-    let outcome = Box::new(outcome(request, executed, attempt, rules));
+    let outcome = Box::new(outcome(request, who, executed, attempt, rules));
     if outcome.status == Status::Failed {
         Disposition::DeadLetterThenRecord(outcome)
     } else {
@@ -365,7 +373,15 @@ fn conclude(
     }
 }
 
-fn outcome(request: &ResetRequest, executed: Executed, attempt: u32, rules: &Rules<'_>) -> Outcome {
+/// The outcome: what was done, to whom, on whose request and approval (the verified
+/// principals of the batch's signatures, not what the request body claims), and why.
+fn outcome(
+    request: &ResetRequest,
+    who: &Verified,
+    executed: Executed,
+    attempt: u32,
+    rules: &Rules<'_>,
+) -> Outcome {
     let (error_code, error_message) = executed.error.unzip();
     Outcome {
         request_id: request.request_id,
@@ -384,10 +400,8 @@ fn outcome(request: &ResetRequest, executed: Executed, attempt: u32, rules: &Rul
         graph_calls: executed.graph_calls,
         replay: request.replay,
         dry_run: request.dry_run,
-        // Seam for signed requests: these come from the request's fields until the verified
-        // principals of its signed manifest and approval replace them.
-        requested_by: request.requested_by.clone(),
-        approved_by: None,
+        requested_by: Some(who.requested_by.to_string()),
+        approved_by: who.approved_by.as_ref().map(ToString::to_string),
         reason: request.reason.clone(),
         item: None,
     }

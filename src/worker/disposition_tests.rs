@@ -4,6 +4,7 @@
 use super::*;
 use crate::domain::UserRef;
 use crate::graph::{self, NoAnswer};
+use crate::trust::requests::Reason;
 
 const WORKER: &str = "w1";
 
@@ -31,7 +32,7 @@ fn request() -> ResetRequest {
         user,
         ticket: Some("INC1".into()),
         reason: Some("lost phone".into()),
-        requested_by: Some("alice@contoso.com".into()),
+        requested_by: Some("whoever the body claims".into()),
         dry_run: false,
         revoke_sessions: true,
         requested_at: now() - chrono::Duration::minutes(5),
@@ -82,8 +83,20 @@ fn interrupted_by(error: graph::Error, removed: Vec<MethodRecord>) -> Attempt {
     })
 }
 
+fn verified() -> Verified {
+    Verified {
+        requested_by: serde_json::from_str("\"alice@contoso.com\"").unwrap(),
+        approved_by: Some(serde_json::from_str("\"bob@contoso.com\"").unwrap()),
+        manifest: crate::trust::Digest::ZERO,
+    }
+}
+
 fn decide_for(result: Attempt, attempt: u32, tiers: usize) -> Disposition {
-    decide(Delivered::Tried(&request(), result), attempt, &rules(tiers))
+    decide(
+        Delivered::Tried(&request(), &verified(), result),
+        attempt,
+        &rules(tiers),
+    )
 }
 
 fn recorded(disposition: Disposition) -> Outcome {
@@ -121,10 +134,15 @@ fn a_duplicate_is_acked() {
 }
 
 #[test]
-fn a_request_refused_by_verification_is_rejected_with_its_cause() {
-    let cause = Cause::new("unsigned", "no valid signature");
-    let got = decide_for(Attempt::Refused(cause.clone()), 1, 2);
-    assert_eq!(got, Disposition::Reject(cause));
+fn a_request_refused_by_verification_is_rejected_with_its_reason_as_the_code() {
+    for reason in Reason::ALL {
+        let refusal = Refusal {
+            reason,
+            message: "why".into(),
+        };
+        let got = decide(Delivered::Refused(refusal), 3, &rules(2));
+        assert_eq!(got, Disposition::Reject(Cause::new(reason.as_str(), "why")));
+    }
 }
 
 #[test]
@@ -164,6 +182,7 @@ fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset_a
     let got = recorded(decide(
         Delivered::Tried(
             &request,
+            &verified(),
             Attempt::Executed(executed(Status::Reset, vec![method("a")])),
         ),
         3,
@@ -186,8 +205,9 @@ fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset_a
         graph_calls: 7,
         replay: 2,
         dry_run: false,
+        // The verified signers, not what the request body claims.
         requested_by: Some("alice@contoso.com".into()),
-        approved_by: None,
+        approved_by: Some("bob@contoso.com".into()),
         reason: Some("lost phone".into()),
         item: None,
     };
@@ -327,7 +347,14 @@ fn an_app_wide_error_halts_and_puts_the_request_back_without_using_an_attempt() 
         sessions_revoked: true,
     };
     let cause = Cause::new("AADSTS7000215", "invalid client secret");
-    let got = after_graph_error(Class::Halt, cause.clone(), done, &request, 2, &rules(2));
+    let got = after_graph_error(
+        Class::Halt,
+        cause.clone(),
+        done,
+        (&request, &verified()),
+        2,
+        &rules(2),
+    );
     let mut next = request.clone();
     next.carry = carry(vec![method("a")], "invalid client secret");
     assert_eq!(
@@ -353,7 +380,7 @@ fn an_expired_request_is_recorded_with_what_earlier_attempts_removed() {
     let mut request = request();
     request.carry = carry(vec![method("a")], "throttled");
     let got = recorded(decide(
-        Delivered::Tried(&request, Attempt::Expired),
+        Delivered::Tried(&request, &verified(), Attempt::Expired),
         2,
         &rules(2),
     ));

@@ -1,6 +1,7 @@
 //! The worker: consumes requests, resets users through Graph, records outcomes.
 //!
-//! Per delivery: parse (invalid → dead-letter) → already recorded? (ack, no Graph call) →
+//! Per delivery: parse (invalid → dead-letter) → verify its signed batch, proof and approval
+//! (refused → dead-letter with the reason, never executed) → already recorded? (ack, no Graph call) →
 //! halted or capped? (handed back, nothing used) → expired / protected? → reset → outcome
 //! sealed on the stream (confirmed) → ack. Only records that verify against
 //! `security.allowed_signers` count as recorded (see [`crate::records`]). A request whose
@@ -22,6 +23,8 @@
 //! - `delivery`: one task per delivery: claim, run, decide, carry out; panics caught.
 //! - `session`: one connection's life: consuming, reaping, queue probe, stream liveness,
 //!   idle exit, graceful shutdown.
+//! - [`verify`]: the [`Gatekeeper`]: every request verified against
+//!   `security.allowed_signers` before anything else; verified manifests cached.
 //! - [`gate`]: whether requests may be taken now: an admin's halt, the hourly cap.
 //! - [`outbox`]: sealed records held through a broker outage, recorded after reconnecting.
 //! - [`ledger`]: which requests already have an outcome (idempotency).
@@ -34,6 +37,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod outbox;
 mod session;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +57,7 @@ pub use gate::Gate;
 pub use ledger::Ledger;
 pub use metrics::WorkerMetrics;
 pub use outbox::Outbox;
+pub use verify::Gatekeeper;
 
 /// How a `work` run is shaped.
 #[derive(Debug, Clone)]
@@ -74,6 +79,7 @@ struct Worker {
     name: String,
     metrics: Arc<WorkerMetrics>,
     options: WorkOptions,
+    gatekeeper: Gatekeeper,
     /// Seals this worker's plans and outcomes with `worker.key`.
     sealer: Sealer,
     /// Believes only records (and commands) that verify against `security.allowed_signers`.
@@ -112,11 +118,13 @@ pub async fn run(
     metrics: Arc<WorkerMetrics>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let gatekeeper = Gatekeeper::from_settings(&settings.security)?;
     let sealer = Sealer::from_key_setting(&settings.worker.key)?;
     let reader = RecordReader::from_settings(&settings.security)?;
     let principal = sealer.check_allowed(reader.allowed())?;
     tracing::info!(key = %sealer.fingerprint(), %principal, "signing records with worker.key");
     let worker = Arc::new(Worker {
+        gatekeeper,
         settings: settings.clone(),
         topology: Topology::new(&settings.broker, &settings.retry),
         graph,

@@ -13,4 +13,5 @@ mod kill_switch;
 mod pipeline;
 mod records;
 mod reliability;
+mod requests;
 mod trust;
