@@ -22,9 +22,10 @@ use crate::broker::stream::{read_until_now, Offset, StreamMessage};
 use crate::broker::{self, Topology};
 use crate::cli::AuditCommand;
 use crate::config::Settings;
-use crate::domain::Record;
+use crate::domain::{BatchManifest, Record};
 use crate::records::read::load_allowed_signers;
 use crate::records::{Read, RecordReader};
+use crate::trust::requests::manifest_bytes;
 use crate::trust::{ChainAudit, Namespace, SealedRecord};
 
 /// Exit code of `audit verify` when the record is not intact.
@@ -179,9 +180,13 @@ fn audit(batch: &str, seen: &[Seen], allowed: &crate::trust::AllowedSigners) -> 
             continue;
         }
         match serde_json::from_value::<Record>(value) {
-            Ok(Record::Manifest(m)) if m.batch == batch => {
-                expected = Some(expected.map_or(m.count, |count| count.max(m.count)));
-            }
+            Ok(Record::Manifest(m)) if m.batch == batch => match signed_count(&m, allowed) {
+                Ok(count) => expected = Some(expected.map_or(count, |c| c.max(count))),
+                Err(reason) => problems.push(format!(
+                    "forged: manifest at offset {}: {reason}",
+                    message.offset
+                )),
+            },
             Ok(Record::Outcome(o)) if o.batch == batch => {
                 unsealed += 1;
                 problems.push(format!(
@@ -226,6 +231,30 @@ fn audit(batch: &str, seen: &[Seen], allowed: &crate::trust::AllowedSigners) -> 
         chains: report.chains,
         problems: lines,
     }
+}
+
+/// The user count a manifest record's operator signed, if its signature verifies.
+fn signed_count(
+    manifest: &BatchManifest,
+    allowed: &crate::trust::AllowedSigners,
+) -> Result<u64, String> {
+    let sealed = manifest
+        .sealed
+        .as_ref()
+        .ok_or_else(|| "unsigned".to_string())?;
+    if sealed.manifest.batch != manifest.batch {
+        return Err(format!("signed for batch {:?}", sealed.manifest.batch));
+    }
+    let bytes = manifest_bytes(&sealed.manifest).map_err(|error| error.to_string())?;
+    crate::trust::verify(
+        &sealed.signature,
+        Namespace::Request,
+        &bytes,
+        allowed,
+        sealed.manifest.created_at,
+    )
+    .map_err(|error| error.to_string())?;
+    Ok(sealed.manifest.count)
 }
 
 /// Control characters out of what came from the stream, before printing it.

@@ -403,7 +403,7 @@ fn outcome(
         requested_by: Some(who.requested_by.to_string()),
         approved_by: who.approved_by.as_ref().map(ToString::to_string),
         reason: request.reason.clone(),
-        item: None,
+        item: Some(who.item),
     }
 }
 

@@ -88,6 +88,7 @@ fn verified() -> Verified {
         requested_by: serde_json::from_str("\"alice@contoso.com\"").unwrap(),
         approved_by: Some(serde_json::from_str("\"bob@contoso.com\"").unwrap()),
         manifest: crate::trust::Digest::ZERO,
+        item: 7,
     }
 }
 
@@ -209,7 +210,7 @@ fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset_a
         requested_by: Some("alice@contoso.com".into()),
         approved_by: Some("bob@contoso.com".into()),
         reason: Some("lost phone".into()),
-        item: None,
+        item: Some(7),
     };
     assert_eq!(got, expected);
 }
