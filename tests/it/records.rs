@@ -18,6 +18,7 @@ use mfa_reset::trust::signer::generate_ed25519;
 use mfa_reset::trust::{ChainWriter, Namespace, SealedRecord, Signer};
 
 use crate::common::env::{csv_of_generated, unique_prefix, TestEnv};
+use crate::common::graph_front::GraphFront;
 
 fn tenant(users: usize) -> SimConfig {
     SimConfig {
@@ -356,6 +357,55 @@ async fn a_record_dropped_from_or_altered_in_a_chain_is_found_by_audit_verify() 
 
     for settings in [dropped, truncated, altered] {
         delete_topology(&settings).await;
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_graph_call_of_a_reset_carries_the_request_id_as_client_request_id_and_the_outcome_says_who_asked(
+) {
+    let mut env = TestEnv::new("rec-crid", tenant(3)).await;
+    let front = GraphFront::start(&env.sim.url()).await;
+    front.point(&mut env.settings);
+    env.setup().await;
+    let batch = env
+        .enqueue_csv(&csv_of_generated(3))
+        .await
+        .expect("enqueue")
+        .batch;
+    env.start_worker(2);
+    let view = env.wait_batch(&batch, 120).await;
+    env.stop_workers().await;
+
+    let ids: Vec<String> = (0..3)
+        .map(|i| ResetRequest::id_for(&batch, &user(i)).to_string())
+        .collect();
+    let graph_calls: Vec<_> = front
+        .calls()
+        .into_iter()
+        .filter(|call| call.path.starts_with("/v1.0/") || call.path.starts_with("/beta/"))
+        .collect();
+    assert!(!graph_calls.is_empty());
+    for call in &graph_calls {
+        let id = call.client_request_id.as_deref().unwrap_or("none");
+        assert!(ids.iter().any(|known| known == id), "{call:?}");
+    }
+    for id in &ids {
+        assert!(
+            graph_calls
+                .iter()
+                .any(|call| call.method == axum::http::Method::DELETE
+                    && call.client_request_id.as_deref() == Some(id.as_str())),
+            "a DELETE of request {id} carries it"
+        );
+    }
+    for outcome in view.outcomes() {
+        assert_eq!(
+            outcome.requested_by.as_deref(),
+            Some(env.keys.requester.principal.as_str())
+        );
+        assert_eq!(outcome.approved_by, None, "a batch of 3 needs no approval");
+        assert!(outcome.item.is_some_and(|item| item < 3));
     }
     env.cleanup().await;
 }
