@@ -197,6 +197,32 @@ mod tests {
         serde_json::to_vec(&writer.seal(record, &signer).unwrap()).unwrap()
     }
 
+    /// Sealing and reading one outcome: `cargo test --release --lib records::read -- --ignored
+    /// --nocapture sealing_and_reading_cost`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn sealing_and_reading_cost() {
+        let (_dir, keys, allowed) = keys();
+        let signer = Signer::from_key_file(&keys.worker.path).unwrap();
+        let mut writer = ChainWriter::new("b1/w", Namespace::Worker);
+        let record = outcome("b1");
+        let n = 2000;
+        let started = std::time::Instant::now();
+        let bodies: Vec<Vec<u8>> = (0..n)
+            .map(|_| serde_json::to_vec(&writer.seal(&record, &signer).unwrap()).unwrap())
+            .collect();
+        let seal = started.elapsed() / n;
+        let started = std::time::Instant::now();
+        for body in &bodies {
+            assert!(matches!(classify(body, &allowed), Read::Verified { .. }));
+        }
+        let read = started.elapsed() / n;
+        println!(
+            "per outcome record: seal {seal:?}, read and verify {read:?} ({} bytes)",
+            bodies[0].len()
+        );
+    }
+
     #[test]
     fn a_worker_sealed_outcome_is_believed_and_names_its_worker() {
         let (_dir, keys, allowed) = keys();

@@ -501,9 +501,18 @@ async fn a_reset_interrupted_after_deleting_keeps_the_record_of_what_it_removed(
         .confirm_select(Default::default())
         .await
         .expect("confirms");
-    let msg = mfa_reset::broker::OutMessage::json("outcome", serde_json::to_vec(&plan).unwrap());
-    mfa_reset::broker::publisher::publish_confirmed(&channel, &env.topology().exchange(), &msg)
+    // Sealed with the worker key, as the crashed worker's plan was.
+    mfa_reset::records::Sealer::from_key_setting(&env.settings.worker.key)
+        .expect("the worker key")
+        .publish(
+            &channel,
+            &env.topology().exchange(),
+            batch,
+            &plan,
+            request_id.to_string(),
+        )
         .await
+        .map_err(|(error, _)| error)
         .expect("plan recorded");
     let _ = conn.close(200, "bye".into()).await;
 
