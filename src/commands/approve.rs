@@ -8,6 +8,7 @@
 //! approval to the intake (`request`), where workers verify it again. The digest covers the
 //! Merkle root, so the approval holds for exactly the list shown.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
@@ -107,22 +108,21 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
                 index,
                 request,
             } => {
-                if !candidates.contains_key(&digest) {
-                    let header = headers::get_str(props, MANIFEST_HEADER)?;
-                    let batch = manifests.get(&header).cloned().flatten()?;
-                    candidates.insert(
-                        digest,
-                        Candidate {
+                let candidate = match candidates.entry(digest) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(entry) => {
+                        let header = headers::get_str(props, MANIFEST_HEADER)?;
+                        let batch = manifests.get(&header).cloned().flatten()?;
+                        entry.insert(Candidate {
                             batch,
                             header,
                             seen: HashSet::new(),
                             sample: Vec::new(),
                             protected: Vec::new(),
                             first: None,
-                        },
-                    );
-                }
-                let candidate = candidates.get_mut(&digest)?;
+                        })
+                    }
+                };
                 if !candidate.seen.insert(index) {
                     return None;
                 }
