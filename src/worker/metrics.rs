@@ -48,6 +48,14 @@ pub struct WorkerMetrics {
     pub halts: Counter,
     /// Why the worker is halted (cause and fix), for `/healthz`; `None` when it is not.
     halt_reason: std::sync::Mutex<Option<String>>,
+    /// 1 while the worker takes no requests because an admin halted the workers or the hourly
+    /// cap is reached (`/healthz` says which).
+    pub paused: Gauge<i64, AtomicI64>,
+    /// Why, while paused (for `/healthz`).
+    pub paused_because: std::sync::Mutex<Option<String>>,
+    /// Records and control commands ignored because they do not verify against
+    /// `security.allowed_signers` (unsigned, forged, altered).
+    pub records_ignored: Counter,
 }
 
 type AtomicI64 = std::sync::atomic::AtomicI64;
@@ -61,6 +69,22 @@ impl WorkerMetrics {
                 status: status.as_str().to_string(),
             })
             .inc();
+    }
+
+    /// The worker stopped taking requests for `stop`, or (`None`) takes them again.
+    pub fn pause(&self, stop: Option<&crate::worker::gate::Stop>) {
+        self.paused.set(i64::from(stop.is_some()));
+        if let Ok(mut because) = self.paused_because.lock() {
+            *because = stop.map(|stop| stop.to_string());
+        }
+    }
+
+    /// Why the worker takes no requests now, if it takes none.
+    pub fn paused_because(&self) -> Option<String> {
+        self.paused_because
+            .lock()
+            .ok()
+            .and_then(|because| because.clone())
     }
 
     /// Outcomes of one status counted so far.
@@ -168,6 +192,16 @@ impl WorkerMetrics {
             "mfa_reset_queue_lag_seconds",
             "Age of the last request taken (requested_at to start)",
             self.queue_lag_seconds.clone(),
+        );
+        registry.register(
+            "mfa_reset_paused",
+            "1 while taking no requests: halted by an admin or at the hourly cap (see /healthz)",
+            self.paused.clone(),
+        );
+        registry.register(
+            "mfa_reset_records_ignored",
+            "Records and control commands ignored because they do not verify",
+            self.records_ignored.clone(),
         );
     }
 }
