@@ -16,7 +16,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::disposition::{
-    attempt_number, decide, gate, parse_request, Attempt, Cause, Delivered, Disposition,
+    attempt_number, decide, gate, not_started, parse_request, Attempt, Cause, Delivered,
+    Disposition,
 };
 use super::session::Ctx;
 use crate::broker::headers::{self, Headers};
@@ -47,8 +48,10 @@ pub(super) async fn handle(
         permit = slots.acquire_owned() => permit.ok(),
     };
     let Some(_permit) = permit else {
-        let reason = "not started before the worker stopped".to_string();
-        let _ = carry_out(&ctx, &incoming, Disposition::HandBack { reason }).await;
+        let request = parse_request(incoming.body()).ok();
+        let attempt = attempt_number(incoming.header_u64(headers::ATTEMPT));
+        let disposition = not_started(request, attempt, ctx.halt.cause());
+        let _ = carry_out(&ctx, &incoming, disposition).await;
         return;
     };
     let _busy = Busy::start(&ctx);
@@ -197,6 +200,7 @@ async fn run(ctx: &Ctx, request: &ResetRequest) -> Attempt {
             request,
             settings,
             &worker.scope,
+            &worker.protected,
             earlier,
             &journal,
         ),
