@@ -253,21 +253,24 @@ pub(super) async fn carry_out(
                 outcome.error_message.as_deref().unwrap_or(""),
             );
             let who = Some((outcome.batch.as_str(), &outcome.user));
-            dead_letter(ctx, incoming, &cause, outcome.attempts, who).await?;
+            dead_letter(ctx, incoming, &cause, outcome.attempts, None, who).await?;
             metrics.dead_lettered.inc();
             record(ctx, incoming, *outcome).await
         }
         Disposition::Reject(cause) => {
             tracing::warn!(reason = %cause.code, message = %cause.message, "refusing a request that did not verify: dead-lettered, not executed");
             let attempts = attempt_number(incoming.header_u64(headers::ATTEMPT));
-            dead_letter(ctx, incoming, &cause, attempts, None).await?;
+            let refused = Refused {
+                reason: &cause.code,
+            };
+            dead_letter(ctx, incoming, &cause, attempts, Some(refused), None).await?;
             metrics.dead_lettered.inc();
             incoming.ack().await
         }
         Disposition::DeadLetterInvalid(cause) => {
             tracing::warn!(code = %cause.code, message = %cause.message, "dead-lettering a message that will not be executed");
             let attempts = attempt_number(incoming.header_u64(headers::ATTEMPT));
-            dead_letter(ctx, incoming, &cause, attempts, None).await?;
+            dead_letter(ctx, incoming, &cause, attempts, None, None).await?;
             metrics.dead_lettered.inc();
             incoming.ack().await
         }
@@ -348,15 +351,25 @@ async fn record(ctx: &Ctx, incoming: &Incoming, outcome: Outcome) -> anyhow::Res
     Ok(())
 }
 
+/// A request refused by verification: its reason goes in [`headers::REASON`] too.
+struct Refused<'a> {
+    reason: &'a str,
+}
+
 /// Publish a copy of the delivery to the dead-letter queue with why, confirmed.
 async fn dead_letter(
     ctx: &Ctx,
     incoming: &Incoming,
     cause: &Cause,
     attempts: u32,
+    refused: Option<Refused<'_>>,
     who: Option<(&str, &UserRef)>,
 ) -> anyhow::Result<()> {
-    let mut h = Headers::from_props(incoming.properties())
+    let mut h = Headers::from_props(incoming.properties());
+    if let Some(refused) = refused {
+        h = h.str(headers::REASON, refused.reason);
+    }
+    let mut h = h
         .str(headers::ERROR_CODE, &cause.code)
         .str(headers::ERROR_MESSAGE, &cause.message)
         .int(headers::ATTEMPTS, u64::from(attempts))
