@@ -342,6 +342,7 @@ async fn record(ctx: &Ctx, incoming: &Incoming, outcome: Outcome) -> anyhow::Res
         return Err(err.context("recording the outcome (held; recorded after reconnecting)"));
     }
     worker.ledger.record(key.0, key.1, outcome.finished_at);
+    worker.gate.record(&record, Utc::now());
     incoming.ack().await?;
     worker.metrics.outcome(outcome.status);
     tracing::info!(
@@ -427,7 +428,11 @@ impl reset::Journal for StreamJournal<'_> {
                 worker.outbox.hold(sealed, None);
             }
             err
-        })
+        })?;
+        // Counted for the hourly cap now, not only when the stream brings it back: this
+        // worker's own count never lags (other workers learn it from the stream).
+        worker.gate.record(&record, Utc::now());
+        Ok(())
     }
 }
 
