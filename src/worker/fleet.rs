@@ -12,7 +12,7 @@
 //!
 //! Anyone who can publish to the exchange can send these, so they are advisory and bounded:
 //! a pause can only delay (it extends the local pause, never shortens it) and for at most
-//! `retry.max_delay` (the longest wait the worker ever takes on its own), so a forged one
+//! `retry.max_retry_after` (the longest Retry-After the worker honours itself), so a forged one
 //! cannot stop the workers for long; a heartbeat can only add to the count (slower, never
 //! faster) and a peer's learned rate is only taken when lower; at most [`MAX_PEERS`] peers
 //! are tracked and messages over [`MAX_MESSAGE_BYTES`] are dropped unread. Nothing is kept:
@@ -178,7 +178,7 @@ impl Fleet {
             instance: Uuid::new_v4(),
             name: name.to_string(),
             counted: settings.rate.processes == 0,
-            cap: settings.retry.max_delay,
+            cap: settings.retry.max_retry_after,
             graph: graph.clone(),
             peers: Peers::default(),
         };

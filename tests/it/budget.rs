@@ -162,7 +162,7 @@ async fn a_429_seen_by_one_worker_pauses_another_that_saw_none() {
     config.throttle.retry_after_min_secs = 5;
     config.throttle.retry_after_max_secs = 0;
     let mut env = TestEnv::new("budget-pause", config).await;
-    env.settings.retry.max_delay = Duration::from_secs(10);
+    env.settings.retry.max_retry_after = Duration::from_secs(10);
     env.setup().await;
     let (a, b) = (client(&env), client(&env));
     env.start_worker_on(env.settings.clone(), a.clone(), 1);
@@ -207,7 +207,7 @@ async fn a_429_seen_by_one_worker_pauses_another_that_saw_none() {
 async fn a_forged_pause_on_the_fleet_exchange_holds_a_worker_no_longer_than_the_cap() {
     let mut env = TestEnv::new("budget-forged", SimConfig::default()).await;
     let cap = Duration::from_secs(3);
-    env.settings.retry.max_delay = cap;
+    env.settings.retry.max_retry_after = cap;
     env.setup().await;
     let a = client(&env);
     env.start_worker_on(env.settings.clone(), a.clone(), 1);
