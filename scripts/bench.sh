@@ -3,6 +3,9 @@
 #
 #   scripts/bench.sh worker|storm|baseline|producer|cost|all
 #   scripts/bench.sh sweep     (achieved rate by worker.concurrency: the sizing rule, not in `all`)
+#   scripts/bench.sh unknown   (a small budget the workers do not know, 1 s refill steps,
+#                               Retry-After 1-5 s; not in `all`)
+#   scripts/bench.sh comego    (the same budget, workers joining and dying mid-batch; not in `all`)
 #
 # Each sub-command prints a result block (pasted into BENCHMARKS.md) and keeps its logs,
 # the simulator's /_sim/stats and a JSON summary under $BENCH_OUT/<name>/.
@@ -18,6 +21,9 @@
 #   BENCH_ROWS       CSV rows of the producer run [1000000]
 #   BENCH_CONCURRENCY  worker.concurrency of the worker, storm and cost runs [32]
 #   BENCH_SWEEP      concurrencies of `sweep` ["8 16 24 32 48"], BENCH_SWEEP_USERS users each [1000]
+#   BENCH_UNKNOWN_USERS   users of the unknown and comego runs [600]
+#   BENCH_UNKNOWN_BUDGET  the simulator's requests (and writes) per 1 s there [30]
+#   BENCH_UNKNOWN_GRANULARITY_MS  its refill step [1000]
 #   MFA_RESET__BROKER__URL  the broker [amqp://guest:guest@127.0.0.1:5672/%2f]
 set -euo pipefail
 
@@ -222,6 +228,82 @@ bench_producer() {
     report producer
 }
 
+# unknown_sim DIR: graph-sim with a budget far below the worker's defaults (3,500 requests per
+# 10 s, 3,000 writes per 150 s), refilled in steps, Retry-After drawn from 1-5 s.
+unknown_sim() {
+    local dir=$1 users=${BENCH_UNKNOWN_USERS:-600} budget=${BENCH_UNKNOWN_BUDGET:-30}
+    local sim_args=(--users "$users" "${TENANT[@]}"
+        --latency-ms "$LATENCY_MS" --latency-jitter-ms "$JITTER_MS"
+        --requests-per-period "$budget" --requests-period-secs 1
+        --writes-per-period "$budget" --writes-period-secs 1
+        --refill-granularity-ms "${BENCH_UNKNOWN_GRANULARITY_MS:-1000}"
+        --retry-after-min-secs 1 --retry-after-max-secs 5)
+    "$BIN/graph-sim" "${sim_args[@]}" --print-users | cut -d, -f1 >"$dir/users.csv"
+    start_sim "$dir" "${sim_args[@]}"
+    printf '{"budget":%s,"users":%s,"sim_args":"%s"}\n' "$budget" "$users" "${sim_args[*]}" >"$dir/run.json"
+}
+
+# The workers' settings there: [rate] left at its defaults (they do not know the budget),
+# rate.processes unset (counted through the broker); throw-away signing keys
+# (`mfa-reset keys`), no approval step.
+unknown_worker_settings() {
+    local keys=$OUT/keys
+    [[ -f $keys/allowed_signers ]] || "$BIN/mfa-reset" keys --dir "$keys" >/dev/null
+    export MFA_RESET__SECURITY__ALLOWED_SIGNERS=$keys/allowed_signers
+    export MFA_RESET__SECURITY__APPROVAL_ABOVE=100000000
+    export MFA_RESET__INTAKE__KEY=$keys/requester
+    export MFA_RESET__WORKER__KEY=$keys/worker
+    unset MFA_RESET__RATE__REQUESTS MFA_RESET__RATE__REQUESTS_PERIOD \
+        MFA_RESET__RATE__WRITES MFA_RESET__RATE__WRITES_PERIOD MFA_RESET__RATE__PROCESSES
+    export MFA_RESET__WORKER__CONCURRENCY=$CONCURRENCY
+    export MFA_RESET__RESET__SKIP_ADMINS=false
+    export MFA_RESET__LOG__FORMAT=json
+}
+
+bench_unknown() {
+    local dir=$OUT/unknown
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    unknown_sim "$dir"
+    fresh_prefix unknown
+    unknown_worker_settings
+    "$BIN/mfa-reset" enqueue --csv "$dir/users.csv" --yes >"$dir/enqueue.out" 2>"$dir/enqueue.err"
+    log "unknown: one worker, concurrency $CONCURRENCY, default [rate]; simulator $(cat "$dir/run.json")"
+    /usr/bin/time -v -o "$dir/worker.time" \
+        "$BIN/mfa-reset" work --exit-when-idle 3 >"$dir/worker.out" 2>"$dir/worker.err"
+    curl -sf "$SIM_URL/_sim/stats" >"$dir/stats.json"
+    stop_sim
+    cleanup_queues
+    python3 scripts/bench_report.py "$OUT" unknown
+}
+
+# Two workers from the start, a third joins at 20 s, the first is killed (SIGKILL) at 45 s.
+bench_comego() {
+    local dir=$OUT/comego
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    unknown_sim "$dir"
+    fresh_prefix comego
+    unknown_worker_settings
+    "$BIN/mfa-reset" enqueue --csv "$dir/users.csv" --yes >"$dir/enqueue.out" 2>"$dir/enqueue.err"
+    log "comego: workers 1 and 2 start; 3 joins at 20 s; 1 is killed at 45 s"
+    MFA_RESET__WORKER__NAME=w1 "$BIN/mfa-reset" work >"$dir/w1.out" 2>"$dir/w1.err" &
+    local w1=$!
+    MFA_RESET__WORKER__NAME=w2 "$BIN/mfa-reset" work --exit-when-idle 5 >"$dir/w2.out" 2>"$dir/w2.err" &
+    local w2=$!
+    sleep 20
+    MFA_RESET__WORKER__NAME=w3 "$BIN/mfa-reset" work --exit-when-idle 5 >"$dir/w3.out" 2>"$dir/w3.err" &
+    local w3=$!
+    sleep 25
+    kill -KILL "$w1" 2>/dev/null || true
+    wait "$w1" 2>/dev/null || true
+    wait "$w2" "$w3" || true
+    curl -sf "$SIM_URL/_sim/stats" >"$dir/stats.json"
+    stop_sim
+    cleanup_queues
+    python3 scripts/bench_report.py "$OUT" comego
+}
+
 mkdir -p "$OUT"
 case ${1:-} in
 worker) bench_worker ;;
@@ -230,6 +312,8 @@ baseline) bench_baseline ;;
 producer) bench_producer ;;
 cost) bench_cost ;;
 sweep) bench_sweep ;;
+unknown) bench_unknown ;;
+comego) bench_comego ;;
 all)
     bench_worker
     bench_storm
@@ -238,7 +322,7 @@ all)
     bench_producer
     ;;
 *)
-    echo "usage: $0 worker|storm|baseline|producer|cost|all|sweep" >&2
+    echo "usage: $0 worker|storm|baseline|producer|cost|all|sweep|unknown|comego" >&2
     exit 2
     ;;
 esac

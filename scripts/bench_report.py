@@ -46,6 +46,34 @@ def client_stats(path):
     return found
 
 
+
+def unknown_budget(out, name):
+    """unknown / comego: efficiency against the simulator's real budget after a warm-up."""
+    d = os.path.join(out, name)
+    with open(os.path.join(d, "stats.json")) as f:
+        stats = json.load(f)
+    with open(os.path.join(d, "run.json")) as f:
+        run = json.load(f)
+    budget = run["budget"]
+    per_second = stats["graph_requests_per_second"]
+    throttled = stats.get("throttled_per_second", [])
+    n = len(per_second)
+    served = [per_second[s] - (throttled[s] if s < len(throttled) else 0) for s in range(n)]
+    warm = 20
+    steady = range(min(warm, n), max(warm, n - 3))
+    eff = sum(served[s] for s in steady) / (budget * max(1, len(steady)))
+    eff_all = sum(served[: max(0, n - 3)]) / (budget * max(1, n - 3))
+    first_429s = sum(throttled[:warm])
+    later_429s = sum(throttled[warm:])
+    print(f"== {name}: simulator budget {budget}/s ({run['sim_args']}) ==")
+    print(f"active seconds              {n}")
+    print(f"served / budget (s {warm}..n-3)   {eff * 100:.1f}%")
+    print(f"served / budget (s 0..n-3)      {eff_all * 100:.1f}%")
+    print(f"429s in the first {warm} s       {first_429s}")
+    print(f"429s after                  {later_429s}")
+    print(f"violations                  {stats['violations']}")
+    print(f"per-second served           {served}")
+
 def load(out, name):
     d = os.path.join(out, name)
     with open(os.path.join(d, "stats.json")) as f:
@@ -211,6 +239,9 @@ def main():
     results = {}
     if what == "worker":
         lines, results = graph_block(load(out, "worker"), "1. Worker efficiency")
+    elif what in ("unknown", "comego"):
+        unknown_budget(out, what)
+        return
     elif what == "storm":
         lines, results = graph_block(load(out, "storm"), "2. Storm (simulator at half the worker's budget)", settle_from=10)
     elif what == "baseline":

@@ -253,7 +253,8 @@ pub struct RateSettings {
     /// Period of the writes bucket.
     #[serde(with = "humantime_serde")]
     pub writes_period: Duration,
-    /// Worker processes sharing this app+tenant budget; each takes 1/N of it.
+    /// Worker processes sharing this app+tenant budget; each takes 1/N of it. 0 (the default)
+    /// = count the live workers through the broker (heartbeats on `{prefix}.fleet`).
     pub processes: u32,
     /// Burst allowed at full budget, as a fraction of each bucket (Graph's buckets start
     /// full). Kept below `slow_down_at_percent` so our own burst never makes Graph warn.
@@ -269,7 +270,7 @@ impl Default for RateSettings {
             requests_period: Duration::from_secs(10),
             writes: 3000,
             writes_period: Duration::from_secs(150),
-            processes: 1,
+            processes: 0,
             burst_fraction: 0.5,
             slow_down_at_percent: 80.0,
         }

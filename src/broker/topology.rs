@@ -12,6 +12,8 @@
 //! | `{p}.outcomes` | stream | every batch manifest and per-user outcome: the record |
 //! | `{p}.control` | stream | signed admin commands (`halt`, `resume`) every worker follows |
 //! | `{p}.awaiting` | stream | batches above `security.approval_above`, until `approve` republishes them |
+//! | `{p}.fleet` | fanout exchange | workers' heartbeats and throttling pauses (nothing kept) |
+//! | (server-named) | exclusive classic queue, one per worker connection | this worker's copy of `{p}.fleet` |
 
 use std::time::Duration;
 
@@ -62,9 +64,9 @@ impl Topology {
     pub fn awaiting(&self) -> String {
         format!("{}.awaiting", self.prefix)
     }
-    /// Both exchanges, for tools that delete them.
+    /// Every exchange, for tools that delete them.
     pub fn exchanges(&self) -> Vec<String> {
-        vec![self.exchange(), self.intake()]
+        vec![self.exchange(), self.intake(), self.fleet()]
     }
     /// `{p}.requests`.
     pub fn requests(&self) -> String {
@@ -77,6 +79,10 @@ impl Topology {
     /// `{p}.outcomes`.
     pub fn outcomes(&self) -> String {
         format!("{}.outcomes", self.prefix)
+    }
+    /// `{p}.fleet`: the fanout exchange of the workers' heartbeats and pauses.
+    pub fn fleet(&self) -> String {
+        format!("{}.fleet", self.prefix)
     }
     /// `{p}.control`.
     pub fn control(&self) -> String {
@@ -223,7 +229,6 @@ impl Topology {
                 )
                 .await?;
         }
-
         let mut control = FieldTable::default();
         // A stream, so every worker reads every command (a queue would hand each to one),
         // and a worker starting late still finds the halt in force.
@@ -232,7 +237,61 @@ impl Topology {
         control.insert("x-max-age".into(), long_str("365D"));
         self.queue(channel, &self.control(), durable, control, RK_CONTROL)
             .await?;
-        Ok(())
+        self.declare_fleet_exchange(channel).await
+    }
+
+    async fn declare_fleet_exchange(&self, channel: &Channel) -> lapin::Result<()> {
+        channel
+            .exchange_declare(
+                self.fleet().as_str().into(),
+                // Fanout: every worker gets every heartbeat and pause.
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    // Declared with the rest; what goes through it is live only, never kept.
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Declare `{p}.fleet` (as [`Topology::declare`] does) and this worker connection's queue
+    /// on it, bound; returns the queue's name.
+    pub async fn declare_fleet_queue(&self, channel: &Channel) -> lapin::Result<String> {
+        self.declare_fleet_exchange(channel).await?;
+        let mut args = FieldTable::default();
+        // Classic: a private, transient queue (quorum queues cannot be exclusive).
+        args.insert("x-queue-type".into(), long_str("classic"));
+        // A heartbeat or pause older than 5 s says nothing about now.
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(5_000));
+        // A reader that falls behind keeps the newest messages, never a backlog.
+        args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));
+        args.insert("x-overflow".into(), long_str("drop-head"));
+        let queue = channel
+            .queue_declare(
+                // Server-named, so workers never collide.
+                "".into(),
+                QueueDeclareOptions {
+                    // Gone with the connection: a dead worker leaves nothing behind.
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await?;
+        let name = queue.name().to_string();
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                self.fleet().as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(name)
     }
 
     async fn queue(

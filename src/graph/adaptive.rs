@@ -1,49 +1,153 @@
-//! [`Adaptive`]: the budget's adaptive factor f, a pure state machine (time is passed in).
+//! [`Law`]: the control law of one of the budget's limits (all requests, or writes), a pure
+//! state machine (time and counts are passed in).
 //!
-//! Graph warns with `x-ms-throttle-limit-percentage` from 80 % of a limit and throttles with
-//! 429 at 100 % (<https://learn.microsoft.com/en-us/graph/throttling-limits>). The factor
-//! scales the [`Budget`](super::Budget) down on either signal and back up, a step per quiet
-//! window, once Graph stops pushing back.
+//! The law moves a factor f ∈ [[`FACTOR_MIN`], 1] that scales this process's share of the
+//! configured limit. Graph's real budget may be far below the configured one (its tenant-wide
+//! write limit is shared with every other app; small tenants get smaller buckets:
+//! <https://learn.microsoft.com/en-us/graph/throttling-limits>), so the law does not cut by a
+//! fixed fraction per 429. It *measures*:
+//!
+//! - **Served rate.** A 429 means Graph's bucket is empty. Between two throttling episodes
+//!   (a 429 of this process, or a pause announced by another worker: same bucket) Graph let
+//!   through exactly what it refilled, so the answers served since an earlier episode, divided
+//!   by the time since, is this process's share of the real budget, whatever its size or its
+//!   refill granularity. The latest earlier episode at least [`MIN_SPAN`] ago (within
+//!   [`LOOKBACK`]) is the anchor.
+//!   Counted over the whole span it is a lower bound (a pause longer than the bucket takes to
+//!   fill wastes refill); counted over the time not paused, an upper bound. With no episode
+//!   in the last [`LOOKBACK`], the served rate of that window is the estimate.
+//! - **On an episode** f is set halfway between the bounds, between [`MAX_CUT`] and
+//!   [`MIN_CUT`] of its value (a short span may have seen no refill step at all), and to at
+//!   least [`PROBE_CUT`] of it when the episode ends a probe above the last throttled rate.
+//!   The first episode, with nothing to measure from, halves f.
+//! - **Memory.** The rate that was throttled is remembered (`throttled_at`),
+//!   and the served one (`served_at`, a lower bound). Below the served rate f recovers fast
+//!   ([`FAST_STEP`] of it per window), then climbs [`CLIMB_STEP`] of the gap per window to
+//!   [`SET_BELOW_SERVED`] of the throttled rate, then only probes ([`PROBE_STEP`] per
+//!   window); Graph's `x-ms-throttle-limit-percentage` warnings stop the probe. Probed
+//!   [`FORGET_ABOVE`] past the throttled rate without a 429, the budget has grown: forgotten.
+//! - **Warnings without memory.** Before any 429, a warning (the percentage at or above
+//!   `rate.slow_down_at_percent`) cuts f by [`FACTOR_SLOW_DOWN`], once per window.
+//!
+//! f only moves at window boundaries ([`FACTOR_WINDOW`]) and episodes; the [`Budget`](super::Budget)
+//! rebuilds its limiter when it moves.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Shortest window of the adaptive factor: at most one slow-down step per window, and one
-/// recovery step per window without any throttling signal.
+/// One window of the law: at most one warning cut per window, one recovery step per window
+/// without any throttling signal.
 pub const FACTOR_WINDOW: Duration = Duration::from_millis(500);
-/// Lowest adaptive factor.
-pub const FACTOR_MIN: f64 = 0.05;
-/// Multiplier when Graph reports the limit percentage at or above the threshold.
+/// Lowest factor (1 % of the configured share: a budget far below the published one still
+/// gets requests through; below that the operator should lower `[rate]` itself).
+pub const FACTOR_MIN: f64 = 0.01;
+/// Multiplier on a warning while no throttled rate is known.
 pub const FACTOR_SLOW_DOWN: f64 = 0.9;
-/// Multiplier on a 429 (once per pause).
-pub const FACTOR_THROTTLED: f64 = 0.75;
-/// Additive recovery per quiet window.
-pub const FACTOR_RECOVERY_STEP: f64 = 0.02;
+/// Recovery and probes stop short of the last throttled rate by this fraction.
+pub const SET_BELOW_SERVED: f64 = 0.97;
+/// An episode cuts f to at least this fraction of its value (a short span, or one that saw
+/// no refill step, cannot take it lower at once).
+pub const MAX_CUT: f64 = 0.5;
+/// An episode cuts f to at most this fraction of its value.
+pub const MIN_CUT: f64 = 0.95;
+/// An episode met while probing above the last throttled rate cuts f to no less than this
+/// fraction of its value: the probe went past the real budget by little (it was held for long
+/// just below), so the cut need not be deeper than the probe's last steps.
+pub const PROBE_CUT: f64 = 0.93;
+/// How long since the last episode an episode must come to count as ending a probe.
+pub const PROBE_HELD: Duration = Duration::from_secs(10);
+/// The first episode (nothing measured yet) multiplies f by this.
+pub const FIRST_CUT: f64 = 0.5;
+/// Recovery per quiet window up to the served rate, as a fraction of it.
+pub const FAST_STEP: f64 = 0.05;
+/// Growth per quiet window between the served rate and just below the throttled one: this
+/// fraction of the gap (about 20 %/s of it), at least [`PROBE_STEP`].
+pub const CLIMB_STEP: f64 = 0.1;
+/// Growth per quiet window past that: the probe (0.125 %/s). Each throttling costs its
+/// Retry-After (up to seconds of nothing sent), so the probe is slow enough to meet one
+/// about once a minute.
+pub const PROBE_STEP: f64 = 0.000625;
+/// Recovery per quiet window when no throttled rate is known (4 % of the share per second).
+pub const RECOVERY_STEP: f64 = 0.02;
+/// Episodes older than this are no anchor for the served rate (the budget may have changed).
+pub const LOOKBACK: Duration = Duration::from_secs(30);
+/// A served rate is only measured over a span at least this long.
+pub const MIN_SPAN: Duration = Duration::from_secs(1);
+/// Once f is this far above the last throttled rate without a 429, the memory is dropped.
+pub const FORGET_ABOVE: f64 = 1.2;
+/// No recovery for this long after a pause ends: the first requests after it show whether
+/// the new rate holds.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
-/// The adaptive factor and the windows it moves in.
+/// The law of one limit.
 #[derive(Debug)]
-pub(super) struct Adaptive {
+pub(super) struct Law {
+    /// The factor applied to this process's share of the limit.
     pub(super) factor: f64,
+    /// The rate (as a factor) Graph throttled at, last time: an upper bound of the real one.
+    pub(super) throttled_at: Option<f64>,
+    /// The rate (as a factor) Graph served between the last episodes, pauses included: a
+    /// lower bound of the real one.
+    pub(super) served_at: Option<f64>,
+    /// Answers Graph served for this limit (429s excluded), counted by this process.
+    served: u64,
     window_start: Instant,
     signalled: bool,
     last_slow_down: Option<Instant>,
-    throttle_cut_until: Option<Instant>,
+    /// 429s before this belong to the episode that set it (requests already on the wire).
+    episode_until: Option<Instant>,
+    /// No recovery before this (the end of the last pause plus [`SETTLE`]).
+    hold_until: Option<Instant>,
+    /// Time spent paused by episodes so far (each pause counted when it starts).
+    paused: Duration,
+    /// End of the last pause counted in `paused`.
+    paused_until: Option<Instant>,
+    /// The episodes of the last [`LOOKBACK`].
+    anchors: VecDeque<Anchor>,
+    /// One point per window of the last [`LOOKBACK`]: where the served rate is measured
+    /// from when no episode is that recent (a bucket not known to be empty then: an
+    /// estimate, not a bound).
+    checkpoints: VecDeque<Anchor>,
 }
 
-impl Adaptive {
-    /// f = 1, the first window starting at `now`.
+/// An episode as a starting point of the served rate.
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    at: Instant,
+    /// `Law::served` then.
+    served: u64,
+    /// `Law::paused` before its own pause.
+    paused: Duration,
+}
+
+impl Law {
+    /// f = 1, nothing learned, the first window starting at `now`.
     pub(super) fn new(now: Instant) -> Self {
         Self {
             factor: 1.0,
+            throttled_at: None,
+            served_at: None,
+            served: 0,
             window_start: now,
             signalled: false,
             last_slow_down: None,
-            throttle_cut_until: None,
+            episode_until: None,
+            hold_until: None,
+            paused: Duration::ZERO,
+            paused_until: None,
+            anchors: VecDeque::new(),
+            checkpoints: VecDeque::new(),
         }
     }
 
-    /// Close every window that ended by `now`; each one without a signal recovers a step.
+    /// Graph served one request of this limit (any answer but a throttling one).
+    pub(super) fn served(&mut self) {
+        self.served += 1;
+    }
+
+    /// Close every window that ended by `now`; each quiet one recovers a step.
     pub(super) fn roll(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.window_start);
         let windows = (elapsed.as_nanos() / FACTOR_WINDOW.as_nanos()) as u64;
@@ -51,37 +155,166 @@ impl Adaptive {
             return;
         }
         let quiet = if self.signalled { windows - 1 } else { windows };
-        self.factor = (self.factor + FACTOR_RECOVERY_STEP * quiet as f64).min(1.0);
-        if self.factor > 0.999 {
-            self.factor = 1.0;
+        let held = self.hold_until.is_some_and(|h| now < h);
+        if !held {
+            for _ in 0..quiet {
+                self.recover_step();
+            }
         }
         self.signalled = false;
         let remainder =
             Duration::from_nanos((elapsed.as_nanos() % FACTOR_WINDOW.as_nanos()) as u64);
         self.window_start = now - remainder;
-    }
-
-    /// Graph reported the limit percentage at or above the threshold.
-    pub(super) fn slow_down(&mut self, now: Instant) {
-        self.roll(now);
-        self.signalled = true;
-        if self
-            .last_slow_down
-            .is_none_or(|t| now.saturating_duration_since(t) >= FACTOR_WINDOW)
+        self.checkpoints.push_back(Anchor {
+            at: now,
+            served: self.served,
+            paused: self.paused,
+        });
+        while self
+            .checkpoints
+            .front()
+            .is_some_and(|a| now.saturating_duration_since(a.at) > LOOKBACK)
         {
-            self.factor = (self.factor * FACTOR_SLOW_DOWN).max(FACTOR_MIN);
-            self.last_slow_down = Some(now);
+            self.checkpoints.pop_front();
         }
     }
 
-    /// A 429 that started (or joined) a pause ending at `pause_end`.
-    pub(super) fn throttled(&mut self, now: Instant, pause_end: Instant) {
+    fn recover_step(&mut self) {
+        let f = self.factor;
+        let next = match (self.served_at, self.throttled_at) {
+            (Some(served), _) if f < served => (f + served * FAST_STEP).min(served),
+            (_, Some(at)) if f < at * SET_BELOW_SERVED => {
+                let target = at * SET_BELOW_SERVED;
+                (f + ((target - f) * CLIMB_STEP).max(f * PROBE_STEP)).min(target)
+            }
+            (_, Some(_)) => f * (1.0 + PROBE_STEP),
+            (_, None) => f + RECOVERY_STEP,
+        };
+        self.factor = next.min(1.0);
+        if self.factor > 0.999 {
+            self.factor = 1.0;
+        }
+        if self
+            .throttled_at
+            .is_some_and(|at| self.factor >= at * FORGET_ABOVE || self.factor >= 1.0)
+        {
+            self.throttled_at = None;
+            self.served_at = None;
+        }
+    }
+
+    /// Graph reported the limit percentage at or above the threshold.
+    pub(super) fn warned(&mut self, now: Instant) {
+        self.roll(now);
+        match self.throttled_at {
+            // Known: only a probe above the last throttled rate stops (a small bucket warns
+            // even below its rate, so a warning there says nothing new).
+            Some(at) => {
+                if self.factor >= at {
+                    self.signalled = true;
+                }
+            }
+            None => {
+                self.signalled = true;
+                if self
+                    .last_slow_down
+                    .is_none_or(|t| now.saturating_duration_since(t) >= FACTOR_WINDOW)
+                {
+                    self.factor = (self.factor * FACTOR_SLOW_DOWN).max(FACTOR_MIN);
+                    self.last_slow_down = Some(now);
+                }
+            }
+        }
+    }
+
+    /// A throttling episode of this limit at `now` (a 429 here or a pause announced by another
+    /// worker), pausing until `pause_end`. `share_rate` is this process's full share of the
+    /// limit per second (the configured rate divided by the live workers): the served rate
+    /// is measured against it.
+    pub(super) fn throttled(&mut self, now: Instant, pause_end: Instant, share_rate: f64) {
         self.roll(now);
         self.signalled = true;
-        // 429s answered to requests that were already in flight belong to the same pause.
-        if self.throttle_cut_until.is_none_or(|t| now >= t) {
-            self.factor = (self.factor * FACTOR_THROTTLED).max(FACTOR_MIN);
-            self.throttle_cut_until = Some(pause_end.max(now));
+        let pause_end = pause_end.max(now);
+        let settled = pause_end + SETTLE;
+        self.hold_until = Some(self.hold_until.map_or(settled, |h| h.max(settled)));
+        // 429s answered to requests that were already in flight belong to the same episode.
+        if self.episode_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.episode_until = Some(pause_end);
+        let last_episode = self.anchors.back().map(|a| a.at);
+        while self
+            .anchors
+            .front()
+            .is_some_and(|a| now.saturating_duration_since(a.at) > LOOKBACK)
+        {
+            self.anchors.pop_front();
+        }
+        // From the latest anchor: served over the whole span (pauses included, when the
+        // bucket may have refilled past its capacity: a lower bound) and over the time not
+        // paused (a bucket that was full at a pause's end counts as sent: an upper bound).
+        let far_enough = |a: &&Anchor| now.saturating_duration_since(a.at) >= MIN_SPAN;
+        let estimate = self
+            .anchors
+            .iter()
+            .rev()
+            .find(far_enough)
+            .or_else(|| self.checkpoints.iter().find(far_enough))
+            .map(|a| {
+                let span = now.saturating_duration_since(a.at);
+                let active = span.saturating_sub(self.paused - a.paused);
+                let served = (self.served - a.served) as f64 / share_rate.max(1e-9);
+                (
+                    served / span.as_secs_f64(),
+                    served / active.as_secs_f64().max(0.1),
+                )
+            });
+        self.anchors.push_back(Anchor {
+            at: now,
+            served: self.served,
+            paused: self.paused,
+        });
+        let counted_from = self.paused_until.map_or(now, |p| p.max(now));
+        self.paused += pause_end.saturating_duration_since(counted_from);
+        self.paused_until = Some(self.paused_until.map_or(pause_end, |p| p.max(pause_end)));
+        let before = self.factor;
+        // A probe: at or above the last throttled rate's target, long after that episode.
+        let probing = self
+            .throttled_at
+            .is_some_and(|at| before >= at * SET_BELOW_SERVED * 0.999)
+            && last_episode.is_some_and(|t| now.saturating_duration_since(t) >= PROBE_HELD);
+        match estimate {
+            Some((lower, upper)) => {
+                // Halfway between the bounds: the lower one is exact while pauses stay
+                // shorter than the bucket takes to fill (Graph's 10 s buckets); past that the
+                // bucket overflowed during them and the upper one is the closer. Never above
+                // MIN_CUT of the rate that was throttled, nor below MAX_CUT of it.
+                let floor = if probing { PROBE_CUT } else { MAX_CUT };
+                self.factor = ((lower + upper.max(lower)) / 2.0)
+                    .clamp(before * floor, before * MIN_CUT)
+                    .max(FACTOR_MIN);
+                self.throttled_at = Some(before);
+                self.served_at = Some(lower.min(self.factor));
+            }
+            None => {
+                self.factor = (before * FIRST_CUT).max(FACTOR_MIN);
+                self.throttled_at = Some(before);
+                self.served_at = None;
+            }
+        }
+    }
+
+    /// Take what another worker learned, when this one has learned nothing itself: a
+    /// worker joining a throttled fleet starts at the fleet's rate, not at the configured one.
+    /// Only ever lowers f.
+    pub(super) fn adopt(&mut self, factor: f64, throttled_at: f64) {
+        if self.throttled_at.is_some() || !(factor.is_finite() && throttled_at.is_finite()) {
+            return;
+        }
+        let factor = factor.clamp(FACTOR_MIN, 1.0);
+        if factor < self.factor {
+            self.factor = factor;
+            self.throttled_at = Some(throttled_at.clamp(factor, 1.0));
         }
     }
 }
@@ -90,44 +323,211 @@ impl Adaptive {
 mod tests {
     use super::*;
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
+    /// Serve `n` requests evenly over `d` starting at `from`, rolling the windows as it goes.
+    fn serve(law: &mut Law, from: Instant, d: Duration, n: u64) {
+        for i in 0..n {
+            law.roll(from + d.mul_f64(i as f64 / n as f64));
+            law.served();
+        }
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn factor_drops_on_high_percentage_once_per_window_and_recovers() {
+    async fn without_memory_a_warning_cuts_once_per_window_and_quiet_windows_recover() {
         let t0 = Instant::now();
-        let mut a = Adaptive::new(t0);
-        a.slow_down(t0);
-        a.slow_down(t0 + Duration::from_millis(100));
-        assert!(
-            (a.factor - 0.9).abs() < 1e-9,
-            "one step per window: {}",
-            a.factor
-        );
-        a.slow_down(t0 + Duration::from_millis(600));
-        assert!((a.factor - 0.81).abs() < 1e-9);
+        let mut a = Law::new(t0);
+        a.warned(t0);
+        a.warned(t0 + ms(100));
+        assert!(close(a.factor, 0.9), "one step per window: {}", a.factor);
+        a.warned(t0 + ms(600));
+        assert!(close(a.factor, 0.81));
         // The window holding the signal does not recover; each quiet one adds a step.
-        a.roll(t0 + Duration::from_millis(1000));
-        assert!((a.factor - 0.81).abs() < 1e-9, "{}", a.factor);
-        // Two quiet windows: [1.0 s, 1.5 s) and [1.5 s, 2.0 s).
-        a.roll(t0 + Duration::from_millis(2000));
-        assert!((a.factor - 0.85).abs() < 1e-9, "{}", a.factor);
+        a.roll(t0 + ms(1000));
+        assert!(close(a.factor, 0.81), "{}", a.factor);
+        a.roll(t0 + ms(2000));
+        assert!(close(a.factor, 0.85), "{}", a.factor);
         a.roll(t0 + Duration::from_secs(60));
         assert_eq!(a.factor, 1.0);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn factor_drops_once_per_pause_on_429_and_never_below_the_floor() {
+    async fn the_first_episode_halves_and_later_ones_go_between_the_served_bounds() {
+        // Our share is 350/s; Graph really serves 30/s.
         let t0 = Instant::now();
-        let mut a = Adaptive::new(t0);
-        let pause_end = t0 + Duration::from_secs(2);
-        a.throttled(t0, pause_end);
-        a.throttled(t0 + Duration::from_millis(50), pause_end);
-        assert!((a.factor - 0.75).abs() < 1e-9);
-        // A later pause cuts again (after five quiet windows recovered 0.75 to 0.85).
-        a.throttled(t0 + Duration::from_secs(3), t0 + Duration::from_secs(4));
-        assert!((a.factor - 0.85 * 0.75).abs() < 1e-9, "{}", a.factor);
-        for i in 0..100 {
-            let at = t0 + Duration::from_secs(5) + Duration::from_millis(100 * i);
-            a.throttled(at, at);
+        let mut a = Law::new(t0);
+        a.throttled(t0, t0 + Duration::from_secs(3), 350.0);
+        assert!(close(a.factor, 0.5));
+        assert_eq!(a.throttled_at, Some(1.0));
+        // 429s of requests already on the wire: the same episode.
+        a.throttled(t0 + ms(40), t0 + Duration::from_secs(3), 350.0);
+        assert!(close(a.factor, 0.5));
+        // After the 3 s pause, 2 s at 30/s, then a 429: 60 served in 5 s (12/s, the lower
+        // bound) or in the 2 s not paused (30/s, the upper one).
+        serve(
+            &mut a,
+            t0 + Duration::from_secs(3),
+            Duration::from_secs(2),
+            60,
+        );
+        let t1 = t0 + Duration::from_secs(5);
+        a.roll(t1);
+        let before = a.factor;
+        a.throttled(t1, t1 + Duration::from_secs(3), 350.0);
+        let (lower, upper) = (12.0 / 350.0, 30.0 / 350.0);
+        // Halfway, but at most halved at once.
+        assert!(close(a.factor, before * MAX_CUT), "{}", a.factor);
+        // The rate that was throttled is remembered.
+        assert_eq!(a.throttled_at, Some(before));
+        assert!(close(a.served_at.unwrap(), lower));
+        // Again 2 s at 30/s after the pause: from the latest anchor, 60 in 5 s (12/s)
+        // and in 2 s not paused (30/s).
+
+        serve(
+            &mut a,
+            t1 + Duration::from_secs(3),
+            Duration::from_secs(2),
+            60,
+        );
+        let t2 = t1 + Duration::from_secs(5);
+        a.roll(t2);
+        let before = a.factor;
+        a.throttled(t2, t2 + Duration::from_secs(3), 350.0);
+        let expected = ((lower + upper) / 2.0).clamp(before * MAX_CUT, before * MIN_CUT);
+        assert!(close(a.factor, expected), "{} != {expected}", a.factor);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_an_episode_f_climbs_towards_the_throttled_rate_then_only_probes() {
+        let t0 = Instant::now();
+        let mut a = Law::new(t0);
+        a.factor = 0.2;
+        a.served_at = Some(0.3);
+        a.throttled_at = Some(0.4);
+        a.hold_until = Some(t0 + ms(1000));
+        // Held until the pause is over and settled.
+        a.roll(t0 + ms(900));
+        assert!(close(a.factor, 0.2));
+        // Fast up to the served rate: 5 % of 0.3 per window.
+        a.roll(t0 + ms(1400));
+        assert!(close(a.factor, 0.215), "{}", a.factor);
+        a.roll(t0 + Duration::from_secs(6));
+        let target = 0.4 * SET_BELOW_SERVED;
+        assert!(a.factor > 0.3 && a.factor < target, "{}", a.factor);
+        // Then 10 % of the gap per window.
+        let f = a.factor;
+        a.roll(t0 + ms(6_500));
+        assert!(
+            close(a.factor, f + (target - f) * CLIMB_STEP),
+            "{}",
+            a.factor
+        );
+        // Past the target, only the probe: 0.0625 % per window.
+        a.factor = target;
+        a.roll(t0 + ms(7_000));
+        assert!(close(a.factor, target * (1.0 + PROBE_STEP)), "{}", a.factor);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_memory_a_warning_stops_the_probe_above_the_throttled_rate_only() {
+        let t0 = Instant::now();
+        let mut a = Law::new(t0);
+        a.factor = 0.38;
+        a.throttled_at = Some(0.4);
+        // Below the throttled rate: a warning changes nothing (a small bucket warns anyway).
+        a.warned(t0 + ms(100));
+        a.roll(t0 + ms(500));
+        assert!(a.factor > 0.38, "{}", a.factor);
+        a.factor = 0.41;
+        a.warned(t0 + ms(600));
+        a.roll(t0 + ms(1000));
+        assert!(close(a.factor, 0.41), "no probe in a warned window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_far_enough_above_the_throttled_rate_forgets_it() {
+        let t0 = Instant::now();
+        let mut a = Law::new(t0);
+        a.factor = 0.5;
+        a.throttled_at = Some(0.5);
+        // 20 % above at 0.0625 % per window: 292 windows = 146 s.
+        a.roll(t0 + Duration::from_secs(147));
+        assert_eq!(a.throttled_at, None);
+        // From then on, the quicker recovery without memory.
+        let f = a.factor;
+        a.roll(t0 + ms(147_500));
+        assert!(close(a.factor, f + RECOVERY_STEP));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_episode_never_cuts_by_more_than_max_cut_nor_below_the_floor() {
+        let t0 = Instant::now();
+        let mut a = Law::new(t0);
+        a.throttled(t0, t0, 100.0);
+        // Nothing served in 2 s (e.g. a 10 s refill step not yet come): estimate 0.
+        let t1 = t0 + Duration::from_secs(2);
+        a.roll(t1);
+        let before = a.factor;
+        a.throttled(t1, t1, 100.0);
+        assert!(close(a.factor, before * MAX_CUT), "{}", a.factor);
+        // …nor by less than MIN_CUT, whatever the estimate says.
+        let mut b = Law::new(t0);
+        b.factor = 0.1;
+        b.throttled(t0, t0, 100.0);
+        serve(&mut b, t0, Duration::from_secs(2), 1000);
+        b.roll(t1);
+        let before = b.factor;
+        b.throttled(t1, t1, 100.0);
+        assert!(close(b.factor, before * MIN_CUT), "{}", b.factor);
+        for i in 3..40 {
+            let at = t0 + Duration::from_secs(i);
+            a.throttled(at, at, 100.0);
         }
         assert_eq!(a.factor, FACTOR_MIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn anchors_older_than_the_lookback_are_dropped() {
+        let t0 = Instant::now();
+        let mut a = Law::new(t0);
+        a.throttled(t0, t0, 100.0);
+        // 60 s at 20/s then 40 s at 40/s, then a 429: the first anchor is gone, the served
+        // rate is measured over the last 30 s only (from a window's checkpoint).
+        a.factor = 1.0;
+        serve(&mut a, t0, Duration::from_secs(60), 1200);
+        serve(
+            &mut a,
+            t0 + Duration::from_secs(60),
+            Duration::from_secs(40),
+            1600,
+        );
+        let t1 = t0 + Duration::from_secs(100);
+        a.factor = 0.6;
+        a.throttled(t1, t1, 100.0);
+        assert!((a.factor - 0.4).abs() < 0.01, "{}", a.factor);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_learned_nothing_adopts_a_peers_rate_but_only_downwards() {
+        let t0 = Instant::now();
+        let mut a = Law::new(t0);
+        a.adopt(0.3, 0.31);
+        assert!(close(a.factor, 0.3));
+        assert_eq!(a.throttled_at, Some(0.31));
+        // Learned now: a peer's view no longer replaces it.
+        a.adopt(0.1, 0.1);
+        assert!(close(a.factor, 0.3));
+        let mut b = Law::new(t0);
+        b.factor = 0.2;
+        b.adopt(0.5, 0.5);
+        assert!(close(b.factor, 0.2), "never raised");
+        b.adopt(f64::NAN, 0.1);
+        assert!(close(b.factor, 0.2));
     }
 }

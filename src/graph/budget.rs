@@ -1,7 +1,7 @@
 //! [`Budget`]: the proactive rate budget of one process, on tokio's clock.
 //!
-//! Every request of the process goes `gate.wait()` → `budget.acquire(..)` → `gate.wait()` →
-//! send. The budget keeps us under Graph's buckets so 429s are rare (the identity limits:
+//! Every request of the process goes `budget.acquire(write, gate)` (which waits out the pause
+//! before and after taking its cells) → send. The budget keeps us under Graph's buckets so 429s are rare (the identity limits:
 //! <https://learn.microsoft.com/en-us/graph/throttling-limits>); the
 //! [`PauseGate`](super::PauseGate) holds every task when Graph does announce a Retry-After.
 //!
@@ -9,7 +9,6 @@
 //! `tokio::time::pause()` drives them like every other timer of the process.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -19,12 +18,13 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
-use super::adaptive::{Adaptive, FACTOR_MIN};
-use super::{lock, ThrottleStats};
+use super::adaptive::{Law, FACTOR_MIN, FACTOR_WINDOW};
+use super::{lock, PauseGate, ThrottleStats};
 use crate::config::RateSettings;
 
-/// Burst of the slowed-down limiters, in seconds of their rate.
-pub const SLOWED_BURST_SECS: f64 = 0.2;
+/// Burst of the limiters once throttled, in seconds of their rate (at least one cell): a
+/// small bucket refilled in steps has no room for bunched requests.
+pub const SLOWED_BURST_SECS: f64 = 0.05;
 
 /// A governor clock reading tokio's: the time since `origin` on [`tokio::time::Instant`],
 /// which follows `tokio::time::pause()` / `advance()` in tests and is the monotonic clock
@@ -86,33 +86,97 @@ pub fn process_quota(
         .allow_burst(burst)
 }
 
-/// Limiters at `factor` × the budget, used on top of the full-budget ones while f < 1.
+/// Which of Graph's limits a throttling hit: all requests (resource units) or writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Limit {
+    /// The all-requests bucket (`rate.requests`).
+    Requests,
+    /// The writes bucket (`rate.writes`).
+    Writes,
+}
+
+/// What one limit's law learned, as other workers are told it (heartbeats).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Learned {
+    /// The factor in force.
+    pub factor: f64,
+    /// The served rate at the last throttling, as a factor; `None` = never throttled.
+    pub throttled_at: Option<f64>,
+}
+
+/// The limiters in force and what they were built from.
 #[derive(Debug)]
-struct Scaled {
-    factor: f64,
+struct Limiters {
+    key: Key,
     all: Limiter,
     writes: Limiter,
 }
 
+/// What the limiters depend on: rebuilt when it changes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Key {
+    processes: u32,
+    requests: f64,
+    writes: f64,
+    /// Bursts of a fraction of the bucket (never throttled) or small ones.
+    full_burst: bool,
+}
+
+/// The laws and the share, under one lock.
+#[derive(Debug)]
+struct State {
+    requests: Law,
+    writes: Law,
+    processes: u32,
+    /// When the running pause ends: the first request after it takes the limiter as it is
+    /// then, emptied (a pause must not bank a burst for the tasks it held).
+    drain_at: Option<Instant>,
+}
+
+impl State {
+    fn key(&self) -> Key {
+        Key {
+            processes: self.processes,
+            requests: self.requests.factor,
+            writes: self.writes.factor,
+            full_burst: self.requests.factor >= 1.0
+                && self.writes.factor >= 1.0
+                && self.requests.throttled_at.is_none()
+                && self.writes.throttled_at.is_none(),
+        }
+    }
+
+    fn law(&mut self, limit: Limit) -> &mut Law {
+        match limit {
+            Limit::Requests => &mut self.requests,
+            Limit::Writes => &mut self.writes,
+        }
+    }
+}
+
 /// The proactive budget of one process: all requests (`rate.requests` per
 /// `rate.requests_period`) and writes (`rate.writes` per `rate.writes_period`), each divided
-/// by `rate.processes`, with bursts of `rate.burst_fraction` of each bucket. Share one per
-/// process through `Arc`.
+/// among the live workers (`rate.processes`, or the count the fleet reports) and scaled by its
+/// [`Law`](super::adaptive)'s factor. Share one per process through `Arc`.
 ///
-/// **Adaptive factor.** governor's quotas are fixed, so f < 1 is realised by a second pair
-/// of limiters at f × the budget, built anew whenever f changes (at most a couple of times
-/// per [`FACTOR_WINDOW`](super::adaptive::FACTOR_WINDOW)) and dropped when f is back at 1; a request then passes both the
-/// full-budget limiters and the scaled ones. A rebuilt scaled limiter starts empty, so steps
-/// of f never add a burst on top of the rate.
+/// **Limiters.** governor's quotas are fixed, so the pair of limiters is rebuilt whenever the
+/// share or a factor changes (at most once per [`FACTOR_WINDOW`](super::adaptive::FACTOR_WINDOW)
+/// and per episode). A rebuilt limiter starts empty: steps never add a burst on top of the
+/// rate, and waiting tasks look the current pair up on every wake-up. Never throttled, a burst
+/// is `rate.burst_fraction` of each bucket (Graph's buckets start full); once throttled, it
+/// is [`SLOWED_BURST_SECS`] of the rate.
+///
+/// **Pauses.** [`Budget::acquire`] waits out the [`PauseGate`] before and after taking a cell,
+/// so no task holds a cell through a pause; after a pause, the limiter starts empty and the
+/// tasks it held leave at the rate, one after the other.
 #[derive(Debug)]
 pub struct Budget {
-    all: Limiter,
-    writes: Limiter,
     settings: RateSettings,
     clock: TokioClock,
-    adaptive: Mutex<Adaptive>,
-    factor_bits: AtomicU64,
-    scaled: RwLock<Option<Arc<Scaled>>>,
+    state: Mutex<State>,
+    limiters: RwLock<Arc<Limiters>>,
     stats: Arc<ThrottleStats>,
 }
 
@@ -122,36 +186,41 @@ impl Budget {
         Budget::with_stats(rate, Arc::new(ThrottleStats::default()))
     }
 
-    /// A budget reporting its waits and factor into `stats`.
+    /// A budget reporting its waits and factors into `stats`. `rate.processes` = 0 (count
+    /// the workers) starts as one process until [`Budget::set_processes`] says otherwise.
     pub fn with_stats(rate: &RateSettings, stats: Arc<ThrottleStats>) -> anyhow::Result<Budget> {
         anyhow::ensure!(rate.requests > 0, "rate.requests must be at least 1");
         anyhow::ensure!(rate.writes > 0, "rate.writes must be at least 1");
-        anyhow::ensure!(rate.processes > 0, "rate.processes must be at least 1");
         anyhow::ensure!(
             !rate.requests_period.is_zero() && !rate.writes_period.is_zero(),
             "rate.requests_period and rate.writes_period must be longer than zero"
         );
         let clock = TokioClock::new();
-        let (all, writes) = Self::limiters(rate, 1.0, clock);
-        stats.set_factor(1.0);
+        let now = Instant::now();
+        let state = State {
+            requests: Law::new(now),
+            writes: Law::new(now),
+            processes: rate.processes.max(1),
+            drain_at: None,
+        };
+        let limiters = Self::limiters(rate, state.key(), clock);
+        stats.set_factors(1.0, 1.0);
+        stats.set_workers(state.processes);
         Ok(Budget {
-            all,
-            writes,
             settings: rate.clone(),
             clock,
-            adaptive: Mutex::new(Adaptive::new(Instant::now())),
-            factor_bits: AtomicU64::new(1.0f64.to_bits()),
-            scaled: RwLock::new(None),
+            state: Mutex::new(state),
+            limiters: RwLock::new(Arc::new(limiters)),
             stats,
         })
     }
 
-    fn limiters(rate: &RateSettings, factor: f64, clock: TokioClock) -> (Limiter, Limiter) {
-        // At full budget a burst is a fraction of each bucket (Graph's buckets start full);
-        // once slowed down, bursts stay small so a rebuilt limiter cannot dump a bucket's
-        // worth of requests into a Graph that is already pushing back.
+    fn limiters(rate: &RateSettings, key: Key, clock: TokioClock) -> Limiters {
+        // Never throttled, a burst is a fraction of each bucket (Graph's buckets start full);
+        // once throttled, bursts stay small so a rebuilt limiter cannot dump a bucket's worth
+        // of requests into a Graph that is already pushing back.
         let burst_secs = |period: Duration| {
-            if factor >= 1.0 {
+            if key.full_burst {
                 rate.burst_fraction.clamp(0.0, 1.0) * period.as_secs_f64()
             } else {
                 SLOWED_BURST_SECS
@@ -160,21 +229,22 @@ impl Budget {
         let all = process_quota(
             rate.requests,
             rate.requests_period,
-            rate.processes,
+            key.processes,
             burst_secs(rate.requests_period),
-            factor,
+            key.requests,
         );
         let writes = process_quota(
             rate.writes,
             rate.writes_period,
-            rate.processes,
+            key.processes,
             burst_secs(rate.writes_period),
-            factor,
+            key.writes,
         );
-        (
-            RateLimiter::direct_with_clock(all, clock),
-            RateLimiter::direct_with_clock(writes, clock),
-        )
+        Limiters {
+            key,
+            all: RateLimiter::direct_with_clock(all, clock),
+            writes: RateLimiter::direct_with_clock(writes, clock),
+        }
     }
 
     /// The stats this budget reports into.
@@ -182,103 +252,183 @@ impl Budget {
         &self.stats
     }
 
-    /// The current adaptive factor f.
+    /// The factor of the all-requests limit.
     pub fn factor(&self) -> f64 {
-        f64::from_bits(self.factor_bits.load(Relaxed))
+        lock(&self.state).requests.factor
     }
 
-    /// Wait until one request (and one write, for DELETE/POST/PATCH) fits the budget.
-    /// Returns how long it waited.
-    pub async fn acquire(&self, write: bool) -> Duration {
+    /// What each limit's law learned (for the other workers).
+    pub fn learned(&self) -> (Learned, Learned) {
+        let state = lock(&self.state);
+        let learned = |law: &Law| Learned {
+            factor: law.factor,
+            throttled_at: law.throttled_at,
+        };
+        (learned(&state.requests), learned(&state.writes))
+    }
+
+    /// Start from what another worker learned, if this one has learned nothing itself
+    /// (only ever lowers a factor).
+    pub fn adopt(&self, requests: Learned, writes: Learned) {
+        self.update(|s| {
+            for (law, peer) in [(&mut s.requests, requests), (&mut s.writes, writes)] {
+                if let Some(at) = peer.throttled_at {
+                    law.adopt(peer.factor, at);
+                }
+            }
+        });
+    }
+
+    /// Worker processes sharing the budget.
+    pub fn processes(&self) -> u32 {
+        lock(&self.state).processes
+    }
+
+    /// Share the budget among `n` processes from now on (the fleet's live count).
+    pub fn set_processes(&self, n: u32) {
+        self.update(|s| s.processes = n.max(1));
+        self.stats.set_workers(n.max(1));
+    }
+
+    /// This process's full share of `limit`, per second.
+    fn share_rate(&self, state: &State, limit: Limit) -> f64 {
+        let (count, period) = match limit {
+            Limit::Requests => (self.settings.requests, self.settings.requests_period),
+            Limit::Writes => (self.settings.writes, self.settings.writes_period),
+        };
+        f64::from(count) / period.as_secs_f64().max(1e-3) / f64::from(state.processes.max(1))
+    }
+
+    /// Wait until one request (and one write, for DELETE/POST/PATCH) fits the budget and no
+    /// pause is running. Returns how long it waited.
+    pub async fn acquire(&self, write: bool, gate: &PauseGate) -> Duration {
         let start = Instant::now();
-        // The tighter limiters first, so a cell of a looser one is not held while waiting.
-        if write {
-            self.until_slowed_ready(|s| &s.writes).await;
+        // The write cell taken from this pair of limiters, if any (kept across waits for the
+        // all-requests cell; a replaced pair is asked again).
+        let mut write_from: Option<Arc<Limiters>> = None;
+        loop {
+            gate.wait().await;
+            self.update(|s| {
+                let now = Instant::now();
+                s.requests.roll(now);
+                s.writes.roll(now);
+            });
+            self.drain_after_pause();
+            let limiters = self
+                .limiters
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if write
+                && !write_from
+                    .as_ref()
+                    .is_some_and(|w| Arc::ptr_eq(w, &limiters))
+            {
+                match limiters.writes.check() {
+                    Ok(()) => write_from = Some(limiters.clone()),
+                    Err(not_until) => {
+                        sleep_until_ready(not_until.wait_time_from(self.clock.now())).await;
+                        continue;
+                    }
+                }
+            }
+            match limiters.all.check() {
+                // A pause that began while this task waited: its cell is spent, it waits again.
+                Ok(()) if gate.paused_until().is_some() => write_from = None,
+                Ok(()) => break,
+                Err(not_until) => {
+                    sleep_until_ready(not_until.wait_time_from(self.clock.now())).await;
+                }
+            }
         }
-        self.until_slowed_ready(|s| &s.all).await;
-        if write {
-            until_ready(&self.writes).await;
-        }
-        until_ready(&self.all).await;
         let waited = start.elapsed();
         self.stats.add_budget_wait(waited);
         waited
     }
 
-    /// Wait for one cell of the slowed limiter `pick` selects, while f < 1. The current
-    /// limiter is looked up again on every wake-up: a task that kept waiting on one replaced
-    /// since would be let through at the old rate, next to the tasks on the new one (measured
-    /// in the storm benchmark: +30 % over the factor's rate during recovery, then a 429).
-    async fn until_slowed_ready(&self, pick: impl Fn(&Scaled) -> &Limiter) {
-        loop {
-            if self.factor() >= 1.0 {
-                return;
+    /// Empty the limiters once, at the first request after a pause.
+    fn drain_after_pause(&self) {
+        let due = {
+            let mut state = lock(&self.state);
+            match state.drain_at {
+                Some(at) if at <= Instant::now() => {
+                    state.drain_at = None;
+                    true
+                }
+                _ => false,
             }
-            self.update(|a| a.roll(Instant::now()));
-            let Some(scaled) = self
-                .scaled
+        };
+        if due {
+            let limiters = self
+                .limiters
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-            else {
-                return;
-            };
-            let limiter = pick(&scaled);
-            match limiter.check() {
-                Ok(()) => return,
-                Err(not_until) => {
-                    let wait = not_until.wait_time_from(limiter.clock().now());
-                    tokio::time::sleep(wait.max(Duration::from_micros(100))).await;
-                }
-            }
+                .clone();
+            drain(&limiters.all);
+            drain(&limiters.writes);
+        }
+    }
+
+    /// Graph answered a request (any status but 429): it was served from its buckets.
+    pub fn observe_answer(&self, write: bool, status: u16) {
+        if status == 429 {
+            return;
+        }
+        let mut state = lock(&self.state);
+        state.requests.served();
+        if write {
+            state.writes.served();
         }
     }
 
     /// Graph's `x-ms-throttle-limit-percentage` of an answer: at or above
-    /// `rate.slow_down_at_percent`, slow down (at most one step per window).
+    /// `rate.slow_down_at_percent`, a warning to the all-requests law. The header does not say
+    /// which limit it measures, and every request (writes too) counts against that one, so
+    /// slowing it down slows down whichever limit is close; the writes law moves on 429s
+    /// that name the writes limit.
     pub fn observe_limit_percentage(&self, percent: f64) {
         if percent >= self.settings.slow_down_at_percent {
-            self.update(|a| a.slow_down(Instant::now()));
+            self.update(|s| s.requests.warned(Instant::now()));
         }
     }
 
-    /// A 429 (or 503/504 with Retry-After) that paused the process until `pause_end`.
-    pub fn on_throttled(&self, pause_end: Instant) {
-        self.update(|a| a.throttled(Instant::now(), pause_end));
+    /// A throttling of `limit` (a 429 here, or one another worker announced) that paused the
+    /// process until `pause_end`.
+    pub fn on_throttled(&self, pause_end: Instant, limit: Limit) {
+        self.update(|s| {
+            let share = self.share_rate(s, limit);
+            s.law(limit).throttled(Instant::now(), pause_end, share);
+            s.drain_at = Some(s.drain_at.map_or(pause_end, |d| d.max(pause_end)));
+        });
     }
 
-    fn update(&self, step: impl FnOnce(&mut Adaptive)) {
-        let factor = {
-            let mut adaptive = lock(&self.adaptive);
-            step(&mut adaptive);
-            adaptive.factor
-        };
-        if factor == self.factor() {
-            return;
-        }
-        self.factor_bits.store(factor.to_bits(), Relaxed);
-        self.stats.set_factor(factor);
-        let mut scaled = self
-            .scaled
+    /// Apply `step` to the state and rebuild the limiters if what they depend on moved.
+    fn update(&self, step: impl FnOnce(&mut State)) {
+        let mut state = lock(&self.state);
+        step(&mut state);
+        let key = state.key();
+        let mut limiters = self
+            .limiters
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if factor >= 1.0 {
-            *scaled = None;
-        } else if scaled.as_ref().is_none_or(|s| s.factor != factor) {
-            // A new limiter starts with its burst available; rebuilt at every step of the
-            // factor (up to twice a second), that burst would come on top of the rate each
-            // time (+40 % at 0.2 s per 0.5 s window: measured in the storm benchmark as a 429
-            // every few seconds). The tasks are already sending at the old rate, so start empty.
-            let (all, writes) = Self::limiters(&self.settings, factor, self.clock);
-            drain(&all);
-            drain(&writes);
-            *scaled = Some(Arc::new(Scaled {
-                factor,
-                all,
-                writes,
-            }));
+        if limiters.key == key {
+            return;
         }
-        tracing::debug!(factor, "graph budget factor changed");
+        // A new limiter starts with its burst available; rebuilt at every step (up to
+        // twice a second), that burst would come on top of the rate each time (+40 % at
+        // 0.2 s per 0.5 s window: measured in the storm benchmark as a 429 every few
+        // seconds). The tasks are already sending at the old rate, so start empty.
+        let rebuilt = Self::limiters(&self.settings, key, self.clock);
+        drain(&rebuilt.all);
+        drain(&rebuilt.writes);
+        *limiters = Arc::new(rebuilt);
+        self.stats.set_factors(key.requests, key.writes);
+        tracing::debug!(
+            processes = key.processes,
+            requests = key.requests,
+            writes = key.writes,
+            "graph budget changed"
+        );
     }
 }
 
@@ -287,18 +437,12 @@ fn drain(limiter: &Limiter) {
     while limiter.check().is_ok() {}
 }
 
-/// Wait for one cell of `limiter` on tokio's timer (governor's own `until_ready` uses
-/// futures-timer; tokio's keeps every wait on one runtime, and on its clock).
-async fn until_ready(limiter: &Limiter) {
-    loop {
-        match limiter.check() {
-            Ok(()) => return,
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(limiter.clock().now());
-                tokio::time::sleep(wait.max(Duration::from_micros(100))).await;
-            }
-        }
-    }
+/// Sleep until a limiter's next cell, on tokio's timer (governor's own `until_ready` uses
+/// futures-timer; tokio's keeps every wait on one runtime, and on its clock). At most
+/// [`FACTOR_WINDOW`](super::adaptive::FACTOR_WINDOW), so a waiting task sees a replaced
+/// limiter (or a pause) soon.
+async fn sleep_until_ready(wait: Duration) {
+    tokio::time::sleep(wait.clamp(Duration::from_micros(100), FACTOR_WINDOW)).await;
 }
 
 #[cfg(test)]
@@ -325,6 +469,19 @@ mod tests {
         }
     }
 
+    fn key(processes: u32, requests: f64, writes: f64, full_burst: bool) -> Key {
+        Key {
+            processes,
+            requests,
+            writes,
+            full_burst,
+        }
+    }
+
+    fn current(budget: &Budget) -> Arc<Limiters> {
+        budget.limiters.read().unwrap().clone()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_clock_follows_tokios_paused_time() {
         let clock = TokioClock::new();
@@ -341,13 +498,17 @@ mod tests {
             burst_fraction: 0.5,
             ..RateSettings::default()
         };
-        let (_, writes) = Budget::limiters(&rate, 1.0, TokioClock::new());
-        let burst = (0..5000).take_while(|_| writes.check().is_ok()).count();
+        let full = Budget::limiters(&rate, key(1, 1.0, 1.0, true), TokioClock::new());
+        let burst = (0..5000)
+            .take_while(|_| full.writes.check().is_ok())
+            .count();
         assert_eq!(burst, 1500);
-        // Slowed to half: 10 writes/s, a burst of 0.2 s of that.
-        let (_, slowed) = Budget::limiters(&rate, 0.5, TokioClock::new());
-        let burst = (0..5000).take_while(|_| slowed.check().is_ok()).count();
-        assert_eq!(burst, 2);
+        // Slowed to half: 10 writes/s, a burst of 0.05 s of that (one cell).
+        let slowed = Budget::limiters(&rate, key(1, 1.0, 0.5, false), TokioClock::new());
+        let burst = (0..5000)
+            .take_while(|_| slowed.writes.check().is_ok())
+            .count();
+        assert_eq!(burst, 1);
     }
 
     #[test]
@@ -404,12 +565,13 @@ mod tests {
     async fn acquire_lets_the_burst_through_at_once_then_waits_one_interval_per_request() {
         // 10/s, a burst of half the bucket: 5 at once, then one every 100 ms.
         let budget = Budget::new(&rate(10, 1, 10, 1, 1, 0.5)).unwrap();
+        let gate = PauseGate::default();
         for _ in 0..5 {
-            assert_eq!(budget.acquire(true).await, Duration::ZERO);
+            assert_eq!(budget.acquire(true, &gate).await, Duration::ZERO);
         }
         let start = Instant::now();
         for _ in 0..10 {
-            budget.acquire(false).await;
+            budget.acquire(false, &gate).await;
         }
         let elapsed = start.elapsed();
         assert!(
@@ -421,49 +583,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn budget_builds_scaled_limiters_below_one_and_drops_them_at_one() {
-        let budget = Budget::new(&rate(200, 1, 20, 1, 1, 0.1)).unwrap();
+    async fn a_warning_rebuilds_the_limiters_empty_and_a_recovered_budget_gets_its_burst_back() {
+        // 100 per 10 s: at f = 0.9 one cell per 111 ms.
+        let budget = Budget::new(&rate(100, 10, 100, 10, 1, 0.5)).unwrap();
+        assert!(current(&budget).all.check().is_ok(), "a full budget bursts");
         budget.observe_limit_percentage(50.0);
         assert_eq!(budget.factor(), 1.0);
         budget.observe_limit_percentage(85.0);
         assert!((budget.factor() - 0.9).abs() < 1e-9);
-        assert!(budget.scaled.read().unwrap().is_some());
         assert!((budget.stats().snapshot().factor - 0.9).abs() < 1e-9);
-        budget.update(|a| a.roll(Instant::now() + Duration::from_secs(60)));
+        let slowed = current(&budget);
+        assert!(slowed.all.check().is_err(), "rebuilt empty");
+        assert!(slowed.writes.check().is_err());
+        budget.update(|s| s.requests.roll(Instant::now() + Duration::from_secs(60)));
         assert_eq!(budget.factor(), 1.0);
-        assert!(budget.scaled.read().unwrap().is_none());
+        assert!(current(&budget).key.full_burst);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_rebuilt_scaled_limiter_starts_without_a_burst() {
-        // 100 per 10 s: at f = 0.9 one cell per 111 ms; paused time does not move meanwhile.
-        let budget = Budget::new(&rate(100, 10, 100, 10, 1, 0.5)).unwrap();
-        budget.observe_limit_percentage(85.0);
-        let scaled = budget.scaled.read().unwrap().clone().unwrap();
-        assert!(scaled.all.check().is_err());
-        assert!(scaled.writes.check().is_err());
-        // The full-budget limiters keep their burst (they bound the total, not the step).
-        assert!(budget.all.check().is_ok());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_waiting_task_follows_the_limiter_that_replaced_the_one_it_waited_on() {
+    async fn a_waiting_task_follows_the_limiters_that_replaced_the_ones_it_waited_on() {
         let budget = Arc::new(Budget::new(&rate(10, 1, 10, 1, 1, 0.5)).unwrap());
+        let gate = Arc::new(PauseGate::default());
         budget.observe_limit_percentage(85.0); // f = 0.9: 9/s, the next cell in 111 ms
         let waiter = {
-            let budget = budget.clone();
-            tokio::spawn(async move { budget.acquire(false).await })
+            let (budget, gate) = (budget.clone(), gate.clone());
+            tokio::spawn(async move { budget.acquire(false, &gate).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        budget.update(|a| a.factor = 0.1); // 1/s, rebuilt empty: the next cell in 1 s
+        budget.update(|s| s.requests.factor = 0.1); // 1/s, rebuilt empty: the next cell in 1 s
         let rebuilt = Instant::now();
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(
             !waiter.is_finished(),
             "let through at the replaced limiter's rate"
         );
-        // Not before the new limiter's first cell either (recovery steps only slow it more:
-        // each rebuild starts empty).
         waiter.await.unwrap();
         assert!(
             rebuilt.elapsed() >= Duration::from_secs(1),
@@ -472,9 +625,177 @@ mod tests {
         );
     }
 
-    #[test]
-    fn budget_rejects_empty_buckets() {
-        assert!(Budget::new(&rate(0, 1, 20, 1, 1, 0.1)).is_err());
-        assert!(Budget::new(&rate(10, 1, 20, 1, 0, 0.1)).is_err());
+    #[tokio::test(start_paused = true)]
+    async fn the_share_follows_the_live_number_of_processes() {
+        let budget = Budget::new(&rate(100, 1, 100, 1, 0, 0.0)).unwrap();
+        assert_eq!(budget.processes(), 1, "counted processes start as one");
+        let gate = PauseGate::default();
+        budget.set_processes(4);
+        assert_eq!(budget.stats().snapshot().workers, 4);
+        // 25/s: 10 requests take 400 ms (rebuilt empty: the first cell after 40 ms).
+        let start = Instant::now();
+        for _ in 0..10 {
+            budget.acquire(false, &gate).await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+        budget.set_processes(1);
+        let start = Instant::now();
+        for _ in 0..10 {
+            budget.acquire(false, &gate).await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_releases_the_tasks_it_held_through_the_budget_not_all_at_once() {
+        // 20/s; 16 tasks waiting when a 2 s pause starts.
+        let budget = Arc::new(Budget::new(&rate(20, 1, 20, 1, 1, 0.5)).unwrap());
+        let gate = Arc::new(PauseGate::default());
+        // Spend the opening burst.
+        for _ in 0..10 {
+            budget.acquire(false, &gate).await;
+        }
+        let pause_end = Instant::now() + Duration::from_secs(2);
+        gate.pause_until(pause_end);
+        budget.on_throttled(pause_end, Limit::Requests);
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (budget, gate) = (budget.clone(), gate.clone());
+                tokio::spawn(async move {
+                    budget.acquire(false, &gate).await;
+                    Instant::now()
+                })
+            })
+            .collect();
+        let mut left = Vec::new();
+        for task in tasks {
+            left.push(task.await.unwrap());
+        }
+        left.sort();
+        assert!(left[0] >= pause_end, "nobody leaves inside the pause");
+        // Halved to 10/s with a burst of one cell, emptied at the pause's end: one per
+        // 100 ms after it, 16 tasks over 1.5 s.
+        let last = left[15] - pause_end;
+        assert!(last >= Duration::from_millis(1500), "{last:?}");
+        let in_first_100ms = left
+            .iter()
+            .filter(|t| **t - pause_end < Duration::from_millis(100))
+            .count();
+        assert!(in_first_100ms <= 1, "{in_first_100ms} left at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_holding_a_cell_when_a_pause_starts_waits_for_the_pause() {
+        // 1/s, no burst: a task waits ~1 s for its cell; a pause starts meanwhile.
+        let budget = Arc::new(Budget::new(&rate(1, 1, 1, 1, 1, 0.0)).unwrap());
+        let gate = Arc::new(PauseGate::default());
+        budget.acquire(false, &gate).await;
+        let waiter = {
+            let (budget, gate) = (budget.clone(), gate.clone());
+            tokio::spawn(async move {
+                budget.acquire(false, &gate).await;
+                Instant::now()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pause_end = Instant::now() + Duration::from_secs(5);
+        gate.pause_until(pause_end);
+        assert!(waiter.await.unwrap() >= pause_end);
+    }
+
+    /// A Graph stand-in for the control law: a bucket of `budget` per second refilled in 1 s
+    /// steps, answering 429 with a Retry-After of `retry_after` when empty.
+    struct Bucket {
+        tokens: u32,
+        budget: u32,
+        second: u64,
+        origin: Instant,
+    }
+
+    impl Bucket {
+        fn admit(&mut self, now: Instant) -> bool {
+            let second = now.duration_since(self.origin).as_secs();
+            if second > self.second {
+                self.tokens = self.budget;
+                self.second = second;
+            }
+            if self.tokens == 0 {
+                return false;
+            }
+            self.tokens -= 1;
+            true
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_small_budget_is_reached_after_a_few_throttlings_and_held() {
+        // Configured for 350/s; Graph serves 30/s in 1 s steps, Retry-After 3 s; 32 tasks,
+        // 100 ms per request.
+        let budget = Arc::new(Budget::new(&rate(3500, 10, 3500, 10, 1, 0.5)).unwrap());
+        let gate = Arc::new(PauseGate::default());
+        let graph = Arc::new(Mutex::new(Bucket {
+            tokens: 30,
+            budget: 30,
+            second: 0,
+            origin: Instant::now(),
+        }));
+        let log = Arc::new(Mutex::new(Vec::<(Duration, bool)>::new()));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let (budget, gate, graph, log) =
+                    (budget.clone(), gate.clone(), graph.clone(), log.clone());
+                tokio::spawn(async move {
+                    while start.elapsed() < Duration::from_secs(120) {
+                        budget.acquire(false, &gate).await;
+                        let sent = Instant::now();
+                        // Inside a pause only what was already on the wire may arrive.
+                        let admitted = lock(&graph).admit(sent);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        lock(&log).push((sent - start, admitted));
+                        if admitted {
+                            budget.observe_answer(false, 200);
+                        } else {
+                            let end = Instant::now() + Duration::from_secs(3);
+                            gate.pause_until(end);
+                            budget.on_throttled(end, Limit::Requests);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let log = lock(&log);
+        let per: Vec<(usize, usize)> = (0..120u64)
+            .map(|sec| {
+                (
+                    log.iter()
+                        .filter(|(t, ok)| *ok && t.as_secs() == sec)
+                        .count(),
+                    log.iter()
+                        .filter(|(t, ok)| !*ok && t.as_secs() == sec)
+                        .count(),
+                )
+            })
+            .collect();
+        eprintln!("{per:?}");
+        let after = |from: u64| {
+            let from = Duration::from_secs(from);
+            let served = log.iter().filter(|(t, ok)| *ok && *t >= from).count();
+            let refused = log.iter().filter(|(t, ok)| !*ok && *t >= from).count();
+            (served, refused)
+        };
+        let (_, all_refused) = after(0);
+        // After 30 s of warm-up: most of 30/s over the remaining 90 s (measured: 89 %; each
+        // throttling still costs its 3 s pause, about one per 30 s), and 429s near zero.
+        let (served, refused) = after(30);
+        let efficiency = served as f64 / (30.0 * 89.0);
+        assert!(efficiency >= 0.85, "efficiency {efficiency:.3}");
+        assert!(
+            refused <= 40,
+            "{refused} 429s after warm-up ({all_refused} in all)"
+        );
     }
 }

@@ -10,8 +10,9 @@
 //! - `error`: [`Error`], the one classification of Graph's answers, and its [`Class`]
 //!   (outage / retry / permanent / halt).
 //! - `budget`: [`Budget`], the proactive rate limits, on tokio's clock.
-//! - `adaptive`: the budget's adaptive factor (slows down on Graph's warnings and 429s).
-//! - `pause`: [`PauseGate`], one Retry-After pause for every task.
+//! - `adaptive`: the control law of each limit: measures the rate Graph served between
+//!   throttlings, sets the budget just below it, remembers it, probes upwards slowly.
+//! - `pause`: [`PauseGate`], one Retry-After pause for every task, and its announcements.
 //! - `stats`: [`ThrottleStats`], the client's traffic counters as Prometheus metrics, and
 //!   [`ThrottleSnapshot`], their flat copy for logs and benchmarks.
 //! - `address`: how a user ([`UserAddress`]), a method id or a nextLink goes into (or comes
@@ -33,14 +34,14 @@ mod stats;
 mod token;
 
 pub use address::{user_path, UserAddress};
-pub use budget::Budget;
+pub use budget::{Budget, Learned, Limit};
 pub use client::{GraphClient, Listing, TemporaryAccessPass};
 pub use directory::{
     DirectoryUser, GroupMember, GroupUsers, Privilege, RoleHeld, RoleHold, SkippedMembers,
 };
 pub use error::{AppFault, Class, Error, NoAnswer};
 pub use methods::{AuthMethod, Registered};
-pub use pause::PauseGate;
+pub use pause::{PauseGate, Throttling};
 pub use send::{client_request_id, with_client_request_id};
 pub use stats::{ThrottleSnapshot, ThrottleStats};
 pub use token::{AccessToken, TokenProvider};

@@ -1,23 +1,57 @@
-//! [`PauseGate`]: the one Retry-After pause shared by every task of the process.
+//! [`PauseGate`]: the one Retry-After pause shared by every task of the process, and the
+//! announcements of its throttlings to whoever tells the other workers (the fleet).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use super::budget::Limit;
 use super::lock;
+
+/// A throttling this process saw: its pause ends at `until`, on `limit`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throttling {
+    /// When the pause ends.
+    pub until: Instant,
+    /// The limit Graph named.
+    pub limit: Limit,
+}
 
 /// One pause shared by every task of the process: a Retry-After (or a throttling backoff)
 /// seen by any task holds back all of them, because Graph throttles the app, not the request
 /// (<https://learn.microsoft.com/en-us/graph/throttling>).
 ///
 /// Uses tokio's clock, so tests can drive it with `tokio::time::pause()`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PauseGate {
     until: Mutex<Option<Instant>>,
+    announced: broadcast::Sender<Throttling>,
+}
+
+impl Default for PauseGate {
+    fn default() -> Self {
+        Self {
+            until: Mutex::new(None),
+            // A subscriber that lags loses the oldest announcements: only the latest matter.
+            announced: broadcast::channel(16).0,
+        }
+    }
 }
 
 impl PauseGate {
+    /// The throttlings this process announces from now on ([`PauseGate::announce`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<Throttling> {
+        self.announced.subscribe()
+    }
+
+    /// Tell the subscribers that Graph throttled this process until `until` on `limit`.
+    pub fn announce(&self, until: Instant, limit: Limit) {
+        // No subscriber (one process alone, tests): nobody to tell.
+        let _ = self.announced.send(Throttling { until, limit });
+    }
+
     /// Pause every task until `until`. Extends a running pause, never shortens it.
     /// Returns the wall time the pause grew by (zero when it was already longer).
     pub fn pause_until(&self, until: Instant) -> Duration {
@@ -87,6 +121,22 @@ mod tests {
         assert_eq!(gate.wait().await, Duration::ZERO);
         gate.pause_until(Instant::now() - Duration::from_secs(1));
         assert_eq!(gate.wait().await, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn announcements_reach_subscribers() {
+        let gate = PauseGate::default();
+        gate.announce(Instant::now(), Limit::Writes); // nobody listening yet: dropped
+        let mut rx = gate.subscribe();
+        let until = Instant::now() + Duration::from_secs(3);
+        gate.announce(until, Limit::Requests);
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            Throttling {
+                until,
+                limit: Limit::Requests
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,8 +1,9 @@
 //! The one send loop of [`GraphClient`]: every attempt of every call goes through
 //! [`GraphClient::execute`] here.
 //!
-//! Each attempt goes token → `gate.wait()` → budget (all, and writes for DELETE/POST/PATCH) →
-//! `gate.wait()` → send → feed `x-ms-throttle-limit-percentage` to the budget → classify.
+//! Each attempt goes token → budget (all, and writes for DELETE/POST/PATCH; it waits out the
+//! pause before and after taking its cells) → send → feed the answer and
+//! `x-ms-throttle-limit-percentage` to the budget → classify.
 //! What follows an attempt is not decided here: the attempt machine ([`super::attempt`])
 //! returns a [`Step`], and the loop carries it out (renews the token, pauses everyone, sleeps,
 //! or returns).
@@ -14,6 +15,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::attempt::{Attempts, OnNotFound, Outcome, Step};
+use super::budget::Limit;
 use super::error::{classify, from_transport};
 use super::{AccessToken, Error, GraphClient};
 
@@ -80,7 +82,7 @@ impl GraphClient {
         let request_id = client_request_id().to_string();
         let mut attempts = Attempts::new(&inner.retry, on_not_found, Instant::now());
         loop {
-            let (outcome, token) = self
+            let (outcome, token, limit) = self
                 .attempt(
                     &method,
                     &url,
@@ -113,7 +115,7 @@ impl GraphClient {
                     return Err(error);
                 }
                 Step::PauseEveryoneThenGiveUp { until, error } => {
-                    self.pause_everyone(until);
+                    self.pause_everyone(until, limit);
                     tracing::debug!(%url, error = %error, "Graph call failed; handing the error back");
                     return Err(error);
                 }
@@ -127,7 +129,7 @@ impl GraphClient {
                     continue;
                 }
                 Step::PauseEveryone { until } => {
-                    self.pause_everyone(until);
+                    self.pause_everyone(until, limit);
                     (until.saturating_duration_since(Instant::now()), false)
                 }
                 Step::BackOff { delay } => (delay, true),
@@ -147,16 +149,22 @@ impl GraphClient {
         }
     }
 
-    /// Graph throttled the app: every task of the process waits until `until`.
-    fn pause_everyone(&self, until: Instant) {
+    /// Graph throttled the app on `limit`: every task of the process waits until `until`, and
+    /// a pause that grew is announced to the other workers (through the gate's subscribers).
+    fn pause_everyone(&self, until: Instant, limit: Limit) {
         let inner = &*self.inner;
         inner.stats.record_throttled();
-        inner.stats.add_pause(inner.gate.pause_until(until));
-        inner.budget.on_throttled(until);
+        let grew = inner.gate.pause_until(until);
+        inner.stats.add_pause(grew);
+        if !grew.is_zero() {
+            inner.gate.announce(until, limit);
+        }
+        inner.budget.on_throttled(until, limit);
     }
 
     /// One attempt: a token, the pause and the budget, the request. Hands back the token the
-    /// request carried, if it got that far (a 401 invalidates exactly that one).
+    /// request carried, if it got that far (a 401 invalidates exactly that one), and the limit
+    /// a throttling answer would have hit.
     async fn attempt(
         &self,
         method: &Method,
@@ -165,17 +173,21 @@ impl GraphClient {
         headers: &[(&'static str, &'static str)],
         request_id: &str,
         retries: u32,
-    ) -> (Outcome<Answer>, Option<AccessToken>) {
+    ) -> (Outcome<Answer>, Option<AccessToken>, Limit) {
         let inner = &*self.inner;
         let write = matches!(*method, Method::DELETE | Method::POST | Method::PATCH);
+        let by_method = if write {
+            Limit::Writes
+        } else {
+            Limit::Requests
+        };
         // Token errors are classified like Graph errors (transient ones are retried).
         let token = match inner.tokens.token().await {
             Ok(token) => token,
-            Err(e) => return (Outcome::NoToken(e), None),
+            Err(e) => return (Outcome::NoToken(e), None, by_method),
         };
-        inner.gate.wait().await;
-        inner.budget.acquire(write).await;
-        inner.gate.wait().await;
+        // Waits out any pause, before and after taking its cells.
+        inner.budget.acquire(write, &inner.gate).await;
         let mut request = inner
             .http
             .request(method.clone(), url)
@@ -194,15 +206,20 @@ impl GraphClient {
             None if write => request.body(""),
             None => request,
         };
-        let outcome = match self.send(request).await {
-            Ok(answer) => Outcome::Answered(answer),
-            Err(e) => Outcome::Failed(e),
+        let (outcome, limit) = match self.send(request, write).await {
+            (Ok(answer), _) => (Outcome::Answered(answer), by_method),
+            (Err(e), limit) => (Outcome::Failed(e), limit.unwrap_or(by_method)),
         };
-        (outcome, Some(token))
+        (outcome, Some(token), limit)
     }
 
-    /// Send one request, count it, feed the throttle headers to the budget, classify.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, Error> {
+    /// Send one request, count it, feed the answer and the throttle headers to the budget,
+    /// classify. A 429 also says which limit it names, when its headers do.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        write: bool,
+    ) -> (Result<Answer, Error>, Option<Limit>) {
         let inner = &*self.inner;
         let result = {
             let _in_flight = inner.stats.start_request();
@@ -225,24 +242,25 @@ impl GraphClient {
                 if let Error::NoAnswer { cause, .. } = &error {
                     inner.stats.record_no_answer(*cause);
                 }
-                return Err(error);
+                return (Err(error), None);
             }
         };
         inner.stats.record_status(status);
+        inner.budget.observe_answer(write, status);
         if let Some(percent) = limit_percentage(&headers) {
             inner.budget.observe_limit_percentage(percent);
         }
         if (200..300).contains(&status) {
-            return Ok(Answer { status, body });
+            return (Ok(Answer { status, body }), None);
         }
+        let mut limit = None;
         if status == 429 {
-            tracing::debug!(
-                scope = header_text(&headers, "x-ms-throttle-scope"),
-                information = header_text(&headers, "x-ms-throttle-information"),
-                "Graph throttled us"
-            );
+            let scope = header_text(&headers, "x-ms-throttle-scope");
+            let information = header_text(&headers, "x-ms-throttle-information");
+            limit = throttled_limit(scope.as_deref(), information.as_deref());
+            tracing::debug!(?scope, ?information, "Graph throttled us");
         }
-        Err(classify(status, &headers, &body))
+        (Err(classify(status, &headers, &body)), limit)
     }
 }
 
@@ -261,6 +279,23 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The limit a 429 names: `x-ms-throttle-information` saying writes (`WriteLimitExceeded`), or
+/// a `x-ms-throttle-scope` whose access segment is `Write`
+/// (`Tenant_Application/Write/{appId}/{tenantId}`), is the writes limit; any other named
+/// scope or reason is the all-requests limit; neither header: unknown (the caller goes by
+/// the request's method).
+fn throttled_limit(scope: Option<&str>, information: Option<&str>) -> Option<Limit> {
+    let writes = information.is_some_and(|i| i.to_ascii_lowercase().contains("write"))
+        || scope.is_some_and(|s| s.split('/').any(|part| part.eq_ignore_ascii_case("write")));
+    if writes {
+        Some(Limit::Writes)
+    } else if scope.is_some() || information.is_some() {
+        Some(Limit::Requests)
+    } else {
+        None
+    }
+}
+
 /// `x-ms-throttle-limit-percentage` as a percentage. Graph documents it as a fraction of the
 /// limit (0.8–1.8), the simulator sends whole percents (80–100): values up to 2 are fractions.
 fn limit_percentage(headers: &HeaderMap) -> Option<f64> {
@@ -274,6 +309,30 @@ fn limit_percentage(headers: &HeaderMap) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_429_names_the_writes_limit_by_its_reason_or_scope_and_otherwise_all_requests() {
+        assert_eq!(
+            throttled_limit(None, Some("WriteLimitExceeded")),
+            Some(Limit::Writes)
+        );
+        assert_eq!(
+            throttled_limit(Some("Tenant_Application/Write/app/tenant"), None),
+            Some(Limit::Writes)
+        );
+        assert_eq!(
+            throttled_limit(
+                Some("Application_Tenant/Identity/t/c"),
+                Some("ResourceUnitLimitExceeded")
+            ),
+            Some(Limit::Requests)
+        );
+        assert_eq!(
+            throttled_limit(Some("Tenant_Application/ReadWrite/app/tenant"), None),
+            Some(Limit::Requests)
+        );
+        assert_eq!(throttled_limit(None, None), None);
+    }
 
     #[test]
     fn limit_percentage_reads_fractions_and_percents() {

@@ -71,6 +71,8 @@ pub struct ThrottleStats {
     budget_wait_seconds: Counter<f64, AtomicU64>,
     in_flight: Gauge<i64, AtomicI64>,
     factor: Gauge<f64, AtomicU64>,
+    writes_factor: Gauge<f64, AtomicU64>,
+    workers: Gauge<i64, AtomicI64>,
 }
 
 impl Default for ThrottleStats {
@@ -90,6 +92,10 @@ impl Default for ThrottleStats {
         let connection_errors = cause(NoAnswer::Connection);
         let factor = Gauge::default();
         factor.set(1.0);
+        let writes_factor = Gauge::default();
+        writes_factor.set(1.0);
+        let workers = Gauge::default();
+        workers.set(1);
         Self {
             requests: Counter::default(),
             responses,
@@ -104,6 +110,8 @@ impl Default for ThrottleStats {
             budget_wait_seconds: Counter::default(),
             in_flight: Gauge::default(),
             factor,
+            writes_factor,
+            workers,
         }
     }
 }
@@ -154,8 +162,12 @@ pub struct ThrottleSnapshot {
     pub budget_wait_secs: f64,
     /// Requests on the wire right now.
     pub in_flight: i64,
-    /// The adaptive factor f in [0.05, 1] applied to the budget.
+    /// The factor in [0.01, 1] applied to this process's share of the all-requests limit.
     pub factor: f64,
+    /// The factor applied to this process's share of the writes limit.
+    pub writes_factor: f64,
+    /// Worker processes the budget is divided among (live count or `rate.processes`).
+    pub workers: i64,
 }
 
 impl ThrottleStats {
@@ -204,8 +216,13 @@ impl ThrottleStats {
         self.budget_wait_seconds.inc_by(d.as_secs_f64());
     }
 
-    pub(super) fn set_factor(&self, f: f64) {
-        self.factor.set(f);
+    pub(super) fn set_factors(&self, requests: f64, writes: f64) {
+        self.factor.set(requests);
+        self.writes_factor.set(writes);
+    }
+
+    pub(super) fn set_workers(&self, n: u32) {
+        self.workers.set(i64::from(n));
     }
 
     /// Copy every counter.
@@ -236,6 +253,8 @@ impl ThrottleStats {
             budget_wait_secs: self.budget_wait_seconds.get(),
             in_flight: self.in_flight.get(),
             factor: self.factor.get(),
+            writes_factor: self.writes_factor.get(),
+            workers: self.workers.get(),
         }
     }
 
@@ -292,8 +311,18 @@ impl ThrottleStats {
         );
         graph.register(
             "budget_factor",
-            "Adaptive factor (0.05 to 1) applied to the rate budget",
+            "Factor (0.01 to 1) applied to this process's share of the all-requests limit",
             self.factor.clone(),
+        );
+        graph.register(
+            "budget_writes_factor",
+            "Factor (0.01 to 1) applied to this process's share of the writes limit",
+            self.writes_factor.clone(),
+        );
+        graph.register(
+            "budget_workers",
+            "Worker processes the budget is divided among",
+            self.workers.clone(),
         );
     }
 }
@@ -378,7 +407,8 @@ mod tests {
         stats.record_retry();
         stats.add_pause(Duration::from_millis(1500));
         stats.record_no_answer(NoAnswer::Timeout);
-        stats.set_factor(0.5);
+        stats.set_factors(0.5, 0.25);
+        stats.set_workers(3);
 
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -396,6 +426,8 @@ mod tests {
             "mfa_reset_graph_budget_wait_seconds_total 0.0",
             "mfa_reset_graph_in_flight 1",
             "mfa_reset_graph_budget_factor 0.5",
+            "mfa_reset_graph_budget_writes_factor 0.25",
+            "mfa_reset_graph_budget_workers 3",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }

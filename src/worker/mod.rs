@@ -27,11 +27,14 @@
 //!   `security.allowed_signers` before anything else; verified manifests cached.
 //! - [`gate`]: whether requests may be taken now: an admin's halt, the hourly cap.
 //! - [`outbox`]: sealed records held through a broker outage, recorded after reconnecting.
+//! - [`fleet`]: the other workers: heartbeats (the live count that divides the Graph budget)
+//!   and Retry-After pauses shared through the `{p}.fleet` exchange.
 //! - [`ledger`]: which requests already have an outcome (idempotency).
 //! - [`metrics`]: counters for `/metrics` and summaries.
 
 mod delivery;
 pub mod disposition;
+pub mod fleet;
 pub mod gate;
 pub mod ledger;
 pub mod metrics;

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::delivery;
 use super::disposition::{Cause, Rules};
+use super::fleet::Fleet;
 use super::gate::Stop;
 use super::{Worker, WorkerMetrics};
 use crate::broker::consumer::{prefetch_for, Probe};
@@ -141,10 +142,28 @@ pub(super) async fn run(
     worker: &Arc<Worker>,
     cancel: &CancellationToken,
 ) -> Ended {
-    let (ctx, probe) = match open(conn, worker).await {
-        Ok(opened) => opened,
+    // The other workers first: the budget's share and a running pause are known before the
+    // first request is taken (see `fleet`).
+    let fleet = match Fleet::start(
+        conn,
+        &worker.topology,
+        &worker.settings,
+        &worker.name,
+        &worker.graph,
+    )
+    .await
+    {
+        Ok(fleet) => fleet,
         Err(err) => return Ended::Lost(err),
     };
+    let (ctx, probe) = match open(conn, worker).await {
+        Ok(opened) => opened,
+        Err(err) => {
+            fleet.stop().await;
+            return Ended::Lost(err);
+        }
+    };
+    fleet.settled().await;
     let metrics = &worker.metrics;
     metrics.connected.set(1);
     let mut dispatch = Dispatch::new(worker.options.concurrency, cancel);
@@ -156,6 +175,7 @@ pub(super) async fn run(
     let mut taking = Taking::new(&ctx);
     if let Err(err) = taking.regate(&ctx, conn).await {
         shut_down(ctx, taking.consumer, probe, dispatch, metrics).await;
+        fleet.stop().await;
         return Ended::Lost(err);
     }
     let ended = loop {
@@ -205,6 +225,7 @@ pub(super) async fn run(
     }
     taking.close_retired().await;
     shut_down(ctx, taking.consumer, probe, dispatch, metrics).await;
+    fleet.stop().await;
     ended
 }
 

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod budget;
 mod cli;
 mod defaults;
 mod fidelity;

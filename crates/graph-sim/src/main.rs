@@ -94,6 +94,13 @@ struct Args {
     /// Smallest Retry-After sent, in seconds.
     #[arg(long, default_value_t = 1)]
     retry_after_min_secs: u64,
+    /// Largest Retry-After, in seconds: each 429 draws one uniformly from the smallest to
+    /// this (the bucket's own wait when longer). 0 = always the smallest.
+    #[arg(long, default_value_t = 0)]
+    retry_after_max_secs: u64,
+    /// Refill the buckets in steps of this many milliseconds (0 = continuously).
+    #[arg(long, default_value_t = 0)]
+    refill_granularity_ms: u64,
     /// Send Retry-After as an HTTP date.
     #[arg(long)]
     retry_after_http_date: bool,
@@ -171,6 +178,8 @@ impl Args {
                 writes_per_period: self.writes_per_period,
                 writes_period: Duration::from_secs(self.writes_period_secs),
                 retry_after_min_secs: self.retry_after_min_secs,
+                retry_after_max_secs: self.retry_after_max_secs,
+                refill_granularity: Duration::from_millis(self.refill_granularity_ms),
                 retry_after_http_date: self.retry_after_http_date,
                 violation_grace: Duration::from_millis(self.violation_grace_ms),
             },

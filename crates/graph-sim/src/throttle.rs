@@ -2,6 +2,12 @@
 //! and one for writes. Buckets are checked when a request arrives, before any simulated
 //! latency; a refused request consumes nothing.
 //!
+//! A bucket refills continuously, or in steps of `refill_granularity` (Graph does not document
+//! its refill; a 1 s or 10 s step is a stand-in for a tenant whose budget the client cannot
+//! know). Retry-After is the time until a token is back, raised to a draw from
+//! `[retry_after_min_secs, retry_after_max_secs]` (Graph documents Retry-After as a delay to
+//! honour, not as the bucket's state: <https://learn.microsoft.com/en-us/graph/throttling>).
+//!
 //! Also the referee of client behaviour: every 429 opens a window that lasts until its
 //! Retry-After has elapsed; a request arriving inside a window (after a short grace for
 //! requests already on the wire) is a *violation*, what the benchmarks report as
@@ -26,6 +32,11 @@ pub struct ThrottleSettings {
     pub writes_period: Duration,
     /// Smallest Retry-After sent, in seconds (at least 1 in any case).
     pub retry_after_min_secs: u64,
+    /// Largest Retry-After drawn (uniformly, from `retry_after_min_secs`) when above the
+    /// minimum; the bucket's own wait is sent when it is longer. 0 = no draw.
+    pub retry_after_max_secs: u64,
+    /// Buckets refill in steps of this (a step's worth of tokens at once); zero = continuously.
+    pub refill_granularity: Duration,
     /// Send Retry-After as an HTTP date instead of seconds.
     pub retry_after_http_date: bool,
     /// Requests arriving this soon after a 429 was sent are not violations (already on the wire).
@@ -41,45 +52,72 @@ impl Default for ThrottleSettings {
             writes_per_period: 3_000,
             writes_period: Duration::from_secs(150),
             retry_after_min_secs: 1,
+            retry_after_max_secs: 0,
+            refill_granularity: Duration::ZERO,
             retry_after_http_date: false,
             violation_grace: Duration::from_millis(50),
         }
     }
 }
 
-/// A continuously refilling token bucket.
+/// A token bucket, refilling continuously or in steps of `granularity`.
 #[derive(Debug)]
 struct Bucket {
     capacity: f64,
     tokens: f64,
     per_second: f64,
     last: Instant,
+    /// Zero: continuous refill. Otherwise tokens come in steps, at `origin + k × granularity`.
+    granularity: Duration,
+    origin: Instant,
 }
 
 impl Bucket {
-    fn new(capacity: u32, period: Duration, now: Instant) -> Bucket {
+    fn new(capacity: u32, period: Duration, granularity: Duration, now: Instant) -> Bucket {
         let capacity = f64::from(capacity.max(1));
         Bucket {
             capacity,
             tokens: capacity,
             per_second: capacity / period.as_secs_f64().max(0.001),
             last: now,
+            granularity,
+            origin: now,
         }
+    }
+
+    /// Steps completed between the bucket's origin and `t`.
+    fn steps(&self, t: Instant) -> u128 {
+        t.saturating_duration_since(self.origin).as_nanos() / self.granularity.as_nanos()
     }
 
     fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
-        self.last = now;
+        let added = if self.granularity.is_zero() {
+            now.saturating_duration_since(self.last).as_secs_f64() * self.per_second
+        } else {
+            let steps = self.steps(now).saturating_sub(self.steps(self.last));
+            steps as f64 * self.step_tokens()
+        };
+        self.tokens = (self.tokens + added).min(self.capacity);
+        self.last = self.last.max(now);
     }
 
-    /// How long until one token is available (zero when it is now).
-    fn wait(&self) -> Duration {
+    fn step_tokens(&self) -> f64 {
+        self.per_second * self.granularity.as_secs_f64()
+    }
+
+    /// How long from `now` (the last refill) until one token is available (zero when it is now).
+    fn wait(&self, now: Instant) -> Duration {
         if self.tokens >= 1.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.per_second)
+            return Duration::ZERO;
         }
+        let missing = 1.0 - self.tokens;
+        if self.granularity.is_zero() {
+            return Duration::from_secs_f64(missing / self.per_second);
+        }
+        let steps_needed = (missing / self.step_tokens()).ceil().max(1.0) as u32;
+        let next =
+            self.origin + self.granularity * u32::try_from(self.steps(now) + 1).unwrap_or(u32::MAX);
+        next.saturating_duration_since(now) + self.granularity * (steps_needed - 1)
     }
 
     fn used_percent(&self) -> f64 {
@@ -164,8 +202,18 @@ impl Throttle {
         let settings = self.settings();
         let mut apps = lock(&self.apps);
         let state = apps.entry(app.to_string()).or_insert_with(|| AppState {
-            requests: Bucket::new(settings.requests_per_period, settings.requests_period, now),
-            writes: Bucket::new(settings.writes_per_period, settings.writes_period, now),
+            requests: Bucket::new(
+                settings.requests_per_period,
+                settings.requests_period,
+                settings.refill_granularity,
+                now,
+            ),
+            writes: Bucket::new(
+                settings.writes_per_period,
+                settings.writes_period,
+                settings.refill_granularity,
+                now,
+            ),
             pending: VecDeque::new(),
             blocked_until: None,
         });
@@ -178,16 +226,15 @@ impl Throttle {
         }
         state.requests.refill(now);
         state.writes.refill(now);
-        let mut wait = state.requests.wait();
+        let mut wait = state.requests.wait(now);
         let mut information = "ResourceUnitLimitExceeded";
-        if is_write && state.writes.wait() > wait {
-            wait = state.writes.wait();
+        if is_write && state.writes.wait(now) > wait {
+            wait = state.writes.wait(now);
             information = "WriteLimitExceeded";
         }
         if wait > Duration::ZERO {
-            let retry_after_secs = (wait.as_secs_f64().ceil() as u64)
-                .max(settings.retry_after_min_secs)
-                .max(1);
+            let retry_after_secs =
+                (wait.as_secs_f64().ceil() as u64).max(retry_after_draw(&settings));
             open_window(state, &settings, now, retry_after_secs);
             return Admission::Throttled {
                 retry_after_secs,
@@ -216,6 +263,17 @@ impl Throttle {
         if let Some(state) = apps.get_mut(app) {
             open_window(state, &settings, now, retry_after_secs);
         }
+    }
+}
+
+/// The Retry-After floor of one 429: `retry_after_min_secs`, or a uniform draw up to
+/// `retry_after_max_secs` when that is larger; at least 1 s.
+fn retry_after_draw(settings: &ThrottleSettings) -> u64 {
+    let min = settings.retry_after_min_secs.max(1);
+    if settings.retry_after_max_secs > min {
+        rand::Rng::random_range(&mut rand::rng(), min..=settings.retry_after_max_secs)
+    } else {
+        min
     }
 }
 
@@ -321,6 +379,86 @@ mod tests {
             ignored,
             Admission::Throttled {
                 violation: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_granular_bucket_refills_in_whole_steps_and_says_when_the_next_one_comes() {
+        // 30 per 10 s in 1 s steps: 3 tokens each second, none in between.
+        let t = Throttle::new(ThrottleSettings {
+            requests_per_period: 30,
+            requests_period: Duration::from_secs(10),
+            refill_granularity: Duration::from_secs(1),
+            ..ThrottleSettings::default()
+        });
+        let now = Instant::now();
+        for _ in 0..30 {
+            assert!(matches!(
+                t.admit("a", false, now),
+                Admission::Allowed { .. }
+            ));
+        }
+        // 0.9 s later nothing came back (a continuous bucket would hold 2.7 tokens).
+        let at = now + Duration::from_millis(900);
+        assert!(matches!(
+            t.admit("a", false, at),
+            Admission::Throttled {
+                retry_after_secs: 1,
+                ..
+            }
+        ));
+        // At 1 s three tokens arrive at once.
+        let at = now + Duration::from_millis(1_000);
+        for _ in 0..3 {
+            assert!(matches!(t.admit("a", false, at), Admission::Allowed { .. }));
+        }
+        assert!(matches!(
+            t.admit("a", false, at),
+            Admission::Throttled { .. }
+        ));
+    }
+
+    #[test]
+    fn a_step_smaller_than_a_token_waits_for_as_many_steps_as_it_takes() {
+        // 1 per 10 s in 1 s steps: 0.1 token per step, 10 steps to one token.
+        let mut b = Bucket::new(
+            1,
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            Instant::now(),
+        );
+        b.tokens = 0.0;
+        let at = b.origin + Duration::from_millis(300);
+        b.refill(at);
+        assert_eq!(b.wait(at), Duration::from_millis(9_700));
+    }
+
+    #[test]
+    fn retry_after_is_drawn_between_its_bounds_but_never_below_the_buckets_wait() {
+        let settings = ThrottleSettings {
+            requests_per_period: 1,
+            requests_period: Duration::from_secs(1),
+            retry_after_min_secs: 2,
+            retry_after_max_secs: 5,
+            ..ThrottleSettings::default()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            seen.insert(retry_after_draw(&settings));
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [2, 3, 4, 5]);
+        let t = Throttle::new(ThrottleSettings {
+            requests_period: Duration::from_secs(100),
+            ..settings
+        });
+        let now = Instant::now();
+        t.admit("a", false, now);
+        assert!(matches!(
+            t.admit("a", false, now),
+            Admission::Throttled {
+                retry_after_secs: 100,
                 ..
             }
         ));

@@ -127,12 +127,31 @@ impl TestEnv {
 
     /// Start an in-process worker with `settings` (e.g. another broker URL) instead of the
     /// test's; stopped with the others.
-    pub fn start_worker_with(&mut self, mut settings: Settings, concurrency: usize) {
-        settings.worker.name = format!("test-worker-{}", self.workers.len() + 1);
+    pub fn start_worker_with(&mut self, settings: Settings, concurrency: usize) {
+        match GraphClient::new(&settings.graph, &settings.rate, &settings.retry) {
+            Ok(graph) => {
+                self.start_worker_on(settings, graph, concurrency);
+            }
+            // As the worker itself would end: with the error.
+            Err(err) => self
+                .workers
+                .push((CancellationToken::new(), tokio::spawn(async { Err(err) }))),
+        }
+    }
+
+    /// Start an in-process worker on `graph` (the test keeps a clone to watch its budget and
+    /// pause); returns its index for [`TestEnv::stop_worker`].
+    pub fn start_worker_on(
+        &mut self,
+        mut settings: Settings,
+        graph: GraphClient,
+        concurrency: usize,
+    ) -> usize {
+        let index = self.workers.len();
+        settings.worker.name = format!("test-worker-{}", index + 1);
         let cancel = CancellationToken::new();
         let token = cancel.clone();
         let handle = tokio::spawn(async move {
-            let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;
             let options = WorkOptions {
                 concurrency,
                 exit_when_idle: None,
@@ -147,6 +166,19 @@ impl TestEnv {
             .await
         });
         self.workers.push((cancel, handle));
+        index
+    }
+
+    /// Stop the worker `index` (graceful) and wait for it; the others keep running.
+    pub async fn stop_worker(&mut self, index: usize) {
+        let (cancel, handle) = &mut self.workers[index];
+        cancel.cancel();
+        handle
+            .await
+            .expect("worker task")
+            .expect("worker ends cleanly");
+        // Keep the slot (indexes stay valid): a finished handle.
+        self.workers[index].1 = tokio::spawn(async { Ok(()) });
     }
 
     /// Stop every worker started here (graceful) and wait for them.
