@@ -58,6 +58,17 @@ pub struct BrokerSettings {
     /// How long a process keeps trying to (re)connect before giving up.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Accept plaintext `amqp://` to a host other than this machine (refused by default:
+    /// use `amqps://`).
+    pub allow_plaintext: bool,
+    /// With `amqps://`: PEM file of the CA(s) that signed the broker's certificate; empty =
+    /// the system's trusted roots.
+    pub ca_file: String,
+    /// With `amqps://`: PEM client certificate for certificate login (RabbitMQ
+    /// `rabbitmq_auth_mechanism_ssl`, or mutual TLS with a password); needs `client_key_file`.
+    pub client_cert_file: String,
+    /// With `amqps://`: the PKCS#8 PEM private key of `client_cert_file`.
+    pub client_key_file: String,
 }
 
 impl std::fmt::Debug for BrokerSettings {
@@ -69,6 +80,10 @@ impl std::fmt::Debug for BrokerSettings {
             .field("confirm_window", &self.confirm_window)
             .field("delivery_limit", &self.delivery_limit)
             .field("connect_timeout", &self.connect_timeout)
+            .field("allow_plaintext", &self.allow_plaintext)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
             .finish()
     }
 }
@@ -82,6 +97,10 @@ impl Default for BrokerSettings {
             confirm_window: 2000,
             delivery_limit: 5,
             connect_timeout: Duration::from_secs(120),
+            allow_plaintext: false,
+            ca_file: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
         }
     }
 }
@@ -148,8 +167,10 @@ pub struct GraphSettings {
     pub client_secret: Option<SecretString>,
     /// PEM certificate for certificate login (instead of a secret).
     pub client_certificate: Option<String>,
-    /// PEM private key (PKCS#8 or PKCS#1 RSA) matching `client_certificate`.
-    pub client_private_key: Option<String>,
+    /// PEM private key (PKCS#8 or PKCS#1 RSA) matching `client_certificate`: a file path or
+    /// the PEM text. A secret: `[REDACTED]` in `Debug`, never serialised, never in an error.
+    #[serde(skip_serializing)]
+    pub client_private_key: Option<SecretString>,
     /// Per-request timeout.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,

@@ -26,6 +26,8 @@
 //!   halt / reject), carried out in one place (`delivery`), one task per delivery, the session
 //!   (`session`), the outbox of outcomes held through a broker outage, the idempotency ledger.
 //! - [`commands`]: one module per subcommand, each with a `run`.
+//! - [`net`]: transport policy (https-only Graph, TLS or loopback-only broker) and printing
+//!   values that came from outside without their control characters.
 //! - [`trust`]: signatures (OpenSSH sshsig, ssh-agent), allowed signers, Merkle batches, record chains.
 //!
 //! The Graph simulator used by tests, the demo and the benchmarks is the workspace's
@@ -40,6 +42,7 @@ pub mod config;
 pub mod domain;
 pub mod graph;
 pub mod intake;
+pub mod net;
 pub mod reset;
 pub mod telemetry;
 pub mod trust;

@@ -533,7 +533,7 @@ async fn a_worker_signed_in_with_a_certificate_resets_users() {
     .await;
     env.settings.graph.client_secret = None;
     env.settings.graph.client_certificate = Some(fixture_path("client-cert.pem"));
-    env.settings.graph.client_private_key = Some(fixture_path("client-key.pem"));
+    env.settings.graph.client_private_key = Some(fixture_path("client-key.pem").into());
 
     let view = reset(&mut env, &[ADELE, DOLLAR]).await;
 
