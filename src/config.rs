@@ -182,6 +182,9 @@ pub struct GraphSettings {
     pub list_methods_from_beta: bool,
     /// `$top` of paged listings such as group members (Graph allows 1..=999).
     pub page_size: u32,
+    /// Accept `http://` Graph and token URLs on hosts other than loopback. Only for the
+    /// simulator in another container (docker-compose.yml); never against the real Graph.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for GraphSettings {
@@ -201,6 +204,7 @@ impl Default for GraphSettings {
             token_renew_before: Duration::from_secs(300),
             list_methods_from_beta: true,
             page_size: 999,
+            allow_insecure_http: false,
         }
     }
 }

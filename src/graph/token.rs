@@ -129,7 +129,9 @@ impl TokenProvider {
             !graph.client_id.trim().is_empty(),
             "graph.client_id is empty: set it (MFA_RESET__GRAPH__CLIENT_ID) to the application (client) id"
         );
-        crate::net::require_https(&graph.token_url(), "graph.authority")?;
+        if !graph.allow_insecure_http {
+            crate::net::require_https(&graph.token_url(), "graph.authority")?;
+        }
         let secret = graph
             .client_secret
             .as_ref()
