@@ -20,8 +20,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Declare the broker topology (idempotent).
-    Setup,
+    /// Declare the broker topology (idempotent), or write the broker users of each role.
+    Setup(SetupArgs),
     /// Validate an input in full, then enqueue one request per user.
     Enqueue(EnqueueArgs),
     /// Consume requests and reset users until SIGINT/SIGTERM.
@@ -40,6 +40,16 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Everything in one command: a simulated tenant, the broker, workers, a progress bar, a report.
     Demo(DemoArgs),
+}
+
+/// `setup`
+#[derive(Debug, Args, Default)]
+pub struct SetupArgs {
+    /// Write a RabbitMQ definitions file (users per role, least-authority permissions) to
+    /// FILE and the generated passwords to FILE.passwords (0600), instead of declaring;
+    /// import it with `rabbitmqctl import_definitions FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub definitions: Option<PathBuf>,
 }
 
 /// `enqueue`

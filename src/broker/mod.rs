@@ -6,9 +6,12 @@
 //! - [`publisher`]: [`Publisher`], pipelined publisher confirms that survive a broker restart.
 //! - [`consumer`]: [`Consumer`] and [`Incoming`]: QoS, deliveries, ack and hand-back.
 //! - [`stream`]: reading `{prefix}.outcomes` "up to now" (with a marker) and following it live.
+//! - [`definitions`]: one broker user per role with least-authority permissions (`setup
+//!   --definitions`).
 //! - [`headers`]: reading and writing AMQP headers.
 
 pub mod consumer;
+pub mod definitions;
 pub mod headers;
 pub mod publisher;
 pub mod stream;

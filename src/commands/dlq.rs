@@ -177,8 +177,8 @@ async fn walk_on<F>(conn: &Connection, topology: &Topology, visit: &mut F) -> an
 where
     F: FnMut(&Delivery) -> Action,
 {
+    topology.ensure(conn).await?;
     let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
     let publish = conn.create_channel().await?;
     publish
         .confirm_select(ConfirmSelectOptions::default())

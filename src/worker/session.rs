@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::Utc;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
@@ -147,11 +146,8 @@ async fn open(
     worker: &Arc<Worker>,
 ) -> anyhow::Result<(Arc<Ctx>, Consumer, Probe)> {
     let topology = &worker.topology;
+    topology.ensure(conn).await?;
     let publish = conn.create_channel().await?;
-    topology
-        .declare(&publish)
-        .await
-        .context("declaring the broker topology")?;
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
