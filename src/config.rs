@@ -58,6 +58,10 @@ pub struct BrokerSettings {
     /// How long a process keeps trying to (re)connect before giving up.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Size cap of the outcomes stream in bytes (`x-max-length-bytes`): the oldest segments
+    /// are dropped beyond it, as beyond a year (`x-max-age`). 0 = no cap. Changing it on an
+    /// existing deployment needs a new prefix (the broker refuses other arguments).
+    pub stream_max_bytes: u64,
     /// Accept plaintext `amqp://` to a host other than this machine (refused by default:
     /// use `amqps://`).
     pub allow_plaintext: bool,
@@ -80,6 +84,7 @@ impl std::fmt::Debug for BrokerSettings {
             .field("confirm_window", &self.confirm_window)
             .field("delivery_limit", &self.delivery_limit)
             .field("connect_timeout", &self.connect_timeout)
+            .field("stream_max_bytes", &self.stream_max_bytes)
             .field("allow_plaintext", &self.allow_plaintext)
             .field("ca_file", &self.ca_file)
             .field("client_cert_file", &self.client_cert_file)
@@ -97,6 +102,7 @@ impl Default for BrokerSettings {
             confirm_window: 2000,
             delivery_limit: 5,
             connect_timeout: Duration::from_secs(120),
+            stream_max_bytes: 50_000_000_000,
             allow_plaintext: false,
             ca_file: String::new(),
             client_cert_file: String::new(),

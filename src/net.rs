@@ -15,8 +15,7 @@ use std::net::IpAddr;
 /// this machine's loopback?
 pub fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost")
-    {
+    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
         return true;
     }
     host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -141,18 +140,30 @@ mod tests {
             ok("amqp://guest:guest@127.0.0.1:5672/%2f", false),
             Some(BrokerTransport::Plain)
         );
-        assert_eq!(ok("amqp://u:p@localhost/%2f", false), Some(BrokerTransport::Plain));
-        assert_eq!(ok("amqp://u:p@[::1]:5672/v", false), Some(BrokerTransport::Plain));
+        assert_eq!(
+            ok("amqp://u:p@localhost/%2f", false),
+            Some(BrokerTransport::Plain)
+        );
+        assert_eq!(
+            ok("amqp://u:p@[::1]:5672/v", false),
+            Some(BrokerTransport::Plain)
+        );
         assert_eq!(
             ok("amqps://u:p@rabbit.example.com:5671/v", false),
             Some(BrokerTransport::Tls)
         );
-        assert_eq!(ok("amqp://u:p@rabbit.example.com/v", true), Some(BrokerTransport::Plain));
+        assert_eq!(
+            ok("amqp://u:p@rabbit.example.com/v", true),
+            Some(BrokerTransport::Plain)
+        );
         let err = broker_transport("amqp://u:s3cret@rabbit.example.com/v", false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("broker.allow_plaintext"), "{err}");
-        assert!(!err.contains("s3cret"), "the password is never shown: {err}");
+        assert!(
+            !err.contains("s3cret"),
+            "the password is never shown: {err}"
+        );
         assert!(broker_transport("http://127.0.0.1/", false).is_err());
     }
 

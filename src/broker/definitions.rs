@@ -289,13 +289,12 @@ mod tests {
     fn only_setup_may_configure_and_producers_write_only_the_intake() {
         for role in Role::ALL {
             let rights = role.rights("mfa-reset");
-            assert_eq!(
-                rights.configure.is_empty(),
-                role != Role::Setup,
-                "{role:?}"
-            );
+            assert_eq!(rights.configure.is_empty(), role != Role::Setup, "{role:?}");
         }
-        assert_eq!(Role::Producer.rights("mfa-reset").write, "^mfa-reset(\\.intake)$");
+        assert_eq!(
+            Role::Producer.rights("mfa-reset").write,
+            "^mfa-reset(\\.intake)$"
+        );
         assert_eq!(Role::Producer.rights("mfa-reset").read, "");
         assert_eq!(Role::Reader.rights("mfa-reset").write, "");
         assert_eq!(Role::Worker.rights("mfa-reset").write, "^mfa-reset()$");

@@ -54,22 +54,20 @@ pub async fn connect(settings: &BrokerSettings, name: &str) -> anyhow::Result<Co
     };
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let runtime = lapin::runtime::default_runtime()?;
-    (|| {
-        Connection::connect_with_config(&settings.url, props.clone(), tls.clone(), runtime.clone())
-    })
-    .retry(connect_backoff(settings.connect_timeout).build())
-    .notify(|err, delay| {
-        tracing::warn!(error = %err, retry_in = ?delay, "broker not reachable; retrying");
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "cannot reach RabbitMQ at {} (broker.url / MFA_RESET__BROKER__URL). \
+    (|| Connection::connect_with_config(&settings.url, props.clone(), tls.clone(), runtime.clone()))
+        .retry(connect_backoff(settings.connect_timeout).build())
+        .notify(|err, delay| {
+            tracing::warn!(error = %err, retry_in = ?delay, "broker not reachable; retrying");
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach RabbitMQ at {} (broker.url / MFA_RESET__BROKER__URL). \
              Start one with `rabbitmq-server -detached` (or `docker compose up -d rabbitmq`), \
              then try again",
-            redact_url(&settings.url)
-        )
-    })
+                redact_url(&settings.url)
+            )
+        })
 }
 
 /// The TLS settings of an `amqps://` connection, read from the files the settings name.

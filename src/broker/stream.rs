@@ -32,8 +32,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::publisher::{publish_confirmed, OutMessage};
 use super::headers;
+use super::publisher::{publish_confirmed, OutMessage};
 use super::topology::RK_OUTCOME;
 use super::Topology;
 use crate::domain::Record;
@@ -120,7 +120,9 @@ pub async fn probe(
 
 /// The offset of the last record on `stream` now, `None` when it is empty.
 pub async fn tail(conn: &Connection, stream: &str) -> anyhow::Result<Option<u64>> {
-    Ok(probe(conn, stream, Offset::Last).await?.map(|(_, last)| last))
+    Ok(probe(conn, stream, Offset::Last)
+        .await?
+        .map(|(_, last)| last))
 }
 
 /// Read the outcomes stream from `offset` up to its tail now, then stop; publishes nothing,
@@ -155,6 +157,10 @@ where
     reached?;
     Ok(Some(end))
 }
+
+/// The largest record a reader parses (a record with its backup of a user's methods is a
+/// few kilobytes).
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
 /// Acks are batched: acking each delivery of a stream read is ~5× slower (measured: docs/rabbitmq-notes.md).
 const ACK_EVERY: u64 = 500;
@@ -229,19 +235,28 @@ impl StreamFollower {
                     delivery.ack(BasicAckOptions { multiple: true }).await?;
                     unacked = 0;
                 }
-                match serde_json::from_slice::<Record>(&delivery.data) {
-                    Ok(Record::Marker { id }) => {
-                        let waiter = task_waiters.lock().ok().and_then(|mut w| w.remove(&id));
-                        if let Some(waiter) = waiter {
-                            // Ack what we hold so the broker keeps sending while we wait.
-                            delivery.ack(BasicAckOptions { multiple: true }).await?;
-                            unacked = 0;
-                            let _ = waiter.send(());
+                if delivery.data.len() > MAX_RECORD_BYTES {
+                    // Bounded input: anyone who could write the stream could make a reader
+                    // parse gigabytes. No record of ours comes near this.
+                    tracing::warn!(
+                        bytes = delivery.data.len(),
+                        "skipping an oversized record on the outcomes stream"
+                    );
+                } else {
+                    match serde_json::from_slice::<Record>(&delivery.data) {
+                        Ok(Record::Marker { id }) => {
+                            let waiter = task_waiters.lock().ok().and_then(|mut w| w.remove(&id));
+                            if let Some(waiter) = waiter {
+                                // Ack what we hold so the broker keeps sending while we wait.
+                                delivery.ack(BasicAckOptions { multiple: true }).await?;
+                                unacked = 0;
+                                let _ = waiter.send(());
+                            }
                         }
-                    }
-                    Ok(record) => handler(record),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "skipping an unreadable record on the outcomes stream")
+                        Ok(record) => handler(record),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "skipping an unreadable record on the outcomes stream")
+                        }
                     }
                 }
                 if let Some(offset) = headers::get_u64(&delivery.properties, "x-stream-offset") {

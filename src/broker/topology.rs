@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::config::{BrokerSettings, RetrySettings};
@@ -32,6 +32,7 @@ pub struct Topology {
     prefix: String,
     tiers: Vec<Duration>,
     delivery_limit: u32,
+    stream_max_bytes: u64,
 }
 
 impl Topology {
@@ -41,6 +42,7 @@ impl Topology {
             prefix: broker.prefix.clone(),
             tiers: retry.tiers.clone(),
             delivery_limit: broker.delivery_limit,
+            stream_max_bytes: broker.stream_max_bytes,
         }
     }
 
@@ -220,6 +222,14 @@ impl Topology {
         outcomes.insert("x-queue-type".into(), long_str("stream"));
         // Keep a year of outcomes (audit trail); older segments are dropped by the broker.
         outcomes.insert("x-max-age".into(), long_str("365D"));
+        if self.stream_max_bytes > 0 {
+            // And at most this much disk (broker.stream_max_bytes): a flood of junk records
+            // cannot fill the broker's disk and stop every queue.
+            outcomes.insert(
+                "x-max-length-bytes".into(),
+                AMQPValue::LongLongInt(i64::try_from(self.stream_max_bytes).unwrap_or(i64::MAX)),
+            );
+        }
         self.queue(channel, &self.outcomes(), durable, outcomes, RK_OUTCOME)
             .await?;
         Ok(())

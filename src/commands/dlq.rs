@@ -25,6 +25,7 @@ use crate::broker::{self, OutMessage, Topology};
 use crate::cli::DlqCommand;
 use crate::config::Settings;
 use crate::domain::ResetRequest;
+use crate::net::printable;
 
 /// One dead letter, as `dlq list` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -284,12 +285,13 @@ pub fn render(letters: &[DeadLetter]) -> String {
     for l in letters {
         out.push_str(&format!(
             "{:<40} {:<28} {:<26} {:>8}  {:<25}  {}\n",
-            l.user.as_deref().unwrap_or("(not a request)"),
-            l.batch.as_deref().unwrap_or("-"),
-            l.error_code,
+            // Everything here came off the queue: printed without its control characters.
+            printable(l.user.as_deref().unwrap_or("(not a request)")),
+            printable(l.batch.as_deref().unwrap_or("-")),
+            printable(&l.error_code),
             l.attempts,
-            l.failed_at.as_deref().unwrap_or("-"),
-            l.error_message
+            printable(l.failed_at.as_deref().unwrap_or("-")),
+            printable(&l.error_message)
         ));
     }
     out

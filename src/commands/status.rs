@@ -332,9 +332,9 @@ pub fn summary_table(view: &BatchView) -> String {
     if let Some(m) = view.manifest() {
         out.push_str(&format!(
             "batch {}  ({} users from {}{}, enqueued {})\n",
-            m.batch,
+            crate::net::printable(&m.batch),
             m.count,
-            m.source,
+            crate::net::printable(&m.source),
             if m.dry_run { ", DRY RUN" } else { "" },
             m.created_at.format("%Y-%m-%d %H:%M:%S UTC")
         ));

@@ -448,3 +448,16 @@ fn garbage_wrong_shapes_and_unknown_versions_are_told_apart() {
         Ok(request)
     );
 }
+
+#[test]
+fn oversized_bodies_and_overlong_fields_are_refused_before_anything_else() {
+    let huge = vec![b' '; super::MAX_REQUEST_BYTES + 1];
+    let cause = parse_request(&huge).unwrap_err();
+    assert_eq!(cause.code, "invalid_message");
+    assert!(cause.message.contains("bytes"), "{cause:?}");
+    let mut long = request();
+    long.ticket = Some("x".repeat(super::MAX_FIELD_CHARS + 1));
+    let cause = parse_request(&serde_json::to_vec(&long).unwrap()).unwrap_err();
+    assert_eq!(cause.code, "invalid_message");
+    assert!(cause.message.contains("\"ticket\""), "{cause:?}");
+}

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod authority;
 mod cli;
 mod defaults;
 mod fidelity;
