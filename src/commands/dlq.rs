@@ -26,6 +26,7 @@ use crate::cli::DlqCommand;
 use crate::config::Settings;
 use crate::domain::ResetRequest;
 use crate::net::printable;
+use crate::trust::requests::{APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER};
 
 /// One dead letter, as `dlq list` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -95,7 +96,31 @@ pub async fn run(settings: &Settings, command: &DlqCommand) -> anyhow::Result<()
             let letters = list(settings, batch.as_deref()).await?;
             print!("{}", render(&letters));
         }
-        DlqCommand::Replay { batch, error_code } => {
+        DlqCommand::Replay {
+            batch,
+            error_code,
+            yes: false,
+        } => {
+            // A replay executes resets again: show what it would do, change nothing.
+            let letters: Vec<DeadLetter> = list(settings, batch.as_deref())
+                .await?
+                .into_iter()
+                .filter(|l| l.matches(batch.as_deref(), error_code.as_deref()) && l.user.is_some())
+                .collect();
+            print!("{}", render(&letters));
+            println!(
+                "preview: {} request(s) would be replayed (executed again, keeping their original \
+                 requested_at and signatures); nothing was changed. Run again with --yes to replay them.",
+                letters.len()
+            );
+        }
+        DlqCommand::Replay {
+            batch,
+            error_code,
+            yes: true,
+        } => {
+            // Seam: a signed, recorded replay (who replayed what, under the admin namespace)
+            // belongs here, before anything is published.
             let n = replay(settings, batch.as_deref(), error_code.as_deref()).await?;
             println!("replayed: {n}");
         }
@@ -244,18 +269,25 @@ async fn replay_one(
     // A new execution, not a duplicate of the failed one: the worker keys on (id, replay).
     request.replay += 1;
     request.carry = None;
-    // Fresh attempts, and a fresh age: an operator replaying today means today.
-    request.requested_at = chrono::Utc::now();
-    let headers = Headers::default()
-        .str(
-            "x-mfa-replayed-from",
-            &headers::get_str(&delivery.properties, headers::ERROR_CODE).unwrap_or_default(),
-        )
-        .build();
+    // Fresh attempts, but the original `requested_at`: it is signed (part of the request's
+    // Merkle leaf), and a replay must not make an old request young again.
+    let mut replayed = Headers::default().str(
+        "x-mfa-replayed-from",
+        &headers::get_str(&delivery.properties, headers::ERROR_CODE).unwrap_or_default(),
+    );
+    // The signed batch travels with the request, so the worker verifies it again.
+    for key in [MANIFEST_HEADER, PROOF_HEADER, APPROVAL_HEADER] {
+        if let Some(value) = headers::get_str(&delivery.properties, key) {
+            replayed = replayed.str(key, &value);
+        }
+    }
+    let headers = replayed.build();
     let msg = OutMessage::json(RK_REQUEST, serde_json::to_vec(&request)?)
         .with_id(request.request_id.to_string())
         .with_headers(headers);
-    publish_confirmed(publish, &topology.exchange(), &msg).await
+    // Through the intake, like every request: the admin's broker user may write nothing else
+    // that reaches the requests queue (broker::definitions).
+    publish_confirmed(publish, &topology.intake(), &msg).await
 }
 
 async fn message_count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {

@@ -598,6 +598,7 @@ async fn restore_recreates_the_phone_and_email_methods_of_a_batch() {
         &RestoreArgs {
             batch: batch.clone(),
             user: Some(ADELE.to_uppercase()),
+            yes: true,
         },
     )
     .await
@@ -652,7 +653,11 @@ async fn without_backup_restore_says_it_cannot() {
         .all(|m| m.backup_value.is_none()));
     env.sim.reset_stats();
 
-    let restored = commands::restore::run(&env.settings, &RestoreArgs { batch, user: None })
+    let restored = commands::restore::run(&env.settings, &RestoreArgs {
+            batch,
+            user: None,
+            yes: true,
+        })
         .await
         .expect("restore runs");
 
@@ -744,7 +749,9 @@ async fn an_expired_request_is_not_executed() {
         revoke_sessions: true,
         requested_by: None,
         created_at: old,
+        sealed: None,
     });
+    let signed = env.sign(std::slice::from_ref(&request)).remove(0);
     let mut publisher = Publisher::connect(&env.settings.broker, &env.topology(), "test")
         .await
         .expect("publisher");
@@ -756,10 +763,10 @@ async fn an_expired_request_is_not_executed() {
         .await
         .unwrap();
     publisher
-        .send(OutMessage::json(
-            RK_REQUEST,
-            serde_json::to_vec(&request).unwrap(),
-        ))
+        .send(
+            OutMessage::json(RK_REQUEST, serde_json::to_vec(&request).unwrap())
+                .with_headers(signed),
+        )
         .await
         .unwrap();
     publisher.close().await.unwrap();
