@@ -115,10 +115,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
              nothing was changed. Run again with --yes to re-create them.",
             done.created, done.no_backup, done.not_restorable
         );
-        return Ok(Restored {
-            created: 0,
-            ..done
-        });
+        return Ok(Restored { created: 0, ..done });
     }
     // Seam: a signed, recorded restore (who restored what) belongs here, before Graph is called.
     let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;

@@ -9,10 +9,10 @@ use std::time::Duration;
 use graph_sim::{GenOptions, SimConfig};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ExchangeKind};
+use lapin::{BasicProperties, Connection};
 use mfa_reset::broker::definitions::Role;
 use mfa_reset::broker::{self, topology::is_access_refused};
 use mfa_reset::cli::SetupArgs;
@@ -20,7 +20,7 @@ use mfa_reset::commands;
 use mfa_reset::config::Settings;
 use mfa_reset::domain::Status;
 
-use crate::common::env::{csv_of_generated, TestEnv};
+use crate::common::env::{csv_of_generated, enqueue_args, TestEnv};
 
 fn ctl(args: &[&str]) -> std::process::Output {
     Command::new("rabbitmqctl")
@@ -185,37 +185,6 @@ async fn may_declare(settings: &Settings, queue: &str) -> bool {
     }
 }
 
-/// The intake exchange (`{p}.intake`, rk `request` → requests), declared by the setup user if
-/// this build's `setup` does not declare it yet (idempotent when it does).
-async fn ensure_intake(setup: &Settings, prefix: &str) {
-    let conn = broker::connect(&setup.broker, "authority test")
-        .await
-        .expect("connect");
-    let ch = conn.create_channel().await.expect("channel");
-    let intake = format!("{prefix}.intake");
-    ch.exchange_declare(
-        intake.as_str().into(),
-        ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("the setup user declares the intake");
-    ch.queue_bind(
-        format!("{prefix}.requests").as_str().into(),
-        intake.as_str().into(),
-        "request".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("and binds it");
-    let _ = conn.close(200, "bye".into()).await;
-}
-
 async fn open(settings: &Settings) -> Connection {
     broker::connect(&settings.broker, "authority test")
         .await
@@ -306,7 +275,6 @@ async fn each_role_does_its_job_under_its_own_user_and_is_refused_beyond_it() {
     commands::setup::run(&setup)
         .await
         .expect("the setup user declares the topology");
-    ensure_intake(&setup, &prefix).await;
     for role in [&producer, &worker, &approver, &admin, &reader] {
         assert!(
             !may_declare(role, &format!("{prefix}.other")).await,
@@ -314,29 +282,15 @@ async fn each_role_does_its_job_under_its_own_user_and_is_refused_beyond_it() {
         );
     }
 
-    // A batch goes the whole way with each process under its own user. (Until `enqueue`
-    // publishes through the intake, the batch is enqueued by the setup user.)
+    // A batch goes the whole way with each process under its own user: the producer
+    // enqueues (signed, through the intake), the worker resets, the reader follows.
     let enqueued = {
-        let mut as_setup = env.settings.clone();
-        as_setup.broker = setup.broker.clone();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.csv");
         std::fs::write(&path, csv_of_generated(20)).unwrap();
-        let args = mfa_reset::cli::EnqueueArgs {
-            csv: Some(path),
-            tickets: None,
-            group: None,
-            transitive: false,
-            batch: None,
-            dry_run: false,
-            revoke_sessions: false,
-            yes: true,
-            requested_by: Some("authority-test".into()),
-            reason: None,
-        };
-        commands::enqueue::run(&as_setup, &args)
+        commands::enqueue::run(&producer, &enqueue_args(Some(path), None))
             .await
-            .expect("enqueue")
+            .expect("the producer enqueues")
     };
     env.start_worker_with(worker.clone(), 8);
     let view = commands::status::watch(
@@ -375,6 +329,7 @@ async fn each_role_does_its_job_under_its_own_user_and_is_refused_beyond_it() {
     );
     assert!(!may_read(&producer, &outcomes, true).await);
     assert!(!may_read(&producer, &requests, false).await);
+    assert!(!may_read(&producer, &format!("{prefix}.awaiting"), true).await);
 
     // The worker reads requests and the record, writes outcomes, never the intake.
     assert!(may_read(&worker, &requests, false).await);
@@ -383,7 +338,8 @@ async fn each_role_does_its_job_under_its_own_user_and_is_refused_beyond_it() {
     assert!(!may_publish(&worker, &intake, "request").await);
     assert!(!may_read(&worker, &dead, false).await);
 
-    // The approver reads and writes the intake, but cannot take requests.
+    // The approver reads the waiting batches and writes the intake, but cannot take requests.
+    assert!(may_read(&approver, &format!("{prefix}.awaiting"), true).await);
     assert!(may_publish(&approver, &intake, "request").await);
     assert!(!may_read(&approver, &requests, false).await);
     assert!(!may_publish(&approver, &exchange, "outcome").await);

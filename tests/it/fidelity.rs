@@ -653,13 +653,16 @@ async fn without_backup_restore_says_it_cannot() {
         .all(|m| m.backup_value.is_none()));
     env.sim.reset_stats();
 
-    let restored = commands::restore::run(&env.settings, &RestoreArgs {
+    let restored = commands::restore::run(
+        &env.settings,
+        &RestoreArgs {
             batch,
             user: None,
             yes: true,
-        })
-        .await
-        .expect("restore runs");
+        },
+    )
+    .await
+    .expect("restore runs");
 
     assert_eq!(restored.created, 0);
     assert_eq!(restored.no_backup, 3, "{restored:?}");

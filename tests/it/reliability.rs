@@ -794,9 +794,12 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
     let hold = AmqpHold::start(broker_address(&env.settings.broker.url), 20).await;
     let mut through_hold = env.settings.clone();
     through_hold.broker.url = hold.url();
-    let replay = proc::mfa_reset(&through_hold, &["dlq", "replay", "--batch", &a.batch, "--yes"])
-        .spawn()
-        .expect("dlq replay");
+    let replay = proc::mfa_reset(
+        &through_hold,
+        &["dlq", "replay", "--batch", &a.batch, "--yes"],
+    )
+    .spawn()
+    .expect("dlq replay");
     tokio::time::timeout(Duration::from_secs(60), hold.held())
         .await
         .expect("the replay reached its 21st publish");
