@@ -90,10 +90,11 @@ async fn read_view(
     Ok((view, end))
 }
 
-/// How far before the time in a batch id reading starts: the id has minute precision, and
-/// the broker stamps chunks with its own clock, which may differ a little from the
-/// enqueuing host's.
-const CLOCK_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
+/// How far before the time in a batch id reading starts: the broker stamps chunks with its
+/// own clock, which may differ a little from the enqueuing host's (the id's minute is a
+/// floor already). Too small a margin costs speed, never records: when the manifest is not
+/// found from there, the read starts over from the beginning.
+const CLOCK_MARGIN: chrono::Duration = chrono::Duration::minutes(2);
 
 /// Where a batch's records start: `Since` the time its id carries (`20261127-2301-…`, as
 /// `enqueue` names batches) less [`CLOCK_MARGIN`], else the start of the stream.
@@ -379,7 +380,7 @@ mod tests {
         let Offset::Since(t) = start_of("20261127-2301-users-4f2a") else {
             panic!("a generated id carries its time");
         };
-        assert_eq!(t.to_rfc3339(), "2026-11-27T22:56:00+00:00");
+        assert_eq!(t.to_rfc3339(), "2026-11-27T22:59:00+00:00");
         assert!(matches!(start_of("my-batch"), Offset::First));
         assert!(matches!(start_of("20261399-2301-x"), Offset::First));
         assert!(
