@@ -80,6 +80,27 @@ pub async fn probe(
     stream: &str,
     from: Offset,
 ) -> anyhow::Result<Option<(u64, u64)>> {
+    probe_burst(conn, stream, from, true).await
+}
+
+/// The offset of the first record a consumer attached at `from` receives (`None`: nothing
+/// since `from`); returns as soon as it comes.
+pub async fn first_offset(
+    conn: &Connection,
+    stream: &str,
+    from: Offset,
+) -> anyhow::Result<Option<u64>> {
+    Ok(probe_burst(conn, stream, from, false)
+        .await?
+        .map(|(first, _)| first))
+}
+
+async fn probe_burst(
+    conn: &Connection,
+    stream: &str,
+    from: Offset,
+    whole_burst: bool,
+) -> anyhow::Result<Option<(u64, u64)>> {
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(STREAM_PREFETCH, BasicQosOptions { global: false })
@@ -112,6 +133,9 @@ pub async fn probe(
             None => (offset, offset),
             Some((first, last)) => (first, last.max(offset)),
         });
+        if !whole_burst {
+            break;
+        }
         wait = BURST_GAP;
     }
     let _ = channel.close(200, "done".into()).await;
@@ -144,8 +168,8 @@ where
     let start = match offset {
         // Resolve a time to an offset first: a consumer attached past the tail would wait
         // for the next record instead of ending.
-        Offset::Since(_) => match probe(conn, &stream, offset).await? {
-            Some((first, _)) => Offset::At(first),
+        Offset::Since(_) => match first_offset(conn, &stream, offset).await? {
+            Some(first) => Offset::At(first),
             None => return Ok(Some(end)),
         },
         Offset::Next | Offset::Last => return Ok(Some(end)),

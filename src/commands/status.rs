@@ -11,7 +11,7 @@ use chrono::Utc;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 use crate::batch::BatchView;
-use crate::broker::stream::{probe, read_to_tail, Offset, StreamFollower};
+use crate::broker::stream::{first_offset, read_to_tail, Offset, StreamFollower};
 use crate::broker::{self, Topology};
 use crate::cli::StatusArgs;
 use crate::config::Settings;
@@ -214,8 +214,8 @@ async fn resolve(
     start: Offset,
 ) -> anyhow::Result<Offset> {
     Ok(match start {
-        Offset::Since(_) => match probe(conn, &topology.outcomes(), start).await? {
-            Some((first, _)) => Offset::At(first),
+        Offset::Since(_) => match first_offset(conn, &topology.outcomes(), start).await? {
+            Some(first) => Offset::At(first),
             None => Offset::Next,
         },
         other => other,
