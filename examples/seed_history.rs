@@ -17,8 +17,14 @@ use mfa_reset::domain::{BatchManifest, Outcome, Record, Status, UserRef};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let prefix = args.first().cloned().unwrap_or_else(|| "mfa-bench-history".into());
-    let old: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let prefix = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "mfa-bench-history".into());
+    let old: usize = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let users: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let gap: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(150);
     let url = std::env::var("MFA_RESET__BROKER__URL")
@@ -39,7 +45,11 @@ async fn main() -> anyhow::Result<()> {
     if old > 0 {
         tokio::time::sleep(Duration::from_secs(gap)).await;
     }
-    let batch = format!("{}-bench-{:04x}", Utc::now().format("%Y%m%d-%H%M"), rand::random::<u16>());
+    let batch = format!(
+        "{}-bench-{:04x}",
+        Utc::now().format("%Y%m%d-%H%M"),
+        rand::random::<u16>()
+    );
     let manifest = Record::Manifest(BatchManifest {
         batch: batch.clone(),
         count: users as u64,

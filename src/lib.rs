@@ -28,6 +28,9 @@
 //! - [`commands`]: one module per subcommand, each with a `run`.
 //! - [`net`]: transport policy (https-only Graph, TLS or loopback-only broker) and printing
 //!   values that came from outside without their control characters.
+//! - [`records`]: the worker's plan and outcome records sealed (signed, hash-chained) when
+//!   written and verified when read; only verified ones count.
+//! - [`control`]: signed admin commands (`halt`, `resume`) on the control stream.
 //! - [`trust`]: signatures (OpenSSH sshsig, ssh-agent), allowed signers, Merkle batches, record chains.
 //!
 //! The Graph simulator used by tests, the demo and the benchmarks is the workspace's
@@ -39,10 +42,12 @@ pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod domain;
 pub mod graph;
 pub mod intake;
 pub mod net;
+pub mod records;
 pub mod reset;
 pub mod telemetry;
 pub mod trust;

@@ -15,7 +15,7 @@
 //! | producer (`enqueue`) | `{p}-producer` | – | `{p}.intake` | – |
 //! | worker (`work`) | `{p}-worker` | – | `{p}` (retries, dead letters, outcomes) | `{p}.requests`, `{p}.outcomes`, `{p}.control` |
 //! | approver (`approve`) | `{p}-approver` | – | `{p}.intake` | `{p}.awaiting`, `{p}.outcomes` |
-//! | admin (`halt`, `resume`, `dlq`) | `{p}-admin` | – | `{p}.control`, `{p}.intake` | `{p}.dead`, `{p}.outcomes`, `{p}.control` |
+//! | admin (`halt`, `resume`, `dlq`) | `{p}-admin` | – | `{p}` (the control stream's route), `{p}.intake` | `{p}.dead`, `{p}.outcomes`, `{p}.control` |
 //! | reader (`status`, `report`, `audit`) | `{p}-reader` | – | – | `{p}.outcomes`, `{p}.control` |
 //!
 //! Only `setup` may configure: every other command checks the topology passively and says
@@ -125,7 +125,8 @@ impl Role {
             },
             Role::Admin => Rights {
                 configure: nothing(),
-                write: only(&["control", "intake"]),
+                // `halt`/`resume` publish to the control stream through `{p}` (rk `control`).
+                write: only(&["", "control", "intake"]),
                 read: only(&["dead", "outcomes", "control"]),
             },
             Role::Reader => Rights {

@@ -89,7 +89,11 @@ pub fn plan(view: &crate::batch::BatchView, only: Option<&UserRef>) -> Vec<Plann
 
 /// Run the command: without `--yes`, show what would be re-created and change nothing.
 pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Restored> {
+    // Only values from verified worker records are ever re-created.
     let view = super::status::load(settings, &args.batch).await?;
+    if let Some(warning) = super::status::ignored_warning(&view, &args.batch) {
+        eprintln!("{warning}");
+    }
     let only = args
         .user
         .as_deref()

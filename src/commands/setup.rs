@@ -29,7 +29,9 @@ pub async fn run_with(settings: &Settings, args: &SetupArgs) -> anyhow::Result<(
          `{prefix}-setup` user of `setup --definitions`, or an administrator)",
     )?;
     println!("broker {} ready:", redact_url(&settings.broker.url));
-    println!("  exchange {}", topology.exchange());
+    for exchange in topology.exchanges() {
+        println!("  exchange {exchange}");
+    }
     for q in topology.all_queues() {
         println!("  queue    {q}");
     }

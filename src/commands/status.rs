@@ -11,11 +11,12 @@ use chrono::Utc;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 use crate::batch::BatchView;
-use crate::broker::stream::{first_offset, read_to_tail, Offset, StreamFollower};
+use crate::broker::stream::{first_offset, read_to_tail, Offset, StreamFollower, StreamMessage};
 use crate::broker::{self, Topology};
 use crate::cli::StatusArgs;
 use crate::config::Settings;
 use crate::domain::Status;
+use crate::records::RecordReader;
 
 /// Exit code of `status --wait` when the timeout passes first.
 pub const EXIT_TIMEOUT: i32 = 2;
@@ -46,6 +47,9 @@ pub async fn run(settings: &Settings, args: &StatusArgs) -> anyhow::Result<()> {
         load(settings, &args.batch).await?
     };
     print!("{}", summary_table(&view));
+    if let Some(warning) = ignored_warning(&view, &args.batch) {
+        eprintln!("{warning}");
+    }
     Ok(())
 }
 
@@ -62,10 +66,10 @@ pub async fn load(settings: &Settings, batch: &str) -> anyhow::Result<BatchView>
         settings,
     )
     .await?;
-    let (mut view, _) = read_view(&conn, &topology, batch, start_of(batch)).await?;
+    let (mut view, _) = read_view(&conn, &topology, batch, start_of(batch), settings).await?;
     if view.manifest().is_none() && !matches!(start_of(batch), Offset::First) {
         // An id that does not tell the truth about its time (`enqueue --batch`): from the start.
-        (view, _) = read_view(&conn, &topology, batch, Offset::First).await?;
+        (view, _) = read_view(&conn, &topology, batch, Offset::First, settings).await?;
     }
     let _ = conn.close(200, "bye".into()).await;
     ensure_known(&view, batch, settings)?;
@@ -77,15 +81,10 @@ async fn read_view(
     topology: &Topology,
     batch: &str,
     from: Offset,
+    settings: &Settings,
 ) -> anyhow::Result<(BatchView, Option<u64>)> {
     let view = Arc::new(Mutex::new(BatchView::new(batch)));
-    let sink = view.clone();
-    let end = read_to_tail(conn, topology, from, move |r| {
-        if let Ok(mut v) = sink.lock() {
-            v.apply(r)
-        }
-    })
-    .await?;
+    let end = read_to_tail(conn, topology, from, believed(&view, settings)?).await?;
     let view = view.lock().map(|v| v.clone()).unwrap_or_default();
     Ok((view, end))
 }
@@ -108,6 +107,31 @@ pub fn start_of(batch: &str) -> Offset {
         }
         _ => Offset::First,
     }
+}
+
+/// A stream handler folding into `view` what verifies against `security.allowed_signers`.
+fn believed(
+    view: &Arc<Mutex<BatchView>>,
+    settings: &Settings,
+) -> anyhow::Result<impl FnMut(StreamMessage) + Send + 'static> {
+    let reader = RecordReader::from_settings(&settings.security)?;
+    let sink = view.clone();
+    Ok(move |message: StreamMessage| {
+        let read = reader.read(&message.body);
+        if let Ok(mut v) = sink.lock() {
+            v.read(read)
+        }
+    })
+}
+
+/// The warning for records of the batch that were left out, if any.
+pub fn ignored_warning(view: &BatchView, batch: &str) -> Option<String> {
+    (view.ignored() > 0).then(|| {
+        format!(
+            "warning: {} record(s) of batch {batch} do not verify against              security.allowed_signers (unsigned, forged or altered) and were ignored;              `mfa-reset audit verify --batch {batch}` lists them",
+            view.ignored()
+        )
+    })
 }
 
 fn ensure_known(view: &BatchView, batch: &str, settings: &Settings) -> anyhow::Result<()> {
@@ -143,9 +167,9 @@ pub async fn watch(
     // Where the follower goes on from, once what is there now has been read.
     let (view, mut resume) = if total_hint.is_none() {
         // The batch must exist: read up to now first (from its time, else from the start).
-        let (mut snapshot, mut end) = read_view(&conn, &topology, batch, start).await?;
+        let (mut snapshot, mut end) = read_view(&conn, &topology, batch, start, settings).await?;
         if snapshot.manifest().is_none() && !matches!(start, Offset::First) {
-            (snapshot, end) = read_view(&conn, &topology, batch, Offset::First).await?;
+            (snapshot, end) = read_view(&conn, &topology, batch, Offset::First, settings).await?;
         }
         ensure_known(&snapshot, batch, settings)?;
         let next = end.map_or(Offset::First, |e| Offset::At(e + 1));
@@ -156,7 +180,7 @@ pub async fn watch(
             resolve(&conn, &topology, start).await?,
         )
     };
-    let mut follower = follow(&conn, &topology, &view, resume).await?;
+    let mut follower = follow(&conn, &topology, &view, resume, settings).await?;
 
     let started = Instant::now();
     let mut progress = Progress::new(total_hint.unwrap_or(0));
@@ -190,7 +214,7 @@ pub async fn watch(
             // The stream answers a moment after its node does: retry the whole reopen.
             let reopen = || async {
                 let conn = broker::connect(&settings.broker, "mfa-reset status --wait").await?;
-                let follower = follow(&conn, &topology, &view, resume).await?;
+                let follower = follow(&conn, &topology, &view, resume, settings).await?;
                 anyhow::Ok((conn, follower))
             };
             (conn, follower) = reopen
@@ -227,14 +251,9 @@ async fn follow(
     topology: &Topology,
     view: &Arc<Mutex<BatchView>>,
     from: Offset,
+    settings: &Settings,
 ) -> anyhow::Result<StreamFollower> {
-    let sink = view.clone();
-    StreamFollower::start(conn, topology, from, move |r| {
-        if let Ok(mut v) = sink.lock() {
-            v.apply(r)
-        }
-    })
-    .await
+    StreamFollower::start(conn, topology, from, believed(view, settings)?).await
 }
 
 /// A progress bar on a terminal, plain lines every few seconds elsewhere.
