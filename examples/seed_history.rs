@@ -4,6 +4,10 @@
 //! `enqueue` names batches. Prints `batch: ID`.
 //!
 //! `cargo run --example seed_history -- PREFIX OLD USERS GAP_SECS`
+//!
+//! The records are unsealed: since readers believe only verified records (the `records`
+//! work), `status` now ignores them; the benchmark needs sealed records (worker.key) to be
+//! re-run meaningfully.
 //! (the topology of PREFIX must exist: `MFA_RESET__BROKER__PREFIX=PREFIX mfa-reset setup`).
 
 use std::collections::VecDeque;
@@ -89,6 +93,10 @@ fn outcome(batch: &str, i: usize) -> Record {
         graph_calls: 3,
         replay: 0,
         dry_run: false,
+        requested_by: None,
+        approved_by: None,
+        reason: None,
+        item: None,
     }))
 }
 
