@@ -20,8 +20,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Declare the broker topology (idempotent).
-    Setup,
+    /// Declare the broker topology (idempotent), or write the broker users of each role.
+    Setup(SetupArgs),
     /// Validate an input in full, then enqueue one request per user, signed with your key.
     Enqueue(EnqueueArgs),
     /// Approve a batch waiting for a second person (more than security.approval_above users).
@@ -88,6 +88,16 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+}
+
+/// `setup`
+#[derive(Debug, Args, Default)]
+pub struct SetupArgs {
+    /// Write a RabbitMQ definitions file (users per role, least-authority permissions) to
+    /// FILE and the generated passwords to FILE.passwords (0600), instead of declaring;
+    /// import it with `rabbitmqctl import_definitions FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub definitions: Option<PathBuf>,
 }
 
 /// `enqueue`
@@ -219,6 +229,9 @@ pub enum DlqCommand {
         /// Only this error code (e.g. retries_exhausted).
         #[arg(long, value_name = "CODE")]
         error_code: Option<String>,
+        /// Replay them; without it, only show what would be replayed.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Delete the dead letters of a batch.
     Purge {
@@ -237,6 +250,9 @@ pub struct RestoreArgs {
     /// Only this user.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Re-create them; without it, only show what would be re-created.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 /// `demo`

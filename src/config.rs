@@ -58,6 +58,21 @@ pub struct BrokerSettings {
     /// How long a process keeps trying to (re)connect before giving up.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Size cap of the outcomes stream in bytes (`x-max-length-bytes`): the oldest segments
+    /// are dropped beyond it, as beyond a year (`x-max-age`). 0 = no cap. Changing it on an
+    /// existing deployment needs a new prefix (the broker refuses other arguments).
+    pub stream_max_bytes: u64,
+    /// Accept plaintext `amqp://` to a host other than this machine (refused by default:
+    /// use `amqps://`).
+    pub allow_plaintext: bool,
+    /// With `amqps://`: PEM file of the CA(s) that signed the broker's certificate; empty =
+    /// the system's trusted roots.
+    pub ca_file: String,
+    /// With `amqps://`: PEM client certificate for certificate login (RabbitMQ
+    /// `rabbitmq_auth_mechanism_ssl`, or mutual TLS with a password); needs `client_key_file`.
+    pub client_cert_file: String,
+    /// With `amqps://`: the PKCS#8 PEM private key of `client_cert_file`.
+    pub client_key_file: String,
 }
 
 impl std::fmt::Debug for BrokerSettings {
@@ -69,6 +84,11 @@ impl std::fmt::Debug for BrokerSettings {
             .field("confirm_window", &self.confirm_window)
             .field("delivery_limit", &self.delivery_limit)
             .field("connect_timeout", &self.connect_timeout)
+            .field("stream_max_bytes", &self.stream_max_bytes)
+            .field("allow_plaintext", &self.allow_plaintext)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
             .finish()
     }
 }
@@ -82,6 +102,11 @@ impl Default for BrokerSettings {
             confirm_window: 2000,
             delivery_limit: 5,
             connect_timeout: Duration::from_secs(120),
+            stream_max_bytes: 50_000_000_000,
+            allow_plaintext: false,
+            ca_file: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
         }
     }
 }
@@ -148,8 +173,10 @@ pub struct GraphSettings {
     pub client_secret: Option<SecretString>,
     /// PEM certificate for certificate login (instead of a secret).
     pub client_certificate: Option<String>,
-    /// PEM private key (PKCS#8 or PKCS#1 RSA) matching `client_certificate`.
-    pub client_private_key: Option<String>,
+    /// PEM private key (PKCS#8 or PKCS#1 RSA) matching `client_certificate`: a file path or
+    /// the PEM text. A secret: `[REDACTED]` in `Debug`, never serialised, never in an error.
+    #[serde(skip_serializing)]
+    pub client_private_key: Option<SecretString>,
     /// Per-request timeout.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -162,6 +189,9 @@ pub struct GraphSettings {
     pub list_methods_from_beta: bool,
     /// `$top` of paged listings such as group members (Graph allows 1..=999).
     pub page_size: u32,
+    /// Accept `http://` Graph and token URLs on hosts other than loopback. Only for the
+    /// simulator in another container (docker-compose.yml); never against the real Graph.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for GraphSettings {
@@ -181,6 +211,7 @@ impl Default for GraphSettings {
             token_renew_before: Duration::from_secs(300),
             list_methods_from_beta: false,
             page_size: 999,
+            allow_insecure_http: false,
         }
     }
 }

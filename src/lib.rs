@@ -26,6 +26,8 @@
 //!   halt / reject), carried out in one place (`delivery`), one task per delivery, the session
 //!   (`session`), the outbox of outcomes held through a broker outage, the idempotency ledger.
 //! - [`commands`]: one module per subcommand, each with a `run`.
+//! - [`net`]: transport policy (https-only Graph, TLS or loopback-only broker) and printing
+//!   values that came from outside without their control characters.
 //! - [`records`]: the worker's plan and outcome records sealed (signed, hash-chained) when
 //!   written and verified when read; only verified ones count.
 //! - [`control`]: signed admin commands (`halt`, `resume`) on the control stream.
@@ -44,6 +46,7 @@ pub mod control;
 pub mod domain;
 pub mod graph;
 pub mod intake;
+pub mod net;
 pub mod records;
 pub mod reset;
 pub mod telemetry;

@@ -36,7 +36,7 @@ async fn main() {
     }
     mfa_reset::telemetry::init(&log);
     let result = match &cli.command {
-        Command::Setup => commands::setup::run(&settings).await,
+        Command::Setup(args) => commands::setup::run_with(&settings, args).await,
         Command::Enqueue(args) => commands::enqueue::run(&settings, args).await.map(|_| ()),
         Command::Approve(args) => commands::approve::run(&settings, args).await.map(|_| ()),
         Command::Keys(args) => commands::keys::run(args),

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use backon::{BackoffBuilder, ConstantBackoff, ConstantBuilder};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
@@ -367,11 +367,8 @@ async fn open(
     name: &str,
 ) -> anyhow::Result<(Connection, Channel)> {
     let conn = super::connect(settings, name).await?;
+    topology.ensure(&conn).await?;
     let channel = conn.create_channel().await?;
-    topology
-        .declare(&channel)
-        .await
-        .context("declaring the broker topology")?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

@@ -1,16 +1,28 @@
 //! Reading the `{prefix}.outcomes` stream.
 //!
-//! The broker does not tell an AMQP reader where a stream ends, so "everything so far"
-//! is found with a marker: publish a [`Record::Marker`] of our own, then read until it
-//! comes by (https://www.rabbitmq.com/docs/streams#consuming). [`StreamFollower`] reads from an offset and keeps
-//! following; [`StreamFollower::sync`] waits until everything confirmed before the call
-//! has been handed to the handler.
+//! The broker does not tell an AMQP reader where a stream ends (a stream's message count
+//! reads 0 on 3.10), so "everything so far" is found one of two ways:
+//! - by a reader that may write (a worker): publish a [`Record::Marker`] of our own, then
+//!   read until it comes by (https://www.rabbitmq.com/docs/streams#consuming);
+//!   [`StreamFollower::sync`] waits until everything confirmed before the call has been
+//!   handed to the handler;
+//! - by a reader that may not (`status`, `report`: least authority, see
+//!   `broker::definitions`): [`tail`] attaches a second consumer at `last`, where the broker
+//!   starts from the first message of the stream's last chunk and sends that chunk in one
+//!   burst, and takes the highest `x-stream-offset` it sees; [`read_to_tail`] reads until
+//!   that offset has been handed to the handler. A record confirmed before the call is in
+//!   that chunk or an earlier one.
+//!
+//! Where to start is a [`Offset`]: `Since(t)` attaches at the first chunk the broker wrote
+//! at or after `t`, so a reader interested in one recent batch skips a year of history
+//! without reading it (`status` starts at the batch's own time).
 //!
 //! The handler gets each message as it is on the stream ([`StreamMessage`]: its offset and
 //! body): what a record means, and whether it is to be believed, is `records`' business.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -18,7 +30,7 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -38,7 +50,144 @@ pub enum Offset {
     Since(DateTime<Utc>),
     /// Only records written after the consumer starts.
     Next,
+    /// From the first record of the stream's last chunk.
+    Last,
+    /// From this offset (`x-stream-offset` of a delivery) on.
+    At(u64),
 }
+
+impl Offset {
+    fn argument(self) -> AMQPValue {
+        match self {
+            Offset::First => AMQPValue::LongString("first".into()),
+            Offset::Next => AMQPValue::LongString("next".into()),
+            Offset::Last => AMQPValue::LongString("last".into()),
+            Offset::Since(t) => AMQPValue::Timestamp(t.timestamp().max(0) as u64),
+            Offset::At(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+/// How long [`tail`] waits for the first message of the last chunk: an empty stream sends
+/// none. The broker sends it as soon as the consumer attaches (milliseconds), so this only
+/// bounds the wait on an empty stream.
+const FIRST_DELIVERY_WAIT: Duration = Duration::from_millis(1500);
+/// The rest of a chunk follows its first message in the same burst; a gap this long after
+/// the last delivery means the burst is over.
+const BURST_GAP: Duration = Duration::from_millis(250);
+
+/// The offsets of what a consumer attached at `from` receives in its first burst: the first
+/// and the highest. `None` when nothing comes (an empty stream, or nothing since `from`).
+pub async fn probe(
+    conn: &Connection,
+    stream: &str,
+    from: Offset,
+) -> anyhow::Result<Option<(u64, u64)>> {
+    probe_burst(conn, stream, from, true).await
+}
+
+/// The offset of the first record a consumer attached at `from` receives (`None`: nothing
+/// since `from`); returns as soon as it comes.
+pub async fn first_offset(
+    conn: &Connection,
+    stream: &str,
+    from: Offset,
+) -> anyhow::Result<Option<u64>> {
+    Ok(probe_burst(conn, stream, from, false)
+        .await?
+        .map(|(first, _)| first))
+}
+
+async fn probe_burst(
+    conn: &Connection,
+    stream: &str,
+    from: Offset,
+    whole_burst: bool,
+) -> anyhow::Result<Option<(u64, u64)>> {
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(STREAM_PREFETCH, BasicQosOptions { global: false })
+        .await?;
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), from.argument());
+    let mut consumer = channel
+        .basic_consume(
+            stream.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .with_context(|| format!("reading the stream {stream}"))?;
+    let mut seen: Option<(u64, u64)> = None;
+    let mut wait = FIRST_DELIVERY_WAIT;
+    while let Ok(next) = tokio::time::timeout(wait, consumer.next()).await {
+        let delivery = match next {
+            Some(Ok(d)) => d,
+            Some(Err(err)) => {
+                return Err(anyhow::Error::from(err).context(format!("reading the stream {stream}")))
+            }
+            None => break,
+        };
+        let Some(offset) = headers::get_u64(&delivery.properties, "x-stream-offset") else {
+            continue;
+        };
+        seen = Some(match seen {
+            None => (offset, offset),
+            Some((first, last)) => (first, last.max(offset)),
+        });
+        if !whole_burst {
+            break;
+        }
+        wait = BURST_GAP;
+    }
+    let _ = channel.close(200, "done".into()).await;
+    Ok(seen)
+}
+
+/// The offset of the last record on `stream` now, `None` when it is empty.
+pub async fn tail(conn: &Connection, stream: &str) -> anyhow::Result<Option<u64>> {
+    Ok(probe(conn, stream, Offset::Last)
+        .await?
+        .map(|(_, last)| last))
+}
+
+/// Read the outcomes stream from `offset` up to its tail now, then stop; publishes nothing,
+/// so a read-only broker user can run it. `Since(t)` with nothing written since `t` reads
+/// nothing.
+pub async fn read_to_tail<H>(
+    conn: &Connection,
+    topology: &Topology,
+    offset: Offset,
+    handler: H,
+) -> anyhow::Result<Option<u64>>
+where
+    H: FnMut(StreamMessage) + Send + 'static,
+{
+    let stream = topology.outcomes();
+    let Some(end) = tail(conn, &stream).await? else {
+        return Ok(None);
+    };
+    let start = match offset {
+        // Resolve a time to an offset first: a consumer attached past the tail would wait
+        // for the next record instead of ending.
+        Offset::Since(_) => match first_offset(conn, &stream, offset).await? {
+            Some(first) => Offset::At(first),
+            None => return Ok(Some(end)),
+        },
+        Offset::Next | Offset::Last => return Ok(Some(end)),
+        other => other,
+    };
+    let follower = StreamFollower::start(conn, topology, start, handler).await?;
+    let reached = follower.reach(end + 1).await;
+    follower.stop().await?;
+    reached?;
+    Ok(Some(end))
+}
+
+/// The largest record a reader parses (a record with its backup of a user's methods is a
+/// few kilobytes).
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
 /// Acks are batched: acking each delivery of a stream read is ~5× slower (measured: docs/rabbitmq-notes.md).
 const ACK_EVERY: u64 = 500;
@@ -80,6 +229,8 @@ struct Peek {
 /// Follows the outcomes stream in a background task, handing each record to a handler.
 pub struct StreamFollower {
     waiters: Waiters,
+    /// One past the highest offset handed to the handler (0: nothing yet).
+    high_water: watch::Receiver<u64>,
     publish: Channel,
     exchange: String,
     routing_key: String,
@@ -122,14 +273,7 @@ impl StreamFollower {
             .basic_qos(STREAM_PREFETCH, BasicQosOptions { global: false })
             .await?;
         let mut args = FieldTable::default();
-        args.insert(
-            "x-stream-offset".into(),
-            match offset {
-                Offset::First => AMQPValue::LongString("first".into()),
-                Offset::Next => AMQPValue::LongString("next".into()),
-                Offset::Since(t) => AMQPValue::Timestamp(t.timestamp().max(0) as u64),
-            },
-        );
+        args.insert("x-stream-offset".into(), offset.argument());
         let mut consumer = channel
             .basic_consume(
                 followed.stream.as_str().into(),
@@ -145,6 +289,7 @@ impl StreamFollower {
             .await?;
 
         let waiters: Waiters = Arc::default();
+        let (high_tx, high_water) = watch::channel(0u64);
         let cancel = CancellationToken::new();
         let task_waiters = waiters.clone();
         let task_cancel = cancel.clone();
@@ -167,6 +312,7 @@ impl StreamFollower {
                     delivery.ack(BasicAckOptions { multiple: true }).await?;
                     unacked = 0;
                 }
+                let offset = headers::get_u64(&delivery.properties, "x-stream-offset");
                 let marker = match serde_json::from_slice::<Peek>(&delivery.data) {
                     Ok(Peek {
                         kind: Some(kind),
@@ -174,7 +320,14 @@ impl StreamFollower {
                     }) if kind == "marker" => Some(id),
                     _ => None,
                 };
-                if let Some(id) = marker {
+                if delivery.data.len() > MAX_RECORD_BYTES {
+                    // Bounded input: anyone who could write the stream could make a reader
+                    // parse gigabytes. No record of ours comes near this.
+                    tracing::warn!(
+                        bytes = delivery.data.len(),
+                        "skipping an oversized record on the stream"
+                    );
+                } else if let Some(id) = marker {
                     let waiter = task_waiters.lock().ok().and_then(|mut w| w.remove(&id));
                     if let Some(waiter) = waiter {
                         // Ack what we hold so the broker keeps sending while we wait.
@@ -182,19 +335,26 @@ impl StreamFollower {
                         unacked = 0;
                         let _ = waiter.send(());
                     }
-                    continue;
+                } else {
+                    handler(StreamMessage {
+                        offset: offset.unwrap_or(0),
+                        timestamp: *delivery.properties.timestamp(),
+                        body: delivery.data,
+                    });
                 }
-                handler(StreamMessage {
-                    offset: headers::get_u64(&delivery.properties, "x-stream-offset").unwrap_or(0),
-                    timestamp: *delivery.properties.timestamp(),
-                    body: delivery.data,
-                });
+                if let Some(offset) = offset {
+                    high_tx.send_if_modified(|h| {
+                        let next = offset.saturating_add(1);
+                        (next > *h).then(|| *h = next).is_some()
+                    });
+                }
             }
             let _ = channel.close(200, "done".into()).await;
             Ok(())
         });
         Ok(StreamFollower {
             waiters,
+            high_water,
             publish,
             exchange: followed.exchange,
             routing_key: followed.routing_key,
@@ -221,6 +381,19 @@ impl StreamFollower {
         rx.await.map_err(|_| {
             anyhow::anyhow!("the outcomes stream reader stopped before reaching the marker")
         })
+    }
+
+    /// Wait until every record below offset `end` has been handed to the handler.
+    pub async fn reach(&self, end: u64) -> anyhow::Result<()> {
+        let mut high = self.high_water.clone();
+        high.wait_for(|h| *h >= end).await.map(|_| ()).map_err(|_| {
+            anyhow::anyhow!("the outcomes stream reader stopped before reaching offset {end}")
+        })
+    }
+
+    /// One past the highest offset handed to the handler so far (where to resume).
+    pub fn high_water(&self) -> u64 {
+        *self.high_water.borrow()
     }
 
     /// True while the reader task runs.

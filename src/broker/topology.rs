@@ -18,8 +18,9 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::config::{BrokerSettings, RetrySettings};
 
@@ -40,6 +41,7 @@ pub struct Topology {
     prefix: String,
     tiers: Vec<Duration>,
     delivery_limit: u32,
+    stream_max_bytes: u64,
 }
 
 impl Topology {
@@ -49,6 +51,7 @@ impl Topology {
             prefix: broker.prefix.clone(),
             tiers: retry.tiers.clone(),
             delivery_limit: broker.delivery_limit,
+            stream_max_bytes: broker.stream_max_bytes,
         }
     }
 
@@ -111,6 +114,73 @@ impl Topology {
         ];
         q.extend((0..self.tiers.len()).map(|i| self.retry_queue(i)));
         q
+    }
+
+    /// The exchanges, for checking that they exist.
+    fn exchange_names(&self) -> Vec<String> {
+        self.exchanges()
+    }
+
+    /// Make sure the topology exists before using it: declare it when this broker user may
+    /// (configure rights: `setup`'s user, or one account for everything as on a development
+    /// machine), else check every name passively, which needs no rights at all. A command
+    /// run under a least-authority user (`setup --definitions`) thus declares nothing and
+    /// says to run `setup` when something is missing.
+    pub async fn ensure(&self, conn: &Connection) -> anyhow::Result<()> {
+        let channel = conn.create_channel().await?;
+        match self.declare(&channel).await {
+            Ok(()) => {
+                let _ = channel.close(200, "bye".into()).await;
+                Ok(())
+            }
+            // The refused declare closed that channel; the checks use fresh ones.
+            Err(err) if is_access_refused(&err) => self.check(conn).await,
+            Err(err) => Err(anyhow::Error::from(err).context("declaring the broker topology")),
+        }
+    }
+
+    /// Check passively that every exchange and queue exists; declare nothing.
+    pub async fn check(&self, conn: &Connection) -> anyhow::Result<()> {
+        let missing = |kind: &str, name: &str| {
+            anyhow::anyhow!(
+                "the broker has no {kind} {name}, and this broker user may not declare it: \
+                 run `mfa-reset setup` as the setup user (`{}-setup`) or an administrator",
+                self.prefix
+            )
+        };
+        for name in self.exchange_names() {
+            // A missing name closes the channel it was asked on: one channel per check.
+            let channel = conn.create_channel().await?;
+            channel
+                .exchange_declare(
+                    name.as_str().into(),
+                    ExchangeKind::Direct,
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|_| missing("exchange", &name))?;
+            let _ = channel.close(200, "bye".into()).await;
+        }
+        for name in self.all_queues() {
+            let channel = conn.create_channel().await?;
+            channel
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|_| missing("queue", &name))?;
+            let _ = channel.close(200, "bye".into()).await;
+        }
+        Ok(())
     }
 
     /// Declare everything; idempotent (same names, same arguments).
@@ -187,6 +257,14 @@ impl Topology {
         outcomes.insert("x-queue-type".into(), long_str("stream"));
         // Keep a year of outcomes (audit trail); older segments are dropped by the broker.
         outcomes.insert("x-max-age".into(), long_str("365D"));
+        if self.stream_max_bytes > 0 {
+            // And at most this much disk (broker.stream_max_bytes): a flood of junk records
+            // cannot fill the broker's disk and stop every queue.
+            outcomes.insert(
+                "x-max-length-bytes".into(),
+                AMQPValue::LongLongInt(i64::try_from(self.stream_max_bytes).unwrap_or(i64::MAX)),
+            );
+        }
         self.queue(channel, &self.outcomes(), durable, outcomes, RK_OUTCOME)
             .await?;
 
@@ -313,6 +391,15 @@ impl Topology {
             )
             .await
     }
+}
+
+/// The broker refused for want of rights (ACCESS_REFUSED, 403).
+pub fn is_access_refused(err: &lapin::Error) -> bool {
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED))
+    )
 }
 
 fn long_str(s: &str) -> AMQPValue {

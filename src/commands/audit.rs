@@ -18,7 +18,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::broker::stream::{read_until_now, Offset, StreamMessage};
+use crate::broker::stream::{read_to_tail, Offset, StreamMessage};
 use crate::broker::{self, Topology};
 use crate::cli::AuditCommand;
 use crate::config::Settings;
@@ -76,7 +76,8 @@ where
     let topology = Topology::new(&settings.broker, &settings.retry);
     let conn = broker::connect(&settings.broker, "mfa-reset audit").await?;
     super::ensure_set_up(&conn, &topology.outcomes(), "nothing to audit", settings).await?;
-    read_until_now(&conn, &topology, offset, move |message: StreamMessage| {
+    // Up to the tail, publishing nothing: the reader's broker user may not write.
+    read_to_tail(&conn, &topology, offset, move |message: StreamMessage| {
         handler(Seen {
             offset: message.offset,
             body: message.body,

@@ -208,8 +208,7 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     }
     let view = view?;
 
-    let mut report = std::fs::File::create(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut report = super::report::create_private(&args.out)?;
     super::report::write_csv(&view, &mut report)?;
 
     println!();

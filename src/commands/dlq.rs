@@ -25,6 +25,7 @@ use crate::broker::{self, OutMessage, Topology};
 use crate::cli::DlqCommand;
 use crate::config::Settings;
 use crate::domain::ResetRequest;
+use crate::net::printable;
 use crate::trust::requests::{APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER};
 
 /// One dead letter, as `dlq list` shows it.
@@ -95,7 +96,31 @@ pub async fn run(settings: &Settings, command: &DlqCommand) -> anyhow::Result<()
             let letters = list(settings, batch.as_deref()).await?;
             print!("{}", render(&letters));
         }
-        DlqCommand::Replay { batch, error_code } => {
+        DlqCommand::Replay {
+            batch,
+            error_code,
+            yes: false,
+        } => {
+            // A replay executes resets again: show what it would do, change nothing.
+            let letters: Vec<DeadLetter> = list(settings, batch.as_deref())
+                .await?
+                .into_iter()
+                .filter(|l| l.matches(batch.as_deref(), error_code.as_deref()) && l.user.is_some())
+                .collect();
+            print!("{}", render(&letters));
+            println!(
+                "preview: {} request(s) would be replayed (executed again, keeping their original \
+                 requested_at and signatures); nothing was changed. Run again with --yes to replay them.",
+                letters.len()
+            );
+        }
+        DlqCommand::Replay {
+            batch,
+            error_code,
+            yes: true,
+        } => {
+            // Seam: a signed, recorded replay (who replayed what, under the admin namespace)
+            // belongs here, before anything is published.
             let n = replay(settings, batch.as_deref(), error_code.as_deref()).await?;
             println!("replayed: {n}");
         }
@@ -178,8 +203,8 @@ async fn walk_on<F>(conn: &Connection, topology: &Topology, visit: &mut F) -> an
 where
     F: FnMut(&Delivery) -> Action,
 {
+    topology.ensure(conn).await?;
     let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
     let publish = conn.create_channel().await?;
     publish
         .confirm_select(ConfirmSelectOptions::default())
@@ -260,7 +285,9 @@ async fn replay_one(
     let msg = OutMessage::json(RK_REQUEST, serde_json::to_vec(&request)?)
         .with_id(request.request_id.to_string())
         .with_headers(headers);
-    publish_confirmed(publish, &topology.exchange(), &msg).await
+    // Through the intake, like every request: the admin's broker user may write nothing else
+    // that reaches the requests queue (broker::definitions).
+    publish_confirmed(publish, &topology.intake(), &msg).await
 }
 
 async fn message_count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
@@ -290,12 +317,13 @@ pub fn render(letters: &[DeadLetter]) -> String {
     for l in letters {
         out.push_str(&format!(
             "{:<40} {:<28} {:<26} {:>8}  {:<25}  {}\n",
-            l.user.as_deref().unwrap_or("(not a request)"),
-            l.batch.as_deref().unwrap_or("-"),
-            l.error_code,
+            // Everything here came off the queue: printed without its control characters.
+            printable(l.user.as_deref().unwrap_or("(not a request)")),
+            printable(l.batch.as_deref().unwrap_or("-")),
+            printable(&l.error_code),
             l.attempts,
-            l.failed_at.as_deref().unwrap_or("-"),
-            l.error_message
+            printable(l.failed_at.as_deref().unwrap_or("-")),
+            printable(&l.error_message)
         ));
     }
     out

@@ -30,9 +30,7 @@ pub const CSV_COLUMNS: [&str; 13] = [
 pub async fn run(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
     let view = super::status::load(settings, &args.batch).await?;
     let mut out: Box<dyn Write> = match &args.out {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        )),
+        Some(path) => Box::new(std::io::BufWriter::new(create_private(path)?)),
         None => Box::new(std::io::stdout().lock()),
     };
     match args.format {
@@ -54,6 +52,40 @@ pub async fn run(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
         eprintln!("wrote {} rows to {}", view.finished(), path.display());
     }
     Ok(())
+}
+
+/// Open `path` for a report holding personal data: created 0600 (an existing file is
+/// truncated and set to 0600), and never through a symlink (`O_NOFOLLOW`: a link planted
+/// at the path, e.g. in a shared folder, makes the open fail instead of writing elsewhere).
+pub fn create_private(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        let file = options.open(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                anyhow::anyhow!(
+                    "{} is a symbolic link: refusing to write a report through it; name a \
+                     regular file",
+                    path.display()
+                )
+            } else {
+                anyhow::Error::from(e).context(format!("creating {}", path.display()))
+            }
+        })?;
+        // The mode above applies only to a file created now.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private (0600)", path.display()))?;
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    {
+        options
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))
+    }
 }
 
 /// Write the CSV report.
@@ -109,6 +141,33 @@ pub fn neutralise(cell: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn report_files_are_private_and_never_written_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("report.csv");
+        create_private(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let existing = dir.path().join("old.csv");
+        std::fs::write(&existing, "old").unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o644)).unwrap();
+        create_private(&existing).unwrap();
+        let meta = std::fs::metadata(&existing).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 0, "truncated");
+
+        let target = dir.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let link = dir.path().join("link.csv");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = create_private(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    }
 
     #[test]
     fn formula_cells_are_neutralised() {

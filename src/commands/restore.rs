@@ -7,7 +7,7 @@
 
 use crate::cli::RestoreArgs;
 use crate::config::Settings;
-use crate::domain::UserRef;
+use crate::domain::{MethodRecord, UserRef};
 use crate::graph::GraphClient;
 
 /// What restore did.
@@ -23,7 +23,71 @@ pub struct Restored {
     pub failed: u64,
 }
 
-/// Run the command.
+/// What restore does with one removed method: a decision, carried out (or only shown) by [`run`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Re-create a phone method.
+    Phone {
+        /// The number.
+        number: String,
+        /// mobile, alternateMobile, office.
+        phone_type: String,
+    },
+    /// Re-create an email method.
+    Email {
+        /// The address.
+        address: String,
+    },
+    /// A phone or email removed while `reset.backup` was off.
+    NoBackup,
+    /// A method no API can re-create (app, key, token…).
+    NotRestorable,
+}
+
+/// One user's method and what to do with it.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The user.
+    pub user: UserRef,
+    /// The method as recorded.
+    pub method: MethodRecord,
+    /// What to do.
+    pub step: Step,
+}
+
+/// Every step restore would take for `view`, in order (mobile before alternateMobile: Graph
+/// refuses an alternate without a mobile).
+pub fn plan(view: &crate::batch::BatchView, only: Option<&UserRef>) -> Vec<Planned> {
+    let mut planned = Vec::new();
+    for outcome in view.outcomes() {
+        if only.is_some_and(|u| u.key() != outcome.user.key()) || outcome.dry_run {
+            continue;
+        }
+        let mut methods = outcome.methods_removed.clone();
+        methods.sort_by_key(|m| m.phone_type.as_deref() != Some("mobile"));
+        for m in methods {
+            let step = match (m.kind.as_str(), &m.backup_value) {
+                ("phone", Some(number)) => Step::Phone {
+                    number: number.clone(),
+                    phone_type: m.phone_type.clone().unwrap_or_else(|| "mobile".into()),
+                },
+                ("email", Some(address)) => Step::Email {
+                    address: address.clone(),
+                },
+                ("phone" | "email", None) => Step::NoBackup,
+                _ => Step::NotRestorable,
+            };
+            planned.push(Planned {
+                user: outcome.user.clone(),
+                method: m,
+                step,
+            });
+        }
+    }
+    planned
+}
+
+/// Run the command: without `--yes`, show what would be re-created and change nothing.
 pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Restored> {
     // Only values from verified worker records are ever re-created.
     let view = super::status::load(settings, &args.batch).await?;
@@ -36,67 +100,75 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
         .map(UserRef::parse)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--user: {e}"))?;
-    let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;
+    let steps = plan(&view, only.as_ref());
     let mut done = Restored::default();
-    for outcome in view.outcomes() {
-        if only.as_ref().is_some_and(|u| u.key() != outcome.user.key()) || outcome.dry_run {
-            continue;
-        }
-        // Mobile before alternateMobile: Graph refuses an alternate without a mobile.
-        let mut methods = outcome.methods_removed.clone();
-        methods.sort_by_key(|m| m.phone_type.as_deref() != Some("mobile"));
-        for m in &methods {
-            let result = match (m.kind.as_str(), &m.backup_value) {
-                ("phone", Some(number)) => {
-                    graph
-                        .create_phone_method(
-                            &outcome.user,
-                            number,
-                            m.phone_type.as_deref().unwrap_or("mobile"),
-                        )
-                        .await
-                }
-                ("email", Some(address)) => graph.create_email_method(&outcome.user, address).await,
-                ("phone" | "email", None) => {
-                    println!(
-                        "{}: {} {} has no backup (reset.backup was off): cannot restore",
-                        outcome.user,
-                        m.kind,
-                        m.masked.as_deref().unwrap_or(&m.id)
-                    );
-                    done.no_backup += 1;
-                    continue;
-                }
-                _ => {
-                    println!(
-                        "{}: {} {} cannot be restored by any API: the user must register it again",
-                        outcome.user,
-                        m.kind,
-                        m.display_name.as_deref().unwrap_or(&m.id)
-                    );
-                    done.not_restorable += 1;
-                    continue;
-                }
-            };
-            match result {
-                Ok(()) => {
-                    println!(
-                        "{}: restored {} {}",
-                        outcome.user,
-                        m.kind,
-                        m.masked.as_deref().unwrap_or("")
-                    );
+    if !args.yes {
+        for p in &steps {
+            let shown = p.method.masked.as_deref().unwrap_or(&p.method.id);
+            match &p.step {
+                Step::Phone { .. } | Step::Email { .. } => {
+                    println!("{}: would restore {} {shown}", p.user, p.method.kind);
                     done.created += 1;
                 }
-                Err(err) => {
-                    println!(
-                        "{}: could not restore {} {}: {err}",
-                        outcome.user,
-                        m.kind,
-                        m.masked.as_deref().unwrap_or("")
-                    );
-                    done.failed += 1;
-                }
+                Step::NoBackup => done.no_backup += 1,
+                Step::NotRestorable => done.not_restorable += 1,
+            }
+        }
+        println!(
+            "preview: {} method(s) would be re-created ({} without backup, {} not restorable); \
+             nothing was changed. Run again with --yes to re-create them.",
+            done.created, done.no_backup, done.not_restorable
+        );
+        return Ok(Restored { created: 0, ..done });
+    }
+    // Seam: a signed, recorded restore (who restored what) belongs here, before Graph is called.
+    let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;
+    for p in &steps {
+        let m = &p.method;
+        let result = match &p.step {
+            Step::Phone { number, phone_type } => {
+                graph.create_phone_method(&p.user, number, phone_type).await
+            }
+            Step::Email { address } => graph.create_email_method(&p.user, address).await,
+            Step::NoBackup => {
+                println!(
+                    "{}: {} {} has no backup (reset.backup was off): cannot restore",
+                    p.user,
+                    m.kind,
+                    m.masked.as_deref().unwrap_or(&m.id)
+                );
+                done.no_backup += 1;
+                continue;
+            }
+            Step::NotRestorable => {
+                println!(
+                    "{}: {} {} cannot be restored by any API: the user must register it again",
+                    p.user,
+                    m.kind,
+                    m.display_name.as_deref().unwrap_or(&m.id)
+                );
+                done.not_restorable += 1;
+                continue;
+            }
+        };
+        match result {
+            Ok(()) => {
+                println!(
+                    "{}: restored {} {}",
+                    p.user,
+                    m.kind,
+                    m.masked.as_deref().unwrap_or("")
+                );
+                done.created += 1;
+            }
+            Err(err) => {
+                println!(
+                    "{}: could not restore {} {}: {err}",
+                    p.user,
+                    m.kind,
+                    m.masked.as_deref().unwrap_or("")
+                );
+                done.failed += 1;
             }
         }
     }

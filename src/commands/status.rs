@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use backon::{BackoffBuilder, Retryable};
+use chrono::Utc;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 use crate::batch::BatchView;
-use crate::broker::stream::{read_until_now, Offset, StreamFollower, StreamMessage};
+use crate::broker::stream::{first_offset, read_to_tail, Offset, StreamFollower, StreamMessage};
 use crate::broker::{self, Topology};
 use crate::cli::StatusArgs;
 use crate::config::Settings;
@@ -51,7 +53,9 @@ pub async fn run(settings: &Settings, args: &StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Read the batch as the stream has it now.
+/// Read the batch as the stream has it now: from the batch's own time when its id carries
+/// one (so a year of older records is skipped, not read), else from the start. Publishes
+/// nothing: a read-only broker user can run it.
 pub async fn load(settings: &Settings, batch: &str) -> anyhow::Result<BatchView> {
     let topology = Topology::new(&settings.broker, &settings.retry);
     let conn = broker::connect(&settings.broker, "mfa-reset status").await?;
@@ -62,12 +66,47 @@ pub async fn load(settings: &Settings, batch: &str) -> anyhow::Result<BatchView>
         settings,
     )
     .await?;
-    let view = Arc::new(Mutex::new(BatchView::new(batch)));
-    read_until_now(&conn, &topology, Offset::First, believed(&view, settings)?).await?;
+    let (mut view, _) = read_view(&conn, &topology, batch, start_of(batch), settings).await?;
+    if view.manifest().is_none() && !matches!(start_of(batch), Offset::First) {
+        // An id that does not tell the truth about its time (`enqueue --batch`): from the start.
+        (view, _) = read_view(&conn, &topology, batch, Offset::First, settings).await?;
+    }
     let _ = conn.close(200, "bye".into()).await;
-    let view = view.lock().map(|v| v.clone()).unwrap_or_default();
     ensure_known(&view, batch, settings)?;
     Ok(view)
+}
+
+async fn read_view(
+    conn: &lapin::Connection,
+    topology: &Topology,
+    batch: &str,
+    from: Offset,
+    settings: &Settings,
+) -> anyhow::Result<(BatchView, Option<u64>)> {
+    let view = Arc::new(Mutex::new(BatchView::new(batch)));
+    let end = read_to_tail(conn, topology, from, believed(&view, settings)?).await?;
+    let view = view.lock().map(|v| v.clone()).unwrap_or_default();
+    Ok((view, end))
+}
+
+/// How far before the time in a batch id reading starts: the broker stamps chunks with its
+/// own clock, which may differ a little from the enqueuing host's (the id's minute is a
+/// floor already). Too small a margin costs speed, never records: when the manifest is not
+/// found from there, the read starts over from the beginning.
+const CLOCK_MARGIN: chrono::Duration = chrono::Duration::minutes(2);
+
+/// Where a batch's records start: `Since` the time its id carries (`20261127-2301-…`, as
+/// `enqueue` names batches) less [`CLOCK_MARGIN`], else the start of the stream.
+pub fn start_of(batch: &str) -> Offset {
+    let stamp = batch.get(..13).and_then(|s| {
+        chrono::NaiveDateTime::parse_from_str(&format!("{s}00"), "%Y%m%d-%H%M%S").ok()
+    });
+    match stamp {
+        Some(t) if t.and_utc() <= Utc::now() + CLOCK_MARGIN => {
+            Offset::Since(t.and_utc() - CLOCK_MARGIN)
+        }
+        _ => Offset::First,
+    }
 }
 
 /// A stream handler folding into `view` what verifies against `security.allowed_signers`.
@@ -106,7 +145,9 @@ fn ensure_known(view: &BatchView, batch: &str, settings: &Settings) -> anyhow::R
 }
 
 /// Follow the batch until every request has an outcome (or `timeout`), showing progress.
-/// `total_hint` lets the demo show the bar before the manifest is read.
+/// `total_hint` lets the demo show the bar before the manifest is read. A broker restart
+/// does not end the wait: it reconnects (for up to `broker.connect_timeout`) and resumes
+/// after the last record it read.
 pub async fn watch(
     settings: &Settings,
     batch: &str,
@@ -114,7 +155,7 @@ pub async fn watch(
     total_hint: Option<u64>,
 ) -> anyhow::Result<BatchView> {
     let topology = Topology::new(&settings.broker, &settings.retry);
-    let conn = broker::connect(&settings.broker, "mfa-reset status --wait").await?;
+    let mut conn = broker::connect(&settings.broker, "mfa-reset status --wait").await?;
     super::ensure_set_up(
         &conn,
         &topology.outcomes(),
@@ -122,17 +163,24 @@ pub async fn watch(
         settings,
     )
     .await?;
-    let view = Arc::new(Mutex::new(BatchView::new(batch)));
-    let follower =
-        StreamFollower::start(&conn, &topology, Offset::First, believed(&view, settings)?).await?;
-    follower
-        .sync()
-        .await
-        .context("reading the outcomes stream")?;
-    if total_hint.is_none() {
-        let snapshot = view.lock().map(|v| v.clone()).unwrap_or_default();
+    let start = start_of(batch);
+    // Where the follower goes on from, once what is there now has been read.
+    let (view, mut resume) = if total_hint.is_none() {
+        // The batch must exist: read up to now first (from its time, else from the start).
+        let (mut snapshot, mut end) = read_view(&conn, &topology, batch, start, settings).await?;
+        if snapshot.manifest().is_none() && !matches!(start, Offset::First) {
+            (snapshot, end) = read_view(&conn, &topology, batch, Offset::First, settings).await?;
+        }
         ensure_known(&snapshot, batch, settings)?;
-    }
+        let next = end.map_or(Offset::First, |e| Offset::At(e + 1));
+        (Arc::new(Mutex::new(snapshot)), next)
+    } else {
+        (
+            Arc::new(Mutex::new(BatchView::new(batch))),
+            resolve(&conn, &topology, start).await?,
+        )
+    };
+    let mut follower = follow(&conn, &topology, &view, resume, settings).await?;
 
     let started = Instant::now();
     let mut progress = Progress::new(total_hint.unwrap_or(0));
@@ -155,13 +203,57 @@ pub async fn watch(
             }
         }
         if !follower.is_running() {
-            break Err(anyhow::anyhow!("lost the outcomes stream while waiting"));
+            // The broker went away (a restart, a node move): reconnect and go on after the
+            // last record read; what was read stays in the view.
+            let high_water = follower.high_water();
+            if high_water > 0 {
+                resume = Offset::At(high_water);
+            }
+            let _ = follower.stop().await;
+            tracing::warn!("lost the outcomes stream; reconnecting");
+            // The stream answers a moment after its node does: retry the whole reopen.
+            let reopen = || async {
+                let conn = broker::connect(&settings.broker, "mfa-reset status --wait").await?;
+                let follower = follow(&conn, &topology, &view, resume, settings).await?;
+                anyhow::Ok((conn, follower))
+            };
+            (conn, follower) = reopen
+                .retry(broker::connect_backoff(settings.broker.connect_timeout).build())
+                .await
+                .context("lost the outcomes stream while waiting")?;
+            continue;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let _ = follower.stop().await;
     let _ = conn.close(200, "bye".into()).await;
     result
+}
+
+/// `Since(t)` as the offset of the first record at or after `t`, `Next` when nothing was
+/// written since: a resume point that is an offset survives a reconnect.
+async fn resolve(
+    conn: &lapin::Connection,
+    topology: &Topology,
+    start: Offset,
+) -> anyhow::Result<Offset> {
+    Ok(match start {
+        Offset::Since(_) => match first_offset(conn, &topology.outcomes(), start).await? {
+            Some(first) => Offset::At(first),
+            None => Offset::Next,
+        },
+        other => other,
+    })
+}
+
+async fn follow(
+    conn: &lapin::Connection,
+    topology: &Topology,
+    view: &Arc<Mutex<BatchView>>,
+    from: Offset,
+    settings: &Settings,
+) -> anyhow::Result<StreamFollower> {
+    StreamFollower::start(conn, topology, from, believed(view, settings)?).await
 }
 
 /// A progress bar on a terminal, plain lines every few seconds elsewhere.
@@ -260,9 +352,9 @@ pub fn summary_table(view: &BatchView) -> String {
     if let Some(m) = view.manifest() {
         out.push_str(&format!(
             "batch {}  ({} users from {}{}, enqueued {})\n",
-            m.batch,
+            crate::net::printable(&m.batch),
             m.count,
-            m.source,
+            crate::net::printable(&m.source),
             if m.dry_run { ", DRY RUN" } else { "" },
             m.created_at.format("%Y-%m-%d %H:%M:%S UTC")
         ));
@@ -301,6 +393,20 @@ fn explain(status: Status) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_read_from_its_own_time_less_a_margin_when_its_id_carries_one() {
+        let Offset::Since(t) = start_of("20261127-2301-users-4f2a") else {
+            panic!("a generated id carries its time");
+        };
+        assert_eq!(t.to_rfc3339(), "2026-11-27T22:59:00+00:00");
+        assert!(matches!(start_of("my-batch"), Offset::First));
+        assert!(matches!(start_of("20261399-2301-x"), Offset::First));
+        assert!(
+            matches!(start_of("29991231-2359-future"), Offset::First),
+            "an id from the future does not hide the batch"
+        );
+    }
 
     #[test]
     fn rates_are_rounded_to_what_a_person_reads() {

@@ -122,7 +122,18 @@ impl GraphClient {
             (1..=999).contains(&graph.page_size),
             "graph.page_size must be between 1 and 999"
         );
+        // https only, except on loopback (the simulator): a bearer token in clear is handed out.
+        if !graph.allow_insecure_http {
+            crate::net::require_https(&graph.v1_url(), "graph.base_url")?;
+            crate::net::require_https(&graph.beta_url(), "graph.beta_url")?;
+            crate::net::require_https(&graph.token_url(), "graph.authority")?;
+        }
+        let all_https = [graph.v1_url(), graph.beta_url(), graph.token_url()]
+            .iter()
+            .all(|u| u.starts_with("https://"));
         let http = reqwest::Client::builder()
+            // With real endpoints, a redirect to http:// is refused too.
+            .https_only(all_https)
             .timeout(graph.request_timeout)
             .connect_timeout(graph.request_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(90))

@@ -129,13 +129,16 @@ impl TokenProvider {
             !graph.client_id.trim().is_empty(),
             "graph.client_id is empty: set it (MFA_RESET__GRAPH__CLIENT_ID) to the application (client) id"
         );
+        if !graph.allow_insecure_http {
+            crate::net::require_https(&graph.token_url(), "graph.authority")?;
+        }
         let secret = graph
             .client_secret
             .as_ref()
             .filter(|s| !s.expose_secret().is_empty());
         let credential = match (secret, &graph.client_certificate, &graph.client_private_key) {
             (Some(secret), _, _) => Credential::Secret(secret.clone()),
-            (None, Some(cert), Some(key)) => load_certificate(cert, key)?,
+            (None, Some(cert), Some(key)) => load_certificate(cert, key.expose_secret())?,
             (None, Some(_), None) => anyhow::bail!(
                 "graph.client_certificate is set but graph.client_private_key is not: set both (MFA_RESET__GRAPH__CLIENT_PRIVATE_KEY)"
             ),
@@ -304,25 +307,40 @@ fn assertion_header(x5t_s256: &str) -> Header {
 }
 
 /// A setting that is either a PEM file path or the PEM text itself (handy in environment variables).
-fn read_pem(setting: &str, what: &str) -> anyhow::Result<Vec<pem::Pem>> {
-    let text = if setting.contains("-----BEGIN") {
+/// `secret`: the setting may be key material, so no error repeats it, nor the parser's
+/// complaint (which can quote the text); only which setting is wrong and how to fix it.
+fn read_pem(setting: &str, what: &str, secret: bool) -> anyhow::Result<Vec<pem::Pem>> {
+    let inline = setting.contains("-----BEGIN");
+    let text = if inline {
         setting.to_string()
+    } else if secret {
+        std::fs::read_to_string(setting).map_err(|e| {
+            anyhow::anyhow!(
+                "{what}: cannot read it as a file ({}); set it to the path of a PEM file, or to the PEM text itself",
+                e.kind()
+            )
+        })?
     } else {
         std::fs::read_to_string(setting)
             .with_context(|| format!("{what}: cannot read {setting}"))?
     };
-    let blocks = pem::parse_many(text.as_bytes()).with_context(|| format!("{what}: not PEM"))?;
+    let blocks = if secret {
+        pem::parse_many(text.as_bytes())
+            .map_err(|_| anyhow::anyhow!("{what}: not PEM (a -----BEGIN … -----END block)"))?
+    } else {
+        pem::parse_many(text.as_bytes()).with_context(|| format!("{what}: not PEM"))?
+    };
     anyhow::ensure!(!blocks.is_empty(), "{what}: no PEM block found");
     Ok(blocks)
 }
 
 /// The certificate's `x5t#S256` and the RSA key (PKCS#8 or PKCS#1; may share one file with the cert).
 fn load_certificate(cert_setting: &str, key_setting: &str) -> anyhow::Result<Credential> {
-    let cert = read_pem(cert_setting, "graph.client_certificate")?
+    let cert = read_pem(cert_setting, "graph.client_certificate", false)?
         .into_iter()
         .find(|p| p.tag() == "CERTIFICATE")
         .context("graph.client_certificate: no CERTIFICATE block")?;
-    let key = read_pem(key_setting, "graph.client_private_key")?
+    let key = read_pem(key_setting, "graph.client_private_key", true)?
         .into_iter()
         .find(|p| p.tag() == "PRIVATE KEY" || p.tag() == "RSA PRIVATE KEY")
         .context("graph.client_private_key: no PRIVATE KEY or RSA PRIVATE KEY block")?;
@@ -385,7 +403,7 @@ mod tests {
         let (cert, key) = test_cert(dir.path());
         let graph = GraphSettings {
             client_certificate: Some(cert.clone()),
-            client_private_key: Some(key),
+            client_private_key: Some(key.into()),
             ..settings()
         };
         let provider = TokenProvider::new(&graph, reqwest::Client::new()).unwrap();

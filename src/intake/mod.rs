@@ -336,7 +336,8 @@ fn parse_text(line: u64, field: &str, raw: Option<&str>) -> Result<Option<String
 
 /// `value` cut to about [`DISPLAY_CHARS`] characters, with `…` when cut.
 fn shorten(value: &str) -> String {
-    match value.char_indices().nth(DISPLAY_CHARS) {
+    // Control characters escaped: the value came from outside and is printed in an error.
+    let shown = match value.char_indices().nth(DISPLAY_CHARS) {
         None => value.to_string(),
         Some(_) => {
             let end = value
@@ -345,7 +346,8 @@ fn shorten(value: &str) -> String {
                 .map_or(value.len(), |(at, _)| at);
             format!("{}…", &value[..end])
         }
-    }
+    };
+    crate::net::printable(&shown).into_owned()
 }
 
 /// `12345` → `12,345`.

@@ -224,8 +224,47 @@ pub fn attempt_number(header: Option<u64>) -> u32 {
         .max(1)
 }
 
-/// A request, or why the body is not one (`invalid_message` | `unknown_version`).
+/// The largest request body a worker parses. A request is a few hundred bytes; with the
+/// carry of earlier attempts a few kilobytes. Anything larger is not ours.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The longest batch id, ticket, reason and `requested_by` a request may carry (what
+/// `enqueue` accepts), re-checked here: the queue is not trusted to hold only what it wrote.
+pub const MAX_FIELD_CHARS: usize = 1024;
+
+/// A request, or why the body is not one (`invalid_message` | `unknown_version`). The size
+/// is checked before parsing, the lengths of free-text fields after.
 pub fn parse_request(body: &[u8]) -> Result<ResetRequest, Cause> {
+    if body.len() > MAX_REQUEST_BYTES {
+        return Err(Cause::new(
+            "invalid_message",
+            format!(
+                "the body is {} bytes; a request is at most {MAX_REQUEST_BYTES}",
+                body.len()
+            ),
+        ));
+    }
+    let request = parse_json(body)?;
+    let fields = [
+        ("batch", Some(&request.batch)),
+        ("ticket", request.ticket.as_ref()),
+        ("reason", request.reason.as_ref()),
+        ("requested_by", request.requested_by.as_ref()),
+    ];
+    for (name, value) in fields {
+        if let Some(value) = value {
+            if value.chars().count() > MAX_FIELD_CHARS {
+                return Err(Cause::new(
+                    "invalid_message",
+                    format!("\"{name}\" is longer than {MAX_FIELD_CHARS} characters"),
+                ));
+            }
+        }
+    }
+    Ok(request)
+}
+
+fn parse_json(body: &[u8]) -> Result<ResetRequest, Cause> {
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| Cause::new("invalid_message", format!("not JSON: {e}")))?;
     match value.get("version").and_then(serde_json::Value::as_u64) {

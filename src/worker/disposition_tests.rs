@@ -484,6 +484,19 @@ fn garbage_wrong_shapes_and_unknown_versions_are_told_apart() {
 }
 
 #[test]
+fn oversized_bodies_and_overlong_fields_are_refused_before_anything_else() {
+    let huge = vec![b' '; super::MAX_REQUEST_BYTES + 1];
+    let cause = parse_request(&huge).unwrap_err();
+    assert_eq!(cause.code, "invalid_message");
+    assert!(cause.message.contains("bytes"), "{cause:?}");
+    let mut long = request();
+    long.ticket = Some("x".repeat(super::MAX_FIELD_CHARS + 1));
+    let cause = parse_request(&serde_json::to_vec(&long).unwrap()).unwrap_err();
+    assert_eq!(cause.code, "invalid_message");
+    assert!(cause.message.contains("\"ticket\""), "{cause:?}");
+}
+
+#[test]
 fn a_delivery_not_started_goes_back_unchanged_when_halted_and_is_handed_back_otherwise() {
     let cause = Cause::new("AADSTS7000215", "the client secret was rejected");
 

@@ -15,7 +15,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::Utc;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
@@ -336,11 +335,8 @@ impl Paused {
 /// outbox holds (the caller then starts consuming, unless the gate is closed).
 async fn open(conn: &Connection, worker: &Arc<Worker>) -> anyhow::Result<(Arc<Ctx>, Probe)> {
     let topology = &worker.topology;
+    topology.ensure(conn).await?;
     let publish = conn.create_channel().await?;
-    topology
-        .declare(&publish)
-        .await
-        .context("declaring the broker topology")?;
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

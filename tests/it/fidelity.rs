@@ -553,7 +553,7 @@ async fn a_worker_signed_in_with_a_certificate_resets_users() {
     .await;
     env.settings.graph.client_secret = None;
     env.settings.graph.client_certificate = Some(fixture_path("client-cert.pem"));
-    env.settings.graph.client_private_key = Some(fixture_path("client-key.pem"));
+    env.settings.graph.client_private_key = Some(fixture_path("client-key.pem").into());
 
     let view = reset(&mut env, &[ADELE, DOLLAR]).await;
 
@@ -618,6 +618,7 @@ async fn restore_recreates_the_phone_and_email_methods_of_a_batch() {
         &RestoreArgs {
             batch: batch.clone(),
             user: Some(ADELE.to_uppercase()),
+            yes: true,
         },
     )
     .await
@@ -672,9 +673,16 @@ async fn without_backup_restore_says_it_cannot() {
         .all(|m| m.backup_value.is_none()));
     env.sim.reset_stats();
 
-    let restored = commands::restore::run(&env.settings, &RestoreArgs { batch, user: None })
-        .await
-        .expect("restore runs");
+    let restored = commands::restore::run(
+        &env.settings,
+        &RestoreArgs {
+            batch,
+            user: None,
+            yes: true,
+        },
+    )
+    .await
+    .expect("restore runs");
 
     assert_eq!(restored.created, 0);
     assert_eq!(restored.no_backup, 3, "{restored:?}");

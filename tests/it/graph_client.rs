@@ -122,7 +122,7 @@ async fn a_token_by_certificate_lets_the_client_list_methods() {
     let settings = GraphSettings {
         client_secret: None,
         client_certificate: Some(fixture_path("client-cert.pem")),
-        client_private_key: Some(fixture_path("client-key.pem")),
+        client_private_key: Some(fixture_path("client-key.pem").into()),
         ..graph_settings(&sim)
     };
     let graph = GraphClient::new(&settings, &RateSettings::default(), &quick_retry()).unwrap();
@@ -176,7 +176,7 @@ async fn every_app_wide_token_refusal_halts_with_its_cause() {
         &GraphSettings {
             client_secret: None,
             client_certificate: Some(fixture_path("client-cert.pem")),
-            client_private_key: Some(fixture_path("client-key.pem")),
+            client_private_key: Some(fixture_path("client-key.pem").into()),
             ..graph_settings(&sim)
         },
         &RateSettings::default(),

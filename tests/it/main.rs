@@ -4,6 +4,7 @@
 
 mod common;
 
+mod authority;
 mod budget;
 mod cli;
 mod defaults;

@@ -818,9 +818,12 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
     let hold = AmqpHold::start(broker_address(&env.settings.broker.url), 20).await;
     let mut through_hold = env.settings.clone();
     through_hold.broker.url = hold.url();
-    let replay = proc::mfa_reset(&through_hold, &["dlq", "replay", "--batch", &a.batch])
-        .spawn()
-        .expect("dlq replay");
+    let replay = proc::mfa_reset(
+        &through_hold,
+        &["dlq", "replay", "--batch", &a.batch, "--yes"],
+    )
+    .spawn()
+    .expect("dlq replay");
     tokio::time::timeout(Duration::from_secs(60), hold.held())
         .await
         .expect("the replay reached its 21st publish");
@@ -875,10 +878,12 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
             &b.batch,
             "--error-code",
             "no_such_code",
+            "--yes",
         ],
     )
     .await;
     assert_eq!((code, out.trim()), (Some(0), "replayed: 0"), "{err}");
+    // Without --yes, a replay is a preview: it shows the letters and changes nothing.
     let (code, out, err) = run(
         &env.settings,
         &[
@@ -888,6 +893,25 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
             &b.batch,
             "--error-code",
             "Request_ResourceNotFound",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("preview: 3 request(s) would be replayed") && out.contains("--yes"),
+        "{out}"
+    );
+    assert_eq!(env.queue_len(&dead).await, 4, "the preview changed nothing");
+    let (code, out, err) = run(
+        &env.settings,
+        &[
+            "dlq",
+            "replay",
+            "--batch",
+            &b.batch,
+            "--error-code",
+            "Request_ResourceNotFound",
+            "--yes",
         ],
     )
     .await;
