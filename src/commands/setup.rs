@@ -1,7 +1,7 @@
 //! `mfa-reset setup`: declare the topology.
 
 use crate::broker::{self, Topology};
-use crate::config::{redact_url, Settings};
+use crate::config::Settings;
 
 /// Declare every exchange and queue (idempotent) and say what exists.
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
@@ -9,7 +9,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     let conn = broker::connect(&settings.broker, "mfa-reset setup").await?;
     let channel = conn.create_channel().await?;
     topology.declare(&channel).await?;
-    println!("broker {} ready:", redact_url(&settings.broker.url));
+    println!("broker {} ready:", settings.broker.shown_addresses());
     println!("  exchange {}", topology.exchange());
     for q in topology.all_queues() {
         println!("  queue    {q}");
