@@ -674,7 +674,10 @@ mod tests {
         );
         let shown = format!("{cluster:?} {}", cluster.shown_addresses());
         assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(shown.contains("amqp://mfa:***@rabbit-2:5672/%2f"), "{shown}");
+        assert!(
+            shown.contains("amqp://mfa:***@rabbit-2:5672/%2f"),
+            "{shown}"
+        );
     }
 
     #[test]

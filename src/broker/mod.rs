@@ -84,7 +84,10 @@ pub async fn connect(settings: &BrokerSettings, name: &str) -> anyhow::Result<Co
 }
 
 /// One round: each address once, from [`next_node`] on; the first connection that opens.
-async fn connect_any(addresses: &[&str], props: &ConnectionProperties) -> anyhow::Result<Connection> {
+async fn connect_any(
+    addresses: &[&str],
+    props: &ConnectionProperties,
+) -> anyhow::Result<Connection> {
     let count = addresses.len().max(1);
     let start = next_node().load(Ordering::Relaxed) % count;
     let mut failures = Vec::new();
@@ -93,11 +96,9 @@ async fn connect_any(addresses: &[&str], props: &ConnectionProperties) -> anyhow
         let Some(address) = addresses.get(at) else {
             break;
         };
-        let attempt = tokio::time::timeout(
-            ATTEMPT_TIMEOUT,
-            Connection::connect(address, props.clone()),
-        )
-        .await;
+        let attempt =
+            tokio::time::timeout(ATTEMPT_TIMEOUT, Connection::connect(address, props.clone()))
+                .await;
         match attempt {
             Ok(Ok(conn)) => {
                 next_node().store(at, Ordering::Relaxed);

@@ -127,7 +127,12 @@ pub(super) async fn run(
                 }
             }
             next = consumer.next() => match next {
-                None => break Ended::Lost(anyhow::anyhow!("the broker cancelled the consumer")),
+                // basic.cancel from the broker: the queue was deleted, or (in a cluster) the
+                // node serving this consumer lost the queue. A new session subscribes again,
+                // on another node when this one is going away.
+                None => break Ended::Lost(anyhow::anyhow!(
+                    "the broker cancelled the consumer of the requests queue; subscribing again"
+                )),
                 Some(Err(err)) => break Ended::Lost(err),
                 Some(Ok(incoming)) => {
                     idle.touch();
