@@ -6,8 +6,8 @@
 //!   [`GENERATIONS`] hash sets of a fixed share each, oldest generation forgotten first, and a
 //!   generation forgotten whole once everything in it is older than `reset.max_request_age`
 //!   (such a request expires anyway). A set never outgrows its share, so it never rehashes
-//!   into a table twice the size: the default takes 8 × 2^18 slots of 21 bytes, ≈ 44 MB,
-//!   whether 10 or 10 million outcomes went by (BENCHMARKS.md, "Memory").
+//!   into a table twice the size: the default takes 8 × 2^18 slots of 21 bytes (≈ 48 MB
+//!   measured), whether 10 or 10 million outcomes went by (BENCHMARKS.md, "Memory").
 //! - plans: at most [`PLAN_CAPACITY`] requests with a plan and no outcome yet (in flight or
 //!   interrupted, across all workers).
 //!
@@ -27,8 +27,8 @@ use crate::domain::MethodRecord;
 type Key = (Uuid, u32);
 
 /// Plans kept at most (a plan lives only until its outcome arrives: requests in flight on
-/// every worker, and interrupted ones). A plan of a few methods takes well under 1 KB.
-const PLAN_CAPACITY: usize = 20_000;
+/// every worker, and interrupted ones). A plan of three methods takes about 1 KB.
+const PLAN_CAPACITY: usize = 5_000;
 
 /// The outcomes are kept in this many generations: forgetting the oldest frees an eighth.
 pub const GENERATIONS: usize = 8;
