@@ -54,13 +54,17 @@ pub async fn serve_metrics(
             get(move || {
                 let health = health.clone();
                 async move {
-                    if health.connected.get() == 1 {
-                        (StatusCode::OK, "ok\n")
-                    } else {
+                    // A paused worker is healthy: it does what it was told (halt) or what the
+                    // cap requires; it says so, and restarting it would change nothing.
+                    if health.connected.get() != 1 {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "not connected to the broker\n",
+                            "not connected to the broker\n".to_string(),
                         )
+                    } else if let Some(because) = health.paused_because() {
+                        (StatusCode::OK, format!("ok, paused: {because}\n"))
+                    } else {
+                        (StatusCode::OK, "ok\n".to_string())
                     }
                 }
             }),

@@ -39,6 +39,9 @@ pub async fn run(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
         ReportFormat::Jsonl => write_jsonl(&view, &mut out)?,
     }
     out.flush()?;
+    if let Some(warning) = super::status::ignored_warning(&view, &args.batch) {
+        eprintln!("{warning}");
+    }
     if view.pending() > 0 {
         eprintln!(
             "note: {} request(s) of batch {} have no outcome yet; they are not in this report",

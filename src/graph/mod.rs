@@ -41,6 +41,7 @@ pub use directory::{
 pub use error::{AppFault, Class, Error, NoAnswer};
 pub use methods::AuthMethod;
 pub use pause::PauseGate;
+pub use send::{client_request_id, with_client_request_id};
 pub use stats::{ThrottleSnapshot, ThrottleStats};
 pub use token::{AccessToken, TokenProvider};
 

@@ -24,7 +24,8 @@ use uuid::Uuid;
 
 use crate::domain::MethodRecord;
 
-type Key = (Uuid, u32);
+/// A request (one replay of it).
+pub type Key = (Uuid, u32);
 
 /// Plans kept at most (a plan lives only until its outcome arrives: requests in flight on
 /// every worker, and interrupted ones). A plan of three methods takes about 1 KB.

@@ -42,6 +42,14 @@ pub struct WorkerMetrics {
     /// Seconds between a request's `requested_at` and the moment a worker took it, for the
     /// last request taken: how far behind the workers are.
     pub queue_lag_seconds: Gauge<f64, AtomicU64>,
+    /// 1 while the worker takes no requests because an admin halted the workers or the hourly
+    /// cap is reached (`/healthz` says which).
+    pub paused: Gauge<i64, AtomicI64>,
+    /// Why, while paused (for `/healthz`).
+    pub paused_because: std::sync::Mutex<Option<String>>,
+    /// Records and control commands ignored because they do not verify against
+    /// `security.allowed_signers` (unsigned, forged, altered).
+    pub records_ignored: Counter,
 }
 
 type AtomicI64 = std::sync::atomic::AtomicI64;
@@ -55,6 +63,22 @@ impl WorkerMetrics {
                 status: status.as_str().to_string(),
             })
             .inc();
+    }
+
+    /// The worker stopped taking requests for `stop`, or (`None`) takes them again.
+    pub fn pause(&self, stop: Option<&crate::worker::gate::Stop>) {
+        self.paused.set(i64::from(stop.is_some()));
+        if let Ok(mut because) = self.paused_because.lock() {
+            *because = stop.map(|stop| stop.to_string());
+        }
+    }
+
+    /// Why the worker takes no requests now, if it takes none.
+    pub fn paused_because(&self) -> Option<String> {
+        self.paused_because
+            .lock()
+            .ok()
+            .and_then(|because| because.clone())
     }
 
     /// Outcomes of one status counted so far.
@@ -122,6 +146,16 @@ impl WorkerMetrics {
             "mfa_reset_queue_lag_seconds",
             "Age of the last request taken (requested_at to start)",
             self.queue_lag_seconds.clone(),
+        );
+        registry.register(
+            "mfa_reset_paused",
+            "1 while taking no requests: halted by an admin or at the hourly cap (see /healthz)",
+            self.paused.clone(),
+        );
+        registry.register(
+            "mfa_reset_records_ignored",
+            "Records and control commands ignored because they do not verify",
+            self.records_ignored.clone(),
         );
     }
 }

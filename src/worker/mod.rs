@@ -2,7 +2,9 @@
 //!
 //! Per delivery: parse (invalid → dead-letter) → verify its signed batch, proof and approval
 //! (refused → dead-letter with the reason, never executed) → already recorded? (ack, no Graph call) →
-//! expired / protected? → reset → outcome on the stream (confirmed) → ack. A request whose
+//! halted or capped? (handed back, nothing used) → expired / protected? → reset → outcome
+//! sealed on the stream (confirmed) → ack. Only records that verify against
+//! `security.allowed_signers` count as recorded (see [`crate::records`]). A request whose
 //! Graph errors outlast the in-process retries goes to the next broker delay tier (never
 //! held unacked through a long wait); after the last tier it fails and is dead-lettered.
 //!
@@ -23,12 +25,14 @@
 //!   idle exit, graceful shutdown.
 //! - [`verify`]: the [`Gatekeeper`]: every request verified against
 //!   `security.allowed_signers` before anything else; verified manifests cached.
-//! - [`outbox`]: outcomes held through a broker outage, recorded after reconnecting.
+//! - [`gate`]: whether requests may be taken now: an admin's halt, the hourly cap.
+//! - [`outbox`]: sealed records held through a broker outage, recorded after reconnecting.
 //! - [`ledger`]: which requests already have an outcome (idempotency).
 //! - [`metrics`]: counters for `/metrics` and summaries.
 
 mod delivery;
 pub mod disposition;
+pub mod gate;
 pub mod ledger;
 pub mod metrics;
 pub mod outbox;
@@ -44,10 +48,12 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, Topology};
 use crate::config::Settings;
 use crate::graph::GraphClient;
+use crate::records::{RecordReader, Sealer};
 use crate::reset::Scope;
 use session::Ended;
 
 pub use disposition::Disposition;
+pub use gate::Gate;
 pub use ledger::Ledger;
 pub use metrics::WorkerMetrics;
 pub use outbox::Outbox;
@@ -74,6 +80,12 @@ struct Worker {
     metrics: Arc<WorkerMetrics>,
     options: WorkOptions,
     gatekeeper: Gatekeeper,
+    /// Seals this worker's plans and outcomes with `worker.key`.
+    sealer: Sealer,
+    /// Believes only records (and commands) that verify against `security.allowed_signers`.
+    reader: RecordReader,
+    /// Halt and hourly cap.
+    gate: Gate,
 }
 
 /// This worker's name in outcomes and dead letters.
@@ -107,6 +119,10 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let gatekeeper = Gatekeeper::from_settings(&settings.security)?;
+    let sealer = Sealer::from_key_setting(&settings.worker.key)?;
+    let reader = RecordReader::from_settings(&settings.security)?;
+    let principal = sealer.check_allowed(reader.allowed())?;
+    tracing::info!(key = %sealer.fingerprint(), %principal, "signing records with worker.key");
     let worker = Arc::new(Worker {
         gatekeeper,
         settings: settings.clone(),
@@ -121,6 +137,9 @@ pub async fn run(
         name: worker_name(settings),
         metrics,
         options,
+        sealer,
+        reader,
+        gate: Gate::new(settings.security.max_resets_per_hour),
     });
     let connection_name = format!("mfa-reset worker {}", worker.name);
     let mut delays = reconnect_backoff().build();

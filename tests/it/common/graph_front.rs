@@ -29,6 +29,8 @@ pub struct Call {
     pub path: String,
     /// The status answered.
     pub status: u16,
+    /// The caller's `client-request-id` header.
+    pub client_request_id: Option<String>,
 }
 
 /// The relay (see the module doc).
@@ -113,6 +115,10 @@ async fn forward(
 ) -> Response {
     let path = uri.path().to_string();
     let user = user_of(&path);
+    let client_request_id = headers
+        .get("client-request-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
     let failing = user
         .as_ref()
         .is_some_and(|u| state.failing.lock().unwrap().contains(u));
@@ -129,6 +135,7 @@ async fn forward(
         user,
         path,
         status: response.status().as_u16(),
+        client_request_id,
     });
     response
 }
