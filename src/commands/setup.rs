@@ -9,15 +9,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     let conn = broker::connect(&settings.broker, "mfa-reset setup").await?;
     let channel = conn.create_channel().await?;
     topology.declare(&channel).await?;
-<<<<<<< HEAD
     println!("broker {} ready:", settings.broker.shown_addresses());
-    println!("  exchange {}", topology.exchange());
-=======
-    println!("broker {} ready:", redact_url(&settings.broker.url));
     for exchange in topology.exchanges() {
         println!("  exchange {exchange}");
     }
->>>>>>> main
     for q in topology.all_queues() {
         println!("  queue    {q}");
     }
