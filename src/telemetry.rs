@@ -54,9 +54,16 @@ pub async fn serve_metrics(
             get(move || {
                 let health = health.clone();
                 async move {
+                    // Graph refusing the app itself (its credential, consent, tenant) is an
+                    // outage of this worker that someone must fix: unhealthy, with the fix.
+                    if let Some(reason) = health.halt_reason() {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("halted: {reason}\n"),
+                        )
                     // A paused worker is healthy: it does what it was told (halt) or what the
                     // cap requires; it says so, and restarting it would change nothing.
-                    if health.connected.get() != 1 {
+                    } else if health.connected.get() != 1 {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
                             "not connected to the broker\n".to_string(),

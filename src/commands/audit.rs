@@ -67,23 +67,44 @@ struct Seen {
     body: Vec<u8>,
 }
 
-/// Every message of the outcomes stream from `offset` on.
-async fn read_stream(settings: &Settings, offset: Offset) -> anyhow::Result<Vec<Seen>> {
+/// Hand every message of the outcomes stream from `offset` on to `handler`, as it comes
+/// (a stream of millions of records is never held whole).
+async fn read_stream<H>(settings: &Settings, offset: Offset, mut handler: H) -> anyhow::Result<()>
+where
+    H: FnMut(Seen) + Send + 'static,
+{
     let topology = Topology::new(&settings.broker, &settings.retry);
     let conn = broker::connect(&settings.broker, "mfa-reset audit").await?;
     super::ensure_set_up(&conn, &topology.outcomes(), "nothing to audit", settings).await?;
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let sink = seen.clone();
     read_until_now(&conn, &topology, offset, move |message: StreamMessage| {
-        if let Ok(mut seen) = sink.lock() {
-            seen.push(Seen {
-                offset: message.offset,
-                body: message.body,
-            });
-        }
+        handler(Seen {
+            offset: message.offset,
+            body: message.body,
+        })
     })
     .await?;
     let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}
+
+/// The messages that may concern `batch` (its id appears in them): what the audit examines.
+async fn batch_messages(settings: &Settings, batch: &str) -> anyhow::Result<Vec<Seen>> {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let sink = seen.clone();
+    let needle = batch.as_bytes().to_vec();
+    read_stream(settings, Offset::First, move |message| {
+        let mentions = !needle.is_empty()
+            && message
+                .body
+                .windows(needle.len())
+                .any(|window| window == needle.as_slice());
+        if mentions {
+            if let Ok(mut seen) = sink.lock() {
+                seen.push(message);
+            }
+        }
+    })
+    .await?;
     let seen = std::mem::take(&mut *seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     Ok(seen)
 }
@@ -101,7 +122,7 @@ pub async fn run(settings: &Settings, command: &AuditCommand) -> anyhow::Result<
 /// Audit `batch` as the stream has it now, printing nothing.
 pub async fn check(settings: &Settings, batch: &str) -> anyhow::Result<Verdict> {
     let allowed = load_allowed_signers(&settings.security)?;
-    let seen = read_stream(settings, Offset::First).await?;
+    let seen = batch_messages(settings, batch).await?;
     let verdict = audit(batch, &seen, &allowed);
     if verdict.records == 0 {
         anyhow::bail!(
@@ -289,29 +310,61 @@ pub async fn export(
     let since = since.map(parse_since).transpose()?;
     let offset = since.map_or(Offset::First, Offset::Since);
     let reader = RecordReader::from_settings(&settings.security)?;
-    let seen = read_stream(settings, offset).await?;
-    let mut writer: Box<dyn Write> = match out {
+    let writer: Box<dyn Write + Send> = match out {
         Some(path) => Box::new(std::io::BufWriter::new(create_private(path)?)),
-        None => Box::new(std::io::stdout().lock()),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
-    let mut written = 0u64;
-    for message in &seen {
-        let line = export_line(&reader, message);
+    let state = Arc::new(Mutex::new(Export {
+        writer,
+        written: 0,
+        error: None,
+    }));
+    let sink = state.clone();
+    read_stream(settings, offset, move |message| {
+        let line = export_line(&reader, &message);
         if let (Some(since), Some(at)) = (since, record_time(&line.record)) {
             // The broker starts a time offset at a segment boundary: earlier records may come.
             if at < since {
-                continue;
+                return;
             }
         }
-        serde_json::to_writer(&mut writer, &line)?;
-        writer.write_all(b"\n")?;
-        written += 1;
+        if let Ok(mut export) = sink.lock() {
+            export.write(&line);
+        }
+    })
+    .await?;
+    let mut export = state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    if let Some(error) = export.error.take() {
+        return Err(error.context("writing the export"));
     }
-    writer.flush()?;
+    export.writer.flush()?;
+    let written = export.written;
     if let Some(path) = out {
         eprintln!("wrote {written} records to {}", path.display());
     }
     Ok(written)
+}
+
+/// Where `export` writes, and the first write error.
+struct Export {
+    writer: Box<dyn Write + Send>,
+    written: u64,
+    error: Option<anyhow::Error>,
+}
+
+impl Export {
+    fn write(&mut self, line: &ExportLine) {
+        if self.error.is_some() {
+            return;
+        }
+        let written = serde_json::to_writer(&mut self.writer, line)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(self.writer.write_all(b"\n")?));
+        match written {
+            Ok(()) => self.written += 1,
+            Err(error) => self.error = Some(error),
+        }
+    }
 }
 
 /// A new file only its owner can read (the record names users), never through a symlink.

@@ -126,6 +126,11 @@ pub struct Outcome {
     /// Dry run?
     #[serde(default)]
     pub dry_run: bool,
+    /// What a reader should know that is not an error: sessions not revoked for an external
+    /// user (Graph does not revoke them), methods kept because the user registered them
+    /// after the request was made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Who asked for the reset (the request's signer, once requests are signed).
     #[serde(default)]
     pub requested_by: Option<String>,

@@ -188,6 +188,7 @@ mod tests {
             approved_by: None,
             reason: None,
             item: None,
+            notes: Vec::new(),
         }))
     }
 

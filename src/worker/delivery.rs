@@ -16,7 +16,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::disposition::{
-    attempt_number, decide, gate, parse_request, Attempt, Cause, Delivered, Disposition,
+    attempt_number, decide, gate, not_started, parse_request, Attempt, Cause, Delivered,
+    Disposition,
 };
 use super::session::Ctx;
 use crate::broker::headers::{self, Headers};
@@ -47,8 +48,10 @@ pub(super) async fn handle(
         permit = slots.acquire_owned() => permit.ok(),
     };
     let Some(_permit) = permit else {
-        let reason = "not started before the worker stopped".to_string();
-        let _ = carry_out(&ctx, &incoming, Disposition::HandBack { reason }).await;
+        let request = parse_request(incoming.body()).ok();
+        let attempt = attempt_number(incoming.header_u64(headers::ATTEMPT));
+        let disposition = not_started(request, attempt, ctx.halt.cause());
+        let _ = carry_out(&ctx, &incoming, disposition).await;
         return;
     };
     let _busy = Busy::start(&ctx);
@@ -197,6 +200,7 @@ async fn run(ctx: &Ctx, request: &ResetRequest) -> Attempt {
             request,
             settings,
             &worker.scope,
+            &worker.protected,
             earlier,
             &journal,
         ),
@@ -338,6 +342,7 @@ async fn record(ctx: &Ctx, incoming: &Incoming, outcome: Outcome) -> anyhow::Res
         return Err(err.context("recording the outcome (held; recorded after reconnecting)"));
     }
     worker.ledger.record(key.0, key.1, outcome.finished_at);
+    worker.gate.record(&record, Utc::now());
     incoming.ack().await?;
     worker.metrics.outcome(outcome.status);
     tracing::info!(
@@ -423,7 +428,11 @@ impl reset::Journal for StreamJournal<'_> {
                 worker.outbox.hold(sealed, None);
             }
             err
-        })
+        })?;
+        // Counted for the hourly cap now, not only when the stream brings it back: this
+        // worker's own count never lags (other workers learn it from the stream).
+        worker.gate.record(&record, Utc::now());
+        Ok(())
     }
 }
 

@@ -195,6 +195,27 @@ pub fn gate(
     }
 }
 
+/// A delivery the session stopped before it started (it was waiting for a slot). When the
+/// worker halted, a request goes back onto the requests queue as the same attempt (`Halt`:
+/// republished and acked, so handing it back does not count towards the broker's delivery
+/// limit however long the halt lasts); otherwise it is handed back.
+pub fn not_started(
+    request: Option<ResetRequest>,
+    attempt: u32,
+    halted: Option<Cause>,
+) -> Disposition {
+    match (request, halted) {
+        (Some(request), Some(cause)) => Disposition::Halt {
+            attempt: attempt.max(1),
+            request: Box::new(request),
+            cause,
+        },
+        _ => Disposition::HandBack {
+            reason: "not started before the worker stopped".into(),
+        },
+    }
+}
+
 /// The attempt number in a delivery's header: 1 when absent, and never 0 (a header from
 /// outside could say anything).
 pub fn attempt_number(header: Option<u64>) -> u32 {
@@ -314,6 +335,7 @@ fn stopped(done: Done, code: String, message: String) -> Executed {
         sessions_revoked: done.sessions_revoked,
         error: Some((code, message)),
         graph_calls: 0,
+        notes: Vec::new(),
     }
 }
 
@@ -339,6 +361,7 @@ fn expired(request: &ResetRequest, rules: &Rules<'_>) -> Executed {
             ),
         )),
         graph_calls: 0,
+        notes: Vec::new(),
     }
 }
 
@@ -354,6 +377,7 @@ fn protected() -> Executed {
             "listed in reset.protected_users; not touched".into(),
         )),
         graph_calls: 0,
+        notes: Vec::new(),
     }
 }
 
@@ -400,6 +424,7 @@ fn outcome(
         graph_calls: executed.graph_calls,
         replay: request.replay,
         dry_run: request.dry_run,
+        notes: executed.notes,
         requested_by: Some(who.requested_by.to_string()),
         approved_by: who.approved_by.as_ref().map(ToString::to_string),
         reason: request.reason.clone(),

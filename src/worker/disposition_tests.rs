@@ -57,6 +57,7 @@ fn executed(status: Status, removed: Vec<MethodRecord>) -> Executed {
         sessions_revoked: true,
         error: None,
         graph_calls: 7,
+        notes: vec!["kept a method".into()],
     }
 }
 
@@ -206,6 +207,7 @@ fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset_a
         graph_calls: 7,
         replay: 2,
         dry_run: false,
+        notes: vec!["kept a method".into()],
         // The verified signers, not what the request body claims.
         requested_by: Some("alice@contoso.com".into()),
         approved_by: Some("bob@contoso.com".into()),
@@ -479,6 +481,27 @@ fn garbage_wrong_shapes_and_unknown_versions_are_told_apart() {
         parse_request(&serde_json::to_vec(&request).unwrap()),
         Ok(request)
     );
+}
+
+#[test]
+fn a_delivery_not_started_goes_back_unchanged_when_halted_and_is_handed_back_otherwise() {
+    let cause = Cause::new("AADSTS7000215", "the client secret was rejected");
+
+    let halted = not_started(Some(request()), 3, Some(cause.clone()));
+    let running = not_started(Some(request()), 3, None);
+    let unreadable = not_started(None, 3, Some(cause.clone()));
+
+    assert_eq!(
+        halted,
+        Disposition::Halt {
+            attempt: 3,
+            request: Box::new(request()),
+            cause
+        },
+        "same attempt, same request: a halt uses no attempt"
+    );
+    assert!(matches!(running, Disposition::HandBack { .. }));
+    assert!(matches!(unreadable, Disposition::HandBack { .. }));
 }
 
 #[test]

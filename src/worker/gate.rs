@@ -283,6 +283,7 @@ mod tests {
                 approved_by: None,
                 reason: None,
                 item: None,
+                notes: Vec::new(),
             }))
         };
         gate.record(&outcome(1, false), t0());

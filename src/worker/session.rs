@@ -117,6 +117,14 @@ impl Halt {
         self.raised.cancel();
     }
 
+    /// The first cause, once raised.
+    pub fn cause(&self) -> Option<Cause> {
+        self.raised
+            .is_cancelled()
+            .then(|| self.cause.get().cloned())
+            .flatten()
+    }
+
     /// Wait until raised; the first cause.
     async fn raised(&self) -> Cause {
         self.raised.cancelled().await;

@@ -8,6 +8,7 @@ mod cli;
 mod defaults;
 mod fidelity;
 mod graph_client;
+mod graph_reset;
 mod intake;
 mod kill_switch;
 mod pipeline;

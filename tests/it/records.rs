@@ -63,6 +63,7 @@ fn forged_outcome(batch: &str, user: &UserRef) -> Record {
         approved_by: None,
         reason: None,
         item: None,
+        notes: Vec::new(),
     }))
 }
 
@@ -235,6 +236,33 @@ async fn forged_outcomes_and_plans_neither_skip_a_request_nor_reach_the_report_a
     );
     assert!(forged_lines.iter().any(|p| p.contains("unsigned outcome")));
     assert!(forged_lines.iter().any(|p| p.contains("unsigned plan")));
+
+    // The SIEM export flags each record: the worker's six verified, the rest not.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.jsonl");
+    let written = commands::audit::export(&env.settings, None, Some(&path))
+        .await
+        .expect("export");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len() as u64, written);
+    let verified: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["verified"] == true).collect();
+    assert_eq!(verified.len(), 6, "a plan and an outcome per user");
+    assert!(verified
+        .iter()
+        .all(|l| l["signer"] == env.keys.worker.principal.as_str()));
+    let unverified = lines.iter().filter(|l| l["verified"] == false).count();
+    assert_eq!(
+        unverified, 5,
+        "the four forged records and the batch manifest"
+    );
     env.cleanup().await;
 }
 

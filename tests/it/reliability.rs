@@ -349,6 +349,7 @@ async fn a_redelivered_request_whose_outcome_is_recorded_is_acked_without_a_grap
         graph_calls: 3,
         replay: 0,
         dry_run: false,
+        notes: Vec::new(),
         requested_by: None,
         approved_by: None,
         reason: None,
