@@ -47,6 +47,12 @@ pub struct Settings {
 pub struct BrokerSettings {
     /// AMQP URL of the RabbitMQ broker (its password is hidden in `Debug`).
     pub url: String,
+    /// AMQP URLs of every node of a RabbitMQ cluster; when set, they replace `url`. A
+    /// process connects to one of them and fails over to the next when it is unreachable or
+    /// drops the connection. A list, or one string of comma-separated URLs (for
+    /// `MFA_RESET__BROKER__URLS`).
+    #[serde(deserialize_with = "url_list::deserialize")]
+    pub urls: Vec<String>,
     /// Every exchange and queue name starts with this prefix.
     pub prefix: String,
     /// Deliveries a worker may hold unacknowledged; 0 = derive from `worker.concurrency`.
@@ -79,6 +85,10 @@ impl std::fmt::Debug for BrokerSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerSettings")
             .field("url", &redact_url(&self.url))
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
             .field("prefix", &self.prefix)
             .field("prefetch", &self.prefetch)
             .field("confirm_window", &self.confirm_window)
@@ -97,6 +107,7 @@ impl Default for BrokerSettings {
     fn default() -> Self {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            urls: Vec::new(),
             prefix: "mfa-reset".into(),
             prefetch: 0,
             confirm_window: 2000,
@@ -108,6 +119,57 @@ impl Default for BrokerSettings {
             client_cert_file: String::new(),
             client_key_file: String::new(),
         }
+    }
+}
+
+impl BrokerSettings {
+    /// The broker addresses to try, in order: `urls` when set, else `url`.
+    pub fn addresses(&self) -> Vec<&str> {
+        let urls: Vec<&str> = self
+            .urls
+            .iter()
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            vec![self.url.as_str()]
+        } else {
+            urls
+        }
+    }
+
+    /// The addresses as shown in messages: passwords hidden, comma-separated.
+    pub fn shown_addresses(&self) -> String {
+        self.addresses()
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `broker.urls`: a list of URLs, or one string of comma-separated URLs (what an
+/// environment variable holds).
+mod url_list {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        List(Vec<String>),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let list = match Given::deserialize(d)? {
+            Given::List(list) => list,
+            Given::Text(text) => text.split(',').map(str::to_string).collect(),
+        };
+        Ok(list
+            .into_iter()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect())
     }
 }
 
@@ -635,6 +697,70 @@ mod tests {
             "{shown}"
         );
         assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn several_broker_urls_replace_the_one_url_and_hide_their_passwords() {
+        let one = BrokerSettings::default();
+        assert_eq!(one.addresses(), ["amqp://guest:guest@127.0.0.1:5672/%2f"]);
+        let cluster = BrokerSettings {
+            urls: vec![
+                "amqp://mfa:s3cret@rabbit-1:5672/%2f".into(),
+                " amqp://mfa:s3cret@rabbit-2:5672/%2f ".into(),
+                "".into(),
+            ],
+            ..BrokerSettings::default()
+        };
+        assert_eq!(
+            cluster.addresses(),
+            [
+                "amqp://mfa:s3cret@rabbit-1:5672/%2f",
+                "amqp://mfa:s3cret@rabbit-2:5672/%2f"
+            ]
+        );
+        let shown = format!("{cluster:?} {}", cluster.shown_addresses());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("amqp://mfa:***@rabbit-2:5672/%2f"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn broker_urls_come_from_the_environment_as_comma_separated_text_or_a_list() {
+        // A prefix of this test's own: the process environment is shared by the tests.
+        let load = |value: &str| -> Vec<String> {
+            std::env::set_var("MFA_RESET_URLS_TEST__BROKER__URLS", value);
+            let settings: Settings = Figment::from(Serialized::defaults(Settings::default()))
+                .merge(
+                    Env::prefixed("MFA_RESET_URLS_TEST__")
+                        .split("__")
+                        .lowercase(true),
+                )
+                .extract()
+                .expect("settings");
+            std::env::remove_var("MFA_RESET_URLS_TEST__BROKER__URLS");
+            settings.broker.urls
+        };
+        let both = [
+            "amqp://u:p@127.0.0.1:5681/%2f".to_string(),
+            "amqp://u:p@127.0.0.1:5682/%2f".to_string(),
+        ];
+        assert_eq!(
+            load("amqp://u:p@127.0.0.1:5681/%2f, amqp://u:p@127.0.0.1:5682/%2f"),
+            both
+        );
+        assert_eq!(
+            load(r#"["amqp://u:p@127.0.0.1:5681/%2f", "amqp://u:p@127.0.0.1:5682/%2f"]"#),
+            both
+        );
+        let toml: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(
+                "[broker]\nurls = [\"amqp://a:5672\", \"amqp://b:5672\"]\n",
+            ))
+            .extract()
+            .expect("settings");
+        assert_eq!(toml.broker.urls, ["amqp://a:5672", "amqp://b:5672"]);
     }
 
     #[test]

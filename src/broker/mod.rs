@@ -17,6 +17,8 @@ pub mod publisher;
 pub mod stream;
 pub mod topology;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -42,30 +44,57 @@ pub fn connect_backoff(timeout: Duration) -> ExponentialBuilder {
         .with_total_delay(Some(timeout))
 }
 
+/// How long one connection attempt to one node may take (TCP, TLS and the AMQP handshake)
+/// before the next node is tried: a node cut off by the network never answers at all.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the next connection attempt starts among `broker.addresses()`: the node that
+/// answered last. It starts at a random node, so that the processes of a deployment spread
+/// over the cluster (any node serves every queue and stream: RabbitMQ routes to the
+/// leader), and moves on when a node drops a connection ([`avoid_current_node`]).
+fn next_node() -> &'static AtomicUsize {
+    static NEXT: OnceLock<AtomicUsize> = OnceLock::new();
+    NEXT.get_or_init(|| AtomicUsize::new(rand::random::<u16>() as usize))
+}
+
+/// The node this process talks to dropped a connection: the next connection tries the
+/// following node first (a node that is stopping may still accept a connection for a
+/// moment). With a single `broker.url` this changes nothing.
+pub fn avoid_current_node() {
+    next_node().fetch_add(1, Ordering::Relaxed);
+}
+
 /// Connect to the broker, retrying with backoff for up to `broker.connect_timeout`.
+/// With several addresses (`broker.urls`, the nodes of a cluster) every attempt tries each
+/// node once, starting with the one that answered last, and takes the first that accepts.
 /// Says clearly how to start a broker when none answers. Refuses plaintext `amqp://` to
 /// another host unless `broker.allow_plaintext` ([`crate::net::broker_transport`]); with
 /// `amqps://`, trusts `broker.ca_file` and presents `broker.client_cert_file` when set.
 pub async fn connect(settings: &BrokerSettings, name: &str) -> anyhow::Result<Connection> {
-    let transport = crate::net::broker_transport(&settings.url, settings.allow_plaintext)?;
-    let tls = match transport {
-        BrokerTransport::Tls => tls_config(settings)?,
-        BrokerTransport::Plain => OwnedTLSConfig::default(),
-    };
     let props = ConnectionProperties::default().with_connection_name(name.into());
+    let addresses = settings.addresses();
+    let mut nodes = Vec::with_capacity(addresses.len());
+    for address in &addresses {
+        let tls = match crate::net::broker_transport(address, settings.allow_plaintext)? {
+            BrokerTransport::Tls => tls_config(settings)?,
+            BrokerTransport::Plain => OwnedTLSConfig::default(),
+        };
+        nodes.push((*address, tls));
+    }
     let runtime = lapin::runtime::default_runtime()?;
-    (|| Connection::connect_with_config(&settings.url, props.clone(), tls.clone(), runtime.clone()))
+    (|| connect_any(&nodes, &props, &runtime))
         .retry(connect_backoff(settings.connect_timeout).build())
         .notify(|err, delay| {
-            tracing::warn!(error = %err, retry_in = ?delay, "broker not reachable; retrying");
+            tracing::warn!(error = %format!("{err:#}"), retry_in = ?delay, "broker not reachable; retrying");
         })
         .await
         .with_context(|| {
             format!(
-                "cannot reach RabbitMQ at {} (broker.url / MFA_RESET__BROKER__URL). \
-             Start one with `rabbitmq-server -detached` (or `docker compose up -d rabbitmq`), \
-             then try again",
-                redact_url(&settings.url)
+                "cannot reach RabbitMQ at {} (broker.url / MFA_RESET__BROKER__URL, or \
+                 broker.urls / MFA_RESET__BROKER__URLS for the nodes of a cluster). \
+                 Start one with `rabbitmq-server -detached` (or `docker compose up -d rabbitmq`), \
+                 then try again",
+                settings.shown_addresses()
             )
         })
 }
@@ -121,6 +150,43 @@ fn tls_config(settings: &BrokerSettings) -> anyhow::Result<OwnedTLSConfig> {
         identity,
         cert_chain,
     })
+}
+
+/// One round: each address once, from [`next_node`] on; the first connection that opens.
+async fn connect_any(
+    nodes: &[(&str, OwnedTLSConfig)],
+    props: &ConnectionProperties,
+    runtime: &lapin::runtime::Runtime,
+) -> anyhow::Result<Connection> {
+    let count = nodes.len().max(1);
+    let start = next_node().load(Ordering::Relaxed) % count;
+    let mut failures = Vec::new();
+    for step in 0..count {
+        let at = (start + step) % count;
+        let Some((address, tls)) = nodes.get(at) else {
+            break;
+        };
+        let attempt = tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            Connection::connect_with_config(address, props.clone(), tls.clone(), runtime.clone()),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(conn)) => {
+                next_node().store(at, Ordering::Relaxed);
+                if step > 0 {
+                    tracing::info!(broker = %redact_url(address), "connected to another node of the cluster");
+                }
+                return Ok(conn);
+            }
+            Ok(Err(err)) => failures.push(format!("{}: {err}", redact_url(address))),
+            Err(_) => failures.push(format!(
+                "{}: no answer within {ATTEMPT_TIMEOUT:?}",
+                redact_url(address)
+            )),
+        }
+    }
+    anyhow::bail!("{}", failures.join("; "))
 }
 
 #[cfg(test)]

@@ -320,6 +320,8 @@ impl Publisher {
     /// that is the moment a producer riding out a restart reconnects.
     async fn recover(&mut self) -> anyhow::Result<()> {
         let _ = self.conn.close(200, "reconnecting".into()).await;
+        // With a cluster, start with another node: this one dropped us.
+        super::avoid_current_node();
         let mut last_error = None;
         let (conn, channel) = loop {
             let Some(delay) = self.recoveries.next() else {

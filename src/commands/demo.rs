@@ -105,7 +105,7 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     );
     eprintln!(
         "RabbitMQ:        {} (prefix {})",
-        crate::config::redact_url(&settings.broker.url),
+        settings.broker.shown_addresses(),
         settings.broker.prefix
     );
 

@@ -9,7 +9,7 @@ use secrecy::ExposeSecret;
 use crate::broker::definitions::{self, Role};
 use crate::broker::{self, Topology};
 use crate::cli::SetupArgs;
-use crate::config::{redact_url, Settings};
+use crate::config::Settings;
 
 /// Declare every exchange and queue (idempotent) and say what exists.
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
@@ -28,7 +28,7 @@ pub async fn run_with(settings: &Settings, args: &SetupArgs) -> anyhow::Result<(
         "declaring the topology (setup needs a broker user with configure rights: the \
          `{prefix}-setup` user of `setup --definitions`, or an administrator)",
     )?;
-    println!("broker {} ready:", redact_url(&settings.broker.url));
+    println!("broker {} ready:", settings.broker.shown_addresses());
     for exchange in topology.exchanges() {
         println!("  exchange {exchange}");
     }

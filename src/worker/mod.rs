@@ -188,6 +188,8 @@ pub async fn run(
             return Ok(());
         }
         worker.metrics.reconnects.inc();
+        // With a cluster, the next session starts on another node.
+        broker::avoid_current_node();
         let delay = delays.next().unwrap_or(Duration::from_secs(5));
         tracing::warn!(error = %format!("{err:#}"), retry_in = ?delay, "lost the broker; reconnecting");
         tokio::select! {

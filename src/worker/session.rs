@@ -210,7 +210,12 @@ pub(super) async fn run(
             next = next_delivery(&mut taking.consumer), if taking.consuming => match next {
                 // A paused consumer ends once the broker confirms the cancel.
                 None if taking.paused.is_some() => taking.consuming = false,
-                None => break Ended::Lost(anyhow::anyhow!("the broker cancelled the consumer")),
+                // basic.cancel from the broker: the queue was deleted, or (in a cluster) the
+                // node serving this consumer lost the queue. A new session subscribes again,
+                // on another node when this one is going away.
+                None => break Ended::Lost(anyhow::anyhow!(
+                    "the broker cancelled the consumer of the requests queue; subscribing again"
+                )),
                 Some(Err(err)) => break Ended::Lost(err),
                 Some(Ok(incoming)) => {
                     idle.touch();
