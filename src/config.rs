@@ -37,6 +37,10 @@ pub struct Settings {
     pub intake: IntakeSettings,
     /// Who may request, approve, execute and stop resets: signatures and caps.
     pub security: SecuritySettings,
+    /// The web console and ticket API (`mfa-reset serve`).
+    pub console: ConsoleSettings,
+    /// Ticket systems allowed to call the webhook, and their secrets.
+    pub webhook: WebhookSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -434,6 +438,49 @@ impl Default for SecuritySettings {
             allowed_signers: String::new(),
             approval_above: 25,
             max_resets_per_hour: 10_000,
+        }
+    }
+}
+
+/// `[console]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Address `mfa-reset serve` listens on, `HOST:PORT` (port 0 = any free port).
+    pub listen: String,
+    /// The console's own SSH private key: it signs the batches it creates (ticket webhooks,
+    /// uploads) in the `mfa-reset-request` namespace, so its principal must be in
+    /// `security.allowed_signers` with that namespace.
+    pub key: String,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            key: String::new(),
+        }
+    }
+}
+
+/// `[webhook]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Source system name → its Standard Webhooks secret (`whsec_` + base64). Never logged,
+    /// never printed; set as `MFA_RESET__WEBHOOK__SECRETS__SERVICENOW=whsec_…` (names are
+    /// lower-cased).
+    #[serde(skip_serializing)]
+    pub secrets: std::collections::BTreeMap<String, SecretString>,
+    /// Largest webhook body accepted, in bytes.
+    pub max_body: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            secrets: Default::default(),
+            max_body: 16 * 1024,
         }
     }
 }

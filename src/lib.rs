@@ -26,6 +26,7 @@
 //!   halt / reject), carried out in one place (`delivery`), one task per delivery, the session
 //!   (`session`), the outbox of outcomes held through a broker outage, the idempotency ledger.
 //! - [`commands`]: one module per subcommand, each with a `run`.
+//! - [`console`]: `serve`: the web console and the ticket webhook (Standard Webhooks).
 //! - [`trust`]: signatures (OpenSSH sshsig, ssh-agent), allowed signers, Merkle batches, record chains.
 //!
 //! The Graph simulator used by tests, the demo and the benchmarks is the workspace's
@@ -37,6 +38,7 @@ pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod graph;
 pub mod intake;

@@ -38,6 +38,7 @@ async fn main() {
         Command::Dlq { command } => commands::dlq::run(&settings, command).await,
         Command::Restore(args) => commands::restore::run(&settings, args).await.map(|_| ()),
         Command::Demo(args) => commands::demo::run(&settings, args).await,
+        Command::Serve => commands::serve::run(&settings).await,
     };
     if let Err(err) = result {
         let code = if let Some(refused) = err.downcast_ref::<Refused>() {

@@ -5,6 +5,7 @@ pub mod dlq;
 pub mod enqueue;
 pub mod report;
 pub mod restore;
+pub mod serve;
 pub mod setup;
 pub mod status;
 pub mod work;

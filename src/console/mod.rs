@@ -1,0 +1,144 @@
+//! `mfa-reset serve`: the web console and the ticket API, one axum process beside the workers.
+//!
+//! - [`webhook`]: Standard Webhooks verification, pure.
+//! - [`tickets`]: `POST /api/v1/tickets` (one signed request per ticket) and
+//!   `GET /api/v1/tickets/{ticket}` (its outcome, from the outcomes stream).
+//!
+//! The console holds no state that matters across restarts: request ids are derived from the
+//! source and `webhook-id`, so a call delivered again after a restart carries the same request
+//! id and the workers' exactly-once ledger absorbs it; what the tickets API answers is rebuilt
+//! from the outcomes stream at start.
+
+pub mod tickets;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::stream::{Offset, StreamFollower};
+use crate::broker::{self, Publisher, Topology};
+use crate::config::Settings;
+
+/// Everything a handler needs.
+pub struct Console {
+    /// The process's settings.
+    pub settings: Settings,
+    /// Ticket systems allowed to call, with their secrets.
+    pub sources: webhook::Sources,
+    /// Publishes the batches the console creates (one at a time).
+    publisher: tokio::sync::Mutex<Option<Publisher>>,
+    /// Calls accepted by this process, for idempotent answers.
+    pub accepted: tokio::sync::Mutex<tickets::Accepted>,
+    /// What the outcomes stream says about tickets.
+    pub index: Arc<std::sync::Mutex<tickets::TicketIndex>>,
+}
+
+impl Console {
+    /// The publisher, connected (again) if needed.
+    async fn publisher(&self) -> anyhow::Result<tokio::sync::MutexGuard<'_, Option<Publisher>>> {
+        let mut guard = self.publisher.lock().await;
+        if guard.is_none() {
+            let topology = Topology::new(&self.settings.broker, &self.settings.retry);
+            *guard = Some(
+                Publisher::connect(&self.settings.broker, &topology, "mfa-reset serve").await?,
+            );
+        }
+        Ok(guard)
+    }
+}
+
+/// A running console: its address, and the task serving it.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Ends when the console stops.
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Check the settings, connect to the broker, start following the outcomes stream, bind
+/// `console.listen` and serve until `shutdown`.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let sources = webhook::Sources::from_settings(
+        settings
+            .webhook
+            .secrets
+            .iter()
+            .map(|(name, secret)| (name, secret.expose_secret())),
+    )?;
+    let topology = Topology::new(&settings.broker, &settings.retry);
+    // Declares the topology, so the outcomes stream exists before it is followed.
+    let publisher = Publisher::connect(&settings.broker, &topology, "mfa-reset serve").await?;
+    let index: Arc<std::sync::Mutex<tickets::TicketIndex>> = Arc::default();
+    let conn = broker::connect(&settings.broker, "mfa-reset serve (outcomes)").await?;
+    let sink = index.clone();
+    let follower = StreamFollower::start(&conn, &topology, Offset::First, move |record| {
+        if let Ok(mut index) = sink.lock() {
+            index.record(record);
+        }
+    })
+    .await
+    .context("following the outcomes stream")?;
+    let listener = TcpListener::bind(&settings.console.listen)
+        .await
+        .with_context(|| format!("console.listen {:?}", settings.console.listen))?;
+    let addr = listener.local_addr()?;
+    let console = Arc::new(Console {
+        settings,
+        sources,
+        publisher: tokio::sync::Mutex::new(Some(publisher)),
+        accepted: Default::default(),
+        index,
+    });
+    let app = router(console.clone());
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        let _ = follower.stop().await;
+        if let Some(publisher) = console.publisher.lock().await.take() {
+            let _ = publisher.close().await;
+        }
+        let _ = conn.close(200, "bye".into()).await;
+        served.context("serving the console")
+    });
+    Ok(Running { addr, task })
+}
+
+/// The routes.
+pub fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/tickets", post(tickets::create))
+        .route("/api/v1/tickets/{ticket}", get(tickets::outcome))
+        .with_state(console)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// A JSON error: `{"error": code, "field": …, "message": …}` with `status`.
+pub fn json_error(status: StatusCode, code: &str, field: &str, message: &str) -> Response {
+    let mut body = serde_json::json!({ "error": code, "message": message });
+    if !field.is_empty() {
+        body["field"] = field.into();
+    }
+    (status, Json(body)).into_response()
+}
+
+/// `value` with control characters replaced, for messages about outside input.
+pub fn printable(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
+}
