@@ -80,14 +80,16 @@ pub async fn create(
     let limit = console.settings.webhook.max_body;
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
-        Err(_) => return json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "",
-            &format!(
+        Err(_) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "",
+                &format!(
                 "the body is larger than webhook.max_body ({limit} bytes): send one ticket event"
             ),
-        ),
+            )
+        }
     };
     let verified = match verify(&console, &headers, &body) {
         Ok(v) => v,

@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod console;
 mod defaults;
 mod fidelity;
 mod graph_client;
