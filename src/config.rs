@@ -452,6 +452,20 @@ pub struct ConsoleSettings {
     /// uploads) in the `mfa-reset-request` namespace, so its principal must be in
     /// `security.allowed_signers` with that namespace.
     pub key: String,
+    /// The console's address as browsers reach it (`https://mfa.example.com`), used for the
+    /// sign-in redirect URI `{public_url}/auth/callback`. Empty = `http://` + the listen address.
+    pub public_url: String,
+    /// OpenID Connect issuer: `https://login.microsoftonline.com/{tenant id}/v2.0` for Entra ID.
+    /// Empty = sign-in off (the ticket API still works).
+    pub oidc_issuer: String,
+    /// Application (client) id of the console's app registration.
+    pub oidc_client_id: String,
+    /// Client secret of that registration, if it has one (environment only).
+    #[serde(skip_serializing)]
+    pub oidc_client_secret: Option<SecretString>,
+    /// How long a sign-in lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
 }
 
 impl Default for ConsoleSettings {
@@ -459,6 +473,11 @@ impl Default for ConsoleSettings {
         Self {
             listen: "127.0.0.1:8080".into(),
             key: String::new(),
+            public_url: String::new(),
+            oidc_issuer: String::new(),
+            oidc_client_id: String::new(),
+            oidc_client_secret: None,
+            session_lifetime: Duration::from_secs(8 * 3600),
         }
     }
 }

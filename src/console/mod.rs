@@ -9,6 +9,9 @@
 //! id and the workers' exactly-once ledger absorbs it; what the tickets API answers is rebuilt
 //! from the outcomes stream at start.
 
+pub mod oidc;
+pub mod pages;
+pub mod session;
 pub mod tickets;
 pub mod webhook;
 
@@ -40,6 +43,16 @@ pub struct Console {
     pub accepted: tokio::sync::Mutex<tickets::Accepted>,
     /// What the outcomes stream says about tickets.
     pub index: Arc<std::sync::Mutex<tickets::TicketIndex>>,
+    /// Where browsers reach the console (no trailing slash).
+    pub public_url: String,
+    /// Plain-HTTP loopback console: cookies without `Secure`.
+    pub insecure_cookies: bool,
+    /// Signs the session cookies.
+    pub cookies: session::CookieKey,
+    /// The sign-in provider.
+    pub provider: oidc::Provider,
+    /// HTTP client for the provider.
+    pub http: reqwest::Client,
 }
 
 impl Console {
@@ -91,7 +104,38 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         .await
         .with_context(|| format!("console.listen {:?}", settings.console.listen))?;
     let addr = listener.local_addr()?;
+    let public_url = if settings.console.public_url.is_empty() {
+        format!("http://{addr}")
+    } else {
+        settings
+            .console
+            .public_url
+            .trim_end_matches('/')
+            .to_string()
+    };
+    anyhow::ensure!(
+        settings.console.oidc_issuer.is_empty() || !settings.console.oidc_client_id.is_empty(),
+        "console.oidc_issuer is set but console.oidc_client_id is empty: give the console's \
+         application (client) id"
+    );
+    anyhow::ensure!(
+        settings.console.oidc_issuer.is_empty()
+            || oidc::https_or_loopback(&settings.console.oidc_issuer),
+        "console.oidc_issuer {:?} must be https (plain http only on a loopback address)",
+        settings.console.oidc_issuer
+    );
+    let insecure_cookies =
+        public_url.starts_with("http://") && oidc::https_or_loopback(&public_url);
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
     let console = Arc::new(Console {
+        public_url,
+        insecure_cookies,
+        cookies: session::CookieKey::random(),
+        provider: oidc::Provider::default(),
+        http,
         settings,
         sources,
         publisher: tokio::sync::Mutex::new(Some(publisher)),
@@ -117,9 +161,32 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 pub fn router(console: Arc<Console>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/", get(pages::home))
+        .route("/login", get(oidc::login))
+        .route("/auth/callback", get(oidc::callback))
+        .route("/logout", post(pages::logout))
+        .route("/api/v1/me", get(pages::me))
         .route("/api/v1/tickets", post(tickets::create))
         .route("/api/v1/tickets/{ticket}", get(tickets::outcome))
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(console)
+}
+
+/// Headers on every answer: no framing, no sniffing, scripts and styles only from here (the
+/// pages' own inline style excepted).
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            "content-security-policy",
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'",
+        ),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "same-origin"),
+    ] {
+        headers.insert(name, axum::http::HeaderValue::from_static(value));
+    }
+    response
 }
 
 async fn healthz() -> &'static str {
