@@ -49,8 +49,13 @@ struct Serve {
 
 impl Serve {
     async fn start(env: &TestEnv) -> Serve {
+        Serve::start_with(env, &[]).await
+    }
+
+    async fn start_with(env: &TestEnv, extra: &[(&str, String)]) -> Serve {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let mut child = proc::mfa_reset(&env.settings, &["serve"])
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .env("MFA_RESET__CONSOLE__LISTEN", "127.0.0.1:0")
             .env("MFA_RESET__WEBHOOK__SECRETS__SERVICENOW", SERVICENOW)
             .env("MFA_RESET__WEBHOOK__SECRETS__JIRA", JIRA)
@@ -394,5 +399,409 @@ async fn bad_signatures_old_or_future_timestamps_and_bad_fields_are_refused_with
     let (status, _) = serve.outcome("INC-unknown").await;
     assert_eq!(status, 404);
     serve.stop().await;
+    env.cleanup().await;
+}
+
+/// A browser without JavaScript: follows nothing by itself, keeps the cookies it is given.
+struct Browser {
+    http: reqwest::Client,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Browser {
+    fn new() -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            cookies: Default::default(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Keep the response's cookies; return their raw Set-Cookie lines.
+    fn take_cookies(&mut self, response: &reqwest::Response) -> Vec<String> {
+        let mut lines = Vec::new();
+        for value in response.headers().get_all("set-cookie") {
+            let line = value.to_str().expect("ascii cookie").to_string();
+            let pair = line.split(';').next().unwrap_or_default();
+            let (name, value) = pair.split_once('=').expect("name=value");
+            if value.is_empty() || line.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_string(), value.to_string());
+            }
+            lines.push(line);
+        }
+        lines
+    }
+
+    async fn get(&mut self, url: &str) -> reqwest::Response {
+        let response = self
+            .http
+            .get(url)
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .expect("GET");
+        self.take_cookies(&response);
+        response
+    }
+
+    async fn post_form(&mut self, url: &str, form: &[(String, String)]) -> reqwest::Response {
+        let response = self
+            .http
+            .post(url)
+            .header("cookie", self.cookie_header())
+            .form(form)
+            .send()
+            .await
+            .expect("POST");
+        self.take_cookies(&response);
+        response
+    }
+}
+
+fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("a redirect, got {}", response.status()))
+        .to_str()
+        .expect("ascii location")
+        .to_string()
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The hidden inputs and the action of the simulator's login form.
+fn login_form(html: &str) -> (String, Vec<(String, String)>) {
+    let action = html
+        .split("<form method=\"post\" action=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a login form")
+        .to_string();
+    let hidden = html
+        .split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .map(|rest| {
+            let (name, rest) = rest.split_once('"').expect("name");
+            let value = rest
+                .split_once("value=\"")
+                .and_then(|(_, v)| v.split_once('"'))
+                .map(|(v, _)| v)
+                .expect("value");
+            (unescape(name), unescape(value))
+        })
+        .collect();
+    (action, hidden)
+}
+
+/// Sign in at `console` as `upn` with `roles`, through the provider's login form.
+async fn sign_in(browser: &mut Browser, console: &str, sim: &str, upn: &str, roles: &[&str]) {
+    let to_provider = browser.get(&format!("{console}/login")).await;
+    assert_eq!(to_provider.status().as_u16(), 303);
+    let authorize = location(&to_provider);
+    assert!(authorize.starts_with(sim), "{authorize}");
+    for must in [
+        "code_challenge_method=S256",
+        "code_challenge=",
+        "nonce=",
+        "state=",
+    ] {
+        assert!(authorize.contains(must), "{must} in {authorize}");
+    }
+    let form = browser.get(&authorize).await;
+    assert_eq!(form.status().as_u16(), 200);
+    let html = form.text().await.expect("form");
+    assert!(html.contains(upn), "the form lists the tenant's users");
+    let (action, mut fields) = login_form(&html);
+    fields.push(("login".into(), upn.into()));
+    for role in roles {
+        fields.push(("role".into(), role.to_string()));
+    }
+    fields.push(("decision".into(), "allow".into()));
+    let back = browser.post_form(&format!("{sim}{action}"), &fields).await;
+    assert_eq!(back.status().as_u16(), 302);
+    let callback = location(&back);
+    assert!(
+        callback.starts_with(&format!("{console}/auth/callback?code=")),
+        "{callback}"
+    );
+    let signed_in = browser.get(&callback).await;
+    assert_eq!(
+        signed_in.status().as_u16(),
+        303,
+        "{}",
+        signed_in.text().await.unwrap_or_default()
+    );
+}
+
+fn oidc_env(env: &TestEnv) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "MFA_RESET__CONSOLE__OIDC_ISSUER",
+            format!("{}/{}/v2.0", env.sim.url(), SimConfig::default().tenant_id),
+        ),
+        (
+            "MFA_RESET__CONSOLE__OIDC_CLIENT_ID",
+            "console-app-id".into(),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_through_the_providers_form_gives_a_session_with_the_granted_roles() {
+    let env = TestEnv::new("console-signin", tenant(5)).await;
+    env.setup().await;
+    let serve = Serve::start_with(&env, &oidc_env(&env)).await;
+    let sim = env.sim.url();
+    let upn = graph_sim::tenant::upn_for_index(3);
+
+    let mut anonymous = Browser::new();
+    let me = anonymous.get(&format!("{}/api/v1/me", serve.url)).await;
+    assert_eq!(me.status().as_u16(), 401);
+
+    let mut operator = Browser::new();
+    // The sign-in state cookie: HttpOnly, SameSite=Lax, not Secure on plain-HTTP loopback.
+    let started = operator
+        .http
+        .get(format!("{}/login", serve.url))
+        .send()
+        .await
+        .expect("GET");
+    let set = operator.take_cookies(&started);
+    assert!(
+        set.iter()
+            .all(|c| c.contains("HttpOnly") && c.contains("SameSite=Lax") && !c.contains("Secure")),
+        "{set:?}"
+    );
+    operator.cookies.clear();
+    sign_in(
+        &mut operator,
+        &serve.url,
+        &sim,
+        &upn,
+        &["operator", "viewer"],
+    )
+    .await;
+    let me: Value = operator
+        .get(&format!("{}/api/v1/me", serve.url))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(me["upn"], upn.as_str(), "{me}");
+    assert_eq!(me["roles"], json!(["operator", "viewer"]));
+    let oid = env.sim.user(&upn).expect("user").id;
+    assert_eq!(
+        me["oid"],
+        oid.as_str(),
+        "the identity is the Entra object id"
+    );
+
+    // A forged cookie (roles changed, MAC kept) is nobody.
+    let mut forged = Browser::new();
+    let real = operator
+        .cookies
+        .get("mfa_session")
+        .expect("session")
+        .clone();
+    let (_, tag) = real.split_once('.').expect("sealed");
+    let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        r#"{"oid":"x","upn":"x","name":"x","roles":["approver"],"csrf":"x","exp":9999999999}"#,
+    );
+    forged
+        .cookies
+        .insert("mfa_session".into(), format!("{body}.{tag}"));
+    assert_eq!(
+        forged
+            .get(&format!("{}/api/v1/me", serve.url))
+            .await
+            .status()
+            .as_u16(),
+        401
+    );
+
+    // The page shows the session's CSRF token; a POST without it is refused.
+    let home = operator
+        .get(&format!("{}/", serve.url))
+        .await
+        .text()
+        .await
+        .expect("page");
+    let csrf = home
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("csrf field")
+        .to_string();
+    let refused = operator
+        .post_form(
+            &format!("{}/logout", serve.url),
+            &[("csrf".into(), "wrong".into())],
+        )
+        .await;
+    assert_eq!(refused.status().as_u16(), 403);
+    assert!(operator.cookies.contains_key("mfa_session"));
+
+    // A person without a role is signed in but may not read ticket outcomes.
+    let mut nobody = Browser::new();
+    sign_in(
+        &mut nobody,
+        &serve.url,
+        &sim,
+        &graph_sim::tenant::upn_for_index(4),
+        &[],
+    )
+    .await;
+    let me: Value = nobody
+        .get(&format!("{}/api/v1/me", serve.url))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(me["roles"], json!([]));
+    assert_eq!(
+        nobody
+            .get(&format!("{}/api/v1/tickets/INC1", serve.url))
+            .await
+            .status()
+            .as_u16(),
+        403
+    );
+    assert_eq!(
+        operator
+            .get(&format!("{}/api/v1/tickets/INC1", serve.url))
+            .await
+            .status()
+            .as_u16(),
+        404
+    );
+
+    // A callback whose state is not the one this browser started with is refused.
+    let mut crossed = Browser::new();
+    let to_provider = crossed.get(&format!("{}/login", serve.url)).await;
+    let authorize = location(&to_provider);
+    let html = crossed.get(&authorize).await.text().await.expect("form");
+    let (action, mut fields) = login_form(&html);
+    for (k, v) in fields.iter_mut() {
+        if k == "state" {
+            *v = "forged-state".into();
+        }
+    }
+    fields.push(("login".into(), upn.clone()));
+    fields.push(("decision".into(), "allow".into()));
+    let back = crossed.post_form(&format!("{sim}{action}"), &fields).await;
+    let callback = crossed.get(&location(&back)).await;
+    assert_eq!(callback.status().as_u16(), 400);
+    assert!(!crossed.cookies.contains_key("mfa_session"));
+
+    let out = operator
+        .post_form(&format!("{}/logout", serve.url), &[("csrf".into(), csrf)])
+        .await;
+    assert_eq!(out.status().as_u16(), 303);
+    assert!(!operator.cookies.contains_key("mfa_session"));
+    serve.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_provider_redeems_a_code_once_and_only_with_its_pkce_verifier() {
+    let env = TestEnv::new("console-pkce", tenant(2)).await;
+    let sim = env.sim.url();
+    let tenant_id = SimConfig::default().tenant_id;
+    let verifier = "a-verifier-of-enough-length-0123456789-abcdefghij";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(<Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
+    let mut browser = Browser::new();
+    let authorize = format!(
+        "{sim}/{tenant_id}/oauth2/v2.0/authorize?client_id=app&response_type=code&scope=openid&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&state=s1&nonce=n1&code_challenge={challenge}&code_challenge_method=S256"
+    );
+    let code = async |browser: &mut Browser| {
+        let html = browser.get(&authorize).await.text().await.expect("form");
+        let (action, mut fields) = login_form(&html);
+        fields.push(("login".into(), graph_sim::tenant::upn_for_index(0)));
+        fields.push(("role".into(), "approver".into()));
+        fields.push(("decision".into(), "allow".into()));
+        let back = browser.post_form(&format!("{sim}{action}"), &fields).await;
+        let location = location(&back);
+        location
+            .split("code=")
+            .nth(1)
+            .and_then(|c| c.split('&').next())
+            .expect("code")
+            .to_string()
+    };
+    let token = format!("{sim}/{tenant_id}/oauth2/v2.0/token");
+    let redeem = async |code: &str, verifier: &str| {
+        let response = reqwest::Client::new()
+            .post(&token)
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("client_id", "app"),
+                ("redirect_uri", "http://127.0.0.1:9/cb"),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await
+            .expect("token");
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.expect("JSON"),
+        )
+    };
+    let first = code(&mut browser).await;
+    let (status, answer) = redeem(&first, "not-the-verifier").await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error_codes"].to_string().contains("501481"),
+        "{answer}"
+    );
+    // Used once (even by a failed attempt): the right verifier no longer helps.
+    let (status, _) = redeem(&first, verifier).await;
+    assert_eq!(status, 400);
+
+    let second = code(&mut browser).await;
+    let (status, answer) = redeem(&second, verifier).await;
+    assert_eq!(status, 200, "{answer}");
+    let id_token = answer["id_token"].as_str().expect("id_token");
+    let header = jsonwebtoken::decode_header(id_token).expect("JWT header");
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
+    let keys: jsonwebtoken::jwk::JwkSet =
+        reqwest::get(format!("{sim}/{tenant_id}/discovery/v2.0/keys"))
+            .await
+            .expect("JWKS")
+            .json()
+            .await
+            .expect("JWKS JSON");
+    let key =
+        jsonwebtoken::DecodingKey::from_jwk(keys.find(&header.kid.expect("kid")).expect("key"))
+            .expect("RSA key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&["app"]);
+    validation.set_issuer(&[format!("{sim}/{tenant_id}/v2.0")]);
+    let claims = jsonwebtoken::decode::<Value>(id_token, &key, &validation)
+        .expect("verifies")
+        .claims;
+    assert_eq!(claims["nonce"], "n1");
+    assert_eq!(claims["roles"], json!(["approver"]));
+    assert_eq!(claims["tid"], tenant_id.as_str());
     env.cleanup().await;
 }
