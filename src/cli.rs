@@ -22,8 +22,13 @@ pub struct Cli {
 pub enum Command {
     /// Declare the broker topology (idempotent).
     Setup,
-    /// Validate an input in full, then enqueue one request per user.
+    /// Validate an input in full, then enqueue one request per user, signed with your key.
     Enqueue(EnqueueArgs),
+    /// Approve a batch waiting for a second person (more than security.approval_above users).
+    Approve(ApproveArgs),
+    /// Generate throw-away SSH keys (two operators, a worker, an admin) and their
+    /// allowed_signers file, to try mfa-reset out. Not for production.
+    Keys(KeysArgs),
     /// Consume requests and reset users until SIGINT/SIGTERM.
     Work(WorkArgs),
     /// Counts per outcome status for a batch, and how many are pending.
@@ -78,6 +83,34 @@ pub struct EnqueueArgs {
     /// Why, recorded with every request that has no reason of its own.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+    /// Your SSH key, to sign the batch (namespace mfa-reset-request): a private key file, or
+    /// a public key file (`~/.ssh/id_ed25519.pub`) whose private key ssh-agent holds
+    /// (SSH_AUTH_SOCK; FIDO2 `sk-` keys sign this way). It must be in security.allowed_signers.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+/// `approve`
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The batch to approve.
+    #[arg(long, value_name = "ID")]
+    pub batch: String,
+    /// Your SSH key (namespace mfa-reset-approve): a private key file, or a public key file
+    /// whose private key ssh-agent holds. It must not be the requester's.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Approve without asking (after reviewing the batch).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// `keys`
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// Directory to write the keys and allowed_signers into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// `work`

@@ -406,6 +406,9 @@ pub struct IntakeSettings {
     pub confirm_above: usize,
     /// Who is recorded as `requested_by` when the input does not say; empty = the OS user.
     pub requested_by: String,
+    /// The operator's SSH key `enqueue` signs batches with when `--key` is not given: a
+    /// private key file, or a public key file whose private key ssh-agent holds. Empty = none.
+    pub key: String,
 }
 
 impl Default for IntakeSettings {
@@ -413,6 +416,7 @@ impl Default for IntakeSettings {
         Self {
             confirm_above: 500,
             requested_by: String::new(),
+            key: String::new(),
         }
     }
 }

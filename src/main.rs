@@ -22,9 +22,11 @@ async fn main() {
             Command::Demo(_) => log.level = "warn".into(),
             // These turn a channel the broker closed (a queue not set up yet) into a message
             // naming the fix; lapin's own ERROR line about it would only confuse.
-            Command::Status(_) | Command::Report(_) | Command::Dlq { .. } | Command::Restore(_) => {
-                log.level = format!("{},lapin::channel=off", log.level)
-            }
+            Command::Status(_)
+            | Command::Report(_)
+            | Command::Dlq { .. }
+            | Command::Restore(_)
+            | Command::Approve(_) => log.level = format!("{},lapin::channel=off", log.level),
             _ => {}
         }
     }
@@ -32,6 +34,8 @@ async fn main() {
     let result = match &cli.command {
         Command::Setup => commands::setup::run(&settings).await,
         Command::Enqueue(args) => commands::enqueue::run(&settings, args).await.map(|_| ()),
+        Command::Approve(args) => commands::approve::run(&settings, args).await.map(|_| ()),
+        Command::Keys(args) => commands::keys::run(args),
         Command::Work(args) => commands::work::run(&settings, args).await,
         Command::Status(args) => commands::status::run(&settings, args).await,
         Command::Report(args) => commands::report::run(&settings, args).await,

@@ -31,6 +31,8 @@ pub struct OutMessage {
     pub message_id: Option<String>,
     /// Headers.
     pub headers: FieldTable,
+    /// The exchange, when not the deployment's main one (producers write to the intake).
+    pub exchange: Option<String>,
 }
 
 impl OutMessage {
@@ -41,7 +43,14 @@ impl OutMessage {
             body,
             message_id: None,
             headers: FieldTable::default(),
+            exchange: None,
         }
+    }
+
+    /// Publish through `exchange` instead of the one the caller names.
+    pub fn via(mut self, exchange: String) -> OutMessage {
+        self.exchange = Some(exchange);
+        self
     }
 
     /// Set the message id.
@@ -112,6 +121,7 @@ async fn begin_publish(
     exchange: &str,
     msg: &OutMessage,
 ) -> lapin::Result<PublisherConfirm> {
+    let exchange = msg.exchange.as_deref().unwrap_or(exchange);
     channel
         .basic_publish(
             exchange.into(),

@@ -4,11 +4,13 @@
 //!
 //! | name | kind | role |
 //! |---|---|---|
-//! | `{p}` | direct exchange | every publish goes through it |
+//! | `{p}` | direct exchange | what workers and tools publish (retries, dead letters, outcomes) |
+//! | `{p}.intake` | direct exchange | the only one producers write to: `request` → `{p}.requests`, `awaiting` → `{p}.awaiting`, `outcome` → `{p}.outcomes` (the signed batch manifest record) |
 //! | `{p}.requests` | quorum queue | one message per user to reset |
 //! | `{p}.retry.{delay}` | quorum queue, TTL | a request waiting to be tried again (one queue per delay) |
 //! | `{p}.dead` | quorum queue | what could not succeed, with why |
 //! | `{p}.outcomes` | stream | every batch manifest and per-user outcome: the record |
+//! | `{p}.awaiting` | stream | batches above `security.approval_above`, until `approve` republishes them |
 
 use std::time::Duration;
 
@@ -24,6 +26,8 @@ pub const RK_REQUEST: &str = "request";
 pub const RK_DEAD: &str = "dead";
 /// Routing key of the outcomes stream.
 pub const RK_OUTCOME: &str = "outcome";
+/// Routing key (on the intake) of the stream of batches awaiting approval.
+pub const RK_AWAITING: &str = "awaiting";
 
 /// The names of one deployment's exchange and queues.
 #[derive(Debug, Clone)]
@@ -46,6 +50,18 @@ impl Topology {
     /// The exchange.
     pub fn exchange(&self) -> String {
         self.prefix.clone()
+    }
+    /// `{p}.intake`: the exchange producers (`enqueue`, `approve`) publish to.
+    pub fn intake(&self) -> String {
+        format!("{}.intake", self.prefix)
+    }
+    /// `{p}.awaiting`: batches waiting for a second person's approval.
+    pub fn awaiting(&self) -> String {
+        format!("{}.awaiting", self.prefix)
+    }
+    /// Both exchanges, for tools that delete them.
+    pub fn exchanges(&self) -> Vec<String> {
+        vec![self.exchange(), self.intake()]
     }
     /// `{p}.requests`.
     pub fn requests(&self) -> String {
@@ -73,7 +89,12 @@ impl Topology {
     }
     /// Every queue, for tools that inspect or delete them.
     pub fn all_queues(&self) -> Vec<String> {
-        let mut q = vec![self.requests(), self.dead(), self.outcomes()];
+        let mut q = vec![
+            self.requests(),
+            self.dead(),
+            self.outcomes(),
+            self.awaiting(),
+        ];
         q.extend((0..self.tiers.len()).map(|i| self.retry_queue(i)));
         q
     }
@@ -154,6 +175,46 @@ impl Topology {
         outcomes.insert("x-max-age".into(), long_str("365D"));
         self.queue(channel, &self.outcomes(), durable, outcomes, RK_OUTCOME)
             .await?;
+
+        channel
+            .exchange_declare(
+                self.intake().as_str().into(),
+                // Its own exchange, so a producer's broker user can be given write access to
+                // it alone (least authority): it cannot publish outcomes-as-a-worker, retries
+                // or dead letters, and every request it sends is still verified by workers.
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut awaiting = FieldTable::default();
+        // A stream: `approve` reads it without consuming, so a batch stays visible (and
+        // re-approvable) until it ages out; nothing in it runs until approved.
+        awaiting.insert("x-queue-type".into(), long_str("stream"));
+        // An approval is expected within a day or so; requests expire after
+        // reset.max_request_age anyway.
+        awaiting.insert("x-max-age".into(), long_str("7D"));
+        channel
+            .queue_declare(self.awaiting().as_str().into(), durable, awaiting)
+            .await?;
+        for (queue, routing_key) in [
+            (self.requests(), RK_REQUEST),
+            (self.awaiting(), RK_AWAITING),
+            (self.outcomes(), RK_OUTCOME),
+        ] {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.intake().as_str().into(),
+                    routing_key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         Ok(())
     }
 
@@ -210,6 +271,8 @@ mod tests {
             &RetrySettings::default(),
         );
         assert_eq!(topo.requests(), "t1.requests");
+        assert_eq!(topo.intake(), "t1.intake");
+        assert_eq!(topo.awaiting(), "t1.awaiting");
         assert_eq!(topo.retry_queue(0), "t1.retry.30s");
         assert_eq!(topo.retry_queue(1), "t1.retry.5m");
         assert_eq!(topo.retry_queue(2), "t1.retry.30m");

@@ -1,7 +1,9 @@
 //! `mfa-reset demo`: the whole path in one command, against a simulated tenant.
 //!
-//! Starts the Graph simulator in-process, enqueues the shipped example CSV through the
-//! real broker under a fresh prefix, runs workers in-process, shows live progress, then
+//! Starts the Graph simulator in-process, generates throw-away SSH keys for two operators, a
+//! worker and an admin, enqueues the shipped example CSV (signed by the first operator)
+//! through the real broker under a fresh prefix, approves it as the second operator (it is
+//! above `security.approval_above`), runs workers in-process, shows live progress, then
 //! prints a summary and writes the outcome report. Only a reachable RabbitMQ is needed.
 
 // Everything but `DemoArgs` and `Settings` serves only the simulated run, present with the
@@ -24,12 +26,14 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, Topology};
 use crate::cli::DemoArgs;
 #[cfg(feature = "demo")]
-use crate::cli::EnqueueArgs;
+use crate::cli::{ApproveArgs, EnqueueArgs};
 use crate::config::Settings;
 #[cfg(feature = "demo")]
 use crate::domain::Status;
 #[cfg(feature = "demo")]
 use crate::graph::GraphClient;
+#[cfg(feature = "demo")]
+use crate::trust::KeySet;
 #[cfg(feature = "demo")]
 use crate::worker::{self, WorkOptions, WorkerMetrics};
 
@@ -78,6 +82,13 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
         .reset
         .protected_users
         .push(DEMO_BREAK_GLASS.to_string());
+    // Throw-away keys: two operators (alice requests, bob approves), a worker and an admin,
+    // and the allowed_signers naming them. Removed with the folder at the end.
+    let key_dir = tempfile::tempdir().context("creating a folder for the demo's keys")?;
+    let keys = KeySet::generate(key_dir.path()).context("generating the demo's keys")?;
+    settings.security.allowed_signers = keys.allowed_signers.display().to_string();
+    settings.worker.key = keys.worker.path.display().to_string();
+    settings.intake.key = keys.requester.path.display().to_string();
 
     eprintln!(
         "Graph simulator: {} ({} users)",
@@ -98,7 +109,18 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
             path
         }
     };
+    eprintln!(
+        "Keys:            {} (throw-away: {} requests, {} approves)",
+        key_dir.path().display(),
+        keys.requester.principal,
+        keys.approver.principal
+    );
     eprintln!();
+    eprintln!(
+        "$ mfa-reset enqueue --csv demo-users.csv --key {}   # as {}",
+        keys.requester.path.display(),
+        keys.requester.principal
+    );
     let enqueued = super::enqueue::run(
         &settings,
         &EnqueueArgs {
@@ -112,6 +134,7 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
             yes: true,
             requested_by: Some("demo".into()),
             reason: Some("demo: mass re-registration after an incident".into()),
+            key: None,
         },
     )
     .await?;
@@ -119,6 +142,25 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&csv_path);
     }
     eprintln!();
+    if enqueued.awaiting_approval {
+        // The two-person rule: the batch waits until a second operator approves it.
+        eprintln!(
+            "$ mfa-reset approve --batch {} --key {}   # as {}",
+            enqueued.batch,
+            keys.approver.path.display(),
+            keys.approver.principal
+        );
+        super::approve::run(
+            &settings,
+            &ApproveArgs {
+                batch: enqueued.batch.clone(),
+                key: keys.approver.path.clone(),
+                yes: true,
+            },
+        )
+        .await?;
+        eprintln!();
+    }
 
     let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;
     let cancel = CancellationToken::new();
@@ -212,11 +254,14 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    let _ = channel
-        .exchange_delete(topology.exchange().as_str().into(), Default::default())
-        .await;
+    for exchange in topology.exchanges() {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await;
+    }
     let _ = conn.close(200, "bye".into()).await;
     drop(server);
+    drop(key_dir);
     Ok(())
 }
 

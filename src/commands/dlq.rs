@@ -25,6 +25,7 @@ use crate::broker::{self, OutMessage, Topology};
 use crate::cli::DlqCommand;
 use crate::config::Settings;
 use crate::domain::ResetRequest;
+use crate::trust::requests::{APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER};
 
 /// One dead letter, as `dlq list` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -243,14 +244,19 @@ async fn replay_one(
     // A new execution, not a duplicate of the failed one: the worker keys on (id, replay).
     request.replay += 1;
     request.carry = None;
-    // Fresh attempts, and a fresh age: an operator replaying today means today.
-    request.requested_at = chrono::Utc::now();
-    let headers = Headers::default()
-        .str(
-            "x-mfa-replayed-from",
-            &headers::get_str(&delivery.properties, headers::ERROR_CODE).unwrap_or_default(),
-        )
-        .build();
+    // Fresh attempts, but the original `requested_at`: it is signed (part of the request's
+    // Merkle leaf), and a replay must not make an old request young again.
+    let mut replayed = Headers::default().str(
+        "x-mfa-replayed-from",
+        &headers::get_str(&delivery.properties, headers::ERROR_CODE).unwrap_or_default(),
+    );
+    // The signed batch travels with the request, so the worker verifies it again.
+    for key in [MANIFEST_HEADER, PROOF_HEADER, APPROVAL_HEADER] {
+        if let Some(value) = headers::get_str(&delivery.properties, key) {
+            replayed = replayed.str(key, &value);
+        }
+    }
+    let headers = replayed.build();
     let msg = OutMessage::json(RK_REQUEST, serde_json::to_vec(&request)?)
         .with_id(request.request_id.to_string())
         .with_headers(headers);

@@ -1,10 +1,16 @@
 //! `mfa-reset enqueue`: validate an input in full, then publish one request per user.
 //!
-//! Nothing is published unless every row is valid. The batch manifest goes to the
-//! outcomes stream first (so `status` knows how many to expect), then the requests, with
-//! pipelined publisher confirms. Request ids are derived from (batch, user): running the
-//! same command again with the same `--batch` finishes an interrupted run without
-//! resetting anyone twice.
+//! Nothing is published unless every row is valid. The batch is signed once: a first pass
+//! over the validated rows builds the Merkle tree of its requests, the operator's key
+//! (`--key`, or ssh-agent) signs the manifest holding its root, and a second pass publishes
+//! every request with the signed manifest and its own proof in headers
+//! ([`crate::trust::requests`]). The batch manifest goes to the outcomes stream first (so
+//! `status` knows how many to expect), then the requests, with pipelined publisher confirms,
+//! all through the intake exchange. A batch of more than `security.approval_above` users goes
+//! to `{prefix}.awaiting` instead of the requests queue, until a second person approves it
+//! (`mfa-reset approve`). Request ids are derived from (batch, user): running the same
+//! command again with the same `--batch` finishes an interrupted run without resetting anyone
+//! twice.
 
 use std::io::Write;
 
@@ -12,13 +18,19 @@ use anyhow::Context;
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::broker::topology::{RK_OUTCOME, RK_REQUEST};
+use crate::broker::headers::Headers;
+use crate::broker::topology::{RK_AWAITING, RK_OUTCOME, RK_REQUEST};
 use crate::broker::{OutMessage, Publisher, Topology};
 use crate::cli::EnqueueArgs;
 use crate::config::Settings;
 use crate::domain::{BatchManifest, Record, ResetRequest, UserRef, REQUEST_VERSION};
 use crate::graph::GraphClient;
 use crate::intake::{self, IntakeRow, Plan};
+use crate::trust::merkle::leaf_hash;
+use crate::trust::requests::{
+    leaf_bytes, proof_header, Manifest, SealedManifest, MANIFEST_HEADER, PROOF_HEADER,
+};
+use crate::trust::{AllowedSigners, MerkleTree, Namespace, Signer};
 
 /// What was enqueued.
 #[derive(Debug, Clone)]
@@ -27,6 +39,8 @@ pub struct Enqueued {
     pub batch: String,
     /// Requests published and confirmed.
     pub count: u64,
+    /// True when the batch waits in `{prefix}.awaiting` for a second person's approval.
+    pub awaiting_approval: bool,
 }
 
 /// Exit code when a large batch is not confirmed with `--yes`.
@@ -44,6 +58,8 @@ pub struct Refused {
 
 /// Run the command.
 pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqueued> {
+    // Who signs, checked before reading the input: a key that may not request fails now.
+    let operator = operator(settings, args)?;
     // Validate and publish from one private copy of the file: an editor saving the file
     // between the two passes cannot make us publish rows that were never validated.
     let snapshot = match &args.csv {
@@ -92,10 +108,83 @@ pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqu
             (!settings.intake.requested_by.is_empty()).then(|| settings.intake.requested_by.clone())
         })
         .or_else(|| std::env::var("USER").ok());
-    let count = publish(settings, &plan, &batch, args, requested_by).await?;
+    let awaiting_approval = plan.count > settings.security.approval_above;
+    let count = publish(
+        settings,
+        &plan,
+        &batch,
+        args,
+        requested_by,
+        &operator,
+        awaiting_approval,
+    )
+    .await?;
     println!("batch: {batch}");
     println!("enqueued: {count}");
-    Ok(Enqueued { batch, count })
+    if awaiting_approval {
+        println!(
+            "approval: {count} users is more than security.approval_above ({}): the batch waits \
+             until another person runs `mfa-reset approve --batch {batch} --key FILE`",
+            settings.security.approval_above
+        );
+    }
+    Ok(Enqueued {
+        batch,
+        count,
+        awaiting_approval,
+    })
+}
+
+/// The operator's key and the principal `security.allowed_signers` names for it.
+pub struct Operator {
+    /// Signs the manifest.
+    pub signer: Signer,
+    /// Who the workers will see as requester.
+    pub principal: String,
+}
+
+fn operator(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Operator> {
+    let configured = (!settings.intake.key.trim().is_empty())
+        .then(|| std::path::PathBuf::from(settings.intake.key.trim()));
+    let Some(key) = args.key.clone().or(configured) else {
+        return Err(Refused {
+            message: "enqueue signs every batch: give --key FILE (your SSH private key, or your \
+                      public key with the private key in ssh-agent; or set intake.key), a key \
+                      listed in security.allowed_signers for namespace mfa-reset-request; \
+                      nothing was enqueued"
+                .into(),
+            exit_code: 1,
+        }
+        .into());
+    };
+    let signer = Signer::from_key_file(&key).with_context(|| format!("--key {}", key.display()))?;
+    let principal = signing_principal(settings, &signer, Namespace::Request)?;
+    Ok(Operator { signer, principal })
+}
+
+/// The principal `signer` signs as in `namespace`, from `security.allowed_signers`, or why
+/// its signatures would be refused (checked here so nothing is published in vain).
+pub fn signing_principal(
+    settings: &Settings,
+    signer: &Signer,
+    namespace: Namespace,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        !settings.security.allowed_signers.trim().is_empty(),
+        "security.allowed_signers is not set (MFA_RESET__SECURITY__ALLOWED_SIGNERS): it says \
+         which principal your key signs as; point it at the deployment's allowed_signers file"
+    );
+    let allowed = AllowedSigners::read(std::path::Path::new(&settings.security.allowed_signers))?;
+    let principal = allowed
+        .principal_for(signer.public_key().key_data(), namespace, Utc::now())
+        .map_err(|refusal| {
+            anyhow::anyhow!(
+                "{refusal}: workers would refuse what this key signs (security.allowed_signers \
+                 = {}); nothing was published",
+                allowed.source()
+            )
+        })?;
+    Ok(principal.to_string())
 }
 
 /// A private copy of `path` that lives as long as the returned file.
@@ -209,17 +298,54 @@ fn print_summary(plan: &Plan, args: &EnqueueArgs) {
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     settings: &Settings,
     plan: &Plan,
     batch: &str,
     args: &EnqueueArgs,
     requested_by: Option<String>,
+    operator: &Operator,
+    awaiting_approval: bool,
 ) -> anyhow::Result<u64> {
+    let now = Utc::now();
+    let request_of = |row: IntakeRow| ResetRequest {
+        version: REQUEST_VERSION,
+        request_id: ResetRequest::id_for(batch, &row.user),
+        batch: batch.to_string(),
+        user: row.user,
+        ticket: row.ticket,
+        reason: row.reason.or_else(|| args.reason.clone()),
+        requested_by: row.requested_by.or_else(|| requested_by.clone()),
+        dry_run: args.dry_run,
+        revoke_sessions: row.revoke_sessions.unwrap_or(args.revoke_sessions),
+        requested_at: now,
+        replay: 0,
+        carry: None,
+    };
+    // Pass 1: the Merkle tree of the requests, and the signed manifest holding its root.
+    let mut leaves = Vec::with_capacity(usize::try_from(plan.count).unwrap_or(0));
+    for row in plan.rows()? {
+        leaves.push(leaf_hash(&leaf_bytes(&request_of(row?))?));
+    }
+    let tree = MerkleTree::from_leaf_hashes(leaves);
+    let sealed = SealedManifest::seal(
+        Manifest {
+            batch: batch.to_string(),
+            count: tree.len(),
+            root: tree.root(),
+            requested_by: operator.principal.clone(),
+            created_at: now,
+        },
+        &operator.signer,
+    )
+    .context("signing the batch manifest")?;
+    let manifest_header = sealed.to_header();
+
     let topology = Topology::new(&settings.broker, &settings.retry);
+    let intake = topology.intake();
     let mut publisher =
         Publisher::connect(&settings.broker, &topology, "mfa-reset enqueue").await?;
-    let now = Utc::now();
     let manifest = Record::Manifest(BatchManifest {
         batch: batch.to_string(),
         count: plan.count,
@@ -228,30 +354,36 @@ async fn publish(
         revoke_sessions: args.revoke_sessions,
         requested_by: requested_by.clone(),
         created_at: now,
+        sealed: Some(sealed.clone()),
     });
     publisher
-        .send(OutMessage::json(RK_OUTCOME, serde_json::to_vec(&manifest)?))
+        .send(OutMessage::json(RK_OUTCOME, serde_json::to_vec(&manifest)?).via(intake.clone()))
         .await?;
+    let routing_key = if awaiting_approval {
+        RK_AWAITING
+    } else {
+        RK_REQUEST
+    };
+    // Pass 2: every request with the manifest and its proof.
     let mut published = 0u64;
     let rows = plan.rows()?;
-    for row in rows {
-        let row = row?;
-        let request = ResetRequest {
-            version: REQUEST_VERSION,
-            request_id: ResetRequest::id_for(batch, &row.user),
-            batch: batch.to_string(),
-            user: row.user,
-            ticket: row.ticket,
-            reason: row.reason.or_else(|| args.reason.clone()),
-            requested_by: row.requested_by.or_else(|| requested_by.clone()),
-            dry_run: args.dry_run,
-            revoke_sessions: row.revoke_sessions.unwrap_or(args.revoke_sessions),
-            requested_at: now,
-            replay: 0,
-            carry: None,
-        };
-        let msg = OutMessage::json(RK_REQUEST, serde_json::to_vec(&request)?)
-            .with_id(request.request_id.to_string());
+    for (index, row) in (0u64..).zip(rows) {
+        let request = request_of(row?);
+        let proof = tree.proof(index).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the input changed while it was being enqueued (more rows than the {} \
+                 validated); re-run with --batch {batch}",
+                plan.count
+            )
+        })?;
+        let headers = Headers::default()
+            .str(MANIFEST_HEADER, &manifest_header)
+            .str(PROOF_HEADER, &proof_header(&proof))
+            .build();
+        let msg = OutMessage::json(routing_key, serde_json::to_vec(&request)?)
+            .with_id(request.request_id.to_string())
+            .with_headers(headers)
+            .via(intake.clone());
         if let Err(err) = publisher.send(msg).await {
             return Err(interrupted(err, batch, publisher.confirmed()));
         }

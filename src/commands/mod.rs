@@ -1,8 +1,10 @@
 //! One module per subcommand, each with a `run`.
 
+pub mod approve;
 pub mod demo;
 pub mod dlq;
 pub mod enqueue;
+pub mod keys;
 pub mod report;
 pub mod restore;
 pub mod serve;

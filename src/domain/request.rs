@@ -104,6 +104,10 @@ pub struct BatchManifest {
     pub requested_by: Option<String>,
     /// When.
     pub created_at: DateTime<Utc>,
+    /// The signed manifest the batch's requests carry (`mfa-manifest` header), so readers can
+    /// tell a batch an operator signed from one written by anybody with broker access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<crate::trust::requests::SealedManifest>,
 }
 
 /// One record of the `{prefix}.outcomes` stream.

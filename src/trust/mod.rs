@@ -11,6 +11,8 @@
 //!   forged ones.
 //! - [`canonical`]: the one byte form (canonical JSON) of whatever is signed or hashed.
 //! - [`digest`]: the SHA-256 value type they share.
+//! - [`requests`]: signed batches (manifest + Merkle proofs), approvals, and the pure check a
+//!   worker runs on every request before anything else.
 //! - [`keyset`]: throw-away keys and their `allowed_signers` for the demo and the tests.
 //!
 //! Every signature names its purpose in a [`Namespace`], so a signature made for one role
@@ -23,6 +25,7 @@ pub mod chain;
 pub mod digest;
 pub mod keyset;
 pub mod merkle;
+pub mod requests;
 pub mod signer;
 pub mod sshsig;
 #[cfg(test)]

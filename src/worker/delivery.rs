@@ -1,4 +1,4 @@
-//! One delivery, start to end, in one task: wait for a slot, claim the request, run it,
+//! One delivery, start to end, in one task: wait for a slot, verify the request, claim it, run it,
 //! [`decide`], and [`carry_out`] the decision against the broker.
 //!
 //! A panic while claiming or running is caught here and decided like any other result
@@ -25,6 +25,7 @@ use crate::broker::topology::{RK_DEAD, RK_OUTCOME, RK_REQUEST};
 use crate::broker::{Incoming, OutMessage};
 use crate::domain::{MethodRecord, Outcome, PlanRecord, Record, ResetRequest, UserRef};
 use crate::reset;
+use crate::trust::requests::{Seal, Verdict, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER};
 
 /// A request (one replay of it).
 type Key = (uuid::Uuid, u32);
@@ -54,11 +55,16 @@ pub(super) async fn handle(
 async fn process(ctx: &Ctx, incoming: &Incoming) {
     let attempt = attempt_number(incoming.header_u64(headers::ATTEMPT));
     let parsed = parse_request(incoming.body());
+    // Verified before anything else: before the claim, before Graph.
+    let checked = parsed
+        .as_ref()
+        .map(|request| (request, verify(ctx, incoming, request)));
     // Held until the decision is carried out: a copy arriving meanwhile is a duplicate.
     let mut claim = None;
-    let delivered = match &parsed {
-        Err(cause) => Delivered::Invalid(cause.clone()),
-        Ok(request) => {
+    let delivered = match &checked {
+        Err(cause) => Delivered::Invalid((*cause).clone()),
+        Ok((_, Verdict::Refused(refusal))) => Delivered::Refused(refusal.clone()),
+        Ok((request, Verdict::Verified(verified))) => {
             let tried = AssertUnwindSafe(try_request(ctx, incoming, request))
                 .catch_unwind()
                 .await;
@@ -74,7 +80,7 @@ async fn process(ctx: &Ctx, incoming: &Incoming) {
                     Attempt::Panicked(message)
                 }
             };
-            Delivered::Tried(request, result)
+            Delivered::Tried(request, verified, result)
         }
     };
     let disposition = decide(delivered, attempt, &ctx.rules());
@@ -87,6 +93,20 @@ async fn process(ctx: &Ctx, incoming: &Incoming) {
         let _ = incoming.hand_back().await;
     }
     drop(claim);
+}
+
+/// The verdict on a parsed request, from its signing headers.
+fn verify(ctx: &Ctx, incoming: &Incoming, request: &ResetRequest) -> Verdict {
+    let props = incoming.properties();
+    let manifest = headers::get_str(props, MANIFEST_HEADER);
+    let proof = headers::get_str(props, PROOF_HEADER);
+    let approval = headers::get_str(props, APPROVAL_HEADER);
+    let seal = Seal {
+        manifest: manifest.as_deref(),
+        proof: proof.as_deref(),
+        approval: approval.as_deref(),
+    };
+    ctx.worker.gatekeeper.check(request, seal, Utc::now())
 }
 
 /// Claim the request, then run it when it is ours.
@@ -222,7 +242,14 @@ pub(super) async fn carry_out(
             metrics.dead_lettered.inc();
             record(ctx, incoming, *outcome).await
         }
-        Disposition::DeadLetterInvalid(cause) | Disposition::Reject(cause) => {
+        Disposition::Reject(cause) => {
+            tracing::warn!(reason = %cause.code, message = %cause.message, "refusing a request that did not verify: dead-lettered, not executed");
+            let attempts = attempt_number(incoming.header_u64(headers::ATTEMPT));
+            dead_letter(ctx, incoming, &cause, attempts, None).await?;
+            metrics.dead_lettered.inc();
+            incoming.ack().await
+        }
+        Disposition::DeadLetterInvalid(cause) => {
             tracing::warn!(code = %cause.code, message = %cause.message, "dead-lettering a message that will not be executed");
             let attempts = attempt_number(incoming.header_u64(headers::ATTEMPT));
             dead_letter(ctx, incoming, &cause, attempts, None).await?;

@@ -7,6 +7,8 @@
 //! the order of its steps there is part of the contract each variant documents.
 //!
 //! The rules it encodes:
+//! - a request that failed verification ([`crate::trust::requests::Verdict::Refused`]) is
+//!   rejected: dead-lettered with its reason, never claimed, never sent to Graph;
 //! - a request whose outcome someone already owns is acked without touching Graph;
 //! - a Graph error is judged by its [`Class`]: an outage waits in the first delay tier
 //!   *without* using up an attempt; a retryable error uses one and waits longer each time,
@@ -23,6 +25,7 @@ use crate::config::ResetSettings;
 use crate::domain::{Carry, MethodRecord, Outcome, ResetRequest, Status, REQUEST_VERSION};
 use crate::graph::Class;
 use crate::reset::{self, Executed, Interrupted, RetryLater};
+use crate::trust::requests::{Refusal, Verified};
 
 /// Why: a machine-readable code and a sentence for a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +82,9 @@ pub enum Disposition {
     DeadLetterThenRecord(Box<Outcome>),
     /// The body is not a request this worker can run: dead-letter it with why, then ack.
     DeadLetterInvalid(Cause),
-    /// A request that fails verification (signature, approval): dead-lettered with why and
-    /// never executed. No check produces it yet; signed and approved requests come next.
+    /// A request that fails verification (signature, batch, approval, date): dead-lettered
+    /// with why (code = the reason: `unsigned`, `bad_signature`, `signer_not_allowed`,
+    /// `not_in_batch`, `not_approved`, `future_request`) and never executed.
     Reject(Cause),
     /// Graph refuses the app itself (credential, consent, tenant): nothing can succeed until
     /// someone fixes it. Put `request` back on the requests queue as attempt `attempt` (no
@@ -110,8 +114,6 @@ pub enum Attempt {
     Expired,
     /// Not run: listed in `reset.protected_users`.
     Protected,
-    /// Not run: it failed verification (signed and approved requests, next).
-    Refused(Cause),
     /// The reset concluded.
     Executed(Executed),
     /// The reset stopped before it could conclude.
@@ -128,8 +130,10 @@ pub enum Attempt {
 pub enum Delivered<'a> {
     /// The body is not a request this worker runs; nothing was tried.
     Invalid(Cause),
-    /// A request, and what came of trying it.
-    Tried(&'a ResetRequest, Attempt),
+    /// A request that failed verification; nothing was tried.
+    Refused(Refusal),
+    /// A verified request (who requested and approved it), and what came of trying it.
+    Tried(&'a ResetRequest, &'a Verified, Attempt),
 }
 
 /// What the decision needs to know besides the delivery.
@@ -150,11 +154,13 @@ pub fn decide(delivered: Delivered<'_>, attempt: u32, rules: &Rules<'_>) -> Disp
     let attempt = attempt.max(1);
     let (request, result) = match delivered {
         Delivered::Invalid(cause) => return Disposition::DeadLetterInvalid(cause),
-        Delivered::Tried(request, result) => (request, result),
+        Delivered::Refused(refusal) => {
+            return Disposition::Reject(Cause::new(refusal.reason.as_str(), refusal.message))
+        }
+        Delivered::Tried(request, _verified, result) => (request, result),
     };
     match result {
         Attempt::Duplicate => Disposition::Ack,
-        Attempt::Refused(cause) => Disposition::Reject(cause),
         Attempt::BrokerTrouble(reason) => Disposition::HandBack { reason },
         Attempt::Panicked(message) => Disposition::HandBack {
             reason: format!("the handler panicked: {message}"),

@@ -4,6 +4,7 @@
 use super::*;
 use crate::domain::UserRef;
 use crate::graph::{self, NoAnswer};
+use crate::trust::requests::Reason;
 
 const WORKER: &str = "w1";
 
@@ -82,8 +83,20 @@ fn interrupted_by(error: graph::Error, removed: Vec<MethodRecord>) -> Attempt {
     })
 }
 
+fn verified() -> Verified {
+    Verified {
+        requested_by: serde_json::from_str("\"alice@contoso.com\"").unwrap(),
+        approved_by: None,
+        manifest: crate::trust::Digest::ZERO,
+    }
+}
+
 fn decide_for(result: Attempt, attempt: u32, tiers: usize) -> Disposition {
-    decide(Delivered::Tried(&request(), result), attempt, &rules(tiers))
+    decide(
+        Delivered::Tried(&request(), &verified(), result),
+        attempt,
+        &rules(tiers),
+    )
 }
 
 fn recorded(disposition: Disposition) -> Outcome {
@@ -121,10 +134,15 @@ fn a_duplicate_is_acked() {
 }
 
 #[test]
-fn a_request_refused_by_verification_is_rejected_with_its_cause() {
-    let cause = Cause::new("unsigned", "no valid signature");
-    let got = decide_for(Attempt::Refused(cause.clone()), 1, 2);
-    assert_eq!(got, Disposition::Reject(cause));
+fn a_request_refused_by_verification_is_rejected_with_its_reason_as_the_code() {
+    for reason in Reason::ALL {
+        let refusal = Refusal {
+            reason,
+            message: "why".into(),
+        };
+        let got = decide(Delivered::Refused(refusal), 3, &rules(2));
+        assert_eq!(got, Disposition::Reject(Cause::new(reason.as_str(), "why")));
+    }
 }
 
 #[test]
@@ -164,6 +182,7 @@ fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset()
     let got = recorded(decide(
         Delivered::Tried(
             &request,
+            &verified(),
             Attempt::Executed(executed(Status::Reset, vec![method("a")])),
         ),
         3,
@@ -349,7 +368,7 @@ fn an_expired_request_is_recorded_with_what_earlier_attempts_removed() {
     let mut request = request();
     request.carry = carry(vec![method("a")], "throttled");
     let got = recorded(decide(
-        Delivered::Tried(&request, Attempt::Expired),
+        Delivered::Tried(&request, &verified(), Attempt::Expired),
         2,
         &rules(2),
     ));

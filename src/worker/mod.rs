@@ -1,6 +1,7 @@
 //! The worker: consumes requests, resets users through Graph, records outcomes.
 //!
-//! Per delivery: parse (invalid → dead-letter) → already recorded? (ack, no Graph call) →
+//! Per delivery: parse (invalid → dead-letter) → verify its signed batch, proof and approval
+//! (refused → dead-letter with the reason, never executed) → already recorded? (ack, no Graph call) →
 //! expired / protected? → reset → outcome on the stream (confirmed) → ack. A request whose
 //! Graph errors outlast the in-process retries goes to the next broker delay tier (never
 //! held unacked through a long wait); after the last tier it fails and is dead-lettered.
@@ -20,6 +21,8 @@
 //! - `delivery`: one task per delivery: claim, run, decide, carry out; panics caught.
 //! - `session`: one connection's life: consuming, reaping, queue probe, stream liveness,
 //!   idle exit, graceful shutdown.
+//! - [`verify`]: the [`Gatekeeper`]: every request verified against
+//!   `security.allowed_signers` before anything else; verified manifests cached.
 //! - [`outbox`]: outcomes held through a broker outage, recorded after reconnecting.
 //! - [`ledger`]: which requests already have an outcome (idempotency).
 //! - [`metrics`]: counters for `/metrics` and summaries.
@@ -30,6 +33,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod outbox;
 mod session;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +51,7 @@ pub use disposition::Disposition;
 pub use ledger::Ledger;
 pub use metrics::WorkerMetrics;
 pub use outbox::Outbox;
+pub use verify::Gatekeeper;
 
 /// How a `work` run is shaped.
 #[derive(Debug, Clone)]
@@ -68,6 +73,7 @@ struct Worker {
     name: String,
     metrics: Arc<WorkerMetrics>,
     options: WorkOptions,
+    gatekeeper: Gatekeeper,
 }
 
 /// This worker's name in outcomes and dead letters.
@@ -100,7 +106,9 @@ pub async fn run(
     metrics: Arc<WorkerMetrics>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let gatekeeper = Gatekeeper::from_settings(&settings.security)?;
     let worker = Arc::new(Worker {
+        gatekeeper,
         settings: settings.clone(),
         topology: Topology::new(&settings.broker, &settings.retry),
         graph,

@@ -35,6 +35,16 @@ fn mfa_reset(env: &TestEnv, args: &[&str]) -> Output {
         )
         .env("MFA_RESET__RESET__SKIP_ADMINS", "false")
         .env("MFA_RESET__RETRY__TIERS", "[\"1s\"]")
+        .env(
+            "MFA_RESET__SECURITY__ALLOWED_SIGNERS",
+            &s.security.allowed_signers,
+        )
+        .env(
+            "MFA_RESET__SECURITY__APPROVAL_ABOVE",
+            s.security.approval_above.to_string(),
+        )
+        .env("MFA_RESET__INTAKE__KEY", &s.intake.key)
+        .env("MFA_RESET__WORKER__KEY", &s.worker.key)
         .output()
         .expect("mfa-reset runs")
 }

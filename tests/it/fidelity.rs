@@ -744,7 +744,9 @@ async fn an_expired_request_is_not_executed() {
         revoke_sessions: true,
         requested_by: None,
         created_at: old,
+        sealed: None,
     });
+    let signed = env.sign(std::slice::from_ref(&request)).remove(0);
     let mut publisher = Publisher::connect(&env.settings.broker, &env.topology(), "test")
         .await
         .expect("publisher");
@@ -756,10 +758,10 @@ async fn an_expired_request_is_not_executed() {
         .await
         .unwrap();
     publisher
-        .send(OutMessage::json(
-            RK_REQUEST,
-            serde_json::to_vec(&request).unwrap(),
-        ))
+        .send(
+            OutMessage::json(RK_REQUEST, serde_json::to_vec(&request).unwrap())
+                .with_headers(signed),
+        )
         .await
         .unwrap();
     publisher.close().await.unwrap();

@@ -12,4 +12,5 @@ mod graph_client;
 mod intake;
 mod pipeline;
 mod reliability;
+mod requests;
 mod trust;

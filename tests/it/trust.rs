@@ -596,3 +596,99 @@ fn microbenchmark() {
         );
     }
 }
+
+/// The signed-request format end to end with OpenSSH: the manifest signature `enqueue` puts
+/// in the `mfa-manifest` header verifies with `ssh-keygen -Y verify` over the manifest's
+/// canonical JSON, and an approval made by `ssh-keygen -Y sign` over the manifest digest (as
+/// an operator without mfa-reset could make it) is accepted by the workers' check.
+#[test]
+fn a_manifest_signed_here_verifies_with_ssh_keygen_and_an_approval_by_ssh_keygen_is_accepted() {
+    use mfa_reset::domain::{ResetRequest, UserRef, REQUEST_VERSION};
+    use mfa_reset::trust::requests::{
+        approval_message, manifest_bytes, verdict, Policy, Seal, SealedBatch, Verdict,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let alice = dir.path().join("alice");
+    write_key_pair(&generate_ed25519("alice").unwrap(), &alice).unwrap();
+    let bob = keygen(dir.path(), "bob", "ed25519", "");
+    let both = "namespaces=\"mfa-reset-request,mfa-reset-approve\"";
+    let alice_signer = Signer::from_key_file(&alice).unwrap();
+    let allowed_text = allowed_line("alice@contoso.com", both, alice_signer.public_key())
+        + &allowed_line("bob@contoso.com", both, &public_key(&bob));
+    let allowed = AllowedSigners::parse(&allowed_text, "allowed_signers").unwrap();
+
+    let requests: Vec<ResetRequest> = (0..3)
+        .map(|i| {
+            let user = UserRef::parse(&format!("user{i}@contoso.com")).unwrap();
+            ResetRequest {
+                version: REQUEST_VERSION,
+                request_id: ResetRequest::id_for("interop", &user),
+                batch: "interop".into(),
+                user,
+                ticket: None,
+                reason: None,
+                requested_by: None,
+                dry_run: false,
+                revoke_sessions: false,
+                requested_at: now(),
+                replay: 0,
+                carry: None,
+            }
+        })
+        .collect();
+    let sealed = SealedBatch::seal(&requests, "alice@contoso.com", &alice_signer, now()).unwrap();
+    assert!(openssh_accepts(
+        dir.path(),
+        &allowed_text,
+        "alice@contoso.com",
+        "mfa-reset-request",
+        &sealed.manifest.signature,
+        &manifest_bytes(&sealed.manifest.manifest).unwrap(),
+        None
+    ));
+
+    let digest = sealed.manifest.digest().unwrap();
+    let message = dir.path().join("digest");
+    std::fs::write(&message, approval_message(&digest)).unwrap();
+    let output = ssh_keygen(
+        &[
+            "-Y",
+            "sign",
+            "-f",
+            bob.to_str().unwrap(),
+            "-n",
+            "mfa-reset-approve",
+            message.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let approval = std::fs::read_to_string(dir.path().join("digest.sig")).unwrap();
+
+    let manifest = sealed.manifest.to_header();
+    let policy = Policy {
+        allowed: &allowed,
+        approval_above: 2,
+    };
+    for (i, request) in requests.iter().enumerate() {
+        let proof = sealed.proof_header(i);
+        let seal = Seal {
+            manifest: Some(&manifest),
+            proof: Some(&proof),
+            approval: Some(&approval),
+        };
+        let Verdict::Verified(who) = verdict(request, seal, &policy, now()) else {
+            panic!("request {i} refused");
+        };
+        assert_eq!(who.requested_by.as_str(), "alice@contoso.com");
+        assert_eq!(
+            who.approved_by.as_ref().map(|p| p.as_str()),
+            Some("bob@contoso.com")
+        );
+    }
+}

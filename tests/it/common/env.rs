@@ -9,12 +9,15 @@ use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOption
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use mfa_reset::batch::BatchView;
+use mfa_reset::broker::headers::Headers;
 use mfa_reset::broker::{self, Topology};
 use mfa_reset::cli::EnqueueArgs;
 use mfa_reset::commands;
 use mfa_reset::config::Settings;
+use mfa_reset::domain::ResetRequest;
 use mfa_reset::graph::GraphClient;
-use mfa_reset::trust::KeySet;
+use mfa_reset::trust::requests::{SealedBatch, MANIFEST_HEADER, PROOF_HEADER};
+use mfa_reset::trust::{KeySet, Signer};
 use mfa_reset::worker::{self, WorkOptions, WorkerMetrics};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +65,9 @@ pub fn settings_for(sim: &SimServer, test: &str) -> Settings {
     s.reset.consistency_wait = Duration::from_secs(2);
     s.worker.shutdown_grace = Duration::from_secs(20);
     s.intake.confirm_above = 100_000;
+    // The two-person rule is tested on its own (tests/it/requests.rs); other tests enqueue
+    // hundreds of users without a second operator.
+    s.security.approval_above = 1_000_000;
     s
 }
 
@@ -74,6 +80,8 @@ impl TestEnv {
         let keys = KeySet::generate(key_dir.path()).expect("test keys");
         settings.security.allowed_signers = keys.allowed_signers.display().to_string();
         settings.worker.key = keys.worker.path.display().to_string();
+        // Everything the tests enqueue is signed by the requester (the suite runs signed).
+        settings.intake.key = keys.requester.path.display().to_string();
         TestEnv {
             sim,
             settings,
@@ -180,8 +188,58 @@ impl TestEnv {
         q.message_count()
     }
 
+    /// The signing headers `enqueue` would give `requests` (one batch, in order), signed by
+    /// the requester's key: the manifest and each request's proof.
+    pub fn sign(&self, requests: &[ResetRequest]) -> Vec<FieldTable> {
+        let signer = Signer::from_key_file(&self.keys.requester.path).expect("requester key");
+        let sealed = SealedBatch::seal(
+            requests,
+            &self.keys.requester.principal,
+            &signer,
+            chrono::Utc::now(),
+        )
+        .expect("seal the batch");
+        let manifest = sealed.manifest.to_header();
+        (0..requests.len())
+            .map(|i| {
+                Headers::default()
+                    .str(MANIFEST_HEADER, &manifest)
+                    .str(PROOF_HEADER, &sealed.proof_header(i))
+                    .build()
+            })
+            .collect()
+    }
+
+    /// Publish `requests` (one batch) signed by the requester, as `enqueue` would, straight
+    /// to the requests queue.
+    pub async fn publish_signed(&self, requests: &[ResetRequest]) {
+        for (request, headers) in requests.iter().zip(self.sign(requests)) {
+            let body = serde_json::to_vec(request).expect("json");
+            self.publish_raw_with(&self.topology().exchange(), "request", &body, headers)
+                .await;
+        }
+    }
+
     /// Publish raw bytes to the requests queue (for poison-message tests).
     pub async fn publish_raw(&self, body: &[u8]) {
+        self.publish_raw_with(
+            &self.topology().exchange(),
+            "request",
+            body,
+            FieldTable::default(),
+        )
+        .await;
+    }
+
+    /// Publish `body` with `headers` through `exchange` (`""`: the default exchange, where
+    /// the routing key is a queue name) as anybody holding broker credentials could.
+    pub async fn publish_raw_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) {
         let conn = broker::connect(&self.settings.broker, "test")
             .await
             .expect("broker");
@@ -189,11 +247,13 @@ impl TestEnv {
         let topo = self.topology();
         topo.declare(&ch).await.expect("declare");
         ch.basic_publish(
-            topo.exchange().as_str().into(),
-            "request".into(),
+            exchange.into(),
+            routing_key.into(),
             BasicPublishOptions::default(),
             body,
-            BasicProperties::default().with_delivery_mode(2),
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(headers),
         )
         .await
         .expect("publish")
@@ -273,9 +333,11 @@ impl TestEnv {
                     .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                     .await;
             }
-            let _ = ch
-                .exchange_delete(topo.exchange().as_str().into(), Default::default())
-                .await;
+            for exchange in topo.exchanges() {
+                let _ = ch
+                    .exchange_delete(exchange.as_str().into(), Default::default())
+                    .await;
+            }
         }
         let _ = conn.close(200, "bye".into()).await;
     }
@@ -297,6 +359,7 @@ pub fn enqueue_args(
         yes: true,
         requested_by: Some("tests".into()),
         reason: None,
+        key: None,
     }
 }
 

@@ -43,6 +43,16 @@ pub fn env_of(s: &Settings) -> Vec<(String, String)> {
         ("RESET__CONSISTENCY_WAIT", human(s.reset.consistency_wait)),
         ("WORKER__SHUTDOWN_GRACE", human(s.worker.shutdown_grace)),
         ("INTAKE__CONFIRM_ABOVE", s.intake.confirm_above.to_string()),
+        ("INTAKE__KEY", s.intake.key.clone()),
+        (
+            "SECURITY__ALLOWED_SIGNERS",
+            s.security.allowed_signers.clone(),
+        ),
+        (
+            "SECURITY__APPROVAL_ABOVE",
+            s.security.approval_above.to_string(),
+        ),
+        ("WORKER__KEY", s.worker.key.clone()),
     ]
     .into_iter()
     .map(|(k, v)| (format!("MFA_RESET__{k}"), v))

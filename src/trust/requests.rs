@@ -1,0 +1,517 @@
+//! Signed requests: one signature per batch, one Merkle proof per request, and the approval
+//! of a second person for a big batch — and the pure check a worker runs before anything else.
+//!
+//! A batch is sealed by a [`Manifest`] (batch id, count, the RFC 6962 Merkle root over its
+//! requests, who requested it, when) that the operator signs in namespace
+//! `mfa-reset-request`. Every request carries, in AMQP headers:
+//! - [`MANIFEST_HEADER`]: the [`SealedManifest`] (manifest + sshsig signature), as JSON;
+//! - [`PROOF_HEADER`]: its [`MerkleProof`] (leaf index, leaf count, audit path), as JSON;
+//! - [`APPROVAL_HEADER`]: for a batch of more than `security.approval_above` requests, an
+//!   sshsig in namespace `mfa-reset-approve` over [`approval_message`] — the manifest's
+//!   digest — by a *different* principal. The digest covers the root, so an approval of one
+//!   user list does not verify for another.
+//!
+//! A ticket event is a batch of one: its root is the leaf hash, its proof an empty path.
+//!
+//! The leaf is [`leaf_bytes`]: the canonical JSON of the request without the parts a retry or
+//! a replay changes (`carry`, `replay`), so a request coming back from a delay tier or the
+//! dead-letter queue still verifies, while its user, batch, flags, ticket and `requested_at`
+//! cannot change.
+//!
+//! [`verify_batch`] and [`verify_request`] are pure (no broker, no clock of their own): from
+//! the headers, the allowed signers and the time they return a [`TrustedBatch`] and a
+//! [`Verdict`]. A worker verifies a batch's manifest once and keeps the [`TrustedBatch`]
+//! (keyed by the exact header bytes), so the per-request cost is one Merkle path.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::canonical::{canonical_json_value, CanonicalError};
+use super::merkle::MerkleProof;
+use super::sshsig::{verify, VerifyError};
+use super::{AllowedSigners, Digest, Namespace, Principal, SignError, Signer};
+use crate::domain::ResetRequest;
+
+/// Header holding the batch's [`SealedManifest`] (JSON).
+pub const MANIFEST_HEADER: &str = "mfa-manifest";
+/// Header holding the request's [`MerkleProof`] (JSON).
+pub const PROOF_HEADER: &str = "mfa-proof";
+/// Header holding the approval: an armored sshsig (namespace `mfa-reset-approve`) over
+/// [`approval_message`].
+pub const APPROVAL_HEADER: &str = "mfa-approval";
+
+/// How far in the future a signed `requested_at` may lie (clocks of producer and worker
+/// differ a little); further is refused as `future_request`.
+pub const CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(2);
+
+/// Largest manifest header accepted before parsing it (a manifest is a few hundred bytes
+/// plus a signature under 1 KiB).
+const MAX_MANIFEST: usize = 16 * 1024;
+/// Largest proof header accepted (a 2^40-leaf proof is under 2 KiB).
+const MAX_PROOF: usize = 4 * 1024;
+
+/// What the operator signs for a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Batch id.
+    pub batch: String,
+    /// Number of requests (leaves) in the batch.
+    pub count: u64,
+    /// RFC 6962 Merkle root over the [`leaf_bytes`] of its requests, in publishing order.
+    pub root: Digest,
+    /// The principal the signer is in `allowed_signers` (checked against the signature).
+    pub requested_by: String,
+    /// When the batch was sealed.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A manifest and the operator's signature of its canonical JSON: the [`MANIFEST_HEADER`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedManifest {
+    /// What was signed.
+    pub manifest: Manifest,
+    /// `-----BEGIN SSH SIGNATURE-----` block, namespace `mfa-reset-request`.
+    pub signature: String,
+}
+
+impl SealedManifest {
+    /// Sign `manifest` with `signer` (namespace `mfa-reset-request`).
+    pub fn seal(manifest: Manifest, signer: &Signer) -> Result<SealedManifest, SignError> {
+        let signature = signer.sign(Namespace::Request, &manifest_bytes(&manifest)?)?;
+        Ok(SealedManifest {
+            manifest,
+            signature,
+        })
+    }
+
+    /// The header value.
+    pub fn to_header(&self) -> String {
+        // A struct of strings, integers and a time always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The manifest's digest: what an approval signs.
+    pub fn digest(&self) -> Result<Digest, CanonicalError> {
+        Ok(Digest::of(&manifest_bytes(&self.manifest)?))
+    }
+}
+
+/// The bytes a manifest signature covers: its canonical JSON.
+pub fn manifest_bytes(manifest: &Manifest) -> Result<Vec<u8>, CanonicalError> {
+    canonical_json_value(&serde_json::to_value(manifest)?)
+}
+
+/// What an approver signs (namespace `mfa-reset-approve`): the manifest digest in hex, so
+/// `printf %s DIGEST | ssh-keygen -Y sign -n mfa-reset-approve -f KEY` makes the same.
+pub fn approval_message(manifest_digest: &Digest) -> String {
+    manifest_digest.to_hex()
+}
+
+/// Approve the batch whose manifest has `manifest_digest`: the [`APPROVAL_HEADER`] value.
+pub fn approve(manifest_digest: &Digest, signer: &Signer) -> Result<String, SignError> {
+    signer.sign(
+        Namespace::Approve,
+        approval_message(manifest_digest).as_bytes(),
+    )
+}
+
+/// The Merkle leaf of a request: canonical JSON of everything but `carry` and `replay`.
+pub fn leaf_bytes(request: &ResetRequest) -> Result<Vec<u8>, CanonicalError> {
+    let mut value = serde_json::to_value(request)?;
+    if let Value::Object(fields) = &mut value {
+        fields.remove("carry");
+        fields.remove("replay");
+    }
+    canonical_json_value(&value)
+}
+
+/// A whole batch sealed at once: the signed manifest and every request's proof (what
+/// `enqueue` does in two passes over its input, kept in memory here for small batches and
+/// tests).
+#[derive(Debug, Clone)]
+pub struct SealedBatch {
+    /// The signed manifest.
+    pub manifest: SealedManifest,
+    /// Proof of request `i`, in order.
+    pub proofs: Vec<MerkleProof>,
+}
+
+impl SealedBatch {
+    /// Seal `requests` (all of one batch) as `requested_by`, signed by `signer`.
+    pub fn seal(
+        requests: &[ResetRequest],
+        requested_by: &str,
+        signer: &Signer,
+        now: DateTime<Utc>,
+    ) -> Result<SealedBatch, SignError> {
+        let batch = requests
+            .first()
+            .map(|request| request.batch.clone())
+            .unwrap_or_default();
+        let leaves = requests
+            .iter()
+            .map(leaf_bytes)
+            .collect::<Result<Vec<_>, _>>()?;
+        let tree = super::MerkleTree::from_leaves(&leaves);
+        let manifest = Manifest {
+            batch,
+            count: tree.len(),
+            root: tree.root(),
+            requested_by: requested_by.to_string(),
+            created_at: now,
+        };
+        let proofs = (0..tree.len()).filter_map(|i| tree.proof(i)).collect();
+        Ok(SealedBatch {
+            manifest: SealedManifest::seal(manifest, signer)?,
+            proofs,
+        })
+    }
+
+    /// The header value of proof `index`.
+    pub fn proof_header(&self, index: usize) -> String {
+        self.proofs.get(index).map(proof_header).unwrap_or_default()
+    }
+}
+
+/// The [`PROOF_HEADER`] value of `proof`.
+pub fn proof_header(proof: &MerkleProof) -> String {
+    // Two integers and a base64 string always serialise.
+    serde_json::to_string(proof).unwrap_or_default()
+}
+
+/// Why a request is not executed: the dead-letter reason of issue 10.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No manifest at all.
+    Unsigned,
+    /// A manifest whose signature does not verify (or is malformed).
+    BadSignature,
+    /// A valid signature by a key not allowed to request (or claiming another principal).
+    SignerNotAllowed,
+    /// The request is not the leaf its proof says, of the signed batch.
+    NotInBatch,
+    /// A batch above `security.approval_above` without a valid approval by another person.
+    NotApproved,
+    /// A signed `requested_at` further in the future than [`CLOCK_SKEW`].
+    FutureRequest,
+}
+
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 6] = [
+        Reason::Unsigned,
+        Reason::BadSignature,
+        Reason::SignerNotAllowed,
+        Reason::NotInBatch,
+        Reason::NotApproved,
+        Reason::FutureRequest,
+    ];
+
+    /// The exact string in dead letters (`x-mfa-error-code`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Unsigned => "unsigned",
+            Reason::BadSignature => "bad_signature",
+            Reason::SignerNotAllowed => "signer_not_allowed",
+            Reason::NotInBatch => "not_in_batch",
+            Reason::NotApproved => "not_approved",
+            Reason::FutureRequest => "future_request",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request refused: the reason and a sentence for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The dead-letter reason.
+    pub reason: Reason,
+    /// What exactly failed.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(reason: Reason, message: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+/// The principals behind a verified request: who requested its batch, and who approved it
+/// (when it needed approval). Outcome records carry them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    /// The requester, as `allowed_signers` names them (namespace `mfa-reset-request`).
+    pub requested_by: Principal,
+    /// The second person, when the batch carries an approval (namespace `mfa-reset-approve`).
+    pub approved_by: Option<Principal>,
+    /// Digest of the batch's manifest.
+    pub manifest: Digest,
+}
+
+/// The verdict on one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Signed, in its batch, approved when it had to be: run it.
+    Verified(Verified),
+    /// Dead-letter it with the reason; never execute it.
+    Refused(Refusal),
+}
+
+/// What verification needs from the deployment.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// `security.allowed_signers`.
+    pub allowed: &'a AllowedSigners,
+    /// `security.approval_above`.
+    pub approval_above: u64,
+}
+
+/// A batch whose manifest (and approval, when present) verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedBatch {
+    /// The signed manifest.
+    pub manifest: Manifest,
+    /// Its digest.
+    pub digest: Digest,
+    /// Who signed it.
+    pub requested_by: Principal,
+    /// Who approved it.
+    pub approved_by: Option<Principal>,
+}
+
+/// The headers verification reads, as text.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seal<'a> {
+    /// [`MANIFEST_HEADER`].
+    pub manifest: Option<&'a str>,
+    /// [`PROOF_HEADER`].
+    pub proof: Option<&'a str>,
+    /// [`APPROVAL_HEADER`].
+    pub approval: Option<&'a str>,
+}
+
+/// Check a batch's manifest signature and, when present or needed, its approval, at `now`.
+pub fn verify_batch(
+    manifest_header: Option<&str>,
+    approval_header: Option<&str>,
+    policy: &Policy<'_>,
+    now: DateTime<Utc>,
+) -> Result<TrustedBatch, Refusal> {
+    let text = manifest_header
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .ok_or_else(|| {
+            Refusal::new(
+                Reason::Unsigned,
+                format!("no {MANIFEST_HEADER} header: not enqueued by `mfa-reset enqueue --key`"),
+            )
+        })?;
+    let bad = |message: String| Refusal::new(Reason::BadSignature, message);
+    if text.len() > MAX_MANIFEST {
+        return Err(bad(format!(
+            "the {MANIFEST_HEADER} header is {} bytes, more than any manifest",
+            text.len()
+        )));
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|error| bad(format!("the {MANIFEST_HEADER} header is not JSON: {error}")))?;
+    let signature = value
+        .get("signature")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(format!("the {MANIFEST_HEADER} header has no signature")))?;
+    // Verify the manifest as received, not a re-serialisation of what we parsed.
+    let signed = value
+        .get("manifest")
+        .ok_or_else(|| bad(format!("the {MANIFEST_HEADER} header has no manifest")))?;
+    let bytes = canonical_json_value(signed)
+        .map_err(|error| bad(format!("the manifest has no canonical form: {error}")))?;
+    let signer = verify(signature, Namespace::Request, &bytes, policy.allowed, now)
+        .map_err(|error| from_verify(error, "the batch manifest"))?;
+    let sealed: SealedManifest = serde_json::from_value(value).map_err(|error| {
+        bad(format!(
+            "the manifest is not one this worker reads: {error}"
+        ))
+    })?;
+    let manifest = sealed.manifest;
+    if manifest.requested_by != signer.principal.as_str() {
+        return Err(Refusal::new(
+            Reason::SignerNotAllowed,
+            format!(
+                "the manifest says requested_by {:?} but is signed by {} ({})",
+                manifest.requested_by, signer.principal, signer.fingerprint
+            ),
+        ));
+    }
+    let digest = Digest::of(&bytes);
+    let approved_by = match approval_header.map(str::trim).filter(|a| !a.is_empty()) {
+        None if manifest.count > policy.approval_above => {
+            return Err(Refusal::new(
+                Reason::NotApproved,
+                format!(
+                    "batch {} holds {} requests, more than security.approval_above ({}), and \
+                     nobody approved it: a second person runs `mfa-reset approve --batch {}`",
+                    manifest.batch, manifest.count, policy.approval_above, manifest.batch
+                ),
+            ))
+        }
+        None => None,
+        Some(approval) => Some(verify_approval(
+            approval,
+            &digest,
+            &signer.principal,
+            policy,
+            now,
+        )?),
+    };
+    Ok(TrustedBatch {
+        manifest,
+        digest,
+        requested_by: signer.principal,
+        approved_by,
+    })
+}
+
+/// The approver of the manifest with `digest`, unless the approval is not valid for it.
+fn verify_approval(
+    approval: &str,
+    digest: &Digest,
+    requester: &Principal,
+    policy: &Policy<'_>,
+    now: DateTime<Utc>,
+) -> Result<Principal, Refusal> {
+    let not_approved = |message: String| Refusal::new(Reason::NotApproved, message);
+    let approver = verify(
+        approval,
+        Namespace::Approve,
+        approval_message(digest).as_bytes(),
+        policy.allowed,
+        now,
+    )
+    .map_err(|error| {
+        not_approved(format!(
+            "the approval does not verify for this batch's manifest ({error})"
+        ))
+    })?;
+    if &approver.principal == requester {
+        return Err(not_approved(format!(
+            "approved by {requester}, who requested it: nobody approves their own batch"
+        )));
+    }
+    Ok(approver.principal)
+}
+
+fn from_verify(error: VerifyError, what: &str) -> Refusal {
+    let reason = match error {
+        VerifyError::Unsigned => Reason::Unsigned,
+        VerifyError::Malformed(_) | VerifyError::BadSignature(_) => Reason::BadSignature,
+        VerifyError::SignerNotAllowed(_) => Reason::SignerNotAllowed,
+    };
+    Refusal::new(reason, format!("{what}: {error}"))
+}
+
+/// Is `request` leaf `proof` of `batch`, and not from the future?
+pub fn verify_request(
+    request: &ResetRequest,
+    proof_header: Option<&str>,
+    batch: &TrustedBatch,
+    now: DateTime<Utc>,
+) -> Verdict {
+    match check_request(request, proof_header, batch, now) {
+        Ok(()) => Verdict::Verified(Verified {
+            requested_by: batch.requested_by.clone(),
+            approved_by: batch.approved_by.clone(),
+            manifest: batch.digest,
+        }),
+        Err(refusal) => Verdict::Refused(refusal),
+    }
+}
+
+fn check_request(
+    request: &ResetRequest,
+    proof_header: Option<&str>,
+    batch: &TrustedBatch,
+    now: DateTime<Utc>,
+) -> Result<(), Refusal> {
+    let not_in_batch = |message: String| Refusal::new(Reason::NotInBatch, message);
+    let manifest = &batch.manifest;
+    if request.batch != manifest.batch {
+        return Err(not_in_batch(format!(
+            "the request names batch {:?}, its manifest batch {:?}",
+            request.batch, manifest.batch
+        )));
+    }
+    let text = proof_header
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .ok_or_else(|| not_in_batch(format!("no {PROOF_HEADER} header")))?;
+    if text.len() > MAX_PROOF {
+        return Err(not_in_batch(format!(
+            "the {PROOF_HEADER} header is {} bytes, more than any proof",
+            text.len()
+        )));
+    }
+    let proof: MerkleProof = serde_json::from_str(text)
+        .map_err(|error| not_in_batch(format!("the {PROOF_HEADER} header: {error}")))?;
+    if proof.count != manifest.count {
+        return Err(not_in_batch(format!(
+            "the proof is for a batch of {}, the manifest holds {}",
+            proof.count, manifest.count
+        )));
+    }
+    let leaf = leaf_bytes(request)
+        .map_err(|error| not_in_batch(format!("the request has no canonical form: {error}")))?;
+    if !proof.verify(&leaf, &manifest.root) {
+        return Err(not_in_batch(format!(
+            "the request is not leaf {} of batch {} as signed (changed, or another batch's proof)",
+            proof.index, manifest.batch
+        )));
+    }
+    if request.requested_at > now + CLOCK_SKEW {
+        return Err(Refusal::new(
+            Reason::FutureRequest,
+            format!(
+                "requested_at {} is in the future (now {}); a request cannot be dated ahead \
+                 to outlive reset.max_request_age",
+                request.requested_at.to_rfc3339(),
+                now.to_rfc3339()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// [`verify_batch`] then [`verify_request`], without a cache.
+pub fn verdict(
+    request: &ResetRequest,
+    seal: Seal<'_>,
+    policy: &Policy<'_>,
+    now: DateTime<Utc>,
+) -> Verdict {
+    match verify_batch(seal.manifest, seal.approval, policy, now) {
+        Ok(batch) => verify_request(request, seal.proof, &batch, now),
+        Err(refusal) => Verdict::Refused(refusal),
+    }
+}
+
+#[cfg(test)]
+#[path = "requests_tests.rs"]
+mod tests;

@@ -1,0 +1,325 @@
+use chrono::{Duration, TimeZone};
+
+use super::*;
+use crate::domain::{Carry, UserRef, REQUEST_VERSION};
+use crate::trust::test_keys::{allowed, ed25519, signer};
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+}
+
+fn request(batch: &str, i: usize) -> ResetRequest {
+    let user = UserRef::parse(&format!("user{i}@contoso.com")).unwrap();
+    ResetRequest {
+        version: REQUEST_VERSION,
+        request_id: ResetRequest::id_for(batch, &user),
+        batch: batch.into(),
+        user,
+        ticket: None,
+        reason: Some("incident".into()),
+        requested_by: None,
+        dry_run: false,
+        revoke_sessions: true,
+        requested_at: now() - Duration::minutes(1),
+        replay: 0,
+        carry: None,
+    }
+}
+
+fn batch(name: &str, n: usize) -> Vec<ResetRequest> {
+    (0..n).map(|i| request(name, i)).collect()
+}
+
+/// alice and bob request and approve; worker signs records only; mallory is not listed.
+struct World {
+    allowed: AllowedSigners,
+    alice: Signer,
+    bob: Signer,
+    worker: Signer,
+    mallory: Signer,
+}
+
+fn world() -> World {
+    let (alice, bob, worker, mallory) = (ed25519(1), ed25519(2), ed25519(3), ed25519(4));
+    let both = r#"namespaces="mfa-reset-request,mfa-reset-approve""#;
+    let allowed = allowed(&[
+        ("alice@contoso.com", both, alice.public_key()),
+        ("bob@contoso.com", both, bob.public_key()),
+        (
+            "worker@contoso.com",
+            r#"namespaces="mfa-reset-worker""#,
+            worker.public_key(),
+        ),
+    ]);
+    World {
+        allowed,
+        alice: signer(alice),
+        bob: signer(bob),
+        worker: signer(worker),
+        mallory: signer(mallory),
+    }
+}
+
+fn policy(world: &World) -> Policy<'_> {
+    Policy {
+        allowed: &world.allowed,
+        approval_above: 3,
+    }
+}
+
+fn check(
+    world: &World,
+    request: &ResetRequest,
+    sealed: &SealedBatch,
+    index: usize,
+    approval: Option<&str>,
+) -> Verdict {
+    let manifest = sealed.manifest.to_header();
+    let proof = sealed.proof_header(index);
+    let seal = Seal {
+        manifest: Some(&manifest),
+        proof: Some(&proof),
+        approval,
+    };
+    verdict(request, seal, &policy(world), now())
+}
+
+fn refused(verdict: Verdict) -> Reason {
+    match verdict {
+        Verdict::Refused(refusal) => refusal.reason,
+        Verdict::Verified(who) => panic!("verified as {who:?}"),
+    }
+}
+
+#[test]
+fn reasons_have_the_names_of_the_contract() {
+    let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "unsigned",
+            "bad_signature",
+            "signer_not_allowed",
+            "not_in_batch",
+            "not_approved",
+            "future_request"
+        ]
+    );
+}
+
+#[test]
+fn every_request_of_a_signed_batch_verifies_as_its_requester() {
+    let w = world();
+    let requests = batch("b1", 3);
+    let sealed = SealedBatch::seal(&requests, "alice@contoso.com", &w.alice, now()).unwrap();
+    for (i, request) in requests.iter().enumerate() {
+        let Verdict::Verified(who) = check(&w, request, &sealed, i, None) else {
+            panic!("request {i} refused");
+        };
+        assert_eq!(who.requested_by.as_str(), "alice@contoso.com");
+        assert_eq!(who.approved_by, None);
+        assert_eq!(who.manifest, sealed.manifest.digest().unwrap());
+    }
+}
+
+#[test]
+fn a_ticket_event_is_a_batch_of_one_whose_root_is_its_leaf_hash() {
+    let w = world();
+    let requests = batch("t1", 1);
+    let sealed = SealedBatch::seal(&requests, "alice@contoso.com", &w.alice, now()).unwrap();
+    let leaf = crate::trust::merkle::leaf_hash(&leaf_bytes(&requests[0]).unwrap());
+    assert_eq!(sealed.manifest.manifest.root, leaf);
+    assert!(sealed.proofs[0].path.is_empty());
+    assert!(matches!(
+        check(&w, &requests[0], &sealed, 0, None),
+        Verdict::Verified(_)
+    ));
+}
+
+#[test]
+fn a_retry_or_replay_still_verifies_but_a_changed_request_does_not() {
+    let w = world();
+    let requests = batch("b1", 3);
+    let sealed = SealedBatch::seal(&requests, "alice@contoso.com", &w.alice, now()).unwrap();
+    let mut retried = requests[1].clone();
+    retried.carry = Some(Carry {
+        last_error: Some("503".into()),
+        ..Carry::default()
+    });
+    retried.replay = 2;
+    assert!(matches!(
+        check(&w, &retried, &sealed, 1, None),
+        Verdict::Verified(_)
+    ));
+    let changes: [fn(&mut ResetRequest); 5] = [
+        |r| r.user = UserRef::parse("victim@contoso.com").unwrap(),
+        |r| r.dry_run = true,
+        |r| r.ticket = Some("INC9".into()),
+        |r| r.requested_at += Duration::hours(20),
+        |r| r.batch = "b2".into(),
+    ];
+    for change in changes {
+        let mut changed = requests[1].clone();
+        change(&mut changed);
+        assert_eq!(
+            refused(check(&w, &changed, &sealed, 1, None)),
+            Reason::NotInBatch
+        );
+    }
+    // Another request's proof does not fit either.
+    assert_eq!(
+        refused(check(&w, &requests[1], &sealed, 0, None)),
+        Reason::NotInBatch
+    );
+}
+
+#[test]
+fn missing_forged_and_foreign_manifests_are_refused_with_their_reason() {
+    let w = world();
+    let requests = batch("b1", 2);
+    let request = &requests[0];
+    let policy = policy(&w);
+    let by = |manifest: Option<&str>| {
+        refused(verdict(
+            request,
+            Seal {
+                manifest,
+                proof: None,
+                approval: None,
+            },
+            &policy,
+            now(),
+        ))
+    };
+    assert_eq!(by(None), Reason::Unsigned);
+    assert_eq!(by(Some("  ")), Reason::Unsigned);
+    assert_eq!(by(Some("{not json")), Reason::BadSignature);
+
+    let sealed = SealedBatch::seal(&requests, "alice@contoso.com", &w.alice, now()).unwrap();
+    // The count raised after signing.
+    let mut forged = sealed.manifest.clone();
+    forged.manifest.count = 1;
+    assert_eq!(by(Some(&forged.to_header())), Reason::BadSignature);
+    // Signed for another namespace (a worker record signature replayed as a request).
+    let mut other = sealed.manifest.clone();
+    other.signature = w
+        .alice
+        .sign(
+            Namespace::Approve,
+            &manifest_bytes(&sealed.manifest.manifest).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(by(Some(&other.to_header())), Reason::BadSignature);
+    // Signed by a key nobody listed, and by a worker key not allowed to request.
+    for outsider in [&w.mallory, &w.worker] {
+        let foreign = SealedBatch::seal(&requests, "alice@contoso.com", outsider, now()).unwrap();
+        assert_eq!(
+            refused(check(&w, request, &foreign, 0, None)),
+            Reason::SignerNotAllowed
+        );
+    }
+    // Signed by bob, claiming alice asked.
+    let claimed = SealedBatch::seal(&requests, "alice@contoso.com", &w.bob, now()).unwrap();
+    assert_eq!(
+        refused(check(&w, request, &claimed, 0, None)),
+        Reason::SignerNotAllowed
+    );
+}
+
+#[test]
+fn a_request_dated_in_the_future_is_refused_beyond_the_clock_skew() {
+    let w = world();
+    let mut requests = batch("b1", 2);
+    requests[0].requested_at = now() + Duration::minutes(1);
+    requests[1].requested_at = now() + Duration::hours(1);
+    let sealed = SealedBatch::seal(&requests, "alice@contoso.com", &w.alice, now()).unwrap();
+    assert!(matches!(
+        check(&w, &requests[0], &sealed, 0, None),
+        Verdict::Verified(_)
+    ));
+    assert_eq!(
+        refused(check(&w, &requests[1], &sealed, 1, None)),
+        Reason::FutureRequest
+    );
+}
+
+#[test]
+fn a_big_batch_needs_the_approval_of_another_person_for_this_very_list() {
+    let w = world();
+    let requests = batch("big", 4);
+    let sealed = SealedBatch::seal(&requests, "alice@contoso.com", &w.alice, now()).unwrap();
+    let digest = sealed.manifest.digest().unwrap();
+    assert_eq!(
+        refused(check(&w, &requests[0], &sealed, 0, None)),
+        Reason::NotApproved
+    );
+    // Alice approving her own batch.
+    let own = approve(&digest, &w.alice).unwrap();
+    assert_eq!(
+        refused(check(&w, &requests[0], &sealed, 0, Some(&own))),
+        Reason::NotApproved
+    );
+    // Bob approving another list (one user swapped).
+    let mut other = requests.clone();
+    other[3] = request("big", 99);
+    let other_sealed = SealedBatch::seal(&other, "alice@contoso.com", &w.alice, now()).unwrap();
+    let for_other = approve(&other_sealed.manifest.digest().unwrap(), &w.bob).unwrap();
+    assert_eq!(
+        refused(check(&w, &requests[0], &sealed, 0, Some(&for_other))),
+        Reason::NotApproved
+    );
+    // The worker key may not approve.
+    let by_worker = approve(&digest, &w.worker).unwrap();
+    assert_eq!(
+        refused(check(&w, &requests[0], &sealed, 0, Some(&by_worker))),
+        Reason::NotApproved
+    );
+    // A request signature replayed as an approval.
+    let wrong_namespace = w
+        .bob
+        .sign(Namespace::Request, approval_message(&digest).as_bytes())
+        .unwrap();
+    assert_eq!(
+        refused(check(&w, &requests[0], &sealed, 0, Some(&wrong_namespace))),
+        Reason::NotApproved
+    );
+    // Bob approving this list.
+    let approval = approve(&digest, &w.bob).unwrap();
+    let Verdict::Verified(who) = check(&w, &requests[2], &sealed, 2, Some(&approval)) else {
+        panic!("approved request refused");
+    };
+    assert_eq!(who.requested_by.as_str(), "alice@contoso.com");
+    assert_eq!(
+        who.approved_by.as_ref().map(Principal::as_str),
+        Some("bob@contoso.com")
+    );
+}
+
+#[test]
+fn oversized_headers_are_refused_before_parsing() {
+    let w = world();
+    let requests = batch("b1", 1);
+    let sealed = SealedBatch::seal(&requests, "alice@contoso.com", &w.alice, now()).unwrap();
+    let huge = "x".repeat(MAX_MANIFEST + 1);
+    let policy = policy(&w);
+    let seal = Seal {
+        manifest: Some(&huge),
+        proof: None,
+        approval: None,
+    };
+    assert_eq!(
+        refused(verdict(&requests[0], seal, &policy, now())),
+        Reason::BadSignature
+    );
+    let manifest = sealed.manifest.to_header();
+    let proof = "y".repeat(MAX_PROOF + 1);
+    let seal = Seal {
+        manifest: Some(&manifest),
+        proof: Some(&proof),
+        approval: None,
+    };
+    assert_eq!(
+        refused(verdict(&requests[0], seal, &policy, now())),
+        Reason::NotInBatch
+    );
+}

@@ -1,0 +1,307 @@
+//! Signed requests and the two-person rule against the real broker and the simulator: what
+//! somebody holding only broker credentials publishes is dead-lettered with its reason and
+//! never executed, by either route; a big batch waits for a second, different person.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use graph_sim::{GenOptions, SimConfig};
+use lapin::options::BasicGetOptions;
+use lapin::types::FieldTable;
+use mfa_reset::broker::headers::{self, Headers};
+use mfa_reset::cli::ApproveArgs;
+use mfa_reset::commands;
+use mfa_reset::domain::{ResetRequest, Status, UserRef, REQUEST_VERSION};
+use mfa_reset::trust::requests::{
+    approve, SealedBatch, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER,
+};
+use mfa_reset::trust::signer::generate_ed25519;
+use mfa_reset::trust::Signer;
+
+use crate::common::env::{csv_of_generated, TestEnv};
+
+fn tenant(users: usize) -> SimConfig {
+    SimConfig {
+        users,
+        generation: GenOptions {
+            methods_min: 1,
+            ..GenOptions::default()
+        },
+        ..SimConfig::default()
+    }
+}
+
+/// A request for generated user `i` in `batch`.
+fn request(batch: &str, i: usize) -> ResetRequest {
+    let user = UserRef::parse(&graph_sim::tenant::upn_for_index(i)).expect("user");
+    ResetRequest {
+        version: REQUEST_VERSION,
+        request_id: ResetRequest::id_for(batch, &user),
+        batch: batch.into(),
+        user,
+        ticket: None,
+        reason: Some("forged".into()),
+        requested_by: None,
+        dry_run: false,
+        revoke_sessions: true,
+        requested_at: Utc::now(),
+        replay: 0,
+        carry: None,
+    }
+}
+
+/// The headers of request `i` of `sealed`, plus `approval` when given.
+fn headers_of(sealed: &SealedBatch, i: usize, approval: Option<&str>) -> FieldTable {
+    let mut h = Headers::default()
+        .str(MANIFEST_HEADER, &sealed.manifest.to_header())
+        .str(PROOF_HEADER, &sealed.proof_header(i));
+    if let Some(approval) = approval {
+        h = h.str(APPROVAL_HEADER, approval);
+    }
+    h.build()
+}
+
+fn body(request: &ResetRequest) -> Vec<u8> {
+    serde_json::to_vec(request).expect("json")
+}
+
+/// Take every dead letter off the queue: (error code, user) of each.
+async fn dead_letters(env: &TestEnv) -> Vec<(String, String)> {
+    let conn = mfa_reset::broker::connect(&env.settings.broker, "test dead")
+        .await
+        .expect("broker");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            env.topology().dead().as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+    {
+        let code =
+            headers::get_str(&m.delivery.properties, headers::ERROR_CODE).unwrap_or_default();
+        let user = serde_json::from_slice::<serde_json::Value>(&m.delivery.data)
+            .ok()
+            .and_then(|v| v["user"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        out.push((code, user));
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    out
+}
+
+/// Wait until the dead-letter queue holds `n` messages (or fail after a generous deadline).
+async fn wait_dead(env: &TestEnv, n: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let len = env.queue_len(&env.topology().dead()).await;
+        if len >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{len} of {n} dead letters after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One forged message of each kind for users from `first` on; returns them with the
+/// reason each must be refused with.
+fn forgeries(env: &TestEnv, route: &str, first: usize) -> Vec<(Vec<u8>, FieldTable, &'static str)> {
+    let requester = Signer::from_key_file(&env.keys.requester.path).expect("requester key");
+    let principal = env.keys.requester.principal.as_str();
+    let batch = |name: &str| format!("forged-{route}-{name}");
+    let mut out = Vec::new();
+
+    // Unsigned: the request JSON alone, as it was executed before issue 10.
+    out.push((
+        body(&request(&batch("unsigned"), first)),
+        FieldTable::default(),
+        "unsigned",
+    ));
+
+    // Bad signature: a real signed manifest of one user, its count raised to fit two.
+    let small = vec![request(&batch("bad"), first + 1)];
+    let sealed = SealedBatch::seal(&small, principal, &requester, Utc::now()).expect("seal");
+    let mut tampered = sealed.clone();
+    tampered.manifest.manifest.count = 2;
+    out.push((
+        body(&small[0]),
+        headers_of(&tampered, 0, None),
+        "bad_signature",
+    ));
+
+    // Signer not allowed: a key of the attacker's own, and the worker's key (not a requester).
+    let own = Signer::from_private_key(generate_ed25519("mallory").expect("key")).expect("signer");
+    let worker = Signer::from_key_file(&env.keys.worker.path).expect("worker key");
+    for (i, signer) in [own, worker].iter().enumerate() {
+        let one = vec![request(&batch(&format!("outsider{i}")), first + 2 + i)];
+        let sealed = SealedBatch::seal(&one, principal, signer, Utc::now()).expect("seal");
+        out.push((
+            body(&one[0]),
+            headers_of(&sealed, 0, None),
+            "signer_not_allowed",
+        ));
+    }
+
+    // Not in batch: a genuinely signed request for one user, its body pointed at another.
+    let genuine = vec![request(&batch("swap"), first + 4)];
+    let sealed = SealedBatch::seal(&genuine, principal, &requester, Utc::now()).expect("seal");
+    let mut victim = request(&batch("swap"), first + 5);
+    victim.request_id = genuine[0].request_id;
+    out.push((body(&victim), headers_of(&sealed, 0, None), "not_in_batch"));
+
+    // Not approved: a signed batch of three (above the threshold of two), no approval.
+    let big: Vec<_> = (0..3)
+        .map(|i| request(&batch("big"), first + 6 + i))
+        .collect();
+    let sealed = SealedBatch::seal(&big, principal, &requester, Utc::now()).expect("seal");
+    for (i, r) in big.iter().enumerate() {
+        out.push((body(r), headers_of(&sealed, i, None), "not_approved"));
+    }
+
+    // Future request: signed, but dated an hour ahead to outlive reset.max_request_age.
+    let mut later = vec![request(&batch("future"), first + 9)];
+    later[0].requested_at = Utc::now() + chrono::Duration::hours(1);
+    let sealed = SealedBatch::seal(&later, principal, &requester, Utc::now()).expect("seal");
+    out.push((
+        body(&later[0]),
+        headers_of(&sealed, 0, None),
+        "future_request",
+    ));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_requests_by_either_route_are_dead_lettered_with_their_reason_and_never_executed() {
+    let mut env = TestEnv::new("req-forged", tenant(20)).await;
+    env.settings.security.approval_above = 2;
+    env.setup().await;
+    let before = env.sim.users_snapshot();
+    let topology = env.topology();
+
+    // Straight into the queue through the default exchange, and through the intake.
+    let direct = forgeries(&env, "direct", 0);
+    let intake = forgeries(&env, "intake", 10);
+    for (body, headers, _) in &direct {
+        env.publish_raw_with("", &topology.requests(), body, headers.clone())
+            .await;
+    }
+    for (body, headers, _) in &intake {
+        env.publish_raw_with(&topology.intake(), "request", body, headers.clone())
+            .await;
+    }
+    env.start_worker(4);
+    let total = (direct.len() + intake.len()) as u32;
+    wait_dead(&env, total).await;
+    env.stop_workers().await;
+
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    for (body, _, reason) in direct.iter().chain(&intake) {
+        let user = serde_json::from_slice::<serde_json::Value>(body).unwrap()["user"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        expected.insert(user, reason.to_string());
+    }
+    let got: BTreeMap<String, String> = dead_letters(&env)
+        .await
+        .into_iter()
+        .map(|(code, user)| (user, code))
+        .collect();
+    assert_eq!(got, expected);
+    let stats = env.sim.stats();
+    assert_eq!(stats.methods_deleted, 0);
+    assert_eq!(stats.sessions_revoked, 0);
+    assert_eq!(
+        env.sim.users_snapshot(),
+        before,
+        "nothing changed in the tenant"
+    );
+    assert!(
+        env.outcome_counts().await.is_empty(),
+        "no outcome recorded for a refused request"
+    );
+    assert_eq!(env.queue_len(&topology.requests()).await, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_batch_waits_until_a_second_person_approves_it_and_only_that_list() {
+    let mut env = TestEnv::new("req-approve", tenant(12)).await;
+    env.settings.security.approval_above = 3;
+    env.setup().await;
+    env.start_worker(4);
+
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(5))
+        .await
+        .expect("enqueue");
+    assert!(enqueued.awaiting_approval);
+    // Confirmed into the awaiting stream: nothing is on the requests queue for the worker.
+    assert_eq!(env.queue_len(&env.topology().requests()).await, 0);
+
+    // The requester cannot approve their own batch.
+    let own = commands::approve::run(
+        &env.settings,
+        &ApproveArgs {
+            batch: enqueued.batch.clone(),
+            key: env.keys.requester.path.clone(),
+            yes: true,
+        },
+    )
+    .await
+    .expect_err("self-approval refused");
+    assert!(
+        format!("{own:#}").contains("nobody approves their own batch"),
+        "{own:#}"
+    );
+
+    // An approval of another list (one user swapped) does not verify for this one.
+    let requester = Signer::from_key_file(&env.keys.requester.path).expect("key");
+    let approver = Signer::from_key_file(&env.keys.approver.path).expect("key");
+    let principal = env.keys.requester.principal.as_str();
+    let list: Vec<_> = (5..9).map(|i| request("req-approve-other", i)).collect();
+    let mut other = list.clone();
+    other[3] = request("req-approve-other", 11);
+    let sealed = SealedBatch::seal(&list, principal, &requester, Utc::now()).expect("seal");
+    let other_sealed = SealedBatch::seal(&other, principal, &requester, Utc::now()).expect("seal");
+    let wrong = approve(&other_sealed.manifest.digest().unwrap(), &approver).expect("sign");
+    for (i, r) in list.iter().enumerate() {
+        env.publish_raw_with(
+            &env.topology().intake(),
+            "request",
+            &body(r),
+            headers_of(&sealed, i, Some(&wrong)),
+        )
+        .await;
+    }
+    wait_dead(&env, 4).await;
+    let refused = dead_letters(&env).await;
+    assert!(
+        refused.iter().all(|(code, _)| code == "not_approved"),
+        "{refused:?}"
+    );
+    assert_eq!(env.sim.stats().methods_deleted, 0, "nothing ran unapproved");
+
+    // The second person approves: the batch runs, approved for exactly its five users.
+    let approved = commands::approve::run(
+        &env.settings,
+        &ApproveArgs {
+            batch: enqueued.batch.clone(),
+            key: env.keys.approver.path.clone(),
+            yes: true,
+        },
+    )
+    .await
+    .expect("approve");
+    assert_eq!(approved.count, 5);
+    assert_eq!(approved.approved_by, env.keys.approver.principal);
+    let view = env.wait_batch(&enqueued.batch, 60).await;
+    assert_eq!(view.counts().get(&Status::Reset).copied(), Some(5));
+    env.cleanup().await;
+}
