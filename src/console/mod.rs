@@ -53,6 +53,8 @@ pub struct Console {
     pub provider: oidc::Provider,
     /// HTTP client for the provider.
     pub http: reqwest::Client,
+    /// The console's key (`console.key`) and the principal it signs batches as.
+    pub signer: Option<(crate::trust::Signer, String)>,
 }
 
 impl Console {
@@ -87,6 +89,27 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             .iter()
             .map(|(name, secret)| (name, secret.expose_secret())),
     )?;
+    let signer = if settings.console.key.trim().is_empty() {
+        anyhow::ensure!(
+            sources.is_empty(),
+            "webhook.secrets names {} but console.key is empty: the console signs the batch of \
+             each ticket with its own SSH key (namespace mfa-reset-request in \
+             security.allowed_signers); set console.key (MFA_RESET__CONSOLE__KEY)",
+            sources.names().join(", ")
+        );
+        None
+    } else {
+        let path = std::path::PathBuf::from(settings.console.key.trim());
+        let signer = crate::trust::Signer::from_key_file(&path)
+            .with_context(|| format!("console.key {}", path.display()))?;
+        let principal = crate::commands::enqueue::signing_principal(
+            &settings,
+            &signer,
+            crate::trust::Namespace::Request,
+        )
+        .context("console.key")?;
+        Some((signer, principal))
+    };
     let topology = Topology::new(&settings.broker, &settings.retry);
     // Declares the topology, so the outcomes stream exists before it is followed.
     let publisher = Publisher::connect(&settings.broker, &topology, "mfa-reset serve").await?;
@@ -136,6 +159,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         cookies: session::CookieKey::random(),
         provider: oidc::Provider::default(),
         http,
+        signer,
         settings,
         sources,
         publisher: tokio::sync::Mutex::new(Some(publisher)),

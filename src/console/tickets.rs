@@ -27,10 +27,12 @@ use uuid::Uuid;
 
 use super::webhook::{self, Headers, Verified};
 use super::{json_error, Console};
+use crate::broker::headers::Headers as AmqpHeaders;
 use crate::broker::topology::{RK_OUTCOME, RK_REQUEST};
-use crate::broker::OutMessage;
+use crate::broker::{OutMessage, Topology};
 use crate::domain::{BatchManifest, Record, ResetRequest, REQUEST_VERSION};
 use crate::intake::{self, IntakeRow};
+use crate::trust::requests::{SealedBatch, MANIFEST_HEADER, PROOF_HEADER};
 
 /// Manifests of ticket batches carry `source = "webhook:{source}:{ticket}"`.
 const SOURCE_PREFIX: &str = "webhook:";
@@ -188,15 +190,6 @@ async fn publish(console: &Console, call: &Verified, row: IntakeRow) -> anyhow::
         .clone()
         .unwrap_or_else(|| format!("{SOURCE_PREFIX}{}", call.source));
     let now = Utc::now();
-    let manifest = Record::Manifest(BatchManifest {
-        batch: batch.clone(),
-        count: 1,
-        source: format!("{SOURCE_PREFIX}{}:{ticket}", call.source),
-        dry_run: false,
-        revoke_sessions: row.revoke_sessions.unwrap_or(false),
-        requested_by: Some(requested_by.clone()),
-        created_at: now,
-    });
     let request = ResetRequest {
         version: REQUEST_VERSION,
         request_id,
@@ -211,16 +204,41 @@ async fn publish(console: &Console, call: &Verified, row: IntakeRow) -> anyhow::
         replay: 0,
         carry: None,
     };
+    // A batch of one, signed by the console's key (namespace mfa-reset-request): the
+    // workers see the console's principal as the requester, the ticket system's person
+    // in the request's own (signed) requested_by.
+    let (signer, principal) = console
+        .signer
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("console.key is not set"))?;
+    let sealed = SealedBatch::seal(std::slice::from_ref(&request), principal, signer, now)?;
+    let manifest = Record::Manifest(BatchManifest {
+        batch: batch.clone(),
+        count: 1,
+        source: format!("{SOURCE_PREFIX}{}:{ticket}", call.source),
+        dry_run: false,
+        revoke_sessions: request.revoke_sessions,
+        requested_by: request.requested_by.clone(),
+        created_at: now,
+        sealed: Some(sealed.manifest.clone()),
+    });
+    let headers = AmqpHeaders::default()
+        .str(MANIFEST_HEADER, &sealed.manifest.to_header())
+        .str(PROOF_HEADER, &sealed.proof_header(0))
+        .build();
+    let intake = Topology::new(&console.settings.broker, &console.settings.retry).intake();
     let mut guard = console.publisher().await?;
     let result = async {
         let publisher = guard.as_mut().expect("connected above");
         publisher
-            .send(OutMessage::json(RK_OUTCOME, serde_json::to_vec(&manifest)?))
+            .send(OutMessage::json(RK_OUTCOME, serde_json::to_vec(&manifest)?).via(intake.clone()))
             .await?;
         publisher
             .send(
                 OutMessage::json(RK_REQUEST, serde_json::to_vec(&request)?)
-                    .with_id(request_id.to_string()),
+                    .with_id(request_id.to_string())
+                    .with_headers(headers)
+                    .via(intake),
             )
             .await?;
         publisher.flush().await

@@ -60,6 +60,8 @@ impl Serve {
             .env("MFA_RESET__WEBHOOK__SECRETS__SERVICENOW", SERVICENOW)
             .env("MFA_RESET__WEBHOOK__SECRETS__JIRA", JIRA)
             .env("MFA_RESET__WEBHOOK__MAX_BODY", "2048")
+            // The console signs each ticket's batch with its own key (request namespace).
+            .env("MFA_RESET__CONSOLE__KEY", &env.keys.requester.path)
             .stderr(log.reopen().expect("log"))
             .spawn()
             .expect("mfa-reset serve starts");
@@ -256,6 +258,18 @@ async fn a_signed_ticket_is_executed_once_even_when_delivered_again_after_a_rest
         2,
         "published once per process"
     );
+    // Signed by the console's key: the manifest names its principal.
+    let sealed = env
+        .stream_records()
+        .await
+        .into_iter()
+        .find_map(|r| match r {
+            Record::Manifest(m) if m.batch == batch => m.sealed,
+            _ => None,
+        })
+        .expect("a sealed manifest");
+    assert_eq!(sealed.manifest.requested_by, env.keys.requester.principal);
+    assert_eq!(sealed.manifest.count, 1);
     serve.stop().await;
     env.cleanup().await;
 }
