@@ -470,6 +470,8 @@ pub struct ConsoleSettings {
     /// How long a sign-in lasts.
     #[serde(with = "humantime_serde")]
     pub session_lifetime: Duration,
+    /// Largest CSV upload accepted, in bytes.
+    pub max_upload: usize,
 }
 
 impl Default for ConsoleSettings {
@@ -482,6 +484,7 @@ impl Default for ConsoleSettings {
             oidc_client_id: String::new(),
             oidc_client_secret: None,
             session_lifetime: Duration::from_secs(8 * 3600),
+            max_upload: 64 * 1024 * 1024,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod oidc;
 pub mod pages;
 pub mod session;
 pub mod tickets;
+pub mod uploads;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -55,6 +56,10 @@ pub struct Console {
     pub http: reqwest::Client,
     /// The console's key (`console.key`) and the principal it signs batches as.
     pub signer: Option<(crate::trust::Signer, String)>,
+    /// Uploads waiting for their submit.
+    pub uploads: uploads::Uploads,
+    /// Every batch on the outcomes stream, folded.
+    pub batches: Arc<std::sync::Mutex<uploads::Batches>>,
 }
 
 impl Console {
@@ -116,7 +121,20 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let index: Arc<std::sync::Mutex<tickets::TicketIndex>> = Arc::default();
     let conn = broker::connect(&settings.broker, "mfa-reset serve (outcomes)").await?;
     let sink = index.clone();
+    let batches: Arc<std::sync::Mutex<uploads::Batches>> = Arc::default();
+    let batch_sink = batches.clone();
     let follower = StreamFollower::start(&conn, &topology, Offset::First, move |record| {
+        let batch = match &record {
+            crate::domain::Record::Manifest(m) => Some(m.batch.clone()),
+            crate::domain::Record::Outcome(o) => Some(o.batch.clone()),
+            _ => None,
+        };
+        if let (Some(batch), Ok(mut batches)) = (batch, batch_sink.lock()) {
+            batches
+                .entry(batch.clone())
+                .or_insert_with(|| crate::batch::BatchView::new(&batch))
+                .apply(record.clone());
+        }
         if let Ok(mut index) = sink.lock() {
             index.record(record);
         }
@@ -160,6 +178,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         provider: oidc::Provider::default(),
         http,
         signer,
+        uploads: Default::default(),
+        batches,
         settings,
         sources,
         publisher: tokio::sync::Mutex::new(Some(publisher)),
@@ -190,6 +210,12 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/auth/callback", get(oidc::callback))
         .route("/logout", post(pages::logout))
         .route("/api/v1/me", get(pages::me))
+        .route("/console.js", get(uploads::script))
+        .route("/batches/new", get(uploads::new_batch_page))
+        .route("/batches/{batch}", get(uploads::batch_page))
+        .route("/api/v1/uploads", post(uploads::upload))
+        .route("/api/v1/uploads/{id}/submit", post(uploads::submit))
+        .route("/api/v1/batches/{batch}/events", get(uploads::batch_events))
         .route("/api/v1/tickets", post(tickets::create))
         .route("/api/v1/tickets/{ticket}", get(tickets::outcome))
         .layer(axum::middleware::map_response(security_headers))

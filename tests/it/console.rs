@@ -819,3 +819,199 @@ async fn the_simulated_provider_redeems_a_code_once_and_only_with_its_pkce_verif
     assert_eq!(claims["tid"], tenant_id.as_str());
     env.cleanup().await;
 }
+
+/// The CSRF token of a page.
+fn csrf_of(html: &str) -> String {
+    html.split("data-csrf=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a csrf token on the page")
+        .to_string()
+}
+
+impl Browser {
+    async fn post_raw(&mut self, url: &str, csrf: &str, body: &str) -> reqwest::Response {
+        let response = self
+            .http
+            .post(url)
+            .header("cookie", self.cookie_header())
+            .header("x-csrf-token", csrf)
+            .header("content-type", "text/csv")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("POST");
+        self.take_cookies(&response);
+        response
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_uploads_previews_and_submits_a_csv_and_watches_it_finish_live() {
+    let mut env = TestEnv::new("console-upload", tenant(8)).await;
+    env.settings.reset.protected_users = vec![graph_sim::tenant::upn_for_index(2)];
+    env.setup().await;
+    env.start_worker(4);
+    let mut extra = oidc_env(&env);
+    extra.push((
+        "MFA_RESET__RESET__PROTECTED_USERS",
+        format!("[{}]", graph_sim::tenant::upn_for_index(2)),
+    ));
+    let serve = Serve::start_with(&env, &extra).await;
+    let sim = env.sim.url();
+    let operator_upn = graph_sim::tenant::upn_for_index(6);
+    let uploads = format!("{}/api/v1/uploads?name=users.csv", serve.url);
+
+    // Nobody signed in: 401. A viewer: 403.
+    let mut anonymous = Browser::new();
+    assert_eq!(
+        anonymous
+            .post_raw(&uploads, "x", "user\n")
+            .await
+            .status()
+            .as_u16(),
+        401
+    );
+    let mut viewer = Browser::new();
+    sign_in(
+        &mut viewer,
+        &serve.url,
+        &sim,
+        &graph_sim::tenant::upn_for_index(7),
+        &["viewer"],
+    )
+    .await;
+    assert_eq!(
+        viewer
+            .get(&format!("{}/batches/new", serve.url))
+            .await
+            .status()
+            .as_u16(),
+        403
+    );
+
+    let mut operator = Browser::new();
+    sign_in(
+        &mut operator,
+        &serve.url,
+        &sim,
+        &operator_upn,
+        &["operator"],
+    )
+    .await;
+    let page = operator
+        .get(&format!("{}/batches/new", serve.url))
+        .await
+        .text()
+        .await
+        .expect("page");
+    let csrf = csrf_of(&page);
+    assert_eq!(
+        operator
+            .post_raw(&uploads, "not-the-token", "user\n")
+            .await
+            .status()
+            .as_u16(),
+        403
+    );
+
+    // Every bad line is named; markup in a value comes back as data, never run.
+    let bad = format!(
+        "user\n{}\nbob@\n<script>alert(1)</script>\n",
+        graph_sim::tenant::upn_for_index(0)
+    );
+    let refused = operator.post_raw(&uploads, &csrf, &bad).await;
+    assert_eq!(refused.status().as_u16(), 422);
+    let refused: Value = refused.json().await.expect("JSON");
+    let lines: Vec<u64> = refused["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["line"].as_u64().expect("line"))
+        .collect();
+    assert_eq!(lines, vec![3, 4], "{refused}");
+    let not_csv = operator.post_raw(&uploads, &csrf, "\u{0}\u{1}binary").await;
+    assert_eq!(not_csv.status().as_u16(), 422);
+
+    let users: Vec<String> = (0..4).map(graph_sim::tenant::upn_for_index).collect();
+    let csv = format!("userPrincipalName\n{}\n{}\n", users.join("\n"), users[0]);
+    let preview = operator.post_raw(&uploads, &csrf, &csv).await;
+    assert_eq!(preview.status().as_u16(), 200);
+    let preview: Value = preview.json().await.expect("JSON");
+    assert_eq!(preview["count"], 4, "{preview}");
+    assert_eq!(preview["duplicates_total"], 1);
+    assert_eq!(preview["protected"], json!([users[2]]));
+    assert_eq!(preview["needs_approval"], false);
+
+    let upload = preview["upload"].as_str().expect("upload id");
+    let submit = format!("{}/api/v1/uploads/{upload}/submit", serve.url);
+    let submitted = operator.post_raw(&submit, &csrf, "").await;
+    assert_eq!(submitted.status().as_u16(), 200);
+    let submitted: Value = submitted.json().await.expect("JSON");
+    let batch = submitted["batch"].as_str().expect("batch").to_string();
+    assert_eq!(submitted["requested_by"], operator_upn.as_str());
+    // Submitted once: the upload is gone.
+    assert_eq!(
+        operator
+            .post_raw(&submit, &csrf, "")
+            .await
+            .status()
+            .as_u16(),
+        404
+    );
+
+    // Live progress over server-sent events until the batch is complete.
+    let response = viewer
+        .http
+        .get(format!("{}/api/v1/batches/{batch}/events", serve.url))
+        .header("cookie", viewer.cookie_header())
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut response = response;
+    let mut seen = String::new();
+    let last = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            let chunk = response
+                .chunk()
+                .await
+                .expect("stream")
+                .expect("not ended before complete");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if let Some(data) = seen
+                .rsplit("data: ")
+                .next()
+                .filter(|d| d.contains("\"complete\":true"))
+            {
+                break data.lines().next().unwrap_or_default().to_string();
+            }
+        }
+    })
+    .await
+    .expect("the batch completes within 90 s");
+    let last: Value = serde_json::from_str(&last).expect("event JSON");
+    assert_eq!(last["finished"], 4, "{last}");
+    assert_eq!(last["counts"]["skipped_protected"], 1, "{last}");
+    assert_eq!(last["counts"]["reset"], 3, "{last}");
+    assert_eq!(last["requested_by"], operator_upn.as_str());
+
+    // The batch page escapes what it shows and loads its script from the console only.
+    let page = viewer.get(&format!("{}/batches/{batch}", serve.url)).await;
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert!(page
+        .text()
+        .await
+        .expect("page")
+        .contains("<script src=\"/console.js\"></script>"));
+    serve.stop().await;
+    env.cleanup().await;
+}
