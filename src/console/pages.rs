@@ -112,6 +112,7 @@ pub struct CsrfForm {
 
 /// Check a POST: a session, and the form's token equal to the session's (the synchronizer
 /// token pattern; the cookie is also SameSite=Lax). The session, or the refusal.
+#[allow(clippy::result_large_err)]
 pub fn check_post(
     console: &Console,
     headers: &HeaderMap,
