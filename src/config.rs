@@ -472,6 +472,10 @@ pub struct ConsoleSettings {
     pub session_lifetime: Duration,
     /// Largest CSV upload accepted, in bytes.
     pub max_upload: usize,
+    /// The SSH key the console signs approvals with (namespace `mfa-reset-approve`), for a
+    /// signed-in approver who is not the batch's operator. Its principal must differ from
+    /// `console.key`'s. Empty = approvals only with `mfa-reset approve`.
+    pub approve_key: String,
 }
 
 impl Default for ConsoleSettings {
@@ -485,6 +489,7 @@ impl Default for ConsoleSettings {
             oidc_client_secret: None,
             session_lifetime: Duration::from_secs(8 * 3600),
             max_upload: 64 * 1024 * 1024,
+            approve_key: String::new(),
         }
     }
 }

@@ -105,7 +105,9 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
         })?;
     }
     publisher.close().await?;
-    println!(
+    // Written, not printed: `serve` runs this too, and a closed stdout must not panic.
+    let _ = writeln!(
+        std::io::stdout(),
         "approved: batch {} ({} users, requested by {requester}) approved by {approver}; \
          released to the workers",
         args.batch,
@@ -237,7 +239,8 @@ fn choose(
         });
     }
     if refused > 0 {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "warning: {refused} message(s) in the awaiting stream claim batch {id} but do not \
              verify (forged or altered); they are ignored"
         );

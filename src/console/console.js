@@ -44,6 +44,15 @@
     });
   }
   const batch = document.getElementById("batch");
+  const approve = document.getElementById("approve");
+  if (batch && approve) {
+    approve.addEventListener("click", async function () {
+      approve.disabled = true;
+      const r = await fetch("/api/v1/batches/" + encodeURIComponent(batch.textContent) + "/approve", { method: "POST", headers: { "x-csrf-token": approve.dataset.csrf } });
+      const a = await r.json();
+      document.getElementById("approved").textContent = r.ok ? ("approved by " + a.approved_by) : (a.message || a.error);
+    });
+  }
   if (batch) {
     const es = new EventSource("/api/v1/batches/" + encodeURIComponent(batch.textContent) + "/events");
     es.addEventListener("counts", function (ev) {

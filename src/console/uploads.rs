@@ -370,6 +370,84 @@ fn snapshot(console: &Console, batch: &str) -> Option<serde_json::Value> {
     }))
 }
 
+/// `POST /api/v1/batches/{batch}/approve`: a signed-in approver who is not the batch's
+/// operator releases a batch waiting for approval; the console signs the approval with
+/// `console.approve_key` ([`crate::commands::approve::run`] verifies the batch and every
+/// request first).
+pub async fn approve(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(batch): Path<String>,
+) -> Response {
+    let session = match authorised(&console, &headers, Role::Approver, true) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !session.roles.contains(&Role::Approver) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "",
+            "this needs the approver role",
+        );
+    }
+    let requested_by = console.batches.lock().ok().and_then(|b| {
+        b.get(&batch)
+            .and_then(|v| v.manifest().map(|m| m.requested_by.clone()))
+    });
+    let Some(requested_by) = requested_by else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "unknown_batch",
+            "batch",
+            "no such batch",
+        );
+    };
+    if requested_by
+        .as_deref()
+        .is_some_and(|r| r.eq_ignore_ascii_case(&session.upn))
+    {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "own_batch",
+            "batch",
+            "nobody approves their own batch: another approver must",
+        );
+    }
+    let key = console.settings.console.approve_key.trim();
+    if key.is_empty() {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_approve_key",
+            "",
+            "console.approve_key is not set: approve with `mfa-reset approve --batch ID --key FILE`",
+        );
+    }
+    let args = crate::cli::ApproveArgs {
+        batch: batch.clone(),
+        key: key.into(),
+        yes: true,
+    };
+    match crate::commands::approve::run(&console.settings, &args).await {
+        Ok(approved) => {
+            tracing::info!(batch = %batch, count = approved.count, approver = %super::printable(&session.upn), oid = %session.oid, principal = %approved.approved_by, "batch approved from the console");
+            Json(serde_json::json!({
+                "batch": batch,
+                "count": approved.count,
+                "approved_by": session.upn,
+                "signed_as": approved.approved_by,
+            }))
+            .into_response()
+        }
+        Err(err) => json_error(
+            StatusCode::CONFLICT,
+            "not_approved",
+            "",
+            &format!("{err:#}"),
+        ),
+    }
+}
+
 /// `GET /batches/{batch}`
 pub async fn batch_page(
     State(console): State<Arc<Console>>,
@@ -401,6 +479,23 @@ pub async fn batch_page(
     let Some(now) = snapshot(&console, &batch) else {
         return super::pages::error(StatusCode::NOT_FOUND, "No such batch.");
     };
+    // An approver other than the operator may release a batch nothing of which has run yet
+    // (the console cannot tell "waiting for approval" from "queued"; approving a batch that
+    // needs none is refused by `approve`).
+    let own = now["requested_by"]
+        .as_str()
+        .is_some_and(|r| r.eq_ignore_ascii_case(&session.upn));
+    let approve_button = if session.roles.contains(&Role::Approver)
+        && !own
+        && now["finished"] == serde_json::json!(0)
+    {
+        format!(
+            "<p><button id=\"approve\" data-csrf=\"{}\">Approve this batch</button> <span id=\"approved\"></span></p>",
+            escape(&session.csrf)
+        )
+    } else {
+        String::new()
+    };
     Html(page(
         "Batch",
         &format!(
@@ -408,7 +503,7 @@ pub async fn batch_page(
              <p>Requested by {}</p>\
              <p><progress id=\"progress\" max=\"{}\" value=\"{}\"></progress> \
              <span id=\"finished\">{}</span> of {} done</p>\
-             <pre id=\"counts\">{}</pre>\
+             <pre id=\"counts\">{}</pre>{}\
              <script src=\"/console.js\"></script>",
             escape(&batch),
             escape(now["requested_by"].as_str().unwrap_or("")),
@@ -417,6 +512,7 @@ pub async fn batch_page(
             now["finished"],
             now["expected"],
             escape(&now["counts"].to_string()),
+            approve_button,
         ),
     ))
     .into_response()
