@@ -5,7 +5,7 @@
 //! prints `ceiling: N msg/s`. The queue is deleted afterwards.
 //!
 //! `… --example publish_ceiling -- size-of QUEUE` prints the body size of the first message
-//! in QUEUE (got and requeued), so the ceiling can be measured with the size `enqueue`
+//! in QUEUE (got and requeued) and its size with its headers' keys and values, so the ceiling can be measured with the size `enqueue`
 //! publishes (the broker does not count quorum-queue bytes in `list_queues message_bytes`).
 
 use std::collections::VecDeque;
@@ -91,7 +91,26 @@ async fn size_of(queue: &str) -> anyhow::Result<()> {
         .basic_get(queue.into(), BasicGetOptions { no_ack: false })
         .await?
         .ok_or_else(|| anyhow::anyhow!("{queue} is empty"))?;
-    println!("{}", message.delivery.data.len());
+    // The body, then body + headers (the signed manifest and proof a request carries), as
+    // the ceiling's message sizes.
+    let body = message.delivery.data.len();
+    let headers: usize = message
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .map(|(key, value)| match value {
+                    AMQPValue::LongString(text) => key.as_str().len() + text.as_bytes().len(),
+                    _ => key.as_str().len() + 8,
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    println!("{body} {}", body + headers);
     message
         .delivery
         .nack(BasicNackOptions {

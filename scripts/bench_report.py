@@ -197,6 +197,12 @@ def producer_block(out):
             f"  publish pass              {p:.1f} s ({rows / p:.0f} rows/s = {rows / p / ceiling:.1%} of the ceiling)",
         ]
     lines.append(f"ceiling (publish_ceiling)   {ceiling_line}; CPU {ccpu:.1f} s, peak RSS {crss:.1f} MB")
+    total = os.path.join(d, "ceiling-total.out")
+    if os.path.exists(total):
+        total_line = open(total).read().strip()
+        total_ceiling = float(total_line.split()[1])
+        lines.append(f"ceiling at the signed size  {total_line} (body + headers {run.get('total')} bytes): "
+                     f"enqueue = {rate / total_ceiling:.1%} of it")
     return lines
 
 

@@ -5,12 +5,16 @@
 //! it the first recorded, unless a later copy removed more methods (two copies of one
 //! request executed at the same time: the one that found the methods gone must not hide the
 //! one that removed them) — so every requested user has exactly one final outcome.
+//!
+//! Only records a [`crate::records::RecordReader`] believes are folded in ([`BatchView::read`]):
+//! a plan or outcome that does not verify is counted ([`BatchView::ignored`]) and left out.
 
 use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
 use crate::domain::{BatchManifest, Outcome, Record, Status};
+use crate::records::Read;
 
 /// What the stream says about one batch.
 #[derive(Debug, Default, Clone)]
@@ -19,6 +23,7 @@ pub struct BatchView {
     manifest: Option<BatchManifest>,
     outcomes: HashMap<Uuid, Outcome>,
     order: Vec<Uuid>,
+    ignored: u64,
 }
 
 impl BatchView {
@@ -30,7 +35,26 @@ impl BatchView {
         }
     }
 
-    /// Fold one record in (records of other batches are ignored).
+    /// Fold in what a reader made of one stream message: believed records are applied, the
+    /// ignored ones claiming this batch counted.
+    pub fn read(&mut self, read: Read) {
+        match read {
+            Read::Verified { record, .. } | Read::Unsealed(record) => self.apply(record),
+            Read::Ignored { batch, .. } => {
+                if batch.as_deref() == Some(self.batch.as_str()) {
+                    self.ignored += 1;
+                }
+            }
+        }
+    }
+
+    /// Records claiming this batch that were ignored because they do not verify.
+    pub fn ignored(&self) -> u64 {
+        self.ignored
+    }
+
+    /// Fold one record in (records of other batches are ignored). The caller vouches for it:
+    /// see [`BatchView::read`].
     pub fn apply(&mut self, record: Record) {
         match record {
             Record::Manifest(m) if m.batch == self.batch => {

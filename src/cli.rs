@@ -47,6 +47,49 @@ pub enum Command {
     Serve,
     /// Everything in one command: a simulated tenant, the broker, workers, a progress bar, a report.
     Demo(DemoArgs),
+    /// Stop every worker from taking requests within seconds (signed, admin namespace).
+    Halt(AdminArgs),
+    /// Let halted workers take requests again (signed, admin namespace).
+    Resume(AdminArgs),
+    /// Check the signed, hash-chained record; export it for a SIEM.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// `halt`, `resume`
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The admin's SSH private key, or its `.pub` with the key in ssh-agent (SSH_AUTH_SOCK);
+    /// security.allowed_signers must allow it namespaces="mfa-reset-admin".
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Why, recorded with the command.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+/// `audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check a batch's record end to end: exit 0 when intact, else list every missing,
+    /// altered or forged record and exit 4.
+    Verify {
+        /// The batch.
+        #[arg(long, value_name = "ID")]
+        batch: String,
+    },
+    /// Every record on the outcomes stream as JSON lines, each with its verified flag.
+    Export {
+        /// Only records written since (RFC 3339 time, or a date: 2026-11-28).
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `enqueue`

@@ -160,8 +160,9 @@ pub struct GraphSettings {
     /// Renew a cached token this long before it expires.
     #[serde(with = "humantime_serde")]
     pub token_renew_before: Duration,
-    /// List methods from the beta root, which also shows beta-only types (hardware OATH,
-    /// QR code + PIN); false = v1.0, where those stay invisible and are never deleted.
+    /// List methods from the beta root instead of v1.0. Off (the default): v1.0, which lists
+    /// every type but hardware OATH tokens; those are read from beta's own collection only
+    /// when `reset.methods` removes them. Microsoft does not support beta in production.
     pub list_methods_from_beta: bool,
     /// `$top` of paged listings such as group members (Graph allows 1..=999).
     pub page_size: u32,
@@ -182,7 +183,7 @@ impl Default for GraphSettings {
             client_private_key: None,
             request_timeout: Duration::from_secs(65),
             token_renew_before: Duration::from_secs(300),
-            list_methods_from_beta: true,
+            list_methods_from_beta: false,
             page_size: 999,
         }
     }
@@ -298,6 +299,10 @@ pub struct RetrySettings {
     /// Broker delay tiers, in order; after the last one the request is dead-lettered.
     #[serde(with = "duration_list")]
     pub tiers: Vec<Duration>,
+    /// Longest pause a Retry-After from Graph may impose on the process (a longer one is
+    /// capped, and logged).
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetrySettings {
@@ -312,6 +317,7 @@ impl Default for RetrySettings {
                 Duration::from_secs(300),
                 Duration::from_secs(1800),
             ],
+            max_retry_after: Duration::from_secs(300),
         }
     }
 }
@@ -334,6 +340,9 @@ pub struct WorkerSettings {
     /// Path of this worker's SSH private key: it signs every record the worker writes
     /// (namespace `mfa-reset-worker`).
     pub key: String,
+    /// While halted (Graph refuses the app itself), how often to ask for a token again.
+    #[serde(with = "humantime_serde")]
+    pub halt_retry_every: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -345,6 +354,7 @@ impl Default for WorkerSettings {
             name: String::new(),
             ledger_capacity: crate::worker::ledger::DEFAULT_CAPACITY,
             key: String::new(),
+            halt_retry_every: Duration::from_secs(60),
         }
     }
 }

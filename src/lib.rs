@@ -27,6 +27,9 @@
 //!   (`session`), the outbox of outcomes held through a broker outage, the idempotency ledger.
 //! - [`commands`]: one module per subcommand, each with a `run`.
 //! - [`console`]: `serve`: the web console and the ticket webhook (Standard Webhooks).
+//! - [`records`]: the worker's plan and outcome records sealed (signed, hash-chained) when
+//!   written and verified when read; only verified ones count.
+//! - [`control`]: signed admin commands (`halt`, `resume`) on the control stream.
 //! - [`trust`]: signatures (OpenSSH sshsig, ssh-agent), allowed signers, Merkle batches, record chains.
 //!
 //! The Graph simulator used by tests, the demo and the benchmarks is the workspace's
@@ -39,9 +42,11 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod domain;
 pub mod graph;
 pub mod intake;
+pub mod records;
 pub mod reset;
 pub mod telemetry;
 pub mod trust;

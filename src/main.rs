@@ -2,8 +2,9 @@
 
 use clap::Parser;
 use mfa_reset::cli::{Cli, Command};
-use mfa_reset::commands::{self, enqueue::Refused, status::TimedOut};
+use mfa_reset::commands::{self, audit::Damaged, enqueue::Refused, status::TimedOut};
 use mfa_reset::config::Settings;
+use mfa_reset::control::Action;
 
 #[tokio::main]
 async fn main() {
@@ -26,7 +27,10 @@ async fn main() {
             | Command::Report(_)
             | Command::Dlq { .. }
             | Command::Restore(_)
-            | Command::Approve(_) => log.level = format!("{},lapin::channel=off", log.level),
+            | Command::Approve(_)
+            | Command::Audit { .. }
+            | Command::Halt(_)
+            | Command::Resume(_) => log.level = format!("{},lapin::channel=off", log.level),
             _ => {}
         }
     }
@@ -43,12 +47,17 @@ async fn main() {
         Command::Restore(args) => commands::restore::run(&settings, args).await.map(|_| ()),
         Command::Demo(args) => commands::demo::run(&settings, args).await,
         Command::Serve => commands::serve::run(&settings).await,
+        Command::Halt(args) => commands::halt::run(&settings, Action::Halt, args).await,
+        Command::Resume(args) => commands::halt::run(&settings, Action::Resume, args).await,
+        Command::Audit { command } => commands::audit::run(&settings, command).await,
     };
     if let Err(err) = result {
         let code = if let Some(refused) = err.downcast_ref::<Refused>() {
             refused.exit_code
         } else if err.downcast_ref::<TimedOut>().is_some() {
             commands::status::EXIT_TIMEOUT
+        } else if err.downcast_ref::<Damaged>().is_some() {
+            commands::audit::EXIT_DAMAGED
         } else {
             1
         };

@@ -54,13 +54,24 @@ pub async fn serve_metrics(
             get(move || {
                 let health = health.clone();
                 async move {
-                    if health.connected.get() == 1 {
-                        (StatusCode::OK, "ok\n")
-                    } else {
+                    // Graph refusing the app itself (its credential, consent, tenant) is an
+                    // outage of this worker that someone must fix: unhealthy, with the fix.
+                    if let Some(reason) = health.halt_reason() {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "not connected to the broker\n",
+                            format!("halted: {reason}\n"),
                         )
+                    // A paused worker is healthy: it does what it was told (halt) or what the
+                    // cap requires; it says so, and restarting it would change nothing.
+                    } else if health.connected.get() != 1 {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not connected to the broker\n".to_string(),
+                        )
+                    } else if let Some(because) = health.paused_because() {
+                        (StatusCode::OK, format!("ok, paused: {because}\n"))
+                    } else {
+                        (StatusCode::OK, "ok\n".to_string())
                     }
                 }
             }),

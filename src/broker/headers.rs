@@ -19,6 +19,9 @@ pub const FAILED_AT: &str = "x-mfa-failed-at";
 pub const BATCH: &str = "x-mfa-batch";
 /// User, copied for `dlq list`.
 pub const USER: &str = "x-mfa-user";
+/// Why a request was refused by verification (`unsigned`, `bad_signature`, …; the same as
+/// its [`ERROR_CODE`]), on dead letters of requests that were never executed.
+pub const REASON: &str = "x-mfa-reason";
 
 /// A header as text, whatever its AMQP type.
 pub fn get_str(props: &BasicProperties, key: &str) -> Option<String> {

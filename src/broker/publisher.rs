@@ -102,6 +102,41 @@ pub async fn publish_confirmed(
     })?
 }
 
+/// A message handed to the broker whose confirm is still to come: publish several in a
+/// fixed order (the channel keeps it) and wait for their confirms afterwards.
+pub struct PendingConfirm {
+    confirm: PublisherConfirm,
+    routing_key: String,
+}
+
+/// Hand `msg` to the broker now; [`PendingConfirm::confirmed`] waits for its confirm.
+pub async fn publish_pending(
+    channel: &Channel,
+    exchange: &str,
+    msg: &OutMessage,
+) -> anyhow::Result<PendingConfirm> {
+    let confirm = begin_publish(channel, exchange, msg).await?;
+    Ok(PendingConfirm {
+        confirm,
+        routing_key: msg.routing_key.clone(),
+    })
+}
+
+impl PendingConfirm {
+    /// Wait for the broker's confirm (as [`publish_confirmed`] does, with its timeout).
+    pub async fn confirmed(self) -> anyhow::Result<()> {
+        let routing_key = self.routing_key;
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, self.confirm)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no publisher confirm for a message to {routing_key:?} within {CONFIRM_TIMEOUT:?}"
+                )
+            })??;
+        check_confirmation(confirmation, &routing_key)
+    }
+}
+
 /// How long [`publish_confirmed`] waits for the broker's confirm.
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 

@@ -5,6 +5,9 @@
 //! comes by (https://www.rabbitmq.com/docs/streams#consuming). [`StreamFollower`] reads from an offset and keeps
 //! following; [`StreamFollower::sync`] waits until everything confirmed before the call
 //! has been handed to the handler.
+//!
+//! The handler gets each message as it is on the stream ([`StreamMessage`]: its offset and
+//! body): what a record means, and whether it is to be believed, is `records`' business.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::headers;
 use super::publisher::{publish_confirmed, OutMessage};
 use super::topology::RK_OUTCOME;
 use super::Topology;
@@ -41,27 +45,77 @@ const ACK_EVERY: u64 = 500;
 /// Credit for the stream consumer (a stream consumer must set QoS).
 const STREAM_PREFETCH: u16 = 2000;
 
+/// A stream to follow: its name, and the exchange and routing key markers reach it by.
+#[derive(Debug, Clone)]
+pub struct Followed {
+    /// The exchange.
+    pub exchange: String,
+    /// The stream.
+    pub stream: String,
+    /// Its routing key.
+    pub routing_key: String,
+}
+
 type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<()>>>>;
+
+/// One message read from the stream, as it is there.
+#[derive(Debug, Clone)]
+pub struct StreamMessage {
+    /// Its position in the stream (`x-stream-offset`, which the broker adds to every
+    /// delivery from a stream); 0 if absent.
+    pub offset: u64,
+    /// The AMQP timestamp its publisher set (seconds), if any: a claim, not a proof.
+    pub timestamp: Option<u64>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Just enough of a body to recognise our own markers without decoding the rest.
+#[derive(serde::Deserialize)]
+struct Peek {
+    kind: Option<String>,
+    id: Option<Uuid>,
+}
 
 /// Follows the outcomes stream in a background task, handing each record to a handler.
 pub struct StreamFollower {
     waiters: Waiters,
     publish: Channel,
     exchange: String,
+    routing_key: String,
     task: JoinHandle<anyhow::Result<()>>,
     cancel: CancellationToken,
 }
 
 impl StreamFollower {
-    /// Start following from `offset`; `handler` sees every record except our own markers.
+    /// Start following the outcomes stream from `offset`; `handler` sees every message
+    /// except our own markers.
     pub async fn start<H>(
         conn: &Connection,
         topology: &Topology,
         offset: Offset,
+        handler: H,
+    ) -> anyhow::Result<StreamFollower>
+    where
+        H: FnMut(StreamMessage) + Send + 'static,
+    {
+        let outcomes = Followed {
+            exchange: topology.exchange(),
+            stream: topology.outcomes(),
+            routing_key: RK_OUTCOME.to_string(),
+        };
+        StreamFollower::start_on(conn, outcomes, offset, handler).await
+    }
+
+    /// Start following another stream of the deployment (the control stream).
+    pub async fn start_on<H>(
+        conn: &Connection,
+        followed: Followed,
+        offset: Offset,
         mut handler: H,
     ) -> anyhow::Result<StreamFollower>
     where
-        H: FnMut(Record) + Send + 'static,
+        H: FnMut(StreamMessage) + Send + 'static,
     {
         let channel = conn.create_channel().await?;
         channel
@@ -78,13 +132,13 @@ impl StreamFollower {
         );
         let mut consumer = channel
             .basic_consume(
-                topology.outcomes().as_str().into(),
+                followed.stream.as_str().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 args,
             )
             .await
-            .context("reading the outcomes stream")?;
+            .with_context(|| format!("reading the stream {}", followed.stream))?;
         let publish = conn.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
@@ -113,21 +167,28 @@ impl StreamFollower {
                     delivery.ack(BasicAckOptions { multiple: true }).await?;
                     unacked = 0;
                 }
-                match serde_json::from_slice::<Record>(&delivery.data) {
-                    Ok(Record::Marker { id }) => {
-                        let waiter = task_waiters.lock().ok().and_then(|mut w| w.remove(&id));
-                        if let Some(waiter) = waiter {
-                            // Ack what we hold so the broker keeps sending while we wait.
-                            delivery.ack(BasicAckOptions { multiple: true }).await?;
-                            unacked = 0;
-                            let _ = waiter.send(());
-                        }
+                let marker = match serde_json::from_slice::<Peek>(&delivery.data) {
+                    Ok(Peek {
+                        kind: Some(kind),
+                        id: Some(id),
+                    }) if kind == "marker" => Some(id),
+                    _ => None,
+                };
+                if let Some(id) = marker {
+                    let waiter = task_waiters.lock().ok().and_then(|mut w| w.remove(&id));
+                    if let Some(waiter) = waiter {
+                        // Ack what we hold so the broker keeps sending while we wait.
+                        delivery.ack(BasicAckOptions { multiple: true }).await?;
+                        unacked = 0;
+                        let _ = waiter.send(());
                     }
-                    Ok(record) => handler(record),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "skipping an unreadable record on the outcomes stream")
-                    }
+                    continue;
                 }
+                handler(StreamMessage {
+                    offset: headers::get_u64(&delivery.properties, "x-stream-offset").unwrap_or(0),
+                    timestamp: *delivery.properties.timestamp(),
+                    body: delivery.data,
+                });
             }
             let _ = channel.close(200, "done".into()).await;
             Ok(())
@@ -135,7 +196,8 @@ impl StreamFollower {
         Ok(StreamFollower {
             waiters,
             publish,
-            exchange: topology.exchange(),
+            exchange: followed.exchange,
+            routing_key: followed.routing_key,
             task,
             cancel,
         })
@@ -152,10 +214,10 @@ impl StreamFollower {
         publish_confirmed(
             &self.publish,
             &self.exchange,
-            &OutMessage::json(RK_OUTCOME, body),
+            &OutMessage::json(&self.routing_key, body),
         )
         .await
-        .context("writing a marker to the outcomes stream")?;
+        .with_context(|| format!("writing a marker to the stream ({})", self.routing_key))?;
         rx.await.map_err(|_| {
             anyhow::anyhow!("the outcomes stream reader stopped before reaching the marker")
         })
@@ -182,7 +244,7 @@ pub async fn read_until_now<H>(
     handler: H,
 ) -> anyhow::Result<()>
 where
-    H: FnMut(Record) + Send + 'static,
+    H: FnMut(StreamMessage) + Send + 'static,
 {
     let follower = StreamFollower::start(conn, topology, offset, handler).await?;
     follower.sync().await?;

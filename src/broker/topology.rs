@@ -10,6 +10,7 @@
 //! | `{p}.retry.{delay}` | quorum queue, TTL | a request waiting to be tried again (one queue per delay) |
 //! | `{p}.dead` | quorum queue | what could not succeed, with why |
 //! | `{p}.outcomes` | stream | every batch manifest and per-user outcome: the record |
+//! | `{p}.control` | stream | signed admin commands (`halt`, `resume`) every worker follows |
 //! | `{p}.awaiting` | stream | batches above `security.approval_above`, until `approve` republishes them |
 
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub const RK_REQUEST: &str = "request";
 pub const RK_DEAD: &str = "dead";
 /// Routing key of the outcomes stream.
 pub const RK_OUTCOME: &str = "outcome";
+/// Routing key of the control stream.
+pub const RK_CONTROL: &str = "control";
 /// Routing key (on the intake) of the stream of batches awaiting approval.
 pub const RK_AWAITING: &str = "awaiting";
 
@@ -75,6 +78,10 @@ impl Topology {
     pub fn outcomes(&self) -> String {
         format!("{}.outcomes", self.prefix)
     }
+    /// `{p}.control`.
+    pub fn control(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
     /// The delay tiers, in order.
     pub fn tiers(&self) -> &[Duration] {
         &self.tiers
@@ -93,6 +100,7 @@ impl Topology {
             self.requests(),
             self.dead(),
             self.outcomes(),
+            self.control(),
             self.awaiting(),
         ];
         q.extend((0..self.tiers.len()).map(|i| self.retry_queue(i)));
@@ -215,6 +223,15 @@ impl Topology {
                 )
                 .await?;
         }
+
+        let mut control = FieldTable::default();
+        // A stream, so every worker reads every command (a queue would hand each to one),
+        // and a worker starting late still finds the halt in force.
+        control.insert("x-queue-type".into(), long_str("stream"));
+        // Commands are few and small; a year of them is the admin's audit trail.
+        control.insert("x-max-age".into(), long_str("365D"));
+        self.queue(channel, &self.control(), durable, control, RK_CONTROL)
+            .await?;
         Ok(())
     }
 

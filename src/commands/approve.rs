@@ -8,7 +8,8 @@
 //! approval to the intake (`request`), where workers verify it again. The digest covers the
 //! Merkle root, so the approval holds for exactly the list shown.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection};
 
 use super::enqueue::{signing_principal, Refused, EXIT_NEEDS_CONFIRMATION};
 use crate::broker::headers::{self, Headers};
@@ -31,7 +33,7 @@ use crate::trust::requests::{
     approve, verify_batch, verify_request, Policy, TrustedBatch, Verdict, APPROVAL_HEADER,
     MANIFEST_HEADER, PROOF_HEADER,
 };
-use crate::trust::{AllowedSigners, Digest, Namespace, Signer};
+use crate::trust::{AllowedSigners, Digest, MerkleProof, Namespace, Signer};
 
 /// Header of the marker `approve` writes to find the end of the awaiting stream.
 const MARKER_HEADER: &str = "x-mfa-marker";
@@ -53,11 +55,33 @@ pub struct Approved {
     pub manifest: Digest,
 }
 
-/// One request waiting in the stream.
-struct Waiting {
-    request: ResetRequest,
-    body: Vec<u8>,
-    headers: FieldTable,
+/// What the first pass learns of one signed manifest of the batch.
+struct Candidate {
+    batch: TrustedBatch,
+    /// The manifest header, exactly as the requests carry it.
+    header: String,
+    /// Leaf indexes seen with a request that verifies.
+    seen: HashSet<u64>,
+    /// The first few users, in leaf order of arrival.
+    sample: Vec<String>,
+    /// Users listed in `reset.protected_users`.
+    protected: Vec<String>,
+    /// One request, for its flags and reason.
+    first: Option<ResetRequest>,
+}
+
+/// The verdict of the first pass on one message of the batch.
+enum Seen {
+    /// Not of the batch (another batch, a marker).
+    Other,
+    /// Claims the batch but does not verify.
+    Forged,
+    /// Request `index` of the manifest with `digest`.
+    Request {
+        digest: Digest,
+        index: u64,
+        request: Box<ResetRequest>,
+    },
 }
 
 /// Run the command.
@@ -67,9 +91,63 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
     let approver = signing_principal(settings, &signer, Namespace::Approve)?;
     let allowed = AllowedSigners::read(std::path::Path::new(&settings.security.allowed_signers))?;
     let topology = Topology::new(&settings.broker, &settings.retry);
-    let waiting = read_awaiting(settings, &topology).await?;
-    let (batch, requests) = choose(&args.batch, waiting, &allowed)?;
-    let requester = batch.requested_by.to_string();
+    let conn = broker::connect(&settings.broker, "mfa-reset approve").await?;
+    super::ensure_set_up(&conn, &topology.awaiting(), "approve", settings).await?;
+
+    // Pass 1: which signed manifests of the batch are there, and are they complete? Only
+    // indexes and a sample are kept: a million-user batch is not held in memory.
+    let mut candidates: BTreeMap<Digest, Candidate> = BTreeMap::new();
+    let mut manifests: HashMap<String, Option<TrustedBatch>> = HashMap::new();
+    let mut forged = 0u64;
+    scan(&conn, &topology, None, |body, props| {
+        match examine(&args.batch, body, props, &allowed, &mut manifests) {
+            Seen::Other => {}
+            Seen::Forged => forged += 1,
+            Seen::Request {
+                digest,
+                index,
+                request,
+            } => {
+                let candidate = match candidates.entry(digest) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(entry) => {
+                        let header = headers::get_str(props, MANIFEST_HEADER)?;
+                        let batch = manifests.get(&header).cloned().flatten()?;
+                        entry.insert(Candidate {
+                            batch,
+                            header,
+                            seen: HashSet::new(),
+                            sample: Vec::new(),
+                            protected: Vec::new(),
+                            first: None,
+                        })
+                    }
+                };
+                if !candidate.seen.insert(index) {
+                    return None;
+                }
+                let user = printable(&request.user.to_string());
+                if candidate.sample.len() < SAMPLE {
+                    candidate.sample.push(user.clone());
+                }
+                if reset::is_protected(&settings.reset, &request.user) {
+                    candidate.protected.push(user);
+                }
+                candidate.first.get_or_insert(*request);
+            }
+        }
+        None
+    })
+    .await?;
+    if forged > 0 {
+        eprintln!(
+            "warning: {forged} message(s) in the awaiting stream claim batch {} but do not \
+             verify (forged or altered); they are ignored",
+            printable(&args.batch)
+        );
+    }
+    let candidate = choose(&args.batch, candidates)?;
+    let requester = candidate.batch.requested_by.to_string();
     anyhow::ensure!(
         requester != approver,
         Refused {
@@ -81,54 +159,136 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
             exit_code: 1,
         }
     );
-    print_summary(settings, &batch, &requests);
-    confirm(args, requests.len())?;
+    print_summary(settings, &candidate);
+    let count = candidate.batch.manifest.count;
+    confirm(args, count)?;
 
-    let approval = approve(&batch.digest, &signer).context("signing the approval")?;
+    // Pass 2: every request of that manifest again, released with the approval.
+    let approval = approve(&candidate.batch.digest, &signer).context("signing the approval")?;
     let mut publisher =
         Publisher::connect(&settings.broker, &topology, "mfa-reset approve").await?;
-    for waiting in &requests {
-        let props = lapin::BasicProperties::default().with_headers(waiting.headers.clone());
-        let headers = Headers::from_props(&props)
+    let mut released = HashSet::new();
+    let now = Utc::now();
+    let intake = topology.intake();
+    let sent = scan(&conn, &topology, Some(&mut publisher), |body, props| {
+        if headers::get_str(props, MANIFEST_HEADER).as_deref() != Some(candidate.header.as_str()) {
+            return None;
+        }
+        let request = serde_json::from_slice::<ResetRequest>(body).ok()?;
+        let proof = headers::get_str(props, PROOF_HEADER)?;
+        let index = serde_json::from_str::<MerkleProof>(&proof).ok()?.index;
+        let verified = matches!(
+            verify_request(&request, Some(&proof), &candidate.batch, now),
+            Verdict::Verified(_)
+        );
+        if !verified || !released.insert(index) {
+            return None;
+        }
+        let headers = Headers::from_props(props)
             .str(APPROVAL_HEADER, &approval)
             .build();
-        let msg = OutMessage::json(RK_REQUEST, waiting.body.clone())
-            .with_id(waiting.request.request_id.to_string())
-            .with_headers(headers)
-            .via(topology.intake());
-        publisher.send(msg).await.with_context(|| {
-            format!(
-                "releasing batch {} was interrupted; run approve again (requests already \
-                 released are not reset twice)",
-                args.batch
-            )
-        })?;
-    }
+        Some(
+            OutMessage::json(RK_REQUEST, body.to_vec())
+                .with_id(request.request_id.to_string())
+                .with_headers(headers)
+                .via(intake.clone()),
+        )
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "releasing batch {} was interrupted; run approve again (requests already \
+             released are not reset twice)",
+            args.batch
+        )
+    })?;
+    anyhow::ensure!(
+        sent == count,
+        "released {sent} of the {count} requests of batch {}: the awaiting stream changed \
+         while approving; run approve again (requests already released are not reset twice)",
+        args.batch
+    );
     publisher.close().await?;
+    let _ = conn.close(200, "bye".into()).await;
     // Written, not printed: `serve` runs this too, and a closed stdout must not panic.
     let _ = writeln!(
         std::io::stdout(),
-        "approved: batch {} ({} users, requested by {requester}) approved by {approver}; \
+        "approved: batch {} ({count} users, requested by {requester}) approved by {approver}; \
          released to the workers",
-        args.batch,
-        requests.len()
+        printable(&args.batch),
     );
     Ok(Approved {
         batch: args.batch.clone(),
-        count: requests.len() as u64,
+        count,
         approved_by: approver,
-        manifest: batch.digest,
+        manifest: candidate.batch.digest,
     })
 }
 
-/// Every message now in `{prefix}.awaiting`, oldest first, read without consuming it: a
-/// marker of our own is written, and the read ends when it comes by.
-async fn read_awaiting(
-    settings: &Settings,
+/// What one message of the awaiting stream is to batch `id`. A manifest's signature is
+/// checked once (`manifests` remembers the verdict per exact header).
+fn examine(
+    id: &str,
+    body: &[u8],
+    props: &BasicProperties,
+    allowed: &AllowedSigners,
+    manifests: &mut HashMap<String, Option<TrustedBatch>>,
+) -> Seen {
+    let Some(manifest) = headers::get_str(props, MANIFEST_HEADER) else {
+        return Seen::Other;
+    };
+    let named: Option<String> = serde_json::from_str::<serde_json::Value>(&manifest)
+        .ok()
+        .and_then(|v| v["manifest"]["batch"].as_str().map(str::to_string));
+    if named.as_deref() != Some(id) {
+        return Seen::Other;
+    }
+    // The requester's signature is checked here; the approval is what we are about to add.
+    let policy = Policy {
+        allowed,
+        approval_above: u64::MAX,
+    };
+    let now = Utc::now();
+    let batch = manifests
+        .entry(manifest.clone())
+        .or_insert_with(|| verify_batch(Some(&manifest), None, &policy, now).ok());
+    let Some(batch) = batch.as_ref() else {
+        return Seen::Forged;
+    };
+    let Ok(request) = serde_json::from_slice::<ResetRequest>(body) else {
+        return Seen::Forged;
+    };
+    let proof = headers::get_str(props, PROOF_HEADER);
+    if !matches!(
+        verify_request(&request, proof.as_deref(), batch, now),
+        Verdict::Verified(_)
+    ) {
+        return Seen::Forged;
+    }
+    let index = proof
+        .as_deref()
+        .and_then(|p| serde_json::from_str::<MerkleProof>(p).ok())
+        .map_or(0, |p| p.index);
+    Seen::Request {
+        digest: batch.digest,
+        index,
+        request: Box::new(request),
+    }
+}
+
+/// Read every message now in `{prefix}.awaiting`, oldest first, without consuming it (a
+/// marker of our own is written, and the read ends when it comes by), handing each to
+/// `handle`; what `handle` returns is published with `publisher` at once (pipelined).
+/// Returns how many were.
+async fn scan<F>(
+    conn: &Connection,
     topology: &Topology,
-) -> anyhow::Result<Vec<(Vec<u8>, FieldTable)>> {
-    let conn = broker::connect(&settings.broker, "mfa-reset approve").await?;
-    super::ensure_set_up(&conn, &topology.awaiting(), "approve", settings).await?;
+    mut publisher: Option<&mut Publisher>,
+    mut handle: F,
+) -> anyhow::Result<u64>
+where
+    F: FnMut(&[u8], &BasicProperties) -> Option<OutMessage>,
+{
     let channel = conn.create_channel().await?;
     // A stream consumer must set QoS.
     channel
@@ -159,20 +319,29 @@ async fn read_awaiting(
     publish_confirmed(&publish, &topology.intake(), &msg)
         .await
         .context("writing a marker to the awaiting stream")?;
-    let mut messages = Vec::new();
+    let mut sent = 0u64;
     let read = async {
+        let mut unacked = 0u32;
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery.context("awaiting stream")?;
-            delivery.ack(BasicAckOptions::default()).await?;
-            let props = &delivery.properties;
-            if headers::get_str(props, MARKER_HEADER).as_deref() == Some(marker.as_str()) {
-                return Ok(());
+            unacked += 1;
+            // Acked in groups: the broker sends more only as credit comes back.
+            if unacked >= 500 {
+                delivery.ack(BasicAckOptions { multiple: true }).await?;
+                unacked = 0;
             }
-            if headers::get_str(props, MARKER_HEADER).is_none() {
-                messages.push((
-                    delivery.data.clone(),
-                    props.headers().clone().unwrap_or_default(),
-                ));
+            let props = &delivery.properties;
+            match headers::get_str(props, MARKER_HEADER) {
+                Some(seen) if seen == marker => return Ok(()),
+                Some(_) => {}
+                None => {
+                    if let Some(msg) = handle(&delivery.data, props) {
+                        if let Some(publisher) = publisher.as_deref_mut() {
+                            publisher.send(msg).await?;
+                            sent += 1;
+                        }
+                    }
+                }
             }
         }
         anyhow::bail!("the awaiting stream ended before our marker came by")
@@ -180,111 +349,44 @@ async fn read_awaiting(
     tokio::time::timeout(READ_TIMEOUT, read)
         .await
         .map_err(|_| anyhow::anyhow!("reading the awaiting stream took over {READ_TIMEOUT:?}"))??;
-    let _ = conn.close(200, "bye".into()).await;
-    Ok(messages)
+    let _ = channel.close(200, "done".into()).await;
+    let _ = publish.close(200, "done".into()).await;
+    Ok(sent)
 }
 
-/// The newest complete, verified batch `id` in the stream, with its requests (one per
-/// request id, in leaf order).
-fn choose(
-    id: &str,
-    messages: Vec<(Vec<u8>, FieldTable)>,
-    allowed: &AllowedSigners,
-) -> anyhow::Result<(TrustedBatch, Vec<Waiting>)> {
-    // The requester's signature is checked here; the approval is what we are about to add.
-    let policy = Policy {
-        allowed,
-        approval_above: u64::MAX,
-    };
-    let now = Utc::now();
-    let mut batches: BTreeMap<Digest, (TrustedBatch, BTreeMap<u64, Waiting>)> = BTreeMap::new();
-    let mut refused = 0u64;
-    for (body, table) in messages {
-        let props = lapin::BasicProperties::default().with_headers(table.clone());
-        let manifest = headers::get_str(&props, MANIFEST_HEADER);
-        let Some(manifest) = manifest else { continue };
-        let named: Option<String> = serde_json::from_str::<serde_json::Value>(&manifest)
-            .ok()
-            .and_then(|v| v["manifest"]["batch"].as_str().map(str::to_string));
-        if named.as_deref() != Some(id) {
-            continue;
-        }
-        let Ok(batch) = verify_batch(Some(&manifest), None, &policy, now) else {
-            refused += 1;
-            continue;
-        };
-        let Ok(request) = serde_json::from_slice::<ResetRequest>(&body) else {
-            refused += 1;
-            continue;
-        };
-        let proof = headers::get_str(&props, PROOF_HEADER);
-        if !matches!(
-            verify_request(&request, proof.as_deref(), &batch, now),
-            Verdict::Verified(_)
-        ) {
-            refused += 1;
-            continue;
-        }
-        let index = proof
-            .as_deref()
-            .and_then(|p| serde_json::from_str::<crate::trust::MerkleProof>(p).ok())
-            .map_or(0, |p| p.index);
-        let entry = batches
-            .entry(batch.digest)
-            .or_insert_with(|| (batch.clone(), BTreeMap::new()));
-        entry.1.entry(index).or_insert(Waiting {
-            request,
-            body,
-            headers: table,
-        });
-    }
-    if refused > 0 {
-        let _ = writeln!(
-            std::io::stderr(),
-            "warning: {refused} message(s) in the awaiting stream claim batch {id} but do not \
-             verify (forged or altered); they are ignored"
-        );
-    }
+/// The newest complete manifest of batch `id`.
+fn choose(id: &str, candidates: BTreeMap<Digest, Candidate>) -> anyhow::Result<Candidate> {
     anyhow::ensure!(
-        !batches.is_empty(),
+        !candidates.is_empty(),
         Refused {
             message: format!(
-                "no signed batch {id} is waiting for approval (it may be small enough to run \
-                 without one, or already expired from the awaiting stream)"
+                "no signed batch {} is waiting for approval (it may be small enough to run \
+                 without one, or already expired from the awaiting stream)",
+                printable(id)
             ),
             exit_code: 1,
         }
     );
-    let mut complete: Vec<(TrustedBatch, BTreeMap<u64, Waiting>)> = batches
+    let mut complete: Vec<Candidate> = candidates
         .into_values()
-        .filter(|(batch, requests)| requests.len() as u64 == batch.manifest.count)
+        .filter(|c| c.seen.len() as u64 == c.batch.manifest.count)
         .collect();
-    complete.sort_by_key(|(batch, _)| batch.manifest.created_at);
-    let Some((batch, requests)) = complete.pop() else {
-        anyhow::bail!(Refused {
+    complete.sort_by_key(|c| c.batch.manifest.created_at);
+    complete.pop().ok_or_else(|| {
+        Refused {
             message: format!(
                 "batch {id} is only partly in the awaiting stream (its enqueue was \
                  interrupted): run the same enqueue again with --batch {id}, then approve"
             ),
             exit_code: 1,
-        });
-    };
-    let mut seen = HashSet::new();
-    let requests = requests
-        .into_values()
-        .filter(|w| seen.insert(w.request.request_id))
-        .collect();
-    Ok((batch, requests))
+        }
+        .into()
+    })
 }
 
-fn print_summary(settings: &Settings, batch: &TrustedBatch, requests: &[Waiting]) {
+fn print_summary(settings: &Settings, candidate: &Candidate) {
+    let batch = &candidate.batch;
     let mut err = std::io::stderr().lock();
-    let first = requests.first().map(|w| &w.request);
-    let sample: Vec<String> = requests
-        .iter()
-        .take(SAMPLE)
-        .map(|w| printable(&w.request.user.to_string()))
-        .collect();
     let _ = writeln!(err, "batch id:     {}", printable(&batch.manifest.batch));
     let _ = writeln!(err, "requested by: {}", batch.requested_by);
     let _ = writeln!(
@@ -292,9 +394,9 @@ fn print_summary(settings: &Settings, batch: &TrustedBatch, requests: &[Waiting]
         "created at:   {}",
         batch.manifest.created_at.to_rfc3339()
     );
-    let _ = writeln!(err, "users:        {}", requests.len());
-    let _ = writeln!(err, "sample:       {}", sample.join(", "));
-    if let Some(first) = first {
+    let _ = writeln!(err, "users:        {}", batch.manifest.count);
+    let _ = writeln!(err, "sample:       {}", candidate.sample.join(", "));
+    if let Some(first) = &candidate.first {
         let _ = writeln!(
             err,
             "action:       {}{}",
@@ -314,18 +416,13 @@ fn print_summary(settings: &Settings, batch: &TrustedBatch, requests: &[Waiting]
         }
     }
     let _ = writeln!(err, "manifest:     {}", batch.digest);
-    let protected: Vec<String> = requests
-        .iter()
-        .filter(|w| reset::is_protected(&settings.reset, &w.request.user))
-        .map(|w| printable(&w.request.user.to_string()))
-        .collect();
-    if !protected.is_empty() {
+    if !candidate.protected.is_empty() {
         let _ = writeln!(
             err,
             "WARNING: {} protected account(s) in the batch (reset.protected_users; workers \
              will not touch them): {}",
-            protected.len(),
-            protected.join(", ")
+            candidate.protected.len(),
+            candidate.protected.join(", ")
         );
     }
     if settings.reset.skip_admins {
@@ -344,7 +441,7 @@ fn print_summary(settings: &Settings, batch: &TrustedBatch, requests: &[Waiting]
 }
 
 /// Without `--yes`, ask on a terminal; refuse when nobody can answer.
-fn confirm(args: &ApproveArgs, count: usize) -> anyhow::Result<()> {
+fn confirm(args: &ApproveArgs, count: u64) -> anyhow::Result<()> {
     if args.yes {
         return Ok(());
     }

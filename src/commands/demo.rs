@@ -63,6 +63,14 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the Graph simulator")?;
+    // The break-glass account exists in the tenant (the last generated user, renamed): workers
+    // resolve every reset.protected_users entry to its object id and refuse to start on one
+    // that names no user.
+    if let Some(last) = args.tenant_users.checked_sub(1) {
+        server
+            .rename_user(&sim::tenant::upn_for_index(last), DEMO_BREAK_GLASS)
+            .map_err(|e| anyhow::anyhow!("creating the demo's break-glass account: {e}"))?;
+    }
     let sim_defaults = SimConfig::default();
 
     let mut settings = base.clone();

@@ -1,9 +1,11 @@
 //! One module per subcommand, each with a `run`.
 
 pub mod approve;
+pub mod audit;
 pub mod demo;
 pub mod dlq;
 pub mod enqueue;
+pub mod halt;
 pub mod keys;
 pub mod report;
 pub mod restore;

@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::domain::Outcome;
 
 /// The CSV report's columns, in order (a contract: scripts read them).
-pub const CSV_COLUMNS: [&str; 12] = [
+pub const CSV_COLUMNS: [&str; 13] = [
     "user",
     "status",
     "methods_removed",
@@ -23,6 +23,7 @@ pub const CSV_COLUMNS: [&str; 12] = [
     "batch",
     "request_id",
     "finished_at",
+    "notes",
 ];
 
 /// Run the command.
@@ -39,6 +40,9 @@ pub async fn run(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
         ReportFormat::Jsonl => write_jsonl(&view, &mut out)?,
     }
     out.flush()?;
+    if let Some(warning) = super::status::ignored_warning(&view, &args.batch) {
+        eprintln!("{warning}");
+    }
     if view.pending() > 0 {
         eprintln!(
             "note: {} request(s) of batch {} have no outcome yet; they are not in this report",
@@ -72,7 +76,7 @@ pub fn write_jsonl(view: &BatchView, out: &mut dyn Write) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn csv_row(o: &Outcome) -> [String; 12] {
+fn csv_row(o: &Outcome) -> [String; 13] {
     let join = |v: &[crate::domain::MethodRecord]| {
         v.iter().map(|m| m.short()).collect::<Vec<_>>().join(";")
     };
@@ -89,6 +93,7 @@ fn csv_row(o: &Outcome) -> [String; 12] {
         o.batch.clone(),
         o.request_id.to_string(),
         o.finished_at.to_rfc3339(),
+        o.notes.join("; "),
     ]
 }
 

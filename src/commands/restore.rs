@@ -25,7 +25,11 @@ pub struct Restored {
 
 /// Run the command.
 pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Restored> {
+    // Only values from verified worker records are ever re-created.
     let view = super::status::load(settings, &args.batch).await?;
+    if let Some(warning) = super::status::ignored_warning(&view, &args.batch) {
+        eprintln!("{warning}");
+    }
     let only = args
         .user
         .as_deref()

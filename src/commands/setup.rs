@@ -10,7 +10,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     let channel = conn.create_channel().await?;
     topology.declare(&channel).await?;
     println!("broker {} ready:", redact_url(&settings.broker.url));
-    println!("  exchange {}", topology.exchange());
+    for exchange in topology.exchanges() {
+        println!("  exchange {exchange}");
+    }
     for q in topology.all_queues() {
         println!("  queue    {q}");
     }

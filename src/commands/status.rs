@@ -9,11 +9,12 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 use crate::batch::BatchView;
-use crate::broker::stream::{read_until_now, Offset, StreamFollower};
+use crate::broker::stream::{read_until_now, Offset, StreamFollower, StreamMessage};
 use crate::broker::{self, Topology};
 use crate::cli::StatusArgs;
 use crate::config::Settings;
 use crate::domain::Status;
+use crate::records::RecordReader;
 
 /// Exit code of `status --wait` when the timeout passes first.
 pub const EXIT_TIMEOUT: i32 = 2;
@@ -44,6 +45,9 @@ pub async fn run(settings: &Settings, args: &StatusArgs) -> anyhow::Result<()> {
         load(settings, &args.batch).await?
     };
     print!("{}", summary_table(&view));
+    if let Some(warning) = ignored_warning(&view, &args.batch) {
+        eprintln!("{warning}");
+    }
     Ok(())
 }
 
@@ -59,17 +63,36 @@ pub async fn load(settings: &Settings, batch: &str) -> anyhow::Result<BatchView>
     )
     .await?;
     let view = Arc::new(Mutex::new(BatchView::new(batch)));
-    let sink = view.clone();
-    read_until_now(&conn, &topology, Offset::First, move |r| {
-        if let Ok(mut v) = sink.lock() {
-            v.apply(r)
-        }
-    })
-    .await?;
+    read_until_now(&conn, &topology, Offset::First, believed(&view, settings)?).await?;
     let _ = conn.close(200, "bye".into()).await;
     let view = view.lock().map(|v| v.clone()).unwrap_or_default();
     ensure_known(&view, batch, settings)?;
     Ok(view)
+}
+
+/// A stream handler folding into `view` what verifies against `security.allowed_signers`.
+fn believed(
+    view: &Arc<Mutex<BatchView>>,
+    settings: &Settings,
+) -> anyhow::Result<impl FnMut(StreamMessage) + Send + 'static> {
+    let reader = RecordReader::from_settings(&settings.security)?;
+    let sink = view.clone();
+    Ok(move |message: StreamMessage| {
+        let read = reader.read(&message.body);
+        if let Ok(mut v) = sink.lock() {
+            v.read(read)
+        }
+    })
+}
+
+/// The warning for records of the batch that were left out, if any.
+pub fn ignored_warning(view: &BatchView, batch: &str) -> Option<String> {
+    (view.ignored() > 0).then(|| {
+        format!(
+            "warning: {} record(s) of batch {batch} do not verify against              security.allowed_signers (unsigned, forged or altered) and were ignored;              `mfa-reset audit verify --batch {batch}` lists them",
+            view.ignored()
+        )
+    })
 }
 
 fn ensure_known(view: &BatchView, batch: &str, settings: &Settings) -> anyhow::Result<()> {
@@ -100,13 +123,8 @@ pub async fn watch(
     )
     .await?;
     let view = Arc::new(Mutex::new(BatchView::new(batch)));
-    let sink = view.clone();
-    let follower = StreamFollower::start(&conn, &topology, Offset::First, move |r| {
-        if let Ok(mut v) = sink.lock() {
-            v.apply(r)
-        }
-    })
-    .await?;
+    let follower =
+        StreamFollower::start(&conn, &topology, Offset::First, believed(&view, settings)?).await?;
     follower
         .sync()
         .await

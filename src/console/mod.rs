@@ -123,7 +123,15 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let sink = index.clone();
     let batches: Arc<std::sync::Mutex<uploads::Batches>> = Arc::default();
     let batch_sink = batches.clone();
-    let follower = StreamFollower::start(&conn, &topology, Offset::First, move |record| {
+    // Only what verifies against security.allowed_signers: a forged outcome on the stream
+    // never shows as a ticket's or a batch's result.
+    let reader = crate::records::RecordReader::from_settings(&settings.security)?;
+    let follower = StreamFollower::start(&conn, &topology, Offset::First, move |message| {
+        let record = match reader.read(&message.body) {
+            crate::records::Read::Verified { record, .. }
+            | crate::records::Read::Unsealed(record) => record,
+            crate::records::Read::Ignored { .. } => return,
+        };
         let batch = match &record {
             crate::domain::Record::Manifest(m) => Some(m.batch.clone()),
             crate::domain::Record::Outcome(o) => Some(o.batch.clone()),

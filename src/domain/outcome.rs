@@ -126,6 +126,24 @@ pub struct Outcome {
     /// Dry run?
     #[serde(default)]
     pub dry_run: bool,
+    /// What a reader should know that is not an error: sessions not revoked for an external
+    /// user (Graph does not revoke them), methods kept because the user registered them
+    /// after the request was made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Who asked for the reset (the request's signer, once requests are signed).
+    #[serde(default)]
+    pub requested_by: Option<String>,
+    /// Who approved the batch, when it needed a second person.
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    /// Why, in the operator's words.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The request's leaf index in its batch manifest, when known: `audit verify` reports
+    /// every index without a verified outcome, so a deleted last record is found too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<u64>,
 }
 
 /// `+1 5555551234` → `+1 ******1234`: country code and last four digits stay.

@@ -99,6 +99,25 @@ impl UserRef {
         self.as_string().to_lowercase()
     }
 
+    /// The first character of a UPN that Entra does not allow in one, so that it cannot name a
+    /// real user (Graph would answer 404 much later). Entra allows ASCII letters, digits and
+    /// `' . - _ ! # ^ ~` before the `@`, and a verified domain after it
+    /// (<https://learn.microsoft.com/en-us/graph/api/resources/user>, `userPrincipalName`);
+    /// `$` is let through too, since Graph documents how to address a UPN that starts with
+    /// one. `None` for an object id.
+    pub fn entra_disallowed_character(&self) -> Option<char> {
+        let UserRef::Upn(upn) = self else {
+            return None;
+        };
+        let (local, domain) = upn.rsplit_once('@')?;
+        let local_ok = |c: char| c.is_ascii_alphanumeric() || "'.-_!#^~$".contains(c);
+        let domain_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+        local
+            .chars()
+            .find(|c| !local_ok(*c))
+            .or_else(|| domain.chars().find(|c| !domain_ok(*c)))
+    }
+
     /// True for a guest (B2B) UPN such as `ann_fabrikam.com#EXT#@contoso.onmicrosoft.com`.
     pub fn is_guest(&self) -> bool {
         matches!(self, UserRef::Upn(upn) if upn.to_ascii_uppercase().contains("#EXT#"))
@@ -201,6 +220,20 @@ mod tests {
             UserRef::parse("alice\u{200b}@contoso.com"),
             Err(UserRefError::BadCharacter('\u{200b}'))
         );
+    }
+
+    #[test]
+    fn characters_entra_does_not_allow_in_a_upn_are_found() {
+        let bad = |s: &str| UserRef::parse(s).unwrap().entra_disallowed_character();
+        assert_eq!(bad("o'neil+mfa@contoso.com"), Some('+'));
+        assert_eq!(bad("r&d@contoso.com"), Some('&'));
+        assert_eq!(bad("a/b@contoso.com"), Some('/'));
+        assert_eq!(bad("jürgen@contoso.com"), Some('ü'));
+        assert_eq!(bad("ann@bücher.example"), Some('ü'));
+        assert_eq!(bad("o'neil_x!y#z^w~v.u-t@contoso.com"), None);
+        assert_eq!(bad("ann_fabrikam.com#EXT#@contoso.onmicrosoft.com"), None);
+        assert_eq!(bad("$admin@contoso.com"), None);
+        assert_eq!(bad("6f9619ff-8b86-d011-b42d-00c04fc964ff"), None);
     }
 
     #[test]

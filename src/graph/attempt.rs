@@ -170,7 +170,7 @@ impl Attempts {
             _ => None,
         };
         let delay = match throttled {
-            Some(Some(retry_after)) => retry_after,
+            Some(Some(retry_after)) => capped_retry_after(retry_after, retry),
             _ => self.backoff.next().unwrap_or(retry.max_delay),
         };
         let out_of_budget = self.attempts >= retry.max_attempts
@@ -191,6 +191,21 @@ impl Attempts {
             (false, true) => Step::GiveUp(error),
         }
     }
+}
+
+/// Graph's Retry-After is untrusted input: a pause longer than `retry.max_retry_after`
+/// (a broken proxy's `Retry-After: 99999999999`) would stop every task of the process for
+/// as long, and past `Instant`'s range would panic. Capped, and the cap is logged.
+fn capped_retry_after(asked: Duration, retry: &RetrySettings) -> Duration {
+    if asked > retry.max_retry_after {
+        tracing::warn!(
+            retry_after = ?asked,
+            capped_to = ?retry.max_retry_after,
+            "Graph's Retry-After is longer than retry.max_retry_after; pausing for the cap instead"
+        );
+        return retry.max_retry_after;
+    }
+    asked
 }
 
 /// The backoff of one call when Graph gives no Retry-After: `retry.base_delay`, doubling,
@@ -276,6 +291,31 @@ mod tests {
         Error::Auth {
             code: "InvalidAuthenticationToken".into(),
             message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn a_retry_after_beyond_the_cap_pauses_for_the_cap_and_never_overflows() {
+        let mut a = attempts(OnNotFound::Error);
+        let now = Instant::now();
+        let cap = settings().max_retry_after;
+        for asked in [
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+            cap + Duration::from_secs(1),
+        ] {
+            let huge = Error::Throttled {
+                status: 429,
+                retry_after: Some(asked),
+            };
+            let step = a.next_step(Outcome::<()>::Failed(huge), &settings(), now);
+            let until = match step {
+                Step::PauseEveryone { until } | Step::PauseEveryoneThenGiveUp { until, .. } => {
+                    until
+                }
+                _ => panic!("a 429 pauses everyone"),
+            };
+            assert_eq!(until, now + cap, "{asked:?}");
         }
     }
 

@@ -31,7 +31,9 @@ use super::attempt::OnNotFound;
 use super::directory::{
     DirectoryUser, GroupMember, GroupUsers, Privilege, RoleHeld, SkippedMembers,
 };
-use super::{AppFault, AuthMethod, Budget, Error, PauseGate, ThrottleStats, TokenProvider};
+use super::{
+    AppFault, AuthMethod, Budget, Error, PauseGate, Registered, ThrottleStats, TokenProvider,
+};
 use crate::config::{GraphSettings, RateSettings, RetrySettings};
 use crate::domain::UserRef;
 
@@ -257,8 +259,27 @@ impl GraphClient {
         user: &(impl UserAddress + ?Sized),
         listing: Listing,
     ) -> Result<Vec<AuthMethod>, Error> {
+        Ok(self
+            .list_registered(user, listing)
+            .await?
+            .into_iter()
+            .map(|r| r.method)
+            .collect())
+    }
+
+    /// [`GraphClient::list_methods_with`], each method with its `createdDateTime` (so a reset
+    /// can leave alone what the user registered after the request was made).
+    pub async fn list_registered(
+        &self,
+        user: &(impl UserAddress + ?Sized),
+        listing: Listing,
+    ) -> Result<Vec<Registered>, Error> {
         if self.inner.list_from_beta {
-            return self.list_methods(user).await;
+            let url = self.user_url(true, user, "/authentication/methods");
+            return match self.get_paged(url).await {
+                Ok(items) => Ok(items.iter().map(Registered::from_json).collect()),
+                Err(e) => Err(self.app_wide_if_forbidden(e, MANAGE_METHODS).await),
+            };
         }
         let mut items = match self
             .get_paged(self.user_url(false, user, "/authentication/methods"))
@@ -287,7 +308,7 @@ impl GraphClient {
                 }
             }
         }
-        Ok(items.iter().map(AuthMethod::from_json).collect())
+        Ok(items.iter().map(Registered::from_json).collect())
     }
 
     /// The DELETE for `method`; a 404 on a retry of it counts as success.

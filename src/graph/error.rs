@@ -312,6 +312,12 @@ impl Error {
         }
     }
 
+    /// True when the app itself cannot work ([`Class::Halt`]): no user can succeed until
+    /// someone fixes it, so nothing about this user may be concluded from it.
+    pub fn halts(&self) -> bool {
+        self.class() == Class::Halt
+    }
+
     /// True when trying again later can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self.class(), Class::Outage | Class::Retry)
@@ -412,13 +418,22 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     parse_retry_after(text, now)
 }
 
-/// See [`retry_after`].
+/// See [`retry_after`]. Never panics on what a server sends: a value too large for a
+/// [`Duration`] (`1e20`, thirty digits) is [`Duration::MAX`] (the caller caps it, see
+/// `retry.max_retry_after`); a negative, NaN or infinite one is ignored.
 pub fn parse_retry_after(text: &str, now: SystemTime) -> Option<Duration> {
     if let Ok(secs) = text.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits for a u64.
+        return Some(Duration::MAX);
+    }
     if let Ok(secs) = text.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        if !(secs.is_finite() && secs >= 0.0) {
+            return None;
+        }
+        return Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX));
     }
     let at = httpdate::parse_http_date(text).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -600,6 +615,19 @@ mod tests {
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
+        // Untrusted: huge, negative or odd values never panic.
+        assert_eq!(parse_retry_after("1e20", now), Some(Duration::MAX));
+        assert_eq!(
+            parse_retry_after("123456789012345678901234567890", now),
+            Some(Duration::MAX)
+        );
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_retry_after("-3", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
+        assert_eq!(parse_retry_after("inf", now), None);
         assert_eq!(
             retry_after(&headers(Some(" 5 ")), now),
             Some(Duration::from_secs(5))

@@ -160,13 +160,9 @@ impl AuthMethod {
     ];
 
     /// What the portal's "Require re-register MFA" removes
-    /// (<https://learn.microsoft.com/en-us/entra/identity/authentication/howto-mfa-userdevicesettings>).
-    pub const PORTAL_STEMS: [&'static str; 4] = [
-        "phone",
-        "microsoftAuthenticator",
-        "softwareOath",
-        "hardwareOath",
-    ];
+    /// (<https://learn.microsoft.com/en-us/entra/identity/authentication/howto-mfa-userdevicesettings>);
+    /// hardware OATH tokens it deactivates rather than deletes, so they are not here.
+    pub const PORTAL_STEMS: [&'static str; 3] = ["phone", "microsoftAuthenticator", "softwareOath"];
 
     /// True for a type this build knows how to delete (everything but password and unknown types).
     pub fn is_removable(&self) -> bool {
@@ -268,6 +264,33 @@ impl AuthMethod {
             _ => {}
         }
         rec
+    }
+}
+
+/// A listed method and when it was registered: `createdDateTime`, which Graph's base
+/// `authenticationMethod` type carries in v1.0 (optional: `None` when Graph does not populate it,
+/// as for phones and email addresses)
+/// (<https://learn.microsoft.com/en-us/graph/api/resources/authenticationmethod>).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The method.
+    pub method: AuthMethod,
+    /// When it was registered, when Graph says.
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Registered {
+    /// Parse one element of a listing's `value` array (never fails, as [`AuthMethod::from_json`]).
+    pub fn from_json(v: &Value) -> Registered {
+        let created = v
+            .get("createdDateTime")
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc));
+        Registered {
+            method: AuthMethod::from_json(v),
+            created,
+        }
     }
 }
 

@@ -39,8 +39,9 @@ pub use directory::{
     DirectoryUser, GroupMember, GroupUsers, Privilege, RoleHeld, RoleHold, SkippedMembers,
 };
 pub use error::{AppFault, Class, Error, NoAnswer};
-pub use methods::AuthMethod;
+pub use methods::{AuthMethod, Registered};
 pub use pause::PauseGate;
+pub use send::{client_request_id, with_client_request_id};
 pub use stats::{ThrottleSnapshot, ThrottleStats};
 pub use token::{AccessToken, TokenProvider};
 

@@ -17,6 +17,26 @@ use super::attempt::{Attempts, OnNotFound, Outcome, Step};
 use super::error::{classify, from_transport};
 use super::{AccessToken, Error, GraphClient};
 
+tokio::task_local! {
+    /// The `client-request-id` of the Graph calls made in this task: the reset request's id.
+    static CLIENT_REQUEST_ID: uuid::Uuid;
+}
+
+/// Run `work` with every Graph call it makes carrying `id` as `client-request-id`: the id
+/// Microsoft documents for correlating a client's calls (a GUID), shown in Entra's audit
+/// and sign-in logs, so they join to the reset's outcome. Without it each call gets a
+/// fresh one.
+pub async fn with_client_request_id<F: std::future::Future>(id: uuid::Uuid, work: F) -> F::Output {
+    CLIENT_REQUEST_ID.scope(id, work).await
+}
+
+/// The `client-request-id` the next call of this task sends.
+pub fn client_request_id() -> uuid::Uuid {
+    CLIENT_REQUEST_ID
+        .try_with(|id| *id)
+        .unwrap_or_else(|_| uuid::Uuid::new_v4())
+}
+
 /// A successful answer.
 pub(super) struct Answer {
     pub(super) status: u16,
@@ -57,7 +77,7 @@ impl GraphClient {
         headers: &[(&'static str, &'static str)],
     ) -> Result<Answer, Error> {
         let inner = &*self.inner;
-        let request_id = uuid::Uuid::new_v4().to_string();
+        let request_id = client_request_id().to_string();
         let mut attempts = Attempts::new(&inner.retry, on_not_found, Instant::now());
         loop {
             let (outcome, token) = self

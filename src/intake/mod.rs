@@ -273,6 +273,25 @@ impl RowErrors {
 
 /// Validate the user cell of a row, or say what is wrong with it and how to fix it.
 fn parse_user(line: u64, field: &str, raw: &str) -> Result<UserRef, RowError> {
+    let user = parse_user_ref(line, field, raw)?;
+    match user.entra_disallowed_character() {
+        None => Ok(user),
+        Some(c) => Err(RowError {
+            line,
+            field: field.to_string(),
+            value: shorten(raw),
+            reason: format!(
+                "{:?} contains {c:?}, which Entra does not allow in a user principal name \
+                 (letters, digits and ' . - _ ! # ^ ~), so it names no user: write the UPN as \
+                 Entra shows it, or the user's object id",
+                shorten(raw.trim())
+            ),
+        }),
+    }
+}
+
+/// [`UserRef::parse`], its error as a [`RowError`].
+fn parse_user_ref(line: u64, field: &str, raw: &str) -> Result<UserRef, RowError> {
     UserRef::parse(raw).map_err(|error| {
         let reason = match error {
             UserRefError::Empty => format!("{field} is empty: fill in the user or delete the row"),
@@ -464,6 +483,21 @@ mod tests {
             empty.reason,
             "user is empty: fill in the user or delete the row"
         );
+    }
+
+    #[test]
+    fn a_upn_with_a_character_entra_does_not_allow_is_a_line_error_naming_it() {
+        let error = parse_user(3, "userPrincipalName", "o'neil+mfa@contoso.com").unwrap_err();
+        assert_eq!(error.line, 3);
+        assert!(
+            error
+                .reason
+                .starts_with("\"o'neil+mfa@contoso.com\" contains '+', which Entra does not allow"),
+            "{}",
+            error.reason
+        );
+        assert!(error.reason.contains("object id"), "{}", error.reason);
+        assert!(parse_user(4, "user", "ann_fabrikam.com#EXT#@contoso.onmicrosoft.com").is_ok());
     }
 
     #[test]

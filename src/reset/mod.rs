@@ -5,6 +5,12 @@
 //! is read (beta `signInPreferences`) only when more than one method could be it; when that
 //! read is not allowed, a refused DELETE is retried after the others (the two-pass way).
 //!
+//! The user is resolved to its object id first and every later call addresses that id; a
+//! user listed in `reset.protected_users` ([`ProtectedUsers`], resolved when the worker
+//! starts) or holding any directory role, active or PIM-eligible, is not touched, and neither
+//! is one whose roles could not be checked. Methods registered after the request was made are
+//! kept. The final listing is believed over a DELETE's 204.
+//!
 //! # Layout
 //! - [`plan`]: [`MethodKind`], [`DefaultMethod`], [`Scope`], [`plan::order`],
 //!   [`plan::conclude`]: the rules, without I/O.
@@ -13,12 +19,15 @@
 pub mod plan;
 mod settle;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::config::ResetSettings;
 use crate::domain::{MethodRecord, ResetRequest, Status, UserRef};
-use crate::graph::{self, AuthMethod, GraphClient};
+use crate::graph::{self, AuthMethod, DirectoryUser, GraphClient, Listing, Privilege, Registered};
 
 pub use plan::{DefaultMethod, MethodKind, MethodType, Scope};
 
@@ -37,6 +46,8 @@ pub struct Executed {
     pub error: Option<(String, String)>,
     /// Graph calls made (logical calls; retries inside the client are not counted).
     pub graph_calls: u32,
+    /// What a reader should know that is not an error (see `Outcome::notes`).
+    pub notes: Vec<String>,
 }
 
 /// A reset that must be tried again later (retryable error after the in-process retries),
@@ -67,9 +78,10 @@ impl From<graph::Error> for Interrupted {
     }
 }
 
-/// Is `user` listed in `reset.protected_users` as it is written in the request?
-/// (Listed by UPN but requested by object id, or the other way round, is caught inside the
-/// reset, which can ask Graph for the other identifier.)
+/// Is `user` listed in `reset.protected_users` as it is written in the request? (A cheap
+/// first gate, before any Graph call; the reset then compares the user's object id with the
+/// entries resolved at start, [`ProtectedUsers`], so another spelling, the other kind of
+/// identifier or a rename cannot slip through.)
 pub fn is_protected(settings: &ResetSettings, user: &UserRef) -> bool {
     let key = user.key();
     settings
@@ -86,17 +98,104 @@ fn protected_key(entry: &str) -> String {
         .unwrap_or_else(|_| entry.trim().to_lowercase())
 }
 
-/// True when the protected list holds identifiers of the other kind than the request's
-/// (object ids for a UPN request, or UPNs for an object-id request): only Graph can tell
-/// whether the user is one of them.
-fn needs_identity(settings: &ResetSettings, user: &UserRef) -> bool {
-    settings.protected_users.iter().any(|p| {
-        matches!(
-            (UserRef::parse(p), user),
-            (Ok(UserRef::ObjectId(_)), UserRef::Upn(_))
-                | (Ok(UserRef::Upn(_)), UserRef::ObjectId(_))
-        )
-    })
+/// `reset.protected_users`, each entry resolved to the object id of the account it names
+/// when the worker starts: the reset compares object ids, which no rename changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProtectedUsers {
+    /// Object id → the entry as written in the settings.
+    ids: HashMap<Uuid, String>,
+}
+
+/// Why `reset.protected_users` could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtectedUsersError {
+    /// An entry is neither a UPN nor an object id: the worker must not start.
+    #[error("reset.protected_users entry {index} ({entry:?}) {reason}: fix or remove it; the worker does not start with a protected user it cannot recognise")]
+    Invalid {
+        /// 1-based position in the list.
+        index: usize,
+        /// The entry.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Graph has no such user: the worker must not start.
+    #[error("reset.protected_users entry {index} ({entry:?}) is not a user of the tenant ({code}): fix or remove it; the worker does not start with a protected user it cannot find")]
+    NotFound {
+        /// 1-based position in the list.
+        index: usize,
+        /// The entry.
+        entry: String,
+        /// Graph's code.
+        code: String,
+    },
+    /// Graph could not answer (or refuses the app): try again later.
+    #[error("resolving reset.protected_users entry {entry:?}: {error}")]
+    Graph {
+        /// The entry.
+        entry: String,
+        /// Graph's error (its class says whether to halt or wait).
+        error: graph::Error,
+    },
+}
+
+impl ProtectedUsers {
+    /// Parse every entry (all at once: an invalid entry is an error before any Graph call),
+    /// then resolve each to its object id.
+    pub async fn resolve(
+        settings: &ResetSettings,
+        graph: &GraphClient,
+    ) -> Result<ProtectedUsers, ProtectedUsersError> {
+        let parsed = Self::parse(settings)?;
+        let mut ids = HashMap::new();
+        for (index, entry, user) in parsed {
+            match graph.resolve_user(&user).await {
+                Ok(resolved) => {
+                    ids.insert(resolved.id, entry);
+                }
+                Err(graph::Error::NotFound { code, .. }) => {
+                    return Err(ProtectedUsersError::NotFound { index, entry, code })
+                }
+                Err(error) => return Err(ProtectedUsersError::Graph { entry, error }),
+            }
+        }
+        Ok(ProtectedUsers { ids })
+    }
+
+    /// Every entry as a [`UserRef`], with its 1-based index, or the first that is not one.
+    fn parse(
+        settings: &ResetSettings,
+    ) -> Result<Vec<(usize, String, UserRef)>, ProtectedUsersError> {
+        settings
+            .protected_users
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                UserRef::parse(entry)
+                    .map(|user| (i + 1, entry.clone(), user))
+                    .map_err(|e| ProtectedUsersError::Invalid {
+                        index: i + 1,
+                        entry: entry.clone(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+
+    /// The entry naming this object id, if one does.
+    pub fn entry_for(&self, id: &Uuid) -> Option<&str> {
+        self.ids.get(id).map(String::as_str)
+    }
+
+    /// How many accounts are protected.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when no account is protected.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
 }
 
 /// Where a reset writes down what it is about to delete, before the first DELETE, so a
@@ -130,17 +229,21 @@ pub struct Earlier {
 }
 
 /// Reset one user, knowing what `earlier` attempts of the same request did.
+///
+/// The user is resolved to its object id first, and every later call addresses that id:
+/// a rename between the checks and the deletes cannot redirect them to another account.
 pub async fn execute(
     graph: &GraphClient,
     req: &ResetRequest,
     settings: &ResetSettings,
     scope: &Scope,
+    protected: &ProtectedUsers,
     earlier: Earlier,
     journal: &dyn Journal,
 ) -> Result<Executed, RetryLater> {
     let mut run = Run {
         graph,
-        user: &req.user,
+        requested_at: req.requested_at,
         backup: settings.backup,
         removed: earlier.removed,
         gone: HashSet::new(),
@@ -148,10 +251,12 @@ pub async fn execute(
         calls: 0,
         planned_earlier: earlier.planned,
         journal,
+        notes: Vec::new(),
+        listing: listing_for(scope),
     };
-    match run.reset(req, settings, scope).await {
+    match run.reset(req, settings, scope, protected).await {
         Ok(done) => Ok(done),
-        Err(Interrupted::Graph(error)) if !error.is_retryable() => {
+        Err(Interrupted::Graph(error)) if !error.is_retryable() && !error.halts() => {
             // Permanent: what was removed stays on the record.
             Ok(Executed {
                 status: plan::stopped(!run.removed.is_empty()),
@@ -160,6 +265,7 @@ pub async fn execute(
                 sessions_revoked: run.sessions_revoked,
                 error: Some((error.code(), error.to_string())),
                 graph_calls: run.calls,
+                notes: run.notes,
             })
         }
         Err(cause) => Err(RetryLater {
@@ -175,9 +281,19 @@ fn short(m: &AuthMethod) -> String {
     format!("{}:{}", m.stem(), m.id())
 }
 
+/// The listing a scope needs: beta's hardware OATH collection only when the scope removes them.
+fn listing_for(scope: &Scope) -> Listing {
+    if scope.includes(MethodKind::HardwareOath) {
+        Listing::WithHardwareOath
+    } else {
+        Listing::Supported
+    }
+}
+
 struct Run<'a> {
     graph: &'a GraphClient,
-    user: &'a UserRef,
+    /// When the request was made: methods registered after it are the user's new ones.
+    requested_at: DateTime<Utc>,
     backup: bool,
     removed: Vec<MethodRecord>,
     /// `type:id` of methods whose first DELETE answered 404: already gone (deleted elsewhere
@@ -187,6 +303,9 @@ struct Run<'a> {
     calls: u32,
     planned_earlier: Vec<MethodRecord>,
     journal: &'a dyn Journal,
+    notes: Vec<String>,
+    /// How methods are listed (v1.0, plus beta's hardware OATH collection when in scope).
+    listing: Listing,
 }
 
 impl Run<'_> {
@@ -201,8 +320,8 @@ impl Run<'_> {
         self.removed.extend(gone);
     }
 
-    /// Not touched: a protected account.
-    fn skipped(&self, code: &str, message: String) -> Executed {
+    /// Not touched: a protected account, or one whose privileges could not be checked.
+    fn skipped(&mut self, code: &str, message: String) -> Executed {
         Executed {
             status: Status::SkippedProtected,
             removed: Vec::new(),
@@ -210,7 +329,13 @@ impl Run<'_> {
             sessions_revoked: false,
             error: Some((code.to_string(), message)),
             graph_calls: self.calls,
+            notes: std::mem::take(&mut self.notes),
         }
+    }
+
+    /// Is this method the user's own new one, registered after the request was made?
+    fn registered_after_request(&self, registered: &Registered) -> bool {
+        plan::registered_after(registered.created, self.requested_at)
     }
 
     async fn reset(
@@ -218,22 +343,33 @@ impl Run<'_> {
         req: &ResetRequest,
         settings: &ResetSettings,
         scope: &Scope,
+        protected: &ProtectedUsers,
     ) -> Result<Executed, Interrupted> {
-        if let Some((code, message)) = self.not_to_be_touched(settings).await? {
+        self.calls += 1;
+        let user = self.graph.resolve_user(&req.user).await?;
+        if let Some((code, message)) = self.not_to_be_touched(&user, settings, protected).await? {
             return Ok(self.skipped(code, message));
         }
 
-        self.calls += 1;
-        let listed = self.graph.list_methods(self.user).await?;
+        let registered = self.list(&user).await?;
+        let listed: Vec<AuthMethod> = registered.iter().map(|r| r.method.clone()).collect();
         let unknown: Vec<&AuthMethod> = listed
             .iter()
             .filter(|m| MethodKind::of(m) == MethodKind::Unknown)
             .collect();
-        let targets: Vec<AuthMethod> = listed
+        let (newer, targets): (Vec<&Registered>, Vec<&Registered>) = registered
             .iter()
-            .filter(|m| scope.contains(m))
-            .cloned()
-            .collect();
+            .filter(|r| scope.contains(&r.method))
+            .partition(|r| self.registered_after_request(r));
+        let targets: Vec<AuthMethod> = targets.into_iter().map(|r| r.method.clone()).collect();
+        for kept in &newer {
+            self.notes.push(format!(
+                "kept {}: registered at {}, after the request was made ({}); a method the user registered since is theirs",
+                short(&kept.method),
+                kept.created.map(|c| c.to_rfc3339()).unwrap_or_default(),
+                self.requested_at.to_rfc3339(),
+            ));
+        }
 
         self.adopt_earlier_plan(&listed);
 
@@ -247,6 +383,7 @@ impl Run<'_> {
                 sessions_revoked: false,
                 error: None,
                 graph_calls: self.calls,
+                notes: std::mem::take(&mut self.notes),
             });
         }
 
@@ -257,28 +394,18 @@ impl Run<'_> {
                 Interrupted::Journal(format!("could not record the plan before deleting: {e:#}"))
             })?;
         }
-        let default = self.default_method(&targets).await;
+        let default = self.default_method(&user, &targets).await;
         let ordered = plan::order(targets.clone(), MethodKind::of, default);
-        let still_refused = self.delete_all(ordered).await?;
-        if plan::refused_outright(
-            !self.removed.is_empty(),
-            !unknown.is_empty(),
-            still_refused.len(),
-            targets.len(),
-        ) {
-            if let Some((_, err)) = still_refused.first() {
-                return Err(err.clone().into());
-            }
-        }
+        // A refusal that stays (the default, with something out of scope still registered) is
+        // reported as remaining with Graph's code: the outcome is `partial`, never guessed around.
+        let still_refused = self.delete_all(&user, ordered).await?;
 
         if req.revoke_sessions && !self.sessions_revoked {
-            self.calls += 1;
-            self.graph.revoke_sessions(self.user).await?;
-            self.sessions_revoked = true;
+            self.revoke_sessions(&user).await?;
         }
 
-        let remaining = self
-            .verify(&targets, settings.consistency_wait, scope)
+        let (remaining, lingering) = self
+            .verify(&user, &targets, settings.consistency_wait, scope)
             .await?;
         let conclusion = plan::conclude(&plan::Tally {
             removed_any: !self.removed.is_empty(),
@@ -288,6 +415,7 @@ impl Run<'_> {
             refusal: still_refused
                 .first()
                 .map(|(m, e)| (e.code(), format!("{} {}: {e}", m.stem(), m.id()))),
+            lingering,
         });
         let mut remaining_records: Vec<MethodRecord> =
             remaining.iter().map(|m| m.record(false)).collect();
@@ -299,62 +427,108 @@ impl Run<'_> {
             sessions_revoked: self.sessions_revoked,
             error: conclusion.error,
             graph_calls: self.calls,
+            notes: std::mem::take(&mut self.notes),
         })
     }
 
+    /// The user's methods. When beta's hardware OATH collection cannot be read (a permanent
+    /// error: beta out of reach for this app), v1.0 alone, and the outcome says so: hardware
+    /// tokens are then left in place rather than the whole reset failing.
+    async fn list(&mut self, user: &DirectoryUser) -> Result<Vec<Registered>, graph::Error> {
+        self.calls += 1;
+        match self.graph.list_registered(user, self.listing).await {
+            Err(error)
+                if self.listing == Listing::WithHardwareOath
+                    && !error.is_retryable()
+                    && !error.halts() =>
+            {
+                self.notes.push(format!(
+                    "hardware OATH tokens could not be listed from beta ({error}); any the user has were left in place"
+                ));
+                self.listing = Listing::Supported;
+                self.calls += 1;
+                self.graph.list_registered(user, self.listing).await
+            }
+            other => other,
+        }
+    }
+
+    /// Revoke the user's sign-in sessions, unless the user is external: Graph answers success
+    /// for a guest but does not revoke their sessions (they sign in through their home
+    /// tenant), so the outcome must not claim it did.
+    async fn revoke_sessions(&mut self, user: &DirectoryUser) -> Result<(), graph::Error> {
+        if user.is_external() || user.is_guest() {
+            self.notes.push(
+                "sessions not revoked: Graph does not revoke the sign-in sessions of external \
+                 (guest) users; revoke them in the user's home tenant, or block the guest's \
+                 sign-in here"
+                    .to_string(),
+            );
+            return Ok(());
+        }
+        self.calls += 1;
+        self.graph.revoke_sessions(user).await?;
+        self.sessions_revoked = true;
+        Ok(())
+    }
+
     /// Why the user must not be touched (code, message), if so: listed in
-    /// `reset.protected_users` under its other identifier, or holding a directory role.
+    /// `reset.protected_users` (compared by object id), holding or eligible for a directory
+    /// role, or a privilege check that could not be made (fail closed).
     async fn not_to_be_touched(
         &mut self,
+        user: &DirectoryUser,
         settings: &ResetSettings,
+        protected: &ProtectedUsers,
     ) -> Result<Option<(&'static str, String)>, graph::Error> {
-        if needs_identity(settings, self.user) {
-            self.calls += 1;
-            let (id, upn) = self.graph.user_identity(self.user).await?;
-            let listed = |value: &str| {
-                let value = value.to_lowercase();
-                !value.is_empty()
-                    && settings
-                        .protected_users
-                        .iter()
-                        .any(|p| protected_key(p) == value)
-            };
-            if listed(&id) || listed(&upn) {
-                return Ok(Some((
-                    "protected_user",
-                    format!("listed in reset.protected_users (as {upn} / {id}); not touched"),
-                )));
-            }
+        if let Some(entry) = protected.entry_for(&user.id) {
+            return Ok(Some((
+                "protected_user",
+                format!("{user} is listed in reset.protected_users (as {entry}); not touched"),
+            )));
         }
-        if settings.skip_admins {
-            self.calls += 1;
-            let roles = self.graph.directory_roles(self.user).await?;
-            if !roles.is_empty() {
-                return Ok(Some((
-                    "directory_role",
-                    format!(
-                        "holds directory role(s) {}; not touched (reset.skip_admins)",
-                        roles.join(", ")
-                    ),
-                )));
-            }
+        if !settings.skip_admins {
+            return Ok(None);
         }
-        Ok(None)
+        self.calls += 1;
+        match self.graph.privilege(user).await {
+            Ok(Privilege::NotPrivileged) => Ok(None),
+            Ok(privilege @ Privilege::Privileged { .. }) => Ok(Some((
+                "directory_role",
+                format!(
+                    "{}; not touched (reset.skip_admins)",
+                    privilege.describe()
+                ),
+            ))),
+            // A passing outage or throttling: try again later, still untouched.
+            Err(error) if error.is_retryable() || error.halts() => Err(error),
+            // Fail closed: a check that cannot be made leaves the user alone.
+            Err(error) => Ok(Some((
+                "privilege_check_failed",
+                format!(
+                    "could not check whether the user holds a directory role ({error}); not touched (reset.skip_admins fails closed)"
+                ),
+            ))),
+        }
     }
 
     /// The user's default method, read only when more than one target could be it; when the
     /// plan needs it, first moved from the alternate mobile to the mobile. `None` when
     /// unknown: the two-pass fallback then handles a refused default.
-    async fn default_method(&mut self, targets: &[AuthMethod]) -> Option<DefaultMethod> {
+    async fn default_method(
+        &mut self,
+        user: &DirectoryUser,
+        targets: &[AuthMethod],
+    ) -> Option<DefaultMethod> {
         let kinds: Vec<MethodKind> = targets.iter().map(MethodKind::of).collect();
         if !plan::needs_default_read(&kinds) {
             return None;
         }
         self.calls += 1;
-        let default = match self.graph.default_method(self.user).await {
+        let default = match self.graph.default_method(user).await {
             Ok(preferred) => preferred.as_deref().and_then(DefaultMethod::parse),
             Err(err) => {
-                tracing::debug!(user = %self.user, error = %err, "default method unknown; deleting in two passes");
+                tracing::debug!(user = %user, error = %err, "default method unknown; deleting in two passes");
                 return None;
             }
         };
@@ -363,14 +537,10 @@ impl Run<'_> {
         }
         self.calls += 1;
         let mobile = DefaultMethod::VoiceMobile;
-        match self
-            .graph
-            .set_default_method(self.user, mobile.as_str())
-            .await
-        {
+        match self.graph.set_default_method(user, mobile.as_str()).await {
             Ok(()) => Some(mobile),
             Err(err) => {
-                tracing::debug!(user = %self.user, error = %err, "could not move the default to the mobile");
+                tracing::debug!(user = %user, error = %err, "could not move the default to the mobile");
                 default
             }
         }
@@ -381,12 +551,13 @@ impl Run<'_> {
     /// reported as remaining, never guessed around.
     async fn delete_all(
         &mut self,
+        user: &DirectoryUser,
         ordered: Vec<AuthMethod>,
     ) -> Result<Vec<(AuthMethod, graph::Error)>, Interrupted> {
         let targets = ordered.len();
         let mut refused: Vec<(AuthMethod, graph::Error)> = Vec::new();
         for method in ordered {
-            match self.delete(&method).await {
+            match self.delete(user, &method).await {
                 Ok(()) => {}
                 Err(err @ graph::Error::BadRequest { .. }) => refused.push((method, err)),
                 Err(err) => return Err(err.into()),
@@ -397,8 +568,8 @@ impl Run<'_> {
         }
         let mut still_refused = Vec::new();
         for (method, _) in refused {
-            if let Err(err) = self.delete(&method).await {
-                if err.is_retryable() {
+            if let Err(err) = self.delete(user, &method).await {
+                if err.is_retryable() || err.halts() {
                     return Err(err.into());
                 }
                 still_refused.push((method, err));
@@ -407,9 +578,13 @@ impl Run<'_> {
         Ok(still_refused)
     }
 
-    async fn delete(&mut self, method: &AuthMethod) -> Result<(), graph::Error> {
+    async fn delete(
+        &mut self,
+        user: &DirectoryUser,
+        method: &AuthMethod,
+    ) -> Result<(), graph::Error> {
         self.calls += 1;
-        match self.graph.delete_method(self.user, method).await {
+        match self.graph.delete_method(user, method).await {
             Ok(()) => {
                 self.removed.push(method.record(self.backup));
                 Ok(())
@@ -424,17 +599,20 @@ impl Run<'_> {
         }
     }
 
-    /// List again and report what is still there, tolerating eventual consistency: a method
-    /// we deleted (204) that is still listed is re-checked for at most `wait`, after which
-    /// the 204s are trusted (a deleted method still listed is lag, not a method).
+    /// List again and report what is still there. A method deleted with a 204 may still be
+    /// listed for a while (eventual consistency), so the listing is repeated for at most
+    /// `wait`; what is *still* listed then is believed over the 204: it is remaining, taken
+    /// off `removed`, and named in the second list (`type:id`). Methods the user registered
+    /// after the request are not counted.
     async fn verify(
         &mut self,
+        user: &DirectoryUser,
         targets: &[AuthMethod],
         wait: std::time::Duration,
         scope: &Scope,
-    ) -> Result<Vec<AuthMethod>, graph::Error> {
+    ) -> Result<(Vec<AuthMethod>, Vec<String>), graph::Error> {
         if targets.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let deleted: HashSet<String> = self
             .removed
@@ -444,25 +622,33 @@ impl Run<'_> {
             .collect();
         // Counted across awaits of a Send future: an atomic, not a Cell.
         let lists = AtomicU32::new(0);
-        let (graph, user) = (self.graph, self.user);
+        let (graph, listing) = (self.graph, self.listing);
         let listed = settle::until_settled(
             wait,
             || {
                 lists.fetch_add(1, Ordering::Relaxed);
-                graph.list_methods(user)
+                graph.list_registered(user, listing)
             },
-            |listed: &Vec<AuthMethod>| {
+            |listed: &Vec<Registered>| {
                 listed
                     .iter()
-                    .any(|m| scope.contains(m) && deleted.contains(&short(m)))
+                    .any(|r| scope.contains(&r.method) && deleted.contains(&short(&r.method)))
             },
         )
         .await;
         self.calls += lists.into_inner();
-        Ok(listed?
+        let remaining: Vec<AuthMethod> = listed?
             .into_iter()
-            .filter(|m| scope.contains(m) && !deleted.contains(&short(m)))
-            .collect())
+            .filter(|r| scope.contains(&r.method) && !self.registered_after_request(r))
+            .map(|r| r.method)
+            .collect();
+        let lingering: Vec<String> = remaining
+            .iter()
+            .map(short)
+            .filter(|key| deleted.contains(key))
+            .collect();
+        self.removed.retain(|r| !lingering.contains(&r.short()));
+        Ok((remaining, lingering))
     }
 }
 
@@ -494,14 +680,20 @@ mod tests {
     }
 
     #[test]
-    fn graph_is_asked_only_when_the_list_holds_the_other_kind_of_identifier() {
-        let upn = UserRef::parse("alice@contoso.com").unwrap();
-        let id = UserRef::parse("6f9619ff-8b86-d011-b42d-00c04fc964ff").unwrap();
-        let by_upn = settings(&["breakglass@contoso.com"]);
-        assert!(!needs_identity(&by_upn, &upn));
-        assert!(needs_identity(&by_upn, &id));
-        let by_id = settings(&["6f9619ff-8b86-d011-b42d-00c04fc964ff"]);
-        assert!(needs_identity(&by_id, &upn));
-        assert!(!needs_identity(&settings(&[]), &upn));
+    fn a_protected_entry_that_is_not_a_user_is_named_with_its_position() {
+        let err = ProtectedUsers::parse(&settings(&["breakglass@contoso.com", "break glass"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("reset.protected_users entry 2 (\"break glass\")"),
+            "{err}"
+        );
+        assert!(err.contains("fix or remove it"), "{err}");
+        assert_eq!(
+            ProtectedUsers::parse(&settings(&["6f9619ff-8b86-d011-b42d-00c04fc964ff"]))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

@@ -63,13 +63,16 @@ impl MethodType {
     ];
 
     /// What the portal's "Require re-register MFA" removes (`reset.methods = "portal"`):
-    /// phone numbers, Authenticator apps and OATH tokens
+    /// phone numbers, Authenticator apps and software OATH tokens
     /// (<https://learn.microsoft.com/entra/identity/authentication/howto-mfa-userdevicesettings>).
-    pub const PORTAL: [MethodType; 4] = [
+    /// Not hardware OATH tokens: the portal *deactivates* those and keeps them assigned, while
+    /// Graph's DELETE un-assigns the token from the user (it must be assigned again before the
+    /// user can activate it), so the preset leaves them alone; `"all"` or a list naming
+    /// `hardwareOath` deletes them.
+    pub const PORTAL: [MethodType; 3] = [
         MethodType::Phone,
         MethodType::MicrosoftAuthenticator,
         MethodType::SoftwareOath,
-        MethodType::HardwareOath,
     ];
 
     /// The Graph collection stem (`phone`, `fido2`, …).
@@ -342,15 +345,15 @@ pub fn ask_again_after_the_others(targets: usize) -> bool {
     targets > 1
 }
 
-/// Did Graph refuse every delete of a user with nothing else to report? Then the reset
-/// failed outright (with Graph's error), rather than ending partial.
-pub fn refused_outright(
-    removed_any: bool,
-    unknown_any: bool,
-    refused: usize,
-    targets: usize,
+/// Was this method registered after the request was made? Then it is the user's new method
+/// (registered again after the helpdesk call, say, while the request waited in a delay tier),
+/// and a reset must not delete it. A method Graph gives no `createdDateTime` for (phones,
+/// email addresses) cannot be told apart: it counts as registered before.
+pub fn registered_after(
+    created: Option<chrono::DateTime<chrono::Utc>>,
+    requested_at: chrono::DateTime<chrono::Utc>,
 ) -> bool {
-    !removed_any && !unknown_any && refused > 0 && refused == targets
+    created.is_some_and(|created| created > requested_at)
 }
 
 /// What an interrupted earlier attempt removed: the methods it planned (in plan order) that
@@ -391,6 +394,10 @@ pub struct Tally {
     pub unknown: Vec<String>,
     /// The first DELETE Graph kept refusing: (Graph's code, "type id: message").
     pub refusal: Option<(String, String)>,
+    /// Methods Graph answered 204 (or 404: gone) for but still listed after
+    /// `reset.consistency_wait` (`type:id`): the listing is believed over the DELETE's answer,
+    /// so they count as remaining too.
+    pub lingering: Vec<String>,
 }
 
 /// The outcome's status and error of a reset that ran to the end.
@@ -418,9 +425,19 @@ pub fn conclude(tally: &Tally) -> Conclusion {
             tally.unknown.join(", ")
         )
     });
-    let error = match (tally.refusal.clone(), unknown_note) {
+    let lingering = (!tally.lingering.is_empty()).then(|| {
+        (
+            "still_listed".to_string(),
+            format!(
+                "deleted (Graph answered 204, or 404: gone) but still listed after reset.consistency_wait: {}",
+                tally.lingering.join(", ")
+            ),
+        )
+    });
+    let first = tally.refusal.clone().or(lingering);
+    let error = match (first, unknown_note) {
         (Some((code, message)), Some(note)) => Some((code, format!("{message}; {note}"))),
-        (Some(refusal), None) => Some(refusal),
+        (Some(first), None) => Some(first),
         (None, Some(note)) => Some(("unknown_method_type".to_string(), note)),
         (None, None) => None,
     };

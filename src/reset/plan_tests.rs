@@ -460,7 +460,7 @@ fn the_all_preset_takes_every_removable_type_and_never_the_password() {
 }
 
 #[test]
-fn the_portal_preset_takes_phones_the_authenticator_and_oath_tokens() {
+fn the_portal_preset_takes_phones_the_authenticator_and_software_oath_but_not_hardware_tokens() {
     let scope = Scope::from_settings(&MethodSelection::Preset("portal".into())).unwrap();
     let taken: Vec<MethodType> = MethodType::ALL
         .into_iter()
@@ -468,6 +468,10 @@ fn the_portal_preset_takes_phones_the_authenticator_and_oath_tokens() {
         .collect();
     assert_eq!(taken, MethodType::PORTAL);
     assert!(scope.includes(OfficePhone));
+    assert!(
+        !scope.includes(HARDWARE_OATH),
+        "a DELETE would un-assign the token"
+    );
 }
 
 #[test]
@@ -520,19 +524,44 @@ fn a_refused_delete_is_asked_again_only_when_others_were_deleted_in_between() {
 }
 
 #[test]
-fn a_reset_fails_outright_only_when_every_delete_was_refused_and_nothing_else_happened() {
-    assert!(refused_outright(false, false, 2, 2));
-    assert!(refused_outright(false, false, 1, 1));
+fn a_method_registered_after_the_request_is_the_users_and_one_without_a_date_is_not() {
+    let requested_at = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let at = |t: &str| {
+        Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+        )
+    };
+    assert!(registered_after(at("2026-01-01T10:00:01Z"), requested_at));
+    assert!(!registered_after(at("2026-01-01T10:00:00Z"), requested_at));
+    assert!(!registered_after(at("2025-12-31T23:00:00Z"), requested_at));
     assert!(
-        !refused_outright(true, false, 2, 2),
-        "something was removed"
+        !registered_after(None, requested_at),
+        "no date: counted as before"
     );
-    assert!(
-        !refused_outright(false, true, 2, 2),
-        "unknown types to report"
+}
+
+#[test]
+fn a_method_still_listed_after_its_204_is_remaining_with_our_code() {
+    let c = conclude(&Tally {
+        removed_any: true,
+        remaining: 1,
+        lingering: vec!["qrCodePin:q".into()],
+        ..Tally::default()
+    });
+    assert_eq!(c.status, Status::Partial);
+    assert_eq!(
+        c.error,
+        Some((
+            "still_listed".to_string(),
+            "deleted (Graph answered 204, or 404: gone) but still listed after \
+             reset.consistency_wait: qrCodePin:q"
+                .to_string()
+        ))
     );
-    assert!(!refused_outright(false, false, 1, 2), "one was deleted");
-    assert!(!refused_outright(false, false, 0, 0), "nothing to delete");
 }
 
 fn record(kind: &str, id: &str) -> MethodRecord {
@@ -604,6 +633,7 @@ fn a_method_still_listed_makes_the_reset_partial_with_graphs_code() {
             remaining: 1,
             unknown: Vec::new(),
             refusal: refusal.clone(),
+            lingering: Vec::new(),
         });
         assert_eq!(c.status, Status::Partial);
         assert_eq!(c.error, refusal);
@@ -621,6 +651,7 @@ fn an_unknown_type_makes_the_reset_partial_and_is_named() {
         remaining: 0,
         unknown: unknown.clone(),
         refusal: None,
+        lingering: Vec::new(),
     });
     assert_eq!(c.status, Status::Partial);
     assert_eq!(
@@ -638,6 +669,7 @@ fn an_unknown_type_makes_the_reset_partial_and_is_named() {
         remaining: 1,
         unknown,
         refusal: Some(("badRequest".into(), "phone p: refused".into())),
+        lingering: Vec::new(),
     });
     assert_eq!(both.status, Status::Partial);
     assert_eq!(

@@ -265,6 +265,10 @@ pub struct Verified {
     pub approved_by: Option<Principal>,
     /// Digest of the batch's manifest.
     pub manifest: Digest,
+    /// The request's leaf index in the manifest (its proof's): outcomes name it, so the
+    /// audit finds every user of the batch without a verified outcome.
+    #[serde(default)]
+    pub item: u64,
 }
 
 /// The verdict on one request.
@@ -436,10 +440,11 @@ pub fn verify_request(
     now: DateTime<Utc>,
 ) -> Verdict {
     match check_request(request, proof_header, batch, now) {
-        Ok(()) => Verdict::Verified(Verified {
+        Ok(item) => Verdict::Verified(Verified {
             requested_by: batch.requested_by.clone(),
             approved_by: batch.approved_by.clone(),
             manifest: batch.digest,
+            item,
         }),
         Err(refusal) => Verdict::Refused(refusal),
     }
@@ -450,7 +455,7 @@ fn check_request(
     proof_header: Option<&str>,
     batch: &TrustedBatch,
     now: DateTime<Utc>,
-) -> Result<(), Refusal> {
+) -> Result<u64, Refusal> {
     let not_in_batch = |message: String| Refusal::new(Reason::NotInBatch, message);
     let manifest = &batch.manifest;
     if request.batch != manifest.batch {
@@ -496,7 +501,7 @@ fn check_request(
             ),
         ));
     }
-    Ok(())
+    Ok(proof.index)
 }
 
 /// [`verify_batch`] then [`verify_request`], without a cache.

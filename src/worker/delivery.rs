@@ -16,19 +16,23 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::disposition::{
-    attempt_number, decide, gate, parse_request, Attempt, Cause, Delivered, Disposition,
+    attempt_number, decide, gate, not_started, parse_request, Attempt, Cause, Delivered,
+    Disposition,
 };
 use super::session::Ctx;
 use crate::broker::headers::{self, Headers};
 use crate::broker::publisher::publish_confirmed;
-use crate::broker::topology::{RK_DEAD, RK_OUTCOME, RK_REQUEST};
+use crate::broker::topology::{RK_DEAD, RK_REQUEST};
 use crate::broker::{Incoming, OutMessage};
 use crate::domain::{MethodRecord, Outcome, PlanRecord, Record, ResetRequest, UserRef};
-use crate::reset;
 use crate::trust::requests::{Seal, Verdict, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER};
+use crate::{graph, reset};
 
 /// A request (one replay of it).
 type Key = (uuid::Uuid, u32);
+
+/// How long a delivery met by a closed gate waits for the session to stop consuming.
+const PAUSE_HANDOVER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Handle one delivery: wait for a free slot (or hand it back unstarted when the session
 /// stops first), then process it.
@@ -44,8 +48,10 @@ pub(super) async fn handle(
         permit = slots.acquire_owned() => permit.ok(),
     };
     let Some(_permit) = permit else {
-        let reason = "not started before the worker stopped".to_string();
-        let _ = carry_out(&ctx, &incoming, Disposition::HandBack { reason }).await;
+        let request = parse_request(incoming.body()).ok();
+        let attempt = attempt_number(incoming.header_u64(headers::ATTEMPT));
+        let disposition = not_started(request, attempt, ctx.halt.cause());
+        let _ = carry_out(&ctx, &incoming, disposition).await;
         return;
     };
     let _busy = Busy::start(&ctx);
@@ -161,9 +167,16 @@ async fn claim<'a>(
     }))
 }
 
-/// Run a claimed request: not at all when too old or protected, else reset the user.
+/// Run a claimed request: not at all when halted, capped, too old or protected, else reset
+/// the user.
 async fn run(ctx: &Ctx, request: &ResetRequest) -> Attempt {
     let worker = &ctx.worker;
+    if let Some(stop) = ctx.stopped(Some((request.request_id, request.replay))) {
+        // Handed back only once the consumer has stopped, so it is not delivered straight
+        // back here (each return counts towards the queue's delivery limit).
+        ctx.until_not_consuming(PAUSE_HANDOVER).await;
+        return Attempt::Paused(stop.to_string());
+    }
     if let Ok(lag) = (Utc::now() - request.requested_at).to_std() {
         worker.metrics.queue_lag_seconds.set(lag.as_secs_f64());
     }
@@ -178,16 +191,22 @@ async fn run(ctx: &Ctx, request: &ResetRequest) -> Attempt {
     };
     let journal = StreamJournal { ctx, request };
     let settings = &worker.settings.reset;
-    match reset::execute(
-        &worker.graph,
-        request,
-        settings,
-        &worker.scope,
-        earlier,
-        &journal,
+    // Every Graph call of this reset carries the request id as `client-request-id`, so
+    // Entra's audit log joins to the outcome.
+    let executed = graph::with_client_request_id(
+        request.request_id,
+        reset::execute(
+            &worker.graph,
+            request,
+            settings,
+            &worker.scope,
+            &worker.protected,
+            earlier,
+            &journal,
+        ),
     )
-    .await
-    {
+    .await;
+    match executed {
         Ok(executed) => Attempt::Executed(executed),
         Err(later) => Attempt::Interrupted(later),
     }
@@ -238,21 +257,24 @@ pub(super) async fn carry_out(
                 outcome.error_message.as_deref().unwrap_or(""),
             );
             let who = Some((outcome.batch.as_str(), &outcome.user));
-            dead_letter(ctx, incoming, &cause, outcome.attempts, who).await?;
+            dead_letter(ctx, incoming, &cause, outcome.attempts, None, who).await?;
             metrics.dead_lettered.inc();
             record(ctx, incoming, *outcome).await
         }
         Disposition::Reject(cause) => {
             tracing::warn!(reason = %cause.code, message = %cause.message, "refusing a request that did not verify: dead-lettered, not executed");
             let attempts = attempt_number(incoming.header_u64(headers::ATTEMPT));
-            dead_letter(ctx, incoming, &cause, attempts, None).await?;
+            let refused = Refused {
+                reason: &cause.code,
+            };
+            dead_letter(ctx, incoming, &cause, attempts, Some(refused), None).await?;
             metrics.dead_lettered.inc();
             incoming.ack().await
         }
         Disposition::DeadLetterInvalid(cause) => {
             tracing::warn!(code = %cause.code, message = %cause.message, "dead-lettering a message that will not be executed");
             let attempts = attempt_number(incoming.header_u64(headers::ATTEMPT));
-            dead_letter(ctx, incoming, &cause, attempts, None).await?;
+            dead_letter(ctx, incoming, &cause, attempts, None, None).await?;
             metrics.dead_lettered.inc();
             incoming.ack().await
         }
@@ -294,19 +316,33 @@ async fn requeue(
     publish_confirmed(&ctx.publish, &ctx.worker.topology.exchange(), &msg).await
 }
 
-/// Record an outcome (confirmed), then ack. An outcome the broker did not confirm is held
-/// in the outbox and recorded after reconnecting.
+/// Record an outcome (sealed, confirmed), then ack. An outcome the broker did not confirm
+/// is held in the outbox and recorded after reconnecting.
 async fn record(ctx: &Ctx, incoming: &Incoming, outcome: Outcome) -> anyhow::Result<()> {
     let worker = &ctx.worker;
-    let body = serde_json::to_vec(&Record::Outcome(Box::new(outcome.clone())))?;
-    let msg = OutMessage::json(RK_OUTCOME, body).with_id(outcome.request_id.to_string());
-    if let Err(err) = publish_confirmed(&ctx.publish, &worker.topology.exchange(), &msg).await {
-        worker.outbox.hold(outcome);
+    let key = (outcome.request_id, outcome.replay);
+    let record = Record::Outcome(Box::new(outcome));
+    let Record::Outcome(outcome) = &record else {
+        unreachable!("built just above")
+    };
+    let published = worker
+        .sealer
+        .publish(
+            &ctx.publish,
+            &worker.topology.exchange(),
+            &outcome.batch,
+            &record,
+            outcome.request_id.to_string(),
+        )
+        .await;
+    if let Err((err, sealed)) = published {
+        if let Some(sealed) = sealed {
+            worker.outbox.hold(sealed, Some((key, outcome.finished_at)));
+        }
         return Err(err.context("recording the outcome (held; recorded after reconnecting)"));
     }
-    worker
-        .ledger
-        .record(outcome.request_id, outcome.replay, outcome.finished_at);
+    worker.ledger.record(key.0, key.1, outcome.finished_at);
+    worker.gate.record(&record, Utc::now());
     incoming.ack().await?;
     worker.metrics.outcome(outcome.status);
     tracing::info!(
@@ -320,15 +356,25 @@ async fn record(ctx: &Ctx, incoming: &Incoming, outcome: Outcome) -> anyhow::Res
     Ok(())
 }
 
+/// A request refused by verification: its reason goes in [`headers::REASON`] too.
+struct Refused<'a> {
+    reason: &'a str,
+}
+
 /// Publish a copy of the delivery to the dead-letter queue with why, confirmed.
 async fn dead_letter(
     ctx: &Ctx,
     incoming: &Incoming,
     cause: &Cause,
     attempts: u32,
+    refused: Option<Refused<'_>>,
     who: Option<(&str, &UserRef)>,
 ) -> anyhow::Result<()> {
-    let mut h = Headers::from_props(incoming.properties())
+    let mut h = Headers::from_props(incoming.properties());
+    if let Some(refused) = refused {
+        h = h.str(headers::REASON, refused.reason);
+    }
+    let mut h = h
         .str(headers::ERROR_CODE, &cause.code)
         .str(headers::ERROR_MESSAGE, &cause.message)
         .int(headers::ATTEMPTS, u64::from(attempts))
@@ -364,14 +410,29 @@ impl reset::Journal for StreamJournal<'_> {
             methods: methods.to_vec(),
             at: Utc::now(),
         });
-        let msg = OutMessage::json(RK_OUTCOME, serde_json::to_vec(&record)?)
-            .with_id(self.request.request_id.to_string());
-        publish_confirmed(
-            &self.ctx.publish,
-            &self.ctx.worker.topology.exchange(),
-            &msg,
-        )
-        .await
+        let worker = &self.ctx.worker;
+        let published = worker
+            .sealer
+            .publish(
+                &self.ctx.publish,
+                &worker.topology.exchange(),
+                &self.request.batch,
+                &record,
+                self.request.request_id.to_string(),
+            )
+            .await;
+        published.map_err(|(err, sealed)| {
+            // Nothing is deleted without its plan confirmed; the sealed plan is still
+            // published later, as it is, so its chain keeps no gap.
+            if let Some(sealed) = sealed {
+                worker.outbox.hold(sealed, None);
+            }
+            err
+        })?;
+        // Counted for the hourly cap now, not only when the stream brings it back: this
+        // worker's own count never lags (other workers learn it from the stream).
+        worker.gate.record(&record, Utc::now());
+        Ok(())
     }
 }
 

@@ -15,7 +15,8 @@
 //!   until the tiers run out (`retries_exhausted`); a permanent error is the outcome; an
 //!   app-wide error halts the worker and leaves the request queued, attempt unused;
 //! - a `failed` outcome is dead-lettered before it is recorded;
-//! - trouble with the broker, or a crash of the handler, hands the delivery back.
+//! - trouble with the broker, a crash of the handler, or a halt or hourly cap that came
+//!   into force before the request started hands the delivery back.
 
 use std::time::Duration;
 
@@ -118,6 +119,9 @@ pub enum Attempt {
     Executed(Executed),
     /// The reset stopped before it could conclude.
     Interrupted(RetryLater),
+    /// Not run: an admin halted the workers, or the hourly cap is reached (why). It goes
+    /// back to the queue unexecuted, no attempt used, and waits there.
+    Paused(String),
     /// The broker failed us before the reset could start (catching up with the outcomes
     /// stream): nothing was done.
     BrokerTrouble(String),
@@ -152,23 +156,25 @@ pub struct Rules<'a> {
 /// Decide what becomes of a delivery. `attempt` is its attempt number (1 for the first).
 pub fn decide(delivered: Delivered<'_>, attempt: u32, rules: &Rules<'_>) -> Disposition {
     let attempt = attempt.max(1);
-    let (request, result) = match delivered {
+    let (request, who, result) = match delivered {
         Delivered::Invalid(cause) => return Disposition::DeadLetterInvalid(cause),
         Delivered::Refused(refusal) => {
             return Disposition::Reject(Cause::new(refusal.reason.as_str(), refusal.message))
         }
-        Delivered::Tried(request, _verified, result) => (request, result),
+        Delivered::Tried(request, who, result) => (request, who, result),
     };
     match result {
         Attempt::Duplicate => Disposition::Ack,
-        Attempt::BrokerTrouble(reason) => Disposition::HandBack { reason },
+        Attempt::BrokerTrouble(reason) | Attempt::Paused(reason) => {
+            Disposition::HandBack { reason }
+        }
         Attempt::Panicked(message) => Disposition::HandBack {
             reason: format!("the handler panicked: {message}"),
         },
-        Attempt::Expired => conclude(request, expired(request, rules), attempt, rules),
-        Attempt::Protected => conclude(request, protected(), attempt, rules),
-        Attempt::Executed(executed) => conclude(request, executed, attempt, rules),
-        Attempt::Interrupted(later) => interrupted(request, later, attempt, rules),
+        Attempt::Expired => conclude(request, who, expired(request, rules), attempt, rules),
+        Attempt::Protected => conclude(request, who, protected(), attempt, rules),
+        Attempt::Executed(executed) => conclude(request, who, executed, attempt, rules),
+        Attempt::Interrupted(later) => interrupted(request, who, later, attempt, rules),
     }
 }
 
@@ -186,6 +192,27 @@ pub fn gate(
         Some(Attempt::Protected)
     } else {
         None
+    }
+}
+
+/// A delivery the session stopped before it started (it was waiting for a slot). When the
+/// worker halted, a request goes back onto the requests queue as the same attempt (`Halt`:
+/// republished and acked, so handing it back does not count towards the broker's delivery
+/// limit however long the halt lasts); otherwise it is handed back.
+pub fn not_started(
+    request: Option<ResetRequest>,
+    attempt: u32,
+    halted: Option<Cause>,
+) -> Disposition {
+    match (request, halted) {
+        (Some(request), Some(cause)) => Disposition::Halt {
+            attempt: attempt.max(1),
+            request: Box::new(request),
+            cause,
+        },
+        _ => Disposition::HandBack {
+            reason: "not started before the worker stopped".into(),
+        },
     }
 }
 
@@ -223,6 +250,7 @@ pub fn parse_request(body: &[u8]) -> Result<ResetRequest, Cause> {
 /// A reset that stopped: retry, wait out an outage, halt, or conclude.
 fn interrupted(
     request: &ResetRequest,
+    who: &Verified,
     later: RetryLater,
     attempt: u32,
     rules: &Rules<'_>,
@@ -237,7 +265,7 @@ fn interrupted(
         removed: later.removed,
         sessions_revoked: later.sessions_revoked,
     };
-    after_graph_error(error.class(), cause, done, request, attempt, rules)
+    after_graph_error(error.class(), cause, done, (request, who), attempt, rules)
 }
 
 /// What earlier attempts and this one did before stopping.
@@ -251,7 +279,7 @@ fn after_graph_error(
     class: Class,
     cause: Cause,
     done: Done,
-    request: &ResetRequest,
+    (request, who): (&ResetRequest, &Verified),
     attempt: u32,
     rules: &Rules<'_>,
 ) -> Disposition {
@@ -283,12 +311,12 @@ fn after_graph_error(
         },
         Class::Permanent => {
             let executed = stopped(done, cause.code, cause.message);
-            conclude(request, executed, attempt, rules)
+            conclude(request, who, executed, attempt, rules)
         }
         Class::Outage | Class::Retry => {
             let message = format!("gave up after {attempt} attempts: {}", cause.message);
             let executed = stopped(done, "retries_exhausted".into(), message);
-            conclude(request, executed, attempt, rules)
+            conclude(request, who, executed, attempt, rules)
         }
     }
 }
@@ -307,6 +335,7 @@ fn stopped(done: Done, code: String, message: String) -> Executed {
         sessions_revoked: done.sessions_revoked,
         error: Some((code, message)),
         graph_calls: 0,
+        notes: Vec::new(),
     }
 }
 
@@ -332,6 +361,7 @@ fn expired(request: &ResetRequest, rules: &Rules<'_>) -> Executed {
             ),
         )),
         graph_calls: 0,
+        notes: Vec::new(),
     }
 }
 
@@ -347,17 +377,19 @@ fn protected() -> Executed {
             "listed in reset.protected_users; not touched".into(),
         )),
         graph_calls: 0,
+        notes: Vec::new(),
     }
 }
 
 /// Record the outcome; a failed one goes to the dead-letter queue first.
 fn conclude(
     request: &ResetRequest,
+    who: &Verified,
     executed: Executed,
     attempt: u32,
     rules: &Rules<'_>,
 ) -> Disposition {
-    let outcome = Box::new(outcome(request, executed, attempt, rules));
+    let outcome = Box::new(outcome(request, who, executed, attempt, rules));
     if outcome.status == Status::Failed {
         Disposition::DeadLetterThenRecord(outcome)
     } else {
@@ -365,7 +397,15 @@ fn conclude(
     }
 }
 
-fn outcome(request: &ResetRequest, executed: Executed, attempt: u32, rules: &Rules<'_>) -> Outcome {
+/// The outcome: what was done, to whom, on whose request and approval (the verified
+/// principals of the batch's signatures, not what the request body claims), and why.
+fn outcome(
+    request: &ResetRequest,
+    who: &Verified,
+    executed: Executed,
+    attempt: u32,
+    rules: &Rules<'_>,
+) -> Outcome {
     let (error_code, error_message) = executed.error.unzip();
     Outcome {
         request_id: request.request_id,
@@ -384,6 +424,11 @@ fn outcome(request: &ResetRequest, executed: Executed, attempt: u32, rules: &Rul
         graph_calls: executed.graph_calls,
         replay: request.replay,
         dry_run: request.dry_run,
+        notes: executed.notes,
+        requested_by: Some(who.requested_by.to_string()),
+        approved_by: who.approved_by.as_ref().map(ToString::to_string),
+        reason: request.reason.clone(),
+        item: Some(who.item),
     }
 }
 

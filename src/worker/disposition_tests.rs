@@ -31,8 +31,8 @@ fn request() -> ResetRequest {
         batch: "b1".into(),
         user,
         ticket: Some("INC1".into()),
-        reason: None,
-        requested_by: None,
+        reason: Some("lost phone".into()),
+        requested_by: Some("whoever the body claims".into()),
         dry_run: false,
         revoke_sessions: true,
         requested_at: now() - chrono::Duration::minutes(5),
@@ -57,6 +57,7 @@ fn executed(status: Status, removed: Vec<MethodRecord>) -> Executed {
         sessions_revoked: true,
         error: None,
         graph_calls: 7,
+        notes: vec!["kept a method".into()],
     }
 }
 
@@ -86,8 +87,9 @@ fn interrupted_by(error: graph::Error, removed: Vec<MethodRecord>) -> Attempt {
 fn verified() -> Verified {
     Verified {
         requested_by: serde_json::from_str("\"alice@contoso.com\"").unwrap(),
-        approved_by: None,
+        approved_by: Some(serde_json::from_str("\"bob@contoso.com\"").unwrap()),
         manifest: crate::trust::Digest::ZERO,
+        item: 7,
     }
 }
 
@@ -177,7 +179,7 @@ fn a_plan_the_broker_would_not_take_hands_the_delivery_back() {
 }
 
 #[test]
-fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset() {
+fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset_and_who_asked_why() {
     let request = request();
     let got = recorded(decide(
         Delivered::Tried(
@@ -205,6 +207,12 @@ fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset()
         graph_calls: 7,
         replay: 2,
         dry_run: false,
+        notes: vec!["kept a method".into()],
+        // The verified signers, not what the request body claims.
+        requested_by: Some("alice@contoso.com".into()),
+        approved_by: Some("bob@contoso.com".into()),
+        reason: Some("lost phone".into()),
+        item: Some(7),
     };
     assert_eq!(got, expected);
 }
@@ -342,7 +350,14 @@ fn an_app_wide_error_halts_and_puts_the_request_back_without_using_an_attempt() 
         sessions_revoked: true,
     };
     let cause = Cause::new("AADSTS7000215", "invalid client secret");
-    let got = after_graph_error(Class::Halt, cause.clone(), done, &request, 2, &rules(2));
+    let got = after_graph_error(
+        Class::Halt,
+        cause.clone(),
+        done,
+        (&request, &verified()),
+        2,
+        &rules(2),
+    );
     let mut next = request.clone();
     next.carry = carry(vec![method("a")], "invalid client secret");
     assert_eq!(
@@ -465,5 +480,36 @@ fn garbage_wrong_shapes_and_unknown_versions_are_told_apart() {
     assert_eq!(
         parse_request(&serde_json::to_vec(&request).unwrap()),
         Ok(request)
+    );
+}
+
+#[test]
+fn a_delivery_not_started_goes_back_unchanged_when_halted_and_is_handed_back_otherwise() {
+    let cause = Cause::new("AADSTS7000215", "the client secret was rejected");
+
+    let halted = not_started(Some(request()), 3, Some(cause.clone()));
+    let running = not_started(Some(request()), 3, None);
+    let unreadable = not_started(None, 3, Some(cause.clone()));
+
+    assert_eq!(
+        halted,
+        Disposition::Halt {
+            attempt: 3,
+            request: Box::new(request()),
+            cause
+        },
+        "same attempt, same request: a halt uses no attempt"
+    );
+    assert!(matches!(running, Disposition::HandBack { .. }));
+    assert!(matches!(unreadable, Disposition::HandBack { .. }));
+}
+
+#[test]
+fn a_request_met_by_a_halt_or_the_hourly_cap_goes_back_unexecuted_with_its_attempt_unused() {
+    let why = "halted by carol@contoso.com".to_string();
+    assert_eq!(
+        decide_for(Attempt::Paused(why.clone()), 3, 2),
+        Disposition::HandBack { reason: why },
+        "handed back as it came: no outcome, no retry tier, no attempt used"
     );
 }

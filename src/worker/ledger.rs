@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use crate::domain::MethodRecord;
 
-type Key = (Uuid, u32);
+/// A request (one replay of it).
+pub type Key = (Uuid, u32);
 
 /// Plans kept at most (a plan lives only until its outcome arrives: in-flight and
 /// interrupted requests).

@@ -42,6 +42,20 @@ pub struct WorkerMetrics {
     /// Seconds between a request's `requested_at` and the moment a worker took it, for the
     /// last request taken: how far behind the workers are.
     pub queue_lag_seconds: Gauge<f64, AtomicU64>,
+    /// 1 while halted: Graph refuses the app itself, no request is taken.
+    pub halted: Gauge<i64, AtomicI64>,
+    /// Times the worker halted.
+    pub halts: Counter,
+    /// Why the worker is halted (cause and fix), for `/healthz`; `None` when it is not.
+    halt_reason: std::sync::Mutex<Option<String>>,
+    /// 1 while the worker takes no requests because an admin halted the workers or the hourly
+    /// cap is reached (`/healthz` says which).
+    pub paused: Gauge<i64, AtomicI64>,
+    /// Why, while paused (for `/healthz`).
+    pub paused_because: std::sync::Mutex<Option<String>>,
+    /// Records and control commands ignored because they do not verify against
+    /// `security.allowed_signers` (unsigned, forged, altered).
+    pub records_ignored: Counter,
 }
 
 type AtomicI64 = std::sync::atomic::AtomicI64;
@@ -57,6 +71,22 @@ impl WorkerMetrics {
             .inc();
     }
 
+    /// The worker stopped taking requests for `stop`, or (`None`) takes them again.
+    pub fn pause(&self, stop: Option<&crate::worker::gate::Stop>) {
+        self.paused.set(i64::from(stop.is_some()));
+        if let Ok(mut because) = self.paused_because.lock() {
+            *because = stop.map(|stop| stop.to_string());
+        }
+    }
+
+    /// Why the worker takes no requests now, if it takes none.
+    pub fn paused_because(&self) -> Option<String> {
+        self.paused_because
+            .lock()
+            .ok()
+            .and_then(|because| because.clone())
+    }
+
     /// Outcomes of one status counted so far.
     pub fn count(&self, status: Status) -> u64 {
         self.outcomes
@@ -64,6 +94,36 @@ impl WorkerMetrics {
                 status: status.as_str().to_string(),
             })
             .get()
+    }
+
+    /// The worker halted (or is still halted) because of `reason`.
+    pub fn halt(&self, reason: &str) {
+        let mut held = self
+            .halt_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.is_none() {
+            self.halts.inc();
+        }
+        *held = Some(reason.to_string());
+        self.halted.set(1);
+    }
+
+    /// The worker carries on.
+    pub fn resume(&self) {
+        *self
+            .halt_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.halted.set(0);
+    }
+
+    /// Why the worker is halted, if it is.
+    pub fn halt_reason(&self) -> Option<String> {
+        self.halt_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Register every metric (names prefixed `mfa_reset_`).
@@ -119,9 +179,29 @@ impl WorkerMetrics {
             self.queue_ready.clone(),
         );
         registry.register(
+            "mfa_reset_halted",
+            "1 while halted: Graph refuses the app itself (credential, consent, tenant) and no request is taken",
+            self.halted.clone(),
+        );
+        registry.register(
+            "mfa_reset_halts",
+            "Times the worker halted because Graph refused the app itself",
+            self.halts.clone(),
+        );
+        registry.register(
             "mfa_reset_queue_lag_seconds",
             "Age of the last request taken (requested_at to start)",
             self.queue_lag_seconds.clone(),
+        );
+        registry.register(
+            "mfa_reset_paused",
+            "1 while taking no requests: halted by an admin or at the hourly cap (see /healthz)",
+            self.paused.clone(),
+        );
+        registry.register(
+            "mfa_reset_records_ignored",
+            "Records and control commands ignored because they do not verify",
+            self.records_ignored.clone(),
         );
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Per delivery: parse (invalid → dead-letter) → verify its signed batch, proof and approval
 //! (refused → dead-letter with the reason, never executed) → already recorded? (ack, no Graph call) →
-//! expired / protected? → reset → outcome on the stream (confirmed) → ack. A request whose
+//! halted or capped? (handed back, nothing used) → expired / protected? → reset → outcome
+//! sealed on the stream (confirmed) → ack. Only records that verify against
+//! `security.allowed_signers` count as recorded (see [`crate::records`]). A request whose
 //! Graph errors outlast the in-process retries goes to the next broker delay tier (never
 //! held unacked through a long wait); after the last tier it fails and is dead-lettered.
 //!
@@ -23,12 +25,14 @@
 //!   idle exit, graceful shutdown.
 //! - [`verify`]: the [`Gatekeeper`]: every request verified against
 //!   `security.allowed_signers` before anything else; verified manifests cached.
-//! - [`outbox`]: outcomes held through a broker outage, recorded after reconnecting.
+//! - [`gate`]: whether requests may be taken now: an admin's halt, the hourly cap.
+//! - [`outbox`]: sealed records held through a broker outage, recorded after reconnecting.
 //! - [`ledger`]: which requests already have an outcome (idempotency).
 //! - [`metrics`]: counters for `/metrics` and summaries.
 
 mod delivery;
 pub mod disposition;
+pub mod gate;
 pub mod ledger;
 pub mod metrics;
 pub mod outbox;
@@ -44,10 +48,13 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, Topology};
 use crate::config::Settings;
 use crate::graph::GraphClient;
-use crate::reset::Scope;
+use crate::records::{RecordReader, Sealer};
+use crate::reset::{ProtectedUsers, ProtectedUsersError, Scope};
+use disposition::Cause;
 use session::Ended;
 
 pub use disposition::Disposition;
+pub use gate::Gate;
 pub use ledger::Ledger;
 pub use metrics::WorkerMetrics;
 pub use outbox::Outbox;
@@ -68,12 +75,20 @@ struct Worker {
     topology: Topology,
     graph: GraphClient,
     scope: Scope,
+    /// `reset.protected_users`, resolved to object ids at start.
+    protected: ProtectedUsers,
     ledger: Arc<Ledger>,
     outbox: Outbox,
     name: String,
     metrics: Arc<WorkerMetrics>,
     options: WorkOptions,
     gatekeeper: Gatekeeper,
+    /// Seals this worker's plans and outcomes with `worker.key`.
+    sealer: Sealer,
+    /// Believes only records (and commands) that verify against `security.allowed_signers`.
+    reader: RecordReader,
+    /// Halt and hourly cap.
+    gate: Gate,
 }
 
 /// This worker's name in outcomes and dead letters.
@@ -98,7 +113,14 @@ pub fn reconnect_backoff() -> ExponentialBuilder {
 
 /// Consume and reset until `cancel` fires (or idle, with `exit_when_idle`).
 /// Reconnects with backoff when the broker goes away; a broker not reachable for
-/// `broker.connect_timeout` is an error, and so is Graph refusing the app itself.
+/// `broker.connect_timeout` is an error, and so is a `reset.protected_users` entry that does
+/// not parse or name a user of the tenant.
+///
+/// When Graph refuses the app itself (its secret, certificate, consent, tenant: class
+/// `Halt`), the worker **halts**: it stops taking requests (they stay queued, no attempt
+/// used), logs an error naming the cause and the fix, answers `/healthz` with 503 and the
+/// reason, sets `mfa_reset_halted`, and asks for a token again every
+/// `worker.halt_retry_every`; once one is issued it carries on by itself.
 pub async fn run(
     settings: &Settings,
     graph: GraphClient,
@@ -107,12 +129,21 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let gatekeeper = Gatekeeper::from_settings(&settings.security)?;
+    let sealer = Sealer::from_key_setting(&settings.worker.key)?;
+    let reader = RecordReader::from_settings(&settings.security)?;
+    let principal = sealer.check_allowed(reader.allowed())?;
+    tracing::info!(key = %sealer.fingerprint(), %principal, "signing records with worker.key");
+    let scope = Scope::from_settings(&settings.reset.methods)?;
+    let Some(protected) = resolve_protected(settings, &graph, &metrics, &cancel).await? else {
+        return Ok(());
+    };
     let worker = Arc::new(Worker {
         gatekeeper,
         settings: settings.clone(),
         topology: Topology::new(&settings.broker, &settings.retry),
         graph,
-        scope: Scope::from_settings(&settings.reset.methods)?,
+        scope,
+        protected,
         ledger: Arc::new(Ledger::with_capacity(
             settings.reset.max_request_age,
             settings.worker.ledger_capacity,
@@ -121,6 +152,9 @@ pub async fn run(
         name: worker_name(settings),
         metrics,
         options,
+        sealer,
+        reader,
+        gate: Gate::new(settings.security.max_resets_per_hour),
     });
     let connection_name = format!("mfa-reset worker {}", worker.name);
     let mut delays = reconnect_backoff().build();
@@ -130,13 +164,20 @@ pub async fn run(
         let _ = conn.close(200, "bye".into()).await;
         let err = match ended {
             Ended::Stopped => return Ok(()),
-            Ended::Halted(cause) => anyhow::bail!(
-                "Graph refuses the app itself ({}: {}): no request can succeed until its \
-                 registration is fixed (credential, admin consent, tenant). The requests stay \
-                 queued; fix the app, then start the workers again",
-                cause.code,
-                cause.message
-            ),
+            Ended::Halted(cause) => {
+                if !wait_out_halt(
+                    &worker.graph,
+                    &worker.metrics,
+                    &worker.settings,
+                    cause,
+                    &cancel,
+                )
+                .await
+                {
+                    return Ok(());
+                }
+                continue;
+            }
             Ended::Lost(err) => err,
         };
         if cancel.is_cancelled() {
@@ -149,6 +190,94 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// `reset.protected_users` resolved to object ids before any request is taken. An entry that
+/// does not parse or name a user is an error (the worker does not start); Graph refusing the
+/// app halts as a request would, and an outage is waited out. `None`: cancelled meanwhile.
+async fn resolve_protected(
+    settings: &Settings,
+    graph: &GraphClient,
+    metrics: &WorkerMetrics,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<ProtectedUsers>> {
+    loop {
+        match ProtectedUsers::resolve(&settings.reset, graph).await {
+            Ok(protected) => {
+                if !protected.is_empty() {
+                    tracing::info!(
+                        protected = protected.len(),
+                        "reset.protected_users resolved to object ids"
+                    );
+                }
+                return Ok(Some(protected));
+            }
+            Err(ProtectedUsersError::Graph { entry, error }) if error.halts() => {
+                let cause = Cause::new(
+                    error.code(),
+                    format!("resolving reset.protected_users entry {entry:?}: {error}"),
+                );
+                if !wait_out_halt(graph, metrics, settings, cause, cancel).await {
+                    return Ok(None);
+                }
+            }
+            Err(ProtectedUsersError::Graph { entry, error }) if error.is_retryable() => {
+                let every = settings.worker.halt_retry_every;
+                tracing::warn!(entry = %entry, error = %error, retry_in = ?every, "cannot resolve reset.protected_users yet; trying again");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Halted: Graph refuses the app itself. Say so (error log with cause and fix, `/healthz`
+/// 503, `mfa_reset_halted`), then ask for a token every `worker.halt_retry_every` until one
+/// is issued. True when the worker may carry on; false when cancelled meanwhile.
+///
+/// A token being issued is the only thing the worker can check without a user; a fault that
+/// only Graph's calls show (a permission not granted) halts again at the next request, and
+/// the worker waits once more.
+async fn wait_out_halt(
+    graph: &GraphClient,
+    metrics: &WorkerMetrics,
+    settings: &Settings,
+    cause: Cause,
+    cancel: &CancellationToken,
+) -> bool {
+    let every = settings.worker.halt_retry_every;
+    metrics.halt(&cause.message);
+    tracing::error!(
+        code = %cause.code,
+        cause = %cause.message,
+        retry_every = ?every,
+        "HALTED: Graph refuses the app itself, so no request can succeed. No request is taken \
+         until it is fixed; the requests stay queued with no attempt used. Fix the app as the \
+         cause says; the worker asks for a token again on its own and carries on"
+    );
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match graph.renew_token().await {
+            Ok(()) => {
+                metrics.resume();
+                tracing::warn!("the app gets a token again: no longer halted, taking requests");
+                return true;
+            }
+            Err(error) if error.halts() => {
+                metrics.halt(&error.to_string());
+                tracing::error!(code = %error.code(), cause = %error, retry_in = ?every, "still halted: Graph still refuses the app");
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, retry_in = ?every, "still halted: the token endpoint did not answer");
+            }
         }
     }
 }

@@ -1,36 +1,48 @@
-//! [`Outbox`]: outcomes decided but not recorded because the broker went away while they
-//! were being published.
+//! [`Outbox`]: sealed records (outcomes, and the plans before them) the broker did not
+//! confirm because it went away while they were being published.
 //!
-//! They outlive the connection: the next session records them before it consumes anything,
-//! so the redelivered request is then found done instead of being executed again (which would
-//! find the methods gone and record `already_clean`, losing what was removed).
+//! They outlive the connection: the next session publishes them again — the same sealed
+//! bytes, never sealed anew, so the chain keeps no gap and no fork — before it consumes
+//! anything, so the redelivered request is then found done instead of being executed again
+//! (which would find the methods gone and record `already_clean`, losing what was removed).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use lapin::Channel;
-use uuid::Uuid;
 
+use super::ledger::Key;
 use super::Ledger;
 use crate::broker::publisher::publish_confirmed;
-use crate::broker::topology::RK_OUTCOME;
-use crate::broker::{OutMessage, Topology};
-use crate::domain::{Outcome, Record};
+use crate::broker::Topology;
+use crate::records::Sealed;
 
-/// Outcomes held through a broker outage, by (request id, replay).
+/// A held record, and the request it concludes (for the ledger) if it is an outcome.
+#[derive(Debug, Clone)]
+struct Held {
+    sealed: Sealed,
+    concludes: Option<(Key, DateTime<Utc>)>,
+}
+
+/// Sealed records held through a broker outage, in chain order.
 #[derive(Debug, Default)]
-pub struct Outbox(Mutex<HashMap<(Uuid, u32), Outcome>>);
+pub struct Outbox(Mutex<BTreeMap<(String, u64), Held>>);
 
 impl Outbox {
-    /// Hold an outcome the broker did not confirm.
-    pub fn hold(&self, outcome: Outcome) {
+    /// Hold a sealed record the broker did not confirm; `concludes` names the request it is
+    /// the outcome of, and when.
+    pub fn hold(&self, sealed: Sealed, concludes: Option<(Key, DateTime<Utc>)>) {
         if let Ok(mut held) = self.0.lock() {
-            held.insert((outcome.request_id, outcome.replay), outcome);
+            held.insert(
+                (sealed.chain.clone(), sealed.seq),
+                Held { sealed, concludes },
+            );
         }
     }
 
-    /// Outcomes held now.
+    /// Records held now.
     pub fn len(&self) -> usize {
         self.0.lock().map(|held| held.len()).unwrap_or(0)
     }
@@ -40,35 +52,32 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// Record every held outcome (confirmed), then forget it. Always, even when the stream
-    /// already has an outcome for the request: that one may come from another worker that got
-    /// the redelivered copy first and found the methods gone (`already_clean`); the batch view
-    /// prefers the outcome that removed the methods, and a duplicate record costs nothing.
+    /// Publish every held record (confirmed), in chain order, then forget it. Always, even
+    /// when the stream already has an outcome for the request: that one may come from
+    /// another worker that got the redelivered copy first and found the methods gone
+    /// (`already_clean`); the batch view prefers the outcome that removed the methods, and a
+    /// duplicate record costs nothing.
     pub async fn record_held(
         &self,
         publish: &Channel,
         topology: &Topology,
         ledger: &Ledger,
     ) -> anyhow::Result<()> {
-        let held: Vec<Outcome> = self
+        let held: Vec<Held> = self
             .0
             .lock()
             .map(|held| held.values().cloned().collect())
             .unwrap_or_default();
-        for outcome in held {
-            let key = (outcome.request_id, outcome.replay);
-            let body = serde_json::to_vec(&Record::Outcome(Box::new(outcome.clone())))?;
-            publish_confirmed(
-                publish,
-                &topology.exchange(),
-                &OutMessage::json(RK_OUTCOME, body).with_id(key.0.to_string()),
-            )
-            .await
-            .context("recording outcomes held through a broker outage")?;
-            ledger.record(key.0, key.1, outcome.finished_at);
-            tracing::info!(user = %outcome.user, status = %outcome.status, "recorded an outcome held through a broker outage");
+        for Held { sealed, concludes } in held {
+            publish_confirmed(publish, &topology.exchange(), &sealed.message)
+                .await
+                .context("recording records held through a broker outage")?;
+            if let Some(((request_id, replay), at)) = concludes {
+                ledger.record(request_id, replay, at);
+            }
+            tracing::info!(chain = %sealed.chain, seq = sealed.seq, "recorded a record held through a broker outage");
             if let Ok(mut held) = self.0.lock() {
-                held.remove(&key);
+                held.remove(&(sealed.chain, sealed.seq));
             }
         }
         Ok(())

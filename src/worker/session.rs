@@ -3,7 +3,13 @@
 //!
 //! The loop's concerns are separate pieces: dispatching each delivery to a task of its own
 //! ([`Dispatch`]), reaping finished tasks, probing queue depth for `/metrics`, watching that
-//! the outcomes stream is still followed, and exiting when idle ([`Idle`]).
+//! the outcomes and control streams are still followed, pausing while the [`super::Gate`] is
+//! closed (halt, hourly cap) and exiting when idle ([`Idle`]).
+//!
+//! Pausing stops the consumer (`basic.cancel`): the broker sends nothing more, deliveries
+//! already here go back unexecuted (the gate check in `delivery`), those in flight finish.
+//! Going on starts a new consumer on the same connection; the paused one's channel is closed
+//! once its deliveries are settled (at the latest when the session ends).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,11 +26,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::delivery;
 use super::disposition::{Cause, Rules};
+use super::gate::Stop;
 use super::{Worker, WorkerMetrics};
 use crate::broker::consumer::{prefetch_for, Probe};
-use crate::broker::stream::{Offset, StreamFollower};
+use crate::broker::stream::{Followed, Offset, StreamFollower, StreamMessage};
+use crate::broker::topology::RK_CONTROL;
 use crate::broker::{Consumer, Incoming, Topology};
+use crate::control;
 use crate::domain::Record;
+use crate::records::Read;
 
 /// How often the queue depth is probed for `/metrics`.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -45,8 +55,10 @@ pub(super) enum Ended {
 pub(super) struct Ctx {
     /// What outlives the connection.
     pub worker: Arc<Worker>,
-    /// Follows the outcomes stream into the ledger.
+    /// Follows the outcomes stream into the ledger and the hourly cap.
     pub follower: StreamFollower,
+    /// Follows the control stream into the gate.
+    pub control: StreamFollower,
     /// A channel in confirm mode for outcomes, plans, retries and dead letters.
     pub publish: Channel,
     /// Requests (id, replay) being executed by this process: a duplicate copy arriving
@@ -54,6 +66,10 @@ pub(super) struct Ctx {
     pub in_flight: Mutex<HashSet<(uuid::Uuid, u32)>>,
     /// Raised by a delivery that met an app-wide Graph error.
     pub halt: Halt,
+    /// Raised by a delivery that met a closed gate: the session stops consuming at once.
+    pub wake: tokio::sync::Notify,
+    /// True while the consumer takes deliveries; false once a pause has stopped it.
+    pub consuming: tokio::sync::watch::Sender<bool>,
 }
 
 impl Ctx {
@@ -65,6 +81,25 @@ impl Ctx {
             worker: &self.worker.name,
             now: Utc::now(),
         }
+    }
+
+    /// Wait (at most `limit`) until the session has stopped consuming after `wake`: a
+    /// delivery handed back before that would come straight back.
+    pub async fn until_not_consuming(&self, limit: Duration) {
+        self.wake.notify_one();
+        let mut consuming = self.consuming.subscribe();
+        let _ = tokio::time::timeout(limit, consuming.wait_for(|on| !on)).await;
+    }
+
+    /// Why requests may not be taken now (halt, hourly cap), if they may not; `own` is the
+    /// request asking (in flight here already, it does not count against itself).
+    pub fn stopped(&self, own: Option<(uuid::Uuid, u32)>) -> Option<Stop> {
+        let in_flight = self
+            .in_flight
+            .lock()
+            .map(|set| set.clone())
+            .unwrap_or_default();
+        self.worker.gate.stop(Utc::now(), &in_flight, own)
     }
 }
 
@@ -80,6 +115,14 @@ impl Halt {
     pub fn raise(&self, cause: Cause) {
         let _ = self.cause.set(cause);
         self.raised.cancel();
+    }
+
+    /// The first cause, once raised.
+    pub fn cause(&self) -> Option<Cause> {
+        self.raised
+            .is_cancelled()
+            .then(|| self.cause.get().cloned())
+            .flatten()
     }
 
     /// Wait until raised; the first cause.
@@ -98,7 +141,7 @@ pub(super) async fn run(
     worker: &Arc<Worker>,
     cancel: &CancellationToken,
 ) -> Ended {
-    let (ctx, mut consumer, probe) = match open(conn, worker).await {
+    let (ctx, probe) = match open(conn, worker).await {
         Ok(opened) => opened,
         Err(err) => return Ended::Lost(err),
     };
@@ -108,6 +151,13 @@ pub(super) async fn run(
     let mut idle = Idle::new(worker.options.exit_when_idle);
     let mut probe_every = interval(PROBE_EVERY);
     let mut watch_every = interval(WATCH_EVERY);
+    // Consuming starts here, unless a halt or the cap is in force already: then nothing
+    // is taken at all until the gate opens.
+    let mut taking = Taking::new(&ctx);
+    if let Err(err) = taking.regate(&ctx, conn).await {
+        shut_down(ctx, taking.consumer, probe, dispatch, metrics).await;
+        return Ended::Lost(err);
+    }
     let ended = loop {
         tokio::select! {
             _ = cancel.cancelled() => break Ended::Stopped,
@@ -121,12 +171,26 @@ pub(super) async fn run(
                     metrics.queue_ready.set(i64::try_from(ready).unwrap_or(i64::MAX));
                 }
             }
+            // A delivery met a closed gate: stop consuming now, not at the next tick.
+            _ = ctx.wake.notified() => {
+                if let Err(err) = taking.regate(&ctx, conn).await {
+                    break Ended::Lost(err);
+                }
+            }
             _ = watch_every.tick() => {
                 if let Some(ended) = watch(&ctx, &probe, &mut idle, dispatch.busy()).await {
                     break ended;
                 }
+                if let Err(err) = taking.regate(&ctx, conn).await {
+                    break Ended::Lost(err);
+                }
+                if !dispatch.busy() {
+                    taking.close_retired().await;
+                }
             }
-            next = consumer.next() => match next {
+            next = next_delivery(&mut taking.consumer), if taking.consuming => match next {
+                // A paused consumer ends once the broker confirms the cancel.
+                None if taking.paused.is_some() => taking.consuming = false,
                 None => break Ended::Lost(anyhow::anyhow!("the broker cancelled the consumer")),
                 Some(Err(err)) => break Ended::Lost(err),
                 Some(Ok(incoming)) => {
@@ -136,16 +200,120 @@ pub(super) async fn run(
             },
         }
     };
-    shut_down(ctx, consumer, probe, dispatch, metrics).await;
+    if taking.paused.is_some() {
+        metrics.pause(None);
+    }
+    taking.close_retired().await;
+    shut_down(ctx, taking.consumer, probe, dispatch, metrics).await;
     ended
 }
 
-/// Declare the topology, catch up with the outcomes stream, record what the outbox holds,
-/// then start consuming.
-async fn open(
-    conn: &Connection,
-    worker: &Arc<Worker>,
-) -> anyhow::Result<(Arc<Ctx>, Consumer, Probe)> {
+/// Taking requests, or paused because the gate is closed.
+struct Taking {
+    /// The consumer: the live one, or the stopped one while paused; none before the first.
+    consumer: Option<Consumer>,
+    /// True while `consumer` may yield deliveries: false before the first one starts, and
+    /// once a paused one has ended (the broker confirmed the cancel).
+    consuming: bool,
+    /// Why not, while paused.
+    paused: Option<Paused>,
+    /// Consumers stopped by a pause, closed once their deliveries are settled.
+    retired: Vec<Consumer>,
+}
+
+impl Taking {
+    /// Not consuming yet: paused "for no reason", so the first [`Taking::regate`] starts
+    /// the consumer when the gate is open.
+    fn new(ctx: &Ctx) -> Taking {
+        ctx.consuming.send_replace(false);
+        Taking {
+            consumer: None,
+            consuming: false,
+            paused: Some(Paused { stop: None }),
+            retired: Vec::new(),
+        }
+    }
+
+    /// Follow the gate: pause when it closes, start a new consumer when it opens.
+    async fn regate(&mut self, ctx: &Ctx, conn: &Connection) -> anyhow::Result<()> {
+        let worker = &ctx.worker;
+        let metrics = &worker.metrics;
+        match (ctx.stopped(None), self.paused.as_mut()) {
+            (Some(stop), None) => {
+                if let Some(consumer) = &self.consumer {
+                    consumer.stop().await;
+                }
+                ctx.consuming.send_replace(false);
+                self.paused = Some(Paused::new(stop, metrics));
+            }
+            (Some(stop), Some(paused)) => paused.still(stop, metrics),
+            (None, Some(_)) => {
+                let prefetch =
+                    prefetch_for(worker.settings.broker.prefetch, worker.options.concurrency);
+                let requests = worker.topology.requests();
+                let started = Consumer::start(conn, &requests, prefetch, &worker.name).await?;
+                if let Some(old) = self.consumer.replace(started) {
+                    self.retired.push(old);
+                }
+                self.consuming = true;
+                ctx.consuming.send_replace(true);
+                if let Some(paused) = self.paused.take() {
+                    paused.over(metrics);
+                }
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    async fn close_retired(&mut self) {
+        for old in self.retired.drain(..) {
+            old.close().await;
+        }
+    }
+}
+
+/// The next delivery of the consumer, if there is one (else never).
+async fn next_delivery(consumer: &mut Option<Consumer>) -> Option<anyhow::Result<Incoming>> {
+    match consumer {
+        Some(consumer) => consumer.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The worker is not taking requests: why (none: not started yet), logged when it starts,
+/// changes and ends.
+struct Paused {
+    stop: Option<Stop>,
+}
+
+impl Paused {
+    fn new(stop: Stop, metrics: &WorkerMetrics) -> Paused {
+        tracing::warn!(reason = stop.code(), "not taking requests: {stop}");
+        metrics.pause(Some(&stop));
+        Paused { stop: Some(stop) }
+    }
+
+    /// Still paused, maybe for another reason.
+    fn still(&mut self, stop: Stop, metrics: &WorkerMetrics) {
+        if self.stop.as_ref().map(Stop::code) != Some(stop.code()) {
+            tracing::warn!(reason = stop.code(), "not taking requests: {stop}");
+        }
+        metrics.pause(Some(&stop));
+        self.stop = Some(stop);
+    }
+
+    fn over(self, metrics: &WorkerMetrics) {
+        if let Some(stop) = self.stop {
+            tracing::info!(was = stop.code(), "taking requests again");
+        }
+        metrics.pause(None);
+    }
+}
+
+/// Declare the topology, catch up with the outcomes and control streams, record what the
+/// outbox holds (the caller then starts consuming, unless the gate is closed).
+async fn open(conn: &Connection, worker: &Arc<Worker>) -> anyhow::Result<(Arc<Ctx>, Probe)> {
     let topology = &worker.topology;
     let publish = conn.create_channel().await?;
     topology
@@ -156,6 +324,7 @@ async fn open(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let follower = follow_outcomes(conn, worker).await?;
+    let control = follow_control(conn, worker).await?;
     worker
         .outbox
         .record_held(&publish, topology, &worker.ledger)
@@ -164,36 +333,80 @@ async fn open(
         known_outcomes = worker.ledger.len(),
         "caught up with the outcomes stream"
     );
-    let prefetch = prefetch_for(worker.settings.broker.prefetch, worker.options.concurrency);
-    let consumer = Consumer::start(conn, &topology.requests(), prefetch, &worker.name).await?;
     let probe = Probe::open(conn, waiting_queues(topology)).await?;
     let ctx = Ctx {
         worker: worker.clone(),
         follower,
+        control,
         publish,
         in_flight: Mutex::default(),
         halt: Halt::default(),
+        wake: tokio::sync::Notify::new(),
+        consuming: tokio::sync::watch::Sender::new(true),
     };
-    Ok((Arc::new(ctx), consumer, probe))
+    Ok((Arc::new(ctx), probe))
 }
 
 /// Follow the outcomes stream into the ledger, from the last `max_request_age` (older
 /// requests expire anyway), and wait until it has caught up.
-async fn follow_outcomes(conn: &Connection, worker: &Worker) -> anyhow::Result<StreamFollower> {
+async fn follow_outcomes(
+    conn: &Connection,
+    worker: &Arc<Worker>,
+) -> anyhow::Result<StreamFollower> {
     let since = Utc::now()
         - chrono::Duration::from_std(worker.settings.reset.max_request_age)
             .unwrap_or(chrono::Duration::days(1));
-    let ledger = worker.ledger.clone();
+    let worker = worker.clone();
     let follower = StreamFollower::start(
         conn,
-        &worker.topology,
+        &worker.topology.clone(),
         Offset::Since(since),
-        move |record| match record {
-            Record::Outcome(o) => ledger.record(o.request_id, o.replay, o.finished_at),
-            Record::Plan(p) => ledger.record_plan(p.request_id, p.replay, p.methods),
-            Record::Manifest(_) | Record::Marker { .. } => {}
+        move |message: StreamMessage| match worker.reader.read(&message.body) {
+            Read::Verified { record, .. } => {
+                worker.gate.record(&record, Utc::now());
+                match record {
+                    Record::Outcome(o) => worker.ledger.record(o.request_id, o.replay, o.finished_at),
+                    Record::Plan(p) => worker.ledger.record_plan(p.request_id, p.replay, p.methods),
+                    Record::Manifest(_) | Record::Marker { .. } => {}
+                }
+            }
+            Read::Unsealed(_) => {}
+            Read::Ignored { batch, reason } => {
+                worker.metrics.records_ignored.inc();
+                tracing::warn!(offset = message.offset, batch = batch.as_deref().unwrap_or(""), %reason, "ignoring a record on the outcomes stream that does not verify against security.allowed_signers");
+            }
         },
     )
+    .await?;
+    follower.sync().await?;
+    Ok(follower)
+}
+
+/// Follow the control stream from its start into the gate (admin commands are few), and
+/// wait until it has caught up: a worker started during a halt takes nothing.
+async fn follow_control(conn: &Connection, worker: &Arc<Worker>) -> anyhow::Result<StreamFollower> {
+    let topology = &worker.topology;
+    let followed = Followed {
+        exchange: topology.exchange(),
+        stream: topology.control(),
+        routing_key: RK_CONTROL.to_string(),
+    };
+    let worker = worker.clone();
+    let follower = StreamFollower::start_on(conn, followed, Offset::First, move |message| {
+        let prefix = &worker.settings.broker.prefix;
+        match control::verify(&message.body, prefix, worker.reader.allowed()) {
+            Ok(issued) => {
+                let (action, by) = (issued.command.action, issued.by.to_string());
+                if worker.gate.command(issued) {
+                    tracing::info!(action = action.as_str(), %by, "admin command in force");
+                }
+            }
+            Err(reason) => {
+                worker.metrics.records_ignored.inc();
+                tracing::warn!(offset = message.offset, %reason, "ignoring a control command that does not verify (admin namespace, security.allowed_signers)");
+            }
+        }
+    })
     .await?;
     follower.sync().await?;
     Ok(follower)
@@ -257,6 +470,11 @@ async fn watch(ctx: &Ctx, probe: &Probe, idle: &mut Idle, busy: bool) -> Option<
             "the outcomes stream reader stopped"
         )));
     }
+    if !ctx.control.is_running() {
+        return Some(Ended::Lost(anyhow::anyhow!(
+            "the control stream reader stopped"
+        )));
+    }
     if busy {
         idle.touch();
     }
@@ -280,13 +498,15 @@ async fn watch(ctx: &Ctx, probe: &Probe, idle: &mut Idle, busy: bool) -> Option<
 /// within `worker.shutdown_grace`, then close.
 async fn shut_down(
     ctx: Arc<Ctx>,
-    consumer: Consumer,
+    consumer: Option<Consumer>,
     probe: Probe,
     mut dispatch: Dispatch,
     metrics: &WorkerMetrics,
 ) {
     dispatch.stop.cancel();
-    consumer.stop().await;
+    if let Some(consumer) = &consumer {
+        consumer.stop().await;
+    }
     let grace = ctx.worker.settings.worker.shutdown_grace;
     let tasks = &mut dispatch.tasks;
     let drained = tokio::time::timeout(grace, async {
@@ -305,10 +525,13 @@ async fn shut_down(
     }
     metrics.connected.set(0);
     // Closing the consuming channel hands every delivery not settled back to the queue.
-    consumer.close().await;
+    if let Some(consumer) = consumer {
+        consumer.close().await;
+    }
     probe.close().await;
     if let Ok(ctx) = Arc::try_unwrap(ctx) {
         let _ = ctx.follower.stop().await;
+        let _ = ctx.control.stop().await;
         let _ = ctx.publish.close(200, "bye".into()).await;
     }
 }

@@ -110,6 +110,70 @@ impl Gatekeeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{UserRef, REQUEST_VERSION};
+    use crate::trust::requests::{Reason, SealedBatch};
+    use crate::trust::{KeySet, Signer};
+
+    fn request(i: usize) -> ResetRequest {
+        let user = UserRef::parse(&format!("user{i}@contoso.com")).unwrap();
+        ResetRequest {
+            version: REQUEST_VERSION,
+            request_id: ResetRequest::id_for("b1", &user),
+            batch: "b1".into(),
+            user,
+            ticket: None,
+            reason: None,
+            requested_by: None,
+            dry_run: false,
+            revoke_sessions: false,
+            requested_at: Utc::now(),
+            replay: 0,
+            carry: None,
+        }
+    }
+
+    #[test]
+    fn a_verified_manifest_is_remembered_but_never_lent_to_a_forged_copy_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeySet::generate(dir.path()).unwrap();
+        let allowed = AllowedSigners::read(&keys.allowed_signers).unwrap();
+        let gate = Gatekeeper::new(allowed, 25);
+        let alice = Signer::from_key_file(&keys.requester.path).unwrap();
+        let requests = vec![request(0), request(1)];
+        let sealed =
+            SealedBatch::seal(&requests, &keys.requester.principal, &alice, Utc::now()).unwrap();
+        let manifest = sealed.manifest.to_header();
+        let seal = |i: usize, manifest: &'_ str, proof: &'_ str| -> Verdict {
+            let seal = Seal {
+                manifest: Some(manifest),
+                proof: Some(proof),
+                approval: None,
+            };
+            gate.check(&requests[i], seal, Utc::now())
+        };
+        for i in 0..2 {
+            assert!(matches!(
+                seal(i, &manifest, &sealed.proof_header(i)),
+                Verdict::Verified(_)
+            ));
+        }
+        assert_eq!(
+            gate.verified.lock().unwrap().len(),
+            1,
+            "one batch, one entry"
+        );
+
+        // The same manifest content with the signature of another message: not from the cache.
+        let mut forged = sealed.manifest.clone();
+        forged.signature = alice
+            .sign(crate::trust::Namespace::Request, b"something else")
+            .unwrap();
+        let Verdict::Refused(refusal) = seal(0, &forged.to_header(), &sealed.proof_header(0))
+        else {
+            panic!("a forged manifest verified");
+        };
+        assert_eq!(refusal.reason, Reason::BadSignature);
+    }
 
     #[test]
     fn a_worker_without_allowed_signers_does_not_start_and_says_how_to_fix_it() {

@@ -187,8 +187,14 @@ async fn two_workers_on_one_queue_process_a_batch_once() {
     let conn = mfa_reset::broker::connect(&env.settings.broker, "test")
         .await
         .expect("broker");
-    read_until_now(&conn, &env.topology(), Offset::First, move |r| {
-        if let Record::Outcome(o) = r {
+    let reader = mfa_reset::records::RecordReader::from_settings(&env.settings.security)
+        .expect("allowed signers");
+    read_until_now(&conn, &env.topology(), Offset::First, move |message| {
+        if let mfa_reset::records::Read::Verified {
+            record: Record::Outcome(o),
+            ..
+        } = reader.read(&message.body)
+        {
             *sink.lock().unwrap().entry(o.request_id).or_default() += 1;
         }
     })

@@ -349,6 +349,11 @@ async fn a_redelivered_request_whose_outcome_is_recorded_is_acked_without_a_grap
         graph_calls: 3,
         replay: 0,
         dry_run: false,
+        notes: Vec::new(),
+        requested_by: None,
+        approved_by: None,
+        reason: None,
+        item: None,
     };
     let publish = dying.create_channel().await.expect("channel");
     publish
@@ -356,9 +361,19 @@ async fn a_redelivered_request_whose_outcome_is_recorded_is_acked_without_a_grap
         .await
         .expect("confirms");
     let record = Record::Outcome(Box::new(outcome));
-    let msg = mfa_reset::broker::OutMessage::json("outcome", serde_json::to_vec(&record).unwrap());
-    mfa_reset::broker::publisher::publish_confirmed(&publish, &env.topology().exchange(), &msg)
+    // Sealed with the worker key, as a real worker's outcome is.
+    let sealer = mfa_reset::records::Sealer::from_key_setting(&env.settings.worker.key)
+        .expect("the worker key");
+    sealer
+        .publish(
+            &publish,
+            &env.topology().exchange(),
+            batch,
+            &record,
+            request.request_id.to_string(),
+        )
         .await
+        .map_err(|(error, _)| error)
         .expect("outcome recorded");
     let graph_requests_before = env.sim.stats().requests_total;
     let _ = dying.close(200, "dies".into()).await;
@@ -487,9 +502,18 @@ async fn a_reset_interrupted_after_deleting_keeps_the_record_of_what_it_removed(
         .confirm_select(Default::default())
         .await
         .expect("confirms");
-    let msg = mfa_reset::broker::OutMessage::json("outcome", serde_json::to_vec(&plan).unwrap());
-    mfa_reset::broker::publisher::publish_confirmed(&channel, &env.topology().exchange(), &msg)
+    // Sealed with the worker key, as the crashed worker's plan was.
+    mfa_reset::records::Sealer::from_key_setting(&env.settings.worker.key)
+        .expect("the worker key")
+        .publish(
+            &channel,
+            &env.topology().exchange(),
+            batch,
+            &plan,
+            request_id.to_string(),
+        )
         .await
+        .map_err(|(error, _)| error)
         .expect("plan recorded");
     let _ = conn.close(200, "bye".into()).await;
 

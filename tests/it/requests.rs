@@ -83,6 +83,11 @@ async fn dead_letters(env: &TestEnv) -> Vec<(String, String)> {
     {
         let code =
             headers::get_str(&m.delivery.properties, headers::ERROR_CODE).unwrap_or_default();
+        assert_eq!(
+            headers::get_str(&m.delivery.properties, headers::REASON).as_deref(),
+            Some(code.as_str()),
+            "a refused request carries its reason in x-mfa-reason too"
+        );
         let user = serde_json::from_slice::<serde_json::Value>(&m.delivery.data)
             .ok()
             .and_then(|v| v["user"].as_str().map(str::to_string))

@@ -276,10 +276,13 @@ impl TestEnv {
         counts
     }
 
-    /// Every record on this test's outcomes stream, oldest first.
+    /// Every record on this test's outcomes stream that a reader believes (verified worker
+    /// records, manifests), oldest first.
     pub async fn stream_records(&self) -> Vec<mfa_reset::domain::Record> {
         let records: Arc<std::sync::Mutex<Vec<mfa_reset::domain::Record>>> = Arc::default();
         let sink = records.clone();
+        let reader = mfa_reset::records::RecordReader::from_settings(&self.settings.security)
+            .expect("the test's allowed signers");
         let conn = broker::connect(&self.settings.broker, "test")
             .await
             .expect("broker");
@@ -287,7 +290,11 @@ impl TestEnv {
             &conn,
             &self.topology(),
             mfa_reset::broker::stream::Offset::First,
-            move |r| sink.lock().unwrap().push(r),
+            move |message| match reader.read(&message.body) {
+                mfa_reset::records::Read::Verified { record, .. }
+                | mfa_reset::records::Read::Unsealed(record) => sink.lock().unwrap().push(record),
+                mfa_reset::records::Read::Ignored { .. } => {}
+            },
         )
         .await
         .expect("read the outcomes stream");

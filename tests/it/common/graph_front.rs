@@ -29,6 +29,8 @@ pub struct Call {
     pub path: String,
     /// The status answered.
     pub status: u16,
+    /// The caller's `client-request-id` header.
+    pub client_request_id: Option<String>,
 }
 
 /// The relay (see the module doc).
@@ -43,7 +45,13 @@ struct FrontState {
     client: reqwest::Client,
     failing: Mutex<HashSet<String>>,
     calls: Mutex<Vec<Call>>,
+    /// Renames to make in the simulator just before relaying the first request whose path
+    /// contains the fragment (a rename landing between two calls of one reset).
+    renames: Mutex<Option<Renames>>,
 }
+
+/// A path fragment, and the `(user, new UPN)` renames to make before its first request.
+type Renames = (String, Vec<(String, String)>);
 
 impl GraphFront {
     /// Relay to the simulator at `upstream` (`http://127.0.0.1:PORT`).
@@ -53,6 +61,7 @@ impl GraphFront {
             client: reqwest::Client::new(),
             failing: Mutex::default(),
             calls: Mutex::default(),
+            renames: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -79,6 +88,16 @@ impl GraphFront {
             .lock()
             .unwrap()
             .insert(user.to_lowercase());
+    }
+
+    /// Just before relaying the first request whose path contains `fragment`, rename each
+    /// `(user, new UPN)` in the simulator, in order (`POST /_sim/users/{user}/rename`).
+    pub fn rename_before_first(&self, fragment: &str, renames: &[(&str, &str)]) {
+        let renames = renames
+            .iter()
+            .map(|(from, to)| (from.to_string(), to.to_string()))
+            .collect();
+        *self.state.renames.lock().unwrap() = Some((fragment.to_string(), renames));
     }
 
     /// Every request so far, in order.
@@ -113,9 +132,35 @@ async fn forward(
 ) -> Response {
     let path = uri.path().to_string();
     let user = user_of(&path);
+    let client_request_id = headers
+        .get("client-request-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
     let failing = user
         .as_ref()
         .is_some_and(|u| state.failing.lock().unwrap().contains(u));
+    let renames = {
+        let mut held = state.renames.lock().unwrap();
+        match held.as_ref() {
+            Some((fragment, _)) if path.contains(fragment.as_str()) => held.take(),
+            _ => None,
+        }
+    };
+    for (from, to) in renames.map(|(_, r)| r).unwrap_or_default() {
+        let url = format!(
+            "{}/_sim/users/{}/rename",
+            state.upstream,
+            percent_encoding::utf8_percent_encode(&from, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let renamed = state
+            .client
+            .post(url)
+            .json(&serde_json::json!({ "userPrincipalName": to }))
+            .send()
+            .await
+            .expect("the simulator renames");
+        assert!(renamed.status().is_success(), "rename {from} → {to}");
+    }
     let response = if failing {
         json(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -129,6 +174,7 @@ async fn forward(
         user,
         path,
         status: response.status().as_u16(),
+        client_request_id,
     });
     response
 }

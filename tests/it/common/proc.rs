@@ -53,6 +53,10 @@ pub fn env_of(s: &Settings) -> Vec<(String, String)> {
             s.security.approval_above.to_string(),
         ),
         ("WORKER__KEY", s.worker.key.clone()),
+        (
+            "SECURITY__MAX_RESETS_PER_HOUR",
+            s.security.max_resets_per_hour.to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (format!("MFA_RESET__{k}"), v))
