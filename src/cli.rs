@@ -43,6 +43,8 @@ pub enum Command {
     },
     /// Re-create the phone and email methods a batch removed (needs reset.backup = true).
     Restore(RestoreArgs),
+    /// The web console and the ticket webhook (prints `console on http://HOST:PORT` first).
+    Serve,
     /// Everything in one command: a simulated tenant, the broker, workers, a progress bar, a report.
     Demo(DemoArgs),
     /// Stop every worker from taking requests within seconds (signed, admin namespace).

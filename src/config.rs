@@ -37,6 +37,10 @@ pub struct Settings {
     pub intake: IntakeSettings,
     /// Who may request, approve, execute and stop resets: signatures and caps.
     pub security: SecuritySettings,
+    /// The web console and ticket API (`mfa-reset serve`).
+    pub console: ConsoleSettings,
+    /// Ticket systems allowed to call the webhook, and their secrets.
+    pub webhook: WebhookSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -542,6 +546,76 @@ impl Default for SecuritySettings {
             allowed_signers: String::new(),
             approval_above: 25,
             max_resets_per_hour: 10_000,
+        }
+    }
+}
+
+/// `[console]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Address `mfa-reset serve` listens on, `HOST:PORT` (port 0 = any free port).
+    pub listen: String,
+    /// The console's own SSH private key: it signs the batches it creates (ticket webhooks,
+    /// uploads) in the `mfa-reset-request` namespace, so its principal must be in
+    /// `security.allowed_signers` with that namespace.
+    pub key: String,
+    /// The console's address as browsers reach it (`https://mfa.example.com`), used for the
+    /// sign-in redirect URI `{public_url}/auth/callback`. Empty = `http://` + the listen address.
+    pub public_url: String,
+    /// OpenID Connect issuer: `https://login.microsoftonline.com/{tenant id}/v2.0` for Entra ID.
+    /// Empty = sign-in off (the ticket API still works).
+    pub oidc_issuer: String,
+    /// Application (client) id of the console's app registration.
+    pub oidc_client_id: String,
+    /// Client secret of that registration, if it has one (environment only).
+    #[serde(skip_serializing)]
+    pub oidc_client_secret: Option<SecretString>,
+    /// How long a sign-in lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
+    /// Largest CSV upload accepted, in bytes.
+    pub max_upload: usize,
+    /// The SSH key the console signs approvals with (namespace `mfa-reset-approve`), for a
+    /// signed-in approver who is not the batch's operator. Its principal must differ from
+    /// `console.key`'s. Empty = approvals only with `mfa-reset approve`.
+    pub approve_key: String,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            key: String::new(),
+            public_url: String::new(),
+            oidc_issuer: String::new(),
+            oidc_client_id: String::new(),
+            oidc_client_secret: None,
+            session_lifetime: Duration::from_secs(8 * 3600),
+            max_upload: 64 * 1024 * 1024,
+            approve_key: String::new(),
+        }
+    }
+}
+
+/// `[webhook]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Source system name → its Standard Webhooks secret (`whsec_` + base64). Never logged,
+    /// never printed; set as `MFA_RESET__WEBHOOK__SECRETS__SERVICENOW=whsec_…` (names are
+    /// lower-cased).
+    #[serde(skip_serializing)]
+    pub secrets: std::collections::BTreeMap<String, SecretString>,
+    /// Largest webhook body accepted, in bytes.
+    pub max_body: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            secrets: Default::default(),
+            max_body: 16 * 1024,
         }
     }
 }

@@ -28,6 +28,7 @@
 //! - [`commands`]: one module per subcommand, each with a `run`.
 //! - [`net`]: transport policy (https-only Graph, TLS or loopback-only broker) and printing
 //!   values that came from outside without their control characters.
+//! - [`console`]: `serve`: the web console and the ticket webhook (Standard Webhooks).
 //! - [`records`]: the worker's plan and outcome records sealed (signed, hash-chained) when
 //!   written and verified when read; only verified ones count.
 //! - [`control`]: signed admin commands (`halt`, `resume`) on the control stream.
@@ -42,6 +43,7 @@ pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod domain;
 pub mod graph;

@@ -46,6 +46,7 @@ async fn main() {
         Command::Dlq { command } => commands::dlq::run(&settings, command).await,
         Command::Restore(args) => commands::restore::run(&settings, args).await.map(|_| ()),
         Command::Demo(args) => commands::demo::run(&settings, args).await,
+        Command::Serve => commands::serve::run(&settings).await,
         Command::Halt(args) => commands::halt::run(&settings, Action::Halt, args).await,
         Command::Resume(args) => commands::halt::run(&settings, Action::Resume, args).await,
         Command::Audit { command } => commands::audit::run(&settings, command).await,

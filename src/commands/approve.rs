@@ -210,7 +210,9 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
     );
     publisher.close().await?;
     let _ = conn.close(200, "bye".into()).await;
-    println!(
+    // Written, not printed: `serve` runs this too, and a closed stdout must not panic.
+    let _ = writeln!(
+        std::io::stdout(),
         "approved: batch {} ({count} users, requested by {requester}) approved by {approver}; \
          released to the workers",
         printable(&args.batch),

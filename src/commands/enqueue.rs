@@ -67,8 +67,11 @@ pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqu
         None => None,
     };
     let plan = make_plan(settings, args, snapshot.as_ref().map(|s| s.path())).await?;
+    // Written, not printed: `serve` runs this too, and a closed stdout/stderr must not panic.
+    let mut err = std::io::stderr();
     for (line, first, user) in &plan.duplicates {
-        eprintln!(
+        let _ = writeln!(
+            err,
             "warning: {} line {line}: {user} already appears on line {first}; enqueued once",
             plan.source
         );
@@ -77,7 +80,10 @@ pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqu
         .duplicates_total
         .saturating_sub(plan.duplicates.len() as u64);
     if unlisted > 0 {
-        eprintln!("warning: … and {unlisted} more duplicate rows, each enqueued once");
+        let _ = writeln!(
+            err,
+            "warning: … and {unlisted} more duplicate rows, each enqueued once"
+        );
     }
     anyhow::ensure!(
         plan.count > 0,
@@ -119,10 +125,12 @@ pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqu
         awaiting_approval,
     )
     .await?;
-    println!("batch: {batch}");
-    println!("enqueued: {count}");
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "batch: {batch}");
+    let _ = writeln!(out, "enqueued: {count}");
     if awaiting_approval {
-        println!(
+        let _ = writeln!(
+            out,
             "approval: {count} users is more than security.approval_above ({}): the batch waits \
              until another person runs `mfa-reset approve --batch {batch} --key FILE`",
             settings.security.approval_above

@@ -9,6 +9,7 @@ pub mod halt;
 pub mod keys;
 pub mod report;
 pub mod restore;
+pub mod serve;
 pub mod setup;
 pub mod status;
 pub mod work;

@@ -194,6 +194,12 @@ pub fn plan_tickets(path: &Path) -> Result<Plan, IntakeError> {
     tickets::plan(path)
 }
 
+/// One ticket event on its own (a webhook body), validated as a line of
+/// [`plan_tickets`]; errors name the field (`line` is 1).
+pub fn parse_ticket_event(body: &[u8]) -> Result<IntakeRow, RowError> {
+    tickets::parse_event(body)
+}
+
 /// A plan from rows already in memory (e.g. group members): the first row of each user is
 /// kept, later ones become duplicates.
 pub fn plan_rows(source: String, rows: Vec<IntakeRow>) -> Plan {

@@ -121,6 +121,36 @@ fn read(name: &str, mut reader: impl BufRead) -> Result<Vec<IntakeRow>, IntakeEr
     Ok(rows)
 }
 
+/// One ticket event that arrived on its own (the console's webhook body): validated exactly
+/// as a line of `enqueue --tickets`, reported as line 1. The body may span several lines
+/// (pretty-printed JSON); control characters other than whitespace are refused.
+pub(super) fn parse_event(body: &[u8]) -> Result<IntakeRow, RowError> {
+    let whole = |reason: String| RowError {
+        line: 1,
+        field: String::new(),
+        value: String::new(),
+        reason,
+    };
+    let bytes = body.strip_prefix(UTF8_BOM).unwrap_or(body);
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| whole("the body is not UTF-8 JSON: send the event as UTF-8".into()))?;
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(whole(format!(
+            "the body holds the control character {c:?}: send one JSON object such as {EXAMPLE}"
+        )));
+    }
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(whole(format!(
+            "the body is empty: send one ticket event such as {EXAMPLE}"
+        )));
+    }
+    parse_line(1, text, true)
+}
+
 /// One event, or what is wrong with its line.
 fn parse_line(line: u64, text: &str, ends_line: bool) -> Result<IntakeRow, RowError> {
     let event: TicketEvent =
@@ -312,6 +342,19 @@ mod tests {
             "{}",
             errors[0].reason
         );
+    }
+
+    #[test]
+    fn a_single_event_body_is_validated_like_a_line() {
+        let row = parse_event(b"{\n  \"ticket\": \"INC9\",\n  \"user\": \"a@contoso.com\"\n}\n")
+            .expect("valid");
+        assert_eq!(row.ticket.as_deref(), Some("INC9"));
+        let bad =
+            parse_event(br#"{"ticket":"INC9","user":"a@contoso.com","revoke":true}"#).unwrap_err();
+        assert_eq!(bad.field, "revoke");
+        let nul = parse_event(b"{\"ticket\":\"INC9\x00\"}").unwrap_err();
+        assert!(nul.reason.contains("control character"), "{}", nul.reason);
+        assert!(parse_event(b"  ").unwrap_err().reason.contains("empty"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod common;
 mod authority;
 mod budget;
 mod cli;
+mod console;
 mod defaults;
 mod fidelity;
 mod graph_client;

@@ -402,6 +402,10 @@ pub(crate) async fn token(
     // The route is `/{tenant}/oauth2/v2.0/token`: the tenant is the first segment.
     let raw_tenant = uri.path().trim_start_matches('/').split('/').next();
     let tenant = decode(raw_tenant.unwrap_or(""));
+    if crate::oidc::is_code_grant(&body) {
+        let base = crate::oidc::base_of(&shared, &headers);
+        return crate::oidc::redeem(&shared, &tenant, &base, &body);
+    }
     let host = headers
         .get("host")
         .and_then(|v| v.to_str().ok())

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod faults;
 mod graph;
 pub mod inspect;
+mod oidc;
 mod pipeline;
 pub mod reply;
 mod router;
@@ -121,4 +122,5 @@ pub(crate) struct Shared {
     pub(crate) stats: StatsRecorder,
     pub(crate) consistency_delay: Duration,
     pub(crate) deny_sign_in_preferences: bool,
+    pub(crate) oidc: oidc::Oidc,
 }

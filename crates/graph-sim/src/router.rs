@@ -7,13 +7,13 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::response::Response;
-use axum::routing::{any, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use tower::ServiceBuilder;
 
 use crate::pipeline;
 use crate::reply::empty;
-use crate::{auth, graph, inspect, Shared};
+use crate::{auth, graph, inspect, oidc, Shared};
 
 /// Every route of the simulator, with its state.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -41,8 +41,22 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/{tenant}/oauth2/v2.0/token", post(auth::token))
         .route_layer(token_stages);
 
+    // Sign-in (OpenID Connect) for web apps such as mfa-reset's console: not throttled or
+    // faulted, like Entra's sign-in pages are not part of Graph's budget.
+    let oidc_routes = Router::new()
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(oidc::discovery),
+        )
+        .route("/{tenant}/discovery/v2.0/keys", get(oidc::keys))
+        .route(
+            "/{tenant}/oauth2/v2.0/authorize",
+            get(oidc::authorize_form).post(oidc::authorize_submit),
+        );
+
     Router::new()
         .nest("/_sim", inspect::routes())
+        .merge(oidc_routes)
         .merge(graph_routes)
         .merge(token_route)
         .fallback(not_found)

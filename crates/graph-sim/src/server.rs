@@ -154,6 +154,7 @@ pub async fn spawn(config: SimConfig, listen: SocketAddr) -> anyhow::Result<SimS
         faults.latency_ms = config.latency_ms;
     }
     let shared = Arc::new(Shared {
+        oidc: crate::oidc::Oidc::new()?,
         addr,
         policy: TokenPolicy {
             tenant_id: config.tenant_id.clone(),
