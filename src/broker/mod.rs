@@ -81,8 +81,7 @@ pub async fn connect(settings: &BrokerSettings, name: &str) -> anyhow::Result<Co
         };
         nodes.push((*address, tls));
     }
-    let runtime = lapin::runtime::default_runtime()?;
-    (|| connect_any(&nodes, &props, &runtime))
+    (|| connect_any(&nodes, &props))
         .retry(connect_backoff(settings.connect_timeout).build())
         .notify(|err, delay| {
             tracing::warn!(error = %format!("{err:#}"), retry_in = ?delay, "broker not reachable; retrying");
@@ -156,8 +155,8 @@ fn tls_config(settings: &BrokerSettings) -> anyhow::Result<OwnedTLSConfig> {
 async fn connect_any(
     nodes: &[(&str, OwnedTLSConfig)],
     props: &ConnectionProperties,
-    runtime: &lapin::runtime::Runtime,
 ) -> anyhow::Result<Connection> {
+    let runtime = lapin::runtime::default_runtime()?;
     let count = nodes.len().max(1);
     let start = next_node().load(Ordering::Relaxed) % count;
     let mut failures = Vec::new();
