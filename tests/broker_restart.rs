@@ -227,7 +227,8 @@ async fn producer_and_workers_ride_out_a_broker_restart_without_losing_a_request
         .sim
         .users_snapshot()
         .iter()
-        .map(|u| (u.user_principal_name.to_lowercase(), removable(&u.methods)))
+        // Keyed by object id: workers address every call by the id they resolved.
+        .map(|u| (u.id.to_lowercase(), removable(&u.methods)))
         .collect();
     let enqueued = env
         .enqueue_csv(&csv_of_generated(200))

@@ -297,7 +297,8 @@ async fn workers_follow_the_requests_queue_to_a_new_leader_when_its_node_stops_m
         .sim
         .users_snapshot()
         .iter()
-        .map(|u| (u.user_principal_name.to_lowercase(), removable(&u.methods)))
+        // Keyed by object id: workers address every call by the id they resolved.
+        .map(|u| (u.id.to_lowercase(), removable(&u.methods)))
         .collect();
     let enqueued = env
         .enqueue_csv(&csv_of_generated(USERS))
