@@ -3,7 +3,9 @@
 //! Every operation reads the queue through a consumer and acks only what it removes:
 //! messages it leaves go back to the queue when its channel closes, so an interrupted
 //! command loses nothing. `replay` publishes (confirmed) before it acks: at worst a
-//! request is replayed twice, and the worker absorbs the second by its request id.
+//! request is replayed twice, and the worker absorbs the second by its request id. Every
+//! replay carries an admin's grant (`mfa-replay`, namespace `mfa-reset-admin`): workers run
+//! no replay without one.
 
 use std::time::Duration;
 
@@ -26,10 +28,12 @@ use crate::cli::DlqCommand;
 use crate::config::Settings;
 use crate::domain::ResetRequest;
 use crate::net::printable;
+use crate::records::read::load_allowed_signers;
 use crate::trust::requests::{
     sign_replay, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER, REPLAY_HEADER,
 };
-use crate::trust::Signer;
+use crate::trust::{verify, Namespace, Signer};
+use chrono::Utc;
 
 /// One dead letter, as `dlq list` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -114,7 +118,7 @@ pub async fn run(settings: &Settings, command: &DlqCommand) -> anyhow::Result<()
             print!("{}", render(&letters));
             println!(
                 "preview: {} request(s) would be replayed (executed again, keeping their original \
-                 requested_at and signatures); nothing was changed. Run again with --yes to replay them.",
+                 requested_at and signatures); nothing was changed. Run again with --yes --key FILE (an admin's key) to replay them.",
                 letters.len()
             );
         }
@@ -133,6 +137,20 @@ pub async fn run(settings: &Settings, command: &DlqCommand) -> anyhow::Result<()
             )?;
             let signer = Signer::from_key_file(key)
                 .with_context(|| format!("loading --key {}", key.display()))?;
+            // The workers check each grant against the same file: refuse here a key whose
+            // replays they would all dead-letter.
+            let allowed = load_allowed_signers(&settings.security)?;
+            let probe = b"mfa-reset dlq replay: is this key an admin?";
+            let signed = signer
+                .sign(Namespace::Admin, probe)
+                .context("signing with --key")?;
+            verify(&signed, Namespace::Admin, probe, &allowed, Utc::now()).map_err(|error| {
+                anyhow::anyhow!(
+                    "the workers would refuse these replays: {error}. The key must be listed in \
+                     {} with namespaces=\"mfa-reset-admin\"",
+                    allowed.source()
+                )
+            })?;
             let n = replay(settings, batch.as_deref(), error_code.as_deref(), &signer).await?;
             println!("replayed: {n}");
         }

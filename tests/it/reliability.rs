@@ -885,6 +885,28 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
         4,
         "nothing replayed without a key"
     );
+    // An operator's key (request namespace only) would be refused by every worker: refused here.
+    let operator_key = env.keys.requester.path.display().to_string();
+    let (code, _, err) = run(
+        &env.settings,
+        &[
+            "dlq",
+            "replay",
+            "--batch",
+            &b.batch,
+            "--yes",
+            "--key",
+            &operator_key,
+        ],
+    )
+    .await;
+    assert_ne!(code, Some(0), "a replay signed by an operator ran");
+    assert!(err.contains("mfa-reset-admin"), "{err}");
+    assert_eq!(
+        env.queue_len(&dead).await,
+        4,
+        "nothing replayed by an operator"
+    );
     // replay --batch B --error-code C: back with a fresh attempt count, executed again.
     let (code, out, err) = run(
         &env.settings,
