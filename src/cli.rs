@@ -234,6 +234,11 @@ pub enum DlqCommand {
         /// Replay them; without it, only show what would be replayed.
         #[arg(long, short = 'y')]
         yes: bool,
+        /// The admin's SSH private key, or its `.pub` with the key in ssh-agent (SSH_AUTH_SOCK),
+        /// to sign each replay (namespace mfa-reset-admin); required with --yes. Workers refuse
+        /// a replay without it.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// Delete the dead letters of a batch.
     Purge {

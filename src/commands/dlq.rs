@@ -3,7 +3,9 @@
 //! Every operation reads the queue through a consumer and acks only what it removes:
 //! messages it leaves go back to the queue when its channel closes, so an interrupted
 //! command loses nothing. `replay` publishes (confirmed) before it acks: at worst a
-//! request is replayed twice, and the worker absorbs the second by its request id.
+//! request is replayed twice, and the worker absorbs the second by its request id. Every
+//! replay carries an admin's grant (`mfa-replay`, namespace `mfa-reset-admin`): workers run
+//! no replay without one.
 
 use std::time::Duration;
 
@@ -26,7 +28,12 @@ use crate::cli::DlqCommand;
 use crate::config::Settings;
 use crate::domain::ResetRequest;
 use crate::net::printable;
-use crate::trust::requests::{APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER};
+use crate::records::read::load_allowed_signers;
+use crate::trust::requests::{
+    sign_replay, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER, REPLAY_HEADER,
+};
+use crate::trust::{verify, Namespace, Signer};
+use chrono::Utc;
 
 /// One dead letter, as `dlq list` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -100,6 +107,7 @@ pub async fn run(settings: &Settings, command: &DlqCommand) -> anyhow::Result<()
             batch,
             error_code,
             yes: false,
+            ..
         } => {
             // A replay executes resets again: show what it would do, change nothing.
             let letters: Vec<DeadLetter> = list(settings, batch.as_deref())
@@ -110,7 +118,7 @@ pub async fn run(settings: &Settings, command: &DlqCommand) -> anyhow::Result<()
             print!("{}", render(&letters));
             println!(
                 "preview: {} request(s) would be replayed (executed again, keeping their original \
-                 requested_at and signatures); nothing was changed. Run again with --yes to replay them.",
+                 requested_at and signatures); nothing was changed. Run again with --yes --key FILE (an admin's key) to replay them.",
                 letters.len()
             );
         }
@@ -118,10 +126,32 @@ pub async fn run(settings: &Settings, command: &DlqCommand) -> anyhow::Result<()
             batch,
             error_code,
             yes: true,
+            key,
         } => {
-            // Seam: a signed, recorded replay (who replayed what, under the admin namespace)
-            // belongs here, before anything is published.
-            let n = replay(settings, batch.as_deref(), error_code.as_deref()).await?;
+            // Every replay is signed by an admin (namespace mfa-reset-admin): the worker runs a
+            // request with `replay > 0` only with that grant. Loaded before anything is read.
+            let key = key.as_deref().context(
+                "dlq replay --yes needs --key FILE: the admin's SSH key (private key file, or its \
+                 .pub with the key in ssh-agent) signs each replay, and workers refuse a replay \
+                 without it",
+            )?;
+            let signer = Signer::from_key_file(key)
+                .with_context(|| format!("loading --key {}", key.display()))?;
+            // The workers check each grant against the same file: refuse here a key whose
+            // replays they would all dead-letter.
+            let allowed = load_allowed_signers(&settings.security)?;
+            let probe = b"mfa-reset dlq replay: is this key an admin?";
+            let signed = signer
+                .sign(Namespace::Admin, probe)
+                .context("signing with --key")?;
+            verify(&signed, Namespace::Admin, probe, &allowed, Utc::now()).map_err(|error| {
+                anyhow::anyhow!(
+                    "the workers would refuse these replays: {error}. The key must be listed in \
+                     {} with namespaces=\"mfa-reset-admin\"",
+                    allowed.source()
+                )
+            })?;
+            let n = replay(settings, batch.as_deref(), error_code.as_deref(), &signer).await?;
             println!("replayed: {n}");
         }
         DlqCommand::Purge { batch } => {
@@ -151,9 +181,10 @@ pub async fn replay(
     settings: &Settings,
     batch: Option<&str>,
     code: Option<&str>,
+    signer: &Signer,
 ) -> anyhow::Result<u64> {
     let mut chosen = 0;
-    walk(settings, |d| {
+    walk_signed(settings, Some(signer), |d| {
         let letter = DeadLetter::from_delivery(d);
         if letter.matches(batch, code) && serde_json::from_slice::<ResetRequest>(&d.data).is_ok() {
             chosen += 1;
@@ -184,7 +215,19 @@ enum Action {
 }
 
 /// Visit every message in the dead-letter queue once; returns how many were removed or replayed.
-async fn walk<F>(settings: &Settings, mut visit: F) -> anyhow::Result<u64>
+async fn walk<F>(settings: &Settings, visit: F) -> anyhow::Result<u64>
+where
+    F: FnMut(&Delivery) -> Action,
+{
+    walk_signed(settings, None, visit).await
+}
+
+/// [`walk`], with the admin's signer for [`Action::Replay`].
+async fn walk_signed<F>(
+    settings: &Settings,
+    signer: Option<&Signer>,
+    mut visit: F,
+) -> anyhow::Result<u64>
 where
     F: FnMut(&Delivery) -> Action,
 {
@@ -192,14 +235,19 @@ where
     let conn = broker::connect(&settings.broker, "mfa-reset dlq").await?;
     let result =
         match super::ensure_set_up(&conn, &topology.dead(), "no dead letters", settings).await {
-            Ok(()) => walk_on(&conn, &topology, &mut visit).await,
+            Ok(()) => walk_on(&conn, &topology, signer, &mut visit).await,
             Err(err) => Err(err),
         };
     let _ = conn.close(200, "bye".into()).await;
     result
 }
 
-async fn walk_on<F>(conn: &Connection, topology: &Topology, visit: &mut F) -> anyhow::Result<u64>
+async fn walk_on<F>(
+    conn: &Connection,
+    topology: &Topology,
+    signer: Option<&Signer>,
+    visit: &mut F,
+) -> anyhow::Result<u64>
 where
     F: FnMut(&Delivery) -> Action,
 {
@@ -248,7 +296,8 @@ where
                 acted += 1;
             }
             Action::Replay => {
-                replay_one(&publish, topology, &delivery).await?;
+                let signer = signer.context("a replay without the admin's signer")?;
+                replay_one(&publish, topology, &delivery, signer).await?;
                 delivery.ack(BasicAckOptions::default()).await?;
                 acted += 1;
             }
@@ -264,11 +313,18 @@ async fn replay_one(
     publish: &Channel,
     topology: &Topology,
     delivery: &Delivery,
+    signer: &Signer,
 ) -> anyhow::Result<()> {
     let mut request: ResetRequest = serde_json::from_slice(&delivery.data)?;
     // A new execution, not a duplicate of the failed one: the worker keys on (id, replay).
-    request.replay += 1;
+    request.replay = request
+        .replay
+        .checked_add(1)
+        .context("the request was replayed too often")?;
     request.carry = None;
+    // The admin's grant of exactly this id, replay number and batch: the Merkle leaf leaves
+    // `replay` out, so without it anyone who may publish could run a request again.
+    let grant = sign_replay(&request, signer).context("signing the replay")?;
     // Fresh attempts, but the original `requested_at`: it is signed (part of the request's
     // Merkle leaf), and a replay must not make an old request young again.
     let mut replayed = Headers::default().str(
@@ -281,7 +337,8 @@ async fn replay_one(
             replayed = replayed.str(key, &value);
         }
     }
-    let headers = replayed.build();
+    // The previous replay's grant (if any) is not copied: this one replaces it.
+    let headers = replayed.str(REPLAY_HEADER, &grant).build();
     let msg = OutMessage::json(RK_REQUEST, serde_json::to_vec(&request)?)
         .with_id(request.request_id.to_string())
         .with_headers(headers);

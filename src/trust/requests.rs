@@ -42,6 +42,11 @@ pub const PROOF_HEADER: &str = "mfa-proof";
 /// Header holding the approval: an armored sshsig (namespace `mfa-reset-approve`) over
 /// [`approval_message`].
 pub const APPROVAL_HEADER: &str = "mfa-approval";
+/// Header holding an admin's replay grant: an armored sshsig (namespace `mfa-reset-admin`)
+/// over the canonical JSON of [`replay_message`]. Required on every request with
+/// `replay > 0` (the Merkle leaf leaves `replay` out, so without it anyone who may publish
+/// could run a verified request again).
+pub const REPLAY_HEADER: &str = "mfa-replay";
 
 /// How far in the future a signed `requested_at` may lie (clocks of producer and worker
 /// differ a little); further is refused as `future_request`.
@@ -311,6 +316,75 @@ pub struct Seal<'a> {
     pub proof: Option<&'a str>,
     /// [`APPROVAL_HEADER`].
     pub approval: Option<&'a str>,
+    /// [`REPLAY_HEADER`].
+    pub replay: Option<&'a str>,
+}
+
+/// What an admin signs (namespace `mfa-reset-admin`, canonical JSON) to replay `request`:
+/// its id, the replay number it will run under, and its batch.
+pub fn replay_message(request: &ResetRequest) -> Value {
+    serde_json::json!({
+        "request_id": request.request_id,
+        "replay": request.replay,
+        "batch": request.batch,
+    })
+}
+
+/// The [`REPLAY_HEADER`] value granting `request` (its `replay` already incremented).
+pub fn sign_replay(request: &ResetRequest, signer: &Signer) -> Result<String, SignError> {
+    signer.sign_canonical(Namespace::Admin, &replay_message(request))
+}
+
+/// Is a replayed `request` (`replay > 0`) granted by an admin in `allowed`? `Ok(None)` for a
+/// first run, `Ok(Some(admin))` for a valid grant of exactly this request id, replay number
+/// and batch; otherwise the refusal (`unsigned`, `bad_signature`, `signer_not_allowed`).
+pub fn verify_replay(
+    request: &ResetRequest,
+    replay_header: Option<&str>,
+    allowed: &AllowedSigners,
+    now: DateTime<Utc>,
+) -> Result<Option<Principal>, Refusal> {
+    if request.replay == 0 {
+        return Ok(None);
+    }
+    let grant = replay_header
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .ok_or_else(|| {
+            Refusal::new(
+                Reason::Unsigned,
+                format!(
+                    "replay {} without a {REPLAY_HEADER} header: replays are signed by an admin \
+                     (`mfa-reset dlq replay --yes --key FILE`)",
+                    request.replay
+                ),
+            )
+        })?;
+    if grant.len() > MAX_MANIFEST {
+        return Err(Refusal::new(
+            Reason::BadSignature,
+            format!(
+                "the {REPLAY_HEADER} header is {} bytes, more than any signature",
+                grant.len()
+            ),
+        ));
+    }
+    let bytes = canonical_json_value(&replay_message(request)).map_err(|error| {
+        Refusal::new(
+            Reason::BadSignature,
+            format!("the replay grant has no canonical form: {error}"),
+        )
+    })?;
+    let admin = verify(grant, Namespace::Admin, &bytes, allowed, now).map_err(|error| {
+        from_verify(
+            error,
+            &format!(
+                "the replay grant (request {}, replay {}, batch {})",
+                request.request_id, request.replay, request.batch
+            ),
+        )
+    })?;
+    Ok(Some(admin.principal))
 }
 
 /// Check a batch's manifest signature and, when present or needed, its approval, at `now`.
@@ -511,6 +585,9 @@ pub fn verdict(
     policy: &Policy<'_>,
     now: DateTime<Utc>,
 ) -> Verdict {
+    if let Err(refusal) = verify_replay(request, seal.replay, policy.allowed, now) {
+        return Verdict::Refused(refusal);
+    }
     match verify_batch(seal.manifest, seal.approval, policy, now) {
         Ok(batch) => verify_request(request, seal.proof, &batch, now),
         Err(refusal) => Verdict::Refused(refusal),

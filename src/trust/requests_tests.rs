@@ -80,6 +80,7 @@ fn check(
         manifest: Some(&manifest),
         proof: Some(&proof),
         approval,
+        replay: None,
     };
     verdict(request, seal, &policy(world), now())
 }
@@ -147,8 +148,11 @@ fn a_retry_or_replay_still_verifies_but_a_changed_request_does_not() {
         ..Carry::default()
     });
     retried.replay = 2;
+    // The leaf leaves `replay` out (the admin's grant covers it: see the replay tests).
+    let trusted =
+        verify_batch(Some(&sealed.manifest.to_header()), None, &policy(&w), now()).unwrap();
     assert!(matches!(
-        check(&w, &retried, &sealed, 1, None),
+        verify_request(&retried, Some(&sealed.proof_header(1)), &trusted, now()),
         Verdict::Verified(_)
     ));
     let changes: [fn(&mut ResetRequest); 5] = [
@@ -186,6 +190,7 @@ fn missing_forged_and_foreign_manifests_are_refused_with_their_reason() {
                 manifest,
                 proof: None,
                 approval: None,
+                replay: None,
             },
             &policy,
             now(),
@@ -306,6 +311,7 @@ fn oversized_headers_are_refused_before_parsing() {
         manifest: Some(&huge),
         proof: None,
         approval: None,
+        replay: None,
     };
     assert_eq!(
         refused(verdict(&requests[0], seal, &policy, now())),
@@ -317,9 +323,120 @@ fn oversized_headers_are_refused_before_parsing() {
         manifest: Some(&manifest),
         proof: Some(&proof),
         approval: None,
+        replay: None,
     };
     assert_eq!(
         refused(verdict(&requests[0], seal, &policy, now())),
         Reason::NotInBatch
+    );
+}
+
+/// alice requests; carol is an admin (namespace mfa-reset-admin only).
+fn admin_world() -> (AllowedSigners, Signer, Signer) {
+    let (alice, carol) = (ed25519(1), ed25519(5));
+    let allowed = allowed(&[
+        (
+            "alice@contoso.com",
+            r#"namespaces="mfa-reset-request,mfa-reset-approve""#,
+            alice.public_key(),
+        ),
+        (
+            "carol@contoso.com",
+            r#"namespaces="mfa-reset-admin""#,
+            carol.public_key(),
+        ),
+    ]);
+    (allowed, signer(alice), signer(carol))
+}
+
+#[test]
+fn a_replay_runs_only_with_an_admin_grant_of_exactly_this_request_replay_and_batch() {
+    let (allowed, alice, carol) = admin_world();
+    let requests = batch("b1", 2);
+    let sealed = SealedBatch::seal(&requests, "alice@contoso.com", &alice, now()).unwrap();
+    let manifest = sealed.manifest.to_header();
+    let proof = sealed.proof_header(0);
+    let policy = Policy {
+        allowed: &allowed,
+        approval_above: 3,
+    };
+    let run = |request: &ResetRequest, grant: Option<&str>| {
+        let seal = Seal {
+            manifest: Some(&manifest),
+            proof: Some(&proof),
+            approval: None,
+            replay: grant,
+        };
+        verdict(request, seal, &policy, now())
+    };
+    let mut replayed = requests[0].clone();
+    replayed.replay = 1;
+
+    // A first run needs no grant; a replay with the admin's grant of it runs, and names her.
+    assert!(matches!(run(&requests[0], None), Verdict::Verified(_)));
+    let grant = sign_replay(&replayed, &carol).unwrap();
+    assert!(matches!(run(&replayed, Some(&grant)), Verdict::Verified(_)));
+    assert_eq!(
+        verify_replay(&replayed, Some(&grant), &allowed, now())
+            .unwrap()
+            .map(|p| p.to_string()),
+        Some("carol@contoso.com".to_string())
+    );
+
+    // No grant (or an empty one): unsigned.
+    assert_eq!(refused(run(&replayed, None)), Reason::Unsigned);
+    assert_eq!(refused(run(&replayed, Some("  "))), Reason::Unsigned);
+
+    // Signed by an operator, who may request but not replay: signer_not_allowed.
+    let by_operator = alice
+        .sign_canonical(Namespace::Admin, &replay_message(&replayed))
+        .unwrap();
+    assert_eq!(
+        refused(run(&replayed, Some(&by_operator))),
+        Reason::SignerNotAllowed
+    );
+    // The operator's request-namespace signature of the same content: not an admin grant.
+    let in_request_namespace = alice
+        .sign_canonical(Namespace::Request, &replay_message(&replayed))
+        .unwrap();
+    assert!(matches!(
+        run(&replayed, Some(&in_request_namespace)),
+        Verdict::Refused(_)
+    ));
+
+    // The grant of replay 1 does not run replay 2, nor another request, nor another batch.
+    let mut again = replayed.clone();
+    again.replay = 2;
+    assert_eq!(refused(run(&again, Some(&grant))), Reason::BadSignature);
+    let mut other = requests[1].clone();
+    other.replay = 1;
+    assert_eq!(
+        refused(verdict(
+            &other,
+            Seal {
+                manifest: Some(&manifest),
+                proof: Some(&sealed.proof_header(1)),
+                approval: None,
+                replay: Some(&grant),
+            },
+            &policy,
+            now()
+        )),
+        Reason::BadSignature
+    );
+    let moved = ResetRequest {
+        batch: "b2".into(),
+        ..replayed.clone()
+    };
+    assert_eq!(
+        verify_replay(&moved, Some(&grant), &allowed, now())
+            .err()
+            .map(|r| r.reason),
+        Some(Reason::BadSignature)
+    );
+    // Garbage: bad_signature.
+    assert_eq!(
+        refused(run(&replayed, Some("not a signature"))),
+        Reason::BadSignature
     );
 }

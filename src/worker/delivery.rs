@@ -25,7 +25,9 @@ use crate::broker::publisher::publish_confirmed;
 use crate::broker::topology::{RK_DEAD, RK_REQUEST};
 use crate::broker::{Incoming, OutMessage};
 use crate::domain::{MethodRecord, Outcome, PlanRecord, Record, ResetRequest, UserRef};
-use crate::trust::requests::{Seal, Verdict, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER};
+use crate::trust::requests::{
+    Seal, Verdict, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER, REPLAY_HEADER,
+};
 use crate::{graph, reset};
 
 /// A request (one replay of it).
@@ -107,10 +109,12 @@ fn verify(ctx: &Ctx, incoming: &Incoming, request: &ResetRequest) -> Verdict {
     let manifest = headers::get_str(props, MANIFEST_HEADER);
     let proof = headers::get_str(props, PROOF_HEADER);
     let approval = headers::get_str(props, APPROVAL_HEADER);
+    let replay = headers::get_str(props, REPLAY_HEADER);
     let seal = Seal {
         manifest: manifest.as_deref(),
         proof: proof.as_deref(),
         approval: approval.as_deref(),
+        replay: replay.as_deref(),
     };
     ctx.worker.gatekeeper.check(request, seal, Utc::now())
 }

@@ -14,7 +14,9 @@ use chrono::{DateTime, Utc};
 
 use crate::config::SecuritySettings;
 use crate::domain::ResetRequest;
-use crate::trust::requests::{verify_batch, verify_request, Policy, Seal, TrustedBatch, Verdict};
+use crate::trust::requests::{
+    verify_batch, verify_replay, verify_request, Policy, Seal, TrustedBatch, Verdict,
+};
 use crate::trust::{AllowedSigners, Digest};
 
 /// How long a verified manifest is trusted without checking its signature again (a key's
@@ -63,7 +65,11 @@ impl Gatekeeper {
     }
 
     /// The verdict on `request` delivered with `seal`, at `now`.
+    /// A replay (`replay > 0`) needs an admin's grant first ([`verify_replay`]).
     pub fn check(&self, request: &ResetRequest, seal: Seal<'_>, now: DateTime<Utc>) -> Verdict {
+        if let Err(refusal) = verify_replay(request, seal.replay, &self.allowed, now) {
+            return Verdict::Refused(refusal);
+        }
         match self.batch(seal, now) {
             Ok(batch) => verify_request(request, seal.proof, &batch, now),
             Err(refusal) => Verdict::Refused(refusal),
@@ -148,6 +154,7 @@ mod tests {
                 manifest: Some(manifest),
                 proof: Some(proof),
                 approval: None,
+                replay: None,
             };
             gate.check(&requests[i], seal, Utc::now())
         };

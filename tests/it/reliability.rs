@@ -773,6 +773,8 @@ async fn a_message_that_keeps_killing_its_worker_is_dead_lettered_by_the_deliver
 async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupted_replay_loses_nothing(
 ) {
     let mut env = TestEnv::new("rel-dlq", tenant(5, 0)).await;
+    // Every replay is signed by the admin (namespace mfa-reset-admin).
+    let admin_key = env.keys.admin.path.display().to_string();
     // 510 users who do not exist: more dead letters than one prefetch window used to show.
     let mut big = String::from("user\n");
     for i in 0..510 {
@@ -820,7 +822,9 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
     through_hold.broker.url = hold.url();
     let replay = proc::mfa_reset(
         &through_hold,
-        &["dlq", "replay", "--batch", &a.batch, "--yes"],
+        &[
+            "dlq", "replay", "--batch", &a.batch, "--yes", "--key", &admin_key,
+        ],
     )
     .spawn()
     .expect("dlq replay");
@@ -868,6 +872,41 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
     assert!(out.contains("purged: "), "{out}");
     assert_eq!(env.queue_len(&dead).await, 4);
 
+    // replay --yes without the admin's key: refused before anything is read.
+    let (code, _, err) = run(
+        &env.settings,
+        &["dlq", "replay", "--batch", &b.batch, "--yes"],
+    )
+    .await;
+    assert_ne!(code, Some(0), "a replay without --key ran");
+    assert!(err.contains("--key"), "{err}");
+    assert_eq!(
+        env.queue_len(&dead).await,
+        4,
+        "nothing replayed without a key"
+    );
+    // An operator's key (request namespace only) would be refused by every worker: refused here.
+    let operator_key = env.keys.requester.path.display().to_string();
+    let (code, _, err) = run(
+        &env.settings,
+        &[
+            "dlq",
+            "replay",
+            "--batch",
+            &b.batch,
+            "--yes",
+            "--key",
+            &operator_key,
+        ],
+    )
+    .await;
+    assert_ne!(code, Some(0), "a replay signed by an operator ran");
+    assert!(err.contains("mfa-reset-admin"), "{err}");
+    assert_eq!(
+        env.queue_len(&dead).await,
+        4,
+        "nothing replayed by an operator"
+    );
     // replay --batch B --error-code C: back with a fresh attempt count, executed again.
     let (code, out, err) = run(
         &env.settings,
@@ -879,6 +918,8 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
             "--error-code",
             "no_such_code",
             "--yes",
+            "--key",
+            &admin_key,
         ],
     )
     .await;
@@ -912,6 +953,8 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
             "--error-code",
             "Request_ResourceNotFound",
             "--yes",
+            "--key",
+            &admin_key,
         ],
     )
     .await;

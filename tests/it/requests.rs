@@ -14,7 +14,8 @@ use mfa_reset::cli::ApproveArgs;
 use mfa_reset::commands;
 use mfa_reset::domain::{ResetRequest, Status, UserRef, REQUEST_VERSION};
 use mfa_reset::trust::requests::{
-    approve, SealedBatch, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER,
+    approve, sign_replay, SealedBatch, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER,
+    REPLAY_HEADER,
 };
 use mfa_reset::trust::signer::generate_ed25519;
 use mfa_reset::trust::Signer;
@@ -308,5 +309,97 @@ async fn a_big_batch_waits_until_a_second_person_approves_it_and_only_that_list(
     assert_eq!(approved.approved_by, env.keys.approver.principal);
     let view = env.wait_batch(&enqueued.batch, 60).await;
     assert_eq!(view.counts().get(&Status::Reset).copied(), Some(5));
+    env.cleanup().await;
+}
+
+/// Wait until the outcomes stream holds `n` outcomes of `id` (or fail after a generous deadline).
+async fn wait_outcomes(env: &TestEnv, id: uuid::Uuid, n: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = env.outcome_counts().await.get(&id).copied().unwrap_or(0);
+        if got >= n {
+            assert_eq!(got, n, "more outcomes of {id} than runs allowed");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{got} of {n} outcomes of {id} after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_request_republished_with_a_higher_replay_runs_only_with_an_admin_grant() {
+    let mut env = TestEnv::new("req-replay", tenant(3)).await;
+    env.setup().await;
+    let topology = env.topology();
+    let requester = Signer::from_key_file(&env.keys.requester.path).expect("requester key");
+    let original = vec![request("replay-grant", 0)];
+    let id = original[0].request_id;
+    let sealed = SealedBatch::seal(
+        &original,
+        &env.keys.requester.principal,
+        &requester,
+        Utc::now(),
+    )
+    .expect("seal");
+    env.publish_raw_with(
+        &topology.intake(),
+        "request",
+        &body(&original[0]),
+        headers_of(&sealed, 0, None),
+    )
+    .await;
+    env.start_worker(2);
+    wait_outcomes(&env, id, 1).await;
+    let after_first = env.sim.stats();
+    assert!(
+        after_first.methods_deleted > 0,
+        "the first run reset the user"
+    );
+
+    // Anyone with broker credentials re-sends the verified request as replay 1, unsigned.
+    let mut again = original[0].clone();
+    again.replay = 1;
+    env.publish_raw_with(
+        &topology.intake(),
+        "request",
+        &body(&again),
+        headers_of(&sealed, 0, None),
+    )
+    .await;
+    wait_dead(&env, 1).await;
+    let after_forged = env.sim.stats();
+    assert_eq!(
+        (after_forged.methods_deleted, after_forged.graph_requests),
+        (after_first.methods_deleted, after_first.graph_requests),
+        "the unsigned replay never reached Graph: no second deletion"
+    );
+    assert_eq!(env.outcome_counts().await.get(&id).copied(), Some(1));
+    assert_eq!(
+        dead_letters(&env).await,
+        vec![("unsigned".to_string(), original[0].user.to_string())]
+    );
+
+    // The same replay granted by the admin (`dlq replay --yes --key`) runs.
+    let admin = Signer::from_key_file(&env.keys.admin.path).expect("admin key");
+    let mut granted = original[0].clone();
+    granted.replay = 2;
+    let grant = sign_replay(&granted, &admin).expect("grant");
+    let headers = Headers::default()
+        .str(MANIFEST_HEADER, &sealed.manifest.to_header())
+        .str(PROOF_HEADER, &sealed.proof_header(0))
+        .str(REPLAY_HEADER, &grant);
+    env.publish_raw_with(
+        &topology.intake(),
+        "request",
+        &body(&granted),
+        headers.build(),
+    )
+    .await;
+    wait_outcomes(&env, id, 2).await;
+    env.stop_workers().await;
+    assert_eq!(env.queue_len(&topology.dead()).await, 0);
     env.cleanup().await;
 }

@@ -681,6 +681,7 @@ fn a_manifest_signed_here_verifies_with_ssh_keygen_and_an_approval_by_ssh_keygen
             manifest: Some(&manifest),
             proof: Some(&proof),
             approval: Some(&approval),
+            replay: None,
         };
         let Verdict::Verified(who) = verdict(request, seal, &policy, now()) else {
             panic!("request {i} refused");
