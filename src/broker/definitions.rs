@@ -13,17 +13,21 @@
 //! |---|---|---|---|---|
 //! | setup | `{p}-setup` | everything of `{p}` | everything of `{p}` | everything of `{p}` |
 //! | producer (`enqueue`) | `{p}-producer` | – | `{p}.intake` | – |
-//! | worker (`work`) | `{p}-worker` | – | `{p}` (retries, dead letters, outcomes) | `{p}.requests`, `{p}.outcomes`, `{p}.control` |
+//! | worker (`work`) | `{p}-worker` | its own `amq.gen-…` queue | `{p}` (retries, dead letters, outcomes), `{p}.fleet` | `{p}.requests`, `{p}.outcomes`, `{p}.control`, `{p}.fleet` |
 //! | approver (`approve`) | `{p}-approver` | – | `{p}.intake` | `{p}.awaiting`, `{p}.outcomes` |
 //! | admin (`halt`, `resume`, `dlq`) | `{p}-admin` | – | `{p}` (the control stream's route), `{p}.intake` | `{p}.dead`, `{p}.outcomes`, `{p}.control` |
 //! | reader (`status`, `report`, `audit`) | `{p}-reader` | – | – | `{p}.outcomes`, `{p}.control` |
 //!
-//! Only `setup` may configure: every other command checks the topology passively and says
+//! Only `setup` may configure the topology (a worker only its own server-named, exclusive
+//! heartbeat queue, `amq.gen-…`): every other command checks the topology passively and says
 //! "run `mfa-reset setup`" when something is missing. Passwords are generated here, stored in
 //! the file as RabbitMQ's salted SHA-256 hash (`rabbit_password_hashing_sha256`), and written
 //! in clear only to a second file created 0600 for the operator to move into a secret store.
 
 use base64::Engine as _;
+
+/// The names RabbitMQ gives server-named queues (a worker's heartbeat queue on `{p}.fleet`).
+const PRIVATE_QUEUE: &str = "^amq\\.gen-.*$";
 use rand::Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -113,10 +117,15 @@ impl Role {
                 write: only(&["intake"]),
                 read: nothing(),
             },
+            // Besides the topology: its own server-named, exclusive queue on `{p}.fleet`
+            // (heartbeats and shared pauses), which it declares, binds and consumes.
             Role::Worker => Rights {
-                configure: nothing(),
-                write: only(&[""]),
-                read: only(&["requests", "outcomes", "control"]),
+                configure: PRIVATE_QUEUE.to_string(),
+                write: format!("{}|{PRIVATE_QUEUE}", only(&["", "fleet"])),
+                read: format!(
+                    "{}|{PRIVATE_QUEUE}",
+                    only(&["requests", "outcomes", "control", "fleet"])
+                ),
             },
             Role::Approver => Rights {
                 configure: nothing(),
@@ -290,7 +299,12 @@ mod tests {
     fn only_setup_may_configure_and_producers_write_only_the_intake() {
         for role in Role::ALL {
             let rights = role.rights("mfa-reset");
-            assert_eq!(rights.configure.is_empty(), role != Role::Setup, "{role:?}");
+            match role {
+                Role::Setup => assert!(!rights.configure.is_empty()),
+                // Only its own server-named heartbeat queue, nothing of the topology.
+                Role::Worker => assert_eq!(rights.configure, PRIVATE_QUEUE),
+                _ => assert!(rights.configure.is_empty(), "{role:?}"),
+            }
         }
         assert_eq!(
             Role::Producer.rights("mfa-reset").write,
@@ -298,10 +312,13 @@ mod tests {
         );
         assert_eq!(Role::Producer.rights("mfa-reset").read, "");
         assert_eq!(Role::Reader.rights("mfa-reset").write, "");
-        assert_eq!(Role::Worker.rights("mfa-reset").write, "^mfa-reset()$");
+        assert_eq!(
+            Role::Worker.rights("mfa-reset").write,
+            "^mfa-reset(|\\.fleet)$|^amq\\.gen-.*$"
+        );
         assert_eq!(
             Role::Worker.rights("a.b").read,
-            "^a\\.b(\\.requests|\\.outcomes|\\.control)$"
+            "^a\\.b(\\.requests|\\.outcomes|\\.control|\\.fleet)$|^amq\\.gen-.*$"
         );
     }
 

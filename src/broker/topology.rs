@@ -336,8 +336,21 @@ impl Topology {
 
     /// Declare `{p}.fleet` (as [`Topology::declare`] does) and this worker connection's queue
     /// on it, bound; returns the queue's name.
+    ///
+    /// The exchange is checked passively (`setup` declares it; [`Topology::ensure`] has run),
+    /// so a worker's broker user needs configure rights on its own server-named queue only.
     pub async fn declare_fleet_queue(&self, channel: &Channel) -> lapin::Result<String> {
-        self.declare_fleet_exchange(channel).await?;
+        channel
+            .exchange_declare(
+                self.fleet().as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
         let mut args = FieldTable::default();
         // Classic: a private, transient queue (quorum queues cannot be exclusive).
         args.insert("x-queue-type".into(), long_str("classic"));
