@@ -65,9 +65,9 @@ impl KeySet {
             });
         }
         let allowed_signers = dir.join("allowed_signers");
-        std::fs::write(&allowed_signers, lines).map_err(|source| SignerError::Read {
+        std::fs::write(&allowed_signers, lines).map_err(|error| SignerError::Read {
             path: allowed_signers.display().to_string(),
-            source,
+            error,
         })?;
         let mut files = files.into_iter();
         let mut next = || {

@@ -39,12 +39,12 @@ enum Backend {
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
     /// The key file could not be read.
-    #[error("cannot read key file {path}: {source}")]
+    #[error("cannot read key file {path}: {error}")]
     Read {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (shown in the message, not chained: error chains would say it twice).
+        error: std::io::Error,
     },
     /// The file holds no OpenSSH key.
     #[error("{path} is not an OpenSSH private or public key: pass the key file ssh-keygen wrote (id_ed25519) or its .pub with the key loaded in ssh-agent")]
@@ -143,9 +143,9 @@ impl Signer {
         use std::os::unix::fs::PermissionsExt as _;
         let name = path.display().to_string();
         let mode = std::fs::metadata(path)
-            .map_err(|source| SignerError::Read {
+            .map_err(|error| SignerError::Read {
                 path: name.clone(),
-                source,
+                error,
             })?
             .permissions()
             .mode();
@@ -317,9 +317,9 @@ pub(crate) fn armor(blob: &[u8]) -> String {
 fn read_key_file(path: &Path) -> Result<String, SignerError> {
     use std::io::Read as _;
     let name = path.display().to_string();
-    let read = |source| SignerError::Read {
+    let read = |error| SignerError::Read {
         path: name.clone(),
-        source,
+        error,
     };
     let file = std::fs::File::open(path).map_err(read)?;
     let mut text = String::new();
@@ -344,9 +344,9 @@ pub fn write_key_pair(key: &PrivateKey, path: &Path) -> Result<(), SignerError> 
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let name = path.display().to_string();
-    let write_error = |source| SignerError::Read {
+    let write_error = |error| SignerError::Read {
         path: name.clone(),
-        source,
+        error,
     };
     let private = key
         .to_openssh(LineEnding::LF)
