@@ -189,19 +189,8 @@ impl Topology {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        channel
-            .exchange_declare(
-                self.exchange().as_str().into(),
-                // Direct: each routing key names exactly one queue; no pattern matching needed.
-                ExchangeKind::Direct,
-                ExchangeDeclareOptions {
-                    // Survives a broker restart together with the durable queues bound to it.
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        // Direct: each routing key names exactly one queue; no pattern matching needed.
+        durable_exchange(channel, &self.exchange(), ExchangeKind::Direct).await?;
 
         let mut requests = FieldTable::default();
         // Quorum: replicated and durable, the type RabbitMQ recommends when losing a message matters.
@@ -268,20 +257,10 @@ impl Topology {
         self.queue(channel, &self.outcomes(), durable, outcomes, RK_OUTCOME)
             .await?;
 
-        channel
-            .exchange_declare(
-                self.intake().as_str().into(),
-                // Its own exchange, so a producer's broker user can be given write access to
-                // it alone (least authority): it cannot publish outcomes-as-a-worker, retries
-                // or dead letters, and every request it sends is still verified by workers.
-                ExchangeKind::Direct,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        // Its own exchange, so a producer's broker user can be given write access to it
+        // alone (least authority): it cannot publish outcomes-as-a-worker, retries or dead
+        // letters, and every request it sends is still verified by workers.
+        durable_exchange(channel, &self.intake(), ExchangeKind::Direct).await?;
         let mut awaiting = FieldTable::default();
         // A stream: `approve` reads it without consuming, so a batch stays visible (and
         // re-approvable) until it ages out; nothing in it runs until approved.
@@ -315,23 +294,9 @@ impl Topology {
         control.insert("x-max-age".into(), long_str("365D"));
         self.queue(channel, &self.control(), durable, control, RK_CONTROL)
             .await?;
-        self.declare_fleet_exchange(channel).await
-    }
-
-    async fn declare_fleet_exchange(&self, channel: &Channel) -> lapin::Result<()> {
-        channel
-            .exchange_declare(
-                self.fleet().as_str().into(),
-                // Fanout: every worker gets every heartbeat and pause.
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    // Declared with the rest; what goes through it is live only, never kept.
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
+        // Fanout: every worker gets every heartbeat and pause. Durable like the rest; what goes
+        // through it is live only, never kept.
+        durable_exchange(channel, &self.fleet(), ExchangeKind::Fanout).await
     }
 
     /// Declare `{p}.fleet` (as [`Topology::declare`] does) and this worker connection's queue
@@ -431,6 +396,22 @@ fn tier_label(d: Duration) -> String {
     } else {
         format!("{}ms", d.as_millis())
     }
+}
+
+/// Declare `name` as a durable exchange of `kind`: it survives a broker restart together with
+/// the durable queues bound to it.
+async fn durable_exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 #[cfg(test)]
