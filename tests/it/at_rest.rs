@@ -152,6 +152,7 @@ async fn restore_needs_the_restore_key_and_another_key_restores_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_checks_protection_again_and_leaves_a_now_protected_user_alone() {
     let mut env = TestEnv::new("rest-protect", fixture_tenant()).await;
+    env.settings.reset.skip_admins = true;
     let (_dir, identity) = restore_key(&mut env);
     let view = reset(&mut env, &[ADELE]).await;
     let batch = view.manifest().unwrap().batch.clone();
