@@ -297,6 +297,30 @@ mod tests {
         );
     }
 
+    /// What a backup costs: `cargo test --release --lib -- --ignored --nocapture
+    /// sealing_and_opening_cost`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn sealing_and_opening_cost() {
+        let key = BackupIdentity::generate();
+        let recipient = key.recipient();
+        let n = 2000u32;
+        let started = std::time::Instant::now();
+        let sealed: Vec<String> = (0..n)
+            .map(|_| recipient.seal(ALICE_PHONE, "+1 5555551234"))
+            .collect();
+        let seal = started.elapsed() / n;
+        let started = std::time::Instant::now();
+        for s in &sealed {
+            assert_eq!(key.open(s, ALICE_PHONE).unwrap(), "+1 5555551234");
+        }
+        let open = started.elapsed() / n;
+        println!(
+            "per backed-up value: seal {seal:?}, open {open:?} ({} bytes of base64)",
+            sealed[0].len()
+        );
+    }
+
     #[test]
     fn backup_on_without_a_recipient_refuses_naming_the_setting_and_the_fix() {
         let mut reset = ResetSettings::default();
