@@ -139,6 +139,17 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
         .as_deref()
         .map(|path| BackupIdentity::from_file(path).context("--identity"))
         .transpose()?;
+    if let Some(identity) = &identity {
+        let configured = settings.reset.backup_recipient.trim();
+        let ours = identity.recipient().to_string();
+        if !configured.is_empty() && configured != ours {
+            // Not fatal: a batch backed up before the key was rotated opens with the old key.
+            eprintln!(
+                "note: --identity is the key of {ours}, not reset.backup_recipient \
+                 ({configured}): backups sealed to the configured key will not open with it"
+            );
+        }
+    }
     // Only values from verified worker records are ever re-created.
     let view = super::status::load(settings, &args.batch).await?;
     if let Some(warning) = super::status::ignored_warning(&view, &args.batch) {
