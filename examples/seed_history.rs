@@ -97,6 +97,7 @@ fn outcome(batch: &str, i: usize) -> Record {
         approved_by: None,
         reason: None,
         item: None,
+        tap: None,
         notes: Vec::new(),
     }))
 }

@@ -32,6 +32,8 @@
 //! - [`records`]: the worker's plan and outcome records sealed (signed, hash-chained) when
 //!   written and verified when read; only verified ones count.
 //! - [`control`]: signed admin commands (`halt`, `resume`) on the control stream.
+//! - [`tap`]: the Temporary Access Pass after a reset: settings check, sealed to the
+//!   helpdesk's age key on the outcome, opened by the console with its identity.
 //! - [`trust`]: signatures (OpenSSH sshsig, ssh-agent), allowed signers, Merkle batches, record chains.
 //!
 //! The Graph simulator used by tests, the demo and the benchmarks is the workspace's
@@ -51,6 +53,7 @@ pub mod intake;
 pub mod net;
 pub mod records;
 pub mod reset;
+pub mod tap;
 pub mod telemetry;
 pub mod trust;
 pub mod worker;

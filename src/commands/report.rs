@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::domain::Outcome;
 
 /// The CSV report's columns, in order (a contract: scripts read them).
-pub const CSV_COLUMNS: [&str; 13] = [
+pub const CSV_COLUMNS: [&str; 15] = [
     "user",
     "status",
     "methods_removed",
@@ -24,6 +24,11 @@ pub const CSV_COLUMNS: [&str; 13] = [
     "request_id",
     "finished_at",
     "notes",
+    // `true`/`false` when a Temporary Access Pass was asked for, empty when not; the pass
+    // itself is never in a report in clear (the JSONL report carries it sealed).
+    "tap_issued",
+    // Graph's code (or ours) when a requested pass was not issued.
+    "tap_error_code",
 ];
 
 /// Run the command.
@@ -108,7 +113,7 @@ pub fn write_jsonl(view: &BatchView, out: &mut dyn Write) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn csv_row(o: &Outcome) -> [String; 13] {
+fn csv_row(o: &Outcome) -> [String; 15] {
     let join = |v: &[crate::domain::MethodRecord]| {
         v.iter().map(|m| m.short()).collect::<Vec<_>>().join(";")
     };
@@ -126,6 +131,11 @@ fn csv_row(o: &Outcome) -> [String; 13] {
         o.request_id.to_string(),
         o.finished_at.to_rfc3339(),
         o.notes.join("; "),
+        o.tap_issued().map(|t| t.to_string()).unwrap_or_default(),
+        o.tap
+            .as_ref()
+            .and_then(|t| t.error_code.clone())
+            .unwrap_or_default(),
     ]
 }
 

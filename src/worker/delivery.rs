@@ -207,6 +207,7 @@ async fn run(ctx: &Ctx, request: &ResetRequest) -> Attempt {
             &worker.protected,
             earlier,
             &journal,
+            worker.tap.as_ref(),
         ),
     )
     .await;

@@ -283,6 +283,7 @@ mod tests {
                 approved_by: None,
                 reason: None,
                 item: None,
+                tap: None,
                 notes: Vec::new(),
             }))
         };

@@ -92,6 +92,8 @@ struct Worker {
     reader: RecordReader,
     /// Halt and hourly cap.
     gate: Gate,
+    /// `tap.recipient`: the helpdesk key every Temporary Access Pass is sealed to.
+    tap: Option<crate::tap::TapRecipient>,
 }
 
 /// This worker's name in outcomes and dead letters.
@@ -137,6 +139,7 @@ pub async fn run(
     let principal = sealer.check_allowed(reader.allowed())?;
     tracing::info!(key = %sealer.fingerprint(), %principal, "signing records with worker.key");
     let scope = Scope::from_settings(&settings.reset.methods)?;
+    let tap = crate::tap::TapRecipient::from_settings(&settings.tap)?;
     let Some(protected) = resolve_protected(settings, &graph, &metrics, &cancel).await? else {
         return Ok(());
     };
@@ -158,6 +161,7 @@ pub async fn run(
         sealer,
         reader,
         gate: Gate::new(settings.security.max_resets_per_hour),
+        tap,
     });
     let connection_name = format!("mfa-reset worker {}", worker.name);
     let mut delays = reconnect_backoff().build();

@@ -18,4 +18,5 @@ mod pipeline;
 mod records;
 mod reliability;
 mod requests;
+mod tap;
 mod trust;

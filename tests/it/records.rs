@@ -63,6 +63,7 @@ fn forged_outcome(batch: &str, user: &UserRef) -> Record {
         approved_by: None,
         reason: None,
         item: None,
+        tap: None,
         notes: Vec::new(),
     }))
 }
