@@ -114,6 +114,7 @@ fn outcome(batch: &str, i: usize) -> Record {
         replay_key: None,
         reason: None,
         item: None,
+        tap: None,
         notes: Vec::new(),
     }))
 }

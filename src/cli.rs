@@ -128,6 +128,10 @@ pub struct EnqueueArgs {
     /// Also revoke each user's sign-in sessions.
     #[arg(long)]
     pub revoke_sessions: bool,
+    /// After each reset, issue a Temporary Access Pass (lifetime and one-time use from
+    /// `[tap]`), encrypted to tap.recipient on the outcome. Signed with the batch.
+    #[arg(long)]
+    pub tap: bool,
     /// Confirm a batch larger than intake.confirm_above.
     #[arg(long, short = 'y')]
     pub yes: bool,

@@ -41,6 +41,8 @@ pub struct Settings {
     pub console: ConsoleSettings,
     /// Ticket systems allowed to call the webhook, and their secrets.
     pub webhook: WebhookSettings,
+    /// The Temporary Access Pass issued after a reset, on request.
+    pub tap: TapSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -621,6 +623,36 @@ impl Default for WebhookSettings {
         Self {
             secrets: Default::default(),
             max_body: 16 * 1024,
+        }
+    }
+}
+
+/// `[tap]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TapSettings {
+    /// Lifetime of a pass issued for `enqueue --tap` or a ticket with `"tap": true`: whole
+    /// minutes from 10 minutes to 30 days (Graph's `lifetimeInMinutes`); the tenant's TAP
+    /// policy may allow less, and Graph then refuses the pass (reported, not failing the reset).
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+    /// The pass works for one sign-in only (`isUsableOnce`).
+    pub usable_once: bool,
+    /// The helpdesk's age public key (`age1…`, X25519). Workers encrypt every pass to it;
+    /// empty = passes are not issued (a request asking for one reports `tap_no_recipient`).
+    pub recipient: String,
+    /// Path of the matching age identity file (`AGE-SECRET-KEY-1…`), for the console to
+    /// show a pass once to an operator. Empty = the console cannot show passes.
+    pub identity: String,
+}
+
+impl Default for TapSettings {
+    fn default() -> Self {
+        Self {
+            lifetime: Duration::from_secs(3600),
+            usable_once: true,
+            recipient: String::new(),
+            identity: String::new(),
         }
     }
 }

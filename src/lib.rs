@@ -34,6 +34,8 @@
 //! - [`backup`]: backed-up phone numbers and emails encrypted to the restore key (age X25519)
 //!   by workers, opened only by `restore --identity`.
 //! - [`control`]: signed admin commands (`halt`, `resume`) on the control stream.
+//! - [`tap`]: the Temporary Access Pass after a reset: settings check, sealed to the
+//!   helpdesk's age key on the outcome, opened by the console with its identity.
 //! - [`trust`]: signatures (OpenSSH sshsig, ssh-agent), allowed signers, Merkle batches, record chains.
 //!
 //! The Graph simulator used by tests, the demo and the benchmarks is the workspace's
@@ -54,6 +56,7 @@ pub mod intake;
 pub mod net;
 pub mod records;
 pub mod reset;
+pub mod tap;
 pub mod telemetry;
 pub mod trust;
 pub mod worker;

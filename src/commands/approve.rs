@@ -565,6 +565,19 @@ fn print_summary(settings: &Settings, candidate: &Candidate, admins: Option<&Adm
                 ""
             }
         );
+        if let Some(tap) = &first.tap {
+            // The approver sees that a credential will be issued, as signed in the request.
+            let _ = writeln!(
+                err,
+                "tap:          a Temporary Access Pass after the reset ({} minutes, {})",
+                tap.lifetime_minutes,
+                if tap.usable_once {
+                    "one sign-in"
+                } else {
+                    "reusable until it expires"
+                }
+            );
+        }
         if let Some(reason) = &first.reason {
             let _ = writeln!(err, "reason:       {}", printable(reason));
         }

@@ -144,6 +144,7 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
             batch: None,
             dry_run: false,
             revoke_sessions: true,
+            tap: false,
             yes: true,
             requested_by: Some("demo".into()),
             reason: Some("demo: mass re-registration after an incident".into()),

@@ -283,6 +283,7 @@ async fn group_plan(settings: &Settings, group: &str, transitive: bool) -> anyho
             reason: None,
             requested_by: None,
             revoke_sessions: None,
+            tap: None,
         });
     }
     Ok(intake::plan_rows(format!("group:{group}"), rows))
@@ -309,6 +310,12 @@ fn print_summary(plan: &Plan, args: &EnqueueArgs) {
             "left as they are (add --revoke-sessions to revoke)"
         }
     );
+    if args.tap {
+        let _ = writeln!(
+            err,
+            "tap:      a Temporary Access Pass after each reset, encrypted to tap.recipient"
+        );
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -322,6 +329,13 @@ async fn publish(
     awaiting_approval: bool,
 ) -> anyhow::Result<u64> {
     let now = Utc::now();
+    // Checked before anything is published whenever a pass may be asked for (`--tap`, or
+    // ticket events, which may say `"tap": true`): a bad tap.lifetime fails the whole batch.
+    let tap = if args.tap || args.tickets.is_some() {
+        Some(settings.tap.request()?)
+    } else {
+        None
+    };
     let request_of = |row: IntakeRow| ResetRequest {
         version: REQUEST_VERSION,
         request_id: ResetRequest::id_for(batch, &row.user),
@@ -334,6 +348,7 @@ async fn publish(
         revoke_sessions: row.revoke_sessions.unwrap_or(args.revoke_sessions),
         requested_at: now,
         replay: 0,
+        tap: tap.filter(|_| row.tap.unwrap_or(args.tap)),
         carry: None,
     };
     // Pass 1: the Merkle tree of the requests, and the signed manifest holding its root.

@@ -9,7 +9,7 @@ use crate::domain::Outcome;
 
 /// The CSV report's columns, in order (a contract: scripts read them).
 /// Columns are only ever added at the end.
-pub const CSV_COLUMNS: [&str; 16] = [
+pub const CSV_COLUMNS: [&str; 18] = [
     "user",
     "status",
     "methods_removed",
@@ -26,6 +26,11 @@ pub const CSV_COLUMNS: [&str; 16] = [
     "replay",
     "replayed_by",
     "replay_key",
+    // `true`/`false` when a Temporary Access Pass was asked for, empty when not; the pass
+    // itself is never in a report in clear (the JSONL report carries it sealed).
+    "tap_issued",
+    // Graph's code (or ours) when a requested pass was not issued.
+    "tap_error_code",
 ];
 
 /// Run the command.
@@ -80,7 +85,7 @@ pub fn write_jsonl(view: &BatchView, out: &mut dyn Write) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn csv_row(o: &Outcome) -> [String; 16] {
+fn csv_row(o: &Outcome) -> [String; 18] {
     let join = |v: &[crate::domain::MethodRecord]| {
         v.iter().map(|m| m.short()).collect::<Vec<_>>().join(";")
     };
@@ -101,6 +106,11 @@ fn csv_row(o: &Outcome) -> [String; 16] {
         o.replay.to_string(),
         o.replayed_by.clone().unwrap_or_default(),
         o.replay_key.clone().unwrap_or_default(),
+        o.tap_issued().map(|t| t.to_string()).unwrap_or_default(),
+        o.tap
+            .as_ref()
+            .and_then(|t| t.error_code.clone())
+            .unwrap_or_default(),
     ]
 }
 

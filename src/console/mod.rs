@@ -1,6 +1,7 @@
 //! `mfa-reset serve`: the web console and the ticket API, one axum process beside the workers.
 //!
 //! - [`webhook`]: Standard Webhooks verification, pure.
+//! - [`tap`]: a user's Temporary Access Pass, opened with `tap.identity` and shown once.
 //! - [`tickets`]: `POST /api/v1/tickets` (one signed request per ticket) and
 //!   `GET /api/v1/tickets/{ticket}` (its outcome, from the outcomes stream).
 //!
@@ -12,6 +13,7 @@
 pub mod oidc;
 pub mod pages;
 pub mod session;
+pub mod tap;
 pub mod tickets;
 pub mod uploads;
 pub mod webhook;
@@ -60,6 +62,10 @@ pub struct Console {
     pub uploads: uploads::Uploads,
     /// Every batch on the outcomes stream, folded.
     pub batches: Arc<std::sync::Mutex<uploads::Batches>>,
+    /// `tap.identity`: opens the Temporary Access Passes on outcomes.
+    pub tap_identity: Option<crate::tap::TapIdentity>,
+    /// Passes this console has shown (each only once).
+    pub tap_shown: tap::Shown,
 }
 
 impl Console {
@@ -114,6 +120,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         )
         .context("console.key")?;
         Some((signer, principal))
+    };
+    let tap_identity = match settings.tap.identity.trim() {
+        "" => None,
+        path => Some(crate::tap::TapIdentity::load(std::path::Path::new(path))?),
     };
     let topology = Topology::new(&settings.broker, &settings.retry);
     // Declares the topology, so the outcomes stream exists before it is followed.
@@ -188,6 +198,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         signer,
         uploads: Default::default(),
         batches,
+        tap_identity,
+        tap_shown: Default::default(),
         settings,
         sources,
         publisher: tokio::sync::Mutex::new(Some(publisher)),
@@ -225,6 +237,12 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/v1/uploads/{id}/submit", post(uploads::submit))
         .route("/api/v1/batches/{batch}/events", get(uploads::batch_events))
         .route("/api/v1/batches/{batch}/approve", post(uploads::approve))
+        .route("/batches/{batch}/tap/{request_id}", get(tap::page_view))
+        .route(
+            "/api/v1/batches/{batch}/tap/{request_id}",
+            post(tap::reveal),
+        )
+        .route("/tap.js", get(tap::script))
         .route("/api/v1/tickets", post(tickets::create))
         .route("/api/v1/tickets/{ticket}", get(tickets::outcome))
         .layer(axum::middleware::map_response(security_headers))

@@ -192,6 +192,12 @@ async fn publish(console: &Console, call: &Verified, row: IntakeRow) -> anyhow::
         .clone()
         .unwrap_or_else(|| format!("{SOURCE_PREFIX}{}", call.source));
     let now = Utc::now();
+    // `"tap": true` takes lifetime and one-time use from `[tap]`; a bad tap.lifetime is the
+    // deployment's fault, refused before anything is published.
+    let tap = match row.tap {
+        Some(true) => Some(console.settings.tap.request()?),
+        _ => None,
+    };
     let request = ResetRequest {
         version: REQUEST_VERSION,
         request_id,
@@ -204,6 +210,7 @@ async fn publish(console: &Console, call: &Verified, row: IntakeRow) -> anyhow::
         revoke_sessions: row.revoke_sessions.unwrap_or(false),
         requested_at: now,
         replay: 0,
+        tap,
         carry: None,
     };
     // A batch of one, signed by the console's key (namespace mfa-reset-request): the
@@ -283,6 +290,10 @@ pub struct TicketRequest {
     /// When the outcome was recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// The Temporary Access Pass, when the ticket asked for one: `issued`, and the pass
+    /// sealed to the helpdesk key (`sealed`, an armored age file: `age -d -i KEY`) or why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tap: Option<crate::domain::TapOutcome>,
 }
 
 /// Ticket → the requests raised for it, built from the outcomes stream.
@@ -330,6 +341,7 @@ impl TicketIndex {
                             methods_removed: 0,
                             sessions_revoked: false,
                             finished_at: None,
+                            tap: None,
                         });
                         entries.last_mut().expect("just pushed")
                     }
@@ -340,6 +352,7 @@ impl TicketIndex {
                 entry.methods_removed = o.methods_removed.len();
                 entry.sessions_revoked = o.sessions_revoked;
                 entry.finished_at = Some(o.finished_at);
+                entry.tap = o.tap.clone();
             }
             Record::Plan(_) | Record::Marker { .. } => {}
         }
@@ -381,6 +394,7 @@ impl TicketIndex {
             methods_removed: 0,
             sessions_revoked: false,
             finished_at: None,
+            tap: None,
         });
     }
 

@@ -57,7 +57,7 @@ pub type Batches = HashMap<String, BatchView>;
 /// The session of an API call that must hold `role` (401/403 JSON otherwise), with the CSRF
 /// header checked when `csrf` is set.
 #[allow(clippy::result_large_err)]
-fn authorised(
+pub(super) fn authorised(
     console: &Console,
     headers: &HeaderMap,
     role: Role,
@@ -323,6 +323,7 @@ pub async fn submit(
         batch: None,
         dry_run: upload.dry_run,
         revoke_sessions: upload.revoke_sessions,
+        tap: false,
         yes: true,
         requested_by: Some(upload.upn.clone()),
         reason: Some(format!("console upload by {}", upload.upn)),

@@ -5,6 +5,8 @@ mod outcome;
 mod request;
 mod user;
 
-pub use outcome::{mask_email, mask_phone, MethodRecord, Outcome, Status};
-pub use request::{BatchManifest, Carry, PlanRecord, Record, ResetRequest, REQUEST_VERSION};
+pub use outcome::{mask_email, mask_phone, MethodRecord, Outcome, Status, TapOutcome};
+pub use request::{
+    BatchManifest, Carry, PlanRecord, Record, ResetRequest, TapRequest, REQUEST_VERSION,
+};
 pub use user::{UserRef, UserRefError};

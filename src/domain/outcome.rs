@@ -152,6 +152,45 @@ pub struct Outcome {
     /// every index without a verified outcome, so a deleted last record is found too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<u64>,
+    /// The Temporary Access Pass, when the request asked for one: issued (encrypted) or
+    /// why not. Absent when not asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<TapOutcome>,
+}
+
+impl Outcome {
+    /// `Some(true)` when a Temporary Access Pass was issued, `Some(false)` when one was asked
+    /// for and not issued, `None` when none was asked for: the report's `tap_issued`.
+    pub fn tap_issued(&self) -> Option<bool> {
+        self.tap.as_ref().map(|tap| tap.issued)
+    }
+}
+
+/// What became of a requested Temporary Access Pass. Never holds the pass in clear: only
+/// `sealed`, an ASCII-armored age file encrypted to `tap.recipient`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TapOutcome {
+    /// Created by Graph and sealed here.
+    pub issued: bool,
+    /// Lifetime in minutes, as Graph created it (or as asked, when not issued).
+    pub lifetime_minutes: u32,
+    /// Usable for one sign-in only.
+    pub usable_once: bool,
+    /// Graph's method id of the pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method_id: Option<String>,
+    /// When it becomes usable (Graph's `startDateTime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// The pass encrypted to the helpdesk key: `age -d -i KEY` opens it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
+    /// Graph's error code (or ours: `tap_no_recipient`, `tap_not_after_reset`, …) when not issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Why not issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
 }
 
 /// `+1 5555551234` → `+1 ******1234`: country code and last four digits stay.

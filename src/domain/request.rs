@@ -42,10 +42,26 @@ pub struct ResetRequest {
     /// executed again instead of being absorbed as a duplicate.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub replay: u32,
+    /// Issue a Temporary Access Pass once the methods are gone (opt-in). Part of the signed
+    /// Merkle leaf like every field but `carry` and `replay`: nobody can add it to a signed
+    /// request. Absent (not `null`) when not asked, so older leaves stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<TapRequest>,
     /// What earlier attempts of this request already did (set when it goes to a delay tier),
     /// so the final outcome still lists every method removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carry: Option<Carry>,
+}
+
+/// A Temporary Access Pass to create after the reset (Graph's `lifetimeInMinutes`,
+/// `isUsableOnce`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TapRequest {
+    /// Lifetime in minutes (Graph accepts 10..=43200; the tenant policy may narrow it).
+    pub lifetime_minutes: u32,
+    /// Usable for one sign-in only.
+    pub usable_once: bool,
 }
 
 /// The methods one attempt of a request is about to delete.

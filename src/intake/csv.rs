@@ -241,6 +241,7 @@ impl Layout {
             reason,
             requested_by: None,
             revoke_sessions: None,
+            tap: None,
         })
     }
 }

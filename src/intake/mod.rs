@@ -41,6 +41,8 @@ pub struct IntakeRow {
     pub requested_by: Option<String>,
     /// Per-row override of `--revoke-sessions` (ticket events).
     pub revoke_sessions: Option<bool>,
+    /// Per-row override of `--tap` (ticket events): a Temporary Access Pass after the reset.
+    pub tap: Option<bool>,
 }
 
 /// One bad row or line.
@@ -431,6 +433,7 @@ mod tests {
             reason: None,
             requested_by: None,
             revoke_sessions: None,
+            tap: None,
         }
     }
 

@@ -17,12 +17,13 @@ use super::{
 };
 
 /// The fields an event may have.
-pub const TICKET_FIELDS: [&str; 5] = [
+pub const TICKET_FIELDS: [&str; 6] = [
     "ticket",
     "user",
     "reason",
     "requested_by",
     "revoke_sessions",
+    "tap",
 ];
 
 /// One ticket event as it arrives.
@@ -39,6 +40,9 @@ struct TicketEvent {
     requested_by: Option<String>,
     #[serde(default)]
     revoke_sessions: Option<bool>,
+    /// Issue a Temporary Access Pass after the reset (lifetime and use from `[tap]`).
+    #[serde(default)]
+    tap: Option<bool>,
 }
 
 const EXAMPLE: &str = r#"{"ticket":"INC0012345","user":"alice@contoso.com"}"#;
@@ -169,6 +173,7 @@ fn parse_line(line: u64, text: &str, ends_line: bool) -> Result<IntakeRow, RowEr
         reason: parse_text(line, "reason", event.reason.as_deref())?,
         requested_by: parse_text(line, "requested_by", event.requested_by.as_deref())?,
         revoke_sessions: event.revoke_sessions,
+        tap: event.tap,
     })
 }
 

@@ -27,8 +27,9 @@ use uuid::Uuid;
 
 use crate::backup::{BackupRecipient, Binding};
 use crate::config::ResetSettings;
-use crate::domain::{MethodRecord, ResetRequest, Status, UserRef};
+use crate::domain::{MethodRecord, ResetRequest, Status, TapOutcome, TapRequest, UserRef};
 use crate::graph::{self, AuthMethod, DirectoryUser, GraphClient, Listing, Privilege, Registered};
+use crate::tap::TapRecipient;
 
 pub use plan::{DefaultMethod, MethodKind, MethodType, Scope};
 
@@ -49,6 +50,10 @@ pub struct Executed {
     pub graph_calls: u32,
     /// What a reader should know that is not an error (see `Outcome::notes`).
     pub notes: Vec<String>,
+    /// The Temporary Access Pass issued (sealed) after the reset, or why not; `None` when it
+    /// was not tried (not asked, or the reset did not end `reset`). Boxed: rarely there,
+    /// and it would make every attempt's value large.
+    pub tap: Option<Box<TapOutcome>>,
 }
 
 /// A reset that must be tried again later (retryable error after the in-process retries),
@@ -248,12 +253,18 @@ pub struct Policy<'a> {
 ///
 /// The user is resolved to its object id first, and every later call addresses that id:
 /// a rename between the checks and the deletes cannot redirect them to another account.
+///
+/// When the request asks for a Temporary Access Pass and the reset ends `reset`, the pass
+/// is created last and sealed to `tap` (the helpdesk key) at once; a pass Graph refuses is
+/// reported on the outcome with Graph's code and leaves the reset as it is.
+#[allow(clippy::too_many_arguments)] // Each is a separate, borrowed part of the worker.
 pub async fn execute(
     graph: &GraphClient,
     req: &ResetRequest,
     policy: Policy<'_>,
     earlier: Earlier,
     journal: &dyn Journal,
+    tap: Option<&TapRecipient>,
 ) -> Result<Executed, RetryLater> {
     let Policy {
         settings,
@@ -273,6 +284,7 @@ pub async fn execute(
         journal,
         notes: Vec::new(),
         listing: listing_for(scope),
+        tap,
     };
     match run.reset(req, settings, scope, protected).await {
         Ok(done) => Ok(done),
@@ -286,6 +298,7 @@ pub async fn execute(
                 error: Some((error.code(), error.to_string())),
                 graph_calls: run.calls,
                 notes: run.notes,
+                tap: None,
             })
         }
         Err(cause) => Err(RetryLater {
@@ -368,6 +381,8 @@ struct Run<'a> {
     notes: Vec<String>,
     /// How methods are listed (v1.0, plus beta's hardware OATH collection when in scope).
     listing: Listing,
+    /// The helpdesk key a Temporary Access Pass is sealed to (`tap.recipient`).
+    tap: Option<&'a TapRecipient>,
 }
 
 impl Run<'_> {
@@ -407,6 +422,7 @@ impl Run<'_> {
             error: Some((code.to_string(), message)),
             graph_calls: self.calls,
             notes: std::mem::take(&mut self.notes),
+            tap: None,
         }
     }
 
@@ -462,6 +478,7 @@ impl Run<'_> {
                 error: None,
                 graph_calls: self.calls,
                 notes: std::mem::take(&mut self.notes),
+                tap: None,
             });
         }
 
@@ -498,6 +515,14 @@ impl Run<'_> {
         let mut remaining_records: Vec<MethodRecord> =
             remaining.iter().map(|m| m.record()).collect();
         remaining_records.extend(unknown.iter().map(|m| m.record()));
+        // Last, once the listing shows the methods gone: a pass before that would be removed
+        // with them, or sit beside a method the user still has.
+        let tap = match req.tap {
+            Some(asked) if conclusion.status == Status::Reset => {
+                Some(Box::new(self.issue_tap(&user, asked).await))
+            }
+            _ => None,
+        };
         Ok(Executed {
             status: conclusion.status,
             removed: std::mem::take(&mut self.removed),
@@ -506,7 +531,55 @@ impl Run<'_> {
             error: conclusion.error,
             graph_calls: self.calls,
             notes: std::mem::take(&mut self.notes),
+            tap,
         })
+    }
+
+    /// Create the Temporary Access Pass and seal it to the helpdesk key before anything
+    /// else sees it. Every failure is reported (Graph's code), none fails the reset; the
+    /// pass itself is never logged, and dropped (zeroised) here once sealed.
+    async fn issue_tap(&mut self, user: &DirectoryUser, asked: TapRequest) -> TapOutcome {
+        let not_issued = |code: String, message: String| TapOutcome {
+            issued: false,
+            lifetime_minutes: asked.lifetime_minutes,
+            usable_once: asked.usable_once,
+            error_code: Some(code),
+            error_message: Some(message),
+            ..TapOutcome::default()
+        };
+        let Some(recipient) = self.tap else {
+            return not_issued(
+                "tap_no_recipient".into(),
+                "tap.recipient is not set on this worker: a pass is only issued encrypted to \
+                 the helpdesk's age key; none was created"
+                    .into(),
+            );
+        };
+        self.calls += 1;
+        let created = self
+            .graph
+            .create_temporary_access_pass(user, asked.lifetime_minutes, asked.usable_once)
+            .await;
+        let pass = match created {
+            Ok(pass) => pass,
+            Err(error) => {
+                tracing::info!(user = %user, code = %error.code(), "Graph did not create the Temporary Access Pass");
+                return not_issued(error.code(), error.to_string());
+            }
+        };
+        match recipient.seal(&pass.pass) {
+            Ok(sealed) => TapOutcome {
+                issued: true,
+                lifetime_minutes: pass.lifetime_in_minutes,
+                usable_once: pass.is_usable_once,
+                method_id: Some(pass.id).filter(|id| !id.is_empty()),
+                start: pass.start_date_time,
+                sealed: Some(sealed),
+                error_code: None,
+                error_message: None,
+            },
+            Err(error) => not_issued("tap_seal_failed".into(), error.to_string()),
+        }
     }
 
     /// The user's methods. When beta's hardware OATH collection cannot be read (a permanent

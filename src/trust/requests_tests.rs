@@ -22,6 +22,7 @@ fn request(batch: &str, i: usize) -> ResetRequest {
         revoke_sessions: true,
         requested_at: now() - Duration::minutes(1),
         replay: 0,
+        tap: None,
         carry: None,
     }
 }

@@ -210,6 +210,7 @@ async fn run(ctx: &Ctx, request: &ResetRequest) -> Attempt {
             },
             earlier,
             &journal,
+            worker.tap.as_ref(),
         ),
     )
     .await;

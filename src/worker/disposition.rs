@@ -23,7 +23,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::config::ResetSettings;
-use crate::domain::{Carry, MethodRecord, Outcome, ResetRequest, Status, REQUEST_VERSION};
+use crate::domain::{
+    Carry, MethodRecord, Outcome, ResetRequest, Status, TapOutcome, REQUEST_VERSION,
+};
 use crate::graph::Class;
 use crate::reset::{self, Executed, Interrupted, RetryLater};
 use crate::trust::requests::{Refusal, Verified};
@@ -375,6 +377,7 @@ fn stopped(done: Done, code: String, message: String) -> Executed {
         error: Some((code, message)),
         graph_calls: 0,
         notes: Vec::new(),
+        tap: None,
     }
 }
 
@@ -401,6 +404,7 @@ fn expired(request: &ResetRequest, rules: &Rules<'_>) -> Executed {
         )),
         graph_calls: 0,
         notes: Vec::new(),
+        tap: None,
     }
 }
 
@@ -417,6 +421,7 @@ fn protected() -> Executed {
         )),
         graph_calls: 0,
         notes: Vec::new(),
+        tap: None,
     }
 }
 
@@ -446,6 +451,7 @@ fn outcome(
     rules: &Rules<'_>,
 ) -> Outcome {
     let (error_code, error_message) = executed.error.unzip();
+    let tap = tap_outcome(request, executed.status, executed.tap);
     Outcome {
         request_id: request.request_id,
         batch: request.batch.clone(),
@@ -470,7 +476,43 @@ fn outcome(
         replay_key: who.replayed_by.as_ref().map(|r| r.key.clone()),
         reason: request.reason.clone(),
         item: Some(who.item),
+        tap,
     }
+}
+
+/// What the outcome says about a requested Temporary Access Pass: what the reset did with
+/// it, or, when it was not tried, why (a pass is only issued once a reset ended `reset`).
+fn tap_outcome(
+    request: &ResetRequest,
+    status: Status,
+    tried: Option<Box<TapOutcome>>,
+) -> Option<TapOutcome> {
+    let asked = request.tap?;
+    if let Some(tried) = tried {
+        return Some(*tried);
+    }
+    let (code, message) = if request.dry_run {
+        (
+            "dry_run",
+            "dry run: a Temporary Access Pass would be issued after the reset".to_string(),
+        )
+    } else {
+        (
+            "tap_not_after_reset",
+            format!(
+                "no Temporary Access Pass: the reset ended {status}, and a pass is issued only \
+                 once every method is gone (status reset)"
+            ),
+        )
+    };
+    Some(TapOutcome {
+        issued: false,
+        lifetime_minutes: asked.lifetime_minutes,
+        usable_once: asked.usable_once,
+        error_code: Some(code.into()),
+        error_message: Some(message),
+        ..TapOutcome::default()
+    })
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ fn request() -> ResetRequest {
         revoke_sessions: true,
         requested_at: now() - chrono::Duration::minutes(5),
         replay: 2,
+        tap: None,
         carry: None,
     }
 }
@@ -58,6 +59,7 @@ fn executed(status: Status, removed: Vec<MethodRecord>) -> Executed {
         error: None,
         graph_calls: 7,
         notes: vec!["kept a method".into()],
+        tap: None,
     }
 }
 
@@ -216,6 +218,7 @@ fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset_a
         replay_key: None,
         reason: Some("lost phone".into()),
         item: Some(7),
+        tap: None,
     };
     assert_eq!(got, expected);
 }
@@ -527,5 +530,64 @@ fn a_request_met_by_a_halt_or_the_hourly_cap_goes_back_unexecuted_with_its_attem
         decide_for(Attempt::Paused(why.clone()), 3, 2),
         Disposition::HandBack { reason: why },
         "handed back as it came: no outcome, no retry tier, no attempt used"
+    );
+}
+
+#[test]
+fn a_pass_asked_for_is_reported_whatever_the_reset_did_and_absent_when_not_asked() {
+    let asked = ResetRequest {
+        tap: Some(crate::domain::TapRequest {
+            lifetime_minutes: 60,
+            usable_once: true,
+        }),
+        ..request()
+    };
+    let issued = TapOutcome {
+        issued: true,
+        lifetime_minutes: 60,
+        usable_once: true,
+        sealed: Some("-----BEGIN AGE ENCRYPTED FILE-----".into()),
+        ..TapOutcome::default()
+    };
+    let outcome_of = |request: &ResetRequest, status: Status, tap: Option<TapOutcome>| {
+        let executed = Executed {
+            tap: tap.map(Box::new),
+            ..executed(status, vec![method("a")])
+        };
+        recorded(decide(
+            Delivered::Tried(request, &verified(), Attempt::Executed(executed)),
+            1,
+            &rules(2),
+        ))
+    };
+
+    // Issued by the reset: carried as it is.
+    let got = outcome_of(&asked, Status::Reset, Some(issued.clone()));
+    assert_eq!(
+        (got.tap.clone(), got.tap_issued()),
+        (Some(issued), Some(true))
+    );
+    // The reset ended otherwise: not issued, and why.
+    let got = outcome_of(&asked, Status::Partial, None);
+    let tap = got.tap.clone().expect("reported");
+    assert_eq!(
+        (tap.issued, tap.error_code.as_deref()),
+        (false, Some("tap_not_after_reset"))
+    );
+    assert!(tap.error_message.unwrap_or_default().contains("partial"));
+    // A dry run says so.
+    let dry = ResetRequest {
+        dry_run: true,
+        ..asked.clone()
+    };
+    let got = outcome_of(&dry, Status::DryRun, None);
+    assert_eq!(
+        got.tap.and_then(|t| t.error_code).as_deref(),
+        Some("dry_run")
+    );
+    // Not asked: nothing about a pass.
+    assert_eq!(
+        outcome_of(&request(), Status::Reset, None).tap_issued(),
+        None
     );
 }

@@ -285,6 +285,7 @@ mod tests {
                 replay_key: None,
                 reason: None,
                 item: None,
+                tap: None,
                 notes: Vec::new(),
             }))
         };

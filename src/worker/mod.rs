@@ -95,6 +95,8 @@ struct Worker {
     reader: RecordReader,
     /// Halt and hourly cap.
     gate: Gate,
+    /// `tap.recipient`: the helpdesk key every Temporary Access Pass is sealed to.
+    tap: Option<crate::tap::TapRecipient>,
 }
 
 /// This worker's name in outcomes and dead letters.
@@ -145,6 +147,7 @@ pub async fn run(
     if let Some(recipient) = &backup {
         tracing::info!(%recipient, "backing up phone numbers and emails, encrypted to reset.backup_recipient");
     }
+    let tap = crate::tap::TapRecipient::from_settings(&settings.tap)?;
     let Some(protected) = resolve_protected(settings, &graph, &metrics, &cancel).await? else {
         return Ok(());
     };
@@ -167,6 +170,7 @@ pub async fn run(
         sealer,
         reader,
         gate: Gate::new(settings.security.max_resets_per_hour),
+        tap,
     });
     let connection_name = format!("mfa-reset worker {}", worker.name);
     let mut delays = reconnect_backoff().build();

@@ -135,6 +135,7 @@ mod tests {
             revoke_sessions: false,
             requested_at: Utc::now(),
             replay: 0,
+            tap: None,
             carry: None,
         }
     }

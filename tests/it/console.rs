@@ -1194,3 +1194,124 @@ async fn a_big_upload_waits_until_a_different_signed_in_approver_approves_it() {
     serve.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_asking_for_a_pass_gets_it_sealed_and_an_operator_sees_it_once() {
+    let mut env = TestEnv::new("console-tap", tenant(6)).await;
+    let key = age::x25519::Identity::generate();
+    let identity_file = tempfile::NamedTempFile::new().expect("identity file");
+    std::fs::write(
+        identity_file.path(),
+        format!(
+            "# helpdesk\n{}\n",
+            secrecy::ExposeSecret::expose_secret(&key.to_string())
+        ),
+    )
+    .expect("write identity");
+    env.settings.tap.recipient = key.to_public().to_string();
+    env.setup().await;
+    env.start_worker(2);
+    let mut extra = oidc_env(&env);
+    extra.push((
+        "MFA_RESET__TAP__IDENTITY",
+        identity_file.path().display().to_string(),
+    ));
+    let serve = Serve::start_with(&env, &extra).await;
+    let sim = env.sim.url();
+    let user = graph_sim::tenant::upn_for_index(1);
+
+    // The ticket system asks for a pass in the webhook body.
+    let body = json!({"ticket": "INC-TAP-1", "user": user, "tap": true}).to_string();
+    let (status, accepted) = serve.post(SERVICENOW, "msg-tap-1", now(), &body).await;
+    assert_eq!(status, 202, "{accepted}");
+    let batch = accepted["batch"].as_str().expect("batch").to_string();
+    let request_id = accepted["request_id"].as_str().expect("id").to_string();
+    let done = serve.wait_done("INC-TAP-1").await;
+    let request = &done["requests"][0];
+    assert_eq!(request["status"], "reset", "{done}");
+    assert_eq!(request["tap"]["issued"], true, "{done}");
+    // What the ticket system gets is sealed: it opens with the helpdesk key to Graph's pass.
+    let sealed = request["tap"]["sealed"].as_str().expect("sealed pass");
+    let created: Value = reqwest::get(format!("{sim}/_sim/users/{user}/tap"))
+        .await
+        .expect("sim")
+        .json()
+        .await
+        .expect("json");
+    let created = created["temporaryAccessPass"]
+        .as_str()
+        .expect("a pass")
+        .to_string();
+    assert!(!done.to_string().contains(&created), "the pass in clear");
+    let opened = age::decrypt(&key, sealed.as_bytes()).expect("opens with the helpdesk key");
+    assert_eq!(String::from_utf8(opened).expect("utf-8"), created);
+
+    let page_url = format!("{}/batches/{batch}/tap/{request_id}", serve.url);
+    let api_url = format!("{}/api/v1/batches/{batch}/tap/{request_id}", serve.url);
+    let mut viewer = Browser::new();
+    sign_in(
+        &mut viewer,
+        &serve.url,
+        &sim,
+        &graph_sim::tenant::upn_for_index(4),
+        &["viewer"],
+    )
+    .await;
+    assert_eq!(viewer.get(&page_url).await.status().as_u16(), 403);
+    let mut operator = Browser::new();
+    sign_in(
+        &mut operator,
+        &serve.url,
+        &sim,
+        &graph_sim::tenant::upn_for_index(5),
+        &["operator"],
+    )
+    .await;
+    // The console learns the outcome from the stream: wait for the page to know it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let html = loop {
+        let page = operator.get(&page_url).await;
+        if page.status().as_u16() == 200 {
+            break page.text().await.expect("page");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the console did not show the pass page in 60 s: {}",
+            page.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        !html.contains(&created),
+        "the page holds the pass before it is asked for"
+    );
+    let csrf = csrf_of(&html);
+    assert_eq!(
+        operator
+            .post_raw(&api_url, "wrong", "")
+            .await
+            .status()
+            .as_u16(),
+        403,
+        "without the session's CSRF token"
+    );
+    let first = operator.post_raw(&api_url, &csrf, "").await;
+    assert_eq!(first.status().as_u16(), 200);
+    assert_eq!(
+        first
+            .headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-store")
+    );
+    let shown: Value = first.json().await.expect("json");
+    assert_eq!(shown["temporary_access_pass"], created.as_str());
+    let second = operator.post_raw(&api_url, &csrf, "").await;
+    assert_eq!(second.status().as_u16(), 410);
+    let second: Value = second.json().await.expect("json");
+    assert_eq!(second["error"], "already_shown", "{second}");
+    assert!(!second.to_string().contains(&created));
+
+    serve.stop().await;
+    env.cleanup().await;
+}

@@ -771,6 +771,7 @@ async fn an_expired_request_is_not_executed() {
         revoke_sessions: true,
         requested_at: old,
         replay: 0,
+        tap: None,
         carry: None,
     };
     let manifest = Record::Manifest(BatchManifest {

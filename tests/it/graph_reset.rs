@@ -467,6 +467,7 @@ async fn a_late_attempt_keeps_a_method_the_user_registered_after_the_request() {
         revoke_sessions: false,
         requested_at,
         replay: 0,
+        tap: None,
         carry: None,
     };
     let manifest = Record::Manifest(BatchManifest {

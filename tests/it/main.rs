@@ -19,4 +19,5 @@ mod pipeline;
 mod records;
 mod reliability;
 mod requests;
+mod tap;
 mod trust;

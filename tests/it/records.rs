@@ -65,6 +65,7 @@ fn forged_outcome(batch: &str, user: &UserRef) -> Record {
         replay_key: None,
         reason: None,
         item: None,
+        tap: None,
         notes: Vec::new(),
     }))
 }

@@ -242,6 +242,7 @@ async fn a_request_delivered_again_after_its_outcome_is_recorded_does_not_touch_
             revoke_sessions: false,
             requested_at: chrono::Utc::now(),
             replay: 0,
+            tap: None,
             carry: None,
         };
         again.push(request);
@@ -295,6 +296,7 @@ async fn a_redelivered_request_whose_outcome_is_recorded_is_acked_without_a_grap
         revoke_sessions: false,
         requested_at: chrono::Utc::now(),
         replay: 0,
+        tap: None,
         carry: None,
     };
     env.publish_signed(std::slice::from_ref(&request)).await;
@@ -356,6 +358,7 @@ async fn a_redelivered_request_whose_outcome_is_recorded_is_acked_without_a_grap
         replay_key: None,
         reason: None,
         item: None,
+        tap: None,
     };
     let publish = dying.create_channel().await.expect("channel");
     publish

@@ -48,6 +48,7 @@ fn request(batch: &str, i: usize) -> ResetRequest {
         revoke_sessions: true,
         requested_at: Utc::now(),
         replay: 0,
+        tap: None,
         carry: None,
     }
 }

@@ -633,6 +633,7 @@ fn a_manifest_signed_here_verifies_with_ssh_keygen_and_an_approval_by_ssh_keygen
                 revoke_sessions: false,
                 requested_at: now(),
                 replay: 0,
+                tap: None,
                 carry: None,
             }
         })

@@ -1,7 +1,8 @@
 //! The `/_sim` endpoints (no auth, not counted in stats): the state of every user, the
 //! counters, the fault knobs, the app's state (credentials, consent, permissions: break it and
 //! fix it), renaming a user, and switches tests use instead of waiting (expire every token,
-//! end the consistency delay); and [`UserView`], the snapshot tests and the demo read.
+//! end the consistency delay), the Temporary Access Pass policy and the last pass created per
+//! user; and [`UserView`], the snapshot tests and the demo read.
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use serde_json::{json, Value};
 use crate::auth::AppPatch;
 use crate::faults::FaultPatch;
 use crate::reply::{empty, json_response};
+use crate::tap::TapPolicyPatch;
 use crate::tenant::User;
 use crate::throttle::lock;
 use crate::Shared;
@@ -113,6 +115,11 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/users", get(users))
         .route("/users/{key}", get(user))
         .route("/users/{key}/rename", post(rename_user))
+        .route("/users/{key}/tap", get(user_tap))
+        .route(
+            "/policies/temporaryAccessPass",
+            get(tap_policy).post(set_tap_policy),
+        )
         .route("/app", get(app).post(set_app))
         .route("/stats", get(stats))
         .route("/stats/reset", post(reset_stats))
@@ -166,6 +173,39 @@ async fn rename_user(
     match tenant.rename(index, &rename.user_principal_name) {
         Ok(()) => json_response(StatusCode::OK, &json!(UserView::of(&tenant.users[index]))),
         Err(e) => json_response(StatusCode::CONFLICT, &json!({ "error": e })),
+    }
+}
+
+/// The last Temporary Access Pass created for a user, in clear: what Graph showed once in
+/// the create answer, kept here so tests can compare it with what the client delivered.
+async fn user_tap(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
+    let id = {
+        let tenant = lock(&shared.tenant);
+        tenant.find(&key).map(|i| tenant.users[i].id.clone())
+    };
+    let pass = id.and_then(|id| lock(&shared.taps).issued.get(&id).cloned());
+    match pass {
+        Some(pass) => json_response(StatusCode::OK, &json!({ "temporaryAccessPass": pass })),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no Temporary Access Pass created for {key}")}),
+        ),
+    }
+}
+
+async fn tap_policy(State(shared): State<Arc<Shared>>) -> Response {
+    json_response(StatusCode::OK, &json!(lock(&shared.taps).policy))
+}
+
+async fn set_tap_policy(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let patch = match serde_json::from_slice::<TapPolicyPatch>(&body) {
+        Ok(patch) => patch,
+        Err(e) => return json_response(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
+    };
+    let mut taps = lock(&shared.taps);
+    match taps.policy.apply(patch) {
+        Ok(()) => json_response(StatusCode::OK, &json!(taps.policy)),
+        Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({ "error": e })),
     }
 }
 

@@ -15,6 +15,8 @@
 //! - [`throttle`]: token buckets, Retry-After, throttle headers, violations.
 //! - [`faults`]: injected errors, ghost successes, dropped connections, latency, outages.
 //! - [`stats`]: counters served at `/_sim/stats`.
+//! - [`tap`]: the Temporary Access Pass policy (enabled, lifetimes, one-time use, length) and
+//!   the passes created.
 //! - [`reply`]: response builders in Graph's three error shapes.
 
 pub mod auth;
@@ -27,6 +29,7 @@ pub mod reply;
 mod router;
 pub mod server;
 pub mod stats;
+pub mod tap;
 pub mod tenant;
 pub mod throttle;
 
@@ -39,6 +42,7 @@ pub use faults::{FaultPatch, FaultSettings};
 pub use inspect::UserView;
 pub use server::{spawn, SimServer};
 pub use stats::SimStats;
+pub use tap::{TapPolicy, TapPolicyPatch, TapState};
 pub use tenant::{Fixture, GenOptions};
 pub use throttle::ThrottleSettings;
 
@@ -123,4 +127,6 @@ pub(crate) struct Shared {
     pub(crate) consistency_delay: Duration,
     pub(crate) deny_sign_in_preferences: bool,
     pub(crate) oidc: oidc::Oidc,
+    /// The Temporary Access Pass policy and the passes created.
+    pub(crate) taps: Mutex<tap::Taps>,
 }

@@ -155,6 +155,7 @@ pub async fn spawn(config: SimConfig, listen: SocketAddr) -> anyhow::Result<SimS
     }
     let shared = Arc::new(Shared {
         oidc: crate::oidc::Oidc::new()?,
+        taps: Mutex::new(crate::tap::Taps::default()),
         addr,
         policy: TokenPolicy {
             tenant_id: config.tenant_id.clone(),

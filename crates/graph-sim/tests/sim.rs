@@ -936,6 +936,73 @@ async fn tap_phone_and_email_methods_can_be_created() {
 }
 
 #[tokio::test]
+async fn the_tap_policy_bounds_what_may_be_created_and_the_pass_is_shown_only_once() {
+    let graph = Graph::start(fixture_config()).await;
+    let user = "already.clean%40contoso.com";
+    let taps = format!("/v1.0/users/{user}/authentication/temporaryAccessPassMethods");
+    let policy = "/_sim/policies/temporaryAccessPass";
+
+    // Narrowed: 30 minutes to 2 hours, default 45, one-time only.
+    let narrowed = graph
+        .post_sim(
+            policy,
+            json!({"minimumLifetimeInMinutes": 30, "maximumLifetimeInMinutes": 120,
+                   "defaultLifetimeInMinutes": 45, "isUsableOnce": true, "defaultLength": 12}),
+        )
+        .await;
+    assert_eq!(narrowed.status(), StatusCode::OK);
+    let too_long = graph.post(&taps, json!({"lifetimeInMinutes": 121})).await;
+    let reusable = graph
+        .post(
+            &taps,
+            json!({"lifetimeInMinutes": 60, "isUsableOnce": false}),
+        )
+        .await;
+    let defaulted = graph.post(&taps, json!({})).await;
+    assert_eq!(error_code(too_long).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(reusable).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(defaulted.status(), StatusCode::CREATED);
+    let defaulted: Value = defaulted.json().await.unwrap();
+    assert_eq!(defaulted["lifetimeInMinutes"], 45);
+    assert_eq!(defaulted["isUsableOnce"], true);
+    let pass = defaulted["temporaryAccessPass"]
+        .as_str()
+        .expect("the pass, once");
+    assert_eq!(pass.len(), 12);
+    // Only the simulator's own endpoint shows it again (for tests); Graph lists it as null.
+    let kept: Value = graph
+        .get(&format!("/_sim/users/{user}/tap"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kept["temporaryAccessPass"], pass);
+    let listed = graph.methods("v1.0", user).await;
+    assert!(listed
+        .iter()
+        .filter(|m| m["@odata.type"] == "#microsoft.graph.temporaryAccessPassAuthenticationMethod")
+        .all(|m| m["temporaryAccessPass"].is_null()));
+
+    // Disabled: refused as Entra refuses it.
+    let disabled = graph.post_sim(policy, json!({"state": "disabled"})).await;
+    assert_eq!(disabled.status(), StatusCode::OK);
+    let (status, code, message) = error_code(graph.post(&taps, json!({})).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "badRequest")
+    );
+    assert!(
+        message.contains("AuthMethodType [TemporaryAccessPass]"),
+        "{message}"
+    );
+    // A policy outside Graph's own bounds is not accepted.
+    let invalid = graph
+        .post_sim(policy, json!({"maximumLifetimeInMinutes": 50000}))
+        .await;
+    assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn a_token_is_refused_once_its_lifetime_has_passed() {
     // A lifetime of 0 s has passed as soon as the token is issued: no waiting on a clock.
     let sim = start_sim(SimConfig {

@@ -415,6 +415,7 @@ pub fn enqueue_args(
         batch: None,
         dry_run: false,
         revoke_sessions: false,
+        tap: false,
         yes: true,
         requested_by: Some("tests".into()),
         reason: None,

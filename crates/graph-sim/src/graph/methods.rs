@@ -17,6 +17,7 @@ use super::paths::{Collection, QrCode, QR_CODE_PIN_STEM};
 use super::Ctx;
 use crate::pipeline::too_many_requests;
 use crate::reply::{empty, odata_error};
+use crate::tap::{TapPolicy, TapState};
 use crate::tenant::{
     email_method, graph_date, phone_id, phone_method, DeletedMethod, Method, User,
 };
@@ -180,18 +181,44 @@ pub(super) fn create_email(user: &mut User, input: &Value) -> Result<Map<String,
     Ok(method.0)
 }
 
-pub(super) fn create_tap(user: &mut User, input: &Value) -> Result<Map<String, Value>, String> {
+/// Create a Temporary Access Pass as the tenant's policy allows: refused while the policy
+/// is disabled, outside its lifetime bounds, or reusable where it demands one-time use. The
+/// pass is shown in this answer only; the stored method keeps `temporaryAccessPass: null`.
+/// Returns the answer and the pass.
+pub(super) fn create_tap(
+    user: &mut User,
+    input: &Value,
+    policy: &TapPolicy,
+) -> Result<(Map<String, Value>, String), String> {
+    if policy.state != TapState::Enabled {
+        // The answer Entra gives when the authentication methods policy has TAP off.
+        return Err("Converged UserCredentialPolicy does not allow creating or updating this authentication method. AuthMethodType [TemporaryAccessPass].".into());
+    }
+    let (min, max) = (
+        u64::from(policy.minimum_lifetime_in_minutes),
+        u64::from(policy.maximum_lifetime_in_minutes),
+    );
     let lifetime = match input.get("lifetimeInMinutes") {
-        None => 60,
+        None => u64::from(policy.default_lifetime_in_minutes),
         Some(v) => v
             .as_u64()
             .filter(|m| (10..=43_200).contains(m))
             .ok_or_else(|| format!("lifetimeInMinutes {v} is out of range 10..43200."))?,
     };
-    let usable_once = input
-        .get("isUsableOnce")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    if !(min..=max).contains(&lifetime) {
+        return Err(format!(
+            "lifetimeInMinutes {lifetime} is outside the Temporary Access Pass policy's range {min}..{max}."
+        ));
+    }
+    let usable_once = match input.get("isUsableOnce") {
+        None => policy.is_usable_once,
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| format!("isUsableOnce {v} is not a boolean."))?,
+    };
+    if policy.is_usable_once && !usable_once {
+        return Err("The Temporary Access Pass policy only allows one-time use passes (isUsableOnce must be true).".into());
+    }
     let now = Utc::now();
     let start = match text_field(input, "startDateTime") {
         None => now,
@@ -201,7 +228,7 @@ pub(super) fn create_tap(user: &mut User, input: &Value) -> Result<Map<String, V
     };
     let pass: String = rand::rng()
         .sample_iter(Alphanumeric)
-        .take(8)
+        .take(policy.default_length as usize)
         .map(char::from)
         .collect();
     let id = Uuid::new_v4().to_string();
@@ -224,6 +251,6 @@ pub(super) fn create_tap(user: &mut User, input: &Value) -> Result<Map<String, V
     user.methods.retain(|m| m.stem() != "temporaryAccessPass");
     user.methods.push(Method(stored.clone()));
     let mut shown = stored;
-    shown.insert("temporaryAccessPass".into(), Value::String(pass));
-    Ok(shown)
+    shown.insert("temporaryAccessPass".into(), Value::String(pass.clone()));
+    Ok((shown, pass))
 }

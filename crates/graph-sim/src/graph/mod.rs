@@ -273,7 +273,13 @@ fn execute(ctx: &Ctx<'_>, route: Route, query: &Query, body: &[u8]) -> Response 
             let created = match c.stem {
                 "phone" => methods::create_phone(user, &input),
                 "email" => methods::create_email(user, &input),
-                _ => methods::create_tap(user, &input),
+                _ => {
+                    let mut taps = lock(&shared.taps);
+                    methods::create_tap(user, &input, &taps.policy).map(|(shown, pass)| {
+                        taps.issued.insert(user.id.clone(), pass);
+                        shown
+                    })
+                }
             };
             match created {
                 Ok(mut shown) => {
