@@ -343,6 +343,19 @@ pub async fn submit(
                 }
                 submitted.insert(e.batch.clone(), session.oid.clone());
             }
+            super::audit::record(
+                &console,
+                &session,
+                "batch_submitted",
+                Some(&e.batch),
+                serde_json::json!({
+                    "count": e.count,
+                    "awaiting_approval": e.awaiting_approval,
+                    "dry_run": upload.dry_run,
+                    "revoke_sessions": upload.revoke_sessions,
+                }),
+            )
+            .await;
             tracing::info!(batch = %e.batch, count = e.count, operator = %super::printable(&session.upn), oid = %session.oid, "batch submitted from the console");
             Json(serde_json::json!({
                 "batch": e.batch,
@@ -485,6 +498,18 @@ pub async fn approve(
     };
     match crate::commands::approve::run(&console.settings, &args).await {
         Ok(approved) => {
+            super::audit::record(
+                &console,
+                &session,
+                "batch_approved",
+                Some(&batch),
+                serde_json::json!({
+                    "count": approved.count,
+                    "signed_as": approved.approved_by,
+                    "manifest": approved.manifest.to_string(),
+                }),
+            )
+            .await;
             tracing::info!(batch = %batch, count = approved.count, approver = %super::printable(&session.upn), oid = %session.oid, principal = %approved.approved_by, "batch approved from the console");
             Json(serde_json::json!({
                 "batch": batch,
