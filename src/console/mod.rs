@@ -76,6 +76,9 @@ pub struct Console {
     pub audit_chain: tokio::sync::Mutex<crate::trust::ChainWriter>,
     /// The intake exchange (the console's records go to the outcomes stream through it).
     pub topology_intake: String,
+    /// Cancelled when the console stops: open event streams end, so the graceful shutdown
+    /// is not held by a browser watching a running batch.
+    pub shutdown: CancellationToken,
 }
 
 impl Console {
@@ -212,6 +215,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         replays: Default::default(),
         audit_chain: tokio::sync::Mutex::new(audit::new_chain()),
         topology_intake: topology.intake(),
+        shutdown: shutdown.clone(),
         settings,
         sources,
         publisher: tokio::sync::Mutex::new(Some(publisher)),

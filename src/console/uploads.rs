@@ -615,17 +615,27 @@ pub async fn batch_events(
             "no such batch",
         );
     }
+    // A fixed cadence (not a sleep after each snapshot): building the snapshot of a big batch
+    // does not stretch the interval between events.
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream = futures::stream::unfold(
-        (console, batch, false),
-        |(console, batch, done)| async move {
+        (console, batch, every, false),
+        |(console, batch, mut every, done)| async move {
             if done {
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::select! {
+                _ = every.tick() => {}
+                () = console.shutdown.cancelled() => return None,
+            }
             let now = snapshot(&console, &batch)?;
             let complete = now["complete"] == serde_json::Value::Bool(true);
             let event = Event::default().event("counts").data(now.to_string());
-            Some((Ok::<_, Infallible>(event), (console, batch, complete)))
+            Some((
+                Ok::<_, Infallible>(event),
+                (console, batch, every, complete),
+            ))
         },
     );
     Sse::new(stream)

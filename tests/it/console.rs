@@ -1571,3 +1571,215 @@ async fn dead_letters_replay_only_after_a_different_approver_approves_and_every_
     serve.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_on_sigterm_while_a_browser_watches_a_batch_that_is_still_running() {
+    let env = TestEnv::new("console-stop", tenant(2)).await;
+    env.setup().await;
+    let serve = Serve::start_with(&env, &oidc_env(&env)).await;
+    let mut operator = Browser::new();
+    sign_in(
+        &mut operator,
+        &serve.url,
+        &env.sim.url(),
+        &graph_sim::tenant::upn_for_index(1),
+        &["operator"],
+    )
+    .await;
+    let csrf = csrf_of(
+        &operator
+            .get(&format!("{}/batches/new", serve.url))
+            .await
+            .text()
+            .await
+            .expect("page"),
+    );
+    // No worker runs: the batch stays at 0 of 1, and its event stream stays open.
+    let preview: Value = operator
+        .post_raw(
+            &format!("{}/api/v1/uploads?name=one.csv", serve.url),
+            &csrf,
+            &format!("user\n{}\n", graph_sim::tenant::upn_for_index(0)),
+        )
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let submitted: Value = operator
+        .post_raw(
+            &format!(
+                "{}/api/v1/uploads/{}/submit",
+                serve.url,
+                preview["upload"].as_str().expect("upload id")
+            ),
+            &csrf,
+            "",
+        )
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let batch = submitted["batch"].as_str().expect("batch");
+    let mut events = operator
+        .http
+        .get(format!("{}/api/v1/batches/{batch}/events", serve.url))
+        .header("cookie", operator.cookie_header())
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(events.status().as_u16(), 200);
+    let first = events.chunk().await.expect("stream").expect("an event");
+    assert!(String::from_utf8_lossy(&first).contains("\"complete\":false"));
+    // Stopped with the stream open: it ends, and serve exits 0 (Serve::stop asserts both).
+    serve.stop().await;
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = events.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the event stream ended with the console");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: cargo test --test it console::measure -- --ignored --nocapture"]
+async fn measure_the_watch_stream_of_a_10000_user_batch() {
+    use mfa_reset::broker::topology::RK_OUTCOME;
+    use mfa_reset::broker::{OutMessage, Publisher};
+    use mfa_reset::domain::{BatchManifest, Outcome, Status, UserRef};
+    use mfa_reset::trust::chain::{chain_id, ChainWriter};
+    use mfa_reset::trust::{Namespace, Signer};
+
+    let env = TestEnv::new("console-measure", tenant(2)).await;
+    env.setup().await;
+    // 10,000 outcomes of a 20,000-user batch: still running, so the events keep coming.
+    let batch = "20261128-1500-measure-0001";
+    let topology = env.topology();
+    let mut publisher = Publisher::connect(&env.settings.broker, &topology, "measure")
+        .await
+        .expect("publisher");
+    let manifest = Record::Manifest(BatchManifest {
+        batch: batch.into(),
+        count: 20_000,
+        source: "measure".into(),
+        dry_run: false,
+        revoke_sessions: false,
+        requested_by: Some("ops@contoso.com".into()),
+        created_at: chrono::Utc::now(),
+        sealed: None,
+    });
+    let send = |body: Vec<u8>| OutMessage::json(RK_OUTCOME, body).via(topology.intake());
+    publisher
+        .send(send(serde_json::to_vec(&manifest).expect("JSON")))
+        .await
+        .expect("manifest");
+    let signer = Signer::from_key_file(&env.keys.worker.path).expect("worker key");
+    let mut chain = ChainWriter::new(chain_id(batch, "measure"), Namespace::Worker);
+    for i in 0..10_000u64 {
+        let status = if i % 7 == 0 {
+            Status::Failed
+        } else {
+            Status::Reset
+        };
+        let outcome = Record::Outcome(Box::new(Outcome {
+            request_id: uuid::Uuid::new_v4(),
+            batch: batch.into(),
+            user: UserRef::parse(&format!("user{i}@contoso.com")).expect("upn"),
+            status,
+            methods_removed: Vec::new(),
+            methods_remaining: Vec::new(),
+            sessions_revoked: false,
+            attempts: 1,
+            error_code: (status == Status::Failed).then(|| "Authorization_RequestDenied".into()),
+            error_message: None,
+            ticket: None,
+            finished_at: chrono::Utc::now(),
+            worker: "measure".into(),
+            graph_calls: 3,
+            replay: 0,
+            dry_run: false,
+            requested_by: None,
+            approved_by: None,
+            reason: None,
+            item: Some(i),
+            notes: Vec::new(),
+        }));
+        let sealed = chain.seal(&outcome, &signer).expect("seal");
+        publisher
+            .send(send(serde_json::to_vec(&sealed).expect("JSON")))
+            .await
+            .expect("outcome");
+    }
+    publisher.close().await.expect("flush");
+
+    let serve = Serve::start_with(&env, &oidc_env(&env)).await;
+    let mut viewer = Browser::new();
+    sign_in(
+        &mut viewer,
+        &serve.url,
+        &env.sim.url(),
+        &graph_sim::tenant::upn_for_index(1),
+        &["viewer"],
+    )
+    .await;
+    // The console reads the stream from its start: the batch is known once it got that far.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut response = loop {
+        let response = viewer
+            .http
+            .get(format!("{}/api/v1/batches/{batch}/events", serve.url))
+            .header("cookie", viewer.cookie_header())
+            .send()
+            .await
+            .expect("events");
+        if response.status() == 200 {
+            break response;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "batch known in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut seen = String::new();
+    let mut arrivals = Vec::new();
+    let mut sizes = Vec::new();
+    while arrivals.len() < 10 {
+        let chunk = response.chunk().await.expect("stream").expect("open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = seen.find("\n\n") {
+            let event: String = seen.drain(..end + 2).collect();
+            if let Some(data) = event.split("data: ").nth(1) {
+                let value: Value = serde_json::from_str(data.trim()).expect("JSON");
+                if value["finished"] == 10_000 {
+                    arrivals.push(std::time::Instant::now());
+                    sizes.push(data.len());
+                }
+            }
+        }
+    }
+    let gaps: Vec<u128> = arrivals
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    eprintln!(
+        "MEASURE 10,000 outcomes: event every {gaps:?} ms, {} bytes each",
+        sizes[0]
+    );
+    let started = std::time::Instant::now();
+    let page: Value = viewer
+        .get(&format!(
+            "{}/api/v1/batches/{batch}/users?status=not_reset&q=user99&limit=50",
+            serve.url
+        ))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    eprintln!(
+        "MEASURE users page (not_reset, q=user99): {} ms, total {}",
+        started.elapsed().as_millis(),
+        page["total"]
+    );
+    serve.stop().await;
+    env.cleanup().await;
+}
