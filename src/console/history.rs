@@ -204,17 +204,7 @@ pub async fn dead_letters_page(
     let letter_rows: String = letters
         .iter()
         .take(DEAD_LETTER_ROWS)
-        .map(|l| {
-            format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(l.user.as_deref().unwrap_or("(not a request)")),
-                escape(l.batch.as_deref().unwrap_or("")),
-                escape(&l.error_code),
-                l.attempts,
-                escape(l.failed_at.as_deref().unwrap_or("")),
-                escape(&l.error_message),
-            )
-        })
+        .map(letter_row)
         .collect();
     let requests: Vec<ReplayRequest> = console
         .replays
@@ -266,6 +256,20 @@ pub async fn dead_letters_page(
         ),
     ))
     .into_response()
+}
+
+/// One dead letter as a table row: everything in it came off the queue, so all of it is
+/// escaped.
+fn letter_row(l: &crate::commands::dlq::DeadLetter) -> String {
+    format!(
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        escape(l.user.as_deref().unwrap_or("(not a request)")),
+        escape(l.batch.as_deref().unwrap_or("")),
+        escape(&l.error_code),
+        l.attempts,
+        escape(l.failed_at.as_deref().unwrap_or("")),
+        escape(&l.error_message),
+    )
 }
 
 /// `POST /api/v1/replays` body.
@@ -499,4 +503,35 @@ async fn run_replay(console: &Console, request: &ReplayRequest) -> anyhow::Resul
         &signer,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::dlq::DeadLetter;
+
+    #[test]
+    fn markup_in_a_dead_letter_is_shown_as_text() {
+        let row = letter_row(&DeadLetter {
+            user: Some("<script>alert(1)</script>".into()),
+            batch: Some("b\"><img src=x onerror=alert(2)>".into()),
+            error_code: "<b>code</b>".into(),
+            error_message: "</td><script>x</script>".into(),
+            attempts: 2,
+            failed_at: None,
+            request_id: None,
+        });
+        assert!(!row.contains("<script"), "{row}");
+        assert!(!row.contains("<img"), "{row}");
+        assert!(!row.contains("<b>"), "{row}");
+        assert_eq!(
+            row.matches("<td>").count(),
+            6,
+            "no cell broken out of: {row}"
+        );
+        assert!(
+            row.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{row}"
+        );
+    }
 }
