@@ -367,6 +367,8 @@ mod tests {
             reason: None,
             item: None,
             notes: Vec::new(),
+            replayed_by: None,
+            replay_key: None,
         }))
     }
 

@@ -1702,6 +1702,8 @@ async fn measure_the_watch_stream_of_a_10000_user_batch() {
             reason: None,
             item: Some(i),
             notes: Vec::new(),
+            replayed_by: None,
+            replay_key: None,
         }));
         let sealed = chain.seal(&outcome, &signer).expect("seal");
         publisher
