@@ -10,14 +10,18 @@
 //! id and the workers' exactly-once ledger absorbs it; what the tickets API answers is rebuilt
 //! from the outcomes stream at start.
 
+pub mod audit;
+pub mod history;
 pub mod oidc;
 pub mod pages;
 pub mod session;
 pub mod tap;
 pub mod tickets;
 pub mod uploads;
+pub mod watch;
 pub mod webhook;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -66,6 +70,21 @@ pub struct Console {
     pub tap_identity: Option<crate::tap::TapIdentity>,
     /// Passes this console has shown (each only once).
     pub tap_shown: tap::Shown,
+    /// Woken whenever the outcomes stream brings a record (handlers waiting for a batch this
+    /// process just submitted to show up).
+    pub batches_changed: Arc<tokio::sync::Notify>,
+    /// Batches this process submitted, with the submitting person's object id: the
+    /// two-person check compares identities, not only the UPN the manifest carries.
+    pub submitted: std::sync::Mutex<HashMap<String, String>>,
+    /// Replays operators asked for, waiting for (or done after) an approver.
+    pub replays: history::ReplayRequests,
+    /// This process's chain of console actions on the audit record.
+    pub audit_chain: tokio::sync::Mutex<crate::trust::ChainWriter>,
+    /// The intake exchange (the console's records go to the outcomes stream through it).
+    pub topology_intake: String,
+    /// Cancelled when the console stops: open event streams end, so the graceful shutdown
+    /// is not held by a browser watching a running batch.
+    pub shutdown: CancellationToken,
 }
 
 impl Console {
@@ -133,6 +152,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let sink = index.clone();
     let batches: Arc<std::sync::Mutex<uploads::Batches>> = Arc::default();
     let batch_sink = batches.clone();
+    let batches_changed: Arc<tokio::sync::Notify> = Arc::default();
+    let changed = batches_changed.clone();
     // Only what verifies against security.allowed_signers: a forged outcome on the stream
     // never shows as a ticket's or a batch's result.
     let reader = crate::records::RecordReader::from_settings(&settings.security)?;
@@ -152,6 +173,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
                 .entry(batch.clone())
                 .or_insert_with(|| crate::batch::BatchView::new(&batch))
                 .apply(record.clone());
+            changed.notify_waiters();
         }
         if let Ok(mut index) = sink.lock() {
             index.record(record);
@@ -200,6 +222,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         batches,
         tap_identity,
         tap_shown: Default::default(),
+        batches_changed,
+        submitted: Default::default(),
+        replays: Default::default(),
+        audit_chain: tokio::sync::Mutex::new(audit::new_chain()),
+        topology_intake: topology.intake(),
+        shutdown: shutdown.clone(),
         settings,
         sources,
         publisher: tokio::sync::Mutex::new(Some(publisher)),
@@ -243,6 +271,17 @@ pub fn router(console: Arc<Console>) -> Router {
             post(tap::reveal),
         )
         .route("/tap.js", get(tap::script))
+        .route("/api/v1/batches/{batch}/users", get(watch::users))
+        .route("/batches", get(history::history_page))
+        .route("/dead-letters", get(history::dead_letters_page))
+        .route(
+            "/api/v1/replays",
+            get(history::list_replays).post(history::ask_replay),
+        )
+        .route(
+            "/api/v1/replays/{id}/approve",
+            post(history::approve_replay),
+        )
         .route("/api/v1/tickets", post(tickets::create))
         .route("/api/v1/tickets/{ticket}", get(tickets::outcome))
         .layer(axum::middleware::map_response(security_headers))

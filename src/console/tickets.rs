@@ -354,7 +354,7 @@ impl TicketIndex {
                 entry.finished_at = Some(o.finished_at);
                 entry.tap = o.tap.clone();
             }
-            Record::Plan(_) | Record::Marker { .. } => {}
+            Record::Plan(_) | Record::Marker { .. } | Record::ConsoleAction(_) => {}
         }
     }
 

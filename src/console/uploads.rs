@@ -35,6 +35,10 @@ use crate::intake::{self, IntakeError};
 const UPLOAD_TTL: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
 /// Protected users listed in a preview (the rest are counted).
 const MAX_PROTECTED_SHOWN: usize = 100;
+/// Batches whose submitter's object id this process remembers.
+const MAX_SUBMITTED_REMEMBERED: usize = 10_000;
+/// Longest wait for a batch this process submitted to come by on the outcomes stream.
+const SUBMITTED_VISIBLE_WITHIN: Duration = Duration::from_secs(15);
 
 /// An upload waiting to be submitted.
 #[derive(Debug)]
@@ -57,7 +61,7 @@ pub type Batches = HashMap<String, BatchView>;
 /// The session of an API call that must hold `role` (401/403 JSON otherwise), with the CSRF
 /// header checked when `csrf` is set.
 #[allow(clippy::result_large_err)]
-pub(super) fn authorised(
+pub fn authorised(
     console: &Console,
     headers: &HeaderMap,
     role: Role,
@@ -333,6 +337,26 @@ pub async fn submit(
     drop(upload.dir);
     match enqueued {
         Ok(e) => {
+            if let Ok(mut submitted) = console.submitted.lock() {
+                // Bounded: an old batch's approval falls back to the manifest's UPN.
+                if submitted.len() >= MAX_SUBMITTED_REMEMBERED {
+                    submitted.clear();
+                }
+                submitted.insert(e.batch.clone(), session.oid.clone());
+            }
+            super::audit::record(
+                &console,
+                &session,
+                "batch_submitted",
+                Some(&e.batch),
+                serde_json::json!({
+                    "count": e.count,
+                    "awaiting_approval": e.awaiting_approval,
+                    "dry_run": upload.dry_run,
+                    "revoke_sessions": upload.revoke_sessions,
+                }),
+            )
+            .await;
             tracing::info!(batch = %e.batch, count = e.count, operator = %super::printable(&session.upn), oid = %session.oid, "batch submitted from the console");
             Json(serde_json::json!({
                 "batch": e.batch,
@@ -368,7 +392,53 @@ fn snapshot(console: &Console, batch: &str) -> Option<serde_json::Value> {
         "complete": view.is_complete(),
         "counts": counts,
         "requested_by": view.manifest().and_then(|m| m.requested_by.clone()),
+        "progress": super::watch::progress(view, Utc::now()),
     }))
+}
+
+/// Whether `batch` is on the outcomes stream as the console follows it. A batch this process
+/// submitted is published (confirmed) before its submit answers, but the follower may not
+/// have read its manifest yet: for those, wait until it has (bounded); any other batch is
+/// answered at once.
+pub async fn batch_known(console: &Console, batch: &str) -> bool {
+    let ours = console
+        .submitted
+        .lock()
+        .is_ok_and(|s| s.contains_key(batch));
+    let deadline = tokio::time::Instant::now() + SUBMITTED_VISIBLE_WITHIN;
+    loop {
+        // Registered before the check, so a record applied in between still wakes us.
+        let changed = console.batches_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let known = console
+            .batches
+            .lock()
+            .is_ok_and(|b| b.get(batch).is_some_and(|v| v.manifest().is_some()));
+        if known {
+            return true;
+        }
+        if !ours || tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Whether `session` is the person who submitted `batch`: the same object id when this
+/// process submitted it, or the manifest's `requested_by` equal to the session's UPN.
+fn is_own_batch(
+    console: &Console,
+    session: &Session,
+    batch: &str,
+    requested_by: Option<&str>,
+) -> bool {
+    let same_oid = console
+        .submitted
+        .lock()
+        .ok()
+        .and_then(|s| s.get(batch).map(|oid| oid == &session.oid))
+        .unwrap_or(false);
+    same_oid || requested_by.is_some_and(|r| r.eq_ignore_ascii_case(&session.upn))
 }
 
 /// `POST /api/v1/batches/{batch}/approve`: a signed-in approver who is not the batch's
@@ -392,6 +462,7 @@ pub async fn approve(
             "this needs the approver role",
         );
     }
+    batch_known(&console, &batch).await;
     let requested_by = console.batches.lock().ok().and_then(|b| {
         b.get(&batch)
             .and_then(|v| v.manifest().map(|m| m.requested_by.clone()))
@@ -404,10 +475,7 @@ pub async fn approve(
             "no such batch",
         );
     };
-    if requested_by
-        .as_deref()
-        .is_some_and(|r| r.eq_ignore_ascii_case(&session.upn))
-    {
+    if is_own_batch(&console, &session, &batch, requested_by.as_deref()) {
         return json_error(
             StatusCode::FORBIDDEN,
             "own_batch",
@@ -431,6 +499,18 @@ pub async fn approve(
     };
     match crate::commands::approve::run(&console.settings, &args).await {
         Ok(approved) => {
+            super::audit::record(
+                &console,
+                &session,
+                "batch_approved",
+                Some(&batch),
+                serde_json::json!({
+                    "count": approved.count,
+                    "signed_as": approved.approved_by,
+                    "manifest": approved.manifest.to_string(),
+                }),
+            )
+            .await;
             tracing::info!(batch = %batch, count = approved.count, approver = %super::printable(&session.upn), oid = %session.oid, principal = %approved.approved_by, "batch approved from the console");
             Json(serde_json::json!({
                 "batch": batch,
@@ -477,15 +557,14 @@ pub async fn batch_page(
             "Viewing batches needs the viewer role.",
         );
     }
+    batch_known(&console, &batch).await;
     let Some(now) = snapshot(&console, &batch) else {
         return super::pages::error(StatusCode::NOT_FOUND, "No such batch.");
     };
     // An approver other than the operator may release a batch nothing of which has run yet
     // (the console cannot tell "waiting for approval" from "queued"; approving a batch that
     // needs none is refused by `approve`).
-    let own = now["requested_by"]
-        .as_str()
-        .is_some_and(|r| r.eq_ignore_ascii_case(&session.upn));
+    let own = is_own_batch(&console, &session, &batch, now["requested_by"].as_str());
     let approve_button = if session.roles.contains(&Role::Approver)
         && !own
         && now["finished"] == serde_json::json!(0)
@@ -504,7 +583,7 @@ pub async fn batch_page(
              <p>Requested by {}</p>\
              <p><progress id=\"progress\" max=\"{}\" value=\"{}\"></progress> \
              <span id=\"finished\">{}</span> of {} done</p>\
-             <pre id=\"counts\">{}</pre>{}\
+             <pre id=\"counts\">{}</pre>{}{}\
              <script src=\"/console.js\"></script>",
             escape(&batch),
             escape(now["requested_by"].as_str().unwrap_or("")),
@@ -514,6 +593,7 @@ pub async fn batch_page(
             now["expected"],
             escape(&now["counts"].to_string()),
             approve_button,
+            super::watch::sections(),
         ),
     ))
     .into_response()
@@ -536,17 +616,27 @@ pub async fn batch_events(
             "no such batch",
         );
     }
+    // A fixed cadence (not a sleep after each snapshot): building the snapshot of a big batch
+    // does not stretch the interval between events.
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream = futures::stream::unfold(
-        (console, batch, false),
-        |(console, batch, done)| async move {
+        (console, batch, every, false),
+        |(console, batch, mut every, done)| async move {
             if done {
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::select! {
+                _ = every.tick() => {}
+                () = console.shutdown.cancelled() => return None,
+            }
             let now = snapshot(&console, &batch)?;
             let complete = now["complete"] == serde_json::Value::Bool(true);
             let event = Event::default().event("counts").data(now.to_string());
-            Some((Ok::<_, Infallible>(event), (console, batch, complete)))
+            Some((
+                Ok::<_, Infallible>(event),
+                (console, batch, every, complete),
+            ))
         },
     );
     Sse::new(stream)

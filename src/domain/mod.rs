@@ -7,6 +7,7 @@ mod user;
 
 pub use outcome::{mask_email, mask_phone, MethodRecord, Outcome, Status, TapOutcome};
 pub use request::{
-    BatchManifest, Carry, PlanRecord, Record, ResetRequest, TapRequest, REQUEST_VERSION,
+    BatchManifest, Carry, ConsoleAction, PlanRecord, Record, ResetRequest, TapRequest,
+    REQUEST_VERSION,
 };
 pub use user::{UserRef, UserRefError};
