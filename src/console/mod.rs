@@ -3,6 +3,7 @@
 //! - [`webhook`]: Standard Webhooks verification, pure.
 //! - [`tickets`]: `POST /api/v1/tickets` (one signed request per ticket) and
 //!   `GET /api/v1/tickets/{ticket}` (its outcome, from the outcomes stream).
+//! - [`reports`]: a batch's report (CSV, JSON lines) as a download.
 //!
 //! The console holds no state that matters across restarts: request ids are derived from the
 //! source and `webhook-id`, so a call delivered again after a restart carries the same request
@@ -11,6 +12,7 @@
 
 pub mod oidc;
 pub mod pages;
+pub mod reports;
 pub mod session;
 pub mod tickets;
 pub mod uploads;
@@ -225,6 +227,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/v1/uploads/{id}/submit", post(uploads::submit))
         .route("/api/v1/batches/{batch}/events", get(uploads::batch_events))
         .route("/api/v1/batches/{batch}/approve", post(uploads::approve))
+        .route("/api/v1/batches/{batch}/report", get(reports::download))
         .route("/api/v1/tickets", post(tickets::create))
         .route("/api/v1/tickets/{ticket}", get(tickets::outcome))
         .layer(axum::middleware::map_response(security_headers))

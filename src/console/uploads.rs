@@ -503,7 +503,7 @@ pub async fn batch_page(
              <p>Requested by {}</p>\
              <p><progress id=\"progress\" max=\"{}\" value=\"{}\"></progress> \
              <span id=\"finished\">{}</span> of {} done</p>\
-             <pre id=\"counts\">{}</pre>{}\
+             <pre id=\"counts\">{}</pre>{}{}\
              <script src=\"/console.js\"></script>",
             escape(&batch),
             escape(now["requested_by"].as_str().unwrap_or("")),
@@ -513,6 +513,7 @@ pub async fn batch_page(
             now["expected"],
             escape(&now["counts"].to_string()),
             approve_button,
+            super::reports::links(&batch),
         ),
     ))
     .into_response()

@@ -17,5 +17,6 @@ mod kill_switch;
 mod pipeline;
 mod records;
 mod reliability;
+mod reports;
 mod requests;
 mod trust;
