@@ -5,6 +5,7 @@
 mod common;
 
 mod authority;
+mod browser;
 mod budget;
 mod cli;
 mod console;
