@@ -18,6 +18,7 @@ pub mod tickets;
 pub mod uploads;
 pub mod webhook;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -62,6 +63,12 @@ pub struct Console {
     pub uploads: uploads::Uploads,
     /// Every batch on the outcomes stream, folded.
     pub batches: Arc<std::sync::Mutex<uploads::Batches>>,
+    /// Woken whenever the outcomes stream brings a record (handlers waiting for a batch this
+    /// process just submitted to show up).
+    pub batches_changed: Arc<tokio::sync::Notify>,
+    /// Batches this process submitted, with the submitting person's object id: the
+    /// two-person check compares identities, not only the UPN the manifest carries.
+    pub submitted: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl Console {
@@ -125,6 +132,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let sink = index.clone();
     let batches: Arc<std::sync::Mutex<uploads::Batches>> = Arc::default();
     let batch_sink = batches.clone();
+    let batches_changed: Arc<tokio::sync::Notify> = Arc::default();
+    let changed = batches_changed.clone();
     // Only what verifies against security.allowed_signers: a forged outcome on the stream
     // never shows as a ticket's or a batch's result.
     let reader = crate::records::RecordReader::from_settings(&settings.security)?;
@@ -144,6 +153,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
                 .entry(batch.clone())
                 .or_insert_with(|| crate::batch::BatchView::new(&batch))
                 .apply(record.clone());
+            changed.notify_waiters();
         }
         if let Ok(mut index) = sink.lock() {
             index.record(record);
@@ -190,6 +200,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         signer,
         uploads: Default::default(),
         batches,
+        batches_changed,
+        submitted: Default::default(),
         settings,
         sources,
         publisher: tokio::sync::Mutex::new(Some(publisher)),

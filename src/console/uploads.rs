@@ -35,6 +35,10 @@ use crate::intake::{self, IntakeError};
 const UPLOAD_TTL: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
 /// Protected users listed in a preview (the rest are counted).
 const MAX_PROTECTED_SHOWN: usize = 100;
+/// Batches whose submitter's object id this process remembers.
+const MAX_SUBMITTED_REMEMBERED: usize = 10_000;
+/// Longest wait for a batch this process submitted to come by on the outcomes stream.
+const SUBMITTED_VISIBLE_WITHIN: Duration = Duration::from_secs(15);
 
 /// An upload waiting to be submitted.
 #[derive(Debug)]
@@ -332,6 +336,13 @@ pub async fn submit(
     drop(upload.dir);
     match enqueued {
         Ok(e) => {
+            if let Ok(mut submitted) = console.submitted.lock() {
+                // Bounded: an old batch's approval falls back to the manifest's UPN.
+                if submitted.len() >= MAX_SUBMITTED_REMEMBERED {
+                    submitted.clear();
+                }
+                submitted.insert(e.batch.clone(), session.oid.clone());
+            }
             tracing::info!(batch = %e.batch, count = e.count, operator = %super::printable(&session.upn), oid = %session.oid, "batch submitted from the console");
             Json(serde_json::json!({
                 "batch": e.batch,
@@ -370,6 +381,51 @@ fn snapshot(console: &Console, batch: &str) -> Option<serde_json::Value> {
     }))
 }
 
+/// Whether `batch` is on the outcomes stream as the console follows it. A batch this process
+/// submitted is published (confirmed) before its submit answers, but the follower may not
+/// have read its manifest yet: for those, wait until it has (bounded); any other batch is
+/// answered at once.
+pub async fn batch_known(console: &Console, batch: &str) -> bool {
+    let ours = console
+        .submitted
+        .lock()
+        .is_ok_and(|s| s.contains_key(batch));
+    let deadline = tokio::time::Instant::now() + SUBMITTED_VISIBLE_WITHIN;
+    loop {
+        // Registered before the check, so a record applied in between still wakes us.
+        let changed = console.batches_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let known = console
+            .batches
+            .lock()
+            .is_ok_and(|b| b.get(batch).is_some_and(|v| v.manifest().is_some()));
+        if known {
+            return true;
+        }
+        if !ours || tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Whether `session` is the person who submitted `batch`: the same object id when this
+/// process submitted it, or the manifest's `requested_by` equal to the session's UPN.
+fn is_own_batch(
+    console: &Console,
+    session: &Session,
+    batch: &str,
+    requested_by: Option<&str>,
+) -> bool {
+    let same_oid = console
+        .submitted
+        .lock()
+        .ok()
+        .and_then(|s| s.get(batch).map(|oid| oid == &session.oid))
+        .unwrap_or(false);
+    same_oid || requested_by.is_some_and(|r| r.eq_ignore_ascii_case(&session.upn))
+}
+
 /// `POST /api/v1/batches/{batch}/approve`: a signed-in approver who is not the batch's
 /// operator releases a batch waiting for approval; the console signs the approval with
 /// `console.approve_key` ([`crate::commands::approve::run`] verifies the batch and every
@@ -391,6 +447,7 @@ pub async fn approve(
             "this needs the approver role",
         );
     }
+    batch_known(&console, &batch).await;
     let requested_by = console.batches.lock().ok().and_then(|b| {
         b.get(&batch)
             .and_then(|v| v.manifest().map(|m| m.requested_by.clone()))
@@ -403,10 +460,7 @@ pub async fn approve(
             "no such batch",
         );
     };
-    if requested_by
-        .as_deref()
-        .is_some_and(|r| r.eq_ignore_ascii_case(&session.upn))
-    {
+    if is_own_batch(&console, &session, &batch, requested_by.as_deref()) {
         return json_error(
             StatusCode::FORBIDDEN,
             "own_batch",
@@ -476,15 +530,14 @@ pub async fn batch_page(
             "Viewing batches needs the viewer role.",
         );
     }
+    batch_known(&console, &batch).await;
     let Some(now) = snapshot(&console, &batch) else {
         return super::pages::error(StatusCode::NOT_FOUND, "No such batch.");
     };
     // An approver other than the operator may release a batch nothing of which has run yet
     // (the console cannot tell "waiting for approval" from "queued"; approving a batch that
     // needs none is refused by `approve`).
-    let own = now["requested_by"]
-        .as_str()
-        .is_some_and(|r| r.eq_ignore_ascii_case(&session.upn));
+    let own = is_own_batch(&console, &session, &batch, now["requested_by"].as_str());
     let approve_button = if session.roles.contains(&Role::Approver)
         && !own
         && now["finished"] == serde_json::json!(0)
