@@ -143,6 +143,8 @@ pub async fn download(
             ),
         );
     };
+    // A batch this process just submitted may not have reached the follower yet.
+    super::uploads::batch_known(&console, &batch).await;
     // Written under the lock, off the async threads: a 100,000-user batch takes a moment and
     // must not stall the other requests; a copy of the view first would cost as much.
     let written = {

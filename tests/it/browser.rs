@@ -1,7 +1,7 @@
 //! The console in a real browser: headless Chromium, driven over WebDriver (chromedriver) by
 //! `fantoccini`, through sign-in at graph-sim's OIDC login form → an upload with bad lines →
-//! a good upload → preview → submit → approval by a second person → live progress to done →
-//! the report downloaded. Everything the page shows is waited for as a DOM condition with a
+//! a good upload → preview → submit → sign-out, and approval by a second person signed in →
+//! live progress to done → the report downloaded. Everything the page shows is waited for as a DOM condition with a
 //! deadline; nothing sleeps a fixed time to let the page catch up.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them): without a
@@ -238,6 +238,8 @@ async fn an_operator_signs_in_uploads_submits_and_downloads_the_report_in_chromi
     // fails here with the reason.
     let driver = Driver::start().await;
     let mut env = TestEnv::new("browser", tenant(12)).await;
+    // Four users are above the two-person threshold: the batch waits for an approver.
+    env.settings.security.approval_above = 3;
     env.setup().await;
     env.start_worker(4);
     let serve = Serve::start(&env, &[]).await;
@@ -245,6 +247,7 @@ async fn an_operator_signs_in_uploads_submits_and_downloads_the_report_in_chromi
     let downloads = tempfile::tempdir().expect("downloads");
     let browser = driver.browser(profile.path(), downloads.path()).await;
     let operator = graph_sim::tenant::upn_for_index(10);
+    let approver = graph_sim::tenant::upn_for_index(11);
     let users: Vec<String> = (0..4).map(graph_sim::tenant::upn_for_index).collect();
     let files = tempfile::tempdir().expect("files");
 
@@ -330,6 +333,10 @@ async fn an_operator_signs_in_uploads_submits_and_downloads_the_report_in_chromi
     .await;
     assert!(preview.contains("4 users"), "{preview}");
     assert!(preview.contains(&users[0]), "the sample: {preview}");
+    assert!(
+        preview.contains("waits for a second person's approval"),
+        "{preview}"
+    );
     browser
         .find(Locator::Css("#preview button"))
         .await
@@ -341,6 +348,53 @@ async fn an_operator_signs_in_uploads_submits_and_downloads_the_report_in_chromi
         !t.is_empty()
     })
     .await;
+
+    // Nothing runs before a second person approves; the operator has no approve button.
+    assert_eq!(
+        wait_text(&browser, "#finished", "the batch page", |_| true).await,
+        "0"
+    );
+    assert!(
+        browser
+            .find_all(Locator::Css("#approve"))
+            .await
+            .expect("buttons")
+            .is_empty(),
+        "no approve button on one's own batch"
+    );
+    assert!(
+        env.sim.user(&users[0]).expect("user").methods.len() > 1,
+        "nothing ran while the batch waited"
+    );
+
+    // The operator signs out; an approver signs in straight to the batch and approves it.
+    browser.goto(&serve.url).await.expect("home");
+    wait_for(
+        &browser,
+        "form[action='/logout'] button",
+        "the sign-out button",
+    )
+    .await
+    .click()
+    .await
+    .expect("sign out");
+    wait_text(&browser, "body", "signed out", |t| t.contains("Sign in")).await;
+    browser
+        .goto(&format!("{}/batches/{batch}", serve.url))
+        .await
+        .expect("open the batch");
+    sign_in_on_form(&browser, &approver, &["approver"]).await;
+    wait_for(
+        &browser,
+        "#approve",
+        "the approve button for another approver",
+    )
+    .await
+    .click()
+    .await
+    .expect("approve");
+    let approved = wait_text(&browser, "#approved", "the approval", |t| !t.is_empty()).await;
+    assert_eq!(approved, format!("approved by {approver}"));
 
     // Live progress to done, without reloading the page.
     wait_text(&browser, "#finished", "progress to done", |t| t == "4").await;
@@ -433,7 +487,7 @@ async fn upload_bench_100000_rows_to_the_validation_result_on_screen() {
         &["operator"],
     )
     .await;
-    let file_input = wait_for(&browser, "#file", "the upload page").await;
+    wait_for(&browser, "#file", "the upload page, signed in").await;
     let expected = format!("Submit {rows} users");
     let mut totals = Vec::new();
     for run in 1..=runs {
@@ -442,11 +496,7 @@ async fn upload_bench_100000_rows_to_the_validation_result_on_screen() {
             .goto(&format!("{}/batches/new", serve.url))
             .await
             .expect("reload");
-        let file_input = if run == 1 {
-            file_input.clone()
-        } else {
-            wait_for(&browser, "#file", "the upload page").await
-        };
+        let file_input = wait_for(&browser, "#file", "the upload page").await;
         file_input
             .send_keys(&csv.display().to_string())
             .await
