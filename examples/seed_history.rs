@@ -5,10 +5,12 @@
 //!
 //! `cargo run --example seed_history -- PREFIX OLD USERS GAP_SECS`
 //!
-//! The records are unsealed: since readers believe only verified records (the `records`
-//! work), `status` now ignores them; the benchmark needs sealed records (worker.key) to be
-//! re-run meaningfully.
-//! (the topology of PREFIX must exist: `MFA_RESET__BROKER__PREFIX=PREFIX mfa-reset setup`).
+//! The new batch's outcomes are sealed as a worker seals them (one chain, signed with the SSH
+//! key named by `SEED_WORKER_KEY`, which the reader's `security.allowed_signers` must list
+//! for the worker namespace): readers believe only verified records. The older records are
+//! left unsealed: they are only there to be skipped, and sealing a million of them would
+//! take minutes. (The topology of PREFIX must exist:
+//! `MFA_RESET__BROKER__PREFIX=PREFIX mfa-reset setup`.)
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -17,6 +19,8 @@ use chrono::Utc;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use mfa_reset::domain::{BatchManifest, Outcome, Record, Status, UserRef};
+use mfa_reset::trust::chain::{chain_id, ChainWriter};
+use mfa_reset::trust::{Namespace, Signer};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -39,9 +43,18 @@ async fn main() -> anyhow::Result<()> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
 
+    let key = std::env::var("SEED_WORKER_KEY").map_err(|_| {
+        anyhow::anyhow!("set SEED_WORKER_KEY to a worker's SSH private key (mfa-reset keys)")
+    })?;
+    let signer = Signer::from_key_file(std::path::Path::new(&key))?;
     let started = Instant::now();
     let old_batch = "20250101-0000-history-0000";
-    publish(&channel, &prefix, (0..old).map(|i| outcome(old_batch, i))).await?;
+    publish(
+        &channel,
+        &prefix,
+        (0..old).map(|i| serde_json::to_vec(&outcome(old_batch, i)).expect("JSON")),
+    )
+    .await?;
     eprintln!(
         "seeded {old} older records in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -64,12 +77,12 @@ async fn main() -> anyhow::Result<()> {
         created_at: Utc::now(),
         sealed: None,
     });
-    publish(
-        &channel,
-        &prefix,
-        std::iter::once(manifest).chain((0..users).map(|i| outcome(&batch, i))),
-    )
-    .await?;
+    let mut chain = ChainWriter::new(chain_id(&batch, "seed-history"), Namespace::Worker);
+    let mut bodies = vec![serde_json::to_vec(&manifest)?];
+    for i in 0..users {
+        bodies.push(serde_json::to_vec(&chain.seal(&outcome(&batch, i), &signer)?)?);
+    }
+    publish(&channel, &prefix, bodies.into_iter()).await?;
     println!("batch: {batch}");
     let _ = conn.close(200, "bye".into()).await;
     Ok(())
@@ -105,11 +118,10 @@ fn outcome(batch: &str, i: usize) -> Record {
 async fn publish(
     channel: &Channel,
     prefix: &str,
-    records: impl Iterator<Item = Record>,
+    bodies: impl Iterator<Item = Vec<u8>>,
 ) -> anyhow::Result<()> {
     let mut window = VecDeque::new();
-    for record in records {
-        let body = serde_json::to_vec(&record)?;
+    for body in bodies {
         let confirm = channel
             .basic_publish(
                 prefix.into(),

@@ -124,6 +124,31 @@ fn start_node() {
     );
 }
 
+/// Consumers of `queue` on the node, as `rabbitmqctl list_queues` reports them (0 when it
+/// cannot tell).
+fn consumers(queue: &str) -> u64 {
+    let Ok(out) = Command::new("rabbitmqctl")
+        .args([
+            "-n",
+            NODE,
+            "list_queues",
+            "name",
+            "consumers",
+            "--formatter",
+            "json",
+        ])
+        .output()
+    else {
+        return 0;
+    };
+    let queues: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    queues
+        .iter()
+        .find(|q| q["name"] == queue)
+        .and_then(|q| q["consumers"].as_u64())
+        .unwrap_or(0)
+}
+
 fn node_address() -> std::net::SocketAddr {
     ([127, 0, 0, 1], PORT).into()
 }
@@ -150,7 +175,7 @@ fn settings_on_second_node(env: &mut TestEnv) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn producer_and_workers_ride_out_a_broker_restart_without_losing_a_request() {
+async fn producer_workers_and_status_wait_ride_out_a_broker_restart_without_losing_a_request() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("mfa_reset=info")
         .with_test_writer()
@@ -248,6 +273,29 @@ async fn producer_and_workers_ride_out_a_broker_restart_without_losing_a_request
         .await
         .expect("status");
     assert!(view.finished() < 200, "the restart comes mid-batch");
+    // `status --wait`, started before the restart, rides it out: it reconnects, goes on
+    // after the last record it read, and returns when the batch is complete.
+    let outcomes = env.topology().outcomes();
+    let consumers_before = tokio::task::block_in_place(|| consumers(&outcomes));
+    let waiting = {
+        let settings = env.settings.clone();
+        let batch = enqueued.batch.clone();
+        tokio::spawn(async move {
+            mfa_reset::commands::status::watch(
+                &settings,
+                &batch,
+                Some(Duration::from_secs(240)),
+                None,
+            )
+            .await
+        })
+    };
+    // Its follower consumes the outcomes stream before the node goes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::task::block_in_place(|| consumers(&outcomes)) <= consumers_before {
+        assert!(Instant::now() < deadline, "status --wait never attached");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     node.stop_app();
     tokio::time::sleep(Duration::from_secs(3)).await;
     node.start_app();
@@ -255,6 +303,13 @@ async fn producer_and_workers_ride_out_a_broker_restart_without_losing_a_request
 
     let view = env.wait_batch(&enqueued.batch, 180).await;
     assert_eq!(view.finished(), 200);
+    let waited = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("status --wait returned once the batch was complete")
+        .expect("status --wait did not panic")
+        .expect("status --wait rode out the restart");
+    assert_eq!(waited.finished(), 200, "status --wait saw every outcome");
+    assert!(waited.is_complete());
     let not_reset: Vec<_> = view
         .outcomes()
         .filter(|o| o.status != Status::Reset)

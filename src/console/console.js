@@ -53,15 +53,73 @@
       document.getElementById("approved").textContent = r.ok ? ("approved by " + a.approved_by) : (a.message || a.error);
     });
   }
+  function duration(s) {
+    if (s === null || s === undefined) return "–";
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+    return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+  }
+  function row(cells) { const tr = el("tr"); for (const c of cells) tr.append(el("td", c === null || c === undefined ? "" : c)); return tr; }
   if (batch) {
-    const es = new EventSource("/api/v1/batches/" + encodeURIComponent(batch.textContent) + "/events");
-    es.addEventListener("counts", function (ev) {
-      const c = JSON.parse(ev.data);
+    const base = "/api/v1/batches/" + encodeURIComponent(batch.textContent);
+    // The per-user table: fetched a page at a time on request, never pushed by the stream.
+    const users = document.getElementById("users");
+    let offset = 0;
+    const limit = 50;
+    async function loadUsers() {
+      if (!users) return;
+      const q = new URLSearchParams({ status: document.getElementById("status-filter").value,
+        q: document.getElementById("search").value, offset: offset, limit: limit });
+      const r = await fetch(base + "/users?" + q);
+      const p = await r.json();
+      const body = users.tBodies[0];
+      if (!r.ok) { body.replaceChildren(row([p.message || p.error])); return; }
+      body.replaceChildren(...p.rows.map(function (u) {
+        return row([u.user, u.status, u.why, u.methods_removed, u.methods_remaining, u.sessions_revoked ? "yes" : "no", u.attempts, u.ticket, u.finished_at]);
+      }));
+      document.getElementById("page").textContent = (p.total ? (p.offset + 1) + "–" + (p.offset + p.rows.length) : "0") + " of " + p.total + (p.pending ? " (" + p.pending + " still pending)" : "");
+      document.getElementById("prev").disabled = p.offset === 0;
+      document.getElementById("next").disabled = p.offset + p.rows.length >= p.total;
+    }
+    if (users) {
+      document.getElementById("users-filter").addEventListener("submit", function (ev) { ev.preventDefault(); offset = 0; loadUsers(); });
+      document.getElementById("prev").addEventListener("click", function () { offset = Math.max(0, offset - limit); loadUsers(); });
+      document.getElementById("next").addEventListener("click", function () { offset += limit; loadUsers(); });
+      loadUsers();
+    }
+    function show(c) {
       document.getElementById("progress").max = c.expected;
       document.getElementById("progress").value = c.finished;
       document.getElementById("finished").textContent = c.finished;
       document.getElementById("counts").textContent = JSON.stringify(c.counts, null, 1);
-      if (c.complete) es.close();
+      const p = c.progress;
+      if (!p) return;
+      const rate = document.getElementById("rate");
+      if (rate) rate.textContent = p.rate;
+      const eta = document.getElementById("eta");
+      if (eta) eta.textContent = c.complete ? "done" : duration(p.eta_seconds);
+      const counts = document.getElementById("status-counts");
+      if (counts) counts.tBodies[0].replaceChildren(...Object.keys(c.counts).map(function (k) { return row([k, c.counts[k]]); }), row(["pending", c.pending]));
+      const line = document.getElementById("chart-line");
+      if (line && p.timeline.length) {
+        const tmax = Math.max(p.timeline[p.timeline.length - 1][0], 1);
+        const ymax = Math.max(c.expected, 1);
+        line.setAttribute("points", p.timeline.map(function (pt) {
+          return (pt[0] / tmax * 600).toFixed(1) + "," + (150 - pt[1] / ymax * 150).toFixed(1);
+        }).join(" "));
+      }
+      const why = document.getElementById("why");
+      if (why) {
+        const rows = p.not_reset.map(function (g) { return row([g.status, g.why, g.count, g.example]); });
+        if (p.not_reset_other) rows.push(row(["other", "", p.not_reset_other, ""]));
+        why.tBodies[0].replaceChildren(...rows);
+      }
+    }
+    const es = new EventSource(base + "/events");
+    es.addEventListener("counts", function (ev) {
+      const c = JSON.parse(ev.data);
+      show(c);
+      if (c.complete) { es.close(); loadUsers(); }
     });
   }
 })();

@@ -16,6 +16,7 @@ pub mod reports;
 pub mod session;
 pub mod tickets;
 pub mod uploads;
+pub mod watch;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -240,6 +241,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/v1/batches/{batch}/events", get(uploads::batch_events))
         .route("/api/v1/batches/{batch}/approve", post(uploads::approve))
         .route("/api/v1/batches/{batch}/report", get(reports::download))
+        .route("/api/v1/batches/{batch}/users", get(watch::users))
         .route("/api/v1/tickets", post(tickets::create))
         .route("/api/v1/tickets/{ticket}", get(tickets::outcome))
         .layer(axum::middleware::map_response(security_headers))

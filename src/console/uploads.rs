@@ -61,7 +61,7 @@ pub type Batches = HashMap<String, BatchView>;
 /// The session of an API call that must hold `role` (401/403 JSON otherwise), with the CSRF
 /// header checked when `csrf` is set.
 #[allow(clippy::result_large_err)]
-fn authorised(
+pub fn authorised(
     console: &Console,
     headers: &HeaderMap,
     role: Role,
@@ -378,6 +378,7 @@ fn snapshot(console: &Console, batch: &str) -> Option<serde_json::Value> {
         "complete": view.is_complete(),
         "counts": counts,
         "requested_by": view.manifest().and_then(|m| m.requested_by.clone()),
+        "progress": super::watch::progress(view, Utc::now()),
     }))
 }
 
@@ -556,7 +557,7 @@ pub async fn batch_page(
              <p>Requested by {}</p>\
              <p><progress id=\"progress\" max=\"{}\" value=\"{}\"></progress> \
              <span id=\"finished\">{}</span> of {} done</p>\
-             <pre id=\"counts\">{}</pre>{}{}\
+             <pre id=\"counts\">{}</pre>{}{}{}\
              <script src=\"/console.js\"></script>",
             escape(&batch),
             escape(now["requested_by"].as_str().unwrap_or("")),
@@ -567,6 +568,7 @@ pub async fn batch_page(
             escape(&now["counts"].to_string()),
             approve_button,
             super::reports::links(&batch),
+            super::watch::sections(),
         ),
     ))
     .into_response()

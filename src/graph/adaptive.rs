@@ -26,6 +26,11 @@
 //!   [`SET_BELOW_SERVED`] of the throttled rate, then only probes ([`PROBE_STEP`] per
 //!   window); Graph's `x-ms-throttle-limit-percentage` warnings stop the probe. Probed
 //!   [`FORGET_ABOVE`] past the throttled rate without a 429, the budget has grown: forgotten.
+//! - **Probes that fail rest longer.** A probe that ends in a 429 found the budget where it
+//!   was: every such 429 costs its Retry-After of nothing sent (on a 1 s bucket, 1–5 s of lost
+//!   budget), so the next probe waits [`PROBE_REST_FIRST`], doubling after each failed probe up
+//!   to [`PROBE_REST_MAX`]; f holds just below the throttled rate meanwhile. Forgetting the
+//!   memory (the budget grew) resets the rest.
 //! - **Warnings without memory.** Before any 429, a warning (the percentage at or above
 //!   `rate.slow_down_at_percent`) cuts f by [`FACTOR_SLOW_DOWN`], once per window.
 //!
@@ -46,7 +51,7 @@ pub const FACTOR_MIN: f64 = 0.01;
 /// Multiplier on a warning while no throttled rate is known.
 pub const FACTOR_SLOW_DOWN: f64 = 0.9;
 /// Recovery and probes stop short of the last throttled rate by this fraction.
-pub const SET_BELOW_SERVED: f64 = 0.97;
+pub const SET_BELOW_SERVED: f64 = 0.95;
 /// An episode cuts f to at least this fraction of its value (a short span, or one that saw
 /// no refill step, cannot take it lower at once).
 pub const MAX_CUT: f64 = 0.5;
@@ -71,6 +76,11 @@ pub const CLIMB_STEP: f64 = 0.1;
 pub const PROBE_STEP: f64 = 0.000625;
 /// Recovery per quiet window when no throttled rate is known (4 % of the share per second).
 pub const RECOVERY_STEP: f64 = 0.02;
+/// After the first probe that ends in a 429, the next one waits this long (from the end of
+/// its pause) at the rate just below the throttled one.
+pub const PROBE_REST_FIRST: Duration = Duration::from_secs(30);
+/// The rest between probes doubles after each one that ends in a 429, up to this.
+pub const PROBE_REST_MAX: Duration = Duration::from_secs(240);
 /// Episodes older than this are no anchor for the served rate (the budget may have changed).
 pub const LOOKBACK: Duration = Duration::from_secs(30);
 /// A served rate is only measured over a span at least this long.
@@ -110,6 +120,10 @@ pub(super) struct Law {
     /// from when no episode is that recent (a bucket not known to be empty then: an
     /// estimate, not a bound).
     checkpoints: VecDeque<Anchor>,
+    /// The rest after the last probe that ended in a 429 (zero: none yet).
+    probe_rest: Duration,
+    /// No probe above the throttled rate before this.
+    probe_after: Option<Instant>,
 }
 
 /// An episode as a starting point of the served rate.
@@ -139,6 +153,8 @@ impl Law {
             paused_until: None,
             anchors: VecDeque::new(),
             checkpoints: VecDeque::new(),
+            probe_rest: Duration::ZERO,
+            probe_after: None,
         }
     }
 
@@ -157,8 +173,12 @@ impl Law {
         let quiet = if self.signalled { windows - 1 } else { windows };
         let held = self.hold_until.is_some_and(|h| now < h);
         if !held {
-            for _ in 0..quiet {
-                self.recover_step();
+            // The quiet windows are the last ones before `now`; each rests if it ended
+            // before the next probe is due.
+            for k in (0..quiet).rev() {
+                let ended = now - FACTOR_WINDOW * k as u32;
+                let resting = self.probe_after.is_some_and(|p| ended < p);
+                self.recover_step(resting);
             }
         }
         self.signalled = false;
@@ -179,7 +199,8 @@ impl Law {
         }
     }
 
-    fn recover_step(&mut self) {
+    /// One quiet window's recovery; `resting`: no probe above the throttled rate now.
+    fn recover_step(&mut self, resting: bool) {
         let f = self.factor;
         let next = match (self.served_at, self.throttled_at) {
             (Some(served), _) if f < served => (f + served * FAST_STEP).min(served),
@@ -187,6 +208,7 @@ impl Law {
                 let target = at * SET_BELOW_SERVED;
                 (f + ((target - f) * CLIMB_STEP).max(f * PROBE_STEP)).min(target)
             }
+            (_, Some(_)) if resting => f,
             (_, Some(_)) => f * (1.0 + PROBE_STEP),
             (_, None) => f + RECOVERY_STEP,
         };
@@ -200,6 +222,8 @@ impl Law {
         {
             self.throttled_at = None;
             self.served_at = None;
+            self.probe_rest = Duration::ZERO;
+            self.probe_after = None;
         }
     }
 
@@ -283,6 +307,10 @@ impl Law {
             .throttled_at
             .is_some_and(|at| before >= at * SET_BELOW_SERVED * 0.999)
             && last_episode.is_some_and(|t| now.saturating_duration_since(t) >= PROBE_HELD);
+        if probing {
+            self.probe_rest = (self.probe_rest * 2).clamp(PROBE_REST_FIRST, PROBE_REST_MAX);
+            self.probe_after = Some(pause_end + self.probe_rest);
+        }
         match estimate {
             Some((lower, upper)) => {
                 // Halfway between the bounds: the lower one is exact while pauses stay
@@ -529,5 +557,45 @@ mod tests {
         assert!(close(b.factor, 0.2), "never raised");
         b.adopt(f64::NAN, 0.1);
         assert!(close(b.factor, 0.2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_ends_in_a_429_rests_before_the_next_and_the_rest_doubles() {
+        let secs = Duration::from_secs;
+        let t0 = Instant::now();
+        let mut a = Law::new(t0);
+        // A first episode: f halves, the throttled rate (1.0) is remembered.
+        a.throttled(t0, t0 + secs(3), 350.0);
+        // Recovered to just below the throttled rate and held there: the next 429 ends a probe.
+        a.factor = SET_BELOW_SERVED;
+        a.served_at = Some(0.5);
+        serve(&mut a, t0 + secs(3), secs(17), 17 * 300);
+        let t1 = t0 + secs(20);
+        a.throttled(t1, t1 + secs(3), 350.0);
+        let end1 = t1 + secs(3);
+        assert_eq!(a.probe_after, Some(end1 + PROBE_REST_FIRST));
+        let target = a.throttled_at.expect("remembered") * SET_BELOW_SERVED;
+        // Until the rest is over, f climbs back to just below the throttled rate, no further.
+        a.roll(end1 + PROBE_REST_FIRST - ms(500));
+        assert!(close(a.factor, target), "{} vs {target}", a.factor);
+        // Then it probes again.
+        a.roll(end1 + PROBE_REST_FIRST + secs(10));
+        assert!(a.factor > target, "{} vs {target}", a.factor);
+        // That probe fails too: the rest doubles, and keeps doubling up to its cap.
+        let t2 = end1 + PROBE_REST_FIRST + secs(10);
+        a.throttled(t2, t2 + secs(2), 350.0);
+        assert_eq!(a.probe_after, Some(t2 + secs(2) + PROBE_REST_FIRST * 2));
+        let mut t = t2 + secs(2);
+        for _ in 0..6 {
+            a.roll(a.probe_after.unwrap() + secs(10));
+            t = a.probe_after.unwrap() + secs(10);
+            a.throttled(t, t + secs(1), 350.0);
+        }
+        assert_eq!(a.probe_after, Some(t + secs(1) + PROBE_REST_MAX));
+        // An episode that is not a probe (the budget fell while holding below it) leaves the
+        // rest as it is.
+        let rest = a.probe_rest;
+        a.throttled(t + secs(5), t + secs(6), 350.0);
+        assert_eq!(a.probe_rest, rest);
     }
 }

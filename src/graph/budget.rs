@@ -788,11 +788,13 @@ mod tests {
             (served, refused)
         };
         let (_, all_refused) = after(0);
-        // After 30 s of warm-up: most of 30/s over the remaining 90 s (measured: 89 %; each
-        // throttling still costs its 3 s pause, about one per 30 s), and 429s near zero.
+        // After 30 s of warm-up: most of 30/s over the remaining 90 s (measured: 92 %; each
+        // throttling still costs its 3 s pause, and a failed probe makes the next one wait
+        // 30 s, then 60 s …), and 429s near zero.
         let (served, refused) = after(30);
         let efficiency = served as f64 / (30.0 * 89.0);
-        assert!(efficiency >= 0.85, "efficiency {efficiency:.3}");
+        eprintln!("efficiency {efficiency:.3}, {refused} 429s after warm-up");
+        assert!(efficiency >= 0.90, "efficiency {efficiency:.3}");
         assert!(
             refused <= 40,
             "{refused} 429s after warm-up ({all_refused} in all)"

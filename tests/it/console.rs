@@ -1000,6 +1000,63 @@ async fn an_operator_uploads_previews_and_submits_a_csv_and_watches_it_finish_li
     assert_eq!(last["counts"]["skipped_protected"], 1, "{last}");
     assert_eq!(last["counts"]["reset"], 3, "{last}");
     assert_eq!(last["requested_by"], operator_upn.as_str());
+    // Rate, ETA, the chart's points and "not reset, and why" come with the counts; the
+    // per-user rows never do (only the protected user's name, as the example of its group).
+    let progress = &last["progress"];
+    assert_eq!(progress["eta_seconds"], 0, "{last}");
+    assert!(progress["rate"].as_f64().expect("rate") > 0.0, "{last}");
+    let timeline = progress["timeline"].as_array().expect("timeline");
+    assert_eq!(timeline.last().expect("points")[1], 4.0, "{last}");
+    assert_eq!(progress["not_reset"][0]["status"], "skipped_protected");
+    assert_eq!(progress["not_reset"][0]["count"], 1);
+    assert_eq!(progress["not_reset"][0]["example"], users[2].as_str());
+    for user in [&users[0], &users[1], &users[3]] {
+        assert!(!seen.contains(user.as_str()), "{user} is not on the stream");
+    }
+
+    // The per-user table: a page at a time, filtered by status and searched.
+    let table = format!("{}/api/v1/batches/{batch}/users", serve.url);
+    let page: Value = viewer
+        .get(&format!("{table}?limit=2"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        (
+            page["total"].as_u64(),
+            page["rows"].as_array().map(Vec::len)
+        ),
+        (Some(4), Some(2)),
+        "{page}"
+    );
+    let page: Value = viewer
+        .get(&format!("{table}?status=not_reset"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(page["total"], 1, "{page}");
+    assert_eq!(page["rows"][0]["user"], users[2].as_str());
+    assert_eq!(page["rows"][0]["status"], "skipped_protected");
+    let needle = users[3].to_uppercase();
+    let page: Value = viewer
+        .get(&format!("{table}?q={needle}&status=reset"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(page["total"], 1, "{page}");
+    assert_eq!(page["rows"][0]["user"], users[3].as_str());
+    assert_eq!(
+        viewer
+            .get(&format!("{table}?status=bogus"))
+            .await
+            .status()
+            .as_u16(),
+        400
+    );
+    assert_eq!(anonymous.get(&table).await.status().as_u16(), 401);
 
     // The batch page escapes what it shows and loads its script from the console only.
     let page = viewer.get(&format!("{}/batches/{batch}", serve.url)).await;
@@ -1008,11 +1065,17 @@ async fn an_operator_uploads_previews_and_submits_a_csv_and_watches_it_finish_li
         .unwrap()
         .to_string();
     assert!(csp.contains("default-src 'self'"), "{csp}");
-    assert!(page
-        .text()
-        .await
-        .expect("page")
-        .contains("<script src=\"/console.js\"></script>"));
+    let html = page.text().await.expect("page");
+    assert!(html.contains("<script src=\"/console.js\"></script>"));
+    for part in [
+        "id=\"chart\"",
+        "id=\"rate\"",
+        "id=\"eta\"",
+        "id=\"why\"",
+        "id=\"users\"",
+    ] {
+        assert!(html.contains(part), "{part} on the batch page");
+    }
     serve.stop().await;
     env.cleanup().await;
 }

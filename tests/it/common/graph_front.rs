@@ -6,6 +6,11 @@
 //! `500 generalException` without reaching the simulator (a user Graph keeps failing on,
 //! while the rest of the tenant is fine). The user is read from the path segment after
 //! `users/` (`/v1.0/users/{upn or id}/…`), as the client writes it for plain UPNs and ids.
+//!
+//! [`GraphFront::hold_after_deletes`] closes a gate once a number of DELETEs went through:
+//! every later request waits at the front (on the wire, unanswered) until
+//! [`GraphFront::release`], so a test can act at a known point of a batch however fast or
+//! slow the machine is.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -48,6 +53,12 @@ struct FrontState {
     /// Renames to make in the simulator just before relaying the first request whose path
     /// contains the fragment (a rename landing between two calls of one reset).
     renames: Mutex<Option<Renames>>,
+    /// DELETEs relayed before the gate closes (`None`: no gate).
+    hold_after: Mutex<Option<usize>>,
+    /// True while the gate is closed; requests wait for it to turn false.
+    held: tokio::sync::watch::Sender<bool>,
+    /// Requests waiting at the closed gate now.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// A path fragment, and the `(user, new UPN)` renames to make before its first request.
@@ -62,6 +73,9 @@ impl GraphFront {
             failing: Mutex::default(),
             calls: Mutex::default(),
             renames: Mutex::default(),
+            hold_after: Mutex::default(),
+            held: tokio::sync::watch::channel(false).0,
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -100,6 +114,28 @@ impl GraphFront {
         *self.state.renames.lock().unwrap() = Some((fragment.to_string(), renames));
     }
 
+    /// Once `deletes` DELETE requests have been relayed (counting those so far), hold every
+    /// later request at the front until [`GraphFront::release`].
+    pub fn hold_after_deletes(&self, deletes: usize) {
+        *self.state.hold_after.lock().unwrap() = Some(deletes);
+    }
+
+    /// True once the gate has closed (and until [`GraphFront::release`]).
+    pub fn holding(&self) -> bool {
+        *self.state.held.borrow()
+    }
+
+    /// Requests waiting at the closed gate now.
+    pub fn waiting(&self) -> usize {
+        self.state.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Open the gate for good: the held requests go on to the simulator.
+    pub fn release(&self) {
+        *self.state.hold_after.lock().unwrap() = None;
+        self.state.held.send_replace(false);
+    }
+
     /// Every request so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         self.state.calls.lock().unwrap().clone()
@@ -131,6 +167,7 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    hold(&state).await;
     let user = user_of(&path);
     let client_request_id = headers
         .get("client-request-id")
@@ -169,14 +206,38 @@ async fn forward(
     } else {
         relay(&state, method.clone(), &uri, headers, body).await
     };
-    state.calls.lock().unwrap().push(Call {
+    let mut calls = state.calls.lock().unwrap();
+    calls.push(Call {
         method,
         user,
         path,
         status: response.status().as_u16(),
         client_request_id,
     });
+    // Close the gate when the DELETEs relayed reach the mark.
+    if let Some(mark) = *state.hold_after.lock().unwrap() {
+        let deletes = calls.iter().filter(|c| c.method == Method::DELETE).count();
+        if deletes >= mark {
+            state.held.send_replace(true);
+        }
+    }
+    drop(calls);
     response
+}
+
+/// Wait while the gate is closed.
+async fn hold(state: &FrontState) {
+    let mut held = state.held.subscribe();
+    if !*held.borrow_and_update() {
+        return;
+    }
+    state
+        .waiting
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let _ = held.wait_for(|held| !*held).await;
+    state
+        .waiting
+        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 async fn relay(
