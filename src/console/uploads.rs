@@ -189,12 +189,17 @@ pub async fn upload(
             let plan = intake::plan_csv(&path)?;
             let mut protected = Vec::new();
             let mut protected_total = 0u64;
-            if let Ok(rows) = plan.rows() {
-                for row in rows.flatten() {
-                    if crate::reset::is_protected(&reset, &row.user) {
-                        protected_total += 1;
-                        if protected.len() < MAX_PROTECTED_SHOWN {
-                            protected.push(row.user.to_string());
+            // A second pass over the file only when there is something to find; each entry
+            // parsed once, not once per row.
+            let protected_keys = crate::reset::protected_keys(&reset);
+            if !protected_keys.is_empty() {
+                if let Ok(rows) = plan.rows() {
+                    for row in rows.flatten() {
+                        if protected_keys.contains(&row.user.key()) {
+                            protected_total += 1;
+                            if protected.len() < MAX_PROTECTED_SHOWN {
+                                protected.push(row.user.to_string());
+                            }
                         }
                     }
                 }

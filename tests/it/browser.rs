@@ -43,12 +43,15 @@ fn find_program(var: &str, candidates: &[&str]) -> Option<PathBuf> {
     candidates.iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
-/// chromedriver on a free port, in its own process group (the Chromium it starts is in it
-/// too), killed as a group when dropped — also when the test fails half-way.
+/// chromedriver on a free port, in its own process group, with a Chromium profile and a
+/// download folder of its own. Dropped (also when the test fails half-way), it kills its
+/// group and every Chromium process started on its profile.
 struct Driver {
     url: String,
     child: tokio::process::Child,
     log: tempfile::NamedTempFile,
+    profile: tempfile::TempDir,
+    downloads: tempfile::TempDir,
 }
 
 impl Driver {
@@ -75,7 +78,13 @@ impl Driver {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
         let url = format!("http://127.0.0.1:{port}");
-        let driver = Driver { url, child, log };
+        let driver = Driver {
+            url,
+            child,
+            log,
+            profile: tempfile::tempdir().expect("profile"),
+            downloads: tempfile::tempdir().expect("downloads"),
+        };
         // Ready when its status says so.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let http = reqwest::Client::new();
@@ -100,8 +109,14 @@ impl Driver {
         }
     }
 
-    /// A new headless Chromium session with its own profile and download folder.
-    async fn browser(&self, profile: &Path, downloads: &Path) -> Client {
+    /// Where the browser saves downloads.
+    fn downloads(&self) -> &Path {
+        self.downloads.path()
+    }
+
+    /// A new headless Chromium session on the driver's profile and download folder.
+    async fn browser(&self) -> Client {
+        let (profile, downloads) = (self.profile.path(), self.downloads.path());
         let mut options = json!({
             "args": [
                 "--headless=new",
@@ -140,11 +155,28 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         if let Some(pid) = self.child.id() {
-            // The group chromedriver leads: itself and the Chromium processes it started.
+            // The group chromedriver leads.
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
+        }
+        // Chromium may run in a group of its own: its processes carry this driver's profile.
+        let profile = format!("--user-data-dir={}", self.profile.path().display());
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == profile.as_bytes())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
 }
@@ -243,9 +275,7 @@ async fn an_operator_signs_in_uploads_submits_and_downloads_the_report_in_chromi
     env.setup().await;
     env.start_worker(4);
     let serve = Serve::start(&env, &[]).await;
-    let profile = tempfile::tempdir().expect("profile");
-    let downloads = tempfile::tempdir().expect("downloads");
-    let browser = driver.browser(profile.path(), downloads.path()).await;
+    let browser = driver.browser().await;
     let operator = graph_sim::tenant::upn_for_index(10);
     let approver = graph_sim::tenant::upn_for_index(11);
     let users: Vec<String> = (0..4).map(graph_sim::tenant::upn_for_index).collect();
@@ -425,7 +455,7 @@ async fn an_operator_signs_in_uploads_submits_and_downloads_the_report_in_chromi
         .click()
         .await
         .expect("download the report");
-    let report = downloaded(downloads.path(), &format!("mfa-reset-{batch}.csv")).await;
+    let report = downloaded(driver.downloads(), &format!("mfa-reset-{batch}.csv")).await;
     let mut reader = csv::Reader::from_reader(report.as_bytes());
     assert_eq!(
         reader.headers().expect("header").iter().collect::<Vec<_>>(),
@@ -466,12 +496,25 @@ async fn upload_bench_100000_rows_to_the_validation_result_on_screen() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let driver = Driver::start().await;
+    // Protected users (break-glass accounts) in reset.protected_users, all in the file.
+    let protected: usize = std::env::var("UPLOAD_BENCH_PROTECTED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let env = TestEnv::new("upload-bench", tenant(12)).await;
     env.setup().await;
-    let serve = Serve::start(&env, &[]).await;
-    let profile = tempfile::tempdir().expect("profile");
-    let downloads = tempfile::tempdir().expect("downloads");
-    let browser = driver.browser(profile.path(), downloads.path()).await;
+    let list: Vec<String> = (0..protected)
+        .map(|i| graph_sim::tenant::upn_for_index(rows - 1 - i))
+        .collect();
+    let serve = Serve::start(
+        &env,
+        &[(
+            "MFA_RESET__RESET__PROTECTED_USERS",
+            format!("[{}]", list.join(",")),
+        )],
+    )
+    .await;
+    let browser = driver.browser().await;
     let files = tempfile::tempdir().expect("files");
     let csv = files.path().join("users.csv");
     std::fs::write(&csv, crate::common::env::csv_of_generated(rows)).expect("users.csv");
@@ -538,16 +581,22 @@ async fn upload_bench_100000_rows_to_the_validation_result_on_screen() {
             .unwrap_or("?")
             .to_string();
         println!(
-            "upload-bench run {run}: {rows} rows ({size} bytes): result on screen in {} ms \
-             (server validation {server_ms} ms); progress shown: {progress:?}",
+            "upload-bench run {run}: {rows} rows ({size} bytes, {protected} protected): result \
+             on screen in {} ms (server validation {server_ms} ms); progress shown: {progress:?}",
             total.as_millis()
         );
+        if protected > 0 {
+            assert!(
+                text.contains(&format!("{protected} protected users will be skipped")),
+                "{text}"
+            );
+        }
         assert!(!progress.is_empty(), "progress was shown while it ran");
         totals.push(total.as_millis());
     }
     totals.sort();
     println!(
-        "upload-bench: {rows} rows, {runs} runs: median {} ms, min {} ms, max {} ms",
+        "upload-bench: {rows} rows, {protected} protected, {runs} runs: median {} ms, min {} ms, max {} ms",
         totals[totals.len() / 2],
         totals[0],
         totals[totals.len() - 1]
