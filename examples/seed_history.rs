@@ -80,7 +80,9 @@ async fn main() -> anyhow::Result<()> {
     let mut chain = ChainWriter::new(chain_id(&batch, "seed-history"), Namespace::Worker);
     let mut bodies = vec![serde_json::to_vec(&manifest)?];
     for i in 0..users {
-        bodies.push(serde_json::to_vec(&chain.seal(&outcome(&batch, i), &signer)?)?);
+        bodies.push(serde_json::to_vec(
+            &chain.seal(&outcome(&batch, i), &signer)?,
+        )?);
     }
     publish(&channel, &prefix, bodies.into_iter()).await?;
     println!("batch: {batch}");
