@@ -110,6 +110,8 @@ fn outcome(batch: &str, i: usize) -> Record {
         dry_run: false,
         requested_by: None,
         approved_by: None,
+        replayed_by: None,
+        replay_key: None,
         reason: None,
         item: None,
         notes: Vec::new(),

@@ -111,10 +111,23 @@ fresh_prefix() {
     export MFA_RESET__BROKER__PREFIX=$prefix
 }
 
-# The worker's settings of every Graph run: the budget, and no admin check (it would cost
-# one more read per user; the workload has no admins).
+# Throw-away signing keys (`mfa-reset keys`): enqueue signs with the requester's, the worker
+# verifies every request and seals its records with its own; no approval step (the
+# threshold above any batch here). Verification is on in every Graph run.
+signing_settings() {
+    local keys=$OUT/keys
+    [[ -f $keys/allowed_signers ]] || "$BIN/mfa-reset" keys --dir "$keys" >/dev/null
+    export MFA_RESET__SECURITY__ALLOWED_SIGNERS=$keys/allowed_signers
+    export MFA_RESET__SECURITY__APPROVAL_ABOVE=100000000
+    export MFA_RESET__INTAKE__KEY=$keys/requester
+    export MFA_RESET__WORKER__KEY=$keys/worker
+}
+
+# The worker's settings of every Graph run: the budget, signing keys, and no admin check (it
+# would cost one more read per user; the workload has no admins).
 worker_settings() {
     local concurrency=$1
+    signing_settings
     export MFA_RESET__RATE__REQUESTS=$BUDGET
     export MFA_RESET__RATE__REQUESTS_PERIOD=1s
     export MFA_RESET__RATE__WRITES=$BUDGET
@@ -247,12 +260,7 @@ unknown_sim() {
 # rate.processes unset (counted through the broker); throw-away signing keys
 # (`mfa-reset keys`), no approval step.
 unknown_worker_settings() {
-    local keys=$OUT/keys
-    [[ -f $keys/allowed_signers ]] || "$BIN/mfa-reset" keys --dir "$keys" >/dev/null
-    export MFA_RESET__SECURITY__ALLOWED_SIGNERS=$keys/allowed_signers
-    export MFA_RESET__SECURITY__APPROVAL_ABOVE=100000000
-    export MFA_RESET__INTAKE__KEY=$keys/requester
-    export MFA_RESET__WORKER__KEY=$keys/worker
+    signing_settings
     unset MFA_RESET__RATE__REQUESTS MFA_RESET__RATE__REQUESTS_PERIOD \
         MFA_RESET__RATE__WRITES MFA_RESET__RATE__WRITES_PERIOD MFA_RESET__RATE__PROCESSES
     export MFA_RESET__WORKER__CONCURRENCY=$CONCURRENCY

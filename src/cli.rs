@@ -41,7 +41,8 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
-    /// Re-create the phone and email methods a batch removed (needs reset.backup = true).
+    /// Re-create the phone and email methods a batch removed (needs reset.backup = true and
+    /// the restore key, --identity).
     Restore(RestoreArgs),
     /// The web console and the ticket webhook (prints `console on http://HOST:PORT` first).
     Serve,
@@ -260,6 +261,10 @@ pub struct RestoreArgs {
     /// Re-create them; without it, only show what would be re-created.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// The restore key (an age identity file, `AGE-SECRET-KEY-1…`, mode 0600) whose public
+    /// key is `reset.backup_recipient`: backed-up values are encrypted to it. Needed with --yes.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 /// `demo`

@@ -475,8 +475,12 @@ impl Default for MethodSelection {
 pub struct ResetSettings {
     /// Method types to remove: `"all"`, `"portal"`, or a list of stems.
     pub methods: MethodSelection,
-    /// Keep full phone numbers and email addresses in outcomes so `restore` can re-create them.
+    /// Keep full phone numbers and email addresses in outcomes so `restore` can re-create them,
+    /// encrypted to `backup_recipient` (never in clear).
     pub backup: bool,
+    /// The restore key's age X25519 recipient (`age1…`) backups are encrypted to; required
+    /// with `backup = true`. Only its identity (kept away from the workers) opens them.
+    pub backup_recipient: String,
     /// Users never touched (UPNs or object ids), e.g. break-glass accounts.
     pub protected_users: Vec<String>,
     /// Skip users holding any directory role.
@@ -494,6 +498,7 @@ impl Default for ResetSettings {
         Self {
             methods: MethodSelection::default(),
             backup: false,
+            backup_recipient: String::new(),
             protected_users: Vec::new(),
             skip_admins: true,
             max_request_age: Duration::from_secs(24 * 3600),

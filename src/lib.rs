@@ -31,6 +31,8 @@
 //! - [`console`]: `serve`: the web console and the ticket webhook (Standard Webhooks).
 //! - [`records`]: the worker's plan and outcome records sealed (signed, hash-chained) when
 //!   written and verified when read; only verified ones count.
+//! - [`backup`]: backed-up phone numbers and emails encrypted to the restore key (age X25519)
+//!   by workers, opened only by `restore --identity`.
 //! - [`control`]: signed admin commands (`halt`, `resume`) on the control stream.
 //! - [`trust`]: signatures (OpenSSH sshsig, ssh-agent), allowed signers, Merkle batches, record chains.
 //!
@@ -38,6 +40,7 @@
 //! `graph-sim` crate (`crates/graph-sim`), which shares no types with this one; `demo` needs
 //! it through the default cargo feature `demo`.
 
+pub mod backup;
 pub mod batch;
 pub mod broker;
 pub mod cli;

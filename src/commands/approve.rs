@@ -39,6 +39,14 @@ use crate::trust::{AllowedSigners, Digest, MerkleProof, Namespace, Signer};
 const MARKER_HEADER: &str = "x-mfa-marker";
 /// Users shown as a sample.
 const SAMPLE: usize = 10;
+/// Users whose directory roles `approve` checks (the first this many of the batch): the
+/// check is one lookup and two role reads per user, so a million-user batch is not checked
+/// whole before anyone can approve it; the workers check every user anyway.
+pub const ADMIN_CHECK_LIMIT: usize = 500;
+/// Role checks in flight at once (the Graph client's own rate budget applies too).
+const ADMIN_CHECK_CONCURRENCY: usize = 8;
+/// Users named per warning line; the rest are counted.
+const NAMED: usize = 50;
 /// Longest wait for our own marker to come by.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -53,6 +61,21 @@ pub struct Approved {
     pub approved_by: String,
     /// Digest of the manifest approved.
     pub manifest: Digest,
+    /// What the directory-role check found (`None` without Graph settings).
+    pub admins: Option<AdminCheck>,
+}
+
+/// The batch's users that hold directory roles, as the worker checks them
+/// ([`crate::graph::GraphClient::privilege`], which [`reset::protection`] asks), for the
+/// approver to see before signing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminCheck {
+    /// Users checked (at most [`ADMIN_CHECK_LIMIT`]; protected users are not checked).
+    pub checked: u64,
+    /// Users holding (or eligible for) a directory role, with the roles.
+    pub admins: Vec<(String, String)>,
+    /// Users whose roles could not be checked, and why.
+    pub unchecked: Vec<(String, String)>,
 }
 
 /// What the first pass learns of one signed manifest of the batch.
@@ -66,6 +89,8 @@ struct Candidate {
     sample: Vec<String>,
     /// Users listed in `reset.protected_users`.
     protected: Vec<String>,
+    /// The first [`ADMIN_CHECK_LIMIT`] other users, for the role check.
+    to_check: Vec<crate::domain::UserRef>,
     /// One request, for its flags and reason.
     first: Option<ResetRequest>,
 }
@@ -119,6 +144,7 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
                             seen: HashSet::new(),
                             sample: Vec::new(),
                             protected: Vec::new(),
+                            to_check: Vec::new(),
                             first: None,
                         })
                     }
@@ -132,6 +158,8 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
                 }
                 if reset::is_protected(&settings.reset, &request.user) {
                     candidate.protected.push(user);
+                } else if candidate.to_check.len() < ADMIN_CHECK_LIMIT {
+                    candidate.to_check.push(request.user.clone());
                 }
                 candidate.first.get_or_insert(*request);
             }
@@ -159,7 +187,8 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
             exit_code: 1,
         }
     );
-    print_summary(settings, &candidate);
+    let admins = check_admins(settings, &candidate.to_check).await;
+    print_summary(settings, &candidate, admins.as_ref());
     let count = candidate.batch.manifest.count;
     confirm(args, count)?;
 
@@ -222,7 +251,132 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
         count,
         approved_by: approver,
         manifest: candidate.batch.digest,
+        admins,
     })
+}
+
+/// Which of `users` hold directory roles, by the worker's own check, when Graph settings are
+/// present (`graph.tenant_id` and `graph.client_id`); `None` otherwise. At most
+/// [`ADMIN_CHECK_CONCURRENCY`] users are checked at once. A check that cannot be made is
+/// reported, not fatal: the approver decides, and workers fail closed on it.
+async fn check_admins(settings: &Settings, users: &[crate::domain::UserRef]) -> Option<AdminCheck> {
+    let graph_set =
+        !settings.graph.tenant_id.trim().is_empty() && !settings.graph.client_id.trim().is_empty();
+    if !graph_set || users.is_empty() {
+        return None;
+    }
+    let graph =
+        match crate::graph::GraphClient::new(&settings.graph, &settings.rate, &settings.retry) {
+            Ok(graph) => graph,
+            Err(error) => {
+                eprintln!("warning: cannot check the batch for admins ({error:#})");
+                return None;
+            }
+        };
+    // Owned futures, made up front: a closure over borrowed users inside the stream makes
+    // the future not `Send` for every lifetime, which the console's handler needs.
+    let checks: Vec<_> = users
+        .iter()
+        .cloned()
+        .map(|user| roles_of(graph.clone(), user))
+        .collect();
+    let results: Vec<(String, Result<Option<String>, String>)> = futures::stream::iter(checks)
+        .buffer_unordered(ADMIN_CHECK_CONCURRENCY)
+        .collect()
+        .await;
+    let mut check = AdminCheck {
+        checked: users.len() as u64,
+        ..AdminCheck::default()
+    };
+    for (user, verdict) in results {
+        match verdict {
+            Ok(None) => {}
+            Ok(Some(roles)) => check.admins.push((user, printable(&roles))),
+            Err(why) => check.unchecked.push((user, printable(&why))),
+        }
+    }
+    check.admins.sort();
+    check.unchecked.sort();
+    Some(check)
+}
+
+/// `user` as printed, and the roles it holds (`Ok(None)`: none), or why they could not be read.
+async fn roles_of(
+    graph: crate::graph::GraphClient,
+    user: crate::domain::UserRef,
+) -> (String, Result<Option<String>, String>) {
+    let shown = printable(&user.to_string());
+    // The worker's own check (`reset::protection` asks the same `privilege`): active and
+    // PIM-eligible role assignments, by object id.
+    let verdict = match graph.resolve_user(&user).await {
+        Err(error) => Err(format!("not looked up: {error}")),
+        Ok(resolved) => match graph.privilege(&resolved).await {
+            Ok(privilege) if privilege.is_privileged() => Ok(Some(privilege.describe())),
+            Ok(_) => Ok(None),
+            Err(error) => Err(error.to_string()),
+        },
+    };
+    (shown, verdict)
+}
+
+/// The warning lines for what [`check_admins`] found, in a batch of `count` users.
+fn admin_warnings(check: &AdminCheck, count: u64, skip_admins: bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    if !check.admins.is_empty() {
+        let fate = if skip_admins {
+            "the workers will skip them and leave them untouched (reset.skip_admins = true)"
+        } else {
+            "reset.skip_admins is false here: they WILL be reset if the workers run with the \
+             same setting"
+        };
+        let named: Vec<&str> = check
+            .admins
+            .iter()
+            .take(NAMED)
+            .map(|(user, _)| user.as_str())
+            .collect();
+        let more = check.admins.len().saturating_sub(NAMED);
+        lines.push(format!(
+            "WARNING: {} user(s) in the batch hold a directory role; {fate}: {}{}",
+            check.admins.len(),
+            named.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+        for (user, roles) in check.admins.iter().take(NAMED) {
+            lines.push(format!("  {user}: {roles}"));
+        }
+    }
+    if !check.unchecked.is_empty() {
+        let named: Vec<String> = check
+            .unchecked
+            .iter()
+            .take(NAMED)
+            .map(|(user, why)| format!("{user} ({why})"))
+            .collect();
+        lines.push(format!(
+            "WARNING: the roles of {} user(s) could not be checked; workers leave such a user \
+             untouched (they fail closed): {}",
+            check.unchecked.len(),
+            named.join(", ")
+        ));
+    }
+    if check.checked < count {
+        lines.push(format!(
+            "admins:       checked the first {} of {count} users for directory roles; every \
+             user is checked again by the workers before anything is deleted",
+            check.checked
+        ));
+    } else if check.admins.is_empty() && check.unchecked.is_empty() {
+        lines.push(format!(
+            "admins:       none: no user of the batch holds a directory role (checked {})",
+            check.checked
+        ));
+    }
+    lines
 }
 
 /// What one message of the awaiting stream is to batch `id`. A manifest's signature is
@@ -384,7 +538,7 @@ fn choose(id: &str, candidates: BTreeMap<Digest, Candidate>) -> anyhow::Result<C
     })
 }
 
-fn print_summary(settings: &Settings, candidate: &Candidate) {
+fn print_summary(settings: &Settings, candidate: &Candidate, admins: Option<&AdminCheck>) {
     let batch = &candidate.batch;
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "batch id:     {}", printable(&batch.manifest.batch));
@@ -425,11 +579,15 @@ fn print_summary(settings: &Settings, candidate: &Candidate) {
             candidate.protected.join(", ")
         );
     }
-    if settings.reset.skip_admins {
+    if let Some(check) = admins {
+        for line in admin_warnings(check, batch.manifest.count, settings.reset.skip_admins) {
+            let _ = writeln!(err, "{line}");
+        }
+    } else if settings.reset.skip_admins {
         let _ = writeln!(
             err,
-            "admins:       users holding a directory role are skipped by the workers \
-             (reset.skip_admins = true)"
+            "admins:       not checked here (no Graph settings); users holding a directory \
+             role are skipped by the workers (reset.skip_admins = true)"
         );
     } else {
         let _ = writeln!(
@@ -480,6 +638,40 @@ fn printable(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_warnings_name_the_users_and_say_they_will_be_skipped() {
+        let check = AdminCheck {
+            checked: 3,
+            admins: vec![(
+                "global.admin@contoso.com".into(),
+                "holds Global Administrator".into(),
+            )],
+            unchecked: vec![("x@contoso.com".into(), "forbidden".into())],
+        };
+        let lines = admin_warnings(&check, 3, true).join("\n");
+        assert!(
+            lines.contains("1 user(s) in the batch hold a directory role"),
+            "{lines}"
+        );
+        assert!(lines.contains("will skip them"), "{lines}");
+        assert!(
+            lines.contains("global.admin@contoso.com: holds Global Administrator"),
+            "{lines}"
+        );
+        assert!(lines.contains("x@contoso.com (forbidden)"), "{lines}");
+        let lines = admin_warnings(&check, 3, false).join("\n");
+        assert!(lines.contains("WILL be reset"), "{lines}");
+        let partial = AdminCheck {
+            checked: ADMIN_CHECK_LIMIT as u64,
+            ..AdminCheck::default()
+        };
+        let lines = admin_warnings(&partial, 10_000, true).join("\n");
+        assert!(
+            lines.contains("checked the first 500 of 10000 users"),
+            "{lines}"
+        );
+    }
 
     #[test]
     fn control_characters_from_the_queue_are_not_printed() {

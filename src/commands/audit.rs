@@ -311,9 +311,14 @@ pub async fn export(
     let since = since.map(parse_since).transpose()?;
     let offset = since.map_or(Offset::First, Offset::Since);
     let reader = RecordReader::from_settings(&settings.security)?;
-    let writer: Box<dyn Write + Send> = match out {
-        Some(path) => Box::new(std::io::BufWriter::new(create_private(path)?)),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    // The record names users: a file is 0600, never written through a symlink, and put in
+    // place only once complete.
+    let (writer, private): (Box<dyn Write + Send>, _) = match out {
+        Some(path) => {
+            let (file, private) = super::private_file::create(path)?;
+            (Box::new(std::io::BufWriter::new(file)), Some(private))
+        }
+        None => (Box::new(std::io::BufWriter::new(std::io::stdout())), None),
     };
     let state = Arc::new(Mutex::new(Export {
         writer,
@@ -340,6 +345,10 @@ pub async fn export(
     }
     export.writer.flush()?;
     let written = export.written;
+    drop(export);
+    if let Some(private) = private {
+        private.commit()?;
+    }
     if let Some(path) = out {
         eprintln!("wrote {written} records to {}", path.display());
     }
@@ -366,19 +375,6 @@ impl Export {
             Err(error) => self.error = Some(error),
         }
     }
-}
-
-/// A new file only its owner can read (the record names users), never through a symlink.
-fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .with_context(|| format!("creating {} (a symlink is refused)", path.display()))
 }
 
 fn export_line(reader: &RecordReader, message: &Seen) -> ExportLine {

@@ -97,6 +97,11 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     settings.security.allowed_signers = keys.allowed_signers.display().to_string();
     settings.worker.key = keys.worker.path.display().to_string();
     settings.intake.key = keys.requester.path.display().to_string();
+    if settings.reset.backup && settings.reset.backup_recipient.trim().is_empty() {
+        // Backups are only ever kept encrypted: a throw-away restore key for the demo's.
+        let restore = crate::backup::BackupIdentity::generate();
+        settings.reset.backup_recipient = restore.recipient().to_string();
+    }
 
     eprintln!(
         "Graph simulator: {} ({} users)",
@@ -208,8 +213,7 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     }
     let view = view?;
 
-    let mut report = super::report::create_private(&args.out)?;
-    super::report::write_csv(&view, &mut report)?;
+    super::private_file::write_with(&args.out, |out| super::report::write_csv(&view, out))?;
 
     println!();
     print!("{}", super::status::summary_table(&view));

@@ -2,14 +2,29 @@
 
 use anyhow::Context;
 
+use crate::backup::BackupIdentity;
 use crate::cli::KeysArgs;
 use crate::trust::KeySet;
+
+/// The restore key's file name in `--dir`.
+pub const RESTORE_KEY: &str = "restore.key";
 
 /// Generate the keys and `allowed_signers`, and say how to use them.
 pub fn run(args: &KeysArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let keys = KeySet::generate(&args.dir).context("generating keys")?;
+    // The restore key: an age X25519 identity, as `age-keygen -o restore.key` writes it.
+    let restore_path = args.dir.join(RESTORE_KEY);
+    let restore = match BackupIdentity::from_file(&restore_path) {
+        Ok(existing) => existing,
+        Err(_) => {
+            let key = BackupIdentity::generate();
+            key.write_new(&restore_path)
+                .context("writing the restore key")?;
+            key
+        }
+    };
     println!("Throw-away keys for trying mfa-reset out (never production):");
     for (role, key) in [
         ("operator (request, approve)", &keys.requester),
@@ -32,6 +47,15 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<()> {
     println!(
         "  worker.key               = {:?}",
         keys.worker.path.display().to_string()
+    );
+    println!(
+        "  reset.backup_recipient   = {:?}   (with reset.backup = true)",
+        restore.recipient().to_string()
+    );
+    println!(
+        "  restore --identity {}   (the restore key: keep it away from the workers; \
+         `age-keygen -o FILE` makes one too)",
+        restore_path.display()
     );
     println!(
         "  enqueue --key {}   then   approve --key {}",

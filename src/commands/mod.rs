@@ -7,6 +7,7 @@ pub mod dlq;
 pub mod enqueue;
 pub mod halt;
 pub mod keys;
+pub mod private_file;
 pub mod report;
 pub mod restore;
 pub mod serve;

@@ -2,15 +2,14 @@
 
 use std::io::Write;
 
-use anyhow::Context;
-
 use crate::batch::BatchView;
 use crate::cli::{ReportArgs, ReportFormat};
 use crate::config::Settings;
 use crate::domain::Outcome;
 
 /// The CSV report's columns, in order (a contract: scripts read them).
-pub const CSV_COLUMNS: [&str; 13] = [
+/// Columns are only ever added at the end.
+pub const CSV_COLUMNS: [&str; 16] = [
     "user",
     "status",
     "methods_removed",
@@ -24,20 +23,27 @@ pub const CSV_COLUMNS: [&str; 13] = [
     "request_id",
     "finished_at",
     "notes",
+    "replay",
+    "replayed_by",
+    "replay_key",
 ];
 
 /// Run the command.
 pub async fn run(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
     let view = super::status::load(settings, &args.batch).await?;
-    let mut out: Box<dyn Write> = match &args.out {
-        Some(path) => Box::new(std::io::BufWriter::new(create_private(path)?)),
-        None => Box::new(std::io::stdout().lock()),
+    let write = |out: &mut dyn Write| match args.format {
+        ReportFormat::Csv => write_csv(&view, out),
+        ReportFormat::Jsonl => write_jsonl(&view, out),
     };
-    match args.format {
-        ReportFormat::Csv => write_csv(&view, &mut out)?,
-        ReportFormat::Jsonl => write_jsonl(&view, &mut out)?,
+    match &args.out {
+        // Personal data: 0600, never through a symlink, all or nothing.
+        Some(path) => super::private_file::write_with(path, write)?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            write(&mut out)?;
+            out.flush()?;
+        }
     }
-    out.flush()?;
     if let Some(warning) = super::status::ignored_warning(&view, &args.batch) {
         eprintln!("{warning}");
     }
@@ -52,40 +58,6 @@ pub async fn run(settings: &Settings, args: &ReportArgs) -> anyhow::Result<()> {
         eprintln!("wrote {} rows to {}", view.finished(), path.display());
     }
     Ok(())
-}
-
-/// Open `path` for a report holding personal data: created 0600 (an existing file is
-/// truncated and set to 0600), and never through a symlink (`O_NOFOLLOW`: a link planted
-/// at the path, e.g. in a shared folder, makes the open fail instead of writing elsewhere).
-pub fn create_private(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
-        let file = options.open(path).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                anyhow::anyhow!(
-                    "{} is a symbolic link: refusing to write a report through it; name a \
-                     regular file",
-                    path.display()
-                )
-            } else {
-                anyhow::Error::from(e).context(format!("creating {}", path.display()))
-            }
-        })?;
-        // The mode above applies only to a file created now.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("making {} private (0600)", path.display()))?;
-        Ok(file)
-    }
-    #[cfg(not(unix))]
-    {
-        options
-            .open(path)
-            .with_context(|| format!("creating {}", path.display()))
-    }
 }
 
 /// Write the CSV report.
@@ -108,7 +80,7 @@ pub fn write_jsonl(view: &BatchView, out: &mut dyn Write) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn csv_row(o: &Outcome) -> [String; 13] {
+fn csv_row(o: &Outcome) -> [String; 16] {
     let join = |v: &[crate::domain::MethodRecord]| {
         v.iter().map(|m| m.short()).collect::<Vec<_>>().join(";")
     };
@@ -126,6 +98,9 @@ fn csv_row(o: &Outcome) -> [String; 13] {
         o.request_id.to_string(),
         o.finished_at.to_rfc3339(),
         o.notes.join("; "),
+        o.replay.to_string(),
+        o.replayed_by.clone().unwrap_or_default(),
+        o.replay_key.clone().unwrap_or_default(),
     ]
 }
 
@@ -143,33 +118,6 @@ pub fn neutralise(cell: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[cfg(unix)]
-    #[test]
-    fn report_files_are_private_and_never_written_through_a_symlink() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let fresh = dir.path().join("report.csv");
-        create_private(&fresh).unwrap();
-        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-
-        let existing = dir.path().join("old.csv");
-        std::fs::write(&existing, "old").unwrap();
-        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o644)).unwrap();
-        create_private(&existing).unwrap();
-        let meta = std::fs::metadata(&existing).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert_eq!(meta.len(), 0, "truncated");
-
-        let target = dir.path().join("target");
-        std::fs::write(&target, "keep").unwrap();
-        let link = dir.path().join("link.csv");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        let err = create_private(&link).unwrap_err().to_string();
-        assert!(err.contains("symbolic link"), "{err}");
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
-    }
 
     #[test]
     fn formula_cells_are_neutralised() {

@@ -1,8 +1,6 @@
 //! `mfa-reset setup`: declare the topology, or (`--definitions FILE`) write the broker users
 //! of each role with least-authority permissions.
 
-use std::io::Write;
-
 use anyhow::Context;
 use secrecy::ExposeSecret;
 
@@ -44,24 +42,28 @@ pub async fn run_with(settings: &Settings, args: &SetupArgs) -> anyhow::Result<(
 fn write_definitions(settings: &Settings, path: &std::path::Path) -> anyhow::Result<()> {
     let vhost = definitions::vhost_of(&settings.broker.url)?;
     let (defs, credentials) = definitions::generate(&settings.broker.prefix, &vhost);
-    let mut file = super::report::create_private(path)?;
-    serde_json::to_writer_pretty(&mut file, &defs)?;
-    file.write_all(b"\n")?;
+    super::private_file::write_with(path, |file| {
+        serde_json::to_writer_pretty(&mut *file, &defs)?;
+        file.write_all(b"\n")?;
+        Ok(())
+    })?;
     let secrets_path = std::path::PathBuf::from(format!("{}.passwords", path.display()));
-    let mut secrets = super::report::create_private(&secrets_path)?;
-    writeln!(
-        secrets,
-        "# role user password (vhost {vhost:?}); move these to your secret store and delete this file"
-    )?;
-    for c in &credentials {
+    super::private_file::write_with(&secrets_path, |secrets| {
         writeln!(
             secrets,
-            "{} {} {}",
-            c.role.name(),
-            c.user,
-            c.password.expose_secret()
+            "# role user password (vhost {vhost:?}); move these to your secret store and delete this file"
         )?;
-    }
+        for c in &credentials {
+            writeln!(
+                secrets,
+                "{} {} {}",
+                c.role.name(),
+                c.user,
+                c.password.expose_secret()
+            )?;
+        }
+        Ok(())
+    })?;
     println!(
         "wrote {} (users and permissions for vhost {vhost:?}) and {} (their passwords, 0600)",
         path.display(),

@@ -76,9 +76,11 @@ pub struct MethodRecord {
     /// Phone type (`mobile`, `alternateMobile`, `office`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone_type: Option<String>,
-    /// Full phone number or email, kept only with `reset.backup = true` (for `restore`).
+    /// The full phone number or email, kept only with `reset.backup = true` (for `restore`),
+    /// and then only encrypted to the restore key (`reset.backup_recipient`): base64 of an age
+    /// file that [`crate::backup::BackupIdentity::open`] opens. Never the value in clear.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup_value: Option<String>,
+    pub backup_sealed: Option<String>,
 }
 
 impl MethodRecord {
@@ -137,6 +139,12 @@ pub struct Outcome {
     /// Who approved the batch, when it needed a second person.
     #[serde(default)]
     pub approved_by: Option<String>,
+    /// For a replay (`replay > 0`): the admin who signed it (namespace `mfa-reset-admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_by: Option<String>,
+    /// For a replay: the `SHA256:…` fingerprint of the key that signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_key: Option<String>,
     /// Why, in the operator's words.
     #[serde(default)]
     pub reason: Option<String>,

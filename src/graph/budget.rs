@@ -112,6 +112,9 @@ struct Limiters {
     key: Key,
     all: Limiter,
     writes: Limiter,
+    /// The bursts of `all` and `writes`.
+    all_burst: u32,
+    writes_burst: u32,
 }
 
 /// What the limiters depend on: rebuilt when it changes.
@@ -242,6 +245,8 @@ impl Budget {
         );
         Limiters {
             key,
+            all_burst: all.burst_size().get(),
+            writes_burst: writes.burst_size().get(),
             all: RateLimiter::direct_with_clock(all, clock),
             writes: RateLimiter::direct_with_clock(writes, clock),
         }
@@ -418,9 +423,16 @@ impl Budget {
         // twice a second), that burst would come on top of the rate each time (+40 % at
         // 0.2 s per 0.5 s window: measured in the storm benchmark as a 429 every few
         // seconds). The tasks are already sending at the old rate, so start empty.
+        // Except when only the share moved on a budget never throttled (a worker joined or
+        // left): then what was left of the burst carries over, capped by the new one. It
+        // is no new burst, and a fleet starting together does not lose Graph's full bucket
+        // to its first census (each worker starts alone, then learns the others).
+        let carried = (limiters.key.full_burst && key.full_burst)
+            .then(|| (drain(&limiters.all), drain(&limiters.writes)));
         let rebuilt = Self::limiters(&self.settings, key, self.clock);
-        drain(&rebuilt.all);
-        drain(&rebuilt.writes);
+        let (all, writes) = carried.unwrap_or((0, 0));
+        keep(&rebuilt.all, rebuilt.all_burst, all);
+        keep(&rebuilt.writes, rebuilt.writes_burst, writes);
         *limiters = Arc::new(rebuilt);
         self.stats.set_factors(key.requests, key.writes);
         tracing::debug!(
@@ -432,9 +444,22 @@ impl Budget {
     }
 }
 
-/// Take every cell `limiter` has available now (its burst, bounded by the quota).
-fn drain(limiter: &Limiter) {
-    while limiter.check().is_ok() {}
+/// Take every cell `limiter` has available now (its burst, bounded by the quota); how many.
+fn drain(limiter: &Limiter) -> u32 {
+    let mut taken = 0;
+    while limiter.check().is_ok() {
+        taken += 1;
+    }
+    taken
+}
+
+/// Leave at most `cells` of a fresh limiter's `burst` available.
+fn keep(limiter: &Limiter, burst: u32, cells: u32) {
+    for _ in 0..burst.saturating_sub(cells) {
+        if limiter.check().is_err() {
+            break;
+        }
+    }
 }
 
 /// Sleep until a limiter's next cell, on tokio's timer (governor's own `until_ready` uses
@@ -509,6 +534,45 @@ mod tests {
             .take_while(|_| slowed.writes.check().is_ok())
             .count();
         assert_eq!(burst, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_joining_an_unthrottled_fleet_carries_the_burst_left_not_an_empty_one() {
+        let rate = RateSettings {
+            writes: 3000,
+            writes_period: Duration::from_secs(150),
+            burst_fraction: 0.5,
+            processes: 0,
+            ..RateSettings::default()
+        };
+        let writes_now = |budget: &Budget| {
+            let limiters = budget.limiters.read().unwrap().clone();
+            (0..5000)
+                .take_while(|_| limiters.writes.check().is_ok())
+                .count()
+        };
+        // Alone: half of Graph's 3,000-write bucket. A second worker appears: this one's
+        // share of the burst (750) is left, not nothing.
+        let budget = Budget::new(&rate).unwrap();
+        budget.set_processes(2);
+        assert_eq!(writes_now(&budget), 750);
+        // What was used stays used: 700 of the 750 gone, then a third worker: 50 left.
+        let budget = Budget::new(&rate).unwrap();
+        budget.set_processes(2);
+        {
+            let limiters = budget.limiters.read().unwrap().clone();
+            for _ in 0..700 {
+                limiters.writes.check().unwrap();
+            }
+        }
+        budget.set_processes(3);
+        assert_eq!(writes_now(&budget), 50);
+        // A throttled budget's limiters still start empty when the share moves.
+        let budget = Budget::new(&rate).unwrap();
+        budget.on_throttled(Instant::now() + Duration::from_secs(1), Limit::Writes);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        budget.set_processes(2);
+        assert_eq!(writes_now(&budget), 0);
     }
 
     #[test]
@@ -632,12 +696,14 @@ mod tests {
         let gate = PauseGate::default();
         budget.set_processes(4);
         assert_eq!(budget.stats().snapshot().workers, 4);
-        // 25/s: 10 requests take 400 ms (rebuilt empty: the first cell after 40 ms).
+        // 25/s: 10 requests take 360 ms (the one cell of burst left carries over: the first
+        // goes at once, each next 40 ms later).
         let start = Instant::now();
         for _ in 0..10 {
             budget.acquire(false, &gate).await;
         }
-        assert_eq!(start.elapsed(), Duration::from_millis(400));
+        assert_eq!(start.elapsed(), Duration::from_millis(360));
+        // Back to one: nothing was left to carry, 100/s from an empty limiter.
         budget.set_processes(1);
         let start = Instant::now();
         for _ in 0..10 {

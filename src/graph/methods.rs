@@ -232,8 +232,9 @@ impl AuthMethod {
         )
     }
 
-    /// The outcome record: masked details always, full phone/email only with `backup`.
-    pub fn record(&self, backup: bool) -> MethodRecord {
+    /// The outcome record: masked details only. A backup of the full value is added, sealed,
+    /// by the reset (`crate::backup`), from [`AuthMethod::backup_value`].
+    pub fn record(&self) -> MethodRecord {
         let mut rec = MethodRecord {
             kind: self.stem().to_string(),
             id: self.id().to_string(),
@@ -247,11 +248,9 @@ impl AuthMethod {
             } => {
                 rec.masked = Some(mask_phone(phone_number));
                 rec.phone_type = Some(phone_type.clone());
-                rec.backup_value = backup.then(|| phone_number.clone());
             }
             AuthMethod::Email { email_address, .. } => {
                 rec.masked = Some(mask_email(email_address));
-                rec.backup_value = backup.then(|| email_address.clone());
             }
             AuthMethod::MicrosoftAuthenticator { display_name, .. }
             | AuthMethod::Fido2 { display_name, .. }
@@ -264,6 +263,18 @@ impl AuthMethod {
             _ => {}
         }
         rec
+    }
+}
+
+impl AuthMethod {
+    /// The value `restore` can re-create the method from: a phone's number, an email method's
+    /// address; `None` for every other type (their secrets stay on the user's device).
+    pub fn backup_value(&self) -> Option<&str> {
+        match self {
+            AuthMethod::Phone { phone_number, .. } => Some(phone_number),
+            AuthMethod::Email { email_address, .. } => Some(email_address),
+            _ => None,
+        }
     }
 }
 
@@ -344,18 +355,16 @@ mod tests {
     }
 
     #[test]
-    fn records_mask_unless_backup_is_on() {
+    fn records_hold_masked_values_only() {
         let phone = AuthMethod::Phone {
             id: "p".into(),
             phone_number: "+1 5555551234".into(),
             phone_type: "mobile".into(),
         };
-        let rec = phone.record(false);
+        let rec = phone.record();
         assert_eq!(rec.masked.as_deref(), Some("+1 ******1234"));
-        assert_eq!(rec.backup_value, None);
-        assert_eq!(
-            phone.record(true).backup_value.as_deref(),
-            Some("+1 5555551234")
-        );
+        assert_eq!(rec.backup_sealed, None);
+        assert!(!serde_json::to_string(&rec).unwrap().contains("5555551234"));
+        assert_eq!(phone.backup_value(), Some("+1 5555551234"));
     }
 }

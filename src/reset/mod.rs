@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::backup::{BackupRecipient, Binding};
 use crate::config::ResetSettings;
 use crate::domain::{MethodRecord, ResetRequest, Status, UserRef};
 use crate::graph::{self, AuthMethod, DirectoryUser, GraphClient, Listing, Privilege, Registered};
@@ -239,6 +240,21 @@ pub struct Earlier {
     pub planned: Vec<MethodRecord>,
 }
 
+/// What a worker settled at start and every reset applies: `reset.*` as given, and what was
+/// derived from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// `[reset]`.
+    pub settings: &'a ResetSettings,
+    /// `reset.methods`, parsed.
+    pub scope: &'a Scope,
+    /// `reset.protected_users`, resolved to object ids.
+    pub protected: &'a ProtectedUsers,
+    /// `reset.backup_recipient` when `reset.backup` is on: removed phone numbers and emails
+    /// are kept sealed to it.
+    pub backup: Option<&'a BackupRecipient>,
+}
+
 /// Reset one user, knowing what `earlier` attempts of the same request did.
 ///
 /// The user is resolved to its object id first, and every later call addresses that id:
@@ -246,16 +262,20 @@ pub struct Earlier {
 pub async fn execute(
     graph: &GraphClient,
     req: &ResetRequest,
-    settings: &ResetSettings,
-    scope: &Scope,
-    protected: &ProtectedUsers,
+    policy: Policy<'_>,
     earlier: Earlier,
     journal: &dyn Journal,
 ) -> Result<Executed, RetryLater> {
+    let Policy {
+        settings,
+        scope,
+        protected,
+        backup,
+    } = policy;
     let mut run = Run {
         graph,
         requested_at: req.requested_at,
-        backup: settings.backup,
+        backup: backup.map(|recipient| (recipient, req.user.to_string())),
         removed: earlier.removed,
         gone: HashSet::new(),
         sessions_revoked: earlier.sessions_revoked,
@@ -301,11 +321,53 @@ fn listing_for(scope: &Scope) -> Listing {
     }
 }
 
+/// Why `user` must not be touched, if it must not: listed in `reset.protected_users`, or
+/// (with `reset.skip_admins`) holding a directory role, or its roles could not be checked
+/// (fail closed). The reset and `restore` both ask this before changing anything.
+/// A retryable or halting error is returned as it is: the caller tries later.
+pub async fn protection(
+    graph: &GraphClient,
+    user: &DirectoryUser,
+    settings: &ResetSettings,
+    protected: &ProtectedUsers,
+) -> Result<Option<(&'static str, String)>, graph::Error> {
+    if let Some(entry) = protected.entry_for(&user.id) {
+        return Ok(Some((
+            "protected_user",
+            format!("{user} is listed in reset.protected_users (as {entry}); not touched"),
+        )));
+    }
+    if !settings.skip_admins {
+        return Ok(None);
+    }
+    match graph.privilege(user).await {
+        Ok(Privilege::NotPrivileged) => Ok(None),
+        Ok(privilege @ Privilege::Privileged { .. }) => Ok(Some((
+            "directory_role",
+            format!(
+                "{}; not touched (reset.skip_admins)",
+                privilege.describe()
+            ),
+        ))),
+        // A passing outage or throttling: try again later, still untouched.
+        Err(error) if error.is_retryable() || error.halts() => Err(error),
+        // Fail closed: a check that cannot be made leaves the user alone.
+        Err(error) => Ok(Some((
+            "privilege_check_failed",
+            format!(
+                "could not check whether the user holds a directory role ({error}); not touched (reset.skip_admins fails closed)"
+            ),
+        ))),
+    }
+}
+
 struct Run<'a> {
     graph: &'a GraphClient,
     /// When the request was made: methods registered after it are the user's new ones.
     requested_at: DateTime<Utc>,
-    backup: bool,
+    /// With `reset.backup`: the restore key, and the user as requested (what each sealed
+    /// value is bound to).
+    backup: Option<(&'a BackupRecipient, String)>,
     removed: Vec<MethodRecord>,
     /// `type:id` of methods whose first DELETE answered 404: already gone (deleted elsewhere
     /// or by an earlier attempt), not removed by us, but no longer there.
@@ -320,6 +382,21 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// The record of `method` as removed: masked, and with `reset.backup` its full value
+    /// sealed to the restore key (never in clear: records go on the stream and the queues).
+    fn removed_record(&self, method: &AuthMethod) -> MethodRecord {
+        let mut record = method.record();
+        if let (Some((recipient, user)), Some(value)) = (&self.backup, method.backup_value()) {
+            let bound = Binding {
+                user,
+                kind: &record.kind,
+                id: &record.id,
+            };
+            record.backup_sealed = Some(recipient.seal(bound, value));
+        }
+        record
+    }
+
     /// Methods an interrupted earlier attempt planned that are no longer listed: it removed them.
     fn adopt_earlier_plan(&mut self, listed: &[AuthMethod]) {
         if self.planned_earlier.is_empty() {
@@ -386,11 +463,12 @@ impl Run<'_> {
 
         if req.dry_run {
             let mut would = self.removed.clone();
-            would.extend(targets.iter().map(|m| m.record(self.backup)));
+            // Nothing is removed, so nothing is backed up: masked values only.
+            would.extend(targets.iter().map(AuthMethod::record));
             return Ok(Executed {
                 status: Status::DryRun,
                 removed: would,
-                remaining: unknown.iter().map(|m| m.record(false)).collect(),
+                remaining: unknown.iter().map(|m| m.record()).collect(),
                 sessions_revoked: false,
                 error: None,
                 graph_calls: self.calls,
@@ -400,7 +478,7 @@ impl Run<'_> {
 
         if !targets.is_empty() {
             let planned: Vec<MethodRecord> =
-                targets.iter().map(|m| m.record(self.backup)).collect();
+                targets.iter().map(|m| self.removed_record(m)).collect();
             self.journal.planned(&planned).await.map_err(|e| {
                 Interrupted::Journal(format!("could not record the plan before deleting: {e:#}"))
             })?;
@@ -429,8 +507,8 @@ impl Run<'_> {
             lingering,
         });
         let mut remaining_records: Vec<MethodRecord> =
-            remaining.iter().map(|m| m.record(false)).collect();
-        remaining_records.extend(unknown.iter().map(|m| m.record(false)));
+            remaining.iter().map(|m| m.record()).collect();
+        remaining_records.extend(unknown.iter().map(|m| m.record()));
         Ok(Executed {
             status: conclusion.status,
             removed: std::mem::take(&mut self.removed),
@@ -492,35 +570,10 @@ impl Run<'_> {
         settings: &ResetSettings,
         protected: &ProtectedUsers,
     ) -> Result<Option<(&'static str, String)>, graph::Error> {
-        if let Some(entry) = protected.entry_for(&user.id) {
-            return Ok(Some((
-                "protected_user",
-                format!("{user} is listed in reset.protected_users (as {entry}); not touched"),
-            )));
+        if protected.entry_for(&user.id).is_none() && settings.skip_admins {
+            self.calls += 1;
         }
-        if !settings.skip_admins {
-            return Ok(None);
-        }
-        self.calls += 1;
-        match self.graph.privilege(user).await {
-            Ok(Privilege::NotPrivileged) => Ok(None),
-            Ok(privilege @ Privilege::Privileged { .. }) => Ok(Some((
-                "directory_role",
-                format!(
-                    "{}; not touched (reset.skip_admins)",
-                    privilege.describe()
-                ),
-            ))),
-            // A passing outage or throttling: try again later, still untouched.
-            Err(error) if error.is_retryable() || error.halts() => Err(error),
-            // Fail closed: a check that cannot be made leaves the user alone.
-            Err(error) => Ok(Some((
-                "privilege_check_failed",
-                format!(
-                    "could not check whether the user holds a directory role ({error}); not touched (reset.skip_admins fails closed)"
-                ),
-            ))),
-        }
+        protection(self.graph, user, settings, protected).await
     }
 
     /// The user's default method, read only when more than one target could be it; when the
@@ -597,7 +650,8 @@ impl Run<'_> {
         self.calls += 1;
         match self.graph.delete_method(user, method).await {
             Ok(()) => {
-                self.removed.push(method.record(self.backup));
+                let record = self.removed_record(method);
+                self.removed.push(record);
                 Ok(())
             }
             // Gone before our first try (deleted elsewhere, or by an earlier attempt):

@@ -274,6 +274,18 @@ pub struct Verified {
     /// audit finds every user of the batch without a verified outcome.
     #[serde(default)]
     pub item: u64,
+    /// The admin whose grant let this replay run (`replay > 0` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_by: Option<Replayer>,
+}
+
+/// The admin who signed a replay's grant: who, and with which key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replayer {
+    /// As `allowed_signers` names them (namespace `mfa-reset-admin`).
+    pub principal: Principal,
+    /// `SHA256:…` fingerprint of the key that signed the grant.
+    pub key: String,
 }
 
 /// The verdict on one request.
@@ -283,6 +295,19 @@ pub enum Verdict {
     Verified(Verified),
     /// Dead-letter it with the reason; never execute it.
     Refused(Refusal),
+}
+
+impl Verdict {
+    /// A verified verdict naming the admin who granted its replay.
+    pub fn replayed_by(self, replayer: Option<Replayer>) -> Verdict {
+        match self {
+            Verdict::Verified(verified) => Verdict::Verified(Verified {
+                replayed_by: replayer,
+                ..verified
+            }),
+            refused => refused,
+        }
+    }
 }
 
 /// What verification needs from the deployment.
@@ -336,14 +361,14 @@ pub fn sign_replay(request: &ResetRequest, signer: &Signer) -> Result<String, Si
 }
 
 /// Is a replayed `request` (`replay > 0`) granted by an admin in `allowed`? `Ok(None)` for a
-/// first run, `Ok(Some(admin))` for a valid grant of exactly this request id, replay number
+/// first run, `Ok(Some(admin))` (who signed, with which key) for a valid grant of exactly this request id, replay number
 /// and batch; otherwise the refusal (`unsigned`, `bad_signature`, `signer_not_allowed`).
 pub fn verify_replay(
     request: &ResetRequest,
     replay_header: Option<&str>,
     allowed: &AllowedSigners,
     now: DateTime<Utc>,
-) -> Result<Option<Principal>, Refusal> {
+) -> Result<Option<Replayer>, Refusal> {
     if request.replay == 0 {
         return Ok(None);
     }
@@ -384,7 +409,10 @@ pub fn verify_replay(
             ),
         )
     })?;
-    Ok(Some(admin.principal))
+    Ok(Some(Replayer {
+        principal: admin.principal,
+        key: admin.fingerprint,
+    }))
 }
 
 /// Check a batch's manifest signature and, when present or needed, its approval, at `now`.
@@ -519,6 +547,7 @@ pub fn verify_request(
             approved_by: batch.approved_by.clone(),
             manifest: batch.digest,
             item,
+            replayed_by: None,
         }),
         Err(refusal) => Verdict::Refused(refusal),
     }
@@ -585,11 +614,12 @@ pub fn verdict(
     policy: &Policy<'_>,
     now: DateTime<Utc>,
 ) -> Verdict {
-    if let Err(refusal) = verify_replay(request, seal.replay, policy.allowed, now) {
-        return Verdict::Refused(refusal);
-    }
+    let replayed_by = match verify_replay(request, seal.replay, policy.allowed, now) {
+        Ok(replayed_by) => replayed_by,
+        Err(refusal) => return Verdict::Refused(refusal),
+    };
     match verify_batch(seal.manifest, seal.approval, policy, now) {
-        Ok(batch) => verify_request(request, seal.proof, &batch, now),
+        Ok(batch) => verify_request(request, seal.proof, &batch, now).replayed_by(replayed_by),
         Err(refusal) => Verdict::Refused(refusal),
     }
 }

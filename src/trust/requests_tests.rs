@@ -376,12 +376,15 @@ fn a_replay_runs_only_with_an_admin_grant_of_exactly_this_request_replay_and_bat
     assert!(matches!(run(&requests[0], None), Verdict::Verified(_)));
     let grant = sign_replay(&replayed, &carol).unwrap();
     assert!(matches!(run(&replayed, Some(&grant)), Verdict::Verified(_)));
-    assert_eq!(
-        verify_replay(&replayed, Some(&grant), &allowed, now())
-            .unwrap()
-            .map(|p| p.to_string()),
-        Some("carol@contoso.com".to_string())
-    );
+    let replayer = verify_replay(&replayed, Some(&grant), &allowed, now())
+        .unwrap()
+        .expect("a replay names its admin");
+    assert_eq!(replayer.principal.to_string(), "carol@contoso.com");
+    assert_eq!(replayer.key, carol.fingerprint());
+    match run(&replayed, Some(&grant)) {
+        Verdict::Verified(verified) => assert_eq!(verified.replayed_by, Some(replayer)),
+        refused => panic!("{refused:?}"),
+    }
 
     // No grant (or an empty one): unsigned.
     assert_eq!(refused(run(&replayed, None)), Reason::Unsigned);

@@ -202,9 +202,12 @@ async fn run(ctx: &Ctx, request: &ResetRequest) -> Attempt {
         reset::execute(
             &worker.graph,
             request,
-            settings,
-            &worker.scope,
-            &worker.protected,
+            reset::Policy {
+                settings,
+                scope: &worker.scope,
+                protected: &worker.protected,
+                backup: worker.backup.as_ref(),
+            },
             earlier,
             &journal,
         ),

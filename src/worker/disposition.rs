@@ -466,6 +466,8 @@ fn outcome(
         notes: executed.notes,
         requested_by: Some(who.requested_by.to_string()),
         approved_by: who.approved_by.as_ref().map(ToString::to_string),
+        replayed_by: who.replayed_by.as_ref().map(|r| r.principal.to_string()),
+        replay_key: who.replayed_by.as_ref().map(|r| r.key.clone()),
         reason: request.reason.clone(),
         item: Some(who.item),
     }

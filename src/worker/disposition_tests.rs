@@ -90,6 +90,7 @@ fn verified() -> Verified {
         approved_by: Some(serde_json::from_str("\"bob@contoso.com\"").unwrap()),
         manifest: crate::trust::Digest::ZERO,
         item: 7,
+        replayed_by: None,
     }
 }
 
@@ -211,6 +212,8 @@ fn an_executed_reset_is_recorded_with_every_field_of_the_request_and_the_reset_a
         // The verified signers, not what the request body claims.
         requested_by: Some("alice@contoso.com".into()),
         approved_by: Some("bob@contoso.com".into()),
+        replayed_by: None,
+        replay_key: None,
         reason: Some("lost phone".into()),
         item: Some(7),
     };

@@ -281,6 +281,8 @@ mod tests {
                 dry_run,
                 requested_by: None,
                 approved_by: None,
+                replayed_by: None,
+                replay_key: None,
                 reason: None,
                 item: None,
                 notes: Vec::new(),

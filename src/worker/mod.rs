@@ -48,6 +48,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
+use crate::backup::BackupRecipient;
 use crate::broker::{self, Topology};
 use crate::config::Settings;
 use crate::graph::GraphClient;
@@ -78,6 +79,8 @@ struct Worker {
     topology: Topology,
     graph: GraphClient,
     scope: Scope,
+    /// `reset.backup_recipient` when `reset.backup` is on.
+    backup: Option<BackupRecipient>,
     /// `reset.protected_users`, resolved to object ids at start.
     protected: ProtectedUsers,
     ledger: Arc<Ledger>,
@@ -137,6 +140,11 @@ pub async fn run(
     let principal = sealer.check_allowed(reader.allowed())?;
     tracing::info!(key = %sealer.fingerprint(), %principal, "signing records with worker.key");
     let scope = Scope::from_settings(&settings.reset.methods)?;
+    // Backups are sealed to the restore key, never written in clear: no key, no start.
+    let backup = BackupRecipient::from_settings(&settings.reset)?;
+    if let Some(recipient) = &backup {
+        tracing::info!(%recipient, "backing up phone numbers and emails, encrypted to reset.backup_recipient");
+    }
     let Some(protected) = resolve_protected(settings, &graph, &metrics, &cancel).await? else {
         return Ok(());
     };
@@ -146,6 +154,7 @@ pub async fn run(
         topology: Topology::new(&settings.broker, &settings.retry),
         graph,
         scope,
+        backup,
         protected,
         ledger: Arc::new(Ledger::with_capacity(
             settings.reset.max_request_age,

@@ -67,11 +67,12 @@ impl Gatekeeper {
     /// The verdict on `request` delivered with `seal`, at `now`.
     /// A replay (`replay > 0`) needs an admin's grant first ([`verify_replay`]).
     pub fn check(&self, request: &ResetRequest, seal: Seal<'_>, now: DateTime<Utc>) -> Verdict {
-        if let Err(refusal) = verify_replay(request, seal.replay, &self.allowed, now) {
-            return Verdict::Refused(refusal);
-        }
+        let replayed_by = match verify_replay(request, seal.replay, &self.allowed, now) {
+            Ok(replayed_by) => replayed_by,
+            Err(refusal) => return Verdict::Refused(refusal),
+        };
         match self.batch(seal, now) {
-            Ok(batch) => verify_request(request, seal.proof, &batch, now),
+            Ok(batch) => verify_request(request, seal.proof, &batch, now).replayed_by(replayed_by),
             Err(refusal) => Verdict::Refused(refusal),
         }
     }

@@ -149,7 +149,7 @@ async fn enqueue_then_work_then_report_through_the_binary() {
     let mut lines = report.lines();
     assert_eq!(
         lines.next(),
-        Some("user,status,methods_removed,methods_remaining,sessions_revoked,attempts,error_code,error_message,ticket,batch,request_id,finished_at,notes")
+        Some("user,status,methods_removed,methods_remaining,sessions_revoked,attempts,error_code,error_message,ticket,batch,request_id,finished_at,notes,replay,replayed_by,replay_key")
     );
     let statuses: Vec<&str> = lines
         .map(|l| l.split(',').nth(1).unwrap_or_default())

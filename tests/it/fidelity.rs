@@ -168,7 +168,7 @@ async fn a_guest_user_is_reset_through_the_encoded_upn() {
         o.methods_removed[0].masked.as_deref(),
         Some("+44 ******0123")
     );
-    assert_eq!(o.methods_removed[0].backup_value, None);
+    assert_eq!(o.methods_removed[0].backup_sealed, None);
     assert!(o.methods_remaining.is_empty());
     assert_eq!(outcome(&view, QUOTE_PLUS_AMP).status, Status::Reset);
     assert_eq!(sim_stems(&env, GUEST), ["password"]);
@@ -584,7 +584,7 @@ async fn a_dry_run_records_what_would_be_removed_and_changes_nothing() {
     assert!(adele
         .methods_removed
         .iter()
-        .all(|m| m.backup_value.is_none()));
+        .all(|m| m.backup_sealed.is_none()));
     assert!(adele
         .methods_removed
         .iter()
@@ -603,15 +603,20 @@ async fn a_dry_run_records_what_would_be_removed_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_recreates_the_phone_and_email_methods_of_a_batch() {
     let mut env = TestEnv::new("fid-restore", fixture_tenant()).await;
-    env.settings.reset.backup = true;
+    let (_key_dir, identity) = crate::at_rest::restore_key(&mut env);
     let adele_before = env.sim.user(ADELE).unwrap();
     let view = reset(&mut env, &[ADELE, EVERY_METHOD]).await;
     let batch = view.manifest().unwrap().batch.clone();
     let adele = outcome(&view, ADELE);
-    assert!(adele
-        .methods_removed
-        .iter()
-        .any(|m| m.backup_value.as_deref() == Some("+1 5555551234")));
+    assert_eq!(
+        adele
+            .methods_removed
+            .iter()
+            .filter(|m| m.backup_sealed.is_some())
+            .count(),
+        3,
+        "both phones and the email are backed up, sealed"
+    );
 
     let restored = commands::restore::run(
         &env.settings,
@@ -619,6 +624,7 @@ async fn restore_recreates_the_phone_and_email_methods_of_a_batch() {
             batch: batch.clone(),
             user: Some(ADELE.to_uppercase()),
             yes: true,
+            identity: Some(identity),
         },
     )
     .await
@@ -670,7 +676,7 @@ async fn without_backup_restore_says_it_cannot() {
     assert!(outcome(&view, ADELE)
         .methods_removed
         .iter()
-        .all(|m| m.backup_value.is_none()));
+        .all(|m| m.backup_sealed.is_none()));
     env.sim.reset_stats();
 
     let restored = commands::restore::run(
@@ -679,6 +685,7 @@ async fn without_backup_restore_says_it_cannot() {
             batch,
             user: None,
             yes: true,
+            identity: None,
         },
     )
     .await

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod at_rest;
 mod authority;
 mod browser;
 mod budget;

@@ -45,7 +45,7 @@ fn forged_outcome(batch: &str, user: &UserRef) -> Record {
         methods_removed: vec![MethodRecord {
             kind: "phone".into(),
             id: "FORGED-phone".into(),
-            backup_value: Some("+1 5550000666".into()),
+            backup_sealed: Some("forged".into()),
             ..MethodRecord::default()
         }],
         methods_remaining: Vec::new(),
@@ -61,6 +61,8 @@ fn forged_outcome(batch: &str, user: &UserRef) -> Record {
         dry_run: false,
         requested_by: None,
         approved_by: None,
+        replayed_by: None,
+        replay_key: None,
         reason: None,
         item: None,
         notes: Vec::new(),

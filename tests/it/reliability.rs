@@ -352,6 +352,8 @@ async fn a_redelivered_request_whose_outcome_is_recorded_is_acked_without_a_grap
         notes: Vec::new(),
         requested_by: None,
         approved_by: None,
+        replayed_by: None,
+        replay_key: None,
         reason: None,
         item: None,
     };
@@ -491,7 +493,7 @@ async fn a_reset_interrupted_after_deleting_keeps_the_record_of_what_it_removed(
         request_id,
         replay: 0,
         batch: batch.into(),
-        methods: targets.iter().map(|m| m.record(false)).collect(),
+        methods: targets.iter().map(|m| m.record()).collect(),
         at: chrono::Utc::now(),
     });
     let conn = mfa_reset::broker::connect(&env.settings.broker, "test")

@@ -312,6 +312,67 @@ async fn a_big_batch_waits_until_a_second_person_approves_it_and_only_that_list(
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_names_the_batch_users_holding_directory_roles_and_the_workers_skip_them() {
+    let mut env = TestEnv::new("req-approve-admins", crate::fidelity::fixture_tenant()).await;
+    env.settings.security.approval_above = 2;
+    env.settings.reset.skip_admins = true;
+    env.setup().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let csv = dir.path().join("users.csv");
+    std::fs::write(
+        &csv,
+        "userPrincipalName\nadele.vance@contoso.com\nglobal.admin@contoso.com\n\
+         eligible.admin@contoso.com\nevery.method@contoso.com\n",
+    )
+    .expect("csv");
+    let enqueued = commands::enqueue::run(
+        &env.settings,
+        &crate::common::env::enqueue_args(Some(csv), None),
+    )
+    .await
+    .expect("enqueue");
+    assert!(enqueued.awaiting_approval);
+
+    let approved = commands::approve::run(
+        &env.settings,
+        &ApproveArgs {
+            batch: enqueued.batch.clone(),
+            key: env.keys.approver.path.clone(),
+            yes: true,
+        },
+    )
+    .await
+    .expect("approve");
+    let check = approved
+        .admins
+        .expect("Graph settings are present: checked");
+    assert_eq!(check.checked, 4);
+    let admins: Vec<&str> = check.admins.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(
+        admins,
+        ["eligible.admin@contoso.com", "global.admin@contoso.com"]
+    );
+    assert!(
+        check.admins[1].1.contains("Global Administrator"),
+        "{check:?}"
+    );
+    assert!(check.unchecked.is_empty(), "{check:?}");
+
+    // What approve warned about is what the workers do.
+    env.start_worker(4);
+    let view = env.wait_batch(&enqueued.batch, 60).await;
+    let skipped: Vec<String> = view
+        .outcomes()
+        .filter(|o| o.status == Status::SkippedProtected)
+        .map(|o| o.user.to_string())
+        .collect();
+    let mut skipped = skipped;
+    skipped.sort();
+    assert_eq!(skipped, admins);
+    env.cleanup().await;
+}
+
 /// Wait until the outcomes stream holds `n` outcomes of `id` (or fail after a generous deadline).
 async fn wait_outcomes(env: &TestEnv, id: uuid::Uuid, n: u32) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -330,7 +391,8 @@ async fn wait_outcomes(env: &TestEnv, id: uuid::Uuid, n: u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_verified_request_republished_with_a_higher_replay_runs_only_with_an_admin_grant() {
+async fn a_verified_request_republished_with_a_higher_replay_runs_only_with_an_admin_grant_and_names_the_admin(
+) {
     let mut env = TestEnv::new("req-replay", tenant(3)).await;
     env.setup().await;
     let topology = env.topology();
@@ -401,5 +463,67 @@ async fn a_verified_request_republished_with_a_higher_replay_runs_only_with_an_a
     wait_outcomes(&env, id, 2).await;
     env.stop_workers().await;
     assert_eq!(env.queue_len(&topology.dead()).await, 0);
+
+    // The replay's outcome names the admin who signed it, and their key, beside the
+    // requester; the first run's names no admin.
+    let outcomes: Vec<_> = env
+        .stream_records()
+        .await
+        .into_iter()
+        .filter_map(|r| match r {
+            mfa_reset::domain::Record::Outcome(o) if o.request_id == id => Some(o),
+            _ => None,
+        })
+        .collect();
+    let first = outcomes.iter().find(|o| o.replay == 0).expect("first run");
+    assert_eq!((&first.replayed_by, &first.replay_key), (&None, &None));
+    let replayed = outcomes.iter().find(|o| o.replay == 2).expect("replay 2");
+    assert_eq!(
+        replayed.replayed_by.as_deref(),
+        Some(env.keys.admin.principal.as_str())
+    );
+    assert_eq!(
+        replayed.replay_key.as_deref(),
+        Some(admin.fingerprint().as_str())
+    );
+    assert_eq!(
+        replayed.requested_by.as_deref(),
+        Some(env.keys.requester.principal.as_str())
+    );
+
+    // The report and the audit export show it.
+    // (Published by hand, the batch has no manifest on the stream for `status::load`.)
+    let mut view = mfa_reset::batch::BatchView::new("replay-grant");
+    for record in env.stream_records().await {
+        view.apply(record);
+    }
+    let mut csv = Vec::new();
+    commands::report::write_csv(&view, &mut csv).expect("csv");
+    let csv = String::from_utf8(csv).unwrap();
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with(",replay,replayed_by,replay_key"));
+    let row = format!(",2,{},{}", env.keys.admin.principal, admin.fingerprint());
+    assert!(csv.lines().any(|line| line.ends_with(&row)), "{csv}");
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export.jsonl");
+    commands::audit::export(&env.settings, None, Some(&export))
+        .await
+        .expect("export");
+    let exported = std::fs::read_to_string(&export).unwrap();
+    let line = exported
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| {
+            l["verified"] == true && l["record"]["kind"] == "outcome" && l["record"]["replay"] == 2
+        })
+        .expect("the replay's outcome is exported");
+    assert_eq!(
+        line["record"]["replayed_by"],
+        env.keys.admin.principal.as_str()
+    );
+    assert_eq!(line["record"]["replay_key"], admin.fingerprint().as_str());
     env.cleanup().await;
 }

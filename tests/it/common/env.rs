@@ -335,6 +335,26 @@ impl TestEnv {
         out
     }
 
+    /// Every message body on this test's outcomes stream, raw (verified or not), oldest first.
+    pub async fn stream_bodies(&self) -> Vec<Vec<u8>> {
+        let bodies: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let sink = bodies.clone();
+        let conn = broker::connect(&self.settings.broker, "test raw")
+            .await
+            .expect("broker");
+        mfa_reset::broker::stream::read_until_now(
+            &conn,
+            &self.topology(),
+            mfa_reset::broker::stream::Offset::First,
+            move |message| sink.lock().unwrap().push(message.body.to_vec()),
+        )
+        .await
+        .expect("read the outcomes stream");
+        let _ = conn.close(200, "bye".into()).await;
+        let out = bodies.lock().unwrap().clone();
+        out
+    }
+
     /// Take every message now in `queue` off it (acked) and return the bodies.
     pub async fn drain_queue(&self, queue: &str) -> Vec<Vec<u8>> {
         let conn = broker::connect(&self.settings.broker, "test drain")
