@@ -585,6 +585,11 @@ pub struct ConsoleSettings {
     /// signed-in approver who is not the batch's operator. Its principal must differ from
     /// `console.key`'s. Empty = approvals only with `mfa-reset approve`.
     pub approve_key: String,
+    /// An admin's SSH key (namespace `mfa-reset-admin`) the console signs dead-letter replays
+    /// with, once a replay an operator asked for is approved by a different signed-in
+    /// approver. Empty = the console lists dead letters and records replay requests, and the
+    /// replay itself is run with `mfa-reset dlq replay --yes --key FILE`.
+    pub admin_key: String,
 }
 
 impl Default for ConsoleSettings {
@@ -599,6 +604,7 @@ impl Default for ConsoleSettings {
             session_lifetime: Duration::from_secs(8 * 3600),
             max_upload: 64 * 1024 * 1024,
             approve_key: String::new(),
+            admin_key: String::new(),
         }
     }
 }

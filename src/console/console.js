@@ -149,4 +149,26 @@
       if (c.complete) { es.close(); loadUsers(); }
     });
   }
+  // Dead letters: an operator asks for a replay, a different approver approves it.
+  const replayStatus = document.getElementById("replay-status");
+  for (const b of document.querySelectorAll("button.replay-ask")) {
+    b.addEventListener("click", async function () {
+      b.disabled = true;
+      const r = await fetch("/api/v1/replays", { method: "POST",
+        headers: { "content-type": "application/json", "x-csrf-token": b.dataset.csrf },
+        body: JSON.stringify({ batch: b.dataset.batch, error_code: b.dataset.code }) });
+      const a = await r.json();
+      replayStatus.textContent = r.ok ? ("Replay asked for; another approver must approve it.") : (a.message || a.error);
+      if (r.ok) window.location.reload();
+    });
+  }
+  for (const b of document.querySelectorAll("button.replay-approve")) {
+    b.addEventListener("click", async function () {
+      b.disabled = true;
+      const r = await fetch("/api/v1/replays/" + encodeURIComponent(b.dataset.id) + "/approve", { method: "POST",
+        headers: { "x-csrf-token": b.dataset.csrf } });
+      const a = await r.json();
+      replayStatus.textContent = r.ok ? ("Replayed " + a.replayed + " request(s).") : (a.message || a.error);
+    });
+  }
 })();

@@ -10,6 +10,8 @@
 //! id and the workers' exactly-once ledger absorbs it; what the tickets API answers is rebuilt
 //! from the outcomes stream at start.
 
+pub mod audit;
+pub mod history;
 pub mod oidc;
 pub mod pages;
 pub mod reports;
@@ -70,6 +72,15 @@ pub struct Console {
     /// Batches this process submitted, with the submitting person's object id: the
     /// two-person check compares identities, not only the UPN the manifest carries.
     pub submitted: std::sync::Mutex<HashMap<String, String>>,
+    /// Replays operators asked for, waiting for (or done after) an approver.
+    pub replays: history::ReplayRequests,
+    /// This process's chain of console actions on the audit record.
+    pub audit_chain: tokio::sync::Mutex<crate::trust::ChainWriter>,
+    /// The intake exchange (the console's records go to the outcomes stream through it).
+    pub topology_intake: String,
+    /// Cancelled when the console stops: open event streams end, so the graceful shutdown
+    /// is not held by a browser watching a running batch.
+    pub shutdown: CancellationToken,
 }
 
 impl Console {
@@ -203,6 +214,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         batches,
         batches_changed,
         submitted: Default::default(),
+        replays: Default::default(),
+        audit_chain: tokio::sync::Mutex::new(audit::new_chain()),
+        topology_intake: topology.intake(),
+        shutdown: shutdown.clone(),
         settings,
         sources,
         publisher: tokio::sync::Mutex::new(Some(publisher)),
@@ -242,6 +257,16 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/v1/batches/{batch}/approve", post(uploads::approve))
         .route("/api/v1/batches/{batch}/report", get(reports::download))
         .route("/api/v1/batches/{batch}/users", get(watch::users))
+        .route("/batches", get(history::history_page))
+        .route("/dead-letters", get(history::dead_letters_page))
+        .route(
+            "/api/v1/replays",
+            get(history::list_replays).post(history::ask_replay),
+        )
+        .route(
+            "/api/v1/replays/{id}/approve",
+            post(history::approve_replay),
+        )
         .route("/api/v1/tickets", post(tickets::create))
         .route("/api/v1/tickets/{ticket}", get(tickets::outcome))
         .layer(axum::middleware::map_response(security_headers))

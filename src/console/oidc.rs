@@ -296,6 +296,14 @@ pub async fn callback(
         }
     };
     tracing::info!(upn = %super::printable(&session.upn), oid = %session.oid, roles = ?session.roles, "signed in");
+    super::audit::record(
+        &console,
+        &session,
+        "signed_in",
+        None,
+        serde_json::Value::Null,
+    )
+    .await;
     let value = console.cookies.seal(SESSION_COOKIE, &session);
     let max_age = session.exp - chrono::Utc::now().timestamp();
     let mut response = redirect(&login.return_to);

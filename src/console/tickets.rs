@@ -341,7 +341,7 @@ impl TicketIndex {
                 entry.sessions_revoked = o.sessions_revoked;
                 entry.finished_at = Some(o.finished_at);
             }
-            Record::Plan(_) | Record::Marker { .. } => {}
+            Record::Plan(_) | Record::Marker { .. } | Record::ConsoleAction(_) => {}
         }
     }
 

@@ -348,6 +348,19 @@ pub async fn submit(
                 }
                 submitted.insert(e.batch.clone(), session.oid.clone());
             }
+            super::audit::record(
+                &console,
+                &session,
+                "batch_submitted",
+                Some(&e.batch),
+                serde_json::json!({
+                    "count": e.count,
+                    "awaiting_approval": e.awaiting_approval,
+                    "dry_run": upload.dry_run,
+                    "revoke_sessions": upload.revoke_sessions,
+                }),
+            )
+            .await;
             tracing::info!(batch = %e.batch, count = e.count, operator = %super::printable(&session.upn), oid = %session.oid, "batch submitted from the console");
             Json(serde_json::json!({
                 "batch": e.batch,
@@ -490,6 +503,18 @@ pub async fn approve(
     };
     match crate::commands::approve::run(&console.settings, &args).await {
         Ok(approved) => {
+            super::audit::record(
+                &console,
+                &session,
+                "batch_approved",
+                Some(&batch),
+                serde_json::json!({
+                    "count": approved.count,
+                    "signed_as": approved.approved_by,
+                    "manifest": approved.manifest.to_string(),
+                }),
+            )
+            .await;
             tracing::info!(batch = %batch, count = approved.count, approver = %super::printable(&session.upn), oid = %session.oid, principal = %approved.approved_by, "batch approved from the console");
             Json(serde_json::json!({
                 "batch": batch,
@@ -596,17 +621,27 @@ pub async fn batch_events(
             "no such batch",
         );
     }
+    // A fixed cadence (not a sleep after each snapshot): building the snapshot of a big batch
+    // does not stretch the interval between events.
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream = futures::stream::unfold(
-        (console, batch, false),
-        |(console, batch, done)| async move {
+        (console, batch, every, false),
+        |(console, batch, mut every, done)| async move {
             if done {
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::select! {
+                _ = every.tick() => {}
+                () = console.shutdown.cancelled() => return None,
+            }
             let now = snapshot(&console, &batch)?;
             let complete = now["complete"] == serde_json::Value::Bool(true);
             let event = Event::default().event("counts").data(now.to_string());
-            Some((Ok::<_, Infallible>(event), (console, batch, complete)))
+            Some((
+                Ok::<_, Infallible>(event),
+                (console, batch, every, complete),
+            ))
         },
     );
     Sse::new(stream)

@@ -6,5 +6,7 @@ mod request;
 mod user;
 
 pub use outcome::{mask_email, mask_phone, MethodRecord, Outcome, Status};
-pub use request::{BatchManifest, Carry, PlanRecord, Record, ResetRequest, REQUEST_VERSION};
+pub use request::{
+    BatchManifest, Carry, ConsoleAction, PlanRecord, Record, ResetRequest, REQUEST_VERSION,
+};
 pub use user::{UserRef, UserRefError};

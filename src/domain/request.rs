@@ -126,4 +126,29 @@ pub enum Record {
         /// Unique per read.
         id: Uuid,
     },
+    /// Something a person did in the web console (`mfa-reset serve`), sealed by the console's
+    /// key on its own chain (`console:{writer}`).
+    ConsoleAction(ConsoleAction),
+}
+
+/// One action of a signed-in person in the web console, for the audit record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleAction {
+    /// `signed_in`, `batch_submitted`, `batch_approved`, `replay_requested`, `replay_approved`.
+    pub action: String,
+    /// The batch acted on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+    /// The person's user principal name, from their id token.
+    pub upn: String,
+    /// The person's Entra object id (`oid`): the identity that does not change with a rename.
+    pub oid: String,
+    /// The app roles the person held.
+    pub roles: Vec<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What else the action needs to be understood (counts, the replay's id, an error).
+    #[serde(default)]
+    pub detail: serde_json::Value,
 }

@@ -95,6 +95,7 @@ fn claimed_time(record: &Record) -> Option<DateTime<Utc>> {
     match record {
         Record::Outcome(o) => Some(o.finished_at),
         Record::Plan(p) => Some(p.at),
+        Record::ConsoleAction(a) => Some(a.at),
         Record::Manifest(_) | Record::Marker { .. } => None,
     }
 }
@@ -104,7 +105,7 @@ fn record_batch(record: &Record) -> Option<&str> {
         Record::Outcome(o) => Some(&o.batch),
         Record::Plan(p) => Some(&p.batch),
         Record::Manifest(m) => Some(&m.batch),
-        Record::Marker { .. } => None,
+        Record::Marker { .. } | Record::ConsoleAction(_) => None,
     }
 }
 
@@ -131,6 +132,7 @@ fn classify(body: &[u8], allowed: &AllowedSigners) -> Read {
     let batch = Some(sealed.link.batch().to_string());
     let record: Record = match serde_json::from_value(sealed.record.clone()) {
         Ok(record @ (Record::Outcome(_) | Record::Plan(_))) => record,
+        Ok(record @ Record::ConsoleAction(_)) => return console_action(record, &sealed, allowed),
         Ok(_) => {
             return ignored(
                 batch,
@@ -151,6 +153,31 @@ fn classify(body: &[u8], allowed: &AllowedSigners) -> Read {
         Err(error) => ignored(batch, error.to_string()),
     }
 }
+
+/// A console action is believed when it is on a console chain (`console:…`, which no batch
+/// id can be) and signed by a key allowed to request (the console's, `console.key`).
+fn console_action(record: Record, sealed: &SealedRecord, allowed: &AllowedSigners) -> Read {
+    if !sealed.link.chain.starts_with(CONSOLE_CHAIN_PREFIX) {
+        return Read::Ignored {
+            batch: None,
+            reason: "a console action on a chain that is not the console's".into(),
+        };
+    }
+    let at = claimed_time(&record).unwrap_or_else(Utc::now);
+    match sealed.verify(Namespace::Request, allowed, at) {
+        Ok(verified) => Read::Verified {
+            record,
+            signer: verified.principal,
+        },
+        Err(error) => Read::Ignored {
+            batch: None,
+            reason: error.to_string(),
+        },
+    }
+}
+
+/// How the chains of the console's actions begin: `console:{writer}`.
+pub const CONSOLE_CHAIN_PREFIX: &str = "console:";
 
 #[cfg(test)]
 mod tests {
@@ -224,6 +251,45 @@ mod tests {
             "per outcome record: seal {seal:?}, read and verify {read:?} ({} bytes)",
             bodies[0].len()
         );
+    }
+
+    #[test]
+    fn a_console_action_is_believed_only_on_a_console_chain_signed_by_a_requesting_key() {
+        let (_dir, keys, allowed) = keys();
+        let action = Record::ConsoleAction(crate::domain::ConsoleAction {
+            action: "signed_in".into(),
+            batch: None,
+            upn: "ops@contoso.com".into(),
+            oid: "0000-oid".into(),
+            roles: vec!["operator".into()],
+            at: Utc::now(),
+            detail: serde_json::Value::Null,
+        });
+        let seal = |chain: &str, key: &std::path::Path| {
+            let signer = Signer::from_key_file(key).unwrap();
+            let mut writer = ChainWriter::new(chain, Namespace::Request);
+            serde_json::to_vec(&writer.seal(&action, &signer).unwrap()).unwrap()
+        };
+        match classify(&seal("console:c1", &keys.requester.path), &allowed) {
+            Read::Verified { signer, .. } => {
+                assert_eq!(signer.to_string(), keys.requester.principal)
+            }
+            other => panic!("believed: {other:?}"),
+        }
+        // On a batch's chain, or signed by a key that may not request (a worker's): ignored.
+        assert!(matches!(
+            classify(&seal("b1/c1", &keys.requester.path), &allowed),
+            Read::Ignored { .. }
+        ));
+        assert!(matches!(
+            classify(&seal("console:c1", &keys.worker.path), &allowed),
+            Read::Ignored { .. }
+        ));
+        // Unsigned: ignored.
+        assert!(matches!(
+            classify(&serde_json::to_vec(&action).unwrap(), &allowed),
+            Read::Ignored { .. }
+        ));
     }
 
     #[test]

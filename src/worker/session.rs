@@ -389,7 +389,7 @@ async fn follow_outcomes(
                 match record {
                     Record::Outcome(o) => worker.ledger.record(o.request_id, o.replay, o.finished_at),
                     Record::Plan(p) => worker.ledger.record_plan(p.request_id, p.replay, p.methods),
-                    Record::Manifest(_) | Record::Marker { .. } => {}
+                    Record::Manifest(_) | Record::Marker { .. } | Record::ConsoleAction(_) => {}
                 }
             }
             Read::Unsealed(_) => {}

@@ -1284,6 +1284,502 @@ async fn a_big_upload_waits_until_a_different_signed_in_approver_approves_it() {
     let last = until_complete(&viewer, &serve.url, &batch).await;
     assert_eq!(last["finished"], above as u64, "{last}");
     assert_eq!(last["counts"]["reset"], above as u64, "{last}");
+
+    // Both people are on the audit record, by object id, in records the console signed.
+    let actions = console_actions(&env).await;
+    let operator_oid = env.sim.user(&operator_upn).expect("user").id;
+    let approver_oid = env.sim.user(&approver_upn).expect("user").id;
+    let submitted = actions
+        .iter()
+        .find(|a| a.action == "batch_submitted" && a.batch.as_deref() == Some(batch.as_str()))
+        .expect("the submit is on the record");
+    assert_eq!(
+        (&submitted.upn, &submitted.oid),
+        (&operator_upn, &operator_oid)
+    );
+    assert_eq!(submitted.detail["awaiting_approval"], true);
+    let approval = actions
+        .iter()
+        .find(|a| a.action == "batch_approved" && a.batch.as_deref() == Some(batch.as_str()))
+        .expect("the approval is on the record");
+    assert_eq!(
+        (&approval.upn, &approval.oid),
+        (&approver_upn, &approver_oid)
+    );
+    assert_eq!(approval.roles, vec!["approver".to_string()]);
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| a.action == "batch_approved")
+            .count(),
+        1,
+        "the refused approvals are not recorded as approvals"
+    );
+    serve.stop().await;
+    env.cleanup().await;
+}
+
+/// Wait until `queue` holds exactly `n` messages (a quorum queue applies publishes, acks and
+/// returned messages asynchronously), or fail after 30 s.
+async fn queue_reaches(env: &TestEnv, queue: &str, n: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = env.queue_len(queue).await;
+        if now == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queue} holds {now} messages, not {n}, after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The console's actions on the outcomes stream that verify (signed by `console.key`).
+async fn console_actions(env: &TestEnv) -> Vec<mfa_reset::domain::ConsoleAction> {
+    env.stream_records()
+        .await
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::ConsoleAction(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_replay_only_after_a_different_approver_approves_and_every_step_is_recorded() {
+    let mut env = TestEnv::new("console-replay", tenant(6)).await;
+    env.setup().await;
+    env.start_worker(4);
+    let mut extra = oidc_env(&env);
+    extra.push((
+        "MFA_RESET__CONSOLE__ADMIN_KEY",
+        env.keys.admin.path.display().to_string(),
+    ));
+    let serve = Serve::start_with(&env, &extra).await;
+    let sim = env.sim.url();
+    let operator_upn = graph_sim::tenant::upn_for_index(5);
+    let approver_upn = graph_sim::tenant::upn_for_index(4);
+
+    // An operator (who may also approve) submits three users that do not exist.
+    let mut operator = Browser::new();
+    sign_in(
+        &mut operator,
+        &serve.url,
+        &sim,
+        &operator_upn,
+        &["operator", "approver"],
+    )
+    .await;
+    let csrf = csrf_of(
+        &operator
+            .get(&format!("{}/batches/new", serve.url))
+            .await
+            .text()
+            .await
+            .expect("page"),
+    );
+    let preview: Value = operator
+        .post_raw(
+            &format!("{}/api/v1/uploads?name=ghosts.csv", serve.url),
+            &csrf,
+            "user\nghost1@contoso.com\nghost2@contoso.com\nghost3@contoso.com\n",
+        )
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let submitted: Value = operator
+        .post_raw(
+            &format!(
+                "{}/api/v1/uploads/{}/submit",
+                serve.url,
+                preview["upload"].as_str().expect("upload id")
+            ),
+            &csrf,
+            "",
+        )
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let batch = submitted["batch"].as_str().expect("batch").to_string();
+    let mut viewer = Browser::new();
+    sign_in(
+        &mut viewer,
+        &serve.url,
+        &sim,
+        &graph_sim::tenant::upn_for_index(3),
+        &["viewer"],
+    )
+    .await;
+    until_complete(&viewer, &serve.url, &batch).await;
+    let dead = env.topology().dead();
+    let requests = env.topology().requests();
+    queue_reaches(&env, &dead, 3).await;
+    // No worker runs the replay: what it releases stays on the requests queue to be counted.
+    env.stop_workers().await;
+
+    // The history lists the batch; the dead letters page lists the three letters, and only
+    // an operator gets the button to ask for a replay.
+    let history = viewer
+        .get(&format!("{}/batches", serve.url))
+        .await
+        .text()
+        .await
+        .expect("page");
+    assert!(history.contains(&format!(">{batch}</a>")), "{history}");
+    assert!(history.contains("complete"));
+    let letters = viewer
+        .get(&format!("{}/dead-letters", serve.url))
+        .await
+        .text()
+        .await
+        .expect("page");
+    for ghost in [
+        "ghost1@contoso.com",
+        "ghost2@contoso.com",
+        "ghost3@contoso.com",
+    ] {
+        assert!(letters.contains(ghost), "{ghost} listed");
+    }
+    assert!(
+        !letters.contains("replay-ask"),
+        "no replay button for a viewer"
+    );
+    let letters = operator
+        .get(&format!("{}/dead-letters", serve.url))
+        .await
+        .text()
+        .await
+        .expect("page");
+    assert!(letters.contains("class=\"replay-ask\""));
+
+    // Asking is not replaying: nothing moves until a different approver approves.
+    let replays = format!("{}/api/v1/replays", serve.url);
+    let ask = |browser: &mut Browser, csrf: String| {
+        let replays = replays.clone();
+        let batch = batch.clone();
+        let cookies = browser.cookie_header();
+        let http = browser.http.clone();
+        async move {
+            http.post(&replays)
+                .header("cookie", cookies)
+                .header("x-csrf-token", csrf)
+                .json(&json!({"batch": batch, "error_code": "Request_ResourceNotFound"}))
+                .send()
+                .await
+                .expect("POST")
+        }
+    };
+    assert_eq!(
+        ask(&mut viewer, "x".into()).await.status().as_u16(),
+        403,
+        "a viewer may not ask"
+    );
+    let asked = ask(&mut operator, csrf.clone()).await;
+    assert_eq!(asked.status().as_u16(), 201);
+    let asked: Value = asked.json().await.expect("JSON");
+    assert_eq!(asked["state"], "pending");
+    let id = asked["id"].as_str().expect("id").to_string();
+    let approve_url = format!("{replays}/{id}/approve");
+    let own = operator.post_raw(&approve_url, &csrf, "").await;
+    assert_eq!(own.status().as_u16(), 403);
+    assert_eq!(
+        own.json::<Value>().await.expect("JSON")["error"],
+        "own_replay"
+    );
+    assert_eq!(
+        viewer
+            .post_raw(&approve_url, "x", "")
+            .await
+            .status()
+            .as_u16(),
+        403
+    );
+    // The page's read of the queue hands the letters back; they are all there again.
+    queue_reaches(&env, &dead, 3).await;
+    assert_eq!(env.queue_len(&requests).await, 0, "nothing replayed yet");
+
+    let mut approver = Browser::new();
+    sign_in(
+        &mut approver,
+        &serve.url,
+        &sim,
+        &approver_upn,
+        &["approver"],
+    )
+    .await;
+    let page = approver
+        .get(&format!("{}/dead-letters", serve.url))
+        .await
+        .text()
+        .await
+        .expect("page");
+    let approve_csrf = page
+        .split("class=\"replay-approve\" data-csrf=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("an approve button for another approver")
+        .to_string();
+    let approved = approver.post_raw(&approve_url, &approve_csrf, "").await;
+    assert_eq!(approved.status().as_u16(), 200);
+    let approved: Value = approved.json().await.expect("JSON");
+    assert_eq!(approved["replayed"], 3, "{approved}");
+    assert_eq!(approved["approved_by"], approver_upn.as_str());
+    queue_reaches(&env, &requests, 3).await;
+    queue_reaches(&env, &dead, 0).await;
+    // Approved once: a second approval finds it done.
+    assert_eq!(
+        approver
+            .post_raw(&approve_url, &approve_csrf, "")
+            .await
+            .status()
+            .as_u16(),
+        409
+    );
+
+    // Every step, with the person's identity.
+    let actions = console_actions(&env).await;
+    let oid = |upn: &str| env.sim.user(upn).expect("user").id;
+    let find = |action: &str| {
+        actions
+            .iter()
+            .find(|a| a.action == action)
+            .unwrap_or_else(|| panic!("{action} on the record: {actions:?}"))
+    };
+    assert_eq!(find("batch_submitted").oid, oid(&operator_upn));
+    assert_eq!(find("replay_requested").oid, oid(&operator_upn));
+    assert_eq!(find("replay_requested").detail["replay"], id.as_str());
+    let approval = find("replay_approved");
+    assert_eq!(approval.oid, oid(&approver_upn));
+    assert_eq!(approval.detail["requested_by"], operator_upn.as_str());
+    assert_eq!(approval.detail["replayed"], 3);
+    let signed_in: Vec<&str> = actions
+        .iter()
+        .filter(|a| a.action == "signed_in")
+        .map(|a| a.upn.as_str())
+        .collect();
+    for upn in [&operator_upn, &approver_upn] {
+        assert!(
+            signed_in.contains(&upn.as_str()),
+            "{upn} signed in: {signed_in:?}"
+        );
+    }
+    serve.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_on_sigterm_while_a_browser_watches_a_batch_that_is_still_running() {
+    let env = TestEnv::new("console-stop", tenant(2)).await;
+    env.setup().await;
+    let serve = Serve::start_with(&env, &oidc_env(&env)).await;
+    let mut operator = Browser::new();
+    sign_in(
+        &mut operator,
+        &serve.url,
+        &env.sim.url(),
+        &graph_sim::tenant::upn_for_index(1),
+        &["operator"],
+    )
+    .await;
+    let csrf = csrf_of(
+        &operator
+            .get(&format!("{}/batches/new", serve.url))
+            .await
+            .text()
+            .await
+            .expect("page"),
+    );
+    // No worker runs: the batch stays at 0 of 1, and its event stream stays open.
+    let preview: Value = operator
+        .post_raw(
+            &format!("{}/api/v1/uploads?name=one.csv", serve.url),
+            &csrf,
+            &format!("user\n{}\n", graph_sim::tenant::upn_for_index(0)),
+        )
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let submitted: Value = operator
+        .post_raw(
+            &format!(
+                "{}/api/v1/uploads/{}/submit",
+                serve.url,
+                preview["upload"].as_str().expect("upload id")
+            ),
+            &csrf,
+            "",
+        )
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let batch = submitted["batch"].as_str().expect("batch");
+    let mut events = operator
+        .http
+        .get(format!("{}/api/v1/batches/{batch}/events", serve.url))
+        .header("cookie", operator.cookie_header())
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(events.status().as_u16(), 200);
+    let first = events.chunk().await.expect("stream").expect("an event");
+    assert!(String::from_utf8_lossy(&first).contains("\"complete\":false"));
+    // Stopped with the stream open: it ends, and serve exits 0 (Serve::stop asserts both).
+    serve.stop().await;
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = events.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the event stream ended with the console");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: cargo test --test it console::measure -- --ignored --nocapture"]
+async fn measure_the_watch_stream_of_a_10000_user_batch() {
+    use mfa_reset::broker::topology::RK_OUTCOME;
+    use mfa_reset::broker::{OutMessage, Publisher};
+    use mfa_reset::domain::{BatchManifest, Outcome, Status, UserRef};
+    use mfa_reset::trust::chain::{chain_id, ChainWriter};
+    use mfa_reset::trust::{Namespace, Signer};
+
+    let env = TestEnv::new("console-measure", tenant(2)).await;
+    env.setup().await;
+    // 10,000 outcomes of a 20,000-user batch: still running, so the events keep coming.
+    let batch = "20261128-1500-measure-0001";
+    let topology = env.topology();
+    let mut publisher = Publisher::connect(&env.settings.broker, &topology, "measure")
+        .await
+        .expect("publisher");
+    let manifest = Record::Manifest(BatchManifest {
+        batch: batch.into(),
+        count: 20_000,
+        source: "measure".into(),
+        dry_run: false,
+        revoke_sessions: false,
+        requested_by: Some("ops@contoso.com".into()),
+        created_at: chrono::Utc::now(),
+        sealed: None,
+    });
+    let send = |body: Vec<u8>| OutMessage::json(RK_OUTCOME, body).via(topology.intake());
+    publisher
+        .send(send(serde_json::to_vec(&manifest).expect("JSON")))
+        .await
+        .expect("manifest");
+    let signer = Signer::from_key_file(&env.keys.worker.path).expect("worker key");
+    let mut chain = ChainWriter::new(chain_id(batch, "measure"), Namespace::Worker);
+    for i in 0..10_000u64 {
+        let status = if i % 7 == 0 {
+            Status::Failed
+        } else {
+            Status::Reset
+        };
+        let outcome = Record::Outcome(Box::new(Outcome {
+            request_id: uuid::Uuid::new_v4(),
+            batch: batch.into(),
+            user: UserRef::parse(&format!("user{i}@contoso.com")).expect("upn"),
+            status,
+            methods_removed: Vec::new(),
+            methods_remaining: Vec::new(),
+            sessions_revoked: false,
+            attempts: 1,
+            error_code: (status == Status::Failed).then(|| "Authorization_RequestDenied".into()),
+            error_message: None,
+            ticket: None,
+            finished_at: chrono::Utc::now(),
+            worker: "measure".into(),
+            graph_calls: 3,
+            replay: 0,
+            dry_run: false,
+            requested_by: None,
+            approved_by: None,
+            reason: None,
+            item: Some(i),
+            notes: Vec::new(),
+        }));
+        let sealed = chain.seal(&outcome, &signer).expect("seal");
+        publisher
+            .send(send(serde_json::to_vec(&sealed).expect("JSON")))
+            .await
+            .expect("outcome");
+    }
+    publisher.close().await.expect("flush");
+
+    let serve = Serve::start_with(&env, &oidc_env(&env)).await;
+    let mut viewer = Browser::new();
+    sign_in(
+        &mut viewer,
+        &serve.url,
+        &env.sim.url(),
+        &graph_sim::tenant::upn_for_index(1),
+        &["viewer"],
+    )
+    .await;
+    // The console reads the stream from its start: the batch is known once it got that far.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut response = loop {
+        let response = viewer
+            .http
+            .get(format!("{}/api/v1/batches/{batch}/events", serve.url))
+            .header("cookie", viewer.cookie_header())
+            .send()
+            .await
+            .expect("events");
+        if response.status() == 200 {
+            break response;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "batch known in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut seen = String::new();
+    let mut arrivals = Vec::new();
+    let mut sizes = Vec::new();
+    while arrivals.len() < 10 {
+        let chunk = response.chunk().await.expect("stream").expect("open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = seen.find("\n\n") {
+            let event: String = seen.drain(..end + 2).collect();
+            if let Some(data) = event.split("data: ").nth(1) {
+                let value: Value = serde_json::from_str(data.trim()).expect("JSON");
+                if value["finished"] == 10_000 {
+                    arrivals.push(std::time::Instant::now());
+                    sizes.push(data.len());
+                }
+            }
+        }
+    }
+    let gaps: Vec<u128> = arrivals
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    eprintln!(
+        "MEASURE 10,000 outcomes: event every {gaps:?} ms, {} bytes each",
+        sizes[0]
+    );
+    let started = std::time::Instant::now();
+    let page: Value = viewer
+        .get(&format!(
+            "{}/api/v1/batches/{batch}/users?status=not_reset&q=user99&limit=50",
+            serve.url
+        ))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    eprintln!(
+        "MEASURE users page (not_reset, q=user99): {} ms, total {}",
+        started.elapsed().as_millis(),
+        page["total"]
+    );
     serve.stop().await;
     env.cleanup().await;
 }
