@@ -55,6 +55,8 @@ async fn publish_forged_outcome(env: &TestEnv, batch: &str, user: &str) {
         approved_by: None,
         reason: None,
         item: None,
+        replayed_by: None,
+        replay_key: None,
         notes: Vec::new(),
     }));
     let conn = broker::connect(&env.settings.broker, "attacker")
