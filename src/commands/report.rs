@@ -114,11 +114,13 @@ fn csv_row(o: &Outcome) -> [String; 18] {
     ]
 }
 
-/// Cells beginning with `=`, `+`, `-`, `@` (or tab/CR) are prefixed with `'` so a
-/// spreadsheet shows them as text instead of running them as formulas (OWASP CSV injection).
+/// Cells beginning with `=`, `+`, `-`, `@`, tab, CR or NUL are prefixed with `'` so a
+/// spreadsheet shows them as text instead of running them as formulas (OWASP CSV injection;
+/// OWASP ASVS 5.0 V1.2.10 adds NUL). Quoting of `,`, `"` and line breaks is the `csv`
+/// writer's (RFC 4180 §2.6-2.7).
 pub fn neutralise(cell: &str) -> String {
     match cell.chars().next() {
-        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{cell}"),
+        Some('=' | '+' | '-' | '@' | '\t' | '\r' | '\0') => format!("'{cell}"),
         _ => cell.to_string(),
     }
 }
@@ -133,6 +135,8 @@ mod tests {
         assert_eq!(neutralise("+1 555"), "'+1 555");
         assert_eq!(neutralise("-2"), "'-2");
         assert_eq!(neutralise("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(neutralise("\t=1+1"), "'\t=1+1");
+        assert_eq!(neutralise("\0=1+1"), "'\0=1+1");
         assert_eq!(neutralise("alice@contoso.com"), "alice@contoso.com");
     }
 }

@@ -3,6 +3,21 @@
 "use strict";
 (function () {
   function el(tag, text) { const e = document.createElement(tag); if (text !== undefined) e.textContent = String(text); return e; }
+  function megabytes(n) { return (n / 1048576).toFixed(1) + " MB"; }
+  // POST with upload progress (fetch reports none): resolves to {ok, status, json}.
+  function postWithProgress(url, body, headers, onProgress, onSent) {
+    return new Promise(function (resolve, reject) {
+      const x = new XMLHttpRequest();
+      x.open("POST", url);
+      for (const k of Object.keys(headers)) x.setRequestHeader(k, headers[k]);
+      x.responseType = "json";
+      x.upload.onprogress = function (e) { if (e.lengthComputable) onProgress(e.loaded, e.total); };
+      x.upload.onload = onSent;
+      x.onload = function () { resolve({ ok: x.status >= 200 && x.status < 300, status: x.status, json: x.response || { error: "HTTP " + x.status } }); };
+      x.onerror = function () { reject(new Error("the console did not answer")); };
+      x.send(body);
+    });
+  }
   const form = document.getElementById("upload");
   if (form) {
     const csrf = form.dataset.csrf;
@@ -11,13 +26,25 @@
       ev.preventDefault();
       const file = document.getElementById("file").files[0];
       if (!file) return;
-      out.replaceChildren(el("p", "Checking " + file.name + " …"));
+      // Progress while it runs: the upload's bytes, then the check on the server.
+      const status = el("p", "Uploading " + file.name + " (" + megabytes(file.size) + ") …");
+      status.id = "upload-status";
+      const bar = el("progress"); bar.id = "upload-progress"; bar.max = file.size; bar.value = 0;
+      out.replaceChildren(status, bar);
       const q = new URLSearchParams({ name: file.name,
         dry_run: document.getElementById("dry_run").checked,
         revoke_sessions: document.getElementById("revoke_sessions").checked });
-      const r = await fetch("/api/v1/uploads?" + q, { method: "POST", body: file,
-        headers: { "content-type": "text/csv", "x-csrf-token": csrf } });
-      const p = await r.json();
+      let r;
+      try {
+        r = await postWithProgress("/api/v1/uploads?" + q, file,
+          { "content-type": "text/csv", "x-csrf-token": csrf },
+          function (sent, total) { bar.max = total; bar.value = sent; status.textContent = "Uploading " + file.name + ": " + Math.floor(100 * sent / total) + " % of " + megabytes(total); },
+          function () { bar.removeAttribute("value"); status.textContent = "Checking " + file.name + " (" + megabytes(file.size) + ") …"; });
+      } catch (e) {
+        out.replaceChildren(el("p", e.message));
+        return;
+      }
+      const p = r.json;
       out.replaceChildren();
       if (!r.ok) {
         out.append(el("p", p.message || p.error));

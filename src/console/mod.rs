@@ -4,6 +4,7 @@
 //! - [`tap`]: a user's Temporary Access Pass, opened with `tap.identity` and shown once.
 //! - [`tickets`]: `POST /api/v1/tickets` (one signed request per ticket) and
 //!   `GET /api/v1/tickets/{ticket}` (its outcome, from the outcomes stream).
+//! - [`reports`]: a batch's report (CSV, JSON lines) as a download.
 //!
 //! The console holds no state that matters across restarts: request ids are derived from the
 //! source and `webhook-id`, so a call delivered again after a restart carries the same request
@@ -14,6 +15,7 @@ pub mod audit;
 pub mod history;
 pub mod oidc;
 pub mod pages;
+pub mod reports;
 pub mod session;
 pub mod tap;
 pub mod tickets;
@@ -271,6 +273,7 @@ pub fn router(console: Arc<Console>) -> Router {
             post(tap::reveal),
         )
         .route("/tap.js", get(tap::script))
+        .route("/api/v1/batches/{batch}/report", get(reports::download))
         .route("/api/v1/batches/{batch}/users", get(watch::users))
         .route("/batches", get(history::history_page))
         .route("/dead-letters", get(history::dead_letters_page))

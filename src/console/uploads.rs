@@ -189,12 +189,17 @@ pub async fn upload(
             let plan = intake::plan_csv(&path)?;
             let mut protected = Vec::new();
             let mut protected_total = 0u64;
-            if let Ok(rows) = plan.rows() {
-                for row in rows.flatten() {
-                    if crate::reset::is_protected(&reset, &row.user) {
-                        protected_total += 1;
-                        if protected.len() < MAX_PROTECTED_SHOWN {
-                            protected.push(row.user.to_string());
+            // A second pass over the file only when there is something to find; each entry
+            // parsed once, not once per row.
+            let protected_keys = crate::reset::protected_keys(&reset);
+            if !protected_keys.is_empty() {
+                if let Ok(rows) = plan.rows() {
+                    for row in rows.flatten() {
+                        if protected_keys.contains(&row.user.key()) {
+                            protected_total += 1;
+                            if protected.len() < MAX_PROTECTED_SHOWN {
+                                protected.push(row.user.to_string());
+                            }
                         }
                     }
                 }
@@ -583,7 +588,7 @@ pub async fn batch_page(
              <p>Requested by {}</p>\
              <p><progress id=\"progress\" max=\"{}\" value=\"{}\"></progress> \
              <span id=\"finished\">{}</span> of {} done</p>\
-             <pre id=\"counts\">{}</pre>{}{}\
+             <pre id=\"counts\">{}</pre>{}{}{}\
              <script src=\"/console.js\"></script>",
             escape(&batch),
             escape(now["requested_by"].as_str().unwrap_or("")),
@@ -593,6 +598,7 @@ pub async fn batch_page(
             now["expected"],
             escape(&now["counts"].to_string()),
             approve_button,
+            super::reports::links(&batch),
             super::watch::sections(),
         ),
     ))

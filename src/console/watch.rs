@@ -366,6 +366,8 @@ mod tests {
             approved_by: None,
             reason: None,
             item: None,
+            replayed_by: None,
+            replay_key: None,
             notes: Vec::new(),
             replayed_by: None,
             replay_key: None,

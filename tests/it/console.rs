@@ -1701,6 +1701,8 @@ async fn measure_the_watch_stream_of_a_10000_user_batch() {
             approved_by: None,
             reason: None,
             item: Some(i),
+            replayed_by: None,
+            replay_key: None,
             notes: Vec::new(),
             replayed_by: None,
             replay_key: None,

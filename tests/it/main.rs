@@ -6,6 +6,7 @@ mod common;
 
 mod at_rest;
 mod authority;
+mod browser;
 mod budget;
 mod cli;
 mod console;
@@ -18,6 +19,7 @@ mod kill_switch;
 mod pipeline;
 mod records;
 mod reliability;
+mod reports;
 mod requests;
 mod tap;
 mod trust;

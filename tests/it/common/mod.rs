@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod amqp_hold;
+pub mod console;
 pub mod env;
 pub mod graph_front;
 pub mod proc;
