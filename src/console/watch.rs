@@ -369,8 +369,7 @@ mod tests {
             replayed_by: None,
             replay_key: None,
             notes: Vec::new(),
-            replayed_by: None,
-            replay_key: None,
+            tap: None,
         }))
     }
 

@@ -1704,8 +1704,7 @@ async fn measure_the_watch_stream_of_a_10000_user_batch() {
             replayed_by: None,
             replay_key: None,
             notes: Vec::new(),
-            replayed_by: None,
-            replay_key: None,
+            tap: None,
         }));
         let sealed = chain.seal(&outcome, &signer).expect("seal");
         publisher

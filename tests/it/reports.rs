@@ -58,6 +58,7 @@ async fn publish_forged_outcome(env: &TestEnv, batch: &str, user: &str) {
         replayed_by: None,
         replay_key: None,
         notes: Vec::new(),
+        tap: None,
     }));
     let conn = broker::connect(&env.settings.broker, "attacker")
         .await
