@@ -391,6 +391,11 @@ impl StreamFollower {
         })
     }
 
+    /// [`StreamFollower::high_water`] as it moves.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.high_water.clone()
+    }
+
     /// One past the highest offset handed to the handler so far (where to resume).
     pub fn high_water(&self) -> u64 {
         *self.high_water.borrow()

@@ -38,6 +38,20 @@ pub async fn record(
     batch: Option<&str>,
     detail: Value,
 ) {
+    if let Err(err) = try_record(console, session, action, batch, detail).await {
+        tracing::error!(action, oid = %session.oid, upn = %super::printable(&session.upn), error = %format!("{err:#}"), "a console action could not be put on the audit record");
+    }
+}
+
+/// [`record`], for an action that must not happen unrecorded: the error when the record
+/// could not be published (confirmed).
+pub async fn try_record(
+    console: &Console,
+    session: &Session,
+    action: &str,
+    batch: Option<&str>,
+    detail: Value,
+) -> anyhow::Result<()> {
     let entry = Record::ConsoleAction(ConsoleAction {
         action: action.to_string(),
         batch: batch.map(str::to_string),
@@ -51,9 +65,7 @@ pub async fn record(
         at: Utc::now(),
         detail,
     });
-    if let Err(err) = publish(console, &entry).await {
-        tracing::error!(action, oid = %session.oid, upn = %super::printable(&session.upn), error = %format!("{err:#}"), "a console action could not be put on the audit record");
-    }
+    publish(console, &entry).await
 }
 
 async fn publish(console: &Console, entry: &Record) -> anyhow::Result<()> {

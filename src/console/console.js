@@ -26,6 +26,13 @@
       ev.preventDefault();
       const file = document.getElementById("file").files[0];
       if (!file) return;
+      // Refused before sending: a server that stops reading a body too large can only reset
+      // the connection, which the browser reports as no answer at all.
+      const max = Number(form.dataset.maxUpload);
+      if (max > 0 && file.size > max) {
+        out.replaceChildren(el("p", "the file is larger than console.max_upload (" + max + " bytes): split it into several batches"));
+        return;
+      }
       // Progress while it runs: the upload's bytes, then the check on the server.
       const status = el("p", "Uploading " + file.name + " (" + megabytes(file.size) + ") …");
       status.id = "upload-status";
@@ -33,7 +40,8 @@
       out.replaceChildren(status, bar);
       const q = new URLSearchParams({ name: file.name,
         dry_run: document.getElementById("dry_run").checked,
-        revoke_sessions: document.getElementById("revoke_sessions").checked });
+        revoke_sessions: document.getElementById("revoke_sessions").checked,
+        tap: document.getElementById("tap").checked });
       let r;
       try {
         r = await postWithProgress("/api/v1/uploads?" + q, file,
@@ -55,7 +63,7 @@
         }
         return;
       }
-      out.append(el("p", p.count + " users" + (p.dry_run ? " (dry run)" : "") + (p.revoke_sessions ? ", sessions revoked" : "") + "; checked in " + p.validated_in_ms + " ms"));
+      out.append(el("p", p.count + " users" + (p.dry_run ? " (dry run)" : "") + (p.revoke_sessions ? ", sessions revoked" : "") + (p.tap ? ", a Temporary Access Pass each" : "") + "; checked in " + p.validated_in_ms + " ms"));
       out.append(el("p", "Sample: " + p.sample.join(", ")));
       if (p.duplicates_total) out.append(el("p", p.duplicates_total + " duplicate rows, each user once"));
       if (p.protected_total) out.append(el("p", p.protected_total + " protected users will be skipped: " + p.protected.join(", ")));

@@ -70,8 +70,14 @@ pub struct Console {
     pub batches: Arc<std::sync::Mutex<uploads::Batches>>,
     /// `tap.identity`: opens the Temporary Access Passes on outcomes.
     pub tap_identity: Option<crate::tap::TapIdentity>,
-    /// Passes this console has shown (each only once).
-    pub tap_shown: tap::Shown,
+    /// Passes shown (each only once): by this console, or by any console before it, as
+    /// their verified `tap_shown` records on the outcomes stream say.
+    pub tap_shown: Arc<tap::Shown>,
+    /// How far the outcomes stream has been read, and where it ended when the console
+    /// started: a pass is not shown before the console has read every earlier `tap_shown`.
+    pub stream_read: tokio::sync::watch::Receiver<u64>,
+    /// One past the stream's last offset at start (0: it was empty).
+    pub stream_end_at_start: u64,
     /// Woken whenever the outcomes stream brings a record (handlers waiting for a batch this
     /// process just submitted to show up).
     pub batches_changed: Arc<tokio::sync::Notify>,
@@ -159,10 +165,21 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     // Only what verifies against security.allowed_signers: a forged outcome on the stream
     // never shows as a ticket's or a batch's result.
     let reader = crate::records::RecordReader::from_settings(&settings.security)?;
+    let tap_shown: Arc<tap::Shown> = Arc::default();
+    let shown_sink = tap_shown.clone();
+    let stream_end_at_start = crate::broker::stream::tail(&conn, &topology.outcomes())
+        .await
+        .context("reading where the outcomes stream ends")?
+        .map_or(0, |last| last + 1);
     let follower = StreamFollower::start(&conn, &topology, Offset::First, move |message| {
         let record = match reader.read(&message.body) {
-            crate::records::Read::Verified { record, .. }
-            | crate::records::Read::Unsealed(record) => record,
+            crate::records::Read::Verified { record, .. } => {
+                if let crate::domain::Record::ConsoleAction(action) = &record {
+                    shown_sink.remember(action);
+                }
+                record
+            }
+            crate::records::Read::Unsealed(record) => record,
             crate::records::Read::Ignored { .. } => return,
         };
         let batch = match &record {
@@ -183,6 +200,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     })
     .await
     .context("following the outcomes stream")?;
+    let stream_read = follower.progress();
     let listener = TcpListener::bind(&settings.console.listen)
         .await
         .with_context(|| format!("console.listen {:?}", settings.console.listen))?;
@@ -223,7 +241,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         uploads: Default::default(),
         batches,
         tap_identity,
-        tap_shown: Default::default(),
+        tap_shown,
+        stream_read,
+        stream_end_at_start,
         batches_changed,
         submitted: Default::default(),
         replays: Default::default(),

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::pages::{error, escape, page};
 use super::session::Role;
 use super::{json_error, printable, Console};
-use crate::domain::{Outcome, TapOutcome};
+use crate::domain::{ConsoleAction, Outcome, TapOutcome};
 
 /// Who saw a pass, and when.
 type ShownTo = (String, DateTime<Utc>);
@@ -42,7 +42,39 @@ impl Shown {
         shown.insert(key, (upn.to_string(), Utc::now()));
         Ok(())
     }
+
+    /// Give `key` back: showing it failed before anything was shown.
+    fn release(&self, key: (Uuid, u32)) {
+        let mut shown = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        shown.remove(&key);
+    }
+
+    /// Take a verified console action: a [`SHOWN_ACTION`] marks its pass shown (the first
+    /// record of it wins).
+    pub fn remember(&self, action: &ConsoleAction) {
+        if action.action != SHOWN_ACTION {
+            return;
+        }
+        let request_id = action.detail["request_id"]
+            .as_str()
+            .and_then(|id| Uuid::parse_str(id).ok());
+        let replay = action.detail["replay"]
+            .as_u64()
+            .and_then(|r| u32::try_from(r).ok());
+        if let (Some(request_id), Some(replay)) = (request_id, replay) {
+            let mut shown = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            shown
+                .entry((request_id, replay))
+                .or_insert_with(|| (action.upn.clone(), action.at));
+        }
+    }
 }
+
+/// The console action that records a pass shown (its detail: `request_id`, `replay`).
+pub const SHOWN_ACTION: &str = "tap_shown";
+
+/// Longest wait for the console to finish reading the stream as it was at start.
+const CATCH_UP_WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The newest outcome of `request_id` in `batch` that carries a pass.
 fn find(console: &Console, batch: &str, request_id: Uuid) -> Option<(Outcome, TapOutcome)> {
@@ -138,10 +170,29 @@ pub async fn reveal(
             ),
         );
     };
-    if let Err((upn, at)) = console
-        .tap_shown
-        .claim((outcome.request_id, outcome.replay), &session.upn)
-    {
+    // Every pass shown before this console started is on the stream: read up to where it
+    // ended then, or a restart would show a pass again.
+    let mut read = console.stream_read.clone();
+    // (Matched in the statement: the watch's guard must not live across an await.)
+    let caught_up = matches!(
+        tokio::time::timeout(
+            CATCH_UP_WITHIN,
+            read.wait_for(|r| *r >= console.stream_end_at_start),
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    if !caught_up {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "still_reading",
+            "",
+            "the console is still reading the record of passes already shown; try again in a \
+             moment",
+        );
+    }
+    let key = (outcome.request_id, outcome.replay);
+    if let Err((upn, at)) = console.tap_shown.claim(key, &session.upn) {
         return json_error(
             StatusCode::GONE,
             "already_shown",
@@ -151,6 +202,30 @@ pub async fn reveal(
                 printable(&upn),
                 at.to_rfc3339()
             ),
+        );
+    }
+    // On the record before it is shown: a console that cannot record it does not show it.
+    let recorded = super::audit::try_record(
+        &console,
+        &session,
+        SHOWN_ACTION,
+        Some(&batch),
+        serde_json::json!({
+            "request_id": outcome.request_id.to_string(),
+            "replay": outcome.replay,
+            "user": outcome.user.to_string(),
+        }),
+    )
+    .await;
+    if let Err(error) = recorded {
+        console.tap_shown.release(key);
+        tracing::error!(error = %format!("{error:#}"), "a pass was not shown: its showing could not be put on the audit record");
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_recorded",
+            "",
+            "showing this pass could not be put on the audit record (the broker?); nothing was \
+             shown, try again",
         );
     }
     let pass = match identity.open(sealed) {

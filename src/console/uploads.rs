@@ -1,6 +1,6 @@
 //! Upload a CSV, preview it, submit it as a batch; watch a batch live.
 //!
-//! `POST /api/v1/uploads?name=…&dry_run=…&revoke_sessions=…` (operator, CSRF header): the raw
+//! `POST /api/v1/uploads?name=…&dry_run=…&revoke_sessions=…&tap=…` (operator, CSRF header): the raw
 //! CSV is validated exactly as `enqueue --csv` does ([`crate::intake::plan_csv`]); the answer
 //! is the preview (count, sample, duplicates, protected users that will be skipped) or every
 //! bad line (422). `POST /api/v1/uploads/{id}/submit` (the same operator, CSRF header) enqueues
@@ -49,6 +49,8 @@ pub struct Upload {
     upn: String,
     dry_run: bool,
     revoke_sessions: bool,
+    /// A Temporary Access Pass for each user reset (signed into each request).
+    tap: bool,
     created: DateTime<Utc>,
 }
 
@@ -109,6 +111,8 @@ pub struct UploadQuery {
     dry_run: bool,
     #[serde(default)]
     revoke_sessions: bool,
+    #[serde(default)]
+    tap: bool,
 }
 
 /// One bad line, for the page.
@@ -261,6 +265,7 @@ pub async fn upload(
         "protected_total": protected_total,
         "dry_run": q.dry_run,
         "revoke_sessions": q.revoke_sessions,
+        "tap": q.tap,
         "needs_approval": plan.count > console.settings.security.approval_above,
         "validated_in_ms": started.elapsed().as_millis() as u64,
     });
@@ -276,6 +281,7 @@ pub async fn upload(
             upn: session.upn,
             dry_run: q.dry_run,
             revoke_sessions: q.revoke_sessions,
+            tap: q.tap,
             created: now,
         },
     );
@@ -332,7 +338,7 @@ pub async fn submit(
         batch: None,
         dry_run: upload.dry_run,
         revoke_sessions: upload.revoke_sessions,
-        tap: false,
+        tap: upload.tap,
         yes: true,
         requested_by: Some(upload.upn.clone()),
         reason: Some(format!("console upload by {}", upload.upn)),
@@ -359,6 +365,7 @@ pub async fn submit(
                     "awaiting_approval": e.awaiting_approval,
                     "dry_run": upload.dry_run,
                     "revoke_sessions": upload.revoke_sessions,
+                    "tap": upload.tap,
                 }),
             )
             .await;
@@ -669,14 +676,16 @@ pub async fn new_batch_page(State(console): State<Arc<Console>>, headers: Header
         "New batch",
         &format!(
             "<h1>New batch</h1>\
-             <form id=\"upload\" data-csrf=\"{}\">\
+             <form id=\"upload\" data-csrf=\"{}\" data-max-upload=\"{}\">\
              <p><input type=\"file\" id=\"file\" accept=\".csv,text/csv\" required></p>\
              <p><label><input type=\"checkbox\" id=\"dry_run\"> dry run</label> \
-             <label><input type=\"checkbox\" id=\"revoke_sessions\"> revoke sessions</label></p>\
+             <label><input type=\"checkbox\" id=\"revoke_sessions\"> revoke sessions</label> \
+             <label><input type=\"checkbox\" id=\"tap\"> Temporary Access Pass after the reset</label></p>\
              <p><button type=\"submit\">Check the file</button></p></form>\
              <div id=\"preview\"></div>\
              <script src=\"/console.js\"></script>",
-            escape(&session.csrf)
+            escape(&session.csrf),
+            console.settings.console.max_upload
         ),
     ))
     .into_response()

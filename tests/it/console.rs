@@ -1595,30 +1595,14 @@ async fn serve_stops_on_sigterm_while_a_browser_watches_a_batch_that_is_still_ru
             .expect("page"),
     );
     // No worker runs: the batch stays at 0 of 1, and its event stream stays open.
-    let preview: Value = operator
-        .post_raw(
-            &format!("{}/api/v1/uploads?name=one.csv", serve.url),
-            &csrf,
-            &format!("user\n{}\n", graph_sim::tenant::upn_for_index(0)),
-        )
-        .await
-        .json()
-        .await
-        .expect("JSON");
-    let submitted: Value = operator
-        .post_raw(
-            &format!(
-                "{}/api/v1/uploads/{}/submit",
-                serve.url,
-                preview["upload"].as_str().expect("upload id")
-            ),
-            &csrf,
-            "",
-        )
-        .await
-        .json()
-        .await
-        .expect("JSON");
+    let (_, submitted) = upload_and_submit(
+        &mut operator,
+        &serve.url,
+        &csrf,
+        "name=one.csv",
+        &format!("user\n{}\n", graph_sim::tenant::upn_for_index(0)),
+    )
+    .await;
     let batch = submitted["batch"].as_str().expect("batch");
     let mut events = operator
         .http
@@ -1904,6 +1888,149 @@ async fn a_ticket_asking_for_a_pass_gets_it_sealed_and_an_operator_sees_it_once(
     assert_eq!(second["error"], "already_shown", "{second}");
     assert!(!second.to_string().contains(&created));
 
+    // Shown once means once across restarts: a new console reads the showing back from its
+    // signed record on the stream before it shows anything.
+    serve.stop().await;
+    let serve = Serve::start_with(&env, &extra).await;
+    let page_url = format!("{}/batches/{batch}/tap/{request_id}", serve.url);
+    let api_url = format!("{}/api/v1/batches/{batch}/tap/{request_id}", serve.url);
+    let mut operator = Browser::new();
+    sign_in(
+        &mut operator,
+        &serve.url,
+        &sim,
+        &graph_sim::tenant::upn_for_index(5),
+        &["operator"],
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let html = loop {
+        let page = operator.get(&page_url).await;
+        if page.status().as_u16() == 200 {
+            break page.text().await.expect("page");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted console did not show the pass page in 60 s: {}",
+            page.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let again = operator.post_raw(&api_url, &csrf_of(&html), "").await;
+    assert_eq!(again.status().as_u16(), 410, "shown again after a restart");
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["error"], "already_shown", "{again}");
+    assert!(
+        again["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&graph_sim::tenant::upn_for_index(5)),
+        "names who saw it: {again}"
+    );
+    let shown: Vec<_> = console_actions(&env)
+        .await
+        .into_iter()
+        .filter(|a| a.action == "tap_shown")
+        .collect();
+    assert_eq!(shown.len(), 1, "one showing on the record: {shown:?}");
+
     serve.stop().await;
     env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_asking_for_passes_issues_one_sealed_pass_per_user_reset() {
+    let mut env = TestEnv::new("console-upload-tap", tenant(4)).await;
+    let key = age::x25519::Identity::generate();
+    env.settings.tap.recipient = key.to_public().to_string();
+    env.setup().await;
+    env.start_worker(2);
+    let serve = Serve::start_with(&env, &oidc_env(&env)).await;
+    let mut operator = Browser::new();
+    sign_in(
+        &mut operator,
+        &serve.url,
+        &env.sim.url(),
+        &graph_sim::tenant::upn_for_index(3),
+        &["operator"],
+    )
+    .await;
+    let page = operator
+        .get(&format!("{}/batches/new", serve.url))
+        .await
+        .text()
+        .await
+        .expect("page");
+    assert!(page.contains("id=\"tap\""), "the form offers the pass");
+    assert!(
+        page.contains(&format!(
+            "data-max-upload=\"{}\"",
+            env.settings.console.max_upload
+        )),
+        "the form knows the upload limit"
+    );
+    let csrf = csrf_of(&page);
+    let users: Vec<String> = (0..2).map(graph_sim::tenant::upn_for_index).collect();
+    let (preview, submitted) = upload_and_submit(
+        &mut operator,
+        &serve.url,
+        &csrf,
+        "name=two.csv&tap=true",
+        &format!("user\n{}\n", users.join("\n")),
+    )
+    .await;
+    assert_eq!(preview["tap"], true, "{preview}");
+    let batch = submitted["batch"].as_str().expect("batch").to_string();
+    let view = env.wait_batch(&batch, 120).await;
+    assert_eq!(view.finished(), 2);
+    for outcome in view.outcomes() {
+        assert_eq!(outcome.status, mfa_reset::domain::Status::Reset);
+        let tap = outcome.tap.as_ref().expect("a pass was asked for");
+        assert!(tap.issued, "{tap:?}");
+        let sealed = tap.sealed.as_deref().expect("sealed");
+        let created: Value =
+            reqwest::get(format!("{}/_sim/users/{}/tap", env.sim.url(), outcome.user))
+                .await
+                .expect("sim")
+                .json()
+                .await
+                .expect("json");
+        let opened = age::decrypt(&key, sealed.as_bytes()).expect("opens");
+        assert_eq!(
+            String::from_utf8(opened).expect("utf-8"),
+            created["temporaryAccessPass"].as_str().expect("a pass")
+        );
+    }
+    serve.stop().await;
+    env.cleanup().await;
+}
+
+/// Upload `csv` with `query` (`name=…&…`) and submit it: the preview and the submit answers.
+async fn upload_and_submit(
+    operator: &mut Browser,
+    console: &str,
+    csrf: &str,
+    query: &str,
+    csv: &str,
+) -> (Value, Value) {
+    let preview: Value = operator
+        .post_raw(&format!("{console}/api/v1/uploads?{query}"), csrf, csv)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let submitted: Value = operator
+        .post_raw(
+            &format!(
+                "{console}/api/v1/uploads/{}/submit",
+                preview["upload"].as_str().expect("upload id")
+            ),
+            csrf,
+            "",
+        )
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    (preview, submitted)
 }

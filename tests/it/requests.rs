@@ -505,8 +505,9 @@ async fn a_verified_request_republished_with_a_higher_replay_runs_only_with_an_a
         .lines()
         .next()
         .unwrap()
-        .ends_with(",replay,replayed_by,replay_key"));
-    let row = format!(",2,{},{}", env.keys.admin.principal, admin.fingerprint());
+        .ends_with(",replay,replayed_by,replay_key,tap_issued,tap_error_code"));
+    // No pass was asked for: the two TAP columns are empty.
+    let row = format!(",2,{},{},,", env.keys.admin.principal, admin.fingerprint());
     assert!(csv.lines().any(|line| line.ends_with(&row)), "{csv}");
     let dir = tempfile::tempdir().unwrap();
     let export = dir.path().join("export.jsonl");
