@@ -278,6 +278,15 @@ impl GraphClient {
             .collect())
     }
 
+    /// The requests one [`GraphClient::list_registered`] makes (one page each): the v1.0
+    /// listing, plus beta's hardware OATH collection for [`Listing::WithHardwareOath`].
+    pub fn listing_requests(&self, listing: Listing) -> u32 {
+        match listing {
+            Listing::WithHardwareOath if !self.inner.list_from_beta => 2,
+            _ => 1,
+        }
+    }
+
     /// [`GraphClient::list_methods_with`], each method with its `createdDateTime` (so a reset
     /// can leave alone what the user registered after the request was made).
     pub async fn list_registered(

@@ -597,7 +597,7 @@ impl Run<'_> {
     /// error: beta out of reach for this app), v1.0 alone, and the outcome says so: hardware
     /// tokens are then left in place rather than the whole reset failing.
     async fn list(&mut self, user: &DirectoryUser) -> Result<Vec<Registered>, graph::Error> {
-        self.calls += 1;
+        self.calls += self.graph.listing_requests(self.listing);
         match self.graph.list_registered(user, self.listing).await {
             Err(error)
                 if self.listing == Listing::WithHardwareOath
@@ -608,7 +608,7 @@ impl Run<'_> {
                     "hardware OATH tokens could not be listed from beta ({error}); any the user has were left in place"
                 ));
                 self.listing = Listing::Supported;
-                self.calls += 1;
+                self.calls += self.graph.listing_requests(self.listing);
                 self.graph.list_registered(user, self.listing).await
             }
             other => other,
@@ -774,7 +774,7 @@ impl Run<'_> {
             },
         )
         .await;
-        self.calls += lists.into_inner();
+        self.calls += lists.into_inner() * graph.listing_requests(listing);
         let remaining: Vec<AuthMethod> = listed?
             .into_iter()
             .filter(|r| scope.contains(&r.method) && !self.registered_after_request(r))

@@ -676,3 +676,25 @@ async fn a_temporarily_unavailable_token_endpoint_is_retried_without_halting() {
     worker.await.unwrap().expect("the worker ends cleanly");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_counts_every_graph_request_its_reset_made() {
+    let mut env = TestEnv::new("g9-calls", fixture_tenant()).await;
+    let front = GraphFront::start(&env.sim.url()).await;
+    front.point(&mut env.settings);
+
+    let view = reset(&mut env, &[ADELE]).await;
+
+    let o = outcome(&view, ADELE);
+    assert_eq!(o.status, Status::Reset, "{o:?}");
+    // Every request about Adele, by UPN (the one resolution) or by object id (the rest),
+    // listings of v1.0 and of beta's hardware OATH collection included.
+    let made: Vec<_> = front
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c.user.as_deref(), Some(ADELE) | Some(ADELE_ID)))
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert_eq!(o.graph_calls as usize, made.len(), "{made:#?}");
+    env.cleanup().await;
+}
