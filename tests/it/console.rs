@@ -16,6 +16,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 
+use crate::common::console::{csrf_of, location, login_form, oidc_env, sign_in, Client as Browser};
 use crate::common::env::TestEnv;
 use crate::common::proc;
 
@@ -417,169 +418,6 @@ async fn bad_signatures_old_or_future_timestamps_and_bad_fields_are_refused_with
     env.cleanup().await;
 }
 
-/// A browser without JavaScript: follows nothing by itself, keeps the cookies it is given.
-struct Browser {
-    http: reqwest::Client,
-    cookies: std::collections::BTreeMap<String, String>,
-}
-
-impl Browser {
-    fn new() -> Browser {
-        Browser {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("client"),
-            cookies: Default::default(),
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    /// Keep the response's cookies; return their raw Set-Cookie lines.
-    fn take_cookies(&mut self, response: &reqwest::Response) -> Vec<String> {
-        let mut lines = Vec::new();
-        for value in response.headers().get_all("set-cookie") {
-            let line = value.to_str().expect("ascii cookie").to_string();
-            let pair = line.split(';').next().unwrap_or_default();
-            let (name, value) = pair.split_once('=').expect("name=value");
-            if value.is_empty() || line.contains("Max-Age=0") {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_string(), value.to_string());
-            }
-            lines.push(line);
-        }
-        lines
-    }
-
-    async fn get(&mut self, url: &str) -> reqwest::Response {
-        let response = self
-            .http
-            .get(url)
-            .header("cookie", self.cookie_header())
-            .send()
-            .await
-            .expect("GET");
-        self.take_cookies(&response);
-        response
-    }
-
-    async fn post_form(&mut self, url: &str, form: &[(String, String)]) -> reqwest::Response {
-        let response = self
-            .http
-            .post(url)
-            .header("cookie", self.cookie_header())
-            .form(form)
-            .send()
-            .await
-            .expect("POST");
-        self.take_cookies(&response);
-        response
-    }
-}
-
-fn location(response: &reqwest::Response) -> String {
-    response
-        .headers()
-        .get("location")
-        .unwrap_or_else(|| panic!("a redirect, got {}", response.status()))
-        .to_str()
-        .expect("ascii location")
-        .to_string()
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
-}
-
-/// The hidden inputs and the action of the simulator's login form.
-fn login_form(html: &str) -> (String, Vec<(String, String)>) {
-    let action = html
-        .split("<form method=\"post\" action=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a login form")
-        .to_string();
-    let hidden = html
-        .split("<input type=\"hidden\" name=\"")
-        .skip(1)
-        .map(|rest| {
-            let (name, rest) = rest.split_once('"').expect("name");
-            let value = rest
-                .split_once("value=\"")
-                .and_then(|(_, v)| v.split_once('"'))
-                .map(|(v, _)| v)
-                .expect("value");
-            (unescape(name), unescape(value))
-        })
-        .collect();
-    (action, hidden)
-}
-
-/// Sign in at `console` as `upn` with `roles`, through the provider's login form.
-async fn sign_in(browser: &mut Browser, console: &str, sim: &str, upn: &str, roles: &[&str]) {
-    let to_provider = browser.get(&format!("{console}/login")).await;
-    assert_eq!(to_provider.status().as_u16(), 303);
-    let authorize = location(&to_provider);
-    assert!(authorize.starts_with(sim), "{authorize}");
-    for must in [
-        "code_challenge_method=S256",
-        "code_challenge=",
-        "nonce=",
-        "state=",
-    ] {
-        assert!(authorize.contains(must), "{must} in {authorize}");
-    }
-    let form = browser.get(&authorize).await;
-    assert_eq!(form.status().as_u16(), 200);
-    let html = form.text().await.expect("form");
-    assert!(html.contains(upn), "the form lists the tenant's users");
-    let (action, mut fields) = login_form(&html);
-    fields.push(("login".into(), upn.into()));
-    for role in roles {
-        fields.push(("role".into(), role.to_string()));
-    }
-    fields.push(("decision".into(), "allow".into()));
-    let back = browser.post_form(&format!("{sim}{action}"), &fields).await;
-    assert_eq!(back.status().as_u16(), 302);
-    let callback = location(&back);
-    assert!(
-        callback.starts_with(&format!("{console}/auth/callback?code=")),
-        "{callback}"
-    );
-    let signed_in = browser.get(&callback).await;
-    assert_eq!(
-        signed_in.status().as_u16(),
-        303,
-        "{}",
-        signed_in.text().await.unwrap_or_default()
-    );
-}
-
-fn oidc_env(env: &TestEnv) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "MFA_RESET__CONSOLE__OIDC_ISSUER",
-            format!("{}/{}/v2.0", env.sim.url(), SimConfig::default().tenant_id),
-        ),
-        (
-            "MFA_RESET__CONSOLE__OIDC_CLIENT_ID",
-            "console-app-id".into(),
-        ),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_in_through_the_providers_form_gives_a_session_with_the_granted_roles() {
     let env = TestEnv::new("console-signin", tenant(5)).await;
@@ -822,31 +660,6 @@ async fn the_simulated_provider_redeems_a_code_once_and_only_with_its_pkce_verif
 }
 
 /// The CSRF token of a page.
-fn csrf_of(html: &str) -> String {
-    html.split("data-csrf=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a csrf token on the page")
-        .to_string()
-}
-
-impl Browser {
-    async fn post_raw(&mut self, url: &str, csrf: &str, body: &str) -> reqwest::Response {
-        let response = self
-            .http
-            .post(url)
-            .header("cookie", self.cookie_header())
-            .header("x-csrf-token", csrf)
-            .header("content-type", "text/csv")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("POST");
-        self.take_cookies(&response);
-        response
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_uploads_previews_and_submits_a_csv_and_watches_it_finish_live() {
     let mut env = TestEnv::new("console-upload", tenant(8)).await;
@@ -867,7 +680,7 @@ async fn an_operator_uploads_previews_and_submits_a_csv_and_watches_it_finish_li
     let mut anonymous = Browser::new();
     assert_eq!(
         anonymous
-            .post_raw(&uploads, "x", "user\n")
+            .post_csv(&uploads, "x", "user\n")
             .await
             .status()
             .as_u16(),
@@ -909,7 +722,7 @@ async fn an_operator_uploads_previews_and_submits_a_csv_and_watches_it_finish_li
     let csrf = csrf_of(&page);
     assert_eq!(
         operator
-            .post_raw(&uploads, "not-the-token", "user\n")
+            .post_csv(&uploads, "not-the-token", "user\n")
             .await
             .status()
             .as_u16(),
@@ -921,7 +734,7 @@ async fn an_operator_uploads_previews_and_submits_a_csv_and_watches_it_finish_li
         "user\n{}\nbob@\n<script>alert(1)</script>\n",
         graph_sim::tenant::upn_for_index(0)
     );
-    let refused = operator.post_raw(&uploads, &csrf, &bad).await;
+    let refused = operator.post_csv(&uploads, &csrf, &bad).await;
     assert_eq!(refused.status().as_u16(), 422);
     let refused: Value = refused.json().await.expect("JSON");
     let lines: Vec<u64> = refused["errors"]
@@ -931,12 +744,12 @@ async fn an_operator_uploads_previews_and_submits_a_csv_and_watches_it_finish_li
         .map(|e| e["line"].as_u64().expect("line"))
         .collect();
     assert_eq!(lines, vec![3, 4], "{refused}");
-    let not_csv = operator.post_raw(&uploads, &csrf, "\u{0}\u{1}binary").await;
+    let not_csv = operator.post_csv(&uploads, &csrf, "\u{0}\u{1}binary").await;
     assert_eq!(not_csv.status().as_u16(), 422);
 
     let users: Vec<String> = (0..4).map(graph_sim::tenant::upn_for_index).collect();
     let csv = format!("userPrincipalName\n{}\n{}\n", users.join("\n"), users[0]);
-    let preview = operator.post_raw(&uploads, &csrf, &csv).await;
+    let preview = operator.post_csv(&uploads, &csrf, &csv).await;
     assert_eq!(preview.status().as_u16(), 200);
     let preview: Value = preview.json().await.expect("JSON");
     assert_eq!(preview["count"], 4, "{preview}");
@@ -946,7 +759,7 @@ async fn an_operator_uploads_previews_and_submits_a_csv_and_watches_it_finish_li
 
     let upload = preview["upload"].as_str().expect("upload id");
     let submit = format!("{}/api/v1/uploads/{upload}/submit", serve.url);
-    let submitted = operator.post_raw(&submit, &csrf, "").await;
+    let submitted = operator.post_csv(&submit, &csrf, "").await;
     assert_eq!(submitted.status().as_u16(), 200);
     let submitted: Value = submitted.json().await.expect("JSON");
     let batch = submitted["batch"].as_str().expect("batch").to_string();
@@ -954,7 +767,7 @@ async fn an_operator_uploads_previews_and_submits_a_csv_and_watches_it_finish_li
     // Submitted once: the upload is gone.
     assert_eq!(
         operator
-            .post_raw(&submit, &csrf, "")
+            .post_csv(&submit, &csrf, "")
             .await
             .status()
             .as_u16(),
@@ -1158,7 +971,7 @@ async fn a_big_upload_waits_until_a_different_signed_in_approver_approves_it() {
             .join("\n")
     );
     let preview: Value = operator
-        .post_raw(
+        .post_csv(
             &format!("{}/api/v1/uploads?name=big.csv", serve.url),
             &csrf,
             &csv,
@@ -1169,7 +982,7 @@ async fn a_big_upload_waits_until_a_different_signed_in_approver_approves_it() {
         .expect("JSON");
     assert_eq!(preview["needs_approval"], true, "{preview}");
     let submitted: Value = operator
-        .post_raw(
+        .post_csv(
             &format!(
                 "{}/api/v1/uploads/{}/submit",
                 serve.url,
@@ -1185,7 +998,7 @@ async fn a_big_upload_waits_until_a_different_signed_in_approver_approves_it() {
     let batch = submitted["batch"].as_str().expect("batch").to_string();
     let approve_url = format!("{}/api/v1/batches/{batch}/approve", serve.url);
 
-    let own = operator.post_raw(&approve_url, &csrf, "").await;
+    let own = operator.post_csv(&approve_url, &csrf, "").await;
     assert_eq!(own.status().as_u16(), 403);
     let own: Value = own.json().await.expect("JSON");
     assert_eq!(own["error"], "own_batch", "{own}");
@@ -1211,7 +1024,7 @@ async fn a_big_upload_waits_until_a_different_signed_in_approver_approves_it() {
     );
     assert_eq!(
         viewer
-            .post_raw(&approve_url, "x", "")
+            .post_csv(&approve_url, "x", "")
             .await
             .status()
             .as_u16(),
@@ -1236,7 +1049,7 @@ async fn a_big_upload_waits_until_a_different_signed_in_approver_approves_it() {
             .await
             .expect("page"),
     );
-    let refused = other_operator.post_raw(&approve_url, &other_csrf, "").await;
+    let refused = other_operator.post_csv(&approve_url, &other_csrf, "").await;
     assert_eq!(refused.status().as_u16(), 403);
     let refused: Value = refused.json().await.expect("JSON");
     assert_eq!(refused["error"], "forbidden", "{refused}");
@@ -1274,7 +1087,7 @@ async fn a_big_upload_waits_until_a_different_signed_in_approver_approves_it() {
         .and_then(|r| r.split('"').next())
         .expect("an approve button for another approver")
         .to_string();
-    let approved = approver.post_raw(&approve_url, &approve_csrf, "").await;
+    let approved = approver.post_csv(&approve_url, &approve_csrf, "").await;
     assert_eq!(approved.status().as_u16(), 200);
     let approved: Value = approved.json().await.expect("JSON");
     assert_eq!(approved["approved_by"], approver_upn.as_str());
@@ -1382,7 +1195,7 @@ async fn dead_letters_replay_only_after_a_different_approver_approves_and_every_
             .expect("page"),
     );
     let preview: Value = operator
-        .post_raw(
+        .post_csv(
             &format!("{}/api/v1/uploads?name=ghosts.csv", serve.url),
             &csrf,
             "user\nghost1@contoso.com\nghost2@contoso.com\nghost3@contoso.com\n",
@@ -1392,7 +1205,7 @@ async fn dead_letters_replay_only_after_a_different_approver_approves_and_every_
         .await
         .expect("JSON");
     let submitted: Value = operator
-        .post_raw(
+        .post_csv(
             &format!(
                 "{}/api/v1/uploads/{}/submit",
                 serve.url,
@@ -1485,7 +1298,7 @@ async fn dead_letters_replay_only_after_a_different_approver_approves_and_every_
     assert_eq!(asked["state"], "pending");
     let id = asked["id"].as_str().expect("id").to_string();
     let approve_url = format!("{replays}/{id}/approve");
-    let own = operator.post_raw(&approve_url, &csrf, "").await;
+    let own = operator.post_csv(&approve_url, &csrf, "").await;
     assert_eq!(own.status().as_u16(), 403);
     assert_eq!(
         own.json::<Value>().await.expect("JSON")["error"],
@@ -1493,7 +1306,7 @@ async fn dead_letters_replay_only_after_a_different_approver_approves_and_every_
     );
     assert_eq!(
         viewer
-            .post_raw(&approve_url, "x", "")
+            .post_csv(&approve_url, "x", "")
             .await
             .status()
             .as_u16(),
@@ -1524,7 +1337,7 @@ async fn dead_letters_replay_only_after_a_different_approver_approves_and_every_
         .and_then(|r| r.split('"').next())
         .expect("an approve button for another approver")
         .to_string();
-    let approved = approver.post_raw(&approve_url, &approve_csrf, "").await;
+    let approved = approver.post_csv(&approve_url, &approve_csrf, "").await;
     assert_eq!(approved.status().as_u16(), 200);
     let approved: Value = approved.json().await.expect("JSON");
     assert_eq!(approved["replayed"], 3, "{approved}");
@@ -1534,7 +1347,7 @@ async fn dead_letters_replay_only_after_a_different_approver_approves_and_every_
     // Approved once: a second approval finds it done.
     assert_eq!(
         approver
-            .post_raw(&approve_url, &approve_csrf, "")
+            .post_csv(&approve_url, &approve_csrf, "")
             .await
             .status()
             .as_u16(),
@@ -1864,14 +1677,14 @@ async fn a_ticket_asking_for_a_pass_gets_it_sealed_and_an_operator_sees_it_once(
     let csrf = csrf_of(&html);
     assert_eq!(
         operator
-            .post_raw(&api_url, "wrong", "")
+            .post_csv(&api_url, "wrong", "")
             .await
             .status()
             .as_u16(),
         403,
         "without the session's CSRF token"
     );
-    let first = operator.post_raw(&api_url, &csrf, "").await;
+    let first = operator.post_csv(&api_url, &csrf, "").await;
     assert_eq!(first.status().as_u16(), 200);
     assert_eq!(
         first
@@ -1882,7 +1695,7 @@ async fn a_ticket_asking_for_a_pass_gets_it_sealed_and_an_operator_sees_it_once(
     );
     let shown: Value = first.json().await.expect("json");
     assert_eq!(shown["temporary_access_pass"], created.as_str());
-    let second = operator.post_raw(&api_url, &csrf, "").await;
+    let second = operator.post_csv(&api_url, &csrf, "").await;
     assert_eq!(second.status().as_u16(), 410);
     let second: Value = second.json().await.expect("json");
     assert_eq!(second["error"], "already_shown", "{second}");
@@ -1916,7 +1729,7 @@ async fn a_ticket_asking_for_a_pass_gets_it_sealed_and_an_operator_sees_it_once(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let again = operator.post_raw(&api_url, &csrf_of(&html), "").await;
+    let again = operator.post_csv(&api_url, &csrf_of(&html), "").await;
     assert_eq!(again.status().as_u16(), 410, "shown again after a restart");
     let again: Value = again.json().await.expect("json");
     assert_eq!(again["error"], "already_shown", "{again}");
@@ -2014,13 +1827,13 @@ async fn upload_and_submit(
     csv: &str,
 ) -> (Value, Value) {
     let preview: Value = operator
-        .post_raw(&format!("{console}/api/v1/uploads?{query}"), csrf, csv)
+        .post_csv(&format!("{console}/api/v1/uploads?{query}"), csrf, csv)
         .await
         .json()
         .await
         .expect("JSON");
     let submitted: Value = operator
-        .post_raw(
+        .post_csv(
             &format!(
                 "{console}/api/v1/uploads/{}/submit",
                 preview["upload"].as_str().expect("upload id")

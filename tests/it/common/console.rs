@@ -104,11 +104,19 @@ pub fn oidc_env(env: &TestEnv) -> Vec<(&'static str, String)> {
 pub struct Client {
     /// The HTTP client.
     pub http: reqwest::Client,
-    cookies: std::collections::BTreeMap<String, String>,
+    /// Its cookies, by name.
+    pub cookies: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Client {
     fn default() -> Self {
+        Client::new()
+    }
+}
+
+impl Client {
+    /// A client with no cookies.
+    pub fn new() -> Client {
         Client {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -117,9 +125,7 @@ impl Default for Client {
             cookies: Default::default(),
         }
     }
-}
 
-impl Client {
     /// The `Cookie` header.
     pub fn cookie_header(&self) -> String {
         self.cookies
@@ -129,9 +135,11 @@ impl Client {
             .join("; ")
     }
 
-    fn take_cookies(&mut self, response: &reqwest::Response) {
+    /// Keep the response's cookies; return their raw Set-Cookie lines.
+    pub fn take_cookies(&mut self, response: &reqwest::Response) -> Vec<String> {
+        let mut lines = Vec::new();
         for value in response.headers().get_all("set-cookie") {
-            let line = value.to_str().expect("ascii cookie");
+            let line = value.to_str().expect("ascii cookie").to_string();
             let pair = line.split(';').next().unwrap_or_default();
             let (name, value) = pair.split_once('=').expect("name=value");
             if value.is_empty() || line.contains("Max-Age=0") {
@@ -139,7 +147,9 @@ impl Client {
             } else {
                 self.cookies.insert(name.to_string(), value.to_string());
             }
+            lines.push(line);
         }
+        lines
     }
 
     /// GET with the cookies.
@@ -186,7 +196,8 @@ impl Client {
     }
 }
 
-fn location(response: &reqwest::Response) -> String {
+/// The `Location` of a redirect.
+pub fn location(response: &reqwest::Response) -> String {
     response
         .headers()
         .get("location")
@@ -205,7 +216,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// The hidden inputs and the action of the simulator's login form.
-fn login_form(html: &str) -> (String, Vec<(String, String)>) {
+pub fn login_form(html: &str) -> (String, Vec<(String, String)>) {
     let action = html
         .split("<form method=\"post\" action=\"")
         .nth(1)
@@ -228,13 +239,26 @@ fn login_form(html: &str) -> (String, Vec<(String, String)>) {
     (action, hidden)
 }
 
-/// Sign `client` in at `console` as `upn` with `roles`, through the provider's login form.
+/// Sign `client` in at `console` as `upn` with `roles`, through the provider's login form
+/// (checking on the way that the authorization request carries PKCE, a nonce and a state,
+/// and that the provider sends the code back to the console's callback).
 pub async fn sign_in(client: &mut Client, console: &str, sim: &str, upn: &str, roles: &[&str]) {
     let to_provider = client.get(&format!("{console}/login")).await;
     assert_eq!(to_provider.status().as_u16(), 303);
-    let form = client.get(&location(&to_provider)).await;
+    let authorize = location(&to_provider);
+    assert!(authorize.starts_with(sim), "{authorize}");
+    for must in [
+        "code_challenge_method=S256",
+        "code_challenge=",
+        "nonce=",
+        "state=",
+    ] {
+        assert!(authorize.contains(must), "{must} in {authorize}");
+    }
+    let form = client.get(&authorize).await;
     assert_eq!(form.status().as_u16(), 200);
     let html = form.text().await.expect("form");
+    assert!(html.contains(upn), "the form lists the tenant's users");
     let (action, mut fields) = login_form(&html);
     fields.push(("login".into(), upn.into()));
     for role in roles {
@@ -243,7 +267,12 @@ pub async fn sign_in(client: &mut Client, console: &str, sim: &str, upn: &str, r
     fields.push(("decision".into(), "allow".into()));
     let back = client.post_form(&format!("{sim}{action}"), &fields).await;
     assert_eq!(back.status().as_u16(), 302);
-    let signed_in = client.get(&location(&back)).await;
+    let callback = location(&back);
+    assert!(
+        callback.starts_with(&format!("{console}/auth/callback?code=")),
+        "{callback}"
+    );
+    let signed_in = client.get(&callback).await;
     assert_eq!(
         signed_in.status().as_u16(),
         303,
