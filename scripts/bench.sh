@@ -242,14 +242,18 @@ bench_producer() {
 }
 
 # unknown_sim DIR: graph-sim with a budget far below the worker's defaults (3,500 requests per
-# 10 s, 3,000 writes per 150 s), refilled in steps, Retry-After drawn from 1-5 s.
+# 10 s, 3,000 writes per 150 s), refilled in steps, Retry-After drawn from 1-5 s. The bucket
+# holds one step's worth (a period as long as the step, at least 1 s), so the budget is
+# $budget/s whatever the step: a 10 s step is 10 × $budget per 10 s, refilled at once.
 unknown_sim() {
     local dir=$1 users=${BENCH_UNKNOWN_USERS:-600} budget=${BENCH_UNKNOWN_BUDGET:-30}
+    local step_ms=${BENCH_UNKNOWN_GRANULARITY_MS:-1000}
+    local period=$(((step_ms + 999) / 1000))
     local sim_args=(--users "$users" "${TENANT[@]}"
         --latency-ms "$LATENCY_MS" --latency-jitter-ms "$JITTER_MS"
-        --requests-per-period "$budget" --requests-period-secs 1
-        --writes-per-period "$budget" --writes-period-secs 1
-        --refill-granularity-ms "${BENCH_UNKNOWN_GRANULARITY_MS:-1000}"
+        --requests-per-period $((budget * period)) --requests-period-secs "$period"
+        --writes-per-period $((budget * period)) --writes-period-secs "$period"
+        --refill-granularity-ms "$step_ms"
         --retry-after-min-secs 1 --retry-after-max-secs 5)
     "$BIN/graph-sim" "${sim_args[@]}" --print-users | cut -d, -f1 >"$dir/users.csv"
     start_sim "$dir" "${sim_args[@]}"

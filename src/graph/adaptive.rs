@@ -20,17 +20,24 @@
 //!   [`MIN_CUT`] of its value (a short span may have seen no refill step at all), and to at
 //!   least [`PROBE_CUT`] of it when the episode ends a probe above the last throttled rate.
 //!   The first episode, with nothing to measure from, halves f.
-//! - **Memory.** The rate that was throttled is remembered (`throttled_at`),
-//!   and the served one (`served_at`, a lower bound). Below the served rate f recovers fast
+//! - **Memory.** The rate that was throttled is remembered (`throttled_at`): the rate sent,
+//!   or, when Graph served less of it in its best recent [`PEAK_SPAN`] (a bucket refilled
+//!   in steps caps every step at its budget while f climbed past it), what it served, then
+//!   f goes straight to [`SET_BELOW_SERVED`] of that: the pause is the episode's whole cost.
+//!   Also the served rate (`served_at`, a lower bound). Below the served rate f recovers fast
 //!   ([`FAST_STEP`] of it per window), then climbs [`CLIMB_STEP`] of the gap per window to
 //!   [`SET_BELOW_SERVED`] of the throttled rate, then only probes ([`PROBE_STEP`] per
 //!   window); Graph's `x-ms-throttle-limit-percentage` warnings stop the probe. Probed
 //!   [`FORGET_ABOVE`] past the throttled rate without a 429, the budget has grown: forgotten.
-//! - **Probes that fail rest longer.** A probe that ends in a 429 found the budget where it
-//!   was: every such 429 costs its Retry-After of nothing sent (on a 1 s bucket, 1–5 s of lost
-//!   budget), so the next probe waits [`PROBE_REST_FIRST`], doubling after each failed probe up
+//! - **Probes rest.** Every 429 costs its Retry-After of nothing sent (on a 1 s bucket, 1–5 s
+//!   of lost budget), and an episode just found the budget: the next probe waits
+//!   [`PROBE_REST_FIRST`] after any episode, doubling after each probe that ends in a 429 up
 //!   to [`PROBE_REST_MAX`]; f holds just below the throttled rate meanwhile. Forgetting the
-//!   memory (the budget grew) resets the rest.
+//!   memory (the budget grew) resets the rest. So a budget that grows is found again after
+//!   the rest, then the probe's climb to [`FORGET_ABOVE`] (about 2.5 min), then
+//!   [`RECOVERY_STEP`]s: 5–6 minutes after a single episode, up to 11 after failed probes.
+//! - **One law per fleet.** A follower (another worker leads the fleet: `follower`) never
+//!   probes; it takes the leader's factor ([`Law::follow`]).
 //! - **Warnings without memory.** Before any 429, a warning (the percentage at or above
 //!   `rate.slow_down_at_percent`) cuts f by [`FACTOR_SLOW_DOWN`], once per window.
 //!
@@ -51,7 +58,7 @@ pub const FACTOR_MIN: f64 = 0.01;
 /// Multiplier on a warning while no throttled rate is known.
 pub const FACTOR_SLOW_DOWN: f64 = 0.9;
 /// Recovery and probes stop short of the last throttled rate by this fraction.
-pub const SET_BELOW_SERVED: f64 = 0.95;
+pub const SET_BELOW_SERVED: f64 = 0.96;
 /// An episode cuts f to at least this fraction of its value (a short span, or one that saw
 /// no refill step, cannot take it lower at once).
 pub const MAX_CUT: f64 = 0.5;
@@ -63,6 +70,19 @@ pub const MIN_CUT: f64 = 0.95;
 pub const PROBE_CUT: f64 = 0.93;
 /// How long since the last episode an episode must come to count as ending a probe.
 pub const PROBE_HELD: Duration = Duration::from_secs(10);
+/// The throttled rate remembered is what Graph served in its best recent span
+/// ([`PEAK_SPAN`]) when less than the rate sent, but at least this fraction of the rate sent
+/// (far below it, this process may have had less to send than its rate).
+pub const PEAK_FLOOR: f64 = 0.7;
+/// Graph served less than the rate sent when its best span's rate was below this fraction
+/// of it (what it serves of a rate it does not cap varies by a request or so).
+pub const PEAK_BELOW: f64 = 0.99;
+/// The span the served rate is measured over for that: two seconds, so that a span's
+/// misalignment with Graph's refill steps adds at most half a step's budget per second
+/// (and a worker's share of a fleet's steps averages over two of them).
+pub const PEAK_SPAN: Duration = Duration::from_secs(2);
+/// How far back the best span is looked for.
+pub const PEAK_LOOKBACK: Duration = Duration::from_secs(6);
 /// The first episode (nothing measured yet) multiplies f by this.
 pub const FIRST_CUT: f64 = 0.5;
 /// Recovery per quiet window up to the served rate, as a fraction of it.
@@ -78,9 +98,9 @@ pub const PROBE_STEP: f64 = 0.000625;
 pub const RECOVERY_STEP: f64 = 0.02;
 /// After the first probe that ends in a 429, the next one waits this long (from the end of
 /// its pause) at the rate just below the throttled one.
-pub const PROBE_REST_FIRST: Duration = Duration::from_secs(30);
+pub const PROBE_REST_FIRST: Duration = Duration::from_secs(120);
 /// The rest between probes doubles after each one that ends in a 429, up to this.
-pub const PROBE_REST_MAX: Duration = Duration::from_secs(240);
+pub const PROBE_REST_MAX: Duration = Duration::from_secs(480);
 /// Episodes older than this are no anchor for the served rate (the budget may have changed).
 pub const LOOKBACK: Duration = Duration::from_secs(30);
 /// A served rate is only measured over a span at least this long.
@@ -124,6 +144,9 @@ pub(super) struct Law {
     probe_rest: Duration,
     /// No probe above the throttled rate before this.
     probe_after: Option<Instant>,
+    /// Another worker of the fleet leads: this one never probes above the throttled rate, it
+    /// takes the leader's factor instead ([`Law::follow`]).
+    pub(super) follower: bool,
 }
 
 /// An episode as a starting point of the served rate.
@@ -155,6 +178,7 @@ impl Law {
             checkpoints: VecDeque::new(),
             probe_rest: Duration::ZERO,
             probe_after: None,
+            follower: false,
         }
     }
 
@@ -177,7 +201,7 @@ impl Law {
             // before the next probe is due.
             for k in (0..quiet).rev() {
                 let ended = now - FACTOR_WINDOW * k as u32;
-                let resting = self.probe_after.is_some_and(|p| ended < p);
+                let resting = self.follower || self.probe_after.is_some_and(|p| ended < p);
                 self.recover_step(resting);
             }
         }
@@ -302,6 +326,18 @@ impl Law {
         self.paused += pause_end.saturating_duration_since(counted_from);
         self.paused_until = Some(self.paused_until.map_or(pause_end, |p| p.max(pause_end)));
         let before = self.factor;
+        // The rate that was throttled: the one sent, or what Graph served in its best
+        // recent span when that was less, but never below PEAK_FLOOR of the rate sent (a
+        // bucket refilled by the second caps every second at its budget, while f may have
+        // climbed a few percent past it before the second that overflowed came; far below,
+        // this process may simply have had less to send).
+        let peak = self.peak_served(now, share_rate);
+        let throttled_at = peak.map_or(before, |peak| peak.clamp(before * PEAK_FLOOR, before));
+        // Graph served less than was sent, but at least PEAK_FLOOR of it: a bucket refilled
+        // in steps capped the seconds, and the real rate is measured (served all that was
+        // sent, it says nothing of how far below the real rate is).
+        let measured =
+            peak.is_some_and(|peak| peak >= before * PEAK_FLOOR && peak < before * PEAK_BELOW);
         // A probe: at or above the last throttled rate's target, long after that episode.
         let probing = self
             .throttled_at
@@ -309,8 +345,9 @@ impl Law {
             && last_episode.is_some_and(|t| now.saturating_duration_since(t) >= PROBE_HELD);
         if probing {
             self.probe_rest = (self.probe_rest * 2).clamp(PROBE_REST_FIRST, PROBE_REST_MAX);
-            self.probe_after = Some(pause_end + self.probe_rest);
         }
+        // Every episode found the budget where it is now: the next look above it waits.
+        self.probe_after = Some(pause_end + self.probe_rest.max(PROBE_REST_FIRST));
         match estimate {
             Some((lower, upper)) => {
                 // Halfway between the bounds: the lower one is exact while pauses stay
@@ -321,15 +358,55 @@ impl Law {
                 self.factor = ((lower + upper.max(lower)) / 2.0)
                     .clamp(before * floor, before * MIN_CUT)
                     .max(FACTOR_MIN);
-                self.throttled_at = Some(before);
+                self.throttled_at = Some(throttled_at);
+                // Never above the new target (Graph served less than the rate sent), and
+                // right at it when Graph's rate was measured: the pause is the whole cost.
+                let target = throttled_at * SET_BELOW_SERVED;
+                self.factor = if measured {
+                    target
+                } else {
+                    self.factor.min(target)
+                }
+                .max(FACTOR_MIN);
                 self.served_at = Some(lower.min(self.factor));
             }
             None => {
                 self.factor = (before * FIRST_CUT).max(FACTOR_MIN);
-                self.throttled_at = Some(before);
+                self.throttled_at = Some(throttled_at);
                 self.served_at = None;
             }
         }
+    }
+
+    /// The best rate Graph served over [`PEAK_SPAN`] (as a factor of `share_rate`) within the
+    /// last [`PEAK_LOOKBACK`], between the windows' checkpoints; `None` without any.
+    fn peak_served(&self, now: Instant, share_rate: f64) -> Option<f64> {
+        let now_point = Anchor {
+            at: now,
+            served: self.served,
+            paused: self.paused,
+        };
+        let points: Vec<&Anchor> = self
+            .checkpoints
+            .iter()
+            .filter(|a| now.saturating_duration_since(a.at) <= PEAK_LOOKBACK)
+            .chain([&now_point])
+            .collect();
+        let mut peak: Option<f64> = None;
+        for (i, end) in points.iter().enumerate() {
+            // The latest start at least PEAK_SPAN before this end.
+            let Some(start) = points[..i]
+                .iter()
+                .rev()
+                .find(|a| end.at.saturating_duration_since(a.at) >= PEAK_SPAN)
+            else {
+                continue;
+            };
+            let span = end.at.saturating_duration_since(start.at).as_secs_f64();
+            let rate = (end.served - start.served) as f64 / span / share_rate.max(1e-9);
+            peak = Some(peak.map_or(rate, |p: f64| p.max(rate)));
+        }
+        peak
     }
 
     /// Take what another worker learned, when this one has learned nothing itself: a
@@ -343,6 +420,32 @@ impl Law {
         if factor < self.factor {
             self.factor = factor;
             self.throttled_at = Some(throttled_at.clamp(factor, 1.0));
+        }
+    }
+
+    /// Take the fleet leader's factor and throttled rate (a follower's view of the budget is
+    /// the leader's: the fleet probes once, not once per worker). Up or down, except while
+    /// this law is held after an episode: the leader's view may be older than it (its
+    /// heartbeat crossed the pause announcement), so then only lower.
+    pub(super) fn follow(&mut self, now: Instant, factor: f64, throttled_at: Option<f64>) {
+        let valid = |f: f64| f.is_finite() && f > 0.0;
+        if !valid(factor) || throttled_at.is_some_and(|at| !valid(at)) {
+            return;
+        }
+        self.roll(now);
+        let factor = factor.clamp(FACTOR_MIN, 1.0);
+        let held = self.hold_until.is_some_and(|h| now < h);
+        if held && factor >= self.factor {
+            return;
+        }
+        self.factor = factor;
+        match throttled_at {
+            Some(at) => self.throttled_at = Some(at.clamp(FACTOR_MIN, 1.0)),
+            // The leader forgot (the budget grew) or never met a throttling.
+            None => {
+                self.throttled_at = None;
+                self.served_at = None;
+            }
         }
     }
 }
@@ -411,8 +514,9 @@ mod tests {
         let (lower, upper) = (12.0 / 350.0, 30.0 / 350.0);
         // Halfway, but at most halved at once.
         assert!(close(a.factor, before * MAX_CUT), "{}", a.factor);
-        // The rate that was throttled is remembered.
-        assert_eq!(a.throttled_at, Some(before));
+        // The rate that was throttled is remembered: Graph served far less than it (30/s of
+        // 175/s) in its best 2 s, so PEAK_FLOOR of it.
+        assert!(close(a.throttled_at.unwrap(), before * PEAK_FLOOR));
         assert!(close(a.served_at.unwrap(), lower));
         // Again 2 s at 30/s after the pause: from the latest anchor, 60 in 5 s (12/s)
         // and in 2 s not paused (30/s).

@@ -16,15 +16,30 @@ use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::adaptive::{Law, FACTOR_MIN, FACTOR_WINDOW};
 use super::{lock, PauseGate, ThrottleStats};
 use crate::config::RateSettings;
 
-/// Burst of the limiters once throttled, in seconds of their rate (at least one cell): a
-/// small bucket refilled in steps has no room for bunched requests.
+/// A budget nobody asked a cell of for this long is idle: the other workers of the fleet
+/// need not leave it a share (see [`Budget::idle`]).
+pub const IDLE_AFTER: Duration = Duration::from_secs(2);
+
+/// A factor that grew by less than this fraction keeps the limiters in force: a rebuilt
+/// limiter starts empty, and rebuilt at every step of a slow probe (twice a second) that
+/// costs up to one interval each time (≈ 3 % of the rate at 30/s), so the rate sent is below
+/// the one the law believes in and the rate it remembers as throttled is too high.
+pub const REBUILD_ABOVE: f64 = 0.01;
+
+/// Burst of the limiters once throttled, in seconds of their rate (at least
+/// [`SLOWED_BURST_CELLS`]): a small bucket refilled in steps has no room for bunched requests.
 pub const SLOWED_BURST_SECS: f64 = 0.05;
+/// Fewest cells of burst once throttled: with one, every request taken late (a timer's
+/// millisecond, a busy runtime) delays all later ones, and a worker sending ten a second
+/// loses a few percent of its rate so; a second cell lets the next request catch up.
+pub const SLOWED_BURST_CELLS: u32 = 2;
 
 /// A governor clock reading tokio's: the time since `origin` on [`tokio::time::Instant`],
 /// which follows `tokio::time::pause()` / `advance()` in tests and is the monotonic clock
@@ -136,6 +151,23 @@ struct State {
     /// When the running pause ends: the first request after it takes the limiter as it is
     /// then, emptied (a pause must not bank a burst for the tasks it held).
     drain_at: Option<Instant>,
+    /// Tasks inside [`Budget::acquire`] now.
+    acquiring: u32,
+    /// When a task last left [`Budget::acquire`] (at first: [`IDLE_AFTER`] before the budget
+    /// was made).
+    last_acquired: Instant,
+}
+
+impl Key {
+    /// The limiters built for `self` serve `next` too: the same share and burst, each
+    /// factor at or above the one in force by less than [`REBUILD_ABOVE`].
+    fn serves(&self, next: &Key) -> bool {
+        let close = |now: f64, next: f64| next >= now && next < now * (1.0 + REBUILD_ABOVE);
+        self.processes == next.processes
+            && self.full_burst == next.full_burst
+            && close(self.requests, next.requests)
+            && close(self.writes, next.writes)
+    }
 }
 
 impl State {
@@ -169,7 +201,7 @@ impl State {
 /// and per episode). A rebuilt limiter starts empty: steps never add a burst on top of the
 /// rate, and waiting tasks look the current pair up on every wake-up. Never throttled, a burst
 /// is `rate.burst_fraction` of each bucket (Graph's buckets start full); once throttled, it
-/// is [`SLOWED_BURST_SECS`] of the rate.
+/// is [`SLOWED_BURST_SECS`] of the rate, at least [`SLOWED_BURST_CELLS`].
 ///
 /// **Pauses.** [`Budget::acquire`] waits out the [`PauseGate`] before and after taking a cell,
 /// so no task holds a cell through a pause; after a pause, the limiter starts empty and the
@@ -181,6 +213,8 @@ pub struct Budget {
     state: Mutex<State>,
     limiters: RwLock<Arc<Limiters>>,
     stats: Arc<ThrottleStats>,
+    /// Signalled when a task asks for a cell after [`IDLE_AFTER`] without any.
+    woke: Notify,
 }
 
 impl Budget {
@@ -205,6 +239,9 @@ impl Budget {
             writes: Law::new(now),
             processes: rate.processes.max(1),
             drain_at: None,
+            acquiring: 0,
+            // Idle until the first request: a worker is counted by the others once it sends.
+            last_acquired: now.checked_sub(IDLE_AFTER).unwrap_or(now),
         };
         let limiters = Self::limiters(rate, state.key(), clock);
         stats.set_factors(1.0, 1.0);
@@ -215,6 +252,7 @@ impl Budget {
             state: Mutex::new(state),
             limiters: RwLock::new(Arc::new(limiters)),
             stats,
+            woke: Notify::new(),
         })
     }
 
@@ -222,25 +260,30 @@ impl Budget {
         // Never throttled, a burst is a fraction of each bucket (Graph's buckets start full);
         // once throttled, bursts stay small so a rebuilt limiter cannot dump a bucket's worth
         // of requests into a Graph that is already pushing back.
-        let burst_secs = |period: Duration| {
+        let burst_secs = |count: u32, period: Duration, factor: f64| {
+            let period = period.as_secs_f64().max(1e-3);
             if key.full_burst {
-                rate.burst_fraction.clamp(0.0, 1.0) * period.as_secs_f64()
+                rate.burst_fraction.clamp(0.0, 1.0) * period
             } else {
-                SLOWED_BURST_SECS
+                let per_sec = f64::from(count.max(1)) / f64::from(key.processes.max(1))
+                    * factor.clamp(FACTOR_MIN, 1.0)
+                    / period;
+                // Just under SLOWED_BURST_CELLS cells, which the quota rounds up to them.
+                SLOWED_BURST_SECS.max((f64::from(SLOWED_BURST_CELLS) - 0.5) / per_sec)
             }
         };
         let all = process_quota(
             rate.requests,
             rate.requests_period,
             key.processes,
-            burst_secs(rate.requests_period),
+            burst_secs(rate.requests, rate.requests_period, key.requests),
             key.requests,
         );
         let writes = process_quota(
             rate.writes,
             rate.writes_period,
             key.processes,
-            burst_secs(rate.writes_period),
+            burst_secs(rate.writes, rate.writes_period, key.writes),
             key.writes,
         );
         Limiters {
@@ -308,6 +351,7 @@ impl Budget {
     /// pause is running. Returns how long it waited.
     pub async fn acquire(&self, write: bool, gate: &PauseGate) -> Duration {
         let start = Instant::now();
+        let _acquiring = Acquiring::enter(self);
         // The write cell taken from this pair of limiters, if any (kept across waits for the
         // all-requests cell; a replaced pair is asked again).
         let mut write_from: Option<Arc<Limiters>> = None;
@@ -400,10 +444,58 @@ impl Budget {
     /// A throttling of `limit` (a 429 here, or one another worker announced) that paused the
     /// process until `pause_end`.
     pub fn on_throttled(&self, pause_end: Instant, limit: Limit) {
+        let in_force = self.in_force();
         self.update(|s| {
             let share = self.share_rate(s, limit);
-            s.law(limit).throttled(Instant::now(), pause_end, share);
+            let law = s.law(limit);
+            // The rate that was throttled is the limiters' (a factor grown by less than
+            // REBUILD_ABOVE was not in force yet).
+            law.factor = law.factor.min(match limit {
+                Limit::Requests => in_force.requests,
+                Limit::Writes => in_force.writes,
+            });
+            law.throttled(Instant::now(), pause_end, share);
             s.drain_at = Some(s.drain_at.map_or(pause_end, |d| d.max(pause_end)));
+        });
+    }
+
+    /// What the limiters in force were built from.
+    fn in_force(&self) -> Key {
+        self.limiters
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .key
+    }
+
+    /// Nobody asked a cell for [`IDLE_AFTER`] and nobody is waiting for one: this process
+    /// needs no share of the fleet's budget now.
+    pub fn idle(&self) -> bool {
+        let state = lock(&self.state);
+        state.acquiring == 0 && state.last_acquired.elapsed() >= IDLE_AFTER
+    }
+
+    /// Notified when an idle budget is asked for a cell again (the fleet tells the others
+    /// at once, before they keep its share any longer).
+    pub fn woke(&self) -> &Notify {
+        &self.woke
+    }
+
+    /// This process leads the fleet's law (alone, or the lowest id of the busy workers):
+    /// only a leader probes above the throttled rate; a follower takes the leader's view
+    /// ([`Budget::follow`]).
+    pub fn set_leader(&self, leader: bool) {
+        let mut state = lock(&self.state);
+        state.requests.follower = !leader;
+        state.writes.follower = !leader;
+    }
+
+    /// Take the leader's view of both limits (see [`Budget::set_leader`]).
+    pub fn follow(&self, requests: Learned, writes: Learned) {
+        self.update(|s| {
+            let now = Instant::now();
+            s.requests
+                .follow(now, requests.factor, requests.throttled_at);
+            s.writes.follow(now, writes.factor, writes.throttled_at);
         });
     }
 
@@ -416,7 +508,7 @@ impl Budget {
             .limiters
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if limiters.key == key {
+        if limiters.key.serves(&key) {
             return;
         }
         // A new limiter starts with its burst available; rebuilt at every step (up to
@@ -441,6 +533,33 @@ impl Budget {
             writes = key.writes,
             "graph budget changed"
         );
+    }
+}
+
+/// A task inside [`Budget::acquire`] (counted until it leaves, however it leaves).
+struct Acquiring<'a> {
+    budget: &'a Budget,
+}
+
+impl<'a> Acquiring<'a> {
+    fn enter(budget: &'a Budget) -> Self {
+        let woke = {
+            let mut state = lock(&budget.state);
+            state.acquiring += 1;
+            state.acquiring == 1 && state.last_acquired.elapsed() >= IDLE_AFTER
+        };
+        if woke {
+            budget.woke.notify_one();
+        }
+        Acquiring { budget }
+    }
+}
+
+impl Drop for Acquiring<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.budget.state);
+        state.acquiring -= 1;
+        state.last_acquired = Instant::now();
     }
 }
 
@@ -472,6 +591,7 @@ async fn sleep_until_ready(wait: Duration) {
 
 #[cfg(test)]
 mod tests {
+    use super::stand_in::StandIn;
     use super::*;
     use governor::clock::FakeRelativeClock;
 
@@ -528,12 +648,13 @@ mod tests {
             .take_while(|_| full.writes.check().is_ok())
             .count();
         assert_eq!(burst, 1500);
-        // Slowed to half: 10 writes/s, a burst of 0.05 s of that (one cell).
+        // Slowed to half: 10 writes/s, a burst of 0.05 s of that (one cell), raised to the
+        // SLOWED_BURST_CELLS that let a late request's successor catch up.
         let slowed = Budget::limiters(&rate, key(1, 1.0, 0.5, false), TokioClock::new());
         let burst = (0..5000)
             .take_while(|_| slowed.writes.check().is_ok())
             .count();
-        assert_eq!(burst, 1);
+        assert_eq!(burst, SLOWED_BURST_CELLS as usize);
     }
 
     #[tokio::test(start_paused = true)]
@@ -739,8 +860,8 @@ mod tests {
         }
         left.sort();
         assert!(left[0] >= pause_end, "nobody leaves inside the pause");
-        // Halved to 10/s with a burst of one cell, emptied at the pause's end: one per
-        // 100 ms after it, 16 tasks over 1.5 s.
+        // Halved to 10/s, the limiter emptied at the pause's end: one per 100 ms after it,
+        // 16 tasks over 1.5 s.
         let last = left[15] - pause_end;
         assert!(last >= Duration::from_millis(1500), "{last:?}");
         let in_first_100ms = left
@@ -769,101 +890,285 @@ mod tests {
         assert!(waiter.await.unwrap() >= pause_end);
     }
 
-    /// A Graph stand-in for the control law: a bucket of `budget` per second refilled in 1 s
-    /// steps, answering 429 with a Retry-After of `retry_after` when empty.
-    struct Bucket {
-        tokens: u32,
-        budget: u32,
-        second: u64,
-        origin: Instant,
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_small_budget_is_reached_after_a_few_throttlings_and_held() {
+        // Configured for 350/s; Graph serves 30/s in 1 s steps, Retry-After 1-5 s; 32 tasks,
+        // 100 ms per request, for 150 s (the `unknown` benchmark).
+        let graph = StandIn::new(30, Duration::from_secs(1));
+        let budget = Arc::new(Budget::new(&rate(3500, 10, 3500, 10, 1, 0.5)).unwrap());
+        let gate = Arc::new(PauseGate::default());
+        let tasks = graph.spawn_tasks(32, &budget, &gate, |_| {});
+        tokio::time::sleep(Duration::from_secs(150)).await;
+        for task in tasks {
+            task.abort();
+        }
+        let run = graph.summary(20, 150);
+        eprintln!("{run}");
+        // After the 20 s warm-up (the benchmark's): at least 95 % of 30/s (measured: 96.7 %,
+        // no 429 after the warm-up: the rate held is 96 % of what Graph served in its best
+        // two seconds), none sent inside a pause.
+        assert_eq!(run.violations, 0, "{run}");
+        assert!(run.efficiency >= 0.95, "{run}");
+        assert!(run.throttled_after <= 1, "{run}");
+    }
+}
+
+#[cfg(test)]
+mod budget_changes {
+    use super::stand_in::StandIn;
+    use super::*;
+
+    fn configured(requests: u32) -> RateSettings {
+        RateSettings {
+            requests,
+            requests_period: Duration::from_secs(1),
+            writes: requests,
+            writes_period: Duration::from_secs(1),
+            processes: 1,
+            ..RateSettings::default()
+        }
     }
 
-    impl Bucket {
-        fn admit(&mut self, now: Instant) -> bool {
-            let second = now.duration_since(self.origin).as_secs();
-            if second > self.second {
-                self.tokens = self.budget;
-                self.second = second;
-            }
-            if self.tokens == 0 {
-                return false;
-            }
-            self.tokens -= 1;
-            true
+    /// Run 32 tasks against `graph` for `secs`, calling `at_second` at each whole second.
+    async fn run(graph: &StandIn, budget: &Arc<Budget>, secs: u64, at_second: impl Fn(u64)) {
+        let gate = Arc::new(PauseGate::default());
+        let tasks = graph.spawn_tasks(32, budget, &gate, |_| {});
+        for second in 0..secs {
+            at_second(second);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for task in tasks {
+            task.abort();
         }
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_unknown_small_budget_is_reached_after_a_few_throttlings_and_held() {
-        // Configured for 350/s; Graph serves 30/s in 1 s steps, Retry-After 3 s; 32 tasks,
-        // 100 ms per request.
-        let budget = Arc::new(Budget::new(&rate(3500, 10, 3500, 10, 1, 0.5)).unwrap());
-        let gate = Arc::new(PauseGate::default());
-        let graph = Arc::new(Mutex::new(Bucket {
-            tokens: 30,
-            budget: 30,
-            second: 0,
-            origin: Instant::now(),
-        }));
-        let log = Arc::new(Mutex::new(Vec::<(Duration, bool)>::new()));
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..32)
-            .map(|_| {
-                let (budget, gate, graph, log) =
-                    (budget.clone(), gate.clone(), graph.clone(), log.clone());
-                tokio::spawn(async move {
-                    while start.elapsed() < Duration::from_secs(120) {
-                        budget.acquire(false, &gate).await;
-                        let sent = Instant::now();
-                        // Inside a pause only what was already on the wire may arrive.
-                        let admitted = lock(&graph).admit(sent);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        lock(&log).push((sent - start, admitted));
-                        if admitted {
-                            budget.observe_answer(false, 200);
-                        } else {
-                            let end = Instant::now() + Duration::from_secs(3);
-                            gate.pause_until(end);
-                            budget.on_throttled(end, Limit::Requests);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
+    async fn a_storm_at_half_the_configured_budget_settles_without_429s() {
+        // The `storm` benchmark: configured 200/s, Graph serves 100/s in 1 s steps.
+        let graph = StandIn::new(100, Duration::from_secs(1));
+        let budget = Arc::new(Budget::new(&configured(200)).unwrap());
+        run(&graph, &budget, 120, |_| {}).await;
+        let run = graph.summary(20, 120);
+        eprintln!("{run}");
+        assert_eq!(run.violations, 0, "{run}");
+        assert!(run.throttled_after <= 2, "{run}");
+        assert!(run.efficiency >= 0.9, "{run}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_that_grows_is_found_again_after_the_probe_rest() {
+        // 30/s learned in the first minute; then Graph allows 60/s. The law holds below the
+        // old rate for its probe rest, probes, forgets the old rate 20 % above it and
+        // recovers without memory: within about PROBE_REST_FIRST + 3 minutes.
+        let graph = StandIn::new(30, Duration::from_secs(1));
+        let budget = Arc::new(Budget::new(&configured(350)).unwrap());
+        run(&graph, &budget, 480, |second| {
+            if second == 60 {
+                graph.set_per_second(60);
+            }
+        })
+        .await;
+        let run = graph.summary(440, 480);
+        eprintln!("{run}");
+        assert_eq!(run.violations, 0, "{run}");
+        assert!(run.efficiency >= 0.8, "{run}");
+    }
+}
+
+/// A Graph stand-in for the control law's tests (paused tokio time): one bucket of `budget`
+/// requests per second, refilled in steps of `step`, answering 429 with a Retry-After
+/// cycling through 3, 1, 5, 2, 4 s when empty; it records what it served each second and
+/// counts the requests that arrive inside a Retry-After it announced (violations).
+#[cfg(test)]
+pub(crate) mod stand_in {
+    use std::fmt;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::task::JoinHandle;
+    use tokio::time::Instant;
+
+    use super::{Budget, Limit};
+    use crate::graph::{lock, PauseGate};
+
+    /// Retry-After of successive 429s, in seconds (the benchmark draws from 1-5 s).
+    const RETRY_AFTER: [u64; 5] = [3, 1, 5, 2, 4];
+    /// Requests take 0 to this long on the wire (in µs), so a rate a hair below the budget
+    /// does not pass by the sheer regularity of the simulation.
+    const WIRE_JITTER_MICROS: u64 = 10_000;
+    /// Graph's time to answer a request it serves.
+    pub(crate) const LATENCY: Duration = Duration::from_millis(100);
+
+    #[derive(Debug)]
+    struct Bucket {
+        /// Requests per refill step (the bucket's size).
+        per_step: u32,
+        tokens: u32,
+        /// The last refill step seen.
+        step_index: u64,
+        /// Served and throttled requests per second since `origin`.
+        served: Vec<u32>,
+        throttled: Vec<u32>,
+        /// The Retry-After windows announced: (opens, closes).
+        windows: Vec<(Instant, Instant)>,
+        violations: u32,
+        answered_429: usize,
+    }
+
+    /// The stand-in, shared by every simulated worker.
+    #[derive(Debug, Clone)]
+    pub(crate) struct StandIn {
+        bucket: Arc<Mutex<Bucket>>,
+        origin: Instant,
+        step: Duration,
+    }
+
+    /// What a run got.
+    #[derive(Debug)]
+    pub(crate) struct Summary {
+        /// Served ÷ budget over the seconds measured.
+        pub efficiency: f64,
+        /// 429s before and within the seconds measured.
+        pub throttled_before: u32,
+        pub throttled_after: u32,
+        pub violations: u32,
+        pub served: Vec<u32>,
+    }
+
+    impl fmt::Display for Summary {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "efficiency {:.3}, 429s {} + {}, violations {}, served per second {:?}",
+                self.efficiency,
+                self.throttled_before,
+                self.throttled_after,
+                self.violations,
+                self.served
+            )
         }
-        let log = lock(&log);
-        let per: Vec<(usize, usize)> = (0..120u64)
-            .map(|sec| {
-                (
-                    log.iter()
-                        .filter(|(t, ok)| *ok && t.as_secs() == sec)
-                        .count(),
-                    log.iter()
-                        .filter(|(t, ok)| !*ok && t.as_secs() == sec)
-                        .count(),
-                )
-            })
-            .collect();
-        eprintln!("{per:?}");
-        let after = |from: u64| {
-            let from = Duration::from_secs(from);
-            let served = log.iter().filter(|(t, ok)| *ok && *t >= from).count();
-            let refused = log.iter().filter(|(t, ok)| !*ok && *t >= from).count();
-            (served, refused)
-        };
-        let (_, all_refused) = after(0);
-        // After 30 s of warm-up: most of 30/s over the remaining 90 s (measured: 92 %; each
-        // throttling still costs its 3 s pause, and a failed probe makes the next one wait
-        // 30 s, then 60 s …), and 429s near zero.
-        let (served, refused) = after(30);
-        let efficiency = served as f64 / (30.0 * 89.0);
-        eprintln!("efficiency {efficiency:.3}, {refused} 429s after warm-up");
-        assert!(efficiency >= 0.90, "efficiency {efficiency:.3}");
-        assert!(
-            refused <= 40,
-            "{refused} 429s after warm-up ({all_refused} in all)"
-        );
+    }
+
+    impl StandIn {
+        /// `per_second` requests a second, refilled in steps of `step`.
+        pub(crate) fn new(per_second: u32, step: Duration) -> Self {
+            let per_step = (f64::from(per_second) * step.as_secs_f64()).round() as u32;
+            StandIn {
+                bucket: Arc::new(Mutex::new(Bucket {
+                    per_step,
+                    tokens: per_step,
+                    step_index: 0,
+                    served: Vec::new(),
+                    throttled: Vec::new(),
+                    windows: Vec::new(),
+                    violations: 0,
+                    answered_429: 0,
+                })),
+                origin: Instant::now(),
+                step,
+            }
+        }
+
+        /// From the next refill step on, `per_second` requests a second.
+        pub(crate) fn set_per_second(&self, per_second: u32) {
+            lock(&self.bucket).per_step =
+                (f64::from(per_second) * self.step.as_secs_f64()).round() as u32;
+        }
+
+        /// A request arrives now: `Ok` if served, `Err(retry_after)` if throttled.
+        pub(crate) fn arrive(&self) -> Result<(), Duration> {
+            let now = Instant::now();
+            let since = now - self.origin;
+            let mut b = lock(&self.bucket);
+            let step_index = (since.as_nanos() / self.step.as_nanos()) as u64;
+            if step_index > b.step_index {
+                b.tokens = b.per_step;
+                b.step_index = step_index;
+            }
+            if b.windows
+                .iter()
+                .any(|(opens, closes)| *opens <= now && now < *closes)
+            {
+                b.violations += 1;
+            }
+            let second = since.as_secs() as usize;
+            if b.served.len() <= second {
+                b.served.resize(second + 1, 0);
+                b.throttled.resize(second + 1, 0);
+            }
+            if b.tokens > 0 {
+                b.tokens -= 1;
+                b.served[second] += 1;
+                return Ok(());
+            }
+            b.throttled[second] += 1;
+            let retry_after = Duration::from_secs(RETRY_AFTER[b.answered_429 % RETRY_AFTER.len()]);
+            b.answered_429 += 1;
+            // Requests on the wire (the grace of graph-sim, 50 ms) are no violations.
+            b.windows
+                .push((now + Duration::from_millis(50), now + retry_after));
+            Err(retry_after)
+        }
+
+        /// `n` tasks sending through `budget` and `gate` until aborted: each request takes
+        /// [`LATENCY`] when served; a 429 pauses the gate, tells the budget and is handed to
+        /// `announce` (the other workers) with its pause's end.
+        pub(crate) fn spawn_tasks(
+            &self,
+            n: usize,
+            budget: &Arc<Budget>,
+            gate: &Arc<PauseGate>,
+            announce: impl Fn(Instant) + Send + Sync + Clone + 'static,
+        ) -> Vec<JoinHandle<()>> {
+            (0..n)
+                .map(|task| {
+                    let (graph, budget, gate, announce) =
+                        (self.clone(), budget.clone(), gate.clone(), announce.clone());
+                    // The wire's jitter: 0-10 ms, drawn from a generator seeded by the task.
+                    let mut seed = task as u64 + 1;
+                    let mut jitter = move || {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        Duration::from_micros((seed >> 33) % WIRE_JITTER_MICROS)
+                    };
+                    tokio::spawn(async move {
+                        loop {
+                            budget.acquire(false, &gate).await;
+                            tokio::time::sleep(jitter()).await;
+                            match graph.arrive() {
+                                Ok(()) => {
+                                    tokio::time::sleep(LATENCY).await;
+                                    budget.observe_answer(false, 200);
+                                }
+                                Err(retry_after) => {
+                                    let end = Instant::now() + retry_after;
+                                    if !gate.pause_until(end).is_zero() {
+                                        announce(end);
+                                    }
+                                    budget.on_throttled(end, Limit::Requests);
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect()
+        }
+
+        /// Served ÷ budget (the budget now) over seconds `from..to`, and the 429s before
+        /// and within them.
+        pub(crate) fn summary(&self, from: usize, to: usize) -> Summary {
+            let b = lock(&self.bucket);
+            let per_second = f64::from(b.per_step) / self.step.as_secs_f64();
+            let at = |v: &Vec<u32>, s: usize| v.get(s).copied().unwrap_or(0);
+            let served: u32 = (from..to).map(|s| at(&b.served, s)).sum();
+            Summary {
+                efficiency: f64::from(served) / (per_second * (to - from) as f64),
+                throttled_before: (0..from).map(|s| at(&b.throttled, s)).sum(),
+                throttled_after: (from..to).map(|s| at(&b.throttled, s)).sum(),
+                violations: b.violations,
+                served: b.served.clone(),
+            }
+        }
     }
 }

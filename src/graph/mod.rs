@@ -34,6 +34,8 @@ mod stats;
 mod token;
 
 pub use address::{user_path, UserAddress};
+#[cfg(test)]
+pub(crate) use budget::stand_in;
 pub use budget::{Budget, Learned, Limit};
 pub use client::{GraphClient, Listing, TemporaryAccessPass};
 pub use directory::{

@@ -2,11 +2,15 @@
 //! budget across processes and hosts without counting them by hand.
 //!
 //! - **Heartbeats.** Every worker connection sends one each [`HEARTBEAT_EVERY`]; the workers
-//!   heard from within [`PEER_TTL`], plus this one, are the live count, and each takes
-//!   `1/count` of `[rate]` (unless `rate.processes` fixes the count). A worker that joins is
-//!   counted by the others within a heartbeat; one that dies (killed, host gone, network cut)
-//!   drops out within [`PEER_TTL`]. A heartbeat also carries what the sender's budget learned
-//!   about Graph's real limits, which a worker that has learned nothing yet starts from.
+//!   heard from within [`PEER_TTL`] that are not idle, plus this one, are the live count, and
+//!   each takes `1/count` of `[rate]` (unless `rate.processes` fixes the count). A worker
+//!   is idle when nothing asked its budget for a while ([`Budget::idle`]; it starts so: it
+//!   is counted from its first request, when it heartbeats at once); a
+//!   worker that dies (killed, host gone, network cut) drops out within [`PEER_TTL`].
+//! - **One law for the fleet.** A heartbeat carries what the sender's budget learned about
+//!   Graph's real limits. The busy worker with the lowest id leads: only it probes above the
+//!   last throttled rate; the others take its factor from its heartbeats (so the fleet probes
+//!   once, not once per worker, and a worker that joins starts at the fleet's rate).
 //! - **Pauses.** A Retry-After seen by one worker is announced to all: Graph throttles the
 //!   app, not the process (<https://learn.microsoft.com/en-us/graph/throttling>).
 //!
@@ -14,9 +18,11 @@
 //! a pause can only delay (it extends the local pause, never shortens it) and for at most
 //! `retry.max_retry_after` (the longest Retry-After the worker honours itself), so a forged one
 //! cannot stop the workers for long; a heartbeat can only add to the count (slower, never
-//! faster) and a peer's learned rate is only taken when lower; at most [`MAX_PEERS`] peers
-//! are tracked and messages over [`MAX_MESSAGE_BYTES`] are dropped unread. Nothing is kept:
-//! each connection's queue is exclusive, its messages expire after 5 s.
+//! faster); a forged leader (an id lower than every worker's) can set the others' factor, but
+//! never above their share of `[rate]` (what a worker starts at anyway), and Graph's 429s
+//! still pause everyone; at most [`MAX_PEERS`] peers are tracked and messages over
+//! [`MAX_MESSAGE_BYTES`] are dropped unread. Nothing is kept: each connection's queue is
+//! exclusive, its messages expire after 5 s.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,7 +41,7 @@ use uuid::Uuid;
 
 use crate::broker::Topology;
 use crate::config::Settings;
-use crate::graph::{GraphClient, Learned, Limit};
+use crate::graph::{Budget, GraphClient, Learned, Limit, PauseGate};
 
 /// How often a worker says it is alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -67,6 +73,10 @@ pub enum FleetMessage {
         /// The limit of that pause.
         #[serde(default = "requests_limit")]
         pause_limit: Limit,
+        /// Nothing asked for its budget lately ([`Budget::idle`](crate::graph::Budget::idle)):
+        /// the others need not leave it a share (it says so again at once when it has work).
+        #[serde(default)]
+        idle: bool,
     },
     /// Graph throttled a worker: everyone pauses.
     Pause {
@@ -98,30 +108,52 @@ pub fn parse(body: &[u8]) -> Option<FleetMessage> {
 /// The workers heard from, by instance id.
 #[derive(Debug, Default)]
 pub struct Peers {
-    seen: HashMap<Uuid, Instant>,
+    /// When each was last heard, and whether it said it was idle then.
+    seen: HashMap<Uuid, (Instant, bool)>,
 }
 
 impl Peers {
-    /// `instance` was heard at `now`. A new one is ignored once [`MAX_PEERS`] are tracked.
-    pub fn heard(&mut self, instance: Uuid, now: Instant) {
+    /// `instance` was heard at `now`, `idle` or not. A new one is ignored once [`MAX_PEERS`]
+    /// are tracked.
+    pub fn heard(&mut self, instance: Uuid, idle: bool, now: Instant) {
         if self.seen.len() >= MAX_PEERS && !self.seen.contains_key(&instance) {
             self.expire(now);
             if self.seen.len() >= MAX_PEERS {
                 return;
             }
         }
-        self.seen.insert(instance, now);
+        self.seen.insert(instance, (now, idle));
     }
 
     fn expire(&mut self, now: Instant) {
         self.seen
-            .retain(|_, at| now.saturating_duration_since(*at) < PEER_TTL);
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < PEER_TTL);
     }
 
-    /// The live workers at `now`: this one and every peer heard within [`PEER_TTL`].
+    /// The workers sharing the budget at `now`: this one and every peer heard within
+    /// [`PEER_TTL`] that did not say it was idle.
     pub fn live(&mut self, now: Instant) -> u32 {
         self.expire(now);
-        u32::try_from(self.seen.len() + 1).unwrap_or(u32::MAX)
+        let busy = self.seen.values().filter(|(_, idle)| !idle).count();
+        u32::try_from(busy + 1).unwrap_or(u32::MAX)
+    }
+
+    /// The leader of the fleet's law as `me` sees it at `now`: the lowest id of the busy
+    /// workers, this one included unless it is idle itself (an idle leader would probe
+    /// without sending anything). `me` when nobody else is busy.
+    pub fn leader(&mut self, me: Uuid, me_idle: bool, now: Instant) -> Uuid {
+        self.expire(now);
+        let busy_peers = self
+            .seen
+            .iter()
+            .filter(|(_, (_, idle))| !idle)
+            .map(|(id, _)| *id);
+        let lowest = if me_idle {
+            busy_peers.min()
+        } else {
+            busy_peers.chain([me]).min()
+        };
+        lowest.unwrap_or(me)
     }
 }
 
@@ -138,6 +170,91 @@ pub fn peer_pause(
     let age = (now - sent_at).to_std().unwrap_or(Duration::ZERO);
     let left = retry_after.checked_sub(age)?.min(cap);
     (!left.is_zero()).then_some(left)
+}
+
+/// This worker's view of the fleet: the peers heard, and what it does with their heartbeats.
+/// Kept apart from the broker so the fleet's behaviour can be simulated (tests).
+#[derive(Debug)]
+pub struct Census {
+    /// This connection's random id (a reconnect is a new one).
+    pub me: Uuid,
+    /// The share follows the live count (`rate.processes` = 0).
+    counted: bool,
+    peers: Peers,
+}
+
+impl Census {
+    /// A census for the connection `me`; `counted`: the share follows the live count.
+    pub fn new(me: Uuid, counted: bool) -> Self {
+        Census {
+            me,
+            counted,
+            peers: Peers::default(),
+        }
+    }
+
+    /// Share `budget` among the live workers and say whether this one leads its law.
+    pub fn recount(&mut self, budget: &Budget) {
+        let now = Instant::now();
+        let leader = self.peers.leader(self.me, budget.idle(), now) == self.me;
+        budget.set_leader(leader);
+        if self.counted {
+            let live = self.peers.live(now);
+            if budget.processes() != live {
+                tracing::info!(workers = live, "workers sharing the Graph budget");
+                budget.set_processes(live);
+            }
+        }
+    }
+
+    /// This worker's heartbeat, `name` for people reading the traffic.
+    pub fn heartbeat(&mut self, name: &str, budget: &Budget, gate: &PauseGate) -> FleetMessage {
+        self.recount(budget);
+        let (requests, writes) = budget.learned();
+        let pause_ms = gate.paused_until().map_or(0, |until| {
+            let left = until.saturating_duration_since(Instant::now());
+            u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+        });
+        FleetMessage::Heartbeat {
+            instance: self.me,
+            worker: name.to_string(),
+            requests,
+            writes,
+            pause_ms,
+            pause_limit: Limit::Requests,
+            idle: budget.idle(),
+        }
+    }
+
+    /// A peer's heartbeat: count it, and take the leader's view of the budget (or, from
+    /// another peer, what it learned when this worker has learned nothing yet). A pause it
+    /// carries is the caller's (see [`peer_paused`]).
+    pub fn heard(
+        &mut self,
+        instance: Uuid,
+        idle: bool,
+        requests: Learned,
+        writes: Learned,
+        budget: &Budget,
+    ) {
+        self.peers.heard(instance, idle, Instant::now());
+        self.recount(budget);
+        if self.peers.leader(self.me, budget.idle(), Instant::now()) == instance {
+            budget.follow(requests, writes);
+        } else {
+            budget.adopt(requests, writes);
+        }
+    }
+}
+
+/// Another worker was throttled on `limit` until `until`: pause this one too. Returns how
+/// much the pause grew (zero: this worker was paused that long already, nothing changes).
+pub fn peer_paused(budget: &Budget, gate: &PauseGate, until: Instant, limit: Limit) -> Duration {
+    let grew = gate.pause_until(until);
+    if !grew.is_zero() {
+        budget.on_throttled(until, limit);
+    }
+    grew
 }
 
 /// The fleet task of one connection; stopped with [`Fleet::stop`].
@@ -175,12 +292,10 @@ impl Fleet {
         let run = Run {
             channel,
             exchange: topology.fleet(),
-            instance: Uuid::new_v4(),
             name: name.to_string(),
-            counted: settings.rate.processes == 0,
             cap: settings.retry.max_retry_after,
             graph: graph.clone(),
-            peers: Peers::default(),
+            census: Census::new(Uuid::new_v4(), settings.rate.processes == 0),
         };
         let task = tokio::spawn(run.run(deliveries, stop.clone()));
         Ok(Fleet {
@@ -206,13 +321,10 @@ impl Fleet {
 struct Run {
     channel: lapin::Channel,
     exchange: String,
-    instance: Uuid,
     name: String,
-    /// The share follows the live count (`rate.processes` = 0).
-    counted: bool,
     cap: Duration,
     graph: GraphClient,
-    peers: Peers,
+    census: Census,
 }
 
 impl Run {
@@ -220,35 +332,27 @@ impl Run {
         let mut throttlings = self.graph.gate().subscribe();
         let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let budget = self.graph.budget();
+        let gate = self.graph.gate();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = heartbeat.tick() => {
-                    self.recount();
-                    let (requests, writes) = self.graph.budget().learned();
-                    let pause_ms = self
-                        .graph
-                        .gate()
-                        .paused_until()
-                        .map_or(0, |until| {
-                            let left = until.saturating_duration_since(Instant::now());
-                            u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
-                        });
-                    self.publish(&FleetMessage::Heartbeat {
-                        instance: self.instance,
-                        worker: self.name.clone(),
-                        requests,
-                        writes,
-                        pause_ms,
-                        pause_limit: Limit::Requests,
-                    })
-                    .await;
+                    let beat = self.census.heartbeat(&self.name, &budget, &gate);
+                    self.publish(&beat).await;
+                }
+                // Work again after idling: the others count this worker from now, not from
+                // the next tick (meanwhile they would send its share too).
+                _ = budget.woke().notified() => {
+                    let beat = self.census.heartbeat(&self.name, &budget, &gate);
+                    self.publish(&beat).await;
+                    heartbeat.reset();
                 }
                 throttling = throttlings.recv() => match throttling {
                     Ok(t) => {
                         let left = t.until.saturating_duration_since(Instant::now());
                         self.publish(&FleetMessage::Pause {
-                            instance: self.instance,
+                            instance: self.census.me,
                             worker: self.name.clone(),
                             sent_at: Utc::now(),
                             retry_after_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
@@ -269,17 +373,6 @@ impl Run {
         let _ = self.channel.close(200, "bye".into()).await;
     }
 
-    fn recount(&mut self) {
-        if self.counted {
-            let live = self.peers.live(Instant::now());
-            let budget = self.graph.budget();
-            if budget.processes() != live {
-                tracing::info!(workers = live, "workers sharing the Graph budget");
-                budget.set_processes(live);
-            }
-        }
-    }
-
     fn receive(&mut self, body: &[u8]) {
         let Some(message) = parse(body) else {
             tracing::debug!(
@@ -288,9 +381,10 @@ impl Run {
             );
             return;
         };
+        let me = self.census.me;
         match message {
-            FleetMessage::Heartbeat { instance, .. } if instance == self.instance => {}
-            FleetMessage::Pause { instance, .. } if instance == self.instance => {}
+            FleetMessage::Heartbeat { instance, .. } if instance == me => {}
+            FleetMessage::Pause { instance, .. } if instance == me => {}
             FleetMessage::Heartbeat {
                 instance,
                 requests,
@@ -298,10 +392,10 @@ impl Run {
                 pause_ms,
                 pause_limit,
                 worker,
+                idle,
             } => {
-                self.peers.heard(instance, Instant::now());
-                self.recount();
-                self.graph.budget().adopt(requests, writes);
+                self.census
+                    .heard(instance, idle, requests, writes, &self.graph.budget());
                 if pause_ms > 0 {
                     // Transit is a few milliseconds; the heartbeat carries no send time.
                     self.pause(&worker, Duration::from_millis(pause_ms), pause_limit);
@@ -326,12 +420,11 @@ impl Run {
     fn pause(&self, worker: &str, left: Duration, limit: Limit) {
         let left = left.min(self.cap);
         let until = Instant::now() + left;
-        let grew = self.graph.gate().pause_until(until);
+        let grew = peer_paused(&self.graph.budget(), &self.graph.gate(), until, limit);
         if grew.is_zero() {
             return;
         }
         self.graph.stats().add_pause(grew);
-        self.graph.budget().on_throttled(until, limit);
         tracing::debug!(%worker, pause_ms = left.as_millis() as u64, ?limit, "paused by another worker's throttling");
     }
 
@@ -357,6 +450,15 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+
+    use crate::config::RateSettings;
+    use crate::graph::stand_in::StandIn;
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_live_count_is_this_worker_and_every_peer_heard_lately() {
@@ -364,8 +466,8 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(peers.live(t0), 1);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        peers.heard(a, t0);
-        peers.heard(b, t0 + Duration::from_secs(2));
+        peers.heard(a, false, t0);
+        peers.heard(b, false, t0 + Duration::from_secs(2));
         assert_eq!(peers.live(t0 + Duration::from_secs(2)), 3);
         // a is silent for PEER_TTL: gone; b still counts.
         assert_eq!(peers.live(t0 + PEER_TTL), 2);
@@ -377,7 +479,7 @@ mod tests {
         let mut peers = Peers::default();
         let now = Instant::now();
         for _ in 0..MAX_PEERS + 100 {
-            peers.heard(Uuid::new_v4(), now);
+            peers.heard(Uuid::new_v4(), false, now);
         }
         assert_eq!(peers.live(now), MAX_PEERS as u32 + 1);
     }
@@ -431,6 +533,7 @@ mod tests {
             },
             pause_ms: 1500,
             pause_limit: Limit::Requests,
+            idle: true,
         };
         assert_eq!(
             parse(&serde_json::to_vec(&heartbeat).unwrap()),
@@ -442,5 +545,183 @@ mod tests {
         assert_eq!(parse(extra), None, "unknown fields refused");
         let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
         assert_eq!(parse(&big), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_peers_take_no_share_and_the_lowest_busy_id_leads() {
+        let mut peers = Peers::default();
+        let t0 = Instant::now();
+        let ids = |n: u128| Uuid::from_u128(n);
+        peers.heard(ids(1), true, t0);
+        peers.heard(ids(3), false, t0);
+        assert_eq!(peers.live(t0), 2, "this worker and the busy peer");
+        // The idle peer has the lowest id, yet leads nothing; this one (2) does.
+        assert_eq!(peers.leader(ids(2), false, t0), ids(2));
+        // Idle itself, this worker follows the busy one.
+        assert_eq!(peers.leader(ids(2), true, t0), ids(3));
+        peers.heard(ids(1), false, t0);
+        assert_eq!(peers.live(t0), 3);
+        assert_eq!(peers.leader(ids(2), false, t0), ids(1));
+        // Nobody else busy: this worker, idle or not.
+        assert_eq!(peers.leader(ids(9), true, t0 + PEER_TTL), ids(9));
+    }
+
+    /// One simulated worker: its budget, pause and census, and its tasks.
+    struct Member {
+        name: String,
+        budget: Arc<Budget>,
+        gate: Arc<PauseGate>,
+        census: Mutex<Census>,
+        tasks: Mutex<Vec<JoinHandle<()>>>,
+        alive: std::sync::atomic::AtomicBool,
+    }
+
+    /// A fleet of simulated workers whose broker delivers at once.
+    #[derive(Clone, Default)]
+    struct Broker {
+        members: Arc<Mutex<Vec<Arc<Member>>>>,
+    }
+
+    impl Broker {
+        fn others(&self, me: &Member) -> Vec<Arc<Member>> {
+            lock(&self.members)
+                .iter()
+                .filter(|m| m.name != me.name && m.alive.load(Ordering::SeqCst))
+                .cloned()
+                .collect()
+        }
+
+        /// A worker's heartbeat, to every other live one.
+        fn beat(&self, me: &Member) {
+            let beat = lock(&me.census).heartbeat(&me.name, &me.budget, &me.gate);
+            let FleetMessage::Heartbeat {
+                instance,
+                requests,
+                writes,
+                pause_ms,
+                idle,
+                ..
+            } = beat
+            else {
+                unreachable!("a heartbeat")
+            };
+            for other in self.others(me) {
+                lock(&other.census).heard(instance, idle, requests, writes, &other.budget);
+                if pause_ms > 0 {
+                    let until = Instant::now() + Duration::from_millis(pause_ms);
+                    peer_paused(&other.budget, &other.gate, until, Limit::Requests);
+                }
+            }
+        }
+
+        /// Start a worker of `concurrency` tasks against `graph`, heartbeating every second.
+        /// Ids are `id`, so the test knows who leads (the lowest busy one).
+        async fn join(&self, id: u128, concurrency: usize, graph: &StandIn) -> Arc<Member> {
+            let rate = RateSettings::default();
+            let member = Arc::new(Member {
+                name: format!("w{id}"),
+                budget: Arc::new(Budget::new(&rate).unwrap()),
+                gate: Arc::new(PauseGate::default()),
+                census: Mutex::new(Census::new(Uuid::from_u128(id), true)),
+                tasks: Mutex::default(),
+                alive: true.into(),
+            });
+            lock(&self.members).push(member.clone());
+            let (broker, me) = (self.clone(), member.clone());
+            let heartbeats = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => broker.beat(&me),
+                        _ = me.budget.woke().notified() => {
+                            broker.beat(&me);
+                            tick.reset();
+                        }
+                    }
+                }
+            });
+            // As the worker does: every peer heard before the first request.
+            tokio::time::sleep(HEARTBEAT_EVERY + Duration::from_millis(200)).await;
+            let (broker, me) = (self.clone(), member.clone());
+            let announce = move |until| {
+                for other in broker.others(&me) {
+                    peer_paused(&other.budget, &other.gate, until, Limit::Requests);
+                }
+            };
+            let mut tasks = graph.spawn_tasks(concurrency, &member.budget, &member.gate, announce);
+            tasks.push(heartbeats);
+            *lock(&member.tasks) = tasks;
+            member
+        }
+
+        /// Kill -9: its tasks and heartbeats stop; the others notice the silence.
+        fn kill(&self, member: &Member) {
+            member.alive.store(false, Ordering::SeqCst);
+            for task in lock(&member.tasks).drain(..) {
+                task.abort();
+            }
+        }
+    }
+
+    /// Each second, with FLEET_TRACE set: every live member's share and factor (as a rate).
+    fn trace(broker: &Broker, sec: u64) {
+        if std::env::var("FLEET_TRACE").is_err() {
+            return;
+        }
+        let line: Vec<String> = lock(&broker.members)
+            .iter()
+            .filter(|m| m.alive.load(Ordering::SeqCst))
+            .map(|m| {
+                let (r, _) = m.budget.learned();
+                let share = 350.0 / f64::from(m.budget.processes());
+                format!(
+                    "{} n={} rate={:.2} at={:.2}",
+                    m.name,
+                    m.budget.processes(),
+                    r.factor * share,
+                    r.throttled_at.unwrap_or(0.0) * share,
+                )
+            })
+            .collect();
+        eprintln!("{sec}: {}", line.join(" | "));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fleet_that_grows_and_shrinks_holds_an_unknown_budget() {
+        // The `comego` benchmark: default [rate] (350/s), Graph serves 30/s in 1 s steps;
+        // workers 1 and 2 start, 3 joins at 20 s, 1 is killed at 45 s; 150 s in all.
+        let graph = StandIn::new(30, Duration::from_secs(1));
+        let broker = Broker::default();
+        let start = Instant::now();
+        let at = move |secs: u64| start + Duration::from_secs(secs);
+        let (b1, b2) = (broker.clone(), broker.clone());
+        let (g1, g2) = (graph.clone(), graph.clone());
+        let (w1, _w2) = tokio::join!(b1.join(1, 32, &g1), b2.join(2, 32, &g2));
+        let (b3, g3) = (broker.clone(), graph.clone());
+        let joining = tokio::spawn(async move {
+            tokio::time::sleep_until(at(20)).await;
+            b3.join(3, 32, &g3).await
+        });
+        let b1 = broker.clone();
+        let killing = tokio::spawn(async move {
+            tokio::time::sleep_until(at(45)).await;
+            b1.kill(&w1);
+        });
+        for sec in 2..150 {
+            tokio::time::sleep_until(at(sec) + Duration::from_millis(500)).await;
+            trace(&broker, sec);
+        }
+        let (_w3, ()) = (joining.await.unwrap(), killing.await.unwrap());
+        let run = graph.summary(20, 148);
+        for member in lock(&broker.members).iter() {
+            broker.kill(member);
+        }
+        eprintln!("{run}");
+        // Measured: 91.2 %, one 429 after the warm-up (the climb after the join found the
+        // budget); the kill costs the dead worker's share until PEER_TTL; the fleet holds
+        // 96 % of the budget. The benchmark's goal is 95 %: not met here either.
+        assert_eq!(run.violations, 0, "{run}");
+        assert!(run.efficiency >= 0.90, "{run}");
+        assert!(run.throttled_after <= 2, "{run}");
     }
 }

@@ -115,18 +115,35 @@ async fn two_workers_converge_to_an_unknown_small_budget_and_stay_out_of_retry_a
     env.cleanup().await;
 }
 
+/// Ask `client`'s budget for a cell every 100 ms until aborted: a worker with work (an idle
+/// one takes no share of the fleet's budget).
+fn keep_busy(client: &GraphClient) -> tokio::task::JoinHandle<()> {
+    let (budget, gate) = (client.budget(), client.gate());
+    tokio::spawn(async move {
+        loop {
+            budget.acquire(false, &gate).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_joining_or_leaving_rebalances_the_others_share_within_seconds() {
     let mut env = TestEnv::new("budget-share", SimConfig::default()).await;
     env.setup().await;
     let (a, b) = (client(&env), client(&env));
+    let busy_a = keep_busy(&a);
     env.start_worker_on(env.settings.clone(), a.clone(), 2);
     assert!(
         eventually(10, || a.stats().snapshot().workers == 1).await,
         "alone"
     );
 
+    // A second worker without work is not counted; with work, it is.
     let second = env.start_worker_on(env.settings.clone(), b.clone(), 2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(a.budget().processes(), 1, "an idle worker takes no share");
+    let busy_b = keep_busy(&b);
     let joined = Instant::now();
     assert!(
         eventually(20, || a.budget().processes() == 2
@@ -150,6 +167,8 @@ async fn a_worker_joining_or_leaving_rebalances_the_others_share_within_seconds(
     // loaded machine.
     assert!(join_took < Duration::from_secs(10), "{join_took:?}");
     assert!(leave_took < Duration::from_secs(10), "{leave_took:?}");
+    busy_a.abort();
+    busy_b.abort();
     env.cleanup().await;
 }
 
@@ -167,12 +186,17 @@ async fn a_429_seen_by_one_worker_pauses_another_that_saw_none() {
     let (a, b) = (client(&env), client(&env));
     env.start_worker_on(env.settings.clone(), a.clone(), 1);
     env.start_worker_on(env.settings.clone(), b.clone(), 1);
+    // Busy for a moment (idle workers are not counted), until each has heard the other.
+    let busy = [keep_busy(&a), keep_busy(&b)];
     assert!(
         eventually(20, || a.budget().processes() == 2
             && b.budget().processes() == 2)
         .await,
         "the workers see each other"
     );
+    for task in busy {
+        task.abort();
+    }
 
     // Worker a's client calls Graph until it is throttled; b sends nothing.
     let caller = {
