@@ -664,6 +664,65 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_429_after_graph_capped_the_steps_holds_just_below_what_it_served() {
+        let t0 = Instant::now();
+        let mut a = Law::new(t0);
+        a.throttled(t0, t0, 350.0);
+        // Sending 35/s (held there), Graph's 1 s steps let 30/s through; then a 429.
+        a.factor = 0.1;
+        a.throttled_at = Some(0.1 / SET_BELOW_SERVED);
+        serve(&mut a, t0, Duration::from_secs(5), 150);
+        let t1 = t0 + Duration::from_secs(5);
+        a.throttled(t1, t1 + Duration::from_secs(3), 350.0);
+        let served = 30.0 / 350.0;
+        assert!(
+            (a.throttled_at.unwrap() - served).abs() < 0.02 * served,
+            "{:?}",
+            a.throttled_at
+        );
+        assert!(close(a.factor, a.throttled_at.unwrap() * SET_BELOW_SERVED));
+        // Graph served all that was sent: how far below the real rate is, nobody knows; the
+        // cut goes between the served bounds as before, the rate sent is remembered.
+        let mut b = Law::new(t0);
+        b.throttled(t0, t0, 350.0);
+        b.factor = 30.0 / 350.0;
+        b.throttled_at = Some(b.factor / SET_BELOW_SERVED);
+        serve(&mut b, t0, Duration::from_secs(5), 150);
+        b.throttled(t1, t1 + Duration::from_secs(3), 350.0);
+        assert_eq!(b.throttled_at, Some(30.0 / 350.0));
+        assert!(b.factor <= 30.0 / 350.0 * MIN_CUT + 1e-9, "{}", b.factor);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_takes_the_leaders_view_but_only_lower_while_held_and_never_probes() {
+        let secs = Duration::from_secs;
+        let t0 = Instant::now();
+        let mut a = Law::new(t0);
+        a.follower = true;
+        a.follow(t0, 0.3, Some(0.32));
+        assert!(close(a.factor, 0.3));
+        assert_eq!(a.throttled_at, Some(0.32));
+        // Held after an episode: the leader's heartbeat may predate it, so only lower.
+        a.hold_until = Some(t0 + secs(2));
+        a.follow(t0 + secs(1), 0.35, Some(0.4));
+        assert!(close(a.factor, 0.3), "{}", a.factor);
+        a.follow(t0 + secs(1), 0.2, Some(0.25));
+        assert!(close(a.factor, 0.2));
+        // Up again once the hold is over; the leader forgot (the budget grew): so does it.
+        a.follow(t0 + secs(3), 0.5, None);
+        assert!(close(a.factor, 0.5));
+        assert_eq!(a.throttled_at, None);
+        // At the target, a follower holds however long; a leader would probe.
+        a.follow(t0 + secs(3), 0.96, Some(1.0));
+        a.roll(t0 + secs(600));
+        assert!(close(a.factor, 0.96), "{}", a.factor);
+        // Nonsense is ignored.
+        a.follow(t0 + secs(600), f64::NAN, Some(0.5));
+        a.follow(t0 + secs(600), 0.5, Some(-1.0));
+        assert!(close(a.factor, 0.96));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_probe_that_ends_in_a_429_rests_before_the_next_and_the_rest_doubles() {
         let secs = Duration::from_secs;
         let t0 = Instant::now();

@@ -811,6 +811,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_budget_is_idle_until_asked_and_again_after_idle_after_and_its_waking_is_signalled() {
+        let budget = Budget::new(&rate(100, 1, 100, 1, 0, 0.0)).unwrap();
+        let gate = PauseGate::default();
+        assert!(
+            budget.idle(),
+            "a new worker is counted from its first request"
+        );
+        budget.acquire(false, &gate).await;
+        // The first request after idling signals (a permit is kept for the fleet's task).
+        tokio::time::timeout(Duration::from_millis(1), budget.woke().notified())
+            .await
+            .expect("woke");
+        assert!(!budget.idle());
+        tokio::time::advance(IDLE_AFTER - Duration::from_millis(1)).await;
+        budget.acquire(false, &gate).await;
+        let quiet = tokio::time::timeout(Duration::from_millis(1), budget.woke().notified());
+        assert!(quiet.await.is_err(), "not idle in between: no signal");
+        tokio::time::advance(IDLE_AFTER).await;
+        assert!(budget.idle());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_share_follows_the_live_number_of_processes() {
         let budget = Budget::new(&rate(100, 1, 100, 1, 0, 0.0)).unwrap();
         assert_eq!(budget.processes(), 1, "counted processes start as one");
