@@ -73,7 +73,7 @@ pub const PROBE_HELD: Duration = Duration::from_secs(10);
 /// The throttled rate remembered is what Graph served in its best recent span
 /// ([`PEAK_SPAN`]) when less than the rate sent, but at least this fraction of the rate sent
 /// (far below it, this process may have had less to send than its rate).
-pub const PEAK_FLOOR: f64 = 0.7;
+pub const PEAK_FLOOR: f64 = 0.9;
 /// Graph served less than the rate sent when its best span's rate was below this fraction
 /// of it (what it serves of a rate it does not cap varies by a request or so).
 pub const PEAK_BELOW: f64 = 0.99;
@@ -362,10 +362,16 @@ impl Law {
                 // Never above the new target (Graph served less than the rate sent), and
                 // right at it when Graph's rate was measured: the pause is the whole cost.
                 let target = throttled_at * SET_BELOW_SERVED;
+                // Graph served far less than was sent (it capped the steps, or this
+                // process had less to send): no deeper than SET_BELOW_SERVED of what it
+                // served, which it just served.
+                let served_floor = peak
+                    .filter(|peak| *peak < before * PEAK_FLOOR)
+                    .map_or(0.0, |peak| peak * SET_BELOW_SERVED);
                 self.factor = if measured {
                     target
                 } else {
-                    self.factor.min(target)
+                    self.factor.max(served_floor).min(target)
                 }
                 .max(FACTOR_MIN);
                 self.served_at = Some(lower.min(self.factor));
@@ -668,9 +674,9 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Law::new(t0);
         a.throttled(t0, t0, 350.0);
-        // Sending 35/s (held there), Graph's 1 s steps let 30/s through; then a 429.
-        a.factor = 0.1;
-        a.throttled_at = Some(0.1 / SET_BELOW_SERVED);
+        // Sending 32/s (held there), Graph's 1 s steps let 30/s through; then a 429.
+        a.factor = 32.0 / 350.0;
+        a.throttled_at = Some(a.factor / SET_BELOW_SERVED);
         serve(&mut a, t0, Duration::from_secs(5), 150);
         let t1 = t0 + Duration::from_secs(5);
         a.throttled(t1, t1 + Duration::from_secs(3), 350.0);
