@@ -20,10 +20,11 @@
 //!   [`MIN_CUT`] of its value (a short span may have seen no refill step at all), and to at
 //!   least [`PROBE_CUT`] of it when the episode ends a probe above the last throttled rate.
 //!   The first episode, with nothing to measure from, halves f.
-//! - **Memory.** The rate that was throttled is remembered (`throttled_at`): the rate sent,
-//!   or, when Graph served less of it in its best recent [`PEAK_SPAN`] (a bucket refilled
-//!   in steps caps every step at its budget while f climbed past it), what it served, then
-//!   f goes straight to [`SET_BELOW_SERVED`] of that: the pause is the episode's whole cost.
+//! - **Memory.** The rate that was throttled is remembered (`throttled_at`): what Graph
+//!   served in its best recent [`PEAK_SPAN`], at least [`PEAK_FLOOR`] of the rate sent. When
+//!   that is less than the rate sent (a bucket refilled in steps caps every step at its
+//!   budget while f climbed past it), f goes straight to [`SET_BELOW_SERVED`] of it: the
+//!   pause is the episode's whole cost.
 //!   Also the served rate (`served_at`, a lower bound). Below the served rate f recovers fast
 //!   ([`FAST_STEP`] of it per window), then climbs [`CLIMB_STEP`] of the gap per window to
 //!   [`SET_BELOW_SERVED`] of the throttled rate, then only probes ([`PROBE_STEP`] per
@@ -326,13 +327,15 @@ impl Law {
         self.paused += pause_end.saturating_duration_since(counted_from);
         self.paused_until = Some(self.paused_until.map_or(pause_end, |p| p.max(pause_end)));
         let before = self.factor;
-        // The rate that was throttled: the one sent, or what Graph served in its best
-        // recent span when that was less, but never below PEAK_FLOOR of the rate sent (a
+        // The rate that was throttled: what Graph served in its best recent span, but never
+        // below PEAK_FLOOR of the rate sent (a
         // bucket refilled by the second caps every second at its budget, while f may have
         // climbed a few percent past it before the second that overflowed came; far below,
         // this process may simply have had less to send).
         let peak = self.peak_served(now, share_rate);
-        let throttled_at = peak.map_or(before, |peak| peak.clamp(before * PEAK_FLOOR, before));
+        // Never below that best span either: Graph served it, so a rate sent lower was not
+        // what emptied the bucket (a burst after a pause, another worker's start was).
+        let throttled_at = peak.map_or(before, |peak| peak.max(before * PEAK_FLOOR));
         // Graph served less than was sent, but at least PEAK_FLOOR of it: a bucket refilled
         // in steps capped the seconds, and the real rate is measured (served all that was
         // sent, it says nothing of how far below the real rate is).
