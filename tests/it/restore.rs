@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 
 use lapin::types::FieldTable;
+use mfa_reset::broker;
+use mfa_reset::broker::topology::RK_OUTCOME;
 use mfa_reset::commands;
 use mfa_reset::domain::{Outcome, Record, RestoreRecord, RestoreResult, RestoreStage};
 use mfa_reset::records::restore::chain;
@@ -117,6 +119,68 @@ async fn restore_without_an_admins_key_is_refused_before_anything_is_created_or_
 
     assert_nothing_created_or_recorded(&env).await;
     env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_cannot_be_recorded_creates_nothing() {
+    let AdeleReset {
+        env,
+        identity,
+        batch,
+        _key_dir,
+        ..
+    } = adele_reset("restore-unrecorded").await;
+    // The outcomes stream no longer takes records through the workers' exchange: the
+    // restore's first record comes back unroutable, unconfirmed.
+    route_records(&env, false).await;
+
+    let refused = commands::restore::run(
+        &env.settings,
+        &restore_args(&env, &batch, Some(identity), true),
+    )
+    .await
+    .expect_err("an unrecorded restore does not run");
+
+    assert!(
+        format!("{refused:#}").contains("cannot be recorded; nothing was restored"),
+        "{refused:#}"
+    );
+    route_records(&env, true).await;
+    assert_nothing_created_or_recorded(&env).await;
+    env.cleanup().await;
+}
+
+/// Bind the outcomes stream to the workers' exchange again (`true`), or unbind it.
+async fn route_records(env: &TestEnv, bound: bool) {
+    let topology = env.topology();
+    let conn = broker::connect(&env.settings.broker, "test binding")
+        .await
+        .expect("broker");
+    let channel = conn.create_channel().await.expect("channel");
+    let (queue, exchange) = (topology.outcomes(), topology.exchange());
+    if bound {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                RK_OUTCOME.into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+    } else {
+        channel
+            .queue_unbind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                RK_OUTCOME.into(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("unbind");
+    }
+    let _ = conn.close(200, "bye".into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
