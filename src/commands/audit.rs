@@ -339,12 +339,16 @@ impl Restores {
                 let line = match (started, finished) {
                     (_, Some(done)) => format!(
                         "{head}: {} method(s) of {} user(s): {} created, {} failed, {} left \
-                         alone (protected)",
+                         alone (protected){}",
                         done.methods().count(),
                         done.users.len(),
                         done.count(RestoreResult::Created),
                         done.count(RestoreResult::Failed),
-                        done.count(RestoreResult::Protected)
+                        done.count(RestoreResult::Protected),
+                        done.ended
+                            .as_deref()
+                            .map(|why| format!("; ended early: {}", printable(why)))
+                            .unwrap_or_default()
                     ),
                     (Some(started), None) => format!(
                         "{head}: {} method(s) of {} user(s) to re-create; no record of what came \

@@ -26,9 +26,7 @@ use anyhow::Context;
 use crate::backup::{BackupIdentity, Binding, OpenError};
 use crate::cli::RestoreArgs;
 use crate::config::Settings;
-use crate::domain::{
-    MethodRecord, RestoreMethod, RestoreResult, RestoreStage, RestoreUser, UserRef,
-};
+use crate::domain::{MethodRecord, RestoreMethod, RestoreResult, RestoreUser, UserRef};
 use crate::graph::GraphClient;
 use crate::records::restore::RestoreLog;
 use crate::reset::ProtectedUsers;
@@ -180,10 +178,7 @@ fn to_attempt(steps: &[Planned]) -> Vec<RestoreUser> {
 }
 
 /// The started record's users with each method's result filled in from `results`.
-fn with_results(
-    mut users: Vec<RestoreUser>,
-    results: &HashMap<(uuid::Uuid, String), (RestoreResult, Option<String>)>,
-) -> Vec<RestoreUser> {
+fn with_results(mut users: Vec<RestoreUser>, results: &Results) -> Vec<RestoreUser> {
     for user in &mut users {
         for method in &mut user.methods {
             if let Some((result, reason)) = results.get(&(user.request_id, method.id.clone())) {
@@ -297,7 +292,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
             let mut log = RestoreLog::open(settings, &args.batch, signer, by)
                 .await
                 .context("the restore cannot be recorded; nothing was restored")?;
-            log.write(RestoreStage::Started, attempt.clone())
+            log.write_started(attempt.clone())
                 .await
                 .context("the restore cannot be recorded; nothing was restored")?;
             println!(
@@ -311,15 +306,43 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
         }
         _ => None,
     };
-    let mut results: HashMap<(uuid::Uuid, String), (RestoreResult, Option<String>)> =
-        HashMap::new();
+    let mut results = Results::new();
+    let carried = carry_out(settings, &steps, &mut done, &mut results).await;
+    if let Some(log) = log.take() {
+        let ended = carried.as_ref().err().map(|error| error.to_string());
+        let written = log
+            .write_finished(with_results(attempt, &results), ended)
+            .await;
+        if let (Err(error), Err(_)) = (&carried, &written) {
+            eprintln!("error: {error:#}");
+        }
+        written.context(
+            "the methods above were re-created, but the record of what came of them could \
+             not be written: the restore's started record names what was attempted",
+        )?;
+    }
+    carried?;
+    Ok(done)
+}
+
+/// What came of each method (by request id and method id), for the finished record.
+type Results = HashMap<(uuid::Uuid, String), (RestoreResult, Option<String>)>;
+
+/// Check each user's protection and re-create what `steps` opened, counting into `done` and
+/// noting each attempted method's result in `results`.
+async fn carry_out(
+    settings: &Settings,
+    steps: &[Planned],
+    done: &mut Restored,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;
     let protected = ProtectedUsers::resolve(&settings.reset, &graph)
         .await
         .context("resolving reset.protected_users")?;
     // Each user's protection, checked once, now: `Err` holds why the user is left alone.
     let mut checked: HashMap<String, Result<crate::graph::DirectoryUser, String>> = HashMap::new();
-    for p in &steps {
+    for p in steps {
         let m = &p.method;
         let shown = m.masked.as_deref().unwrap_or("");
         match &p.step {
@@ -407,20 +430,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
         done.skipped_protected,
         done.failed
     );
-    if let Some(mut log) = log.take() {
-        let written = log
-            .write(RestoreStage::Finished, with_results(attempt, &results))
-            .await;
-        let id = log.id();
-        log.close().await;
-        written.with_context(|| {
-            format!(
-                "the methods above were re-created, but the record of what came of them could \
-                 not be written: restore {id}'s started record names what was attempted"
-            )
-        })?;
-    }
-    Ok(done)
+    Ok(())
 }
 
 /// The user, resolved to its object id (every call then addresses that id), when it may be

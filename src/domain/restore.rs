@@ -33,6 +33,10 @@ pub struct RestoreRecord {
     pub at: DateTime<Utc>,
     /// Each user's methods: to be re-created (started) or with their result (finished).
     pub users: Vec<RestoreUser>,
+    /// Finished records only: why the restore ended before every method was tried (a
+    /// method without a result was not tried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
 }
 
 /// Before Graph is called, or after.

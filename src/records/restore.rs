@@ -123,11 +123,29 @@ impl RestoreLog {
         self.id
     }
 
+    /// Record what is about to be re-created (`users`' methods), confirmed.
+    pub async fn write_started(&mut self, users: Vec<RestoreUser>) -> anyhow::Result<()> {
+        self.write(RestoreStage::Started, users, None).await
+    }
+
+    /// Record what came of each method, and why the restore `ended` early if it did; then
+    /// close the connection.
+    pub async fn write_finished(
+        mut self,
+        users: Vec<RestoreUser>,
+        ended: Option<String>,
+    ) -> anyhow::Result<()> {
+        let written = self.write(RestoreStage::Finished, users, ended).await;
+        let _ = self.conn.close(200, "bye".into()).await;
+        written
+    }
+
     /// Seal the `stage` record of `users` as the chain's next and publish it, confirmed.
-    pub async fn write(
+    async fn write(
         &mut self,
         stage: RestoreStage,
         users: Vec<RestoreUser>,
+        ended: Option<String>,
     ) -> anyhow::Result<()> {
         let record = Record::Restore(Box::new(RestoreRecord {
             restore_id: self.id,
@@ -137,6 +155,7 @@ impl RestoreLog {
             key: self.signer.fingerprint(),
             at: chrono::Utc::now(),
             users,
+            ended,
         }));
         let sealed = self
             .chain
@@ -149,12 +168,16 @@ impl RestoreLog {
         ));
         publish_confirmed(&self.channel, &self.exchange, &message)
             .await
-            .context("writing the restore record to the outcomes stream")
-    }
-
-    /// Close the connection.
-    pub async fn close(self) {
-        let _ = self.conn.close(200, "bye".into()).await;
+            .with_context(|| {
+                format!(
+                    "writing restore {}'s {} record to the outcomes stream",
+                    self.id,
+                    match stage {
+                        RestoreStage::Started => "started",
+                        RestoreStage::Finished => "finished",
+                    }
+                )
+            })
     }
 }
 
@@ -172,6 +195,7 @@ mod tests {
             by: "carol@demo.invalid".into(),
             key: "SHA256:x".into(),
             at: chrono::Utc::now(),
+            ended: None,
             users: vec![RestoreUser {
                 user: UserRef::parse("alice@contoso.com").unwrap(),
                 request_id: uuid::Uuid::new_v4(),

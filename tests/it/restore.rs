@@ -184,6 +184,52 @@ async fn route_records(env: &TestEnv, bound: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_ends_early_records_why_in_its_finished_record() {
+    let AdeleReset {
+        mut env,
+        identity,
+        batch,
+        _key_dir,
+        ..
+    } = adele_reset("restore-ended").await;
+    // A protected user the tenant does not have: the restore stops before anything is created.
+    env.settings.reset.protected_users = vec!["nobody@contoso.com".into()];
+
+    let error = commands::restore::run(
+        &env.settings,
+        &restore_args(&env, &batch, Some(identity), true),
+    )
+    .await
+    .expect_err("protection cannot be checked");
+
+    assert!(
+        format!("{error:#}").contains("reset.protected_users"),
+        "{error:#}"
+    );
+    assert_eq!(env.sim.stats().writes, 0, "nothing was created");
+    let records = restore_records(&env).await;
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let finished = &records[1].1;
+    assert_eq!(finished.stage, RestoreStage::Finished);
+    assert!(
+        finished.methods().all(|m| m.result.is_none()),
+        "{finished:?}"
+    );
+    let ended = finished.ended.as_deref().expect("why it ended");
+    assert!(ended.contains("reset.protected_users"), "{ended}");
+    let verdict = commands::audit::check(&env.settings, &batch)
+        .await
+        .expect("audit");
+    assert!(verdict.is_intact(), "{:#?}", verdict.problems);
+    assert!(
+        verdict.restores[0].contains("0 created") && verdict.restores[0].contains("ended early"),
+        "{:#?}",
+        verdict.restores
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preview_needs_no_key_and_records_nothing() {
     let AdeleReset {
         env,
