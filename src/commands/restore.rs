@@ -287,7 +287,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
     // Recorded before Graph is called: who restores which methods of whom. Nothing is
     // created unless the broker confirmed it.
     let attempt = to_attempt(&steps);
-    let mut log = match (signer, attempt.is_empty()) {
+    let log = match (signer, attempt.is_empty()) {
         (Some((signer, by)), false) => {
             let mut log = RestoreLog::open(settings, &args.batch, signer, by)
                 .await
@@ -308,7 +308,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
     };
     let mut results = Results::new();
     let carried = carry_out(settings, &steps, &mut done, &mut results).await;
-    if let Some(log) = log.take() {
+    if let Some(log) = log {
         let ended = carried.as_ref().err().map(|error| error.to_string());
         let written = log
             .write_finished(with_results(attempt, &results), ended)
@@ -317,8 +317,8 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
             eprintln!("error: {error:#}");
         }
         written.context(
-            "the methods above were re-created, but the record of what came of them could \
-             not be written: the restore's started record names what was attempted",
+            "what came of the methods above could not be recorded: the restore's started \
+             record names what was attempted",
         )?;
     }
     carried?;
