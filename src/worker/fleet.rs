@@ -717,9 +717,9 @@ mod tests {
             broker.kill(member);
         }
         eprintln!("{run}");
-        // Measured: 87.9 %, two episodes after the warm-up (4 429s: the climb after the join
-        // found the budget); the kill costs the dead worker's share until PEER_TTL; then the
-        // fleet holds 96 % of the budget. The benchmark's goal is 95 %: not met here either.
+        // Measured: 85.6 %, five 429s after the warm-up (the climb after the join found the
+        // budget, then probes); the kill costs the dead worker's share until PEER_TTL. The
+        // benchmark's goal is 95 %: not met here either.
         assert_eq!(run.violations, 0, "{run}");
         assert!(run.efficiency >= 0.85, "{run}");
         assert!(run.throttled_after <= 6, "{run}");
