@@ -91,8 +91,8 @@ async fn size_of(queue: &str) -> anyhow::Result<()> {
         .basic_get(queue.into(), BasicGetOptions { no_ack: false })
         .await?
         .ok_or_else(|| anyhow::anyhow!("{queue} is empty"))?;
-    // The body, then body + headers (the signed manifest and proof a request carries), as
-    // the ceiling's message sizes.
+    // The body, then body + headers (the compact proof a request carries, or the inline
+    // signed manifest and proof), as the ceiling's message sizes.
     let body = message.delivery.data.len();
     let headers: usize = message
         .delivery
@@ -105,6 +105,7 @@ async fn size_of(queue: &str) -> anyhow::Result<()> {
                 .iter()
                 .map(|(key, value)| match value {
                     AMQPValue::LongString(text) => key.as_str().len() + text.as_bytes().len(),
+                    AMQPValue::ByteArray(bytes) => key.as_str().len() + bytes.len(),
                     _ => key.as_str().len() + 8,
                 })
                 .sum()

@@ -124,6 +124,11 @@ pub struct BatchManifest {
     /// tell a batch an operator signed from one written by anybody with broker access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed: Option<crate::trust::requests::SealedManifest>,
+    /// For a compact batch (requests carry only `mfa-leaf`): one level of its Merkle tree,
+    /// which workers check against the signed root once and then check each request's short
+    /// path against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap: Option<crate::trust::MerkleCap>,
 }
 
 /// One record of the `{prefix}.outcomes` stream.

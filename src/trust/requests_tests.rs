@@ -80,6 +80,7 @@ fn check(
     let seal = Seal {
         manifest: Some(&manifest),
         proof: Some(&proof),
+        leaf: None,
         approval,
         replay: None,
     };
@@ -190,6 +191,7 @@ fn missing_forged_and_foreign_manifests_are_refused_with_their_reason() {
             Seal {
                 manifest,
                 proof: None,
+                leaf: None,
                 approval: None,
                 replay: None,
             },
@@ -311,6 +313,7 @@ fn oversized_headers_are_refused_before_parsing() {
     let seal = Seal {
         manifest: Some(&huge),
         proof: None,
+        leaf: None,
         approval: None,
         replay: None,
     };
@@ -323,6 +326,7 @@ fn oversized_headers_are_refused_before_parsing() {
     let seal = Seal {
         manifest: Some(&manifest),
         proof: Some(&proof),
+        leaf: None,
         approval: None,
         replay: None,
     };
@@ -365,6 +369,7 @@ fn a_replay_runs_only_with_an_admin_grant_of_exactly_this_request_replay_and_bat
         let seal = Seal {
             manifest: Some(&manifest),
             proof: Some(&proof),
+            leaf: None,
             approval: None,
             replay: grant,
         };
@@ -420,6 +425,7 @@ fn a_replay_runs_only_with_an_admin_grant_of_exactly_this_request_replay_and_bat
             Seal {
                 manifest: Some(&manifest),
                 proof: Some(&sealed.proof_header(1)),
+                leaf: None,
                 approval: None,
                 replay: Some(&grant),
             },

@@ -783,6 +783,7 @@ async fn an_expired_request_is_not_executed() {
         requested_by: None,
         created_at: old,
         sealed: None,
+        cap: None,
     });
     let signed = env.sign(std::slice::from_ref(&request)).remove(0);
     let mut publisher = Publisher::connect(&env.settings.broker, &env.topology(), "test")

@@ -13,9 +13,12 @@ use mfa_reset::broker::headers::{self, Headers};
 use mfa_reset::cli::ApproveArgs;
 use mfa_reset::commands;
 use mfa_reset::domain::{ResetRequest, Status, UserRef, REQUEST_VERSION};
+use mfa_reset::broker::topology::{RK_OUTCOME, RK_REQUEST};
+use mfa_reset::broker::{OutMessage, Publisher};
+use mfa_reset::domain::{BatchManifest, Record};
 use mfa_reset::trust::requests::{
-    approve, sign_replay, SealedBatch, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER,
-    REPLAY_HEADER,
+    approve, sign_replay, SealedBatch, APPROVAL_HEADER, LEAF_HEADER, MANIFEST_HEADER,
+    PROOF_HEADER, REPLAY_HEADER,
 };
 use mfa_reset::trust::signer::generate_ed25519;
 use mfa_reset::trust::Signer;
@@ -527,5 +530,193 @@ async fn a_verified_request_republished_with_a_higher_replay_runs_only_with_an_a
         env.keys.admin.principal.as_str()
     );
     assert_eq!(line["record"]["replay_key"], admin.fingerprint().as_str());
+    env.cleanup().await;
+}
+
+/// The manifest record `enqueue` writes for the compact batch `sealed` (its signed manifest
+/// and cap), with `cap` in place of the batch's own when given.
+fn manifest_record(sealed: &SealedBatch, cap: Option<mfa_reset::trust::MerkleCap>) -> Vec<u8> {
+    let manifest = &sealed.manifest.manifest;
+    serde_json::to_vec(&Record::Manifest(BatchManifest {
+        batch: manifest.batch.clone(),
+        count: manifest.count,
+        source: "test".into(),
+        dry_run: false,
+        revoke_sessions: true,
+        requested_by: None,
+        created_at: manifest.created_at,
+        sealed: Some(sealed.manifest.clone()),
+        cap: Some(cap.unwrap_or_else(|| sealed.cap.clone())),
+    }))
+    .expect("json")
+}
+
+/// The compact form's only signing header for request `i` of `sealed`.
+fn leaf_headers(sealed: &SealedBatch, i: usize) -> FieldTable {
+    Headers::default()
+        .bytes(LEAF_HEADER, &sealed.leaf_header(i))
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_requests_run_only_against_a_manifest_record_that_verifies_and_forgeries_are_dead_lettered_never_executed(
+) {
+    let mut env = TestEnv::new("req-compact", tenant(20)).await;
+    env.setup().await;
+    // The worker is running before anything is published: it learns the manifests as they
+    // come, and a request that outruns its manifest waits for the follower to catch up.
+    env.start_worker(4);
+    let requester = Signer::from_key_file(&env.keys.requester.path).expect("requester key");
+    let principal = env.keys.requester.principal.as_str();
+    let seal = |requests: &[ResetRequest], signer: &Signer| {
+        // A cap of two nodes: every request carries a path of hashes up to it.
+        SealedBatch::seal_capped(requests, principal, signer, Utc::now(), 2).expect("seal")
+    };
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    // (body, headers, the reason it must be refused with; None: it runs)
+    let mut requests: Vec<(Vec<u8>, FieldTable, Option<&str>)> = Vec::new();
+
+    // Genuine: five users, after a forged copy of its record whose cap was changed (it must
+    // neither verify nor stop the genuine record from being learnt).
+    let genuine: Vec<_> = (0..5).map(|i| request("compact-ok", i)).collect();
+    let sealed = seal(&genuine, &requester);
+    // Every request but the last (alone at the end of each level below the cap) has a path.
+    assert_eq!(sealed.cap.level, 2);
+    assert!(sealed.cap_paths[..4].iter().all(|path| !path.is_empty()));
+    let mut bent = sealed.cap.clone();
+    bent.nodes[0].0[0] ^= 1;
+    records.push(manifest_record(&sealed, Some(bent)));
+    records.push(manifest_record(&sealed, None));
+    for (i, r) in genuine.iter().enumerate() {
+        requests.push((body(r), leaf_headers(&sealed, i), None));
+    }
+    // Another user's body with request 0's proof: not in the batch.
+    let mut victim = request("compact-ok", 6);
+    victim.request_id = genuine[0].request_id;
+    requests.push((body(&victim), leaf_headers(&sealed, 0), Some("not_in_batch")));
+
+    // A signed batch whose manifest record was never published: its manifest is unknown.
+    let unknown = vec![request("compact-unknown", 7)];
+    let sealed = seal(&unknown, &requester);
+    requests.push((body(&unknown[0]), leaf_headers(&sealed, 0), Some("unsigned")));
+
+    // A record signed by a key of the attacker's own, with its requests.
+    let own = Signer::from_private_key(generate_ed25519("mallory").expect("key")).expect("signer");
+    let outsider: Vec<_> = (8..10).map(|i| request("compact-outsider", i)).collect();
+    let sealed = seal(&outsider, &own);
+    records.push(manifest_record(&sealed, None));
+    for (i, r) in outsider.iter().enumerate() {
+        requests.push((body(r), leaf_headers(&sealed, i), Some("unsigned")));
+    }
+
+    // A genuine signature over another manifest: the requester changed after signing.
+    let altered: Vec<_> = (10..12).map(|i| request("compact-altered", i)).collect();
+    let mut sealed = seal(&altered, &requester);
+    sealed.manifest.manifest.requested_by = env.keys.approver.principal.clone();
+    records.push(manifest_record(&sealed, None));
+    for (i, r) in altered.iter().enumerate() {
+        requests.push((body(r), leaf_headers(&sealed, i), Some("unsigned")));
+    }
+
+    // A genuinely signed manifest whose cap does not fold up to its root.
+    let capped: Vec<_> = (12..14).map(|i| request("compact-cap", i)).collect();
+    let sealed = seal(&capped, &requester);
+    let mut other = sealed.cap.clone();
+    other.nodes.reverse();
+    records.push(manifest_record(&sealed, Some(other)));
+    for (i, r) in capped.iter().enumerate() {
+        requests.push((body(r), leaf_headers(&sealed, i), Some("unsigned")));
+    }
+
+    let untouched: Vec<_> = (6..14)
+        .map(|i| env.sim.user(&graph_sim::tenant::upn_for_index(i)).expect("user"))
+        .collect();
+    // As enqueue does: the records confirmed first, then the requests, through the intake.
+    let topology = env.topology();
+    let mut publisher = Publisher::connect(&env.settings.broker, &topology, "test")
+        .await
+        .expect("publisher");
+    for record in records {
+        publisher
+            .send(OutMessage::json(RK_OUTCOME, record).via(topology.intake()))
+            .await
+            .expect("record");
+    }
+    publisher.flush().await.expect("records confirmed");
+    for (body, headers, _) in &requests {
+        let msg = OutMessage::json(RK_REQUEST, body.clone())
+            .with_headers(headers.clone())
+            .via(topology.intake());
+        publisher.send(msg).await.expect("request");
+    }
+    publisher.flush().await.expect("requests confirmed");
+    publisher.close().await.expect("close");
+
+    let view = env.wait_batch("compact-ok", 60).await;
+    assert_eq!(view.counts().get(&Status::Reset).copied(), Some(5));
+    let refused = requests.iter().filter(|(_, _, reason)| reason.is_some()).count();
+    wait_dead(&env, refused as u32).await;
+    env.stop_workers().await;
+
+    let mut expected: Vec<(String, String)> = requests
+        .iter()
+        .filter_map(|(body, _, reason)| {
+            let user = serde_json::from_slice::<serde_json::Value>(body).unwrap()["user"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            reason.map(|reason| (reason.to_string(), user))
+        })
+        .collect();
+    let mut got = dead_letters(&env).await;
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+    let after: Vec<_> = (6..14)
+        .map(|i| env.sim.user(&graph_sim::tenant::upn_for_index(i)).expect("user"))
+        .collect();
+    assert_eq!(after, untouched, "no refused request reached Graph");
+    let ran = env.outcome_counts().await;
+    assert_eq!(ran.len(), 5, "outcomes only for the genuine batch: {ran:?}");
+    assert!(genuine.iter().all(|r| ran.contains_key(&r.request_id)));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_publishes_compact_requests_with_small_headers_and_the_worker_runs_them() {
+    let mut env = TestEnv::new("req-compact-enqueue", tenant(6)).await;
+    env.setup().await;
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(4))
+        .await
+        .expect("enqueue");
+
+    // Every request carries only its compact proof: no manifest, no JSON proof.
+    let conn = mfa_reset::broker::connect(&env.settings.broker, "test peek")
+        .await
+        .expect("broker");
+    let ch = conn.create_channel().await.expect("channel");
+    let peeked = ch
+        .basic_get(
+            env.topology().requests().as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .expect("basic.get")
+        .expect("a request");
+    let props = &peeked.delivery.properties;
+    assert_eq!(headers::get_str(props, MANIFEST_HEADER), None);
+    assert_eq!(headers::get_str(props, PROOF_HEADER), None);
+    let leaf = headers::get_bytes(props, LEAF_HEADER).expect("mfa-leaf");
+    // A batch of up to 4096 has its leaves as the cap: a digest and an index, no path.
+    assert_eq!(leaf.len(), 40);
+    let _ = conn.close(200, "bye".into()).await;
+
+    env.start_worker(2);
+    let view = env.wait_batch(&enqueued.batch, 60).await;
+    assert_eq!(view.counts().get(&Status::Reset).copied(), Some(4));
+    let manifest = view.manifest().expect("manifest record");
+    let cap = manifest.cap.as_ref().expect("the record holds the cap");
+    assert_eq!((cap.level, cap.nodes.len()), (0, 4));
     env.cleanup().await;
 }

@@ -681,6 +681,7 @@ fn a_manifest_signed_here_verifies_with_ssh_keygen_and_an_approval_by_ssh_keygen
         let seal = Seal {
             manifest: Some(&manifest),
             proof: Some(&proof),
+            leaf: None,
             approval: Some(&approval),
             replay: None,
         };
