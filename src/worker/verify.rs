@@ -7,7 +7,7 @@
 //! Compact batches (requests carrying only `mfa-leaf`): the session's outcomes-stream
 //! follower hands every manifest record to [`Gatekeeper::learn`], which keeps those whose
 //! signature and cap verify ([`KnownBatch`], by manifest digest; at most
-//! [`KNOWN_CAPACITY`], the least recently used forgotten first). A forged record fails there
+//! `security.known_batches`, the least recently used forgotten first). A forged record fails there
 //! and is never kept, so it cannot stand in for a genuine one; a request whose manifest is not
 //! known is refused (`unsigned`) — after the delivery code has caught up with the stream and,
 //! when the follower may have missed or forgotten it, looked it up ([`Gatekeeper::may_look_up`]).
@@ -28,8 +28,9 @@ use crate::trust::requests::{
 };
 use crate::trust::{AllowedSigners, Digest};
 
-/// Compact batches remembered (manifest and cap: at most 128 KiB each, so 32 MiB at worst).
-/// One forgotten is looked up on the outcomes stream again when a request needs it.
+/// Compact batches remembered by default (`security.known_batches`; manifest and cap: at
+/// most 128 KiB each, so 32 MiB at worst). One forgotten is looked up on the outcomes stream
+/// again when a request needs it.
 pub const KNOWN_CAPACITY: usize = 256;
 /// How far back a request's manifest is looked up on the stream: a request older than this
 /// whose manifest this worker does not know is refused without reading the stream (it could
@@ -91,7 +92,11 @@ impl Gatekeeper {
              add your operators' SSH public keys",
             path.display()
         );
-        Ok(Gatekeeper::new(allowed, security.approval_above))
+        Ok(Gatekeeper::with_capacity(
+            allowed,
+            security.approval_above,
+            security.known_batches,
+        ))
     }
 
     /// A gatekeeper for `allowed` with the two-person rule above `approval_above`.
@@ -381,6 +386,100 @@ mod tests {
             panic!("a forged manifest verified");
         };
         assert_eq!(refusal.reason, Reason::BadSignature);
+    }
+
+    fn record(sealed: &SealedBatch, cap: Option<crate::trust::MerkleCap>) -> BatchManifest {
+        BatchManifest {
+            batch: "b1".into(),
+            count: sealed.manifest.manifest.count,
+            source: "test".into(),
+            dry_run: false,
+            revoke_sessions: false,
+            requested_by: None,
+            created_at: Utc::now(),
+            sealed: Some(sealed.manifest.clone()),
+            cap: cap.or_else(|| Some(sealed.cap.clone())),
+        }
+    }
+
+    #[test]
+    fn compact_requests_verify_only_against_a_learnt_record_and_forgotten_ones_may_be_looked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeySet::generate(dir.path()).unwrap();
+        let allowed = AllowedSigners::read(&keys.allowed_signers).unwrap();
+        let gate = Gatekeeper::with_capacity(allowed, 25, 1);
+        let alice = Signer::from_key_file(&keys.requester.path).unwrap();
+        let requests: Vec<_> = (0..5).map(request).collect();
+        let sealed =
+            SealedBatch::seal_capped(&requests, &keys.requester.principal, &alice, Utc::now(), 2)
+                .unwrap();
+        let digest = sealed.manifest.digest().unwrap();
+        let leaves: Vec<Vec<u8>> = (0..5).map(|i| sealed.leaf_header(i)).collect();
+        let compact = |i: usize| Seal {
+            leaf: Some(&leaves[i]),
+            ..Seal::default()
+        };
+        gate.followed_since(Utc::now() - chrono::Duration::hours(1));
+        let Verdict::Refused(refusal) = gate.check(&requests[0], compact(0), Utc::now()) else {
+            panic!("verified before its manifest record was seen");
+        };
+        assert_eq!(refusal.reason, Reason::Unsigned);
+        assert!(
+            refusal.message.contains("not found on the outcomes stream"),
+            "{refusal}"
+        );
+        assert_eq!(gate.unknown_batch(&compact(0)), Some(digest));
+        assert!(
+            !gate.may_look_up(&digest, Utc::now(), Utc::now()),
+            "the follower saw everything since it started: nothing to look up"
+        );
+
+        // A record whose cap was changed is not learnt; the genuine one is.
+        let mut bent = sealed.cap.clone();
+        bent.nodes[1].0[0] ^= 1;
+        assert!(matches!(
+            gate.learn(&record(&sealed, Some(bent)), Utc::now()),
+            Some(Err(_))
+        ));
+        assert_eq!(gate.unknown_batch(&compact(0)), Some(digest));
+        assert_eq!(gate.learn(&record(&sealed, None), Utc::now()), Some(Ok(())));
+        for i in 0..5 {
+            let verdict = gate.check(&requests[i], compact(i), Utc::now());
+            assert!(matches!(verdict, Verdict::Verified(_)), "{i}: {verdict:?}");
+        }
+        // Another request's proof: not in the batch.
+        let Verdict::Refused(refusal) = gate.check(&requests[1], compact(0), Utc::now()) else {
+            panic!("a swapped proof verified");
+        };
+        assert_eq!(refusal.reason, Reason::NotInBatch);
+        // With an inline manifest too, the inline form decides.
+        let inline = sealed.manifest.to_header();
+        let proof = sealed.proof_header(2);
+        let both = Seal {
+            manifest: Some(&inline),
+            proof: Some(&proof),
+            leaf: Some(&leaves[0]),
+            ..Seal::default()
+        };
+        assert!(matches!(
+            gate.check(&requests[2], both, Utc::now()),
+            Verdict::Verified(_)
+        ));
+
+        // Learning a second batch forgets the first (capacity 1): now it may be looked up,
+        // until a lookup found nothing.
+        let others = vec![request(9)];
+        let other =
+            SealedBatch::seal(&others, &keys.requester.principal, &alice, Utc::now()).unwrap();
+        assert_eq!(gate.learn(&record(&other, None), Utc::now()), Some(Ok(())));
+        assert_eq!(gate.unknown_batch(&compact(0)), Some(digest));
+        assert!(gate.may_look_up(&digest, Utc::now(), Utc::now()));
+        assert!(
+            !gate.may_look_up(&digest, Utc::now() - chrono::Duration::days(8), Utc::now()),
+            "not past the lookup horizon"
+        );
+        gate.not_found(digest);
+        assert!(!gate.may_look_up(&digest, Utc::now(), Utc::now()));
     }
 
     #[test]

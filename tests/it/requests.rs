@@ -10,15 +10,15 @@ use graph_sim::{GenOptions, SimConfig};
 use lapin::options::BasicGetOptions;
 use lapin::types::FieldTable;
 use mfa_reset::broker::headers::{self, Headers};
-use mfa_reset::cli::ApproveArgs;
-use mfa_reset::commands;
-use mfa_reset::domain::{ResetRequest, Status, UserRef, REQUEST_VERSION};
 use mfa_reset::broker::topology::{RK_OUTCOME, RK_REQUEST};
 use mfa_reset::broker::{OutMessage, Publisher};
+use mfa_reset::cli::ApproveArgs;
+use mfa_reset::commands;
 use mfa_reset::domain::{BatchManifest, Record};
+use mfa_reset::domain::{ResetRequest, Status, UserRef, REQUEST_VERSION};
 use mfa_reset::trust::requests::{
-    approve, sign_replay, SealedBatch, APPROVAL_HEADER, LEAF_HEADER, MANIFEST_HEADER,
-    PROOF_HEADER, REPLAY_HEADER,
+    approve, sign_replay, SealedBatch, APPROVAL_HEADER, LEAF_HEADER, MANIFEST_HEADER, PROOF_HEADER,
+    REPLAY_HEADER,
 };
 use mfa_reset::trust::signer::generate_ed25519;
 use mfa_reset::trust::Signer;
@@ -593,12 +593,20 @@ async fn compact_requests_run_only_against_a_manifest_record_that_verifies_and_f
     // Another user's body with request 0's proof: not in the batch.
     let mut victim = request("compact-ok", 6);
     victim.request_id = genuine[0].request_id;
-    requests.push((body(&victim), leaf_headers(&sealed, 0), Some("not_in_batch")));
+    requests.push((
+        body(&victim),
+        leaf_headers(&sealed, 0),
+        Some("not_in_batch"),
+    ));
 
     // A signed batch whose manifest record was never published: its manifest is unknown.
     let unknown = vec![request("compact-unknown", 7)];
     let sealed = seal(&unknown, &requester);
-    requests.push((body(&unknown[0]), leaf_headers(&sealed, 0), Some("unsigned")));
+    requests.push((
+        body(&unknown[0]),
+        leaf_headers(&sealed, 0),
+        Some("unsigned"),
+    ));
 
     // A record signed by a key of the attacker's own, with its requests.
     let own = Signer::from_private_key(generate_ed25519("mallory").expect("key")).expect("signer");
@@ -629,7 +637,11 @@ async fn compact_requests_run_only_against_a_manifest_record_that_verifies_and_f
     }
 
     let untouched: Vec<_> = (6..14)
-        .map(|i| env.sim.user(&graph_sim::tenant::upn_for_index(i)).expect("user"))
+        .map(|i| {
+            env.sim
+                .user(&graph_sim::tenant::upn_for_index(i))
+                .expect("user")
+        })
         .collect();
     // As enqueue does: the records confirmed first, then the requests, through the intake.
     let topology = env.topology();
@@ -654,7 +666,10 @@ async fn compact_requests_run_only_against_a_manifest_record_that_verifies_and_f
 
     let view = env.wait_batch("compact-ok", 60).await;
     assert_eq!(view.counts().get(&Status::Reset).copied(), Some(5));
-    let refused = requests.iter().filter(|(_, _, reason)| reason.is_some()).count();
+    let refused = requests
+        .iter()
+        .filter(|(_, _, reason)| reason.is_some())
+        .count();
     wait_dead(&env, refused as u32).await;
     env.stop_workers().await;
 
@@ -673,7 +688,11 @@ async fn compact_requests_run_only_against_a_manifest_record_that_verifies_and_f
     got.sort();
     assert_eq!(got, expected);
     let after: Vec<_> = (6..14)
-        .map(|i| env.sim.user(&graph_sim::tenant::upn_for_index(i)).expect("user"))
+        .map(|i| {
+            env.sim
+                .user(&graph_sim::tenant::upn_for_index(i))
+                .expect("user")
+        })
         .collect();
     assert_eq!(after, untouched, "no refused request reached Graph");
     let ran = env.outcome_counts().await;
@@ -718,5 +737,76 @@ async fn enqueue_publishes_compact_requests_with_small_headers_and_the_worker_ru
     let manifest = view.manifest().expect("manifest record");
     let cap = manifest.cap.as_ref().expect("the record holds the cap");
     assert_eq!((cap.level, cap.nodes.len()), (0, 4));
+    env.cleanup().await;
+}
+
+/// Publish `messages` (routing key, body, headers) through the intake, confirmed, in order.
+async fn publish_in_order(env: &TestEnv, messages: Vec<(&str, Vec<u8>, FieldTable)>) {
+    let topology = env.topology();
+    let mut publisher = Publisher::connect(&env.settings.broker, &topology, "test")
+        .await
+        .expect("publisher");
+    for (routing_key, body, headers) in messages {
+        let msg = OutMessage::json(routing_key, body)
+            .with_headers(headers)
+            .via(topology.intake());
+        publisher.send(msg).await.expect("publish");
+    }
+    publisher.flush().await.expect("confirmed");
+    publisher.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_batch_the_worker_forgot_is_looked_up_on_the_stream_and_runs() {
+    let mut env = TestEnv::new("req-compact-lookup", tenant(6)).await;
+    // One batch kept in memory: learning the second forgets the first.
+    env.settings.security.known_batches = 1;
+    env.setup().await;
+    env.start_worker(2);
+    let requester = Signer::from_key_file(&env.keys.requester.path).expect("requester key");
+    let principal = env.keys.requester.principal.as_str();
+    let first: Vec<_> = (0..2).map(|i| request("compact-first", i)).collect();
+    let second = vec![request("compact-second", 2)];
+    let first_sealed = SealedBatch::seal(&first, principal, &requester, Utc::now()).expect("seal");
+    let second_sealed =
+        SealedBatch::seal(&second, principal, &requester, Utc::now()).expect("seal");
+    let none = FieldTable::default;
+    publish_in_order(
+        &env,
+        vec![
+            (RK_OUTCOME, manifest_record(&first_sealed, None), none()),
+            (RK_OUTCOME, manifest_record(&second_sealed, None), none()),
+            (
+                RK_REQUEST,
+                body(&second[0]),
+                leaf_headers(&second_sealed, 0),
+            ),
+        ],
+    )
+    .await;
+    // The second batch ran: the worker has read past both records, so it forgot the first.
+    let view = env.wait_batch("compact-second", 60).await;
+    assert_eq!(view.counts().get(&Status::Reset).copied(), Some(1));
+
+    // The follower read the first record once and the worker forgot it: the first batch's
+    // requests can only verify by finding their manifest on the stream again; a request naming a
+    // manifest that is nowhere on it is still refused after the lookup.
+    let never = vec![request("compact-never", 4)];
+    let never_sealed = SealedBatch::seal(&never, principal, &requester, Utc::now()).expect("seal");
+    let mut messages: Vec<_> = first
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (RK_REQUEST, body(r), leaf_headers(&first_sealed, i)))
+        .collect();
+    messages.push((RK_REQUEST, body(&never[0]), leaf_headers(&never_sealed, 0)));
+    publish_in_order(&env, messages).await;
+    let view = env.wait_batch("compact-first", 60).await;
+    assert_eq!(view.counts().get(&Status::Reset).copied(), Some(2));
+    wait_dead(&env, 1).await;
+    env.stop_workers().await;
+    assert_eq!(
+        dead_letters(&env).await,
+        vec![("unsigned".to_string(), never[0].user.to_string())]
+    );
     env.cleanup().await;
 }
