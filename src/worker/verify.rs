@@ -443,8 +443,8 @@ mod tests {
         ));
         assert_eq!(gate.unknown_batch(&compact(0)), Some(digest));
         assert_eq!(gate.learn(&record(&sealed, None), Utc::now()), Some(Ok(())));
-        for i in 0..5 {
-            let verdict = gate.check(&requests[i], compact(i), Utc::now());
+        for (i, request) in requests.iter().enumerate() {
+            let verdict = gate.check(request, compact(i), Utc::now());
             assert!(matches!(verdict, Verdict::Verified(_)), "{i}: {verdict:?}");
         }
         // Another request's proof: not in the batch.
