@@ -103,7 +103,8 @@ impl ResetRequest {
     }
 }
 
-/// Written once per batch by `enqueue`, before its requests: how many to expect.
+/// Written once per batch by `enqueue`, before its requests: how many to expect, and (for a
+/// compact batch) the signed manifest and Merkle cap its requests are verified against.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BatchManifest {
     /// Batch id.
@@ -120,8 +121,9 @@ pub struct BatchManifest {
     pub requested_by: Option<String>,
     /// When.
     pub created_at: DateTime<Utc>,
-    /// The signed manifest the batch's requests carry (`mfa-manifest` header), so readers can
-    /// tell a batch an operator signed from one written by anybody with broker access.
+    /// The batch's signed manifest (which inline-form requests carry in `mfa-manifest`, and
+    /// compact ones name by digest in `mfa-leaf`), so readers can tell a batch an operator
+    /// signed from one written by anybody with broker access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed: Option<crate::trust::requests::SealedManifest>,
     /// For a compact batch (requests carry only `mfa-leaf`): one level of its Merkle tree,
