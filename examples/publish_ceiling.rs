@@ -3,13 +3,15 @@
 //!
 //! `cargo run --release --example publish_ceiling -- COUNT BYTES [WINDOW [HEADER_BYTES [x|S]]]`
 //! prints `ceiling: N msg/s`. The queue is deleted afterwards. With HEADER_BYTES, every
-//! message also carries one header `mfa-leaf` of that many bytes, as an AMQP byte array (`x`,
+//! message also carries one header `proof` of that many bytes, as an AMQP byte array (`x`,
 //! the default) or a long string (`S`): what a request's compact proof costs the broker
 //! beside the same bytes in the body.
 //!
-//! `… --example publish_ceiling -- size-of QUEUE` prints the body size of the first message
-//! in QUEUE (got and requeued) and its size with its headers' keys and values, so the ceiling can be measured with the size `enqueue`
-//! publishes (the broker does not count quorum-queue bytes in `list_queues message_bytes`).
+//! `… --example publish_ceiling -- size-of QUEUE` prints the size of the first message in
+//! QUEUE (got and requeued) unsigned (its body without the compact `proof` field) and as
+//! published (body, and its headers' keys and values), so the ceiling can be measured with
+//! the size of an unsigned request and with the size `enqueue` publishes (the broker does
+//! not count quorum-queue bytes in `list_queues message_bytes`).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -62,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
             AMQPValue::ByteArray(value.into())
         };
         let mut headers = FieldTable::default();
-        headers.insert("mfa-leaf".into(), value);
+        headers.insert("proof".into(), value);
         props = props.with_headers(headers);
     }
     let started = Instant::now();
@@ -110,9 +112,18 @@ async fn size_of(queue: &str) -> anyhow::Result<()> {
         .basic_get(queue.into(), BasicGetOptions { no_ack: false })
         .await?
         .ok_or_else(|| anyhow::anyhow!("{queue} is empty"))?;
-    // The body, then body + headers (the compact proof a request carries, or the inline
-    // signed manifest and proof), as the ceiling's message sizes.
+    // Unsigned, then body + headers (the compact proof a request carries in its body, or the
+    // inline signed manifest and proof in headers), as the ceiling's message sizes.
     let body = message.delivery.data.len();
+    // The same request unsigned: without the compact form's `proof` field (compact JSON,
+    // so only the order of the keys can change, not the length).
+    let unsigned = match serde_json::from_slice::<serde_json::Value>(&message.delivery.data) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.remove("proof");
+            serde_json::to_vec(&fields).map_or(body, |bytes| bytes.len())
+        }
+        _ => body,
+    };
     let headers: usize = message
         .delivery
         .properties
@@ -122,6 +133,8 @@ async fn size_of(queue: &str) -> anyhow::Result<()> {
             table
                 .inner()
                 .iter()
+                // Added by the quorum queue on delivery, not published.
+                .filter(|(key, _)| key.as_str() != "x-delivery-count")
                 .map(|(key, value)| match value {
                     AMQPValue::LongString(text) => key.as_str().len() + text.as_bytes().len(),
                     AMQPValue::ByteArray(bytes) => key.as_str().len() + bytes.len(),
@@ -130,7 +143,7 @@ async fn size_of(queue: &str) -> anyhow::Result<()> {
                 .sum()
         })
         .unwrap_or(0);
-    println!("{body} {}", body + headers);
+    println!("{unsigned} {}", body + headers);
     message
         .delivery
         .nack(BasicNackOptions {

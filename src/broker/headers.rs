@@ -28,15 +28,6 @@ pub fn get_str(props: &BasicProperties, key: &str) -> Option<String> {
     props.headers().as_ref().and_then(|h| value_str(h, key))
 }
 
-/// A header's bytes: a byte array, or a long string's bytes.
-pub fn get_bytes(props: &BasicProperties, key: &str) -> Option<Vec<u8>> {
-    match props.headers().as_ref()?.inner().get(key)? {
-        AMQPValue::ByteArray(bytes) => Some(bytes.as_slice().to_vec()),
-        AMQPValue::LongString(text) => Some(text.as_bytes().to_vec()),
-        _ => None,
-    }
-}
-
 /// A header as an integer, whatever its AMQP integer type.
 pub fn get_u64(props: &BasicProperties, key: &str) -> Option<u64> {
     let h = props.headers().as_ref()?;
@@ -94,12 +85,6 @@ impl Headers {
     pub fn str(mut self, key: &str, value: &str) -> Headers {
         self.0
             .insert(ShortString::from(key), AMQPValue::LongString(value.into()));
-        self
-    }
-    /// Set a binary header (AMQP byte array, `x`: RabbitMQ passes it on as it is).
-    pub fn bytes(mut self, key: &str, value: &[u8]) -> Headers {
-        self.0
-            .insert(ShortString::from(key), AMQPValue::ByteArray(value.into()));
         self
     }
     /// Copy header `key` of `props`, whatever its type, when it is there.

@@ -8,7 +8,7 @@
 //! protected users, admins), and — confirmed, by someone other than the requester — signs the
 //! manifest's digest (namespace `mfa-reset-approve`) and republishes each request with the
 //! approval to the intake (`request`), where workers verify it again. A compact batch stays
-//! compact: its requests keep their `mfa-leaf` and gain the approval. The digest covers the
+//! compact: its requests keep their `proof` field and gain the approval. The digest covers the
 //! Merkle root, so the approval holds for exactly the list shown.
 
 use std::collections::btree_map::Entry;
@@ -34,8 +34,8 @@ use crate::domain::{Record, ResetRequest};
 use crate::reset;
 use crate::trust::requests::{
     approve, verify_batch, verify_compact_request, verify_known_batch, verify_request,
-    CompactProof, KnownBatch, Policy, TrustedBatch, Verdict, APPROVAL_HEADER, LEAF_HEADER,
-    MANIFEST_HEADER, PROOF_HEADER,
+    CompactProof, KnownBatch, Policy, TrustedBatch, Verdict, APPROVAL_HEADER, MANIFEST_HEADER,
+    PROOF_HEADER,
 };
 use crate::trust::{AllowedSigners, Digest, MerkleProof, Namespace, Signer};
 
@@ -236,8 +236,7 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
                 (verdict, index)
             }
             (Form::Compact(known), None) => {
-                let proof =
-                    CompactProof::from_bytes(&headers::get_bytes(props, LEAF_HEADER)?).ok()?;
+                let proof = CompactProof::from_text(request.proof.as_deref()?).ok()?;
                 let verdict =
                     verify_compact_request(&request, &proof, &candidate.batch, &known.cap, now);
                 (verdict, proof.index)
@@ -428,7 +427,7 @@ struct Signatures<'a> {
 fn examine(id: &str, body: &[u8], props: &BasicProperties, seen: &mut Signatures<'_>) -> Seen {
     let allowed = seen.allowed;
     let Some(manifest) = headers::get_str(props, MANIFEST_HEADER) else {
-        return examine_compact(id, body, props, seen);
+        return examine_compact(id, body, seen);
     };
     let named: Option<String> = serde_json::from_str::<serde_json::Value>(&manifest)
         .ok()
@@ -472,14 +471,10 @@ fn examine(id: &str, body: &[u8], props: &BasicProperties, seen: &mut Signatures
 
 /// [`examine`] for a message without an inline manifest: a compact batch's manifest record
 /// (kept when it verifies), or one of its requests.
-fn examine_compact(
-    id: &str,
-    body: &[u8],
-    props: &BasicProperties,
-    seen: &mut Signatures<'_>,
-) -> Seen {
+fn examine_compact(id: &str, body: &[u8], seen: &mut Signatures<'_>) -> Seen {
     let now = Utc::now();
-    let Some(leaf) = headers::get_bytes(props, LEAF_HEADER) else {
+    let request = serde_json::from_slice::<ResetRequest>(body).ok();
+    let Some(leaf) = request.as_ref().and_then(|request| request.proof.clone()) else {
         return match serde_json::from_slice::<Record>(body) {
             Ok(Record::Manifest(record)) if record.batch == id => {
                 let (Some(sealed), Some(cap)) = (&record.sealed, &record.cap) else {
@@ -497,13 +492,10 @@ fn examine_compact(
             _ => Seen::Other,
         };
     };
-    let Ok(request) = serde_json::from_slice::<ResetRequest>(body) else {
+    let Some(request) = request.filter(|request| request.batch == id) else {
         return Seen::Other;
     };
-    if request.batch != id {
-        return Seen::Other;
-    }
-    let Ok(proof) = CompactProof::from_bytes(&leaf) else {
+    let Ok(proof) = CompactProof::from_text(&leaf) else {
         return Seen::Forged;
     };
     let Some(known) = seen.compact.get(&proof.manifest) else {

@@ -30,7 +30,7 @@ use crate::domain::ResetRequest;
 use crate::net::printable;
 use crate::records::read::load_allowed_signers;
 use crate::trust::requests::{
-    sign_replay, APPROVAL_HEADER, LEAF_HEADER, MANIFEST_HEADER, PROOF_HEADER, REPLAY_HEADER,
+    sign_replay, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER, REPLAY_HEADER,
 };
 use crate::trust::{verify, Namespace, Signer};
 use chrono::Utc;
@@ -331,9 +331,9 @@ async fn replay_one(
         "x-mfa-replayed-from",
         &headers::get_str(&delivery.properties, headers::ERROR_CODE).unwrap_or_default(),
     );
-    // The signed batch travels with the request (inline, or the compact proof naming its
-    // manifest record), as it was, so the worker verifies it again.
-    for key in [MANIFEST_HEADER, PROOF_HEADER, LEAF_HEADER, APPROVAL_HEADER] {
+    // The signed batch travels with the request, so the worker verifies it again: inline in
+    // these headers, or (compact form) in the request's own `proof` field, kept above.
+    for key in [MANIFEST_HEADER, PROOF_HEADER, APPROVAL_HEADER] {
         replayed = replayed.copied(&delivery.properties, key);
     }
     // The previous replay's grant (if any) is not copied: this one replaces it.

@@ -3,8 +3,9 @@
 //! Nothing is published unless every row is valid. The batch is signed once: a first pass
 //! over the validated rows builds the Merkle tree of its requests, the operator's key
 //! (`--key`, or ssh-agent) signs the manifest holding its root, and a second pass publishes
-//! every request with its compact proof ([`crate::trust::requests::LEAF_HEADER`]: the
-//! manifest's digest and the short path up to the tree's cap). The batch's manifest record,
+//! every request with its compact proof in its `proof` field
+//! ([`crate::trust::requests::CompactProof`]: the manifest's digest, the index and the short
+//! path up to the tree's cap). The batch's manifest record,
 //! holding the signed manifest and the cap, goes to the outcomes stream first (so `status`
 //! knows how many to expect, and workers learn the batch before its first request), then the
 //! requests, with pipelined publisher confirms, all through the intake exchange. A batch of
@@ -20,7 +21,6 @@ use anyhow::Context;
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::broker::headers::Headers;
 use crate::broker::topology::{RK_AWAITING, RK_OUTCOME, RK_REQUEST};
 use crate::broker::{OutMessage, Publisher, Topology};
 use crate::cli::EnqueueArgs;
@@ -29,7 +29,7 @@ use crate::domain::{BatchManifest, Record, ResetRequest, UserRef, REQUEST_VERSIO
 use crate::graph::GraphClient;
 use crate::intake::{self, IntakeRow, Plan};
 use crate::trust::merkle::{leaf_hash, CAP_NODES};
-use crate::trust::requests::{leaf_bytes, CompactProof, Manifest, SealedManifest, LEAF_HEADER};
+use crate::trust::requests::{leaf_bytes, CompactProof, Manifest, SealedManifest};
 use crate::trust::{AllowedSigners, MerkleTree, Namespace, Signer};
 
 /// What was enqueued.
@@ -350,6 +350,7 @@ async fn publish(
         replay: 0,
         tap: tap.filter(|_| row.tap.unwrap_or(args.tap)),
         carry: None,
+        proof: None,
     };
     // Pass 1: the Merkle tree of the requests, and the signed manifest holding its root.
     let mut leaves = Vec::with_capacity(usize::try_from(plan.count).unwrap_or(0));
@@ -404,7 +405,7 @@ async fn publish(
     let mut published = 0u64;
     let rows = plan.rows()?;
     for (index, row) in (0u64..).zip(rows) {
-        let request = request_of(row?);
+        let mut request = request_of(row?);
         let path = tree.path_to_cap(index, &cap).ok_or_else(|| {
             anyhow::anyhow!(
                 "the input changed while it was being enqueued (more rows than the {} \
@@ -412,17 +413,17 @@ async fn publish(
                 plan.count
             )
         })?;
-        let proof = CompactProof {
-            manifest: digest,
-            index,
-            path,
-        };
-        let headers = Headers::default()
-            .bytes(LEAF_HEADER, &proof.to_bytes())
-            .build();
+        // In the body, no headers at all: see `trust::requests` for why.
+        request.proof = Some(
+            CompactProof {
+                manifest: digest,
+                index,
+                path,
+            }
+            .to_text(),
+        );
         let msg = OutMessage::json(routing_key, serde_json::to_vec(&request)?)
             .with_id(request.request_id.to_string())
-            .with_headers(headers)
             .via(intake.clone());
         if let Err(err) = publisher.send(msg).await {
             return Err(interrupted(err, batch, publisher.confirmed()));

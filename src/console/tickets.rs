@@ -212,6 +212,7 @@ async fn publish(console: &Console, call: &Verified, row: IntakeRow) -> anyhow::
         replay: 0,
         tap,
         carry: None,
+        proof: None,
     };
     // A batch of one, signed by the console's key (namespace mfa-reset-request): the
     // workers see the console's principal as the requester, the ticket system's person

@@ -24,6 +24,7 @@ fn request(batch: &str, i: usize) -> ResetRequest {
         replay: 0,
         tap: None,
         carry: None,
+        proof: None,
     }
 }
 
@@ -150,6 +151,12 @@ fn a_retry_or_replay_still_verifies_but_a_changed_request_does_not() {
         ..Carry::default()
     });
     retried.replay = 2;
+    // The compact form's proof rides in the body: not part of the leaf it proves.
+    retried.proof = Some(sealed.compact_proof(1));
+    assert_eq!(
+        leaf_bytes(&retried).unwrap(),
+        leaf_bytes(&requests[1]).unwrap()
+    );
     // The leaf leaves `replay` out (the admin's grant covers it: see the replay tests).
     let trusted =
         verify_batch(Some(&sealed.manifest.to_header()), None, &policy(&w), now()).unwrap();

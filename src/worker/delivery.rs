@@ -26,7 +26,7 @@ use crate::broker::topology::{RK_DEAD, RK_REQUEST};
 use crate::broker::{Incoming, OutMessage};
 use crate::domain::{MethodRecord, Outcome, PlanRecord, Record, ResetRequest, UserRef};
 use crate::trust::requests::{
-    Seal, Verdict, APPROVAL_HEADER, LEAF_HEADER, MANIFEST_HEADER, PROOF_HEADER, REPLAY_HEADER,
+    Seal, Verdict, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER, REPLAY_HEADER,
 };
 use crate::{graph, reset};
 
@@ -129,13 +129,12 @@ async fn verify(
     let props = incoming.properties();
     let manifest = headers::get_str(props, MANIFEST_HEADER);
     let proof = headers::get_str(props, PROOF_HEADER);
-    let leaf = headers::get_bytes(props, LEAF_HEADER);
     let approval = headers::get_str(props, APPROVAL_HEADER);
     let replay = headers::get_str(props, REPLAY_HEADER);
     let seal = Seal {
         manifest: manifest.as_deref(),
         proof: proof.as_deref(),
-        leaf: leaf.as_deref(),
+        leaf: request.proof.as_deref(),
         approval: approval.as_deref(),
         replay: replay.as_deref(),
     };

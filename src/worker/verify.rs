@@ -4,7 +4,7 @@
 //! one Merkle path: a million-request batch costs one sshsig verification per worker, not a
 //! million.
 //!
-//! Compact batches (requests carrying only `mfa-leaf`): the session's outcomes-stream
+//! Compact batches (requests carrying only their `proof` field): the session's outcomes-stream
 //! follower hands every manifest record to [`Gatekeeper::learn`], which keeps those whose
 //! signature and cap verify ([`KnownBatch`], by manifest digest; at most
 //! `security.known_batches`, the least recently used forgotten first). A forged record fails there
@@ -24,7 +24,7 @@ use crate::config::SecuritySettings;
 use crate::domain::{BatchManifest, ResetRequest};
 use crate::trust::requests::{
     verify_batch, verify_compact_request, verify_known_batch, verify_replay, verify_request,
-    CompactProof, KnownBatch, Policy, Reason, Refusal, Seal, TrustedBatch, Verdict, LEAF_HEADER,
+    CompactProof, KnownBatch, Policy, Reason, Refusal, Seal, TrustedBatch, Verdict, PROOF_FIELD,
 };
 use crate::trust::{AllowedSigners, Digest};
 
@@ -143,16 +143,16 @@ impl Gatekeeper {
     fn check_compact(
         &self,
         request: &ResetRequest,
-        leaf: &[u8],
+        leaf: &str,
         seal: Seal<'_>,
         now: DateTime<Utc>,
     ) -> Verdict {
-        let proof = match CompactProof::from_bytes(leaf) {
+        let proof = match CompactProof::from_text(leaf) {
             Ok(proof) => proof,
             Err(error) => {
                 return Verdict::Refused(Refusal {
                     reason: Reason::NotInBatch,
-                    message: format!("the {LEAF_HEADER} header: {error}"),
+                    message: format!("the request's {PROOF_FIELD}: {error}"),
                 })
             }
         };
@@ -229,13 +229,13 @@ impl Gatekeeper {
         Some(known.clone())
     }
 
-    /// The manifest digest of a compact request (no `mfa-manifest`, an `mfa-leaf`) whose
+    /// The manifest digest of a compact request (no `mfa-manifest`, a `proof` field) whose
     /// batch is not known: the caller catches up with the stream, then looks again.
     pub fn unknown_batch(&self, seal: &Seal<'_>) -> Option<Digest> {
         if seal.manifest.is_some() {
             return None;
         }
-        let proof = CompactProof::from_bytes(seal.leaf?).ok()?;
+        let proof = CompactProof::from_text(seal.leaf?).ok()?;
         self.known(&proof.manifest)
             .is_none()
             .then_some(proof.manifest)
@@ -340,6 +340,7 @@ mod tests {
             replay: 0,
             tap: None,
             carry: None,
+            proof: None,
         }
     }
 
@@ -414,7 +415,7 @@ mod tests {
             SealedBatch::seal_capped(&requests, &keys.requester.principal, &alice, Utc::now(), 2)
                 .unwrap();
         let digest = sealed.manifest.digest().unwrap();
-        let leaves: Vec<Vec<u8>> = (0..5).map(|i| sealed.leaf_header(i)).collect();
+        let leaves: Vec<String> = (0..5).map(|i| sealed.compact_proof(i)).collect();
         let compact = |i: usize| Seal {
             leaf: Some(&leaves[i]),
             ..Seal::default()

@@ -773,6 +773,7 @@ async fn an_expired_request_is_not_executed() {
         replay: 0,
         tap: None,
         carry: None,
+        proof: None,
     };
     let manifest = Record::Manifest(BatchManifest {
         batch: batch.into(),

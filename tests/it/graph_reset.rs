@@ -469,6 +469,7 @@ async fn a_late_attempt_keeps_a_method_the_user_registered_after_the_request() {
         replay: 0,
         tap: None,
         carry: None,
+        proof: None,
     };
     let manifest = Record::Manifest(BatchManifest {
         batch: batch.into(),

@@ -17,8 +17,8 @@ use mfa_reset::commands;
 use mfa_reset::domain::{BatchManifest, Record};
 use mfa_reset::domain::{ResetRequest, Status, UserRef, REQUEST_VERSION};
 use mfa_reset::trust::requests::{
-    approve, sign_replay, SealedBatch, APPROVAL_HEADER, LEAF_HEADER, MANIFEST_HEADER, PROOF_HEADER,
-    REPLAY_HEADER,
+    approve, sign_replay, CompactProof, SealedBatch, APPROVAL_HEADER, MANIFEST_HEADER,
+    PROOF_HEADER, REPLAY_HEADER,
 };
 use mfa_reset::trust::signer::generate_ed25519;
 use mfa_reset::trust::Signer;
@@ -53,6 +53,7 @@ fn request(batch: &str, i: usize) -> ResetRequest {
         replay: 0,
         tap: None,
         carry: None,
+        proof: None,
     }
 }
 
@@ -551,11 +552,11 @@ fn manifest_record(sealed: &SealedBatch, cap: Option<mfa_reset::trust::MerkleCap
     .expect("json")
 }
 
-/// The compact form's only signing header for request `i` of `sealed`.
-fn leaf_headers(sealed: &SealedBatch, i: usize) -> FieldTable {
-    Headers::default()
-        .bytes(LEAF_HEADER, &sealed.leaf_header(i))
-        .build()
+/// The body of `request` in the compact form: with the `proof` of request `i` of `sealed`.
+fn compact_body(request: &ResetRequest, sealed: &SealedBatch, i: usize) -> Vec<u8> {
+    let mut request = request.clone();
+    request.proof = Some(sealed.compact_proof(i));
+    body(&request)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -588,14 +589,14 @@ async fn compact_requests_run_only_against_a_manifest_record_that_verifies_and_f
     records.push(manifest_record(&sealed, Some(bent)));
     records.push(manifest_record(&sealed, None));
     for (i, r) in genuine.iter().enumerate() {
-        requests.push((body(r), leaf_headers(&sealed, i), None));
+        requests.push((compact_body(r, &sealed, i), FieldTable::default(), None));
     }
     // Another user's body with request 0's proof: not in the batch.
     let mut victim = request("compact-ok", 6);
     victim.request_id = genuine[0].request_id;
     requests.push((
-        body(&victim),
-        leaf_headers(&sealed, 0),
+        compact_body(&victim, &sealed, 0),
+        FieldTable::default(),
         Some("not_in_batch"),
     ));
 
@@ -603,8 +604,8 @@ async fn compact_requests_run_only_against_a_manifest_record_that_verifies_and_f
     let unknown = vec![request("compact-unknown", 7)];
     let sealed = seal(&unknown, &requester);
     requests.push((
-        body(&unknown[0]),
-        leaf_headers(&sealed, 0),
+        compact_body(&unknown[0], &sealed, 0),
+        FieldTable::default(),
         Some("unsigned"),
     ));
 
@@ -614,7 +615,11 @@ async fn compact_requests_run_only_against_a_manifest_record_that_verifies_and_f
     let sealed = seal(&outsider, &own);
     records.push(manifest_record(&sealed, None));
     for (i, r) in outsider.iter().enumerate() {
-        requests.push((body(r), leaf_headers(&sealed, i), Some("unsigned")));
+        requests.push((
+            compact_body(r, &sealed, i),
+            FieldTable::default(),
+            Some("unsigned"),
+        ));
     }
 
     // A genuine signature over another manifest: the requester changed after signing.
@@ -623,7 +628,11 @@ async fn compact_requests_run_only_against_a_manifest_record_that_verifies_and_f
     sealed.manifest.manifest.requested_by = env.keys.approver.principal.clone();
     records.push(manifest_record(&sealed, None));
     for (i, r) in altered.iter().enumerate() {
-        requests.push((body(r), leaf_headers(&sealed, i), Some("unsigned")));
+        requests.push((
+            compact_body(r, &sealed, i),
+            FieldTable::default(),
+            Some("unsigned"),
+        ));
     }
 
     // A genuinely signed manifest whose cap does not fold up to its root.
@@ -633,7 +642,11 @@ async fn compact_requests_run_only_against_a_manifest_record_that_verifies_and_f
     other.nodes.reverse();
     records.push(manifest_record(&sealed, Some(other)));
     for (i, r) in capped.iter().enumerate() {
-        requests.push((body(r), leaf_headers(&sealed, i), Some("unsigned")));
+        requests.push((
+            compact_body(r, &sealed, i),
+            FieldTable::default(),
+            Some("unsigned"),
+        ));
     }
 
     let untouched: Vec<_> = (6..14)
@@ -702,7 +715,7 @@ async fn compact_requests_run_only_against_a_manifest_record_that_verifies_and_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enqueue_publishes_compact_requests_with_small_headers_and_the_worker_runs_them() {
+async fn enqueue_publishes_compact_requests_without_headers_and_the_worker_runs_them() {
     let mut env = TestEnv::new("req-compact-enqueue", tenant(6)).await;
     env.setup().await;
     let enqueued = env
@@ -710,7 +723,7 @@ async fn enqueue_publishes_compact_requests_with_small_headers_and_the_worker_ru
         .await
         .expect("enqueue");
 
-    // Every request carries only its compact proof: no manifest, no JSON proof.
+    // Every request carries only its compact proof, in its body: no header at all.
     let conn = mfa_reset::broker::connect(&env.settings.broker, "test peek")
         .await
         .expect("broker");
@@ -723,12 +736,24 @@ async fn enqueue_publishes_compact_requests_with_small_headers_and_the_worker_ru
         .await
         .expect("basic.get")
         .expect("a request");
-    let props = &peeked.delivery.properties;
-    assert_eq!(headers::get_str(props, MANIFEST_HEADER), None);
-    assert_eq!(headers::get_str(props, PROOF_HEADER), None);
-    let leaf = headers::get_bytes(props, LEAF_HEADER).expect("mfa-leaf");
+    // (The quorum queue adds its own x-delivery-count.)
+    let names: Vec<String> = peeked
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .map(|table| table.inner().keys().map(|key| key.to_string()).collect())
+        .unwrap_or_default();
+    assert!(
+        names.iter().all(|name| name == "x-delivery-count"),
+        "no header of ours: {names:?}"
+    );
+    let sent: ResetRequest = serde_json::from_slice(&peeked.delivery.data).expect("request");
+    let proof = CompactProof::from_text(sent.proof.as_deref().expect("a proof field"))
+        .expect("a compact proof");
     // A batch of up to 4096 has its leaves as the cap: a digest and an index, no path.
-    assert_eq!(leaf.len(), 40);
+    assert!(proof.path.is_empty());
+    assert!(proof.index < 4);
     let _ = conn.close(200, "bye".into()).await;
 
     env.start_worker(2);
@@ -778,8 +803,8 @@ async fn a_compact_batch_the_worker_forgot_is_looked_up_on_the_stream_and_runs()
             (RK_OUTCOME, manifest_record(&second_sealed, None), none()),
             (
                 RK_REQUEST,
-                body(&second[0]),
-                leaf_headers(&second_sealed, 0),
+                compact_body(&second[0], &second_sealed, 0),
+                FieldTable::default(),
             ),
         ],
     )
@@ -796,9 +821,19 @@ async fn a_compact_batch_the_worker_forgot_is_looked_up_on_the_stream_and_runs()
     let mut messages: Vec<_> = first
         .iter()
         .enumerate()
-        .map(|(i, r)| (RK_REQUEST, body(r), leaf_headers(&first_sealed, i)))
+        .map(|(i, r)| {
+            (
+                RK_REQUEST,
+                compact_body(r, &first_sealed, i),
+                FieldTable::default(),
+            )
+        })
         .collect();
-    messages.push((RK_REQUEST, body(&never[0]), leaf_headers(&never_sealed, 0)));
+    messages.push((
+        RK_REQUEST,
+        compact_body(&never[0], &never_sealed, 0),
+        FieldTable::default(),
+    ));
     publish_in_order(&env, messages).await;
     let view = env.wait_batch("compact-first", 60).await;
     assert_eq!(view.counts().get(&Status::Reset).copied(), Some(2));
