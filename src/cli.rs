@@ -41,8 +41,8 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
-    /// Re-create the phone and email methods a batch removed (needs reset.backup = true and
-    /// the restore key, --identity).
+    /// Re-create the phone and email methods a batch removed (needs reset.backup = true, the
+    /// restore key --identity, and an admin's --key: the restore is signed and recorded).
     Restore(RestoreArgs),
     /// The web console and the ticket webhook (prints `console on http://HOST:PORT` first).
     Serve,
@@ -269,6 +269,12 @@ pub struct RestoreArgs {
     /// key is `reset.backup_recipient`: backed-up values are encrypted to it. Needed with --yes.
     #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
+    /// The admin's SSH private key, or its `.pub` with the key in ssh-agent (SSH_AUTH_SOCK);
+    /// security.allowed_signers must allow it namespaces="mfa-reset-admin". Needed with --yes:
+    /// who restores what is signed with it and recorded on the outcomes stream before Graph
+    /// is called.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 /// `demo`

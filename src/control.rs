@@ -146,14 +146,7 @@ impl ControlState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trust::KeySet;
-
-    fn setup() -> (tempfile::TempDir, KeySet, AllowedSigners) {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = KeySet::generate(dir.path()).unwrap();
-        let allowed = AllowedSigners::read(&keys.allowed_signers).unwrap();
-        (dir, keys, allowed)
-    }
+    use crate::trust::test_keys::key_set;
 
     fn signed(action: Action, prefix: &str, key: &std::path::Path) -> Vec<u8> {
         let signer = Signer::from_key_file(key).unwrap();
@@ -162,7 +155,7 @@ mod tests {
 
     #[test]
     fn an_admins_halt_verifies_and_names_the_admin() {
-        let (_dir, keys, allowed) = setup();
+        let (_dir, keys, allowed) = key_set();
         let issued = verify(&signed(Action::Halt, "p", &keys.admin.path), "p", &allowed).unwrap();
         assert_eq!(issued.by.as_str(), "carol@demo.invalid");
         assert_eq!(issued.command.action, Action::Halt);
@@ -170,7 +163,7 @@ mod tests {
 
     #[test]
     fn commands_by_non_admins_for_other_deployments_or_unsigned_are_refused() {
-        let (_dir, keys, allowed) = setup();
+        let (_dir, keys, allowed) = key_set();
         let by_operator = signed(Action::Resume, "p", &keys.requester.path);
         assert!(verify(&by_operator, "p", &allowed)
             .unwrap_err()
@@ -188,7 +181,7 @@ mod tests {
 
     #[test]
     fn the_latest_issued_command_wins_so_a_replayed_old_resume_does_not_lift_a_halt() {
-        let (_dir, keys, allowed) = setup();
+        let (_dir, keys, allowed) = key_set();
         let old_resume = verify(
             &signed(Action::Resume, "p", &keys.admin.path),
             "p",

@@ -30,7 +30,8 @@
 //!   values that came from outside without their control characters.
 //! - [`console`]: `serve`: the web console and the ticket webhook (Standard Webhooks).
 //! - [`records`]: the worker's plan and outcome records sealed (signed, hash-chained) when
-//!   written and verified when read; only verified ones count.
+//!   written and verified when read; only verified ones count. Also an admin's signed record
+//!   of a `restore` (who re-creates what, and what came of it).
 //! - [`backup`]: backed-up phone numbers and emails encrypted to the restore key (age X25519)
 //!   by workers, opened only by `restore --identity`.
 //! - [`control`]: signed admin commands (`halt`, `resume`) on the control stream.

@@ -15,7 +15,7 @@
 //! | producer (`enqueue`) | `{p}-producer` | – | `{p}.intake` | – |
 //! | worker (`work`) | `{p}-worker` | its own `amq.gen-…` queue | `{p}` (retries, dead letters, outcomes), `{p}.fleet` | `{p}.requests`, `{p}.outcomes`, `{p}.control`, `{p}.fleet` |
 //! | approver (`approve`) | `{p}-approver` | – | `{p}.intake` | `{p}.awaiting`, `{p}.outcomes` |
-//! | admin (`halt`, `resume`, `dlq`) | `{p}-admin` | – | `{p}` (the control stream's route), `{p}.intake` | `{p}.dead`, `{p}.outcomes`, `{p}.control` |
+//! | admin (`halt`, `resume`, `dlq`, `restore`) | `{p}-admin` | – | `{p}` (the control stream's route), `{p}.intake` | `{p}.dead`, `{p}.outcomes`, `{p}.control` |
 //! | reader (`status`, `report`, `audit`) | `{p}-reader` | – | – | `{p}.outcomes`, `{p}.control` |
 //!
 //! Only `setup` may configure the topology (a worker only its own server-named, exclusive
@@ -43,7 +43,8 @@ pub enum Role {
     Worker,
     /// `approve`: reads batches awaiting approval and republishes them to the intake.
     Approver,
-    /// `halt`, `resume`, `dlq`: the control stream, the dead letters, replays to the intake.
+    /// `halt`, `resume`, `dlq`, `restore`: the control stream, the dead letters, replays to the
+    /// intake, restore records to the outcomes stream.
     Admin,
     /// `status`, `report`, `audit`: read the record, write nothing.
     Reader,
@@ -134,7 +135,8 @@ impl Role {
             },
             Role::Admin => Rights {
                 configure: nothing(),
-                // `halt`/`resume` publish to the control stream through `{p}` (rk `control`).
+                // `halt`/`resume` publish to the control stream through `{p}` (rk `control`),
+                // `restore` its signed records to the outcomes stream (rk `outcome`).
                 write: only(&["", "control", "intake"]),
                 read: only(&["dead", "outcomes", "control"]),
             },

@@ -14,6 +14,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -38,6 +39,12 @@ use crate::trust::requests::{
     PROOF_HEADER,
 };
 use crate::trust::{AllowedSigners, Digest, MerkleProof, Namespace, Signer};
+
+/// Said when protected users can be matched by spelling only.
+const SPELLING_ONLY: &str = "note: protected users are matched by spelling only here (no \
+     Graph settings); the workers match object ids too, so a protected account the batch \
+     writes otherwise (its object id, a UPN before a rename) is skipped by them but not \
+     named above";
 
 /// Header of the marker `approve` writes to find the end of the awaiting stream.
 const MARKER_HEADER: &str = "x-mfa-marker";
@@ -67,6 +74,9 @@ pub struct Approved {
     pub manifest: Digest,
     /// What the directory-role check found (`None` without Graph settings).
     pub admins: Option<AdminCheck>,
+    /// The batch's users `reset.protected_users` names, as shown: by spelling, and (with
+    /// Graph settings) by object id.
+    pub protected: Vec<String>,
 }
 
 /// The batch's users that hold directory roles, as the worker checks them
@@ -80,6 +90,12 @@ pub struct AdminCheck {
     pub admins: Vec<(String, String)>,
     /// Users whose roles could not be checked, and why.
     pub unchecked: Vec<(String, String)>,
+    /// Users `reset.protected_users` names under another spelling (the object id for a UPN,
+    /// a UPN before a rename…), found by object id as the workers find them, with the entry.
+    pub protected: Vec<(String, String)>,
+    /// Why protection could be matched by spelling only (`reset.protected_users` could not
+    /// be resolved to object ids here).
+    pub protected_note: Option<String>,
 }
 
 /// How a batch's requests carry their signature.
@@ -215,6 +231,10 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
     );
     let admins = check_admins(settings, &candidate.to_check).await;
     print_summary(settings, &candidate, admins.as_ref());
+    let mut protected = candidate.protected.clone();
+    if let Some(check) = &admins {
+        protected.extend(check.protected.iter().map(|(user, _)| user.clone()));
+    }
     let count = candidate.batch.manifest.count;
     confirm(args, count)?;
 
@@ -286,13 +306,15 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
         approved_by: approver,
         manifest: candidate.batch.digest,
         admins,
+        protected,
     })
 }
 
-/// Which of `users` hold directory roles, by the worker's own check, when Graph settings are
-/// present (`graph.tenant_id` and `graph.client_id`); `None` otherwise. At most
-/// [`ADMIN_CHECK_CONCURRENCY`] users are checked at once. A check that cannot be made is
-/// reported, not fatal: the approver decides, and workers fail closed on it.
+/// Which of `users` hold directory roles, and which are protected by object id, by the
+/// worker's own checks, when Graph settings are present (`graph.tenant_id` and
+/// `graph.client_id`); `None` otherwise. At most [`ADMIN_CHECK_CONCURRENCY`] users are
+/// checked at once. A check that cannot be made is reported, not fatal: the approver decides,
+/// and workers fail closed on it.
 async fn check_admins(settings: &Settings, users: &[crate::domain::UserRef]) -> Option<AdminCheck> {
     let graph_set =
         !settings.graph.tenant_id.trim().is_empty() && !settings.graph.client_id.trim().is_empty();
@@ -307,47 +329,81 @@ async fn check_admins(settings: &Settings, users: &[crate::domain::UserRef]) -> 
                 return None;
             }
         };
+    // The workers compare object ids with reset.protected_users resolved at start: the same
+    // here, so an entry written another way than the batch writes the user still warns.
+    let (protected, protected_note) =
+        match reset::ProtectedUsers::resolve(&settings.reset, &graph).await {
+            Ok(protected) => (Arc::new(protected), None),
+            Err(error) => (
+                Arc::default(),
+                Some(format!(
+                    "reset.protected_users could not be resolved to object ids here ({error}): \
+                 protected users are matched by spelling only"
+                )),
+            ),
+        };
     // Owned futures, made up front: a closure over borrowed users inside the stream makes
     // the future not `Send` for every lifetime, which the console's handler needs.
     let checks: Vec<_> = users
         .iter()
         .cloned()
-        .map(|user| roles_of(graph.clone(), user))
+        .map(|user| check_user(graph.clone(), protected.clone(), user))
         .collect();
-    let results: Vec<(String, Result<Option<String>, String>)> = futures::stream::iter(checks)
+    let results: Vec<(String, UserCheck)> = futures::stream::iter(checks)
         .buffer_unordered(ADMIN_CHECK_CONCURRENCY)
         .collect()
         .await;
     let mut check = AdminCheck {
         checked: users.len() as u64,
+        protected_note,
         ..AdminCheck::default()
     };
     for (user, verdict) in results {
         match verdict {
-            Ok(None) => {}
-            Ok(Some(roles)) => check.admins.push((user, printable(&roles))),
-            Err(why) => check.unchecked.push((user, printable(&why))),
+            UserCheck::Clear => {}
+            UserCheck::Protected(entry) => check.protected.push((user, printable(&entry))),
+            UserCheck::Roles(roles) => check.admins.push((user, printable(&roles))),
+            UserCheck::Unchecked(why) => check.unchecked.push((user, printable(&why))),
         }
     }
     check.admins.sort();
     check.unchecked.sort();
+    check.protected.sort();
     Some(check)
 }
 
-/// `user` as printed, and the roles it holds (`Ok(None)`: none), or why they could not be read.
-async fn roles_of(
+/// What the worker's checks say of one user.
+enum UserCheck {
+    /// Neither protected nor holding a role.
+    Clear,
+    /// Named by this `reset.protected_users` entry (by object id).
+    Protected(String),
+    /// Holds (or is eligible for) these directory roles.
+    Roles(String),
+    /// Could not be checked, and why.
+    Unchecked(String),
+}
+
+/// `user` as printed, and whether `protected` names its object id, else the roles it holds.
+async fn check_user(
     graph: crate::graph::GraphClient,
+    protected: Arc<reset::ProtectedUsers>,
     user: crate::domain::UserRef,
-) -> (String, Result<Option<String>, String>) {
+) -> (String, UserCheck) {
     let shown = printable(&user.to_string());
-    // The worker's own check (`reset::protection` asks the same `privilege`): active and
-    // PIM-eligible role assignments, by object id.
+    // The worker's own checks (`reset::protection`): the object id against the resolved
+    // reset.protected_users, then active and PIM-eligible role assignments, by object id.
     let verdict = match graph.resolve_user(&user).await {
-        Err(error) => Err(format!("not looked up: {error}")),
-        Ok(resolved) => match graph.privilege(&resolved).await {
-            Ok(privilege) if privilege.is_privileged() => Ok(Some(privilege.describe())),
-            Ok(_) => Ok(None),
-            Err(error) => Err(error.to_string()),
+        Err(error) => UserCheck::Unchecked(format!("not looked up: {error}")),
+        Ok(resolved) => match protected.entry_for(&resolved.id) {
+            Some(entry) => UserCheck::Protected(entry.to_string()),
+            None => match graph.privilege(&resolved).await {
+                Ok(privilege) if privilege.is_privileged() => {
+                    UserCheck::Roles(privilege.describe())
+                }
+                Ok(_) => UserCheck::Clear,
+                Err(error) => UserCheck::Unchecked(error.to_string()),
+            },
         },
     };
     (shown, verdict)
@@ -356,6 +412,23 @@ async fn roles_of(
 /// The warning lines for what [`check_admins`] found, in a batch of `count` users.
 fn admin_warnings(check: &AdminCheck, count: u64, skip_admins: bool) -> Vec<String> {
     let mut lines = Vec::new();
+    if !check.protected.is_empty() {
+        let named: Vec<String> = check
+            .protected
+            .iter()
+            .take(NAMED)
+            .map(|(user, entry)| format!("{user} (entry {entry:?})"))
+            .collect();
+        lines.push(format!(
+            "WARNING: {} more protected account(s) in the batch, written otherwise than in \
+             reset.protected_users and found by object id (workers will not touch them): {}",
+            check.protected.len(),
+            named.join(", ")
+        ));
+    }
+    if let Some(note) = &check.protected_note {
+        lines.push(format!("note: {note}"));
+    }
     if !check.admins.is_empty() {
         let fate = if skip_admins {
             "the workers will skip them and leave them untouched (reset.skip_admins = true)"
@@ -400,8 +473,9 @@ fn admin_warnings(check: &AdminCheck, count: u64, skip_admins: bool) -> Vec<Stri
     }
     if check.checked < count {
         lines.push(format!(
-            "admins:       checked the first {} of {count} users for directory roles; every \
-             user is checked again by the workers before anything is deleted",
+            "admins:       checked the first {} of {count} users for directory roles and \
+             protection by object id; every user is checked again by the workers before \
+             anything is deleted",
             check.checked
         ));
     } else if check.admins.is_empty() && check.unchecked.is_empty() {
@@ -674,8 +748,16 @@ fn print_summary(settings: &Settings, candidate: &Candidate, admins: Option<&Adm
             candidate.protected.join(", ")
         );
     }
+    if admins.is_none() && !settings.reset.protected_users.is_empty() {
+        let _ = writeln!(err, "{SPELLING_ONLY}");
+    }
     if let Some(check) = admins {
-        for line in admin_warnings(check, batch.manifest.count, settings.reset.skip_admins) {
+        // Users protected by spelling are not checked: they are not counted either.
+        let to_check = batch
+            .manifest
+            .count
+            .saturating_sub(candidate.protected.len() as u64);
+        for line in admin_warnings(check, to_check, settings.reset.skip_admins) {
             let _ = writeln!(err, "{line}");
         }
     } else if settings.reset.skip_admins {
@@ -743,6 +825,11 @@ mod tests {
                 "holds Global Administrator".into(),
             )],
             unchecked: vec![("x@contoso.com".into(), "forbidden".into())],
+            protected: vec![(
+                "0d6f1b2c-0000-4000-8000-000000000001".into(),
+                "break.glass@contoso.com".into(),
+            )],
+            protected_note: None,
         };
         let lines = admin_warnings(&check, 3, true).join("\n");
         assert!(
@@ -755,6 +842,13 @@ mod tests {
             "{lines}"
         );
         assert!(lines.contains("x@contoso.com (forbidden)"), "{lines}");
+        assert!(
+            lines.contains(
+                "0d6f1b2c-0000-4000-8000-000000000001 (entry \"break.glass@contoso.com\")"
+            ),
+            "{lines}"
+        );
+        assert!(lines.contains("found by object id"), "{lines}");
         let lines = admin_warnings(&check, 3, false).join("\n");
         assert!(lines.contains("WILL be reset"), "{lines}");
         let partial = AdminCheck {

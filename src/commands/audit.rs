@@ -5,10 +5,12 @@
 //! batch (by its chain, or by its own `batch` field when unsealed) and runs the chain audit
 //! ([`crate::trust::ChainAudit`]): gaps and replaced records (missing), signatures that no
 //! longer match (altered), records no allowed worker key made (forged), and users of the
-//! batch's manifest without a verified outcome. `export` writes every record as a JSON line
-//! with its verified flag, for a SIEM.
+//! batch's manifest without a verified outcome. Restores of the batch (an admin's signed
+//! records on `{batch}/restore-…` chains, [`crate::records::restore`]) are audited the same
+//! way in the admin namespace and listed: who restored how many methods, when. `export`
+//! writes every record as a JSON line with its verified flag, for a SIEM.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -22,8 +24,9 @@ use crate::broker::stream::{read_to_tail, Offset, StreamMessage};
 use crate::broker::{self, Topology};
 use crate::cli::AuditCommand;
 use crate::config::Settings;
-use crate::domain::{BatchManifest, Record};
+use crate::domain::{BatchManifest, Record, RestoreRecord, RestoreResult, RestoreStage};
 use crate::records::read::load_allowed_signers;
+use crate::records::restore::is_restore_chain;
 use crate::records::{Read, RecordReader};
 use crate::trust::requests::manifest_bytes;
 use crate::trust::{ChainAudit, Namespace, SealedRecord};
@@ -52,6 +55,8 @@ pub struct Verdict {
     pub chains: usize,
     /// Every problem, one line each.
     pub problems: Vec<String>,
+    /// Every verified restore of the batch, one line each: who, when, how many methods.
+    pub restores: Vec<String>,
 }
 
 impl Verdict {
@@ -141,6 +146,9 @@ pub async fn verify(settings: &Settings, batch: &str) -> anyhow::Result<Verdict>
         "batch {batch}: {} records in {} chains, {} verified",
         verdict.records, verdict.chains, verdict.verified
     );
+    for restore in &verdict.restores {
+        println!("  {restore}");
+    }
     for problem in &verdict.problems {
         println!("  {problem}");
     }
@@ -164,6 +172,8 @@ fn audit(batch: &str, seen: &[Seen], allowed: &crate::trust::AllowedSigners) -> 
     let mut concluded: HashSet<(uuid::Uuid, u32)> = HashSet::new();
     let mut items_known = true;
     let mut unsealed = 0u64;
+    let mut restore_audit = ChainAudit::new(allowed, Namespace::Admin);
+    let mut restores = Restores::default();
     for message in seen {
         let Ok(value) = serde_json::from_slice::<Value>(&message.body) else {
             continue;
@@ -176,6 +186,32 @@ fn audit(batch: &str, seen: &[Seen], allowed: &crate::trust::AllowedSigners) -> 
                 continue;
             }
             let record = serde_json::from_value::<Record>(sealed.record.clone()).ok();
+            if is_restore_chain(&sealed.link.chain) {
+                let restore = match record {
+                    Some(Record::Restore(restore)) => Some(*restore),
+                    _ => None,
+                };
+                let at = restore.as_ref().map_or_else(Utc::now, |r| r.at);
+                let (chain, seq, offset) = (&sealed.link.chain, sealed.link.seq, message.offset);
+                match &restore {
+                    Some(r) if r.batch != batch => problems.push(format!(
+                        "altered: chain {chain} record {seq} (offset {offset}) names batch {:?}",
+                        r.batch
+                    )),
+                    Some(_) => {}
+                    None => problems.push(format!(
+                        "forged: chain {chain} record {seq} (offset {offset}): not a restore \
+                         record, on a restore's chain"
+                    )),
+                }
+                restore_audit.push(offset, &sealed, at, None);
+                if let (Some(restore), Ok(verified)) =
+                    (restore, sealed.verify(Namespace::Admin, allowed, at))
+                {
+                    restores.add(verified.principal.to_string(), restore);
+                }
+                continue;
+            }
             let at = match &record {
                 Some(Record::Outcome(o)) => o.finished_at,
                 Some(Record::Plan(p)) => p.at,
@@ -225,14 +261,26 @@ fn audit(batch: &str, seen: &[Seen], allowed: &crate::trust::AllowedSigners) -> 
                     message.offset, p.request_id
                 ));
             }
+            Ok(Record::Restore(r)) if r.batch == batch => {
+                unsealed += 1;
+                problems.push(format!(
+                    "forged: unsigned restore record at offset {} (claims {} restored {} \
+                     method(s))",
+                    message.offset,
+                    printable(&r.by),
+                    r.methods().count()
+                ));
+            }
             _ => {}
         }
     }
     let by_item = if items_known { expected } else { None };
     let report = chain_audit.finish(by_item);
+    let restore_report = restore_audit.finish(None);
     let mut lines: Vec<String> = report
         .findings
         .iter()
+        .chain(&restore_report.findings)
         .map(|f| printable(&f.to_string()))
         .collect();
     if !items_known {
@@ -248,10 +296,73 @@ fn audit(batch: &str, seen: &[Seen], allowed: &crate::trust::AllowedSigners) -> 
     }
     lines.extend(problems);
     Verdict {
-        records: report.records + unsealed,
-        verified: report.verified,
-        chains: report.chains,
+        records: report.records + restore_report.records + unsealed,
+        verified: report.verified + restore_report.verified,
+        chains: report.chains + restore_report.chains,
         problems: lines,
+        restores: restores.lines(),
+    }
+}
+
+/// The verified restores of a batch, by restore id: its started and finished records.
+#[derive(Default)]
+struct Restores {
+    by_id: BTreeMap<uuid::Uuid, (String, Option<RestoreRecord>, Option<RestoreRecord>)>,
+}
+
+impl Restores {
+    /// Take one verified record, signed by `signer`.
+    fn add(&mut self, signer: String, record: RestoreRecord) {
+        let entry = self
+            .by_id
+            .entry(record.restore_id)
+            .or_insert_with(|| (signer, None, None));
+        match record.stage {
+            RestoreStage::Started => entry.1 = Some(record),
+            RestoreStage::Finished => entry.2 = Some(record),
+        }
+    }
+
+    /// One line per restore, oldest first: "restored by X (KEY) at T: …".
+    fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<(chrono::DateTime<Utc>, String)> = self
+            .by_id
+            .iter()
+            .filter_map(|(id, (signer, started, finished))| {
+                let first = started.as_ref().or(finished.as_ref())?;
+                let head = format!(
+                    "restore {id} by {} ({}) at {}",
+                    printable(signer),
+                    printable(&first.key),
+                    first.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+                let line = match (started, finished) {
+                    (_, Some(done)) => format!(
+                        "{head}: {} method(s) of {} user(s): {} created, {} failed, {} left \
+                         alone (protected){}",
+                        done.methods().count(),
+                        done.users.len(),
+                        done.count(RestoreResult::Created),
+                        done.count(RestoreResult::Failed),
+                        done.count(RestoreResult::Protected),
+                        done.ended
+                            .as_deref()
+                            .map(|why| format!("; ended early: {}", printable(why)))
+                            .unwrap_or_default()
+                    ),
+                    (Some(started), None) => format!(
+                        "{head}: {} method(s) of {} user(s) to re-create; no record of what came \
+                         of them (the restore was interrupted, or that record is missing)",
+                        started.methods().count(),
+                        started.users.len()
+                    ),
+                    (None, None) => return None,
+                };
+                Some((first.at, line))
+            })
+            .collect();
+        lines.sort();
+        lines.into_iter().map(|(_, line)| line).collect()
     }
 }
 

@@ -28,12 +28,10 @@ use crate::cli::DlqCommand;
 use crate::config::Settings;
 use crate::domain::ResetRequest;
 use crate::net::printable;
-use crate::records::read::load_allowed_signers;
 use crate::trust::requests::{
     sign_replay, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER, REPLAY_HEADER,
 };
-use crate::trust::{verify, Namespace, Signer};
-use chrono::Utc;
+use crate::trust::Signer;
 
 /// One dead letter, as `dlq list` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -135,22 +133,14 @@ pub async fn run(settings: &Settings, command: &DlqCommand) -> anyhow::Result<()
                  .pub with the key in ssh-agent) signs each replay, and workers refuse a replay \
                  without it",
             )?;
-            let signer = Signer::from_key_file(key)
-                .with_context(|| format!("loading --key {}", key.display()))?;
             // The workers check each grant against the same file: refuse here a key whose
             // replays they would all dead-letter.
-            let allowed = load_allowed_signers(&settings.security)?;
-            let probe = b"mfa-reset dlq replay: is this key an admin?";
-            let signed = signer
-                .sign(Namespace::Admin, probe)
-                .context("signing with --key")?;
-            verify(&signed, Namespace::Admin, probe, &allowed, Utc::now()).map_err(|error| {
-                anyhow::anyhow!(
-                    "the workers would refuse these replays: {error}. The key must be listed in \
-                     {} with namespaces=\"mfa-reset-admin\"",
-                    allowed.source()
-                )
-            })?;
+            let (signer, _) = super::admin_signer(
+                settings,
+                key,
+                "--key",
+                "the workers would refuse these replays",
+            )?;
             let n = replay(settings, batch.as_deref(), error_code.as_deref(), &signer).await?;
             println!("replayed: {n}");
         }

@@ -1,11 +1,10 @@
 //! `mfa-reset halt` and `mfa-reset resume`: a signed admin command on the control stream.
 
 use anyhow::Context;
-use lapin::options::ConfirmSelectOptions;
 
 use crate::broker::publisher::publish_confirmed;
 use crate::broker::topology::RK_CONTROL;
-use crate::broker::{self, OutMessage, Topology};
+use crate::broker::{OutMessage, Topology};
 use crate::cli::AdminArgs;
 use crate::config::Settings;
 use crate::control::{self, Action, SignedCommand};
@@ -31,18 +30,13 @@ pub async fn run(settings: &Settings, action: Action, args: &AdminArgs) -> anyho
         )
     })?;
     let topology = Topology::new(&settings.broker, &settings.retry);
-    let conn = broker::connect(&settings.broker, &format!("mfa-reset {}", action.as_str())).await?;
-    super::ensure_set_up(
-        &conn,
+    let (conn, channel) = super::confirming_channel(
+        settings,
+        &format!("mfa-reset {}", action.as_str()),
         &topology.control(),
         &format!("cannot {}", action.as_str()),
-        settings,
     )
     .await?;
-    let channel = conn.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
     let message = OutMessage::json(RK_CONTROL, body).with_id(signed.command.id.to_string());
     publish_confirmed(&channel, &topology.exchange(), &message)
         .await

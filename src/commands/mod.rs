@@ -23,6 +23,44 @@ use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::records::read::load_allowed_signers;
+use crate::trust::{Namespace, Principal, Signer};
+
+/// The admin's signer from `key` (a private key file, or its `.pub` with the key in
+/// ssh-agent), checked against `security.allowed_signers` before anything is done: a key
+/// that may not sign in `mfa-reset-admin` is refused with `refusal` (what would go wrong),
+/// naming the file and the namespace. `setting` names where the key came from (`--key`).
+pub(crate) fn admin_signer(
+    settings: &Settings,
+    key: &std::path::Path,
+    setting: &str,
+    refusal: &str,
+) -> anyhow::Result<(Signer, Principal)> {
+    let signer = Signer::from_key_file(key)
+        .with_context(|| format!("loading {setting} {}", key.display()))?;
+    let allowed = load_allowed_signers(&settings.security)?;
+    let probe = format!("mfa-reset: may {setting} sign as an admin?");
+    let signed = signer
+        .sign(Namespace::Admin, probe.as_bytes())
+        .with_context(|| format!("signing with {setting}"))?;
+    let verified = crate::trust::verify(
+        &signed,
+        Namespace::Admin,
+        probe.as_bytes(),
+        &allowed,
+        chrono::Utc::now(),
+    )
+    .map_err(|error| {
+        anyhow::anyhow!(
+            "{refusal}: {error}. The key ({}) must be listed in {} with \
+             namespaces=\"{}\"",
+            signer.fingerprint(),
+            allowed.source(),
+            Namespace::Admin
+        )
+    })?;
+    Ok((signer, verified.principal))
+}
 
 /// Fail with "`what`: nothing is set up yet" when `queue` does not exist, instead of the
 /// broker's NOT_FOUND: a read before `setup` (or under a mistyped prefix) is a person's
@@ -41,6 +79,24 @@ pub(crate) async fn ensure_set_up(
         settings.broker.prefix
     );
     Ok(())
+}
+
+/// A connection named `client` and a channel on it in confirm mode, once `queue` is known
+/// to exist (else "`what`: nothing is set up…", see [`ensure_set_up`]): for a command that
+/// writes one record and must know the broker took it.
+pub(crate) async fn confirming_channel(
+    settings: &Settings,
+    client: &str,
+    queue: &str,
+    what: &str,
+) -> anyhow::Result<(Connection, lapin::Channel)> {
+    let conn = crate::broker::connect(&settings.broker, client).await?;
+    ensure_set_up(&conn, queue, what, settings).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    Ok((conn, channel))
 }
 
 /// Does `queue` exist? Asked with a passive declare on a channel of its own, as the broker

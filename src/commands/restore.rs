@@ -11,6 +11,13 @@
 //! user's protection is checked again, exactly as a reset checks it
 //! ([`crate::reset::protection`]): a user who is protected or holds a directory role now
 //! (or whose roles cannot be checked) is left alone.
+//!
+//! A restore adds a way to sign in to someone's account, so it is signed and recorded:
+//! `--yes` needs an admin's key (`--key`, namespace `mfa-reset-admin`), and before Graph is
+//! called a signed record of who restores which users' methods (types and ids, never the
+//! values) is on the outcomes stream, confirmed by the broker; after, a second one says what
+//! was created ([`crate::records::restore`]). If the first cannot be written, nothing is
+//! created. `audit verify` and `audit export` show both.
 
 use std::collections::HashMap;
 
@@ -19,8 +26,9 @@ use anyhow::Context;
 use crate::backup::{BackupIdentity, Binding, OpenError};
 use crate::cli::RestoreArgs;
 use crate::config::Settings;
-use crate::domain::{MethodRecord, UserRef};
+use crate::domain::{MethodRecord, RestoreMethod, RestoreResult, RestoreUser, UserRef};
 use crate::graph::GraphClient;
+use crate::records::restore::RestoreLog;
 use crate::reset::ProtectedUsers;
 
 /// What restore did.
@@ -72,6 +80,10 @@ pub enum Step {
 pub struct Planned {
     /// The user.
     pub user: UserRef,
+    /// The request whose verified outcome recorded the method.
+    pub request_id: uuid::Uuid,
+    /// Which execution of it the outcome is (0 = original, n = n-th replay).
+    pub replay: u32,
     /// The method as recorded.
     pub method: MethodRecord,
     /// What to do.
@@ -119,6 +131,8 @@ pub fn plan(
             };
             planned.push(Planned {
                 user: outcome.user.clone(),
+                request_id: outcome.request_id,
+                replay: outcome.replay,
                 method: m,
                 step,
             });
@@ -132,8 +146,72 @@ fn needs_identity(steps: &[Planned]) -> bool {
     steps.iter().any(|p| p.step == Step::Sealed)
 }
 
+/// What the restore's started record names: each user's methods that are to be re-created
+/// (opened backups), by type and id, grouped per outcome in plan order.
+fn to_attempt(steps: &[Planned]) -> Vec<RestoreUser> {
+    let mut users: Vec<RestoreUser> = Vec::new();
+    for p in steps {
+        if !matches!(p.step, Step::Phone { .. } | Step::Email { .. }) {
+            continue;
+        }
+        let method = RestoreMethod {
+            kind: p.method.kind.clone(),
+            id: p.method.id.clone(),
+            phone_type: p.method.phone_type.clone(),
+            result: None,
+            reason: None,
+        };
+        match users
+            .iter_mut()
+            .find(|u| u.request_id == p.request_id && u.replay == p.replay)
+        {
+            Some(user) => user.methods.push(method),
+            None => users.push(RestoreUser {
+                user: p.user.clone(),
+                request_id: p.request_id,
+                replay: p.replay,
+                methods: vec![method],
+            }),
+        }
+    }
+    users
+}
+
+/// The started record's users with each method's result filled in from `results`.
+fn with_results(mut users: Vec<RestoreUser>, results: &Results) -> Vec<RestoreUser> {
+    for user in &mut users {
+        for method in &mut user.methods {
+            if let Some((result, reason)) = results.get(&(user.request_id, method.id.clone())) {
+                method.result = Some(*result);
+                method.reason = reason.clone();
+            }
+        }
+    }
+    users
+}
+
+/// The admin's signer for `--yes`, checked before anything is read or created.
+fn admin_key(
+    settings: &Settings,
+    args: &RestoreArgs,
+) -> anyhow::Result<(crate::trust::Signer, crate::trust::Principal)> {
+    let key = args.key.as_deref().context(
+        "restore --yes needs --key FILE: an admin's SSH key (the private key file, or its .pub \
+         with the key in ssh-agent) signs the restore, which is recorded on the outcomes \
+         stream before anything is re-created; nothing was restored",
+    )?;
+    super::admin_signer(
+        settings,
+        key,
+        "--key",
+        "this key may not sign a restore; nothing was restored",
+    )
+}
+
 /// Run the command: without `--yes`, show what would be re-created and change nothing.
 pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Restored> {
+    // Refused before anything is read: a restore nobody may sign is not started.
+    let signer = args.yes.then(|| admin_key(settings, args)).transpose()?;
     let identity = args
         .identity
         .as_deref()
@@ -185,8 +263,8 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
         println!(
             "preview: {} method(s) would be re-created ({} without backup, {} not restorable, \
              {} whose backup does not open); nothing was changed. Each user's protection is \
-             checked again before anything is re-created. Run again with --yes{} to re-create \
-             them.",
+             checked again before anything is re-created. Run again with --yes --key FILE (an \
+             admin's key: the restore is signed and recorded){} to re-create them.",
             done.created,
             done.no_backup,
             done.not_restorable,
@@ -206,14 +284,65 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
          nothing was restored",
         args.batch
     );
-    // Seam: a signed, recorded restore (who restored what) belongs here, before Graph is called.
+    // Recorded before Graph is called: who restores which methods of whom. Nothing is
+    // created unless the broker confirmed it.
+    let attempt = to_attempt(&steps);
+    let log = match (signer, attempt.is_empty()) {
+        (Some((signer, by)), false) => {
+            let mut log = RestoreLog::open(settings, &args.batch, signer, by)
+                .await
+                .context("the restore cannot be recorded; nothing was restored")?;
+            log.write_started(attempt.clone())
+                .await
+                .context("the restore cannot be recorded; nothing was restored")?;
+            println!(
+                "restore {} by {} ({}) recorded on {}.outcomes",
+                log.id(),
+                log.by(),
+                log.fingerprint(),
+                settings.broker.prefix
+            );
+            Some(log)
+        }
+        _ => None,
+    };
+    let mut results = Results::new();
+    let carried = carry_out(settings, &steps, &mut done, &mut results).await;
+    if let Some(log) = log {
+        let ended = carried.as_ref().err().map(|error| error.to_string());
+        let written = log
+            .write_finished(with_results(attempt, &results), ended)
+            .await;
+        if let (Err(error), Err(_)) = (&carried, &written) {
+            eprintln!("error: {error:#}");
+        }
+        written.context(
+            "what came of the methods above could not be recorded: the restore's started \
+             record names what was attempted",
+        )?;
+    }
+    carried?;
+    Ok(done)
+}
+
+/// What came of each method (by request id and method id), for the finished record.
+type Results = HashMap<(uuid::Uuid, String), (RestoreResult, Option<String>)>;
+
+/// Check each user's protection and re-create what `steps` opened, counting into `done` and
+/// noting each attempted method's result in `results`.
+async fn carry_out(
+    settings: &Settings,
+    steps: &[Planned],
+    done: &mut Restored,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     let graph = GraphClient::new(&settings.graph, &settings.rate, &settings.retry)?;
     let protected = ProtectedUsers::resolve(&settings.reset, &graph)
         .await
         .context("resolving reset.protected_users")?;
     // Each user's protection, checked once, now: `Err` holds why the user is left alone.
     let mut checked: HashMap<String, Result<crate::graph::DirectoryUser, String>> = HashMap::new();
-    for p in &steps {
+    for p in steps {
         let m = &p.method;
         let shown = m.masked.as_deref().unwrap_or("");
         match &p.step {
@@ -258,6 +387,10 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
             Some(Err(why)) => {
                 println!("{}: not restoring {} {shown}: {why}", p.user, m.kind);
                 done.skipped_protected += 1;
+                results.insert(
+                    (p.request_id, m.id.clone()),
+                    (RestoreResult::Protected, Some(why.clone())),
+                );
                 continue;
             }
             // Inserted just above.
@@ -274,10 +407,16 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
             Ok(()) => {
                 println!("{}: restored {} {shown}", p.user, m.kind);
                 done.created += 1;
+                results.insert((p.request_id, m.id.clone()), (RestoreResult::Created, None));
             }
             Err(err) => {
                 println!("{}: could not restore {} {shown}: {err}", p.user, m.kind);
                 done.failed += 1;
+                // The code only: Graph's message may quote the value it refused.
+                results.insert(
+                    (p.request_id, m.id.clone()),
+                    (RestoreResult::Failed, Some(err.code())),
+                );
             }
         }
     }
@@ -291,7 +430,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> anyhow::Result<Rest
         done.skipped_protected,
         done.failed
     );
-    Ok(done)
+    Ok(())
 }
 
 /// The user, resolved to its object id (every call then addresses that id), when it may be

@@ -128,7 +128,9 @@ fn believed(
 pub fn ignored_warning(view: &BatchView, batch: &str) -> Option<String> {
     (view.ignored() > 0).then(|| {
         format!(
-            "warning: {} record(s) of batch {batch} do not verify against              security.allowed_signers (unsigned, forged or altered) and were ignored;              `mfa-reset audit verify --batch {batch}` lists them",
+            "warning: {} record(s) of batch {batch} do not verify against \
+             security.allowed_signers (unsigned, forged or altered) and were ignored; \
+             `mfa-reset audit verify --batch {batch}` lists them",
             view.ignored()
         )
     })

@@ -26,7 +26,6 @@ use super::pages::{escape, page};
 use super::session::{Role, Session};
 use super::uploads::authorised;
 use super::{json_error, Console};
-use crate::trust::{verify, Namespace, Signer};
 
 /// Batches listed on the history page.
 const HISTORY_ROWS: usize = 100;
@@ -480,22 +479,13 @@ pub async fn approve_replay(
 
 /// Sign with `console.admin_key` (checked to be an admin the workers accept) and replay.
 async fn run_replay(console: &Console, request: &ReplayRequest) -> anyhow::Result<u64> {
-    use anyhow::Context;
     let path = std::path::PathBuf::from(console.settings.console.admin_key.trim());
-    let signer = Signer::from_key_file(&path)
-        .with_context(|| format!("console.admin_key {}", path.display()))?;
-    let allowed = crate::records::read::load_allowed_signers(&console.settings.security)?;
-    let probe = b"mfa-reset serve: is console.admin_key an admin?";
-    let signed = signer
-        .sign(Namespace::Admin, probe)
-        .context("signing with console.admin_key")?;
-    verify(&signed, Namespace::Admin, probe, &allowed, Utc::now()).map_err(|error| {
-        anyhow::anyhow!(
-            "the workers would refuse replays signed with console.admin_key: {error}; it must be \
-             listed in {} with namespaces=\"mfa-reset-admin\"",
-            allowed.source()
-        )
-    })?;
+    let (signer, _) = crate::commands::admin_signer(
+        &console.settings,
+        &path,
+        "console.admin_key",
+        "the workers would refuse replays signed with console.admin_key",
+    )?;
     crate::commands::dlq::replay(
         &console.settings,
         Some(&request.batch),

@@ -356,7 +356,10 @@ impl TicketIndex {
                 entry.finished_at = Some(o.finished_at);
                 entry.tap = o.tap.clone();
             }
-            Record::Plan(_) | Record::Marker { .. } | Record::ConsoleAction(_) => {}
+            Record::Plan(_)
+            | Record::Marker { .. }
+            | Record::ConsoleAction(_)
+            | Record::Restore(_) => {}
         }
     }
 

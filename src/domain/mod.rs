@@ -3,6 +3,7 @@
 
 mod outcome;
 mod request;
+mod restore;
 mod user;
 
 pub use outcome::{mask_email, mask_phone, MethodRecord, Outcome, Status, TapOutcome};
@@ -10,4 +11,5 @@ pub use request::{
     BatchManifest, Carry, ConsoleAction, PlanRecord, Record, ResetRequest, TapRequest,
     REQUEST_VERSION,
 };
+pub use restore::{RestoreMethod, RestoreRecord, RestoreResult, RestoreStage, RestoreUser};
 pub use user::{UserRef, UserRefError};

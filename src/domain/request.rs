@@ -159,6 +159,9 @@ pub enum Record {
     /// Something a person did in the web console (`mfa-reset serve`), sealed by the console's
     /// key on its own chain (`console:{writer}`).
     ConsoleAction(ConsoleAction),
+    /// An admin's `restore --yes`: what is about to be re-created, then what was. Sealed by
+    /// the admin's key on the restore's own chain (`{batch}/restore-{id}`).
+    Restore(Box<super::RestoreRecord>),
 }
 
 /// One action of a signed-in person in the web console, for the audit record.

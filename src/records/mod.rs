@@ -12,8 +12,11 @@
 //! - [`seal`]: [`Sealer`], the writing side: seal, publish in chain order, confirm.
 //! - [`read`]: [`RecordReader`], the reading side: what a stream message is, and whether
 //!   to believe it.
+//! - [`restore`]: [`restore::RestoreLog`], an admin's signed record of a `restore --yes`
+//!   (who re-creates what, then what was), and when to believe one.
 
 pub mod read;
+pub mod restore;
 pub mod seal;
 
 pub use read::{Read, RecordReader};

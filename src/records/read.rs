@@ -16,7 +16,8 @@ use crate::trust::{AllowedSigners, Namespace, Principal, SealedRecord};
 #[derive(Debug, Clone)]
 pub enum Read {
     /// A plan or outcome sealed by a key `security.allowed_signers` lets sign in the worker
-    /// namespace: to be believed.
+    /// namespace (a console action: the request namespace; a restore record: the admin
+    /// namespace): to be believed.
     Verified {
         /// The record.
         record: Record,
@@ -96,6 +97,7 @@ fn claimed_time(record: &Record) -> Option<DateTime<Utc>> {
         Record::Outcome(o) => Some(o.finished_at),
         Record::Plan(p) => Some(p.at),
         Record::ConsoleAction(a) => Some(a.at),
+        Record::Restore(r) => Some(r.at),
         Record::Manifest(_) | Record::Marker { .. } => None,
     }
 }
@@ -105,6 +107,7 @@ fn record_batch(record: &Record) -> Option<&str> {
         Record::Outcome(o) => Some(&o.batch),
         Record::Plan(p) => Some(&p.batch),
         Record::Manifest(m) => Some(&m.batch),
+        Record::Restore(r) => Some(&r.batch),
         Record::Marker { .. } | Record::ConsoleAction(_) => None,
     }
 }
@@ -120,7 +123,9 @@ fn classify(body: &[u8], allowed: &AllowedSigners) -> Read {
             Ok(record @ (Record::Manifest(_) | Record::Marker { .. })) => Read::Unsealed(record),
             Ok(record) => ignored(
                 record_batch(&record).map(str::to_string),
-                "unsigned: a plan or outcome without a worker's signature".into(),
+                "unsigned: a record that must be signed (plan, outcome, console action, restore) \
+                 carries no signature"
+                    .into(),
             ),
             Err(error) => ignored(None, format!("not a record: {error}")),
         };
@@ -133,6 +138,7 @@ fn classify(body: &[u8], allowed: &AllowedSigners) -> Read {
     let record: Record = match serde_json::from_value(sealed.record.clone()) {
         Ok(record @ (Record::Outcome(_) | Record::Plan(_))) => record,
         Ok(record @ Record::ConsoleAction(_)) => return console_action(record, &sealed, allowed),
+        Ok(Record::Restore(record)) => return super::restore::read(*record, &sealed, allowed),
         Ok(_) => {
             return ignored(
                 batch,
@@ -183,14 +189,8 @@ pub const CONSOLE_CHAIN_PREFIX: &str = "console:";
 mod tests {
     use super::*;
     use crate::domain::{Outcome, PlanRecord, Status, UserRef};
-    use crate::trust::{ChainWriter, KeySet, Signer};
-
-    fn keys() -> (tempfile::TempDir, KeySet, AllowedSigners) {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = KeySet::generate(dir.path()).unwrap();
-        let allowed = AllowedSigners::read(&keys.allowed_signers).unwrap();
-        (dir, keys, allowed)
-    }
+    use crate::trust::test_keys::key_set;
+    use crate::trust::{ChainWriter, Signer};
 
     fn outcome(batch: &str) -> Record {
         let user = UserRef::parse("alice@contoso.com").unwrap();
@@ -233,7 +233,7 @@ mod tests {
     #[test]
     #[ignore = "a measurement, not a check"]
     fn sealing_and_reading_cost() {
-        let (_dir, keys, allowed) = keys();
+        let (_dir, keys, allowed) = key_set();
         let signer = Signer::from_key_file(&keys.worker.path).unwrap();
         let mut writer = ChainWriter::new("b1/w", Namespace::Worker);
         let record = outcome("b1");
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn a_console_action_is_believed_only_on_a_console_chain_signed_by_a_requesting_key() {
-        let (_dir, keys, allowed) = keys();
+        let (_dir, keys, allowed) = key_set();
         let action = Record::ConsoleAction(crate::domain::ConsoleAction {
             action: "signed_in".into(),
             batch: None,
@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn a_worker_sealed_outcome_is_believed_and_names_its_worker() {
-        let (_dir, keys, allowed) = keys();
+        let (_dir, keys, allowed) = key_set();
         let body = sealed(&outcome("b1"), "b1/w", &keys.worker.path);
         match classify(&body, &allowed) {
             Read::Verified { signer, .. } => assert_eq!(signer.as_str(), "worker@demo.invalid"),
@@ -305,7 +305,7 @@ mod tests {
 
     #[test]
     fn unsigned_plans_and_outcomes_are_ignored_but_manifests_are_taken() {
-        let (_dir, _keys, allowed) = keys();
+        let (_dir, _keys, allowed) = key_set();
         let plain = serde_json::to_vec(&outcome("b1")).unwrap();
         assert!(
             matches!(classify(&plain, &allowed), Read::Ignored { batch: Some(b), .. } if b == "b1")
@@ -332,7 +332,7 @@ mod tests {
 
     #[test]
     fn records_sealed_by_keys_not_allowed_as_workers_are_ignored() {
-        let (_dir, keys, allowed) = keys();
+        let (_dir, keys, allowed) = key_set();
         // An operator's key is allowed, but not in the worker namespace.
         let body = sealed(&outcome("b1"), "b1/w", &keys.requester.path);
         let Read::Ignored { reason, .. } = classify(&body, &allowed) else {
@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn an_altered_record_or_one_moved_to_another_batch_is_ignored() {
-        let (_dir, keys, allowed) = keys();
+        let (_dir, keys, allowed) = key_set();
         let body = sealed(&outcome("b1"), "b1/w", &keys.worker.path);
         let mut value: Value = serde_json::from_slice(&body).unwrap();
         value["record"]["status"] = "already_clean".into();

@@ -82,15 +82,23 @@ impl Sealer {
             .signer
             .sign(Namespace::Worker, probe)
             .context("signing with worker.key")?;
-        verify(&signature, Namespace::Worker, probe, allowed, chrono::Utc::now())
-            .map(|verified| verified.principal)
-            .map_err(|error| {
-                anyhow::anyhow!(
-                    "worker.key ({}) may not sign worker records: {error}. Every reader would                      ignore this worker's records; list its public key in {} with                      namespaces=\"mfa-reset-worker\"",
-                    self.fingerprint(),
-                    allowed.source()
-                )
-            })
+        verify(
+            &signature,
+            Namespace::Worker,
+            probe,
+            allowed,
+            chrono::Utc::now(),
+        )
+        .map(|verified| verified.principal)
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "worker.key ({}) may not sign worker records: {error}. Every reader would \
+                     ignore this worker's records; list its public key in {} with \
+                     namespaces=\"mfa-reset-worker\"",
+                self.fingerprint(),
+                allowed.source()
+            )
+        })
     }
 
     /// The key that signs, `SHA256:…`.

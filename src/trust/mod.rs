@@ -29,7 +29,7 @@ pub mod requests;
 pub mod signer;
 pub mod sshsig;
 #[cfg(test)]
-mod test_keys;
+pub(crate) mod test_keys;
 
 use std::fmt;
 

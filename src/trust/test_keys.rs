@@ -1,5 +1,6 @@
 //! Deterministic test keys and signers for the unit tests of `trust` (no ssh-keygen needed),
-//! including hand-made FIDO2 (`sk-`) signatures, which no software key can make.
+//! including hand-made FIDO2 (`sk-`) signatures, which no software key can make; and the
+//! generated role keys the unit tests of the record readers share ([`key_set`]).
 
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use signature::Signer as _;
@@ -31,6 +32,15 @@ fn ecdsa_keypair(seed: u8) -> EcdsaKeypair {
         public: secret.public_key().to_encoded_point(false),
         private: secret.into(),
     }
+}
+
+/// The demo's four role keys ([`super::KeySet`]) in a fresh folder (keep it alive), and the
+/// allowed signers they make.
+pub fn key_set() -> (tempfile::TempDir, super::KeySet, AllowedSigners) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = super::KeySet::generate(dir.path()).unwrap();
+    let allowed = AllowedSigners::read(&keys.allowed_signers).unwrap();
+    (dir, keys, allowed)
 }
 
 /// A signer holding `key` in memory.

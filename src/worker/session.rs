@@ -463,7 +463,10 @@ async fn follow_outcomes(
                 match record {
                     Record::Outcome(o) => worker.ledger.record(o.request_id, o.replay, o.finished_at),
                     Record::Plan(p) => worker.ledger.record_plan(p.request_id, p.replay, p.methods),
-                    Record::Manifest(_) | Record::Marker { .. } | Record::ConsoleAction(_) => {}
+                    Record::Manifest(_)
+                    | Record::Marker { .. }
+                    | Record::ConsoleAction(_)
+                    | Record::Restore(_) => {}
                 }
             }
             // A compact batch's manifest and cap: kept when they verify.

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::common::env::TestEnv;
 use crate::fidelity::{fixture_tenant, outcome, reset};
 
-const ADELE: &str = "adele.vance@contoso.com";
+pub(crate) const ADELE: &str = "adele.vance@contoso.com";
 /// Adele's mobile, alternate mobile and email address in the fixture tenant.
-const ADELE_SECRETS: [&str; 3] = [
+pub(crate) const ADELE_SECRETS: [&str; 3] = [
     "+1 5555551234",
     "+1 5555555678",
     "adele@personal.example.com",
@@ -36,12 +36,19 @@ pub(crate) fn restore_key(env: &mut TestEnv) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-fn restore_args(batch: &str, identity: Option<PathBuf>, yes: bool) -> RestoreArgs {
+/// `restore` of `batch`; with `yes`, signed with the admin's key of `env`.
+pub(crate) fn restore_args(
+    env: &TestEnv,
+    batch: &str,
+    identity: Option<PathBuf>,
+    yes: bool,
+) -> RestoreArgs {
     RestoreArgs {
         batch: batch.to_string(),
         user: None,
         yes,
         identity,
+        key: yes.then(|| env.keys.admin.path.clone()),
     }
 }
 
@@ -126,12 +133,12 @@ async fn restore_needs_the_restore_key_and_another_key_restores_nothing() {
     env.sim.reset_stats();
 
     // Preview without the key: shows what would come back, changes nothing.
-    let preview = commands::restore::run(&env.settings, &restore_args(&batch, None, false))
+    let preview = commands::restore::run(&env.settings, &restore_args(&env, &batch, None, false))
         .await
         .expect("preview");
     assert_eq!(preview.created, 0);
     // --yes without the key: refused, naming the option.
-    let refused = commands::restore::run(&env.settings, &restore_args(&batch, None, true))
+    let refused = commands::restore::run(&env.settings, &restore_args(&env, &batch, None, true))
         .await
         .expect_err("no key, no restore");
     assert!(format!("{refused:#}").contains("--identity"), "{refused:#}");
@@ -140,9 +147,12 @@ async fn restore_needs_the_restore_key_and_another_key_restores_nothing() {
     let other_dir = tempfile::tempdir().unwrap();
     let other = other_dir.path().join("other.key");
     BackupIdentity::generate().write_new(&other).unwrap();
-    let done = commands::restore::run(&env.settings, &restore_args(&batch, Some(other), true))
-        .await
-        .expect("restore runs");
+    let done = commands::restore::run(
+        &env.settings,
+        &restore_args(&env, &batch, Some(other), true),
+    )
+    .await
+    .expect("restore runs");
     assert_eq!(done.created, 0, "{done:?}");
     assert_eq!(done.unopened, 3, "{done:?}");
     assert_eq!(env.sim.stats().writes, 0);
@@ -163,7 +173,7 @@ async fn restore_checks_protection_again_and_leaves_a_now_protected_user_alone()
     protected.reset.protected_users = vec![ADELE.to_uppercase()];
     let done = commands::restore::run(
         &protected,
-        &restore_args(&batch, Some(identity.clone()), true),
+        &restore_args(&env, &batch, Some(identity.clone()), true),
     )
     .await
     .expect("restore runs");
@@ -177,7 +187,7 @@ async fn restore_checks_protection_again_and_leaves_a_now_protected_user_alone()
     });
     let done = commands::restore::run(
         &env.settings,
-        &restore_args(&batch, Some(identity.clone()), true),
+        &restore_args(&env, &batch, Some(identity.clone()), true),
     )
     .await
     .expect("restore runs");
@@ -189,9 +199,12 @@ async fn restore_checks_protection_again_and_leaves_a_now_protected_user_alone()
         role_management_read: Some(true),
         ..AppPatch::default()
     });
-    let done = commands::restore::run(&env.settings, &restore_args(&batch, Some(identity), true))
-        .await
-        .expect("restore runs");
+    let done = commands::restore::run(
+        &env.settings,
+        &restore_args(&env, &batch, Some(identity), true),
+    )
+    .await
+    .expect("restore runs");
     assert_eq!((done.created, done.skipped_protected), (3, 0), "{done:?}");
     env.cleanup().await;
 }

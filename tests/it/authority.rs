@@ -344,10 +344,11 @@ async fn each_role_does_its_job_under_its_own_user_and_is_refused_beyond_it() {
     assert!(!may_read(&approver, &requests, false).await);
     assert!(!may_publish(&approver, &exchange, "outcome").await);
 
-    // The admin reads the dead letters and writes the control stream (through `{p}`), but
-    // cannot take requests.
+    // The admin reads the dead letters and writes the control stream and its restore records
+    // (through `{p}`), but cannot take requests.
     assert!(may_read(&admin, &dead, false).await);
     assert!(may_publish(&admin, &exchange, "control").await);
+    assert!(may_publish(&admin, &exchange, "outcome").await);
     assert!(!may_read(&admin, &requests, false).await);
 
     // The reader only reads.

@@ -625,6 +625,7 @@ async fn restore_recreates_the_phone_and_email_methods_of_a_batch() {
             user: Some(ADELE.to_uppercase()),
             yes: true,
             identity: Some(identity),
+            key: Some(env.keys.admin.path.clone()),
         },
     )
     .await
@@ -686,6 +687,7 @@ async fn without_backup_restore_says_it_cannot() {
             user: None,
             yes: true,
             identity: None,
+            key: Some(env.keys.admin.path.clone()),
         },
     )
     .await

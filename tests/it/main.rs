@@ -21,5 +21,6 @@ mod records;
 mod reliability;
 mod reports;
 mod requests;
+mod restore;
 mod tap;
 mod trust;

@@ -378,6 +378,65 @@ async fn approve_names_the_batch_users_holding_directory_roles_and_the_workers_s
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_names_a_protected_user_the_batch_writes_otherwise_by_object_id() {
+    let mut env = TestEnv::new("req-approve-protected", crate::fidelity::fixture_tenant()).await;
+    env.settings.security.approval_above = 1;
+    // Protected by object id; the batch names her by UPN (and the other by UPN in capitals).
+    let adele_id = env.sim.user("adele.vance@contoso.com").unwrap().id;
+    env.settings.reset.protected_users =
+        vec![adele_id.to_string(), "EVERY.METHOD@CONTOSO.COM".to_string()];
+    env.setup().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let csv = dir.path().join("users.csv");
+    std::fs::write(
+        &csv,
+        "userPrincipalName\nadele.vance@contoso.com\nevery.method@contoso.com\n",
+    )
+    .expect("csv");
+    let enqueued = commands::enqueue::run(
+        &env.settings,
+        &crate::common::env::enqueue_args(Some(csv), None),
+    )
+    .await
+    .expect("enqueue");
+    assert!(enqueued.awaiting_approval);
+
+    let approved = commands::approve::run(
+        &env.settings,
+        &ApproveArgs {
+            batch: enqueued.batch.clone(),
+            key: env.keys.approver.path.clone(),
+            yes: true,
+        },
+    )
+    .await
+    .expect("approve");
+
+    // One by spelling, one by object id: both named, as the workers will skip both.
+    let mut protected = approved.protected.clone();
+    protected.sort();
+    assert_eq!(
+        protected,
+        ["adele.vance@contoso.com", "every.method@contoso.com"]
+    );
+    let check = approved
+        .admins
+        .expect("Graph settings are present: checked");
+    assert_eq!(
+        check.protected,
+        [("adele.vance@contoso.com".to_string(), adele_id.to_string())]
+    );
+    assert!(check.protected_note.is_none(), "{check:?}");
+    env.start_worker(2);
+    let view = env.wait_batch(&enqueued.batch, 60).await;
+    assert_eq!(
+        view.counts().get(&Status::SkippedProtected).copied(),
+        Some(2)
+    );
+    env.cleanup().await;
+}
+
 /// Wait until the outcomes stream holds `n` outcomes of `id` (or fail after a generous deadline).
 async fn wait_outcomes(env: &TestEnv, id: uuid::Uuid, n: u32) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
