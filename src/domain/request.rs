@@ -54,7 +54,7 @@ pub struct ResetRequest {
     /// For a request of a compact batch: its place in the batch, the base64 of a
     /// [`crate::trust::requests::CompactProof`] (manifest digest, leaf index, path up to the
     /// batch's Merkle cap). In the body, not a header: the broker decodes every header of
-    /// every message, while body bytes cost it almost nothing (measured: BENCHMARKS, producer).
+    /// every message, while body bytes cost it far less (measured: see `trust::requests`).
     /// Not part of the signed leaf (it is the proof of it). Absent for the inline form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<String>,
