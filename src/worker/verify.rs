@@ -29,9 +29,9 @@ use crate::trust::requests::{
 use crate::trust::{AllowedSigners, Digest};
 
 /// Compact batches remembered by default (`security.known_batches`; manifest and cap: at
-/// most 128 KiB each, so 32 MiB at worst). One forgotten is looked up on the outcomes stream
-/// again when a request needs it.
-pub const KNOWN_CAPACITY: usize = 256;
+/// most 128 KiB each, so 8 MiB at worst, inside the worker's 100 MB). One forgotten is looked
+/// up on the outcomes stream again when a request needs it.
+pub const KNOWN_CAPACITY: usize = 64;
 /// How far back a request's manifest is looked up on the stream: a request older than this
 /// whose manifest this worker does not know is refused without reading the stream (it could
 /// only expire anyway: `reset.max_request_age` is shorter).
