@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         requested_by: Some("bench".into()),
         created_at: Utc::now(),
         sealed: None,
+        cap: None,
     });
     let mut chain = ChainWriter::new(chain_id(&batch, "seed-history"), Namespace::Worker);
     let mut bodies = vec![serde_json::to_vec(&manifest)?];

@@ -223,8 +223,8 @@ bench_producer() {
         2> >(while IFS= read -r line; do printf '%s %s\n' "$(date +%s.%N)" "$line"; done >"$dir/enqueue.err")
     date +%s.%N >"$dir/enqueue.end"
     sleep 0.5
-    # The size of one request as enqueue published it (body, and body + signing headers),
-    # for the ceiling runs.
+    # The size of one request unsigned (its body without the compact proof) and as enqueue
+    # published it (body with the proof, and any signing headers), for the ceiling runs.
     local size total
     read -r size total < <("$CEILING_BIN" size-of "$MFA_RESET__BROKER__PREFIX.requests")
     cleanup_queues

@@ -212,7 +212,7 @@ def producer_block(out):
     rate = rows / wall
     lines = [
         "== 4. Producer ==",
-        f"{rows} rows, requests of {run['size']} bytes (the body of the first one enqueued), confirm window 2000",
+        f"{rows} rows, requests of {run['size']} bytes (the body of the first one enqueued, without its signature), confirm window 2000",
         f"load average before / after: {run['load_before']} / {run['load_after']}",
         f"enqueue wall time           {wall:.1f} s, CPU {cpu:.1f} s, peak RSS {rss:.1f} MB",
         f"enqueue rows/s (whole run)  {rate:.0f} = {rate / ceiling:.1%} of the ceiling",
@@ -229,7 +229,7 @@ def producer_block(out):
     if os.path.exists(total):
         total_line = open(total).read().strip()
         total_ceiling = float(total_line.split()[1])
-        lines.append(f"ceiling at the signed size  {total_line} (body + headers {run.get('total')} bytes): "
+        lines.append(f"ceiling at the signed size  {total_line} (body and headers as published, {run.get('total')} bytes): "
                      f"enqueue = {rate / total_ceiling:.1%} of it")
     return lines
 

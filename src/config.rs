@@ -545,6 +545,10 @@ pub struct SecuritySettings {
     /// Most resets executed per hour across all workers; at the cap workers stop taking
     /// requests until the hour frees up (nothing is lost). 0 = no cap.
     pub max_resets_per_hour: u64,
+    /// Compact batches (signed manifest and Merkle cap, at most 128 KiB each) a worker keeps
+    /// verified in memory; past it the least recently used is forgotten and looked up on the
+    /// outcomes stream again if a request of it comes.
+    pub known_batches: usize,
 }
 
 impl Default for SecuritySettings {
@@ -553,6 +557,7 @@ impl Default for SecuritySettings {
             allowed_signers: String::new(),
             approval_above: 25,
             max_resets_per_hour: 10_000,
+            known_batches: crate::worker::verify::KNOWN_CAPACITY,
         }
     }
 }

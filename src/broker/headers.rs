@@ -87,6 +87,13 @@ impl Headers {
             .insert(ShortString::from(key), AMQPValue::LongString(value.into()));
         self
     }
+    /// Copy header `key` of `props`, whatever its type, when it is there.
+    pub fn copied(mut self, props: &BasicProperties, key: &str) -> Headers {
+        if let Some(value) = props.headers().as_ref().and_then(|h| h.inner().get(key)) {
+            self.0.insert(ShortString::from(key), value.clone());
+        }
+        self
+    }
     /// Set an integer header.
     pub fn int(mut self, key: &str, value: u64) -> Headers {
         self.0.insert(

@@ -2,10 +2,13 @@
 //!
 //! A batch of more than `security.approval_above` users waits in the `{prefix}.awaiting`
 //! stream. `approve` reads the stream (without consuming it), verifies the batch's signed
-//! manifest and every request's proof, shows what would run (count, requester, a sample,
+//! manifest (carried inline by every request, or, for a compact batch, in the manifest record
+//! `enqueue` writes to the stream before the requests, with its Merkle cap) and every
+//! request's proof, shows what would run (count, requester, a sample,
 //! protected users, admins), and — confirmed, by someone other than the requester — signs the
 //! manifest's digest (namespace `mfa-reset-approve`) and republishes each request with the
-//! approval to the intake (`request`), where workers verify it again. The digest covers the
+//! approval to the intake (`request`), where workers verify it again. A compact batch stays
+//! compact: its requests keep their `proof` field and gain the approval. The digest covers the
 //! Merkle root, so the approval holds for exactly the list shown.
 
 use std::collections::btree_map::Entry;
@@ -28,11 +31,12 @@ use crate::broker::topology::{RK_AWAITING, RK_REQUEST};
 use crate::broker::{self, OutMessage, Publisher, Topology};
 use crate::cli::ApproveArgs;
 use crate::config::Settings;
-use crate::domain::ResetRequest;
+use crate::domain::{Record, ResetRequest};
 use crate::reset;
 use crate::trust::requests::{
-    approve, verify_batch, verify_request, Policy, TrustedBatch, Verdict, APPROVAL_HEADER,
-    MANIFEST_HEADER, PROOF_HEADER,
+    approve, verify_batch, verify_compact_request, verify_known_batch, verify_request,
+    CompactProof, KnownBatch, Policy, TrustedBatch, Verdict, APPROVAL_HEADER, MANIFEST_HEADER,
+    PROOF_HEADER,
 };
 use crate::trust::{AllowedSigners, Digest, MerkleProof, Namespace, Signer};
 
@@ -94,11 +98,19 @@ pub struct AdminCheck {
     pub protected_note: Option<String>,
 }
 
+/// How a batch's requests carry their signature.
+enum Form {
+    /// Every request carries the manifest header, exactly this one.
+    Inline(String),
+    /// Every request carries a compact proof against this manifest record's cap.
+    Compact(std::sync::Arc<KnownBatch>),
+}
+
 /// What the first pass learns of one signed manifest of the batch.
 struct Candidate {
     batch: TrustedBatch,
-    /// The manifest header, exactly as the requests carry it.
-    header: String,
+    /// How its requests carry the signature.
+    form: Form,
     /// Leaf indexes seen with a request that verifies.
     seen: HashSet<u64>,
     /// The first few users, in leaf order of arrival.
@@ -139,9 +151,15 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
     // indexes and a sample are kept: a million-user batch is not held in memory.
     let mut candidates: BTreeMap<Digest, Candidate> = BTreeMap::new();
     let mut manifests: HashMap<String, Option<TrustedBatch>> = HashMap::new();
+    let mut known: HashMap<Digest, std::sync::Arc<KnownBatch>> = HashMap::new();
     let mut forged = 0u64;
     scan(&conn, &topology, None, |body, props| {
-        match examine(&args.batch, body, props, &allowed, &mut manifests) {
+        let mut seen = Signatures {
+            allowed: &allowed,
+            inline: &mut manifests,
+            compact: &mut known,
+        };
+        match examine(&args.batch, body, props, &mut seen) {
             Seen::Other => {}
             Seen::Forged => forged += 1,
             Seen::Request {
@@ -152,11 +170,19 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
                 let candidate = match candidates.entry(digest) {
                     Entry::Occupied(entry) => entry.into_mut(),
                     Entry::Vacant(entry) => {
-                        let header = headers::get_str(props, MANIFEST_HEADER)?;
-                        let batch = manifests.get(&header).cloned().flatten()?;
+                        let (batch, form) = match headers::get_str(props, MANIFEST_HEADER) {
+                            Some(header) => {
+                                let batch = manifests.get(&header).cloned().flatten()?;
+                                (batch, Form::Inline(header))
+                            }
+                            None => {
+                                let known = known.get(&digest)?.clone();
+                                (known.batch.clone(), Form::Compact(known))
+                            }
+                        };
                         entry.insert(Candidate {
                             batch,
-                            header,
+                            form,
                             seen: HashSet::new(),
                             sample: Vec::new(),
                             protected: Vec::new(),
@@ -220,16 +246,24 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
     let now = Utc::now();
     let intake = topology.intake();
     let sent = scan(&conn, &topology, Some(&mut publisher), |body, props| {
-        if headers::get_str(props, MANIFEST_HEADER).as_deref() != Some(candidate.header.as_str()) {
-            return None;
-        }
+        let inline = headers::get_str(props, MANIFEST_HEADER);
         let request = serde_json::from_slice::<ResetRequest>(body).ok()?;
-        let proof = headers::get_str(props, PROOF_HEADER)?;
-        let index = serde_json::from_str::<MerkleProof>(&proof).ok()?.index;
-        let verified = matches!(
-            verify_request(&request, Some(&proof), &candidate.batch, now),
-            Verdict::Verified(_)
-        );
+        let (verdict, index) = match (&candidate.form, inline) {
+            (Form::Inline(header), Some(inline)) if *header == inline => {
+                let proof = headers::get_str(props, PROOF_HEADER)?;
+                let index = serde_json::from_str::<MerkleProof>(&proof).ok()?.index;
+                let verdict = verify_request(&request, Some(&proof), &candidate.batch, now);
+                (verdict, index)
+            }
+            (Form::Compact(known), None) => {
+                let proof = CompactProof::from_text(request.proof.as_deref()?).ok()?;
+                let verdict =
+                    verify_compact_request(&request, &proof, &candidate.batch, &known.cap, now);
+                (verdict, proof.index)
+            }
+            _ => return None,
+        };
+        let verified = matches!(verdict, Verdict::Verified(_));
         if !verified || !released.insert(index) {
             return None;
         }
@@ -453,17 +487,21 @@ fn admin_warnings(check: &AdminCheck, count: u64, skip_admins: bool) -> Vec<Stri
     lines
 }
 
+/// The signed manifests the first pass has met.
+struct Signatures<'a> {
+    allowed: &'a AllowedSigners,
+    /// The verdict per exact inline manifest header.
+    inline: &'a mut HashMap<String, Option<TrustedBatch>>,
+    /// The compact batches' manifest records that verified, by digest.
+    compact: &'a mut HashMap<Digest, std::sync::Arc<KnownBatch>>,
+}
+
 /// What one message of the awaiting stream is to batch `id`. A manifest's signature is
-/// checked once (`manifests` remembers the verdict per exact header).
-fn examine(
-    id: &str,
-    body: &[u8],
-    props: &BasicProperties,
-    allowed: &AllowedSigners,
-    manifests: &mut HashMap<String, Option<TrustedBatch>>,
-) -> Seen {
+/// checked once (`seen` remembers it).
+fn examine(id: &str, body: &[u8], props: &BasicProperties, seen: &mut Signatures<'_>) -> Seen {
+    let allowed = seen.allowed;
     let Some(manifest) = headers::get_str(props, MANIFEST_HEADER) else {
-        return Seen::Other;
+        return examine_compact(id, body, seen);
     };
     let named: Option<String> = serde_json::from_str::<serde_json::Value>(&manifest)
         .ok()
@@ -477,7 +515,8 @@ fn examine(
         approval_above: u64::MAX,
     };
     let now = Utc::now();
-    let batch = manifests
+    let batch = seen
+        .inline
         .entry(manifest.clone())
         .or_insert_with(|| verify_batch(Some(&manifest), None, &policy, now).ok());
     let Some(batch) = batch.as_ref() else {
@@ -501,6 +540,49 @@ fn examine(
         digest: batch.digest,
         index,
         request: Box::new(request),
+    }
+}
+
+/// [`examine`] for a message without an inline manifest: a compact batch's manifest record
+/// (kept when it verifies), or one of its requests.
+fn examine_compact(id: &str, body: &[u8], seen: &mut Signatures<'_>) -> Seen {
+    let now = Utc::now();
+    let request = serde_json::from_slice::<ResetRequest>(body).ok();
+    let Some(leaf) = request.as_ref().and_then(|request| request.proof.clone()) else {
+        return match serde_json::from_slice::<Record>(body) {
+            Ok(Record::Manifest(record)) if record.batch == id => {
+                let (Some(sealed), Some(cap)) = (&record.sealed, &record.cap) else {
+                    return Seen::Other;
+                };
+                match verify_known_batch(sealed, cap, seen.allowed, now) {
+                    Ok(known) if known.batch.manifest.batch == id => {
+                        seen.compact
+                            .insert(known.batch.digest, std::sync::Arc::new(known));
+                        Seen::Other
+                    }
+                    _ => Seen::Forged,
+                }
+            }
+            _ => Seen::Other,
+        };
+    };
+    let Some(request) = request.filter(|request| request.batch == id) else {
+        return Seen::Other;
+    };
+    let Ok(proof) = CompactProof::from_text(&leaf) else {
+        return Seen::Forged;
+    };
+    let Some(known) = seen.compact.get(&proof.manifest) else {
+        // No manifest record of ours before it: forged, or its record aged out.
+        return Seen::Forged;
+    };
+    match verify_compact_request(&request, &proof, &known.batch, &known.cap, now) {
+        Verdict::Verified(_) => Seen::Request {
+            digest: known.batch.digest,
+            index: proof.index,
+            request: Box::new(request),
+        },
+        Verdict::Refused(_) => Seen::Forged,
     }
 }
 

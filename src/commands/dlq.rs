@@ -321,11 +321,10 @@ async fn replay_one(
         "x-mfa-replayed-from",
         &headers::get_str(&delivery.properties, headers::ERROR_CODE).unwrap_or_default(),
     );
-    // The signed batch travels with the request, so the worker verifies it again.
+    // The signed batch travels with the request, so the worker verifies it again: inline in
+    // these headers, or (compact form) in the request's own `proof` field, kept above.
     for key in [MANIFEST_HEADER, PROOF_HEADER, APPROVAL_HEADER] {
-        if let Some(value) = headers::get_str(&delivery.properties, key) {
-            replayed = replayed.str(key, &value);
-        }
+        replayed = replayed.copied(&delivery.properties, key);
     }
     // The previous replay's grant (if any) is not copied: this one replaces it.
     let headers = replayed.str(REPLAY_HEADER, &grant).build();

@@ -3,11 +3,14 @@
 //! Nothing is published unless every row is valid. The batch is signed once: a first pass
 //! over the validated rows builds the Merkle tree of its requests, the operator's key
 //! (`--key`, or ssh-agent) signs the manifest holding its root, and a second pass publishes
-//! every request with the signed manifest and its own proof in headers
-//! ([`crate::trust::requests`]). The batch manifest goes to the outcomes stream first (so
-//! `status` knows how many to expect), then the requests, with pipelined publisher confirms,
-//! all through the intake exchange. A batch of more than `security.approval_above` users goes
-//! to `{prefix}.awaiting` instead of the requests queue, until a second person approves it
+//! every request with its compact proof in its `proof` field
+//! ([`crate::trust::requests::CompactProof`]: the manifest's digest, the index and the short
+//! path up to the tree's cap). The batch's manifest record,
+//! holding the signed manifest and the cap, goes to the outcomes stream first (so `status`
+//! knows how many to expect, and workers learn the batch before its first request), then the
+//! requests, with pipelined publisher confirms, all through the intake exchange. A batch of
+//! more than `security.approval_above` users goes to `{prefix}.awaiting` instead of the
+//! requests queue, its manifest record first, until a second person approves it
 //! (`mfa-reset approve`). Request ids are derived from (batch, user): running the same
 //! command again with the same `--batch` finishes an interrupted run without resetting anyone
 //! twice.
@@ -18,7 +21,6 @@ use anyhow::Context;
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::broker::headers::Headers;
 use crate::broker::topology::{RK_AWAITING, RK_OUTCOME, RK_REQUEST};
 use crate::broker::{OutMessage, Publisher, Topology};
 use crate::cli::EnqueueArgs;
@@ -26,10 +28,8 @@ use crate::config::Settings;
 use crate::domain::{BatchManifest, Record, ResetRequest, UserRef, REQUEST_VERSION};
 use crate::graph::GraphClient;
 use crate::intake::{self, IntakeRow, Plan};
-use crate::trust::merkle::leaf_hash;
-use crate::trust::requests::{
-    leaf_bytes, proof_header, Manifest, SealedManifest, MANIFEST_HEADER, PROOF_HEADER,
-};
+use crate::trust::merkle::{leaf_hash, CAP_NODES};
+use crate::trust::requests::{leaf_bytes, CompactProof, Manifest, SealedManifest};
 use crate::trust::{AllowedSigners, MerkleTree, Namespace, Signer};
 
 /// What was enqueued.
@@ -350,6 +350,7 @@ async fn publish(
         replay: 0,
         tap: tap.filter(|_| row.tap.unwrap_or(args.tap)),
         carry: None,
+        proof: None,
     };
     // Pass 1: the Merkle tree of the requests, and the signed manifest holding its root.
     let mut leaves = Vec::with_capacity(usize::try_from(plan.count).unwrap_or(0));
@@ -368,7 +369,8 @@ async fn publish(
         &operator.signer,
     )
     .context("signing the batch manifest")?;
-    let manifest_header = sealed.to_header();
+    let digest = sealed.digest()?;
+    let cap = tree.cap(CAP_NODES);
 
     let topology = Topology::new(&settings.broker, &settings.retry);
     let intake = topology.intake();
@@ -383,34 +385,45 @@ async fn publish(
         requested_by: requested_by.clone(),
         created_at: now,
         sealed: Some(sealed.clone()),
+        cap: Some(cap.clone()),
     });
+    let manifest = serde_json::to_vec(&manifest)?;
     publisher
-        .send(OutMessage::json(RK_OUTCOME, serde_json::to_vec(&manifest)?).via(intake.clone()))
+        .send(OutMessage::json(RK_OUTCOME, manifest.clone()).via(intake.clone()))
         .await?;
     let routing_key = if awaiting_approval {
+        // `approve` reads the batch from the awaiting stream alone: its manifest record
+        // goes there too, before the requests.
+        publisher
+            .send(OutMessage::json(RK_AWAITING, manifest).via(intake.clone()))
+            .await?;
         RK_AWAITING
     } else {
         RK_REQUEST
     };
-    // Pass 2: every request with the manifest and its proof.
+    // Pass 2: every request with its compact proof.
     let mut published = 0u64;
     let rows = plan.rows()?;
     for (index, row) in (0u64..).zip(rows) {
-        let request = request_of(row?);
-        let proof = tree.proof(index).ok_or_else(|| {
+        let mut request = request_of(row?);
+        let path = tree.path_to_cap(index, &cap).ok_or_else(|| {
             anyhow::anyhow!(
                 "the input changed while it was being enqueued (more rows than the {} \
                  validated); re-run with --batch {batch}",
                 plan.count
             )
         })?;
-        let headers = Headers::default()
-            .str(MANIFEST_HEADER, &manifest_header)
-            .str(PROOF_HEADER, &proof_header(&proof))
-            .build();
+        // In the body, no headers at all: see `trust::requests` for why.
+        request.proof = Some(
+            CompactProof {
+                manifest: digest,
+                index,
+                path,
+            }
+            .to_text(),
+        );
         let msg = OutMessage::json(routing_key, serde_json::to_vec(&request)?)
             .with_id(request.request_id.to_string())
-            .with_headers(headers)
             .via(intake.clone());
         if let Err(err) = publisher.send(msg).await {
             return Err(interrupted(err, batch, publisher.confirmed()));

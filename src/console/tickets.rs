@@ -212,6 +212,7 @@ async fn publish(console: &Console, call: &Verified, row: IntakeRow) -> anyhow::
         replay: 0,
         tap,
         carry: None,
+        proof: None,
     };
     // A batch of one, signed by the console's key (namespace mfa-reset-request): the
     // workers see the console's principal as the requester, the ticket system's person
@@ -230,6 +231,7 @@ async fn publish(console: &Console, call: &Verified, row: IntakeRow) -> anyhow::
         requested_by: request.requested_by.clone(),
         created_at: now,
         sealed: Some(sealed.manifest.clone()),
+        cap: None,
     });
     let headers = AmqpHeaders::default()
         .str(MANIFEST_HEADER, &sealed.manifest.to_header())
@@ -485,6 +487,7 @@ mod tests {
             requested_by: None,
             created_at: Utc::now(),
             sealed: None,
+            cap: None,
         }));
         let got = index.get("OPS-7").expect("known");
         assert_eq!((got[0].request_id, got[0].status.as_str()), (id, "pending"));

@@ -384,6 +384,7 @@ mod tests {
             requested_by: Some("op@contoso.com".into()),
             created_at: start,
             sealed: None,
+            cap: None,
         }));
         for i in 0..done {
             let status = if i % 10 == 3 {

@@ -51,6 +51,13 @@ pub struct ResetRequest {
     /// so the final outcome still lists every method removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carry: Option<Carry>,
+    /// For a request of a compact batch: its place in the batch, the base64 of a
+    /// [`crate::trust::requests::CompactProof`] (manifest digest, leaf index, path up to the
+    /// batch's Merkle cap). In the body, not a header: the broker decodes every header of
+    /// every message, while body bytes cost it far less (measured: see `trust::requests`).
+    /// Not part of the signed leaf (it is the proof of it). Absent for the inline form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// A Temporary Access Pass to create after the reset (Graph's `lifetimeInMinutes`,
@@ -103,7 +110,8 @@ impl ResetRequest {
     }
 }
 
-/// Written once per batch by `enqueue`, before its requests: how many to expect.
+/// Written once per batch by `enqueue`, before its requests: how many to expect, and (for a
+/// compact batch) the signed manifest and Merkle cap its requests are verified against.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BatchManifest {
     /// Batch id.
@@ -120,10 +128,16 @@ pub struct BatchManifest {
     pub requested_by: Option<String>,
     /// When.
     pub created_at: DateTime<Utc>,
-    /// The signed manifest the batch's requests carry (`mfa-manifest` header), so readers can
-    /// tell a batch an operator signed from one written by anybody with broker access.
+    /// The batch's signed manifest (which inline-form requests carry in `mfa-manifest`, and
+    /// compact ones name by digest in their `proof` field), so readers can tell a batch an operator
+    /// signed from one written by anybody with broker access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed: Option<crate::trust::requests::SealedManifest>,
+    /// For a compact batch (requests carry only their `proof` field): one level of its Merkle tree,
+    /// which workers check against the signed root once and then check each request's short
+    /// path against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap: Option<crate::trust::MerkleCap>,
 }
 
 /// One record of the `{prefix}.outcomes` stream.

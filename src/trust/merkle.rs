@@ -8,6 +8,11 @@
 //! The empty tree's root is `H("")`. Proofs list sibling hashes from the leaf upwards and are
 //! checked with RFC 9162's algorithm (section 2.1.3.2).
 //!
+//! A [`MerkleCap`] is one whole level of the tree (at most [`CAP_NODES`] nodes), published once
+//! per batch beside the signed manifest: it folds up to the signed root, so once it is checked,
+//! a request only needs the short path from its leaf up to the cap ([`verify_to_cap`]): 8
+//! hashes for a million leaves instead of 20, none at all for a batch of up to 4096.
+//!
 //! Memory: [`MerkleTree`] keeps every level, about two hashes per leaf (64 MB for a million
 //! leaves), so every proof is a walk of ~20 lookups. [`RootBuilder`] computes only the root of a
 //! stream of leaves in O(log n) memory, for a verifier that has the whole list.
@@ -120,6 +125,45 @@ impl MerkleTree {
             .unwrap_or_else(empty_root)
     }
 
+    /// The lowest level with at most `max_nodes` nodes, as a cap (the root alone when
+    /// `max_nodes` is 0 or 1).
+    pub fn cap(&self, max_nodes: u64) -> MerkleCap {
+        let found = self
+            .levels
+            .iter()
+            .enumerate()
+            .find(|(_, nodes)| nodes.len() as u64 <= max_nodes.max(1));
+        match found {
+            Some((level, nodes)) => MerkleCap {
+                level: u32::try_from(level).unwrap_or(u32::MAX),
+                nodes: nodes.clone(),
+            },
+            None => MerkleCap {
+                level: 0,
+                nodes: Vec::new(),
+            },
+        }
+    }
+
+    /// The sibling hashes from leaf `index` up to `cap`'s level (see [`verify_to_cap`]), or
+    /// `None` past the last leaf or above the root.
+    pub fn path_to_cap(&self, index: u64, cap: &MerkleCap) -> Option<Vec<Digest>> {
+        let level = usize::try_from(cap.level).ok()?;
+        if index >= self.len() || level >= self.levels.len() {
+            return None;
+        }
+        let mut path = Vec::with_capacity(level);
+        let mut position = usize::try_from(index).ok()?;
+        for nodes in &self.levels[..level] {
+            // No sibling: this node moves up unchanged and adds nothing to the path.
+            if let Some(hash) = nodes.get(position ^ 1) {
+                path.push(*hash);
+            }
+            position /= 2;
+        }
+        Some(path)
+    }
+
     /// The inclusion proof of leaf `index`, or `None` past the last leaf.
     pub fn proof(&self, index: u64) -> Option<MerkleProof> {
         let count = self.len();
@@ -191,6 +235,95 @@ impl RootBuilder {
         }
         root
     }
+}
+
+/// Most nodes in a [`MerkleCap`]: 4096 hashes, 128 KiB (175 KiB of base64 in the batch's
+/// manifest record, well under the stream's 1 MiB record limit). A million-leaf batch then
+/// needs 8 hashes (256 bytes) per request, a batch of up to 4096 none; the next power, 16384
+/// nodes, would save 64 bytes per request for 512 KiB more per batch in every worker's memory.
+pub const CAP_NODES: u64 = 4096;
+
+/// One whole level of a tree: the nodes `level` steps above the leaves, left to right.
+///
+/// Trusted only once [`MerkleCap::fits`] the signed count and [`MerkleCap::root`] equals the
+/// signed root: then every node is the tree's own (finding other nodes with the same root is
+/// a SHA-256 collision).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerkleCap {
+    /// Steps above the leaves (0: the leaf hashes themselves).
+    pub level: u32,
+    /// The level's nodes: `ceil(count / 2^level)` of them. One base64 string on the wire.
+    #[serde(
+        serialize_with = "path_to_base64",
+        deserialize_with = "cap_from_base64"
+    )]
+    pub nodes: Vec<Digest>,
+}
+
+impl MerkleCap {
+    /// True when the cap has exactly the nodes its level has in a `count`-leaf tree.
+    pub fn fits(&self, count: u64) -> bool {
+        self.level < 64 && self.nodes.len() as u64 == count.div_ceil(1u64 << self.level)
+    }
+
+    /// The root the cap's nodes fold up to (RFC 6962, bottom-up like [`MerkleTree`]).
+    pub fn root(&self) -> Digest {
+        let mut level = self.nodes.clone();
+        if level.is_empty() {
+            return empty_root();
+        }
+        while level.len() > 1 {
+            level = level
+                .chunks(2)
+                .map(|pair| match pair {
+                    [left, right] => node_hash(left, right),
+                    [alone] => *alone,
+                    _ => unreachable!("chunks(2) yields one or two items"),
+                })
+                .collect();
+        }
+        level[0]
+    }
+}
+
+/// True when `leaf` (a [`leaf_hash`]) is leaf `index` of the `count`-leaf tree whose level
+/// `cap.level` is `cap`, by `path` (sibling hashes from the leaf up to the cap, as
+/// [`MerkleTree::path_to_cap`] gives them). `count` must be the signed one and `cap` checked
+/// against the signed root first ([`MerkleCap::fits`], [`MerkleCap::root`]).
+pub fn verify_to_cap(
+    leaf: &Digest,
+    index: u64,
+    count: u64,
+    path: &[Digest],
+    cap: &MerkleCap,
+) -> bool {
+    if index >= count || !cap.fits(count) {
+        return false;
+    }
+    let mut siblings = path.iter();
+    let (mut position, mut size, mut hash) = (index, count, *leaf);
+    for _ in 0..cap.level {
+        if position % 2 == 1 {
+            let Some(left) = siblings.next() else {
+                return false;
+            };
+            hash = node_hash(left, &hash);
+        } else if position + 1 < size {
+            let Some(right) = siblings.next() else {
+                return false;
+            };
+            hash = node_hash(&hash, right);
+        }
+        // Else the last node of its level, without a neighbour: it moves up unchanged.
+        position /= 2;
+        size = size.div_ceil(2);
+    }
+    siblings.next().is_none()
+        && usize::try_from(position)
+            .ok()
+            .and_then(|position| cap.nodes.get(position))
+            == Some(&hash)
 }
 
 /// The inclusion proof of one leaf: its index, the tree's leaf count and the sibling hashes
@@ -266,34 +399,60 @@ fn path_to_base64<S: Serializer>(path: &[Digest], serializer: S) -> Result<S::Ok
 }
 
 fn path_from_base64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Digest>, D::Error> {
+    // Far above the 64 levels a u64 leaf count can need; bounds what a message can make us
+    // decode.
+    digests_from_base64(deserializer, 64, "Merkle proof longer than 64 hashes")
+}
+
+fn cap_from_base64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Digest>, D::Error> {
+    // Twice what a producer writes: a bound on what a record can make us decode.
+    digests_from_base64(
+        deserializer,
+        2 * CAP_NODES as usize,
+        "Merkle cap of more than 8192 hashes",
+    )
+}
+
+fn digests_from_base64<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    max_digests: usize,
+    too_long: &str,
+) -> Result<Vec<Digest>, D::Error> {
     use base64::Engine as _;
-    /// Far above the 64 levels a u64 leaf count can need; bounds what a message can make us
-    /// decode.
-    const MAX_CHARS: usize = 4 * 64 * Digest::LEN / 3 + 4;
+    let max_chars = 4 * max_digests * Digest::LEN / 3 + 4;
     let text = String::deserialize(deserializer)?;
-    if text.len() > MAX_CHARS {
-        return Err(serde::de::Error::custom(
-            "Merkle proof longer than 64 hashes",
-        ));
+    if text.len() > max_chars {
+        return Err(serde::de::Error::custom(too_long));
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.as_bytes())
         .map_err(|error| {
-            serde::de::Error::custom(format!("Merkle proof is not base64: {error}"))
+            serde::de::Error::custom(format!("Merkle hashes are not base64: {error}"))
         })?;
     if bytes.len() % Digest::LEN != 0 {
         return Err(serde::de::Error::custom(
-            "Merkle proof length is not a multiple of 32 bytes",
+            "Merkle hashes: the length is not a multiple of 32 bytes",
         ));
     }
-    Ok(bytes
-        .chunks_exact(Digest::LEN)
-        .map(|chunk| {
-            let mut digest = [0u8; Digest::LEN];
-            digest.copy_from_slice(chunk);
-            Digest(digest)
-        })
-        .collect())
+    digests_of(&bytes)
+        .ok_or_else(|| serde::de::Error::custom("Merkle hashes: not a multiple of 32 bytes"))
+}
+
+/// `bytes` as consecutive 32-byte digests; `None` when its length is not a multiple of 32.
+pub fn digests_of(bytes: &[u8]) -> Option<Vec<Digest>> {
+    if !bytes.len().is_multiple_of(Digest::LEN) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(Digest::LEN)
+            .map(|chunk| {
+                let mut digest = [0u8; Digest::LEN];
+                digest.copy_from_slice(chunk);
+                Digest(digest)
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -436,6 +595,110 @@ mod tests {
         let huge = "A".repeat(10_000);
         let text = format!(r#"{{"index":0,"count":2,"path":"{huge}"}}"#);
         assert!(serde_json::from_str::<MerkleProof>(&text).is_err());
+    }
+
+    #[test]
+    fn every_leaf_of_small_odd_trees_verifies_against_the_cap_and_the_cap_against_the_root() {
+        for count in 1..=70u64 {
+            let data = leaves(count as usize);
+            let tree = MerkleTree::from_leaves(&data);
+            for max_nodes in [1, 2, 3, 4, 5, 8, 16, 100] {
+                let cap = tree.cap(max_nodes);
+                assert!(cap.nodes.len() as u64 <= max_nodes.max(1), "count {count}");
+                assert!(cap.fits(count), "count {count} cap {max_nodes}");
+                assert_eq!(cap.root(), tree.root(), "count {count} cap {max_nodes}");
+                for index in 0..count {
+                    let leaf = leaf_hash(&data[index as usize]);
+                    let path = tree.path_to_cap(index, &cap).unwrap();
+                    assert!(path.len() <= cap.level as usize);
+                    assert!(
+                        verify_to_cap(&leaf, index, count, &path, &cap),
+                        "count {count} cap {max_nodes} index {index}"
+                    );
+                    // Another leaf, another index, a wrong count, a bent or cut path: refused.
+                    assert!(!verify_to_cap(
+                        &leaf_hash(b"mallory"),
+                        index,
+                        count,
+                        &path,
+                        &cap
+                    ));
+                    if count > 1 {
+                        let other = (index + 1) % count;
+                        assert!(!verify_to_cap(&leaf, other, count, &path, &cap));
+                    }
+                    assert!(!verify_to_cap(&leaf, count, count, &path, &cap));
+                    if let Some((_, shorter)) = path.split_last() {
+                        assert!(!verify_to_cap(&leaf, index, count, shorter, &cap));
+                        let mut bent = path.clone();
+                        bent[0].0[0] ^= 1;
+                        assert!(!verify_to_cap(&leaf, index, count, &bent, &cap));
+                    }
+                    let mut longer = path.clone();
+                    longer.push(leaf);
+                    assert!(!verify_to_cap(&leaf, index, count, &longer, &cap));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tampered_cap_does_not_fold_to_the_root_or_does_not_fit() {
+        let data = leaves(37);
+        let tree = MerkleTree::from_leaves(&data);
+        let cap = tree.cap(8);
+        assert_eq!((cap.level, cap.nodes.len()), (3, 5));
+        let mut changed = cap.clone();
+        changed.nodes[2].0[31] ^= 1;
+        assert_ne!(changed.root(), tree.root());
+        let mut shorter = cap.clone();
+        shorter.nodes.pop();
+        assert!(!shorter.fits(37));
+        let mut lower = cap.clone();
+        lower.level = 2;
+        assert!(!lower.fits(37));
+        // The leaf of a genuine path checked against a changed cap: refused.
+        let path = tree.path_to_cap(17, &cap).unwrap();
+        assert!(verify_to_cap(&leaf_hash(&data[17]), 17, 37, &path, &cap));
+        let mut other = cap.clone();
+        other.nodes[17 >> 3].0[0] ^= 1;
+        assert!(!verify_to_cap(&leaf_hash(&data[17]), 17, 37, &path, &other));
+        // On the wire: one base64 string; a cap of more than twice CAP_NODES is refused.
+        let json = serde_json::to_string(&cap).unwrap();
+        assert_eq!(serde_json::from_str::<MerkleCap>(&json).unwrap(), cap);
+        let huge = "A".repeat(400_000);
+        let text = format!(r#"{{"level":0,"nodes":"{huge}"}}"#);
+        assert!(serde_json::from_str::<MerkleCap>(&text).is_err());
+    }
+
+    #[test]
+    fn a_million_leaf_tree_needs_8_hashes_per_leaf_under_a_4096_node_cap() {
+        let count = 1_000_000u64;
+        let tree =
+            MerkleTree::from_leaf_hashes((0..count).map(|i| leaf_hash(&i.to_le_bytes())).collect());
+        let cap = tree.cap(CAP_NODES);
+        assert_eq!(cap.level, 8);
+        assert_eq!(cap.nodes.len(), 3907);
+        assert_eq!(cap.root(), tree.root());
+        for index in [0, 1, 499_999, count - 1] {
+            let path = tree.path_to_cap(index, &cap).unwrap();
+            // A node last on its level and without a neighbour needs no hash.
+            assert!(
+                path.len() <= 8 && (index != 0 || path.len() == 8),
+                "{index}"
+            );
+            assert!(verify_to_cap(
+                &leaf_hash(&index.to_le_bytes()),
+                index,
+                count,
+                &path,
+                &cap
+            ));
+        }
+        assert_eq!(
+            MerkleTree::from_leaves(leaves(4096)).cap(CAP_NODES).level,
+            0
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub use chain::{
 };
 pub use digest::Digest;
 pub use keyset::{KeyFile, KeySet};
-pub use merkle::{MerkleProof, MerkleTree, RootBuilder};
+pub use merkle::{MerkleCap, MerkleProof, MerkleTree, RootBuilder};
 pub use signer::{SignError, Signer, SignerError};
 pub use sshsig::{verify, verify_canonical, Verified, VerifyError};
 

@@ -24,6 +24,7 @@ fn request(batch: &str, i: usize) -> ResetRequest {
         replay: 0,
         tap: None,
         carry: None,
+        proof: None,
     }
 }
 
@@ -80,6 +81,7 @@ fn check(
     let seal = Seal {
         manifest: Some(&manifest),
         proof: Some(&proof),
+        leaf: None,
         approval,
         replay: None,
     };
@@ -149,6 +151,12 @@ fn a_retry_or_replay_still_verifies_but_a_changed_request_does_not() {
         ..Carry::default()
     });
     retried.replay = 2;
+    // The compact form's proof rides in the body: not part of the leaf it proves.
+    retried.proof = Some(sealed.compact_proof(1));
+    assert_eq!(
+        leaf_bytes(&retried).unwrap(),
+        leaf_bytes(&requests[1]).unwrap()
+    );
     // The leaf leaves `replay` out (the admin's grant covers it: see the replay tests).
     let trusted =
         verify_batch(Some(&sealed.manifest.to_header()), None, &policy(&w), now()).unwrap();
@@ -190,6 +198,7 @@ fn missing_forged_and_foreign_manifests_are_refused_with_their_reason() {
             Seal {
                 manifest,
                 proof: None,
+                leaf: None,
                 approval: None,
                 replay: None,
             },
@@ -311,6 +320,7 @@ fn oversized_headers_are_refused_before_parsing() {
     let seal = Seal {
         manifest: Some(&huge),
         proof: None,
+        leaf: None,
         approval: None,
         replay: None,
     };
@@ -323,6 +333,7 @@ fn oversized_headers_are_refused_before_parsing() {
     let seal = Seal {
         manifest: Some(&manifest),
         proof: Some(&proof),
+        leaf: None,
         approval: None,
         replay: None,
     };
@@ -365,6 +376,7 @@ fn a_replay_runs_only_with_an_admin_grant_of_exactly_this_request_replay_and_bat
         let seal = Seal {
             manifest: Some(&manifest),
             proof: Some(&proof),
+            leaf: None,
             approval: None,
             replay: grant,
         };
@@ -420,6 +432,7 @@ fn a_replay_runs_only_with_an_admin_grant_of_exactly_this_request_replay_and_bat
             Seal {
                 manifest: Some(&manifest),
                 proof: Some(&sealed.proof_header(1)),
+                leaf: None,
                 approval: None,
                 replay: Some(&grant),
             },

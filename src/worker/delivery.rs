@@ -44,6 +44,9 @@ pub(super) async fn handle(
     slots: Arc<Semaphore>,
     stop: CancellationToken,
 ) {
+    // A manifest published before this request is on the stream by now: a catch-up started
+    // after this instant sees it (see `verify`).
+    let arrived = std::time::Instant::now();
     let permit = tokio::select! {
         biased;
         _ = stop.cancelled() => None,
@@ -57,16 +60,25 @@ pub(super) async fn handle(
         return;
     };
     let _busy = Busy::start(&ctx);
-    process(&ctx, &incoming).await;
+    process(&ctx, &incoming, arrived).await;
 }
 
-async fn process(ctx: &Ctx, incoming: &Incoming) {
+async fn process(ctx: &Ctx, incoming: &Incoming, arrived: std::time::Instant) {
     let attempt = attempt_number(incoming.header_u64(headers::ATTEMPT));
     let parsed = parse_request(incoming.body());
     // Verified before anything else: before the claim, before Graph.
-    let checked = parsed
-        .as_ref()
-        .map(|request| (request, verify(ctx, incoming, request)));
+    let checked = match &parsed {
+        Err(cause) => Err(cause),
+        Ok(request) => match verify(ctx, incoming, request, arrived).await {
+            Ok(verdict) => Ok((request, verdict)),
+            Err(err) => {
+                // Not the request's fault: it is tried again, not refused.
+                tracing::warn!(error = %format!("{err:#}"), "could not look up a batch manifest on the outcomes stream; handing the delivery back");
+                let _ = incoming.hand_back().await;
+                return;
+            }
+        },
+    };
     // Held until the decision is carried out: a copy arriving meanwhile is a duplicate.
     let mut claim = None;
     let delivered = match &checked {
@@ -103,8 +115,17 @@ async fn process(ctx: &Ctx, incoming: &Incoming) {
     drop(claim);
 }
 
-/// The verdict on a parsed request, from its signing headers.
-fn verify(ctx: &Ctx, incoming: &Incoming, request: &ResetRequest) -> Verdict {
+/// The verdict on a parsed request, from its signing headers. A compact request whose
+/// manifest is not known yet waits until the stream follower has caught up (the manifest
+/// record was confirmed before the request was published) and, when the follower may have
+/// missed or forgotten it, for a lookup on the stream; an error is broker trouble, not a
+/// verdict.
+async fn verify(
+    ctx: &Ctx,
+    incoming: &Incoming,
+    request: &ResetRequest,
+    arrived: std::time::Instant,
+) -> anyhow::Result<Verdict> {
     let props = incoming.properties();
     let manifest = headers::get_str(props, MANIFEST_HEADER);
     let proof = headers::get_str(props, PROOF_HEADER);
@@ -113,10 +134,20 @@ fn verify(ctx: &Ctx, incoming: &Incoming, request: &ResetRequest) -> Verdict {
     let seal = Seal {
         manifest: manifest.as_deref(),
         proof: proof.as_deref(),
+        leaf: request.proof.as_deref(),
         approval: approval.as_deref(),
         replay: replay.as_deref(),
     };
-    ctx.worker.gatekeeper.check(request, seal, Utc::now())
+    let gatekeeper = &ctx.worker.gatekeeper;
+    if gatekeeper.unknown_batch(&seal).is_some() {
+        ctx.catch_up(arrived).await?;
+    }
+    if let Some(digest) = gatekeeper.unknown_batch(&seal) {
+        if gatekeeper.may_look_up(&digest, request.requested_at, Utc::now()) {
+            ctx.look_up(digest, request.requested_at).await?;
+        }
+    }
+    Ok(gatekeeper.check(request, seal, Utc::now()))
 }
 
 /// Claim the request, then run it when it is ours.

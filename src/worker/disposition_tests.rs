@@ -39,6 +39,7 @@ fn request() -> ResetRequest {
         replay: 2,
         tap: None,
         carry: None,
+        proof: None,
     }
 }
 

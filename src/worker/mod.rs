@@ -175,7 +175,7 @@ pub async fn run(
     let connection_name = format!("mfa-reset worker {}", worker.name);
     let mut delays = reconnect_backoff().build();
     loop {
-        let conn = broker::connect(&settings.broker, &connection_name).await?;
+        let conn = Arc::new(broker::connect(&settings.broker, &connection_name).await?);
         let ended = session::run(&conn, &worker, &cancel).await;
         let _ = conn.close(200, "bye".into()).await;
         let err = match ended {

@@ -15,7 +15,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use anyhow::Context;
+use chrono::{DateTime, Utc};
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
 use tokio::sync::Semaphore;
@@ -27,14 +28,16 @@ use super::delivery;
 use super::disposition::{Cause, Rules};
 use super::fleet::Fleet;
 use super::gate::Stop;
+use super::verify::LOOKUP_SLACK;
 use super::{Worker, WorkerMetrics};
 use crate::broker::consumer::{prefetch_for, Probe};
-use crate::broker::stream::{Followed, Offset, StreamFollower, StreamMessage};
+use crate::broker::stream::{read_until_now, Followed, Offset, StreamFollower, StreamMessage};
 use crate::broker::topology::RK_CONTROL;
 use crate::broker::{Consumer, Incoming, Topology};
 use crate::control;
-use crate::domain::Record;
+use crate::domain::{BatchManifest, Record};
 use crate::records::Read;
+use crate::trust::Digest;
 
 /// How often the queue depth is probed for `/metrics`.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -70,6 +73,11 @@ pub(super) struct Ctx {
     pub wake: tokio::sync::Notify,
     /// True while the consumer takes deliveries; false once a pause has stopped it.
     pub consuming: tokio::sync::watch::Sender<bool>,
+    /// The connection, for looking a batch manifest up on the outcomes stream.
+    pub conn: Arc<Connection>,
+    /// When the last completed catch-up with the outcomes stream started (see
+    /// [`Ctx::catch_up`]).
+    pub caught_up: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Ctx {
@@ -89,6 +97,69 @@ impl Ctx {
         self.wake.notify_one();
         let mut consuming = self.consuming.subscribe();
         let _ = tokio::time::timeout(limit, consuming.wait_for(|on| !on)).await;
+    }
+
+    /// Wait until the follower has handed over everything confirmed on the outcomes stream
+    /// before `since`. Deliveries asking at once share one marker: a catch-up that started
+    /// after `since` is enough, so a flood of requests of unknown batches costs one marker
+    /// per round trip, not one each.
+    pub async fn catch_up(&self, since: std::time::Instant) -> anyhow::Result<()> {
+        let mut last = self.caught_up.lock().await;
+        if last.is_some_and(|started| started >= since) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.follower
+            .sync()
+            .await
+            .context("catching up with the outcomes stream")?;
+        *last = Some(started);
+        Ok(())
+    }
+
+    /// Read the outcomes stream from a little before `requested_at` up to now for the
+    /// manifest record with `digest`, and learn it when its signature and cap verify. One
+    /// lookup at a time; one already made answers the ones waiting for it.
+    pub async fn look_up(&self, digest: Digest, requested_at: DateTime<Utc>) -> anyhow::Result<()> {
+        let gatekeeper = &self.worker.gatekeeper;
+        let _one = gatekeeper.lookups.lock().await;
+        if !gatekeeper.may_look_up(&digest, requested_at, Utc::now()) {
+            return Ok(());
+        }
+        let found: Arc<Mutex<Vec<BatchManifest>>> = Arc::default();
+        let into = found.clone();
+        let since = requested_at - LOOKUP_SLACK;
+        tracing::info!(manifest = %digest, since = %since.to_rfc3339(), "looking a batch manifest up on the outcomes stream");
+        read_until_now(
+            &self.conn,
+            &self.worker.topology,
+            Offset::Since(since),
+            move |message: StreamMessage| {
+                if let Ok(Record::Manifest(manifest)) = serde_json::from_slice(&message.body) {
+                    let matches = manifest
+                        .sealed
+                        .as_ref()
+                        .and_then(|sealed| sealed.digest().ok())
+                        == Some(digest);
+                    if matches {
+                        if let Ok(mut found) = into.lock() {
+                            found.push(manifest);
+                        }
+                    }
+                }
+            },
+        )
+        .await
+        .context("looking a batch manifest up on the outcomes stream")?;
+        let candidates = found.lock().map(|found| found.clone()).unwrap_or_default();
+        // Forged copies fail in `learn`; the genuine one, if any, is kept.
+        let learnt = candidates
+            .iter()
+            .any(|manifest| matches!(gatekeeper.learn(manifest, Utc::now()), Some(Ok(()))));
+        if !learnt {
+            gatekeeper.not_found(digest);
+        }
+        Ok(())
     }
 
     /// Why requests may not be taken now (halt, hourly cap), if they may not; `own` is the
@@ -137,7 +208,7 @@ impl Halt {
 
 /// Consume on `conn` until cancelled, idle, halted, or the broker goes away.
 pub(super) async fn run(
-    conn: &Connection,
+    conn: &Arc<Connection>,
     worker: &Arc<Worker>,
     cancel: &CancellationToken,
 ) -> Ended {
@@ -338,7 +409,7 @@ impl Paused {
 
 /// Declare the topology, catch up with the outcomes and control streams, record what the
 /// outbox holds (the caller then starts consuming, unless the gate is closed).
-async fn open(conn: &Connection, worker: &Arc<Worker>) -> anyhow::Result<(Arc<Ctx>, Probe)> {
+async fn open(conn: &Arc<Connection>, worker: &Arc<Worker>) -> anyhow::Result<(Arc<Ctx>, Probe)> {
     let topology = &worker.topology;
     topology.ensure(conn).await?;
     let publish = conn.create_channel().await?;
@@ -365,6 +436,8 @@ async fn open(conn: &Connection, worker: &Arc<Worker>) -> anyhow::Result<(Arc<Ct
         halt: Halt::default(),
         wake: tokio::sync::Notify::new(),
         consuming: tokio::sync::watch::Sender::new(true),
+        conn: conn.clone(),
+        caught_up: tokio::sync::Mutex::new(None),
     };
     Ok((Arc::new(ctx), probe))
 }
@@ -379,6 +452,7 @@ async fn follow_outcomes(
         - chrono::Duration::from_std(worker.settings.reset.max_request_age)
             .unwrap_or(chrono::Duration::days(1));
     let worker = worker.clone();
+    worker.gatekeeper.followed_since(since);
     let follower = StreamFollower::start(
         conn,
         &worker.topology.clone(),
@@ -393,6 +467,13 @@ async fn follow_outcomes(
                     | Record::Marker { .. }
                     | Record::ConsoleAction(_)
                     | Record::Restore(_) => {}
+                }
+            }
+            // A compact batch's manifest and cap: kept when they verify.
+            Read::Unsealed(Record::Manifest(manifest)) => {
+                if let Some(Err(refusal)) = worker.gatekeeper.learn(&manifest, Utc::now()) {
+                    worker.metrics.records_ignored.inc();
+                    tracing::warn!(offset = message.offset, batch = %manifest.batch, %refusal, "ignoring a batch manifest on the outcomes stream that does not verify: its requests are refused");
                 }
             }
             Read::Unsealed(_) => {}

@@ -1463,6 +1463,7 @@ async fn measure_the_watch_stream_of_a_10000_user_batch() {
         requested_by: Some("ops@contoso.com".into()),
         created_at: chrono::Utc::now(),
         sealed: None,
+        cap: None,
     });
     let send = |body: Vec<u8>| OutMessage::json(RK_OUTCOME, body).via(topology.intake());
     publisher

@@ -775,6 +775,7 @@ async fn an_expired_request_is_not_executed() {
         replay: 0,
         tap: None,
         carry: None,
+        proof: None,
     };
     let manifest = Record::Manifest(BatchManifest {
         batch: batch.into(),
@@ -785,6 +786,7 @@ async fn an_expired_request_is_not_executed() {
         requested_by: None,
         created_at: old,
         sealed: None,
+        cap: None,
     });
     let signed = env.sign(std::slice::from_ref(&request)).remove(0);
     let mut publisher = Publisher::connect(&env.settings.broker, &env.topology(), "test")

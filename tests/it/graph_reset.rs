@@ -469,6 +469,7 @@ async fn a_late_attempt_keeps_a_method_the_user_registered_after_the_request() {
         replay: 0,
         tap: None,
         carry: None,
+        proof: None,
     };
     let manifest = Record::Manifest(BatchManifest {
         batch: batch.into(),
@@ -479,6 +480,7 @@ async fn a_late_attempt_keeps_a_method_the_user_registered_after_the_request() {
         requested_by: None,
         created_at: requested_at,
         sealed: None,
+        cap: None,
     });
     let signed = env.sign(std::slice::from_ref(&request)).remove(0);
     let mut publisher = Publisher::connect(&env.settings.broker, &env.topology(), "test")

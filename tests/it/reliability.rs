@@ -244,6 +244,7 @@ async fn a_request_delivered_again_after_its_outcome_is_recorded_does_not_touch_
             replay: 0,
             tap: None,
             carry: None,
+            proof: None,
         };
         again.push(request);
     }
@@ -298,6 +299,7 @@ async fn a_redelivered_request_whose_outcome_is_recorded_is_acked_without_a_grap
         replay: 0,
         tap: None,
         carry: None,
+        proof: None,
     };
     env.publish_signed(std::slice::from_ref(&request)).await;
     // A worker that will die: it takes the request and keeps it unsettled …

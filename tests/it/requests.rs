@@ -10,12 +10,15 @@ use graph_sim::{GenOptions, SimConfig};
 use lapin::options::BasicGetOptions;
 use lapin::types::FieldTable;
 use mfa_reset::broker::headers::{self, Headers};
+use mfa_reset::broker::topology::{RK_OUTCOME, RK_REQUEST};
+use mfa_reset::broker::{OutMessage, Publisher};
 use mfa_reset::cli::ApproveArgs;
 use mfa_reset::commands;
+use mfa_reset::domain::{BatchManifest, Record};
 use mfa_reset::domain::{ResetRequest, Status, UserRef, REQUEST_VERSION};
 use mfa_reset::trust::requests::{
-    approve, sign_replay, SealedBatch, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER,
-    REPLAY_HEADER,
+    approve, sign_replay, CompactProof, SealedBatch, APPROVAL_HEADER, MANIFEST_HEADER,
+    PROOF_HEADER, REPLAY_HEADER,
 };
 use mfa_reset::trust::signer::generate_ed25519;
 use mfa_reset::trust::Signer;
@@ -50,6 +53,7 @@ fn request(batch: &str, i: usize) -> ResetRequest {
         replay: 0,
         tap: None,
         carry: None,
+        proof: None,
     }
 }
 
@@ -586,5 +590,317 @@ async fn a_verified_request_republished_with_a_higher_replay_runs_only_with_an_a
         env.keys.admin.principal.as_str()
     );
     assert_eq!(line["record"]["replay_key"], admin.fingerprint().as_str());
+    env.cleanup().await;
+}
+
+/// The manifest record `enqueue` writes for the compact batch `sealed` (its signed manifest
+/// and cap), with `cap` in place of the batch's own when given.
+fn manifest_record(sealed: &SealedBatch, cap: Option<mfa_reset::trust::MerkleCap>) -> Vec<u8> {
+    let manifest = &sealed.manifest.manifest;
+    serde_json::to_vec(&Record::Manifest(BatchManifest {
+        batch: manifest.batch.clone(),
+        count: manifest.count,
+        source: "test".into(),
+        dry_run: false,
+        revoke_sessions: true,
+        requested_by: None,
+        created_at: manifest.created_at,
+        sealed: Some(sealed.manifest.clone()),
+        cap: Some(cap.unwrap_or_else(|| sealed.cap.clone())),
+    }))
+    .expect("json")
+}
+
+/// The body of `request` in the compact form: with the `proof` of request `i` of `sealed`.
+fn compact_body(request: &ResetRequest, sealed: &SealedBatch, i: usize) -> Vec<u8> {
+    let mut request = request.clone();
+    request.proof = Some(sealed.compact_proof(i));
+    body(&request)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_requests_run_only_against_a_manifest_record_that_verifies_and_forgeries_are_dead_lettered_never_executed(
+) {
+    let mut env = TestEnv::new("req-compact", tenant(20)).await;
+    env.setup().await;
+    // The worker is running before anything is published: it learns the manifests as they
+    // come, and a request that outruns its manifest waits for the follower to catch up.
+    env.start_worker(4);
+    let requester = Signer::from_key_file(&env.keys.requester.path).expect("requester key");
+    let principal = env.keys.requester.principal.as_str();
+    let seal = |requests: &[ResetRequest], signer: &Signer| {
+        // A cap of two nodes: every request carries a path of hashes up to it.
+        SealedBatch::seal_capped(requests, principal, signer, Utc::now(), 2).expect("seal")
+    };
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    // (body, headers, the reason it must be refused with; None: it runs)
+    let mut requests: Vec<(Vec<u8>, FieldTable, Option<&str>)> = Vec::new();
+
+    // Genuine: five users, after a forged copy of its record whose cap was changed (it must
+    // neither verify nor stop the genuine record from being learnt).
+    let genuine: Vec<_> = (0..5).map(|i| request("compact-ok", i)).collect();
+    let sealed = seal(&genuine, &requester);
+    // Every request but the last (alone at the end of each level below the cap) has a path.
+    assert_eq!(sealed.cap.level, 2);
+    assert!(sealed.cap_paths[..4].iter().all(|path| !path.is_empty()));
+    let mut bent = sealed.cap.clone();
+    bent.nodes[0].0[0] ^= 1;
+    records.push(manifest_record(&sealed, Some(bent)));
+    records.push(manifest_record(&sealed, None));
+    for (i, r) in genuine.iter().enumerate() {
+        requests.push((compact_body(r, &sealed, i), FieldTable::default(), None));
+    }
+    // Another user's body with request 0's proof: not in the batch.
+    let mut victim = request("compact-ok", 6);
+    victim.request_id = genuine[0].request_id;
+    requests.push((
+        compact_body(&victim, &sealed, 0),
+        FieldTable::default(),
+        Some("not_in_batch"),
+    ));
+
+    // A signed batch whose manifest record was never published: its manifest is unknown.
+    let unknown = vec![request("compact-unknown", 7)];
+    let sealed = seal(&unknown, &requester);
+    requests.push((
+        compact_body(&unknown[0], &sealed, 0),
+        FieldTable::default(),
+        Some("unsigned"),
+    ));
+
+    // A record signed by a key of the attacker's own, with its requests.
+    let own = Signer::from_private_key(generate_ed25519("mallory").expect("key")).expect("signer");
+    let outsider: Vec<_> = (8..10).map(|i| request("compact-outsider", i)).collect();
+    let sealed = seal(&outsider, &own);
+    records.push(manifest_record(&sealed, None));
+    for (i, r) in outsider.iter().enumerate() {
+        requests.push((
+            compact_body(r, &sealed, i),
+            FieldTable::default(),
+            Some("unsigned"),
+        ));
+    }
+
+    // A genuine signature over another manifest: the requester changed after signing.
+    let altered: Vec<_> = (10..12).map(|i| request("compact-altered", i)).collect();
+    let mut sealed = seal(&altered, &requester);
+    sealed.manifest.manifest.requested_by = env.keys.approver.principal.clone();
+    records.push(manifest_record(&sealed, None));
+    for (i, r) in altered.iter().enumerate() {
+        requests.push((
+            compact_body(r, &sealed, i),
+            FieldTable::default(),
+            Some("unsigned"),
+        ));
+    }
+
+    // A genuinely signed manifest whose cap does not fold up to its root.
+    let capped: Vec<_> = (12..14).map(|i| request("compact-cap", i)).collect();
+    let sealed = seal(&capped, &requester);
+    let mut other = sealed.cap.clone();
+    other.nodes.reverse();
+    records.push(manifest_record(&sealed, Some(other)));
+    for (i, r) in capped.iter().enumerate() {
+        requests.push((
+            compact_body(r, &sealed, i),
+            FieldTable::default(),
+            Some("unsigned"),
+        ));
+    }
+
+    let untouched: Vec<_> = (6..14)
+        .map(|i| {
+            env.sim
+                .user(&graph_sim::tenant::upn_for_index(i))
+                .expect("user")
+        })
+        .collect();
+    // As enqueue does: the records confirmed first, then the requests, through the intake.
+    let topology = env.topology();
+    let mut publisher = Publisher::connect(&env.settings.broker, &topology, "test")
+        .await
+        .expect("publisher");
+    for record in records {
+        publisher
+            .send(OutMessage::json(RK_OUTCOME, record).via(topology.intake()))
+            .await
+            .expect("record");
+    }
+    publisher.flush().await.expect("records confirmed");
+    for (body, headers, _) in &requests {
+        let msg = OutMessage::json(RK_REQUEST, body.clone())
+            .with_headers(headers.clone())
+            .via(topology.intake());
+        publisher.send(msg).await.expect("request");
+    }
+    publisher.flush().await.expect("requests confirmed");
+    publisher.close().await.expect("close");
+
+    let view = env.wait_batch("compact-ok", 60).await;
+    assert_eq!(view.counts().get(&Status::Reset).copied(), Some(5));
+    let refused = requests
+        .iter()
+        .filter(|(_, _, reason)| reason.is_some())
+        .count();
+    wait_dead(&env, refused as u32).await;
+    env.stop_workers().await;
+
+    let mut expected: Vec<(String, String)> = requests
+        .iter()
+        .filter_map(|(body, _, reason)| {
+            let user = serde_json::from_slice::<serde_json::Value>(body).unwrap()["user"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            reason.map(|reason| (reason.to_string(), user))
+        })
+        .collect();
+    let mut got = dead_letters(&env).await;
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+    let after: Vec<_> = (6..14)
+        .map(|i| {
+            env.sim
+                .user(&graph_sim::tenant::upn_for_index(i))
+                .expect("user")
+        })
+        .collect();
+    assert_eq!(after, untouched, "no refused request reached Graph");
+    let ran = env.outcome_counts().await;
+    assert_eq!(ran.len(), 5, "outcomes only for the genuine batch: {ran:?}");
+    assert!(genuine.iter().all(|r| ran.contains_key(&r.request_id)));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_publishes_compact_requests_without_headers_and_the_worker_runs_them() {
+    let mut env = TestEnv::new("req-compact-enqueue", tenant(6)).await;
+    env.setup().await;
+    let enqueued = env
+        .enqueue_csv(&csv_of_generated(4))
+        .await
+        .expect("enqueue");
+
+    // Every request carries only its compact proof, in its body: no header at all.
+    let conn = mfa_reset::broker::connect(&env.settings.broker, "test peek")
+        .await
+        .expect("broker");
+    let ch = conn.create_channel().await.expect("channel");
+    let peeked = ch
+        .basic_get(
+            env.topology().requests().as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .expect("basic.get")
+        .expect("a request");
+    // (The quorum queue adds its own x-delivery-count.)
+    let names: Vec<String> = peeked
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .map(|table| table.inner().keys().map(|key| key.to_string()).collect())
+        .unwrap_or_default();
+    assert!(
+        names.iter().all(|name| name == "x-delivery-count"),
+        "no header of ours: {names:?}"
+    );
+    let sent: ResetRequest = serde_json::from_slice(&peeked.delivery.data).expect("request");
+    let proof = CompactProof::from_text(sent.proof.as_deref().expect("a proof field"))
+        .expect("a compact proof");
+    // A batch of up to 4096 has its leaves as the cap: a digest and an index, no path.
+    assert!(proof.path.is_empty());
+    assert!(proof.index < 4);
+    let _ = conn.close(200, "bye".into()).await;
+
+    env.start_worker(2);
+    let view = env.wait_batch(&enqueued.batch, 60).await;
+    assert_eq!(view.counts().get(&Status::Reset).copied(), Some(4));
+    let manifest = view.manifest().expect("manifest record");
+    let cap = manifest.cap.as_ref().expect("the record holds the cap");
+    assert_eq!((cap.level, cap.nodes.len()), (0, 4));
+    env.cleanup().await;
+}
+
+/// Publish `messages` (routing key, body, headers) through the intake, confirmed, in order.
+async fn publish_in_order(env: &TestEnv, messages: Vec<(&str, Vec<u8>, FieldTable)>) {
+    let topology = env.topology();
+    let mut publisher = Publisher::connect(&env.settings.broker, &topology, "test")
+        .await
+        .expect("publisher");
+    for (routing_key, body, headers) in messages {
+        let msg = OutMessage::json(routing_key, body)
+            .with_headers(headers)
+            .via(topology.intake());
+        publisher.send(msg).await.expect("publish");
+    }
+    publisher.flush().await.expect("confirmed");
+    publisher.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_batch_the_worker_forgot_is_looked_up_on_the_stream_and_runs() {
+    let mut env = TestEnv::new("req-compact-lookup", tenant(6)).await;
+    // One batch kept in memory: learning the second forgets the first.
+    env.settings.security.known_batches = 1;
+    env.setup().await;
+    env.start_worker(2);
+    let requester = Signer::from_key_file(&env.keys.requester.path).expect("requester key");
+    let principal = env.keys.requester.principal.as_str();
+    let first: Vec<_> = (0..2).map(|i| request("compact-first", i)).collect();
+    let second = vec![request("compact-second", 2)];
+    let first_sealed = SealedBatch::seal(&first, principal, &requester, Utc::now()).expect("seal");
+    let second_sealed =
+        SealedBatch::seal(&second, principal, &requester, Utc::now()).expect("seal");
+    let none = FieldTable::default;
+    publish_in_order(
+        &env,
+        vec![
+            (RK_OUTCOME, manifest_record(&first_sealed, None), none()),
+            (RK_OUTCOME, manifest_record(&second_sealed, None), none()),
+            (
+                RK_REQUEST,
+                compact_body(&second[0], &second_sealed, 0),
+                FieldTable::default(),
+            ),
+        ],
+    )
+    .await;
+    // The second batch ran: the worker has read past both records, so it forgot the first.
+    let view = env.wait_batch("compact-second", 60).await;
+    assert_eq!(view.counts().get(&Status::Reset).copied(), Some(1));
+
+    // The follower read the first record once and the worker forgot it: the first batch's
+    // requests can only verify by finding their manifest on the stream again; a request naming a
+    // manifest that is nowhere on it is still refused after the lookup.
+    let never = vec![request("compact-never", 4)];
+    let never_sealed = SealedBatch::seal(&never, principal, &requester, Utc::now()).expect("seal");
+    let mut messages: Vec<_> = first
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                RK_REQUEST,
+                compact_body(r, &first_sealed, i),
+                FieldTable::default(),
+            )
+        })
+        .collect();
+    messages.push((
+        RK_REQUEST,
+        compact_body(&never[0], &never_sealed, 0),
+        FieldTable::default(),
+    ));
+    publish_in_order(&env, messages).await;
+    let view = env.wait_batch("compact-first", 60).await;
+    assert_eq!(view.counts().get(&Status::Reset).copied(), Some(2));
+    wait_dead(&env, 1).await;
+    env.stop_workers().await;
+    assert_eq!(
+        dead_letters(&env).await,
+        vec![("unsigned".to_string(), never[0].user.to_string())]
+    );
     env.cleanup().await;
 }

@@ -201,6 +201,7 @@ async fn a_pass_added_to_a_signed_request_is_refused_and_nothing_is_done() {
         replay: 0,
         tap: None,
         carry: None,
+        proof: None,
     };
     let headers = env.sign(std::slice::from_ref(&signed)).remove(0);
     let methods_before = sim_user(&env, &upn).await["methods"].clone();

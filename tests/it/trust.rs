@@ -635,6 +635,7 @@ fn a_manifest_signed_here_verifies_with_ssh_keygen_and_an_approval_by_ssh_keygen
                 replay: 0,
                 tap: None,
                 carry: None,
+                proof: None,
             }
         })
         .collect();
@@ -681,6 +682,7 @@ fn a_manifest_signed_here_verifies_with_ssh_keygen_and_an_approval_by_ssh_keygen
         let seal = Seal {
             manifest: Some(&manifest),
             proof: Some(&proof),
+            leaf: None,
             approval: Some(&approval),
             replay: None,
         };
