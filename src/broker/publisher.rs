@@ -70,8 +70,12 @@ impl OutMessage {
             .with_content_type("application/json".into())
             // Persistent: survives a broker restart (quorum queues store every message anyway).
             .with_delivery_mode(2)
-            .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
-            .with_headers(self.headers.clone());
+            .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
+        // No header table at all when there are none (a compact request has none): one field
+        // less for the broker to decode on every message.
+        if !self.headers.inner().is_empty() {
+            props = props.with_headers(self.headers.clone());
+        }
         if let Some(id) = &self.message_id {
             props = props.with_message_id(id.as_str().into());
         }
