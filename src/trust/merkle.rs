@@ -63,6 +63,19 @@ where
     builder.root()
 }
 
+/// The level above `below`: each pair hashed into one node; RFC 6962: a last node without
+/// a neighbour moves up unchanged.
+fn level_above(below: &[Digest]) -> Vec<Digest> {
+    below
+        .chunks(2)
+        .map(|pair| match pair {
+            [left, right] => node_hash(left, right),
+            [alone] => *alone,
+            _ => unreachable!("chunks(2) yields one or two items"),
+        })
+        .collect()
+}
+
 /// A whole tree, every level kept, for building the proofs of all leaves.
 #[derive(Debug, Clone)]
 pub struct MerkleTree {
@@ -92,16 +105,7 @@ impl MerkleTree {
         }
         let mut levels = vec![leaf_hashes];
         while let Some(below) = levels.last().filter(|level| level.len() > 1) {
-            let above = below
-                .chunks(2)
-                .map(|pair| match pair {
-                    [left, right] => node_hash(left, right),
-                    // RFC 6962: a last node without a neighbour moves up unchanged.
-                    [alone] => *alone,
-                    _ => unreachable!("chunks(2) yields one or two items"),
-                })
-                .collect();
-            levels.push(above);
+            levels.push(level_above(below));
         }
         MerkleTree { levels }
     }
@@ -149,7 +153,16 @@ impl MerkleTree {
     /// `None` past the last leaf or above the root.
     pub fn path_to_cap(&self, index: u64, cap: &MerkleCap) -> Option<Vec<Digest>> {
         let level = usize::try_from(cap.level).ok()?;
-        if index >= self.len() || level >= self.levels.len() {
+        if level >= self.levels.len() {
+            return None;
+        }
+        self.path_up_to(index, level)
+    }
+
+    /// The sibling hashes from leaf `index` up to (not including) level `level`, or `None`
+    /// past the last leaf.
+    fn path_up_to(&self, index: u64, level: usize) -> Option<Vec<Digest>> {
+        if index >= self.len() {
             return None;
         }
         let mut path = Vec::with_capacity(level);
@@ -166,21 +179,13 @@ impl MerkleTree {
 
     /// The inclusion proof of leaf `index`, or `None` past the last leaf.
     pub fn proof(&self, index: u64) -> Option<MerkleProof> {
-        let count = self.len();
-        if index >= count {
-            return None;
-        }
-        let mut path = Vec::with_capacity(self.levels.len());
-        let mut position = usize::try_from(index).ok()?;
-        for level in &self.levels[..self.levels.len() - 1] {
-            let sibling = position ^ 1;
-            // No sibling: this node moves up unchanged and adds nothing to the path.
-            if let Some(hash) = level.get(sibling) {
-                path.push(*hash);
-            }
-            position /= 2;
-        }
-        Some(MerkleProof { index, count, path })
+        // Up to the root's level (`len() - 1`; an empty tree has no leaf to prove).
+        let path = self.path_up_to(index, self.levels.len().checked_sub(1)?)?;
+        Some(MerkleProof {
+            index,
+            count: self.len(),
+            path,
+        })
     }
 }
 
@@ -270,20 +275,10 @@ impl MerkleCap {
     /// The root the cap's nodes fold up to (RFC 6962, bottom-up like [`MerkleTree`]).
     pub fn root(&self) -> Digest {
         let mut level = self.nodes.clone();
-        if level.is_empty() {
-            return empty_root();
-        }
         while level.len() > 1 {
-            level = level
-                .chunks(2)
-                .map(|pair| match pair {
-                    [left, right] => node_hash(left, right),
-                    [alone] => *alone,
-                    _ => unreachable!("chunks(2) yields one or two items"),
-                })
-                .collect();
+            level = level_above(&level);
         }
-        level[0]
+        level.first().copied().unwrap_or_else(empty_root)
     }
 }
 
