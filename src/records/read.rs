@@ -151,12 +151,28 @@ fn classify(body: &[u8], allowed: &AllowedSigners) -> Read {
         return ignored(batch, "its chain names another batch than it does".into());
     }
     let at = claimed_time(&record).unwrap_or_else(Utc::now);
-    match sealed.verify(Namespace::Worker, allowed, at) {
+    believe(record, &sealed, Namespace::Worker, allowed, at, batch)
+}
+
+/// `record` as read when its seal verifies in `namespace` at `at` (the time it claims),
+/// ignored (in `batch`, with why) when not.
+pub(super) fn believe(
+    record: Record,
+    sealed: &SealedRecord,
+    namespace: Namespace,
+    allowed: &AllowedSigners,
+    at: DateTime<Utc>,
+    batch: Option<String>,
+) -> Read {
+    match sealed.verify(namespace, allowed, at) {
         Ok(verified) => Read::Verified {
             record,
             signer: verified.principal,
         },
-        Err(error) => ignored(batch, error.to_string()),
+        Err(error) => Read::Ignored {
+            batch,
+            reason: error.to_string(),
+        },
     }
 }
 
@@ -170,16 +186,7 @@ fn console_action(record: Record, sealed: &SealedRecord, allowed: &AllowedSigner
         };
     }
     let at = claimed_time(&record).unwrap_or_else(Utc::now);
-    match sealed.verify(Namespace::Request, allowed, at) {
-        Ok(verified) => Read::Verified {
-            record,
-            signer: verified.principal,
-        },
-        Err(error) => Read::Ignored {
-            batch: None,
-            reason: error.to_string(),
-        },
-    }
+    believe(record, sealed, Namespace::Request, allowed, at, None)
 }
 
 /// How the chains of the console's actions begin: `console:{writer}`.

@@ -53,16 +53,15 @@ pub fn read(record: RestoreRecord, sealed: &SealedRecord, allowed: &AllowedSigne
             reason: "its chain names another batch than it does".into(),
         };
     }
-    match sealed.verify(Namespace::Admin, allowed, record.at) {
-        Ok(verified) => Read::Verified {
-            record: Record::Restore(Box::new(record)),
-            signer: verified.principal,
-        },
-        Err(error) => Read::Ignored {
-            batch,
-            reason: error.to_string(),
-        },
-    }
+    let at = record.at;
+    super::read::believe(
+        Record::Restore(Box::new(record)),
+        sealed,
+        Namespace::Admin,
+        allowed,
+        at,
+        batch,
+    )
 }
 
 /// One restore's chain on the outcomes stream: each record sealed with the admin's key and
