@@ -16,19 +16,20 @@
 //! twice.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::broker::topology::{RK_AWAITING, RK_OUTCOME, RK_REQUEST};
 use crate::broker::{OutMessage, Publisher, Topology};
 use crate::cli::EnqueueArgs;
 use crate::config::Settings;
-use crate::domain::{BatchManifest, Record, ResetRequest, UserRef, REQUEST_VERSION};
+use crate::domain::{BatchManifest, Record, ResetRequest, TapRequest, UserRef, REQUEST_VERSION};
 use crate::graph::GraphClient;
 use crate::intake::{self, IntakeRow, Plan};
-use crate::trust::merkle::{leaf_hash, CAP_NODES};
+use crate::trust::merkle::{leaf_hash, MerkleCap, CAP_NODES};
 use crate::trust::requests::{leaf_bytes, CompactProof, Manifest, SealedManifest};
 use crate::trust::{AllowedSigners, Digest, MerkleTree, Namespace, Signer};
 
@@ -117,7 +118,7 @@ pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqu
     let awaiting_approval = plan.count > settings.security.approval_above;
     let count = publish(
         settings,
-        &plan,
+        std::sync::Arc::new(plan),
         &batch,
         args,
         requested_by,
@@ -321,7 +322,7 @@ fn print_summary(plan: &Plan, args: &EnqueueArgs) {
 #[allow(clippy::too_many_arguments)]
 async fn publish(
     settings: &Settings,
-    plan: &Plan,
+    plan: Arc<Plan>,
     batch: &str,
     args: &EnqueueArgs,
     requested_by: Option<String>,
@@ -336,24 +337,18 @@ async fn publish(
     } else {
         None
     };
-    let request_of = |row: IntakeRow| ResetRequest {
-        version: REQUEST_VERSION,
-        request_id: ResetRequest::id_for(batch, &row.user),
+    let requests = Arc::new(RequestOf {
         batch: batch.to_string(),
-        user: row.user,
-        ticket: row.ticket,
-        reason: row.reason.or_else(|| args.reason.clone()),
-        requested_by: row.requested_by.or_else(|| requested_by.clone()),
+        reason: args.reason.clone(),
+        requested_by: requested_by.clone(),
         dry_run: args.dry_run,
-        revoke_sessions: row.revoke_sessions.unwrap_or(args.revoke_sessions),
+        revoke_sessions: args.revoke_sessions,
         requested_at: now,
-        replay: 0,
-        tap: tap.filter(|_| row.tap.unwrap_or(args.tap)),
-        carry: None,
-        proof: None,
-    };
+        tap,
+        tap_all: args.tap,
+    });
     // Pass 1: the Merkle tree of the requests, and the signed manifest holding its root.
-    let leaves = leaf_hashes(plan.rows()?, plan.count, &request_of)?;
+    let leaves = leaf_hashes(plan.rows()?, plan.count, &|row| requests.request(row))?;
     let tree = MerkleTree::from_leaf_hashes(leaves);
     let sealed = SealedManifest::seal(
         Manifest {
@@ -398,46 +393,147 @@ async fn publish(
     } else {
         RK_REQUEST
     };
-    // Pass 2: every request with its compact proof.
+    // Pass 2: every request with its compact proof, built on a thread of its own (CSV, JSON,
+    // proof) while this task only publishes: the publishing loop waits on the broker, and
+    // what it does between two publishes delays every one of them.
+    let expected = plan.count;
+    let mut built = build_requests(
+        plan,
+        requests,
+        Arc::new(tree),
+        cap,
+        digest,
+        routing_key,
+        intake,
+    );
     let mut published = 0u64;
-    let rows = plan.rows()?;
-    for (index, row) in (0u64..).zip(rows) {
-        let mut request = request_of(row?);
-        let path = tree.path_to_cap(index, &cap).ok_or_else(|| {
-            anyhow::anyhow!(
-                "the input changed while it was being enqueued (more rows than the {} \
-                 validated); re-run with --batch {batch}",
-                plan.count
-            )
-        })?;
-        // In the body, no headers at all: see `trust::requests` for why.
-        request.proof = Some(
-            CompactProof {
-                manifest: digest,
-                index,
-                path,
+    while let Some(chunk) = built.recv().await {
+        for msg in chunk {
+            if let Err(err) = publisher.send(msg?).await {
+                return Err(interrupted(err, batch, publisher.confirmed()));
             }
-            .to_text(),
-        );
-        let msg = OutMessage::json(routing_key, serde_json::to_vec(&request)?)
-            .with_id(request.request_id.to_string())
-            .via(intake.clone());
-        if let Err(err) = publisher.send(msg).await {
-            return Err(interrupted(err, batch, publisher.confirmed()));
+            published += 1;
         }
-        published += 1;
     }
     if let Err(err) = publisher.flush().await {
         return Err(interrupted(err, batch, publisher.confirmed()));
     }
     anyhow::ensure!(
-        published == plan.count,
-        "the input changed while it was being enqueued ({published} rows now, {} validated); \
-         re-run with --batch {batch}",
-        plan.count
+        published == expected,
+        "the input changed while it was being enqueued ({published} rows now, {expected} \
+         validated); re-run with --batch {batch}"
     );
     publisher.close().await?;
     Ok(published)
+}
+
+/// What every request of the batch shares, and how a row becomes its request.
+struct RequestOf {
+    batch: String,
+    /// `--reason`, for rows without their own.
+    reason: Option<String>,
+    /// Who enqueued, for rows without their own `requested_by`.
+    requested_by: Option<String>,
+    dry_run: bool,
+    /// `--revoke-sessions`, for rows that do not say.
+    revoke_sessions: bool,
+    requested_at: DateTime<Utc>,
+    /// The pass to create when asked (`--tap`, or a ticket event's `"tap": true`).
+    tap: Option<TapRequest>,
+    /// `--tap`: every row asks for one unless it says otherwise.
+    tap_all: bool,
+}
+
+impl RequestOf {
+    fn request(&self, row: IntakeRow) -> ResetRequest {
+        ResetRequest {
+            version: REQUEST_VERSION,
+            request_id: ResetRequest::id_for(&self.batch, &row.user),
+            batch: self.batch.clone(),
+            user: row.user,
+            ticket: row.ticket,
+            reason: row.reason.or_else(|| self.reason.clone()),
+            requested_by: row.requested_by.or_else(|| self.requested_by.clone()),
+            dry_run: self.dry_run,
+            revoke_sessions: row.revoke_sessions.unwrap_or(self.revoke_sessions),
+            requested_at: self.requested_at,
+            replay: 0,
+            tap: self.tap.filter(|_| row.tap.unwrap_or(self.tap_all)),
+            carry: None,
+            proof: None,
+        }
+    }
+}
+
+/// Requests handed to the publisher at once: one wake-up of the publishing task per chunk,
+/// not per request.
+const BUILT_CHUNK: usize = 256;
+/// Chunks built ahead of the publisher (16 × 256 requests of about 700 bytes: under 3 MB).
+const BUILT_AHEAD: usize = 16;
+
+/// Pass 2's requests, built on a thread of their own, in order and in chunks of
+/// [`BUILT_CHUNK`], each with its compact proof (`index` in the batch, path up to `cap`) and
+/// ready to publish. The first error (the input changed since it was checked) is the last
+/// item; dropping the receiver stops the thread.
+fn build_requests(
+    plan: Arc<Plan>,
+    requests: Arc<RequestOf>,
+    tree: Arc<MerkleTree>,
+    cap: MerkleCap,
+    digest: Digest,
+    routing_key: &'static str,
+    intake: String,
+) -> tokio::sync::mpsc::Receiver<Vec<anyhow::Result<OutMessage>>> {
+    let (sender, built) = tokio::sync::mpsc::channel(BUILT_AHEAD);
+    std::thread::spawn(move || {
+        let build = |index: u64, row: IntakeRow| -> anyhow::Result<OutMessage> {
+            let mut request = requests.request(row);
+            let path = tree.path_to_cap(index, &cap).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the input changed while it was being enqueued (more rows than the {} \
+                     validated); re-run with --batch {}",
+                    plan.count,
+                    requests.batch
+                )
+            })?;
+            // In the body, no headers at all: see `trust::requests` for why.
+            request.proof = Some(
+                CompactProof {
+                    manifest: digest,
+                    index,
+                    path,
+                }
+                .to_text(),
+            );
+            Ok(OutMessage::json(routing_key, serde_json::to_vec(&request)?)
+                .with_id(request.request_id.to_string())
+                .via(intake.clone()))
+        };
+        let rows = match plan.rows() {
+            Ok(rows) => rows,
+            Err(error) => {
+                let _ = sender.blocking_send(vec![Err(error)]);
+                return;
+            }
+        };
+        let mut chunk = Vec::with_capacity(BUILT_CHUNK);
+        for (index, row) in (0u64..).zip(rows) {
+            let msg = row.and_then(|row| build(index, row));
+            let failed = msg.is_err();
+            chunk.push(msg);
+            if chunk.len() == BUILT_CHUNK || failed {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(BUILT_CHUNK));
+                // Closed: the publisher stopped (its error is the one reported).
+                if sender.blocking_send(full).is_err() || failed {
+                    return;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = sender.blocking_send(chunk);
+        }
+    });
+    built
 }
 
 /// Rows read and built into requests per hand-over in [`leaf_hashes`].
@@ -607,6 +703,89 @@ mod tests {
             .map(|line| leaf_hash(&leaf_bytes(&request_of(row(line))).unwrap()))
             .collect();
         assert_eq!(leaves, one_by_one);
+    }
+
+    fn requests_of_b() -> Arc<RequestOf> {
+        Arc::new(RequestOf {
+            batch: "b".into(),
+            reason: None,
+            requested_by: None,
+            dry_run: false,
+            revoke_sessions: false,
+            requested_at: chrono::DateTime::UNIX_EPOCH,
+            tap: None,
+            tap_all: false,
+        })
+    }
+
+    /// Pass 2 over `rows` rows against a tree of `leaves` of them.
+    async fn built(rows: u64, leaves: u64) -> Vec<anyhow::Result<OutMessage>> {
+        let plan = Arc::new(intake::plan_rows(
+            "test".into(),
+            (1..=rows).map(row).collect(),
+        ));
+        let tree = MerkleTree::from_leaf_hashes(
+            (1..=leaves)
+                .map(|line| leaf_hash(&leaf_bytes(&request_of(row(line))).unwrap()))
+                .collect(),
+        );
+        let cap = tree.cap(16);
+        let mut built = build_requests(
+            plan,
+            requests_of_b(),
+            Arc::new(tree),
+            cap,
+            Digest::of(b"manifest"),
+            RK_REQUEST,
+            "t.intake".into(),
+        );
+        let mut all = Vec::new();
+        while let Some(chunk) = built.recv().await {
+            all.extend(chunk);
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn pass_two_builds_every_request_in_order_with_the_proof_of_its_own_leaf() {
+        let count = 2 * BUILT_CHUNK as u64 + 3;
+        let messages = built(count, count).await;
+        assert_eq!(messages.len() as u64, count);
+        let tree = MerkleTree::from_leaf_hashes(
+            (1..=count)
+                .map(|line| leaf_hash(&leaf_bytes(&request_of(row(line))).unwrap()))
+                .collect(),
+        );
+        let cap = tree.cap(16);
+        for (index, msg) in (0u64..).zip(messages) {
+            let msg = msg.unwrap();
+            assert_eq!(msg.exchange.as_deref(), Some("t.intake"));
+            let request: ResetRequest = serde_json::from_slice(&msg.body).unwrap();
+            assert_eq!(request.user, row(index + 1).user);
+            let proof = CompactProof::from_text(request.proof.as_deref().unwrap()).unwrap();
+            assert_eq!(proof.index, index);
+            let leaf = leaf_hash(&leaf_bytes(&request).unwrap());
+            assert!(crate::trust::merkle::verify_to_cap(
+                &leaf,
+                index,
+                count,
+                &proof.path,
+                &cap
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn more_rows_in_pass_two_than_were_hashed_end_it_with_an_error() {
+        let messages = built(BUILT_CHUNK as u64 + 10, BUILT_CHUNK as u64).await;
+        // Every row the tree holds, then the error, then nothing.
+        assert_eq!(messages.len(), BUILT_CHUNK + 1);
+        let error = messages.last().unwrap().as_ref().unwrap_err().to_string();
+        assert!(
+            error.contains("the input changed while it was being enqueued"),
+            "{error}"
+        );
+        assert!(messages[..BUILT_CHUNK].iter().all(Result::is_ok));
     }
 
     #[test]
