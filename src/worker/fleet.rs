@@ -20,7 +20,7 @@
 //! acts only on a message whose seal verifies against `security.allowed_signers`, that is
 //! fresh (clocks within [`envelope::MAX_CLOCK_SKEW`]) and that it has not taken before
 //! ([`envelope`]). Anything else (unsigned, badly signed, an unknown signer, stale,
-//! future-dated, replayed, malformed) is dropped unread, counted
+//! future-dated, replayed, sent on another deployment's exchange, malformed) is dropped unread, counted
 //! (`mfa_reset_fleet_refused{reason}`) and warned about at most once a minute per reason.
 //! So a holder of broker credentials alone cannot pause the workers, inflate their count or
 //! lead their law; a replayed pause extends no pause. What a worker key's holder could send
@@ -333,8 +333,8 @@ impl Fleet {
             cap: settings.retry.max_retry_after,
             graph: graph.clone(),
             census: Census::new(me, settings.rate.processes == 0),
-            seal: FleetSeal::new(me, trust.signer.clone()),
-            reader: FleetReader::new(trust.allowed.clone()),
+            seal: FleetSeal::new(&topology.fleet(), me, trust.signer.clone()),
+            reader: FleetReader::new(&topology.fleet(), trust.allowed.clone()),
             refusals: RefusalLog::default(),
             metrics: trust.metrics.clone(),
         };

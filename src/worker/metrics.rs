@@ -58,7 +58,7 @@ pub struct WorkerMetrics {
     pub records_ignored: Counter,
     /// Messages on the fleet exchange dropped unread, by reason (`unsigned`,
     /// `bad_signature`, `signer_not_allowed`, `stale`, `future_dated`, `replayed`,
-    /// `malformed`, `too_many_senders`): see [`crate::worker::fleet`].
+    /// `other_fleet`, `malformed`, `too_many_senders`): see [`crate::worker::fleet`].
     pub fleet_refused: Family<ReasonLabel, Counter>,
 }
 

@@ -93,11 +93,17 @@ impl Publisher {
 /// `message` as forgers send it, sent now: unsigned (today's plain JSON), sealed by a key on
 /// no line of allowed_signers, sealed by an operator's key (allowed to request, not to speak
 /// for a worker), and signed by that key in its own request namespace.
-fn forgeries(keys: &KeySet, stranger: &Arc<Signer>, message: &FleetMessage) -> Vec<Vec<u8>> {
+fn forgeries(
+    exchange: &str,
+    keys: &KeySet,
+    stranger: &Arc<Signer>,
+    message: &FleetMessage,
+) -> Vec<Vec<u8>> {
     let now = Utc::now();
     let instance = message.instance();
     let operator = Arc::new(Signer::from_key_file(&keys.requester.path).expect("operator key"));
     let sent = Sent {
+        exchange: exchange.to_string(),
         sent_at: now,
         message: serde_json::to_string(message).expect("json"),
     };
@@ -106,10 +112,10 @@ fn forgeries(keys: &KeySet, stranger: &Arc<Signer>, message: &FleetMessage) -> V
         .expect("seal");
     vec![
         serde_json::to_vec(message).expect("json"),
-        FleetSeal::new(instance, stranger.clone())
+        FleetSeal::new(exchange, instance, stranger.clone())
             .seal(message, now)
             .expect("seal"),
-        FleetSeal::new(instance, operator)
+        FleetSeal::new(exchange, instance, operator)
             .seal(message, now)
             .expect("seal"),
         serde_json::to_vec(&in_request_namespace).expect("json"),
@@ -129,7 +135,7 @@ fn keep_forging(
     );
     tokio::spawn(async move {
         loop {
-            for body in forgeries(&keys, &stranger, &make()) {
+            for body in forgeries(&publisher.exchange, &keys, &stranger, &make()) {
                 publisher.publish(&body).await;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -245,6 +251,7 @@ async fn a_forged_leader_heartbeat_changes_neither_the_workers_share_nor_its_rat
     // The same heartbeat sealed with a worker's key (a second worker, as far as this one can
     // tell) is taken: the observables above do move.
     let mut seal = FleetSeal::new(
+        &env.topology().fleet(),
         Uuid::nil(),
         Arc::new(Signer::from_key_file(&env.keys.worker.path).expect("worker key")),
     );
@@ -299,6 +306,7 @@ async fn a_pause_sealed_by_a_worker_key_holds_no_longer_than_the_cap_and_its_rep
     // A year-long pause, sealed by a worker key.
     let instance = Uuid::new_v4();
     let mut seal = FleetSeal::new(
+        &env.topology().fleet(),
         instance,
         Arc::new(Signer::from_key_file(&env.keys.worker.path).expect("worker key")),
     );

@@ -3,15 +3,16 @@
 //!
 //! On the wire a fleet message is a [`SealedRecord`], the seal of a worker's plans and
 //! outcomes ([`crate::records::seal`]): a link `(chain, seq, prev)` on the chain
-//! `fleet:{instance}` (the sending connection), the record [`Sent`] (when it was sent, and the
-//! message), and an sshsig signature by `worker.key` in namespace `mfa-reset-worker` over the
+//! `fleet:{instance}` (the sending connection), the record [`Sent`] (the exchange it was sent
+//! on, when, and the message), and an sshsig signature by `worker.key` in namespace `mfa-reset-worker` over the
 //! canonical JSON of both. The message travels as JSON text inside the record: canonical JSON
 //! holds no floating-point numbers, and a heartbeat's learned factors are floats. `prev` ties
 //! each message to the sender's one before; receivers do not check it (messages may be lost).
 //!
 //! A receiver ([`FleetReader::open`]) takes a message when, cheapest check first:
 //! 1. it is at most [`MAX_MESSAGE_BYTES`], sealed, on a `fleet:` chain naming the instance
-//!    its message names;
+//!    its message names, and sent on this deployment's exchange (`{p}.fleet`: a message of
+//!    another deployment whose workers' keys this one allows is not taken here);
 //! 2. it is fresh: sent at most [`MAX_AGE`] ago by this host's clock, and at most
 //!    [`MAX_CLOCK_SKEW`] ahead of it (a copy kept and published later is stale);
 //! 3. it is new: its seq is above the last one taken from that instance (one sender's
@@ -57,6 +58,8 @@ pub const FLEET_CHAIN_PREFIX: &str = "fleet:";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sent {
+    /// The exchange it was sent on, `{p}.fleet`.
+    pub exchange: String,
     /// When the sender sent it, by its clock.
     pub sent_at: DateTime<Utc>,
     /// The [`FleetMessage`] as JSON text (floats and all).
@@ -72,14 +75,16 @@ pub fn fleet_chain(instance: Uuid) -> String {
 /// 1, 2…
 #[derive(Debug)]
 pub struct FleetSeal {
+    exchange: String,
     writer: ChainWriter,
     signer: Arc<Signer>,
 }
 
 impl FleetSeal {
-    /// The seal of connection `instance`, signing with `signer`.
-    pub fn new(instance: Uuid, signer: Arc<Signer>) -> FleetSeal {
+    /// The seal of connection `instance` sending on `exchange`, signing with `signer`.
+    pub fn new(exchange: &str, instance: Uuid, signer: Arc<Signer>) -> FleetSeal {
         FleetSeal {
+            exchange: exchange.to_string(),
             writer: ChainWriter::new(fleet_chain(instance), Namespace::Worker),
             signer,
         }
@@ -93,6 +98,7 @@ impl FleetSeal {
     ) -> Result<Vec<u8>, SignError> {
         let json = |error: serde_json::Error| SignError::Canonical(CanonicalError::Json(error));
         let sent = Sent {
+            exchange: self.exchange.clone(),
             sent_at,
             message: serde_json::to_string(message).map_err(json)?,
         };
@@ -108,6 +114,8 @@ pub struct Received {
     pub instance: Uuid,
     /// Its place among that connection's messages.
     pub seq: u64,
+    /// The exchange it says it was sent on.
+    pub exchange: String,
     /// When it says it was sent.
     pub sent_at: DateTime<Utc>,
     /// What it says.
@@ -151,6 +159,7 @@ pub fn parse(body: &[u8]) -> Result<Received, Refused> {
     Ok(Received {
         instance,
         seq: sealed.link.seq,
+        exchange: sent.exchange,
         sent_at: sent.sent_at,
         message,
         sealed,
@@ -166,6 +175,12 @@ pub enum Refused {
     /// Unsigned, badly signed, or signed by a key not allowed in the worker namespace.
     #[error(transparent)]
     Signature(VerifyError),
+    /// Sealed for another deployment's exchange.
+    #[error("sent on exchange {exchange:?}, not this deployment's")]
+    OtherFleet {
+        /// The exchange it names.
+        exchange: String,
+    },
     /// Sent longer ago than [`MAX_AGE`].
     #[error("stale: sent {} ms ago, more than {} ms (a replay, or clocks apart: keep them in sync)", .age.as_millis(), MAX_AGE.as_millis())]
     Stale {
@@ -195,11 +210,12 @@ pub enum Refused {
 
 impl Refused {
     /// The reason, for the count and the log: `unsigned`, `bad_signature`,
-    /// `signer_not_allowed`, `malformed`, `stale`, `future_dated`, `replayed` or
-    /// `too_many_senders`.
+    /// `signer_not_allowed`, `malformed`, `other_fleet`, `stale`, `future_dated`,
+    /// `replayed` or `too_many_senders`.
     pub fn reason(&self) -> &'static str {
         match self {
             Refused::Malformed(_) => "malformed",
+            Refused::OtherFleet { .. } => "other_fleet",
             Refused::Signature(error) => error.reason(),
             Refused::Stale { .. } => "stale",
             Refused::FutureDated { .. } => "future_dated",
@@ -240,15 +256,17 @@ pub fn fresh(sent_at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), Refused> 
 /// last heard at.
 #[derive(Debug)]
 pub struct FleetReader {
+    exchange: String,
     allowed: Arc<AllowedSigners>,
     /// The last seq taken from each sender, and when.
     last: HashMap<Uuid, (u64, Instant)>,
 }
 
 impl FleetReader {
-    /// A reader believing the worker keys of `allowed`.
-    pub fn new(allowed: Arc<AllowedSigners>) -> FleetReader {
+    /// A reader of the messages on `exchange`, believing the worker keys of `allowed`.
+    pub fn new(exchange: &str, allowed: Arc<AllowedSigners>) -> FleetReader {
         FleetReader {
+            exchange: exchange.to_string(),
             allowed,
             last: HashMap::new(),
         }
@@ -258,6 +276,11 @@ impl FleetReader {
     /// module docs; this connection's own messages too (the caller skips them).
     pub fn open(&mut self, body: &[u8], now: DateTime<Utc>) -> Result<Opened, Refused> {
         let received = parse(body)?;
+        if received.exchange != self.exchange {
+            return Err(Refused::OtherFleet {
+                exchange: received.exchange,
+            });
+        }
         fresh(received.sent_at, now)?;
         let heard = Instant::now();
         self.check_new(received.instance, received.seq, heard)?;

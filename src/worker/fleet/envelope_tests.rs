@@ -3,6 +3,9 @@ use crate::graph::{Learned, Limit};
 use crate::trust::test_keys::key_set;
 use crate::trust::KeySet;
 
+/// The exchange of the tests' deployment.
+const FLEET: &str = "mfa-reset.fleet";
+
 fn signer(path: &std::path::Path) -> Arc<Signer> {
     Arc::new(Signer::from_key_file(path).unwrap())
 }
@@ -38,11 +41,11 @@ fn heartbeat(instance: Uuid) -> FleetMessage {
 /// A reader of the demo keys, and the keys.
 fn reader() -> (tempfile::TempDir, KeySet, FleetReader) {
     let (dir, keys, allowed) = key_set();
-    (dir, keys, FleetReader::new(Arc::new(allowed)))
+    (dir, keys, FleetReader::new(FLEET, Arc::new(allowed)))
 }
 
 fn sealed(keys: &KeySet, message: &FleetMessage, sent_at: DateTime<Utc>) -> Vec<u8> {
-    FleetSeal::new(message.instance(), signer(&keys.worker.path))
+    FleetSeal::new(FLEET, message.instance(), signer(&keys.worker.path))
         .seal(message, sent_at)
         .unwrap()
 }
@@ -52,7 +55,7 @@ fn a_sealed_message_opens_as_sent_and_names_its_worker() {
     let (_dir, keys, mut reader) = reader();
     let now = Utc::now();
     let id = Uuid::new_v4();
-    let mut seal = FleetSeal::new(id, signer(&keys.worker.path));
+    let mut seal = FleetSeal::new(FLEET, id, signer(&keys.worker.path));
     for message in [heartbeat(id), pause(id, now)] {
         let body = seal.seal(&message, now).unwrap();
         assert!(body.len() < MAX_MESSAGE_BYTES / 2, "{} bytes", body.len());
@@ -85,7 +88,7 @@ fn keys_not_allowed_as_workers_are_refused() {
     let now = Utc::now();
     let id = Uuid::new_v4();
     // An operator's key, allowed to request but not in the worker namespace.
-    let by_operator = FleetSeal::new(id, signer(&keys.requester.path))
+    let by_operator = FleetSeal::new(FLEET, id, signer(&keys.requester.path))
         .seal(&pause(id, now), now)
         .unwrap();
     let refused = reader.open(&by_operator, now).unwrap_err();
@@ -93,7 +96,7 @@ fn keys_not_allowed_as_workers_are_refused() {
     // A key on no line of allowed_signers.
     let stranger = crate::trust::signer::generate_ed25519("mallory").unwrap();
     let stranger = Arc::new(Signer::from_private_key(stranger).unwrap());
-    let by_stranger = FleetSeal::new(id, stranger)
+    let by_stranger = FleetSeal::new(FLEET, id, stranger)
         .seal(&pause(id, now), now)
         .unwrap();
     let refused = reader.open(&by_stranger, now).unwrap_err();
@@ -106,6 +109,7 @@ fn a_worker_signature_made_for_another_namespace_is_refused() {
     let now = Utc::now();
     let id = Uuid::new_v4();
     let sent = Sent {
+        exchange: FLEET.into(),
         sent_at: now,
         message: serde_json::to_string(&pause(id, now)).unwrap(),
     };
@@ -196,11 +200,23 @@ fn a_tampered_message_is_refused() {
 }
 
 #[test]
+fn a_message_sent_on_another_deployments_exchange_is_refused() {
+    let (_dir, keys, mut reader) = reader();
+    let now = Utc::now();
+    let id = Uuid::new_v4();
+    let staging = FleetSeal::new("staging.fleet", id, signer(&keys.worker.path))
+        .seal(&pause(id, now), now)
+        .unwrap();
+    let refused = reader.open(&staging, now).unwrap_err();
+    assert_eq!(refused.reason(), "other_fleet", "{refused}");
+}
+
+#[test]
 fn a_message_is_taken_once_and_an_older_one_of_its_sender_never() {
     let (_dir, keys, mut reader) = reader();
     let now = Utc::now();
     let id = Uuid::new_v4();
-    let mut seal = FleetSeal::new(id, signer(&keys.worker.path));
+    let mut seal = FleetSeal::new(FLEET, id, signer(&keys.worker.path));
     let first = seal.seal(&pause(id, now), now).unwrap();
     let second = seal.seal(&heartbeat(id), now).unwrap();
     assert!(reader.open(&first, now).is_ok());
@@ -209,7 +225,7 @@ fn a_message_is_taken_once_and_an_older_one_of_its_sender_never() {
     assert_eq!(reader.open(&first, now).unwrap_err().reason(), "replayed");
     assert_eq!(reader.open(&second, now).unwrap_err().reason(), "replayed");
     // Another reader (a worker that joins) takes a copy once, too.
-    let mut joiner = FleetReader::new(reader.allowed.clone());
+    let mut joiner = FleetReader::new(FLEET, reader.allowed.clone());
     assert!(joiner.open(&first, now).is_ok());
     assert_eq!(joiner.open(&first, now).unwrap_err().reason(), "replayed");
 }
@@ -267,14 +283,14 @@ fn text_from_a_forger_is_logged_without_control_characters_and_cut_short() {
 fn sealing_and_opening_cost() {
     let (_dir, keys, allowed) = key_set();
     let id = Uuid::new_v4();
-    let mut seal = FleetSeal::new(id, signer(&keys.worker.path));
+    let mut seal = FleetSeal::new(FLEET, id, signer(&keys.worker.path));
     let message = heartbeat(id);
     let n = 2000;
     let now = Utc::now();
     let started = std::time::Instant::now();
     let bodies: Vec<Vec<u8>> = (0..n).map(|_| seal.seal(&message, now).unwrap()).collect();
     let sealing = started.elapsed() / n;
-    let mut reader = FleetReader::new(Arc::new(allowed));
+    let mut reader = FleetReader::new(FLEET, Arc::new(allowed));
     let started = std::time::Instant::now();
     for body in &bodies {
         reader.open(body, now).unwrap();
