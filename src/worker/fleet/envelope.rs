@@ -4,8 +4,8 @@
 //! On the wire a fleet message is a [`SealedRecord`], the seal of a worker's plans and
 //! outcomes ([`crate::records::seal`]): a link `(chain, seq, prev)` on the chain
 //! `fleet:{instance}` (the sending connection), the record [`Sent`] (the exchange it was sent
-//! on, when, and the message), and an sshsig signature by `worker.key` in namespace `mfa-reset-worker` over the
-//! canonical JSON of both. The message travels as JSON text inside the record: canonical JSON
+//! on, when, and the message), and an sshsig signature by `worker.key` in namespace
+//! `mfa-reset-worker` over the canonical JSON of both. The message travels as JSON text inside the record: canonical JSON
 //! holds no floating-point numbers, and a heartbeat's learned factors are floats. `prev` ties
 //! each message to the sender's one before; receivers do not check it (messages may be lost).
 //!
@@ -17,12 +17,14 @@
 //!    [`MAX_CLOCK_SKEW`] ahead of it (a copy kept and published later is stale);
 //! 3. it is new: its seq is above the last one taken from that instance (one sender's
 //!    messages reach a queue in order), remembered for as long as a copy could pass 2, so a
-//!    copy replayed while fresh acts nothing twice: a replayed pause extends no pause;
+//!    copy replayed while fresh does not act twice: a replayed pause extends no pause;
 //! 4. its signature verifies against `security.allowed_signers` in the worker namespace, at
 //!    the time it was sent.
 //!
-//! Cost: one ed25519 signature per message sent and one check per message received (tens of
-//! microseconds each; a heartbeat per second per worker): see `sealing_and_opening_cost`.
+//! Cost: one ed25519 signature per message sent and one check per message received, as for
+//! an outcome record (70–240 µs each in a release build on a loaded 2-core machine, about 830
+//! bytes a heartbeat; `sealing_and_opening_cost`), against a heartbeat per second per worker:
+//! a worker hearing 100 others spends about 1 % of a core on them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
