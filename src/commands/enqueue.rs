@@ -1,7 +1,7 @@
 //! `mfa-reset enqueue`: validate an input in full, then publish one request per user.
 //!
 //! Nothing is published unless every row is valid. The batch is signed once: a first pass
-//! over the validated rows builds the Merkle tree of its requests, the operator's key
+//! over the validated rows computes the Merkle cap of its requests, the operator's key
 //! (`--key`, or ssh-agent) signs the manifest holding its root, and a second pass publishes
 //! every request with its compact proof in its `proof` field
 //! ([`crate::trust::requests::CompactProof`]: the manifest's digest, the index and the short
@@ -29,9 +29,9 @@ use crate::config::Settings;
 use crate::domain::{BatchManifest, Record, ResetRequest, TapRequest, UserRef, REQUEST_VERSION};
 use crate::graph::GraphClient;
 use crate::intake::{self, IntakeRow, Plan};
-use crate::trust::merkle::{leaf_hash, MerkleCap, CAP_NODES};
+use crate::trust::merkle::{leaf_hash, CapBuilder, CapGroup, MerkleCap, CAP_NODES};
 use crate::trust::requests::{leaf_bytes, CompactProof, Manifest, SealedManifest};
-use crate::trust::{AllowedSigners, Digest, MerkleTree, Namespace, Signer};
+use crate::trust::{AllowedSigners, Digest, Namespace, Signer};
 
 /// What was enqueued.
 #[derive(Debug, Clone)]
@@ -347,14 +347,13 @@ async fn publish(
         tap,
         tap_all: args.tap,
     });
-    // Pass 1: the Merkle tree of the requests, and the signed manifest holding its root.
-    let leaves = leaf_hashes(plan.rows()?, plan.count, &|row| requests.request(row))?;
-    let tree = MerkleTree::from_leaf_hashes(leaves);
+    // Pass 1: the Merkle cap of the requests, and the signed manifest holding its root.
+    let cap = batch_cap(plan.rows()?, plan.count, &|row| requests.request(row))?;
     let sealed = SealedManifest::seal(
         Manifest {
             batch: batch.to_string(),
-            count: tree.len(),
-            root: tree.root(),
+            count: plan.count,
+            root: cap.root(),
             requested_by: operator.principal.clone(),
             created_at: now,
         },
@@ -362,7 +361,6 @@ async fn publish(
     )
     .context("signing the batch manifest")?;
     let digest = sealed.digest()?;
-    let cap = tree.cap(CAP_NODES);
 
     let topology = Topology::new(&settings.broker, &settings.retry);
     let intake = topology.intake();
@@ -397,15 +395,7 @@ async fn publish(
     // proof) while this task only publishes: the publishing loop waits on the broker, and
     // what it does between two publishes delays every one of them.
     let expected = plan.count;
-    let mut built = build_requests(
-        plan,
-        requests,
-        Arc::new(tree),
-        cap,
-        digest,
-        routing_key,
-        intake,
-    );
+    let mut built = build_requests(plan, requests, cap, digest, routing_key, intake);
     let mut published = 0u64;
     while let Some(chunk) = built.recv().await {
         for msg in chunk {
@@ -475,10 +465,14 @@ const BUILT_AHEAD: usize = 16;
 /// [`BUILT_CHUNK`], each with its compact proof (`index` in the batch, path up to `cap`) and
 /// ready to publish. The first error (the input changed since it was checked) is the last
 /// item; dropping the receiver stops the thread.
+///
+/// The paths come from the requests themselves: each group of rows under one cap node is
+/// hashed again and must fold up to that node ([`CapGroup`]) before any of its requests is
+/// handed over, so the whole tree is never held (memory: the cap and one group, whatever the
+/// batch's size) and a row that changed since pass 1 stops the batch there.
 fn build_requests(
     plan: Arc<Plan>,
     requests: Arc<RequestOf>,
-    tree: Arc<MerkleTree>,
     cap: MerkleCap,
     digest: Digest,
     routing_key: &'static str,
@@ -486,28 +480,38 @@ fn build_requests(
 ) -> tokio::sync::mpsc::Receiver<Vec<anyhow::Result<OutMessage>>> {
     let (sender, built) = tokio::sync::mpsc::channel(BUILT_AHEAD);
     std::thread::spawn(move || {
-        let build = |index: u64, row: IntakeRow| -> anyhow::Result<OutMessage> {
-            let mut request = requests.request(row);
-            let path = tree.path_to_cap(index, &cap).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "the input changed while it was being enqueued (more rows than the {} \
-                     validated); re-run with --batch {}",
-                    plan.count,
-                    requests.batch
-                )
-            })?;
-            // In the body, no headers at all: see `trust::requests` for why.
-            request.proof = Some(
-                CompactProof {
-                    manifest: digest,
-                    index,
-                    path,
-                }
-                .to_text(),
-            );
-            Ok(OutMessage::json(routing_key, serde_json::to_vec(&request)?)
-                .with_id(request.request_id.to_string())
-                .via(intake.clone()))
+        let changed = || {
+            anyhow::anyhow!(
+                "the input changed while it was being enqueued (its rows are no longer the {} \
+                 validated and signed); re-run with --batch {}",
+                plan.count,
+                requests.batch
+            )
+        };
+        let group_size = 1usize << cap.level;
+        // One group's requests and leaf hashes, made into messages once they fold to `cap`.
+        let seal_group = |first: u64,
+                          group: &mut Vec<(ResetRequest, Digest)>|
+         -> anyhow::Result<Vec<OutMessage>> {
+            let hashes = group.iter().map(|(_, hash)| *hash).collect();
+            let proofs = CapGroup::new(&cap, first >> cap.level, hashes).ok_or_else(changed)?;
+            (0u64..)
+                .zip(group.drain(..))
+                .map(|(offset, (mut request, _))| {
+                    // In the body, no headers at all: see `trust::requests` for why.
+                    request.proof = Some(
+                        CompactProof {
+                            manifest: digest,
+                            index: first + offset,
+                            path: proofs.path(offset).ok_or_else(changed)?,
+                        }
+                        .to_text(),
+                    );
+                    Ok(OutMessage::json(routing_key, serde_json::to_vec(&request)?)
+                        .with_id(request.request_id.to_string())
+                        .via(intake.clone()))
+                })
+                .collect()
         };
         let rows = match plan.rows() {
             Ok(rows) => rows,
@@ -516,12 +520,37 @@ fn build_requests(
                 return;
             }
         };
+        let mut rows = rows.peekable();
+        let mut group = Vec::with_capacity(group_size);
         let mut chunk = Vec::with_capacity(BUILT_CHUNK);
-        for (index, row) in (0u64..).zip(rows) {
-            let msg = row.and_then(|row| build(index, row));
-            let failed = msg.is_err();
-            chunk.push(msg);
-            if chunk.len() == BUILT_CHUNK || failed {
+        let mut first = 0u64;
+        while let Some(row) = rows.next() {
+            let added = row.and_then(|row| {
+                let request = requests.request(row);
+                let hash = leaf_hash(&leaf_bytes(&request)?);
+                group.push((request, hash));
+                Ok(())
+            });
+            let sealed = match added {
+                Err(error) => Err(error),
+                Ok(()) if group.len() == group_size || rows.peek().is_none() => {
+                    let sealed = seal_group(first, &mut group);
+                    first += group_size as u64;
+                    sealed
+                }
+                Ok(()) => continue,
+            };
+            let failed = match sealed {
+                Ok(messages) => {
+                    chunk.extend(messages.into_iter().map(Ok));
+                    false
+                }
+                Err(error) => {
+                    chunk.push(Err(error));
+                    true
+                }
+            };
+            if chunk.len() >= BUILT_CHUNK || failed {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(BUILT_CHUNK));
                 // Closed: the publisher stopped (its error is the one reported).
                 if sender.blocking_send(full).is_err() || failed {
@@ -536,35 +565,36 @@ fn build_requests(
     built
 }
 
-/// Rows read and built into requests per hand-over in [`leaf_hashes`].
+/// Rows read and built into requests per hand-over in [`batch_cap`].
 const LEAF_CHUNK: usize = 4096;
 
-/// The leaf hash of every row's request, in order: the first pass over the input, which has
-/// to end before anything can be signed and published.
+/// The Merkle cap (at most [`CAP_NODES`] nodes) of every row's request, for a batch of
+/// `count`: the first pass over the input, which has to end before anything can be signed
+/// and published. Only the cap and one group of leaf hashes are held ([`CapBuilder`]).
 ///
 /// Two threads: this one reads the rows and builds their requests (CSV, user, request id),
 /// the other writes and hashes their leaves, in chunks of [`LEAF_CHUNK`] handed over through
 /// a short channel. The broker is idle meanwhile, so a second core cuts the time before the
 /// first publish, which every request of the batch waits for. The first read error stops
-/// both and is returned.
-fn leaf_hashes<F>(
+/// both and is returned; so is a number of rows other than `count`.
+fn batch_cap<F>(
     rows: Box<dyn Iterator<Item = anyhow::Result<IntakeRow>> + Send + '_>,
     count: u64,
     request_of: &F,
-) -> anyhow::Result<Vec<Digest>>
+) -> anyhow::Result<MerkleCap>
 where
     F: Fn(IntakeRow) -> ResetRequest + Sync,
 {
     std::thread::scope(|scope| {
         let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<ResetRequest>>(4);
-        let hasher = scope.spawn(move || -> anyhow::Result<Vec<Digest>> {
-            let mut leaves = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        let hasher = scope.spawn(move || -> anyhow::Result<Option<MerkleCap>> {
+            let mut cap = CapBuilder::new(count, CAP_NODES);
             for chunk in received {
                 for request in &chunk {
-                    leaves.push(leaf_hash(&leaf_bytes(request)?));
+                    cap.push_hash(leaf_hash(&leaf_bytes(request)?));
                 }
             }
-            Ok(leaves)
+            Ok(cap.finish())
         });
         let mut chunk = Vec::with_capacity(LEAF_CHUNK);
         let mut read = Ok(());
@@ -588,10 +618,16 @@ where
             let _ = chunks.send(chunk);
         }
         drop(chunks);
-        let leaves = hasher
+        let cap = hasher
             .join()
             .map_err(|_| anyhow::anyhow!("hashing the batch's requests failed"))??;
-        read.map(|()| leaves)
+        read?;
+        cap.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the input changed while it was being enqueued (not the {count} rows \
+                 validated); nothing was enqueued"
+            )
+        })
     })
 }
 
@@ -694,15 +730,23 @@ mod tests {
     }
 
     #[test]
-    fn the_leaves_hashed_on_two_threads_are_every_row_in_input_order() {
+    fn the_cap_hashed_on_two_threads_is_the_cap_of_every_row_in_input_order() {
         // Not a multiple of the chunk: the last, short chunk is hashed too.
         let count = 3 * LEAF_CHUNK as u64 + 17;
         let rows = Box::new((1..=count).map(|line| Ok(row(line))));
-        let leaves = leaf_hashes(rows, count, &request_of).unwrap();
-        let one_by_one: Vec<Digest> = (1..=count)
-            .map(|line| leaf_hash(&leaf_bytes(&request_of(row(line))).unwrap()))
-            .collect();
-        assert_eq!(leaves, one_by_one);
+        let cap = batch_cap(rows, count, &request_of).unwrap();
+        let tree = crate::trust::MerkleTree::from_leaf_hashes(
+            (1..=count)
+                .map(|line| leaf_hash(&leaf_bytes(&request_of(row(line))).unwrap()))
+                .collect(),
+        );
+        assert_eq!(cap, tree.cap(CAP_NODES));
+        // A row fewer than announced: no cap.
+        let rows = Box::new((1..=count).map(|line| Ok(row(line))));
+        let error = batch_cap(rows, count + 1, &request_of)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("the input changed"), "{error}");
     }
 
     fn requests_of_b() -> Arc<RequestOf> {
@@ -720,21 +764,25 @@ mod tests {
 
     /// Pass 2 over `rows` rows against a tree of `leaves` of them.
     async fn built(rows: u64, leaves: u64) -> Vec<anyhow::Result<OutMessage>> {
+        built_against(rows, (1..=leaves).collect()).await
+    }
+
+    /// Pass 2 over `rows` rows against a tree whose leaves are the requests of `lines`.
+    async fn built_against(rows: u64, lines: Vec<u64>) -> Vec<anyhow::Result<OutMessage>> {
         let plan = Arc::new(intake::plan_rows(
             "test".into(),
             (1..=rows).map(row).collect(),
         ));
-        let tree = MerkleTree::from_leaf_hashes(
-            (1..=leaves)
+        let tree = crate::trust::MerkleTree::from_leaf_hashes(
+            lines
+                .into_iter()
                 .map(|line| leaf_hash(&leaf_bytes(&request_of(row(line))).unwrap()))
                 .collect(),
         );
-        let cap = tree.cap(16);
         let mut built = build_requests(
             plan,
             requests_of_b(),
-            Arc::new(tree),
-            cap,
+            tree.cap(16),
             Digest::of(b"manifest"),
             RK_REQUEST,
             "t.intake".into(),
@@ -751,7 +799,7 @@ mod tests {
         let count = 2 * BUILT_CHUNK as u64 + 3;
         let messages = built(count, count).await;
         assert_eq!(messages.len() as u64, count);
-        let tree = MerkleTree::from_leaf_hashes(
+        let tree = crate::trust::MerkleTree::from_leaf_hashes(
             (1..=count)
                 .map(|line| leaf_hash(&leaf_bytes(&request_of(row(line))).unwrap()))
                 .collect(),
@@ -773,6 +821,24 @@ mod tests {
                 &cap
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn a_row_changed_since_pass_one_stops_the_batch_before_its_group_is_published() {
+        // 515 leaves under a cap of at most 16 nodes: groups of 64. Line 100 (group 1) was
+        // another user when the batch was signed.
+        let count = 2 * BUILT_CHUNK as u64 + 3;
+        let signed: Vec<u64> = (1..=count)
+            .map(|l| if l == 100 { 9_999 } else { l })
+            .collect();
+        let messages = built_against(count, signed).await;
+        assert_eq!(messages.len(), 64 + 1, "group 0, then the error");
+        assert!(messages[..64].iter().all(Result::is_ok));
+        let error = messages[64].as_ref().unwrap_err().to_string();
+        assert!(
+            error.contains("the input changed while it was being enqueued"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
@@ -798,7 +864,7 @@ mod tests {
                 Ok(row(line))
             }
         }));
-        let error = leaf_hashes(rows, 2 * LEAF_CHUNK as u64, &request_of).unwrap_err();
+        let error = batch_cap(rows, 2 * LEAF_CHUNK as u64, &request_of).unwrap_err();
         assert!(
             error.to_string().contains("changed since it was checked"),
             "{error}"
