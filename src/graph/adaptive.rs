@@ -120,6 +120,9 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 /// An episode this soon after sending resumed bounds the rate by what was sent since: the
 /// bucket held at least a second of Graph's rate then, and that was emptied.
 pub const RESUMED_SPAN: Duration = Duration::from_secs(1);
+/// Once the bucket is known to refill in long steps, an episode holds the rate Graph served
+/// over at least this long (two of Graph's 10 s windows).
+pub const LONG_RUN: Duration = Duration::from_secs(20);
 /// Fewest requests sent since resuming for that bound to hold.
 pub const RESUMED_FEWEST: u64 = 5;
 /// A rate in force this long without any episode held: Graph's window (10 s for its request
@@ -191,6 +194,8 @@ pub(super) struct Law {
     sent: f64,
     /// Requests this process sent for this limit.
     sent_count: u64,
+    /// Graph's bucket refills in steps longer than a pause: throttled right after one.
+    stepped: bool,
     /// When sending resumed after the last pause (or began), and `sent` and `sent_count`
     /// then.
     resumed: Option<(Instant, f64, u64)>,
@@ -232,6 +237,7 @@ impl Law {
             pauses: VecDeque::new(),
             sent: 0.0,
             sent_count: 0,
+            stepped: false,
             resumed: None,
         }
     }
@@ -454,6 +460,13 @@ impl Law {
         // climbed a few percent past it before the second that overflowed came; far below,
         // this process may simply have had less to send).
         let peak = self.peak_served(now);
+        // The rate was known before this episode (a measured one, or a proven rate).
+        let known = self.probe_after.is_some() || self.held_at.is_some();
+        // The pause sending resumed from, if it lasted a second or more.
+        let long_pause = self
+            .pauses
+            .back()
+            .is_some_and(|(from, until)| until.saturating_duration_since(*from) >= MIN_SPAN);
         self.pauses.push_back((now, pause_end));
         // Graph throttled within RESUMED_SPAN of sending again after a pause (or of the
         // first request): its bucket held at least a second of its rate then (it refilled
@@ -465,10 +478,24 @@ impl Law {
         // Fewer than RESUMED_FEWEST requests: the bucket did not refill during the pause (a
         // longer refill step), and says nothing of the rate.
         let resumed = self.resumed.take().and_then(|(at, sent, count)| {
-            (now.saturating_duration_since(at) <= RESUMED_SPAN
-                && self.sent_count - count >= RESUMED_FEWEST)
-                .then(|| self.sent - sent)
+            let soon = now.saturating_duration_since(at) <= RESUMED_SPAN;
+            let few = self.sent_count - count < RESUMED_FEWEST;
+            // Throttled at once after a pause of a second or more: the bucket refills in
+            // steps longer than that (Graph's 10 s windows); learned for good.
+            if soon && few && long_pause {
+                self.stepped = true;
+            }
+            (soon && !few).then(|| self.sent - sent)
         });
+        // In steps that long, a rate a little above the budget empties each step before
+        // its end (one 429 a window) while Graph served all that was sent in any 2 s: what
+        // it served over the last LOOKBACK (several steps) is the rate to hold.
+        let long_run = self
+            .checkpoints
+            .front()
+            .filter(|a| now.saturating_duration_since(a.at) >= LONG_RUN)
+            .map(|a| (self.served - a.served) / now.saturating_duration_since(a.at).as_secs_f64())
+            .filter(|_| self.stepped);
         // Never below that best span either: Graph served it, so a rate sent lower was not
         // what emptied the bucket (a burst after a pause, another worker's start was).
         // Tasks were waiting for the budget (the rate, not the work, bound what was sent)
@@ -557,6 +584,19 @@ impl Law {
         if let Some(bound) = resumed.filter(|b| *b > 0.0 && *b < before * PEAK_FLOOR) {
             self.factor = self.factor.min(bound).max(FACTOR_MIN);
             self.throttled_at = self.throttled_at.map(|at| at.min(bound));
+        }
+        // Graph served that on average, steps and pauses included: held without a margin
+        // (a step sees that rate times its length, what it served).
+        if let Some(rate) = long_run.filter(|r| *r > 0.0) {
+            self.throttled_at = self.throttled_at.map(|at| at.min(rate / SET_BELOW_SERVED));
+            self.factor = self.factor.min(rate).max(FACTOR_MIN);
+        }
+        // The live count just changed (a joiner sent before the others counted it) while
+        // the rate was known: that rate was not what overfilled the bucket, so no deeper
+        // than HELD_CUT.
+        if census_moved && known {
+            self.factor = self.factor.max(before * HELD_CUT);
+            self.throttled_at = self.throttled_at.map(|at| at.max(before));
         }
         // Back at the proven rate once the pause is over: Graph served it for long, and the
         // pause emptied whatever burst filled the bucket.

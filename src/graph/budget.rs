@@ -995,6 +995,9 @@ mod tests {
         }
         let run = graph.summary(60, 180);
         eprintln!("{run}");
+        // Measured: 90.9 %, no 429 after 60 s (converged at ~31 s: the third 429 came right
+        // after a pause, so the steps are long, and the rate held is what Graph served over
+        // the last 20-30 s).
         assert_eq!(run.violations, 0, "{run}");
         assert!(run.efficiency >= 0.90, "{run}");
         assert!(run.throttled_after <= 1, "{run}");
