@@ -31,12 +31,31 @@
 //!   window); Graph's `x-ms-throttle-limit-percentage` warnings stop the probe. Probed
 //!   [`FORGET_ABOVE`] past the throttled rate without a 429, the budget has grown: forgotten.
 //! - **Probes that fail rest longer.** Every 429 costs its Retry-After of nothing sent (on a
-//!   1 s bucket, 1–5 s of lost budget), so after a probe that ends in a 429 the next waits
+//!   1 s bucket, 1–5 s of lost budget), so after a probe that ends in a 429 (or an episode
+//!   that measured the rate, or one above the proven rate) the next waits
 //!   [`PROBE_REST_FIRST`], doubling after each failed probe up to [`PROBE_REST_MAX`]; f holds
 //!   just below the throttled rate meanwhile. Forgetting the memory (the budget grew)
 //!   resets the rest. A budget that grows is found again after the probe's climb to
 //!   [`FORGET_ABOVE`] (about 2.5 min) and [`RECOVERY_STEP`]s, plus the rest after failed
 //!   probes (up to 8 min more).
+//! - **Counted as the fleet's.** Each answer served (and each request sent) counts
+//!   1/(this process's share per second) when it comes, so a rate measured across a change
+//!   of the live count is the fleet's, as a factor, not this process's share read at the new
+//!   count (a kill once made the remembered rate two thirds of the real one).
+//! - **Right after a pause.** A 429 within [`RESUMED_SPAN`] of sending again, after at
+//!   least [`RESUMED_FEWEST`] requests, bounds the rate by what was sent since (the bucket
+//!   refilled at least a second of its rate during the pause, and that emptied it): the
+//!   warm-up against a small bucket takes two 429s, not five halvings. Throttled at once
+//!   instead, the bucket refills in steps longer than the pause (`stepped`): from then on
+//!   an episode holds the rate Graph served over the last [`LONG_RUN`] or more, which a
+//!   step's budget allows.
+//! - **Proven rate.** A factor in force for [`HELD_FOR`] without an episode (and served)
+//!   is proven (`held_at`): after an episode above it, f goes back to it (the pause was the
+//!   cost); an episode at it lowers it by [`HELD_CUT`] (or to what Graph served when that
+//!   is lower), except within [`CENSUS_SETTLE`] of a change in the live count, when a
+//!   joiner counted late, not the rate, filled the bucket (then no cut deeper than
+//!   [`HELD_CUT`] either, once the rate is known). A peak is never measured across a pause
+//!   or [`PEAK_AFTER_PAUSE`] after one (the answers are still on the wire).
 //! - **One law per fleet.** A follower (another worker leads the fleet: `follower`) never
 //!   probes; it takes the leader's factor ([`Law::follow`]).
 //! - **Warnings without memory.** Before any 429, a warning (the percentage at or above
@@ -485,7 +504,7 @@ impl Law {
             if soon && few && long_pause {
                 self.stepped = true;
             }
-            (soon && !few).then(|| self.sent - sent)
+            (soon && !few).then_some(self.sent - sent)
         });
         // In steps that long, a rate a little above the budget empties each step before
         // its end (one 429 a window) while Graph served all that was sent in any 2 s: what
@@ -603,19 +622,6 @@ impl Law {
         if let Some(h) = self.held_at {
             self.factor = self.factor.max(h.min(before));
             self.throttled_at = self.throttled_at.map(|at| at.max(h));
-        }
-        #[cfg(test)]
-        if std::env::var("LAW_TRACE").is_ok() {
-            eprintln!(
-                "episode: before {:.2} peak {:?} capped {capped} measured {measured} probing {probing} resumed {:?} held {:?} -> f {:.2} at {:?} rest {:?}",
-                before * 350.0,
-                peak.map(|p| p * 350.0),
-                resumed.map(|p| p * 350.0),
-                self.held_at.map(|p| p * 350.0),
-                self.factor * 350.0,
-                self.throttled_at.map(|p| p * 350.0),
-                self.probe_after.map(|p| p.saturating_duration_since(now))
-            );
         }
     }
 
