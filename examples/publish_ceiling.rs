@@ -51,6 +51,40 @@ async fn main() -> anyhow::Result<()> {
     };
     ch.queue_declare(queue.as_str().into(), durable, qargs)
         .await?;
+    // CEILING_EXCHANGE=1: through a direct exchange bound to the queue, `mandatory`, as
+    // `enqueue` publishes to the intake (what that costs the broker beside the default one).
+    let via_exchange = std::env::var_os("CEILING_EXCHANGE").is_some();
+    let exchange = if via_exchange {
+        let name = format!("{queue}.x");
+        ch.exchange_declare(
+            name.as_str().into(),
+            lapin::ExchangeKind::Direct,
+            lapin::options::ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_bind(
+            queue.as_str().into(),
+            name.as_str().into(),
+            "request".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        name
+    } else {
+        String::new()
+    };
+    let routing_key = if via_exchange {
+        "request".to_string()
+    } else {
+        queue.clone()
+    };
+    // CEILING_IDS=1: a message id (a UUID) and a timestamp on every message, as `enqueue` sets.
+    let with_ids = std::env::var_os("CEILING_IDS").is_some();
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let body = vec![b'x'; size];
     let mut props = BasicProperties::default()
@@ -75,13 +109,24 @@ async fn main() -> anyhow::Result<()> {
                 let _ = c.await?;
             }
         }
+        let props = if with_ids {
+            props
+                .clone()
+                .with_message_id(uuid::Uuid::new_v4().to_string().into())
+                .with_timestamp(1_764_000_000)
+        } else {
+            props.clone()
+        };
         let c = ch
             .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
+                exchange.as_str().into(),
+                routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: via_exchange,
+                    ..Default::default()
+                },
                 &body,
-                props.clone(),
+                props,
             )
             .await?;
         pending.push_back(c);

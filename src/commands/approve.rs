@@ -409,21 +409,33 @@ async fn check_user(
     (shown, verdict)
 }
 
+/// The first [`NAMED`] of `total` names, then how many more: a warning line stays readable
+/// for a batch of thousands.
+fn named(names: impl Iterator<Item = String>, total: usize) -> String {
+    let listed: Vec<String> = names.take(NAMED).collect();
+    let more = total.saturating_sub(listed.len());
+    if more > 0 {
+        format!("{} and {more} more", listed.join(", "))
+    } else {
+        listed.join(", ")
+    }
+}
+
 /// The warning lines for what [`check_admins`] found, in a batch of `count` users.
 fn admin_warnings(check: &AdminCheck, count: u64, skip_admins: bool) -> Vec<String> {
     let mut lines = Vec::new();
     if !check.protected.is_empty() {
-        let named: Vec<String> = check
-            .protected
-            .iter()
-            .take(NAMED)
-            .map(|(user, entry)| format!("{user} (entry {entry:?})"))
-            .collect();
         lines.push(format!(
             "WARNING: {} more protected account(s) in the batch, written otherwise than in \
              reset.protected_users and found by object id (workers will not touch them): {}",
             check.protected.len(),
-            named.join(", ")
+            named(
+                check
+                    .protected
+                    .iter()
+                    .map(|(user, entry)| format!("{user} (entry {entry:?})")),
+                check.protected.len()
+            )
         ));
     }
     if let Some(note) = &check.protected_note {
@@ -436,39 +448,30 @@ fn admin_warnings(check: &AdminCheck, count: u64, skip_admins: bool) -> Vec<Stri
             "reset.skip_admins is false here: they WILL be reset if the workers run with the \
              same setting"
         };
-        let named: Vec<&str> = check
-            .admins
-            .iter()
-            .take(NAMED)
-            .map(|(user, _)| user.as_str())
-            .collect();
-        let more = check.admins.len().saturating_sub(NAMED);
         lines.push(format!(
-            "WARNING: {} user(s) in the batch hold a directory role; {fate}: {}{}",
+            "WARNING: {} user(s) in the batch hold a directory role; {fate}: {}",
             check.admins.len(),
-            named.join(", "),
-            if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
+            named(
+                check.admins.iter().map(|(user, _)| user.clone()),
+                check.admins.len()
+            )
         ));
         for (user, roles) in check.admins.iter().take(NAMED) {
             lines.push(format!("  {user}: {roles}"));
         }
     }
     if !check.unchecked.is_empty() {
-        let named: Vec<String> = check
-            .unchecked
-            .iter()
-            .take(NAMED)
-            .map(|(user, why)| format!("{user} ({why})"))
-            .collect();
         lines.push(format!(
             "WARNING: the roles of {} user(s) could not be checked; workers leave such a user \
              untouched (they fail closed): {}",
             check.unchecked.len(),
-            named.join(", ")
+            named(
+                check
+                    .unchecked
+                    .iter()
+                    .map(|(user, why)| format!("{user} ({why})")),
+                check.unchecked.len()
+            )
         ));
     }
     if check.checked < count {
@@ -745,7 +748,10 @@ fn print_summary(settings: &Settings, candidate: &Candidate, admins: Option<&Adm
             "WARNING: {} protected account(s) in the batch (reset.protected_users; workers \
              will not touch them): {}",
             candidate.protected.len(),
-            candidate.protected.join(", ")
+            named(
+                candidate.protected.iter().cloned(),
+                candidate.protected.len()
+            )
         );
     }
     if admins.is_none() && !settings.reset.protected_users.is_empty() {
@@ -859,6 +865,48 @@ mod tests {
         assert!(
             lines.contains("checked the first 500 of 10000 users"),
             "{lines}"
+        );
+    }
+
+    #[test]
+    fn every_warning_names_the_first_fifty_and_counts_the_rest() {
+        let users = |n: usize| {
+            (0..n)
+                .map(|i| format!("u{i}@contoso.com"))
+                .collect::<Vec<_>>()
+        };
+        let check = AdminCheck {
+            checked: 300,
+            admins: users(120)
+                .into_iter()
+                .map(|u| (u, "holds Global Reader".to_string()))
+                .collect(),
+            unchecked: users(51)
+                .into_iter()
+                .map(|u| (u, "forbidden".to_string()))
+                .collect(),
+            protected: users(50).into_iter().map(|u| (u.clone(), u)).collect(),
+            protected_note: None,
+        };
+        let lines = admin_warnings(&check, 300, true);
+        let line = |start: &str| lines.iter().find(|l| l.contains(start)).unwrap().clone();
+        let admins = line("hold a directory role");
+        assert!(admins.contains("u49@contoso.com and 70 more"), "{admins}");
+        assert!(!admins.contains("u50@"), "{admins}");
+        let unchecked = line("could not be checked");
+        assert!(
+            unchecked.ends_with("u49@contoso.com (forbidden) and 1 more"),
+            "{unchecked}"
+        );
+        // Exactly fifty: all named, nothing counted.
+        let protected = line("found by object id");
+        assert!(
+            protected.ends_with("u49@contoso.com (entry \"u49@contoso.com\")"),
+            "{protected}"
+        );
+        assert_eq!(
+            named(users(3).into_iter(), 3),
+            "u0@contoso.com, u1@contoso.com, u2@contoso.com"
         );
     }
 

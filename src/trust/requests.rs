@@ -145,14 +145,68 @@ pub fn approve(manifest_digest: &Digest, signer: &Signer) -> Result<String, Sign
 
 /// The Merkle leaf of a request: canonical JSON of everything but `carry`, `replay` and
 /// `proof` (the compact form's proof of this very leaf).
+///
+/// Written straight from [`Leaf`], whose fields are declared in canonical order, instead of
+/// through a `serde_json::Value` that is then sorted: the same bytes (the tests hold it to
+/// [`canonical_json_value`] of the request), at a fraction of the cost, which `enqueue` pays
+/// once per request before it can sign the batch.
 pub fn leaf_bytes(request: &ResetRequest) -> Result<Vec<u8>, CanonicalError> {
-    let mut value = serde_json::to_value(request)?;
-    if let Value::Object(fields) = &mut value {
-        fields.remove("carry");
-        fields.remove("replay");
-        fields.remove("proof");
+    Ok(serde_json::to_vec(&Leaf::of(request))?)
+}
+
+/// The part of a [`ResetRequest`] its leaf covers, keys in canonical order (sorted by their
+/// UTF-8 bytes), each serialised as the request serialises it: strings and integers only, so
+/// `serde_json`'s compact output is the canonical JSON.
+#[derive(Serialize)]
+struct Leaf<'a> {
+    batch: &'a str,
+    dry_run: bool,
+    reason: &'a Option<String>,
+    request_id: &'a uuid::Uuid,
+    requested_at: &'a DateTime<Utc>,
+    requested_by: &'a Option<String>,
+    revoke_sessions: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tap: Option<&'a crate::domain::TapRequest>,
+    ticket: &'a Option<String>,
+    user: &'a crate::domain::UserRef,
+    version: u32,
+}
+
+impl<'a> Leaf<'a> {
+    fn of(request: &'a ResetRequest) -> Leaf<'a> {
+        // No `..`: a field added to the request does not compile here until it is placed in
+        // the leaf or named as left out.
+        let ResetRequest {
+            version,
+            request_id,
+            batch,
+            user,
+            ticket,
+            reason,
+            requested_by,
+            dry_run,
+            revoke_sessions,
+            requested_at,
+            replay: _,
+            tap,
+            carry: _,
+            proof: _,
+        } = request;
+        Leaf {
+            batch,
+            dry_run: *dry_run,
+            reason,
+            request_id,
+            requested_at,
+            requested_by,
+            revoke_sessions: *revoke_sessions,
+            tap: tap.as_ref(),
+            ticket,
+            user,
+            version: *version,
+        }
     }
-    canonical_json_value(&value)
 }
 
 /// A whole batch sealed at once: the signed manifest and every request's proof (what

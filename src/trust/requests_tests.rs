@@ -457,3 +457,66 @@ fn a_replay_runs_only_with_an_admin_grant_of_exactly_this_request_replay_and_bat
         Reason::BadSignature
     );
 }
+
+/// The leaf as first defined: the request as a JSON value, without `carry`, `replay` and
+/// `proof`, in canonical JSON (keys sorted at every depth).
+fn leaf_by_value(request: &ResetRequest) -> Vec<u8> {
+    let mut value = serde_json::to_value(request).unwrap();
+    let fields = value.as_object_mut().unwrap();
+    for left_out in ["carry", "replay", "proof"] {
+        fields.remove(left_out);
+    }
+    canonical_json_value(&value).unwrap()
+}
+
+#[test]
+fn the_leaf_written_directly_is_byte_for_byte_the_canonical_json_of_the_request() {
+    let texts = [
+        None,
+        Some(String::new()),
+        Some("incident 4711".to_string()),
+        // Quotes, backslashes, control characters, non-ASCII, a character outside the BMP.
+        Some("\"quoted\" \\ back\u{1}\u{1f}\t\n é 漢字 \u{1F512} \u{7f}".to_string()),
+    ];
+    let users = [
+        "user@contoso.com",
+        "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        "o'neil+mfa@contoso.com",
+    ];
+    let taps = [
+        None,
+        Some(crate::domain::TapRequest {
+            lifetime_minutes: 60,
+            usable_once: true,
+        }),
+    ];
+    let mut checked = 0;
+    for (i, text) in texts.iter().enumerate() {
+        for user in users {
+            for tap in taps {
+                for flags in 0..4u32 {
+                    let mut request = request("b-é/1", i);
+                    request.user = UserRef::parse(user).unwrap();
+                    request.ticket = text.clone();
+                    request.reason = texts[(i + 1) % texts.len()].clone();
+                    request.requested_by = texts[(i + 2) % texts.len()].clone();
+                    request.dry_run = flags & 1 == 1;
+                    request.revoke_sessions = flags & 2 == 2;
+                    request.requested_at = now() + Duration::nanoseconds(i64::from(flags) * 1_001);
+                    request.tap = tap;
+                    // Left out of the leaf either way.
+                    request.replay = flags;
+                    request.carry = (flags == 3).then(Carry::default);
+                    request.proof = text.clone();
+                    assert_eq!(
+                        String::from_utf8(leaf_bytes(&request).unwrap()).unwrap(),
+                        String::from_utf8(leaf_by_value(&request)).unwrap(),
+                        "{request:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 4 * 3 * 2 * 4);
+}
