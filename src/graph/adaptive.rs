@@ -409,13 +409,15 @@ impl Law {
     /// A throttling episode of this limit at `now` (a 429 here or a pause announced by another
     /// worker), pausing until `pause_end`; `census_moved`: the live count changed within
     /// [`CENSUS_SETTLE`].
-    /// `saturated`: tasks were waiting for the budget then (the rate bound what was sent).
+    /// `saturated`: tasks were waiting for the budget then (the rate bound what was sent);
+    /// `own`: a 429 of this process (not a pause another worker announced).
     pub(super) fn throttled(
         &mut self,
         now: Instant,
         pause_end: Instant,
         census_moved: bool,
         saturated: bool,
+        own: bool,
     ) {
         self.roll(now);
         self.signalled = true;
@@ -425,9 +427,14 @@ impl Law {
         self.steady_from = self.steady_from.max(settled);
         self.factors.clear();
         self.hold_until = Some(self.hold_until.map_or(settled, |h| h.max(settled)));
-        // 429s answered to requests that were already in flight belong to the same episode.
-        if self.episode_until.is_some_and(|t| now < t) {
-            return;
+        // 429s answered to requests that were already in flight belong to the same episode,
+        // and so does another worker's pause announced within SETTLE of this one's end (the
+        // same throttling, its Retry-After counted from a 429 a little later).
+        if let Some(until) = self.episode_until {
+            if now < until || (!own && now < until + SETTLE) {
+                self.episode_until = Some(until.max(pause_end));
+                return;
+            }
         }
         self.episode_until = Some(pause_end);
         let last_episode = self.anchors.back().map(|a| a.at);
@@ -501,7 +508,7 @@ impl Law {
             let few = self.sent_count - count < RESUMED_FEWEST;
             // Throttled at once after a pause of a second or more: the bucket refills in
             // steps longer than that (Graph's 10 s windows); learned for good.
-            if soon && few && long_pause {
+            if own && soon && few && long_pause {
                 self.stepped = true;
             }
             (soon && !few).then_some(self.sent - sent)
@@ -750,11 +757,11 @@ mod tests {
         // Our share is 350/s; Graph really serves 30/s.
         let t0 = Instant::now();
         let mut a = Law::new(t0);
-        a.throttled(t0, t0 + Duration::from_secs(3), false, false);
+        a.throttled(t0, t0 + Duration::from_secs(3), false, false, true);
         assert!(close(a.factor, 0.5));
         assert_eq!(a.throttled_at, Some(1.0));
         // 429s of requests already on the wire: the same episode.
-        a.throttled(t0 + ms(40), t0 + Duration::from_secs(3), false, false);
+        a.throttled(t0 + ms(40), t0 + Duration::from_secs(3), false, false, true);
         assert!(close(a.factor, 0.5));
         // After the 3 s pause, 2 s at 30/s, then a 429: 60 served in 5 s (12/s, the lower
         // bound) or in the 2 s not paused (30/s, the upper one).
@@ -768,7 +775,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(5);
         a.roll(t1);
         let before = a.factor;
-        a.throttled(t1, t1 + Duration::from_secs(3), false, false);
+        a.throttled(t1, t1 + Duration::from_secs(3), false, false, true);
         let (lower, upper) = (12.0 / 350.0, 30.0 / 350.0);
         // Halfway, but at most halved at once.
         assert!(close(a.factor, before * MAX_CUT), "{}", a.factor);
@@ -789,7 +796,7 @@ mod tests {
         let t2 = t1 + Duration::from_secs(5);
         a.roll(t2);
         let before = a.factor;
-        a.throttled(t2, t2 + Duration::from_secs(3), false, false);
+        a.throttled(t2, t2 + Duration::from_secs(3), false, false, true);
         let expected = ((lower + upper) / 2.0).clamp(before * MAX_CUT, before * MIN_CUT);
         assert!(close(a.factor, expected), "{} != {expected}", a.factor);
     }
@@ -860,25 +867,25 @@ mod tests {
     async fn an_episode_never_cuts_by_more_than_max_cut_nor_below_the_floor() {
         let t0 = Instant::now();
         let mut a = Law::new(t0);
-        a.throttled(t0, t0, false, false);
+        a.throttled(t0, t0, false, false, true);
         // Nothing served in 2 s (e.g. a 10 s refill step not yet come): estimate 0.
         let t1 = t0 + Duration::from_secs(2);
         a.roll(t1);
         let before = a.factor;
-        a.throttled(t1, t1, false, false);
+        a.throttled(t1, t1, false, false, true);
         assert!(close(a.factor, before * MAX_CUT), "{}", a.factor);
         // …nor by less than MIN_CUT, whatever the estimate says.
         let mut b = Law::new(t0);
         b.factor = 0.1;
-        b.throttled(t0, t0, false, false);
+        b.throttled(t0, t0, false, false, true);
         serve(&mut b, 100.0, t0, Duration::from_secs(2), 1000);
         b.roll(t1);
         let before = b.factor;
-        b.throttled(t1, t1, false, false);
+        b.throttled(t1, t1, false, false, true);
         assert!(close(b.factor, before * MIN_CUT), "{}", b.factor);
         for i in 3..40 {
             let at = t0 + Duration::from_secs(i);
-            a.throttled(at, at, false, false);
+            a.throttled(at, at, false, false, true);
         }
         assert_eq!(a.factor, FACTOR_MIN);
     }
@@ -887,7 +894,7 @@ mod tests {
     async fn anchors_older_than_the_lookback_are_dropped() {
         let t0 = Instant::now();
         let mut a = Law::new(t0);
-        a.throttled(t0, t0, false, false);
+        a.throttled(t0, t0, false, false, true);
         // 60 s at 20/s then 40 s at 40/s, then a 429: the first anchor is gone, the served
         // rate is measured over the last 30 s only (from a window's checkpoint).
         a.factor = 1.0;
@@ -903,7 +910,7 @@ mod tests {
         // (f set by hand: not the rate that held for the last minute.)
         a.factor = 0.6;
         a.held_at = None;
-        a.throttled(t1, t1, false, false);
+        a.throttled(t1, t1, false, false, true);
         assert!((a.factor - 0.4).abs() < 0.01, "{}", a.factor);
     }
 
@@ -929,13 +936,13 @@ mod tests {
     async fn a_429_after_graph_capped_the_steps_holds_just_below_what_it_served() {
         let t0 = Instant::now();
         let mut a = Law::new(t0);
-        a.throttled(t0, t0, false, false);
+        a.throttled(t0, t0, false, false, true);
         // Sending 32/s (held there), Graph's 1 s steps let 30/s through; then a 429.
         a.factor = 32.0 / 350.0;
         a.throttled_at = Some(a.factor / SET_BELOW_SERVED);
         serve(&mut a, 350.0, t0, Duration::from_secs(5), 150);
         let t1 = t0 + Duration::from_secs(5);
-        a.throttled(t1, t1 + Duration::from_secs(3), false, false);
+        a.throttled(t1, t1 + Duration::from_secs(3), false, false, true);
         let served = 30.0 / 350.0;
         assert!(
             (a.throttled_at.unwrap() - served).abs() < 0.02 * served,
@@ -946,12 +953,12 @@ mod tests {
         // Graph served all that was sent: how far below the real rate is, nobody knows; the
         // cut goes between the served bounds as before, the rate sent is remembered.
         let mut b = Law::new(t0);
-        b.throttled(t0, t0, false, false);
+        b.throttled(t0, t0, false, false, true);
         b.factor = 30.0 / 350.0;
         b.throttled_at = Some(b.factor / SET_BELOW_SERVED);
         serve(&mut b, 350.0, t0, Duration::from_secs(5), 150);
         let before = b.factor;
-        b.throttled(t1, t1 + Duration::from_secs(3), false, false);
+        b.throttled(t1, t1 + Duration::from_secs(3), false, false, true);
         assert!((b.throttled_at.unwrap() - 30.0 / 350.0).abs() < 1e-3);
         assert!(b.factor < before, "{} >= {before}", b.factor);
     }
@@ -991,13 +998,13 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Law::new(t0);
         // A first episode: f halves, the throttled rate (1.0) is remembered.
-        a.throttled(t0, t0 + secs(3), false, false);
+        a.throttled(t0, t0 + secs(3), false, false, true);
         // Recovered to just below the throttled rate and held there: the next 429 ends a probe.
         a.factor = SET_BELOW_SERVED;
         a.served_at = Some(0.5);
         serve(&mut a, 350.0, t0 + secs(3), secs(17), 17 * 300);
         let t1 = t0 + secs(20);
-        a.throttled(t1, t1 + secs(3), false, false);
+        a.throttled(t1, t1 + secs(3), false, false, true);
         let end1 = t1 + secs(3);
         assert_eq!(a.probe_after, Some(end1 + PROBE_REST_FIRST));
         let target = a.throttled_at.expect("remembered") * SET_BELOW_SERVED;
@@ -1009,19 +1016,19 @@ mod tests {
         assert!(a.factor > target, "{} vs {target}", a.factor);
         // That probe fails too: the rest doubles, and keeps doubling up to its cap.
         let t2 = end1 + PROBE_REST_FIRST + secs(10);
-        a.throttled(t2, t2 + secs(2), false, false);
+        a.throttled(t2, t2 + secs(2), false, false, true);
         assert_eq!(a.probe_after, Some(t2 + secs(2) + PROBE_REST_FIRST * 2));
         let mut t = t2 + secs(2);
         for _ in 0..6 {
             a.roll(a.probe_after.unwrap() + secs(10));
             t = a.probe_after.unwrap() + secs(10);
-            a.throttled(t, t + secs(1), false, false);
+            a.throttled(t, t + secs(1), false, false, true);
         }
         assert_eq!(a.probe_after, Some(t + secs(1) + PROBE_REST_MAX));
         // An episode that is not a probe (the budget fell while holding below it) leaves the
         // rest as it is.
         let rest = a.probe_rest;
-        a.throttled(t + secs(5), t + secs(6), false, false);
+        a.throttled(t + secs(5), t + secs(6), false, false, true);
         assert_eq!(a.probe_rest, rest);
     }
 }

@@ -464,9 +464,18 @@ impl Budget {
         }
     }
 
-    /// A throttling of `limit` (a 429 here, or one another worker announced) that paused the
-    /// process until `pause_end`.
+    /// A 429 of this process on `limit` that paused it until `pause_end`.
     pub fn on_throttled(&self, pause_end: Instant, limit: Limit) {
+        self.throttled(pause_end, limit, true);
+    }
+
+    /// Another worker announced a throttling of `limit` that paused this process until
+    /// `pause_end`.
+    pub fn on_peer_throttled(&self, pause_end: Instant, limit: Limit) {
+        self.throttled(pause_end, limit, false);
+    }
+
+    fn throttled(&self, pause_end: Instant, limit: Limit, own: bool) {
         let in_force = self.in_force();
         self.update(|s| {
             let law = s.law(limit);
@@ -482,7 +491,7 @@ impl Budget {
                 .is_some_and(|at| now.saturating_duration_since(at) < CENSUS_SETTLE);
             let saturated = s.acquiring > 0;
             let law = s.law(limit);
-            law.throttled(now, pause_end, census_moved, saturated);
+            law.throttled(now, pause_end, census_moved, saturated, own);
             s.drain_at = Some(s.drain_at.map_or(pause_end, |d| d.max(pause_end)));
         });
     }

@@ -252,7 +252,7 @@ impl Census {
 pub fn peer_paused(budget: &Budget, gate: &PauseGate, until: Instant, limit: Limit) -> Duration {
     let grew = gate.pause_until(until);
     if !grew.is_zero() {
-        budget.on_throttled(until, limit);
+        budget.on_peer_throttled(until, limit);
     }
     grew
 }
