@@ -142,6 +142,10 @@ pub const RESUMED_SPAN: Duration = Duration::from_secs(1);
 /// Once the bucket is known to refill in long steps, an episode holds the rate Graph served
 /// over at least this long (two of Graph's 10 s windows).
 pub const LONG_RUN: Duration = Duration::from_secs(20);
+/// A long-run rate below this fraction of the rate sent is held as it is…
+pub const LONG_RUN_FAR: f64 = 0.8;
+/// …and above it, the cut is at most to this fraction of the rate sent.
+pub const LONG_RUN_CUT: f64 = 0.95;
 /// Fewest requests sent since resuming for that bound to hold.
 pub const RESUMED_FEWEST: u64 = 5;
 /// A rate in force this long without any episode held: Graph's window (10 s for its request
@@ -215,6 +219,8 @@ pub(super) struct Law {
     sent_count: u64,
     /// Graph's bucket refills in steps longer than a pause: throttled right after one.
     stepped: bool,
+    /// The last episode where Graph had served all that was sent over its best 2 s.
+    uncapped_at: Option<Instant>,
     /// When sending resumed after the last pause (or began), and `sent` and `sent_count`
     /// then.
     resumed: Option<(Instant, f64, u64)>,
@@ -257,6 +263,7 @@ impl Law {
             sent: 0.0,
             sent_count: 0,
             stepped: false,
+            uncapped_at: None,
             resumed: None,
         }
     }
@@ -513,6 +520,17 @@ impl Law {
             }
             (soon && !few).then_some(self.sent - sent)
         });
+        // Graph served all that was sent over its best 2 s, and did so at the episode before
+        // too (within LOOKBACK): its window is longer than that, and the rate is above what
+        // it refills over the window, not above what it serves in a burst.
+        let uncapped = peak.is_some_and(|peak| peak >= before * PEAK_BELOW);
+        let recurring = uncapped
+            && self
+                .uncapped_at
+                .is_some_and(|t| now.saturating_duration_since(t) <= LOOKBACK);
+        if uncapped {
+            self.uncapped_at = Some(now);
+        }
         // In steps that long, a rate a little above the budget empties each step before
         // its end (one 429 a window) while Graph served all that was sent in any 2 s: what
         // it served over the last LOOKBACK (several steps) is the rate to hold.
@@ -521,7 +539,7 @@ impl Law {
             .front()
             .filter(|a| now.saturating_duration_since(a.at) >= LONG_RUN)
             .map(|a| (self.served - a.served) / now.saturating_duration_since(a.at).as_secs_f64())
-            .filter(|_| self.stepped);
+            .filter(|_| self.stepped || recurring);
         // Never below that best span either: Graph served it, so a rate sent lower was not
         // what emptied the bucket (a burst after a pause, another worker's start was).
         // Tasks were waiting for the budget (the rate, not the work, bound what was sent)
@@ -612,9 +630,15 @@ impl Law {
             self.throttled_at = self.throttled_at.map(|at| at.min(bound));
         }
         // Graph served that on average, steps and pauses included: held without a margin
-        // (a step sees that rate times its length, what it served).
+        // (a step sees that rate times its length, what it served). A pause that outlasted
+        // a step's end wasted some of it, so close to the rate sent the cut is LONG_RUN_CUT.
         if let Some(rate) = long_run.filter(|r| *r > 0.0) {
-            self.throttled_at = self.throttled_at.map(|at| at.min(rate / SET_BELOW_SERVED));
+            let rate = if rate < before * LONG_RUN_FAR {
+                rate
+            } else {
+                rate.max(before * LONG_RUN_CUT)
+            };
+            self.throttled_at = self.throttled_at.map(|at| at.min(rate));
             self.factor = self.factor.min(rate).max(FACTOR_MIN);
         }
         // The live count just changed (a joiner sent before the others counted it) while
