@@ -48,7 +48,11 @@
 //!   warm-up against a small bucket takes two 429s, not five halvings. Throttled at once
 //!   instead, the bucket refills in steps longer than the pause (`stepped`): from then on
 //!   an episode holds the rate Graph served over the last [`LONG_RUN`] or more, which a
-//!   step's budget allows.
+//!   step's budget allows. So does an episode whose predecessor (within [`LOOKBACK`]) also
+//!   came while Graph had served all that was sent over its best 2 s (a window longer than
+//!   that; graph-sim's Retry-After lasts until its next step, so its pauses never end on an
+//!   empty bucket): at most [`LONG_RUN_CUT`] below the rate sent unless [`LONG_RUN_FAR`]
+//!   below it.
 //! - **Proven rate.** A factor in force for [`HELD_FOR`] without an episode (and served)
 //!   is proven (`held_at`): after an episode above it, f goes back to it (the pause was the
 //!   cost); an episode at it lowers it by [`HELD_CUT`] (or to what Graph served when that
