@@ -17,6 +17,8 @@
 #
 # Environment (defaults in brackets): MEM_BACKLOG [1000000], MEM_CONCURRENCY [32],
 # MEM_LATENCY_MS [2000], MEM_RUN_SECS [30], MEM_OUTAGE_SECS [120], MEM_OUT [/tmp/mfa-memory],
+# MEM_BATCHES [64: the backlog's batch and 63 of 4,096 requests, so that the worker's store of
+# verified batches (security.known_batches, 64) is full, every one with a 4,096-hash cap],
 # BENCH_BIN [target/release], MEM_RELAY_PORT [5699], MFA_RESET__BROKER__URL (the broker).
 set -euo pipefail
 
@@ -29,6 +31,7 @@ LATENCY_MS=${MEM_LATENCY_MS:-2000}
 RUN_SECS=${MEM_RUN_SECS:-30}
 OUTAGE_SECS=${MEM_OUTAGE_SECS:-120}
 RELAY_PORT=${MEM_RELAY_PORT:-5699}
+BATCHES=${MEM_BATCHES:-64}
 BROKER=${MFA_RESET__BROKER__URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 
 for bin in mfa-reset graph-sim examples/ledger_memory; do
@@ -97,6 +100,17 @@ log "enqueueing $BACKLOG requests (prefix $PREFIX)"
 "$BIN/mfa-reset" enqueue --csv "$OUT/users.csv" --key "$OUT/keys/requester" --yes >"$OUT/enqueue.out" 2>"$OUT/enqueue.err"
 rm -f "$OUT/users.csv"
 grep -E '^(batch|enqueued)' "$OUT/enqueue.out" >&2
+# Then MEM_BATCHES - 1 batches of 4,096 users each: every one's manifest record carries a
+# full Merkle cap (4,096 hashes, 128 KiB), and the worker, following the outcomes stream,
+# keeps up to security.known_batches (64) of them: its store of verified batches is full.
+if ((BATCHES > 1)); then
+    log "enqueueing $((BATCHES - 1)) more batches of 4096 requests (a full cap each)"
+    for b in $(seq 2 "$BATCHES"); do
+        awk -v b="$b" 'BEGIN { print "userPrincipalName"; for (i = 0; i < 4096; i++) printf "batch%02d-user%04d@contoso.com\n", b, i }' >"$OUT/users.csv"
+        "$BIN/mfa-reset" enqueue --csv "$OUT/users.csv" --key "$OUT/keys/requester" --yes >>"$OUT/enqueue.out" 2>>"$OUT/enqueue.err"
+    done
+    rm -f "$OUT/users.csv"
+fi
 
 start_relay
 sleep 0.5
@@ -127,13 +141,13 @@ WORKER_PID=""
 kill "$SAMPLER_PID" 2>/dev/null || true
 SAMPLER_PID=""
 
-held=$(grep -c 'recorded an outcome held through a broker outage' "$OUT/worker.err" || true)
+held=$(grep -c 'recorded a record held through a broker outage' "$OUT/worker.err" || true)
 outcomes=$(grep -c '"outcome recorded"' "$OUT/worker.err" || true)
 peak=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$OUT/worker.time")
 outage_max=$(awk -v a="$OUTAGE_START" -v b="$OUTAGE_END" '$1 >= a && $1 <= b && $2 > m { m = $2 } END { print m + 0 }' "$OUT/rss.txt")
 cat <<EOF | tee "$OUT/result.txt"
-backlog: $BACKLOG requests enqueued; worker concurrency $CONCURRENCY, Graph latency $LATENCY_MS ms
-worker: $outcomes outcomes recorded, $held of them held through the outage and recorded after it
+backlog: $BACKLOG requests enqueued, and $((BATCHES - 1)) more batches of 4096; worker concurrency $CONCURRENCY, Graph latency $LATENCY_MS ms
+worker: $outcomes outcomes recorded, $held records (plans and outcomes) held through the outage and recorded after it
 worker peak RSS: $peak kB (whole run); max RSS during the $OUTAGE_SECS s outage: $outage_max kB
 $(cat "$OUT/ledger.txt")
 EOF

@@ -1,7 +1,7 @@
 //! `mfa-reset enqueue`: validate an input in full, then publish one request per user.
 //!
 //! Nothing is published unless every row is valid. The batch is signed once: a first pass
-//! over the validated rows builds the Merkle tree of its requests, the operator's key
+//! over the validated rows computes the Merkle cap of its requests, the operator's key
 //! (`--key`, or ssh-agent) signs the manifest holding its root, and a second pass publishes
 //! every request with its compact proof in its `proof` field
 //! ([`crate::trust::requests::CompactProof`]: the manifest's digest, the index and the short
@@ -16,21 +16,22 @@
 //! twice.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::broker::topology::{RK_AWAITING, RK_OUTCOME, RK_REQUEST};
 use crate::broker::{OutMessage, Publisher, Topology};
 use crate::cli::EnqueueArgs;
 use crate::config::Settings;
-use crate::domain::{BatchManifest, Record, ResetRequest, UserRef, REQUEST_VERSION};
+use crate::domain::{BatchManifest, Record, ResetRequest, TapRequest, UserRef, REQUEST_VERSION};
 use crate::graph::GraphClient;
 use crate::intake::{self, IntakeRow, Plan};
-use crate::trust::merkle::{leaf_hash, CAP_NODES};
+use crate::trust::merkle::{leaf_hash, CapBuilder, CapGroup, MerkleCap, CAP_NODES};
 use crate::trust::requests::{leaf_bytes, CompactProof, Manifest, SealedManifest};
-use crate::trust::{AllowedSigners, Digest, MerkleTree, Namespace, Signer};
+use crate::trust::{AllowedSigners, Digest, Namespace, Signer};
 
 /// What was enqueued.
 #[derive(Debug, Clone)]
@@ -117,7 +118,7 @@ pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqu
     let awaiting_approval = plan.count > settings.security.approval_above;
     let count = publish(
         settings,
-        &plan,
+        std::sync::Arc::new(plan),
         &batch,
         args,
         requested_by,
@@ -321,7 +322,7 @@ fn print_summary(plan: &Plan, args: &EnqueueArgs) {
 #[allow(clippy::too_many_arguments)]
 async fn publish(
     settings: &Settings,
-    plan: &Plan,
+    plan: Arc<Plan>,
     batch: &str,
     args: &EnqueueArgs,
     requested_by: Option<String>,
@@ -336,30 +337,23 @@ async fn publish(
     } else {
         None
     };
-    let request_of = |row: IntakeRow| ResetRequest {
-        version: REQUEST_VERSION,
-        request_id: ResetRequest::id_for(batch, &row.user),
+    let requests = Arc::new(RequestOf {
         batch: batch.to_string(),
-        user: row.user,
-        ticket: row.ticket,
-        reason: row.reason.or_else(|| args.reason.clone()),
-        requested_by: row.requested_by.or_else(|| requested_by.clone()),
+        reason: args.reason.clone(),
+        requested_by: requested_by.clone(),
         dry_run: args.dry_run,
-        revoke_sessions: row.revoke_sessions.unwrap_or(args.revoke_sessions),
+        revoke_sessions: args.revoke_sessions,
         requested_at: now,
-        replay: 0,
-        tap: tap.filter(|_| row.tap.unwrap_or(args.tap)),
-        carry: None,
-        proof: None,
-    };
-    // Pass 1: the Merkle tree of the requests, and the signed manifest holding its root.
-    let leaves = leaf_hashes(plan.rows()?, plan.count, &request_of)?;
-    let tree = MerkleTree::from_leaf_hashes(leaves);
+        tap,
+        tap_all: args.tap,
+    });
+    // Pass 1: the Merkle cap of the requests, and the signed manifest holding its root.
+    let cap = batch_cap(plan.rows()?, plan.count, &|row| requests.request(row))?;
     let sealed = SealedManifest::seal(
         Manifest {
             batch: batch.to_string(),
-            count: tree.len(),
-            root: tree.root(),
+            count: plan.count,
+            root: cap.root(),
             requested_by: operator.principal.clone(),
             created_at: now,
         },
@@ -367,7 +361,6 @@ async fn publish(
     )
     .context("signing the batch manifest")?;
     let digest = sealed.digest()?;
-    let cap = tree.cap(CAP_NODES);
 
     let topology = Topology::new(&settings.broker, &settings.retry);
     let intake = topology.intake();
@@ -398,77 +391,210 @@ async fn publish(
     } else {
         RK_REQUEST
     };
-    // Pass 2: every request with its compact proof.
+    // Pass 2: every request with its compact proof, built on a thread of its own (CSV, JSON,
+    // proof) while this task only publishes: the publishing loop waits on the broker, and
+    // what it does between two publishes delays every one of them.
+    let expected = plan.count;
+    let mut built = build_requests(plan, requests, cap, digest, routing_key, intake);
     let mut published = 0u64;
-    let rows = plan.rows()?;
-    for (index, row) in (0u64..).zip(rows) {
-        let mut request = request_of(row?);
-        let path = tree.path_to_cap(index, &cap).ok_or_else(|| {
-            anyhow::anyhow!(
-                "the input changed while it was being enqueued (more rows than the {} \
-                 validated); re-run with --batch {batch}",
-                plan.count
-            )
-        })?;
-        // In the body, no headers at all: see `trust::requests` for why.
-        request.proof = Some(
-            CompactProof {
-                manifest: digest,
-                index,
-                path,
+    while let Some(chunk) = built.recv().await {
+        for msg in chunk {
+            if let Err(err) = publisher.send(msg?).await {
+                return Err(interrupted(err, batch, publisher.confirmed()));
             }
-            .to_text(),
-        );
-        let msg = OutMessage::json(routing_key, serde_json::to_vec(&request)?)
-            .with_id(request.request_id.to_string())
-            .via(intake.clone());
-        if let Err(err) = publisher.send(msg).await {
-            return Err(interrupted(err, batch, publisher.confirmed()));
+            published += 1;
         }
-        published += 1;
     }
     if let Err(err) = publisher.flush().await {
         return Err(interrupted(err, batch, publisher.confirmed()));
     }
     anyhow::ensure!(
-        published == plan.count,
-        "the input changed while it was being enqueued ({published} rows now, {} validated); \
-         re-run with --batch {batch}",
-        plan.count
+        published == expected,
+        "the input changed while it was being enqueued ({published} rows now, {expected} \
+         validated); re-run with --batch {batch}"
     );
     publisher.close().await?;
     Ok(published)
 }
 
-/// Rows read and built into requests per hand-over in [`leaf_hashes`].
+/// What every request of the batch shares, and how a row becomes its request.
+struct RequestOf {
+    batch: String,
+    /// `--reason`, for rows without their own.
+    reason: Option<String>,
+    /// Who enqueued, for rows without their own `requested_by`.
+    requested_by: Option<String>,
+    dry_run: bool,
+    /// `--revoke-sessions`, for rows that do not say.
+    revoke_sessions: bool,
+    requested_at: DateTime<Utc>,
+    /// The pass to create when asked (`--tap`, or a ticket event's `"tap": true`).
+    tap: Option<TapRequest>,
+    /// `--tap`: every row asks for one unless it says otherwise.
+    tap_all: bool,
+}
+
+impl RequestOf {
+    fn request(&self, row: IntakeRow) -> ResetRequest {
+        ResetRequest {
+            version: REQUEST_VERSION,
+            request_id: ResetRequest::id_for(&self.batch, &row.user),
+            batch: self.batch.clone(),
+            user: row.user,
+            ticket: row.ticket,
+            reason: row.reason.or_else(|| self.reason.clone()),
+            requested_by: row.requested_by.or_else(|| self.requested_by.clone()),
+            dry_run: self.dry_run,
+            revoke_sessions: row.revoke_sessions.unwrap_or(self.revoke_sessions),
+            requested_at: self.requested_at,
+            replay: 0,
+            tap: self.tap.filter(|_| row.tap.unwrap_or(self.tap_all)),
+            carry: None,
+            proof: None,
+        }
+    }
+}
+
+/// Requests handed to the publisher at once: one wake-up of the publishing task per chunk,
+/// not per request.
+const BUILT_CHUNK: usize = 256;
+/// Chunks built ahead of the publisher (16 × 256 requests of about 700 bytes: under 3 MB).
+const BUILT_AHEAD: usize = 16;
+
+/// Pass 2's requests, built on a thread of their own, in order and in chunks of
+/// [`BUILT_CHUNK`], each with its compact proof (`index` in the batch, path up to `cap`) and
+/// ready to publish. The first error (the input changed since it was checked) is the last
+/// item; dropping the receiver stops the thread.
+///
+/// The paths come from the requests themselves: each group of rows under one cap node is
+/// hashed again and must fold up to that node ([`CapGroup`]) before any of its requests is
+/// handed over, so the whole tree is never held (memory: the cap and one group, whatever the
+/// batch's size) and a row that changed since pass 1 stops the batch there.
+fn build_requests(
+    plan: Arc<Plan>,
+    requests: Arc<RequestOf>,
+    cap: MerkleCap,
+    digest: Digest,
+    routing_key: &'static str,
+    intake: String,
+) -> tokio::sync::mpsc::Receiver<Vec<anyhow::Result<OutMessage>>> {
+    let (sender, built) = tokio::sync::mpsc::channel(BUILT_AHEAD);
+    std::thread::spawn(move || {
+        let changed = || {
+            anyhow::anyhow!(
+                "the input changed while it was being enqueued (its rows are no longer the {} \
+                 validated and signed); re-run with --batch {}",
+                plan.count,
+                requests.batch
+            )
+        };
+        let group_size = 1usize << cap.level;
+        // One group's requests and leaf hashes, made into messages once they fold to `cap`.
+        let seal_group = |first: u64,
+                          group: &mut Vec<(ResetRequest, Digest)>|
+         -> anyhow::Result<Vec<OutMessage>> {
+            let hashes = group.iter().map(|(_, hash)| *hash).collect();
+            let proofs = CapGroup::new(&cap, first >> cap.level, hashes).ok_or_else(changed)?;
+            (0u64..)
+                .zip(group.drain(..))
+                .map(|(offset, (mut request, _))| {
+                    // In the body, no headers at all: see `trust::requests` for why.
+                    request.proof = Some(
+                        CompactProof {
+                            manifest: digest,
+                            index: first + offset,
+                            path: proofs.path(offset).ok_or_else(changed)?,
+                        }
+                        .to_text(),
+                    );
+                    Ok(OutMessage::json(routing_key, serde_json::to_vec(&request)?)
+                        .with_id(request.request_id.to_string())
+                        .via(intake.clone()))
+                })
+                .collect()
+        };
+        let rows = match plan.rows() {
+            Ok(rows) => rows,
+            Err(error) => {
+                let _ = sender.blocking_send(vec![Err(error)]);
+                return;
+            }
+        };
+        let mut rows = rows.peekable();
+        let mut group = Vec::with_capacity(group_size);
+        let mut chunk = Vec::with_capacity(BUILT_CHUNK);
+        let mut first = 0u64;
+        while let Some(row) = rows.next() {
+            let added = row.and_then(|row| {
+                let request = requests.request(row);
+                let hash = leaf_hash(&leaf_bytes(&request)?);
+                group.push((request, hash));
+                Ok(())
+            });
+            let sealed = match added {
+                Err(error) => Err(error),
+                Ok(()) if group.len() == group_size || rows.peek().is_none() => {
+                    let sealed = seal_group(first, &mut group);
+                    first += group_size as u64;
+                    sealed
+                }
+                Ok(()) => continue,
+            };
+            let failed = match sealed {
+                Ok(messages) => {
+                    chunk.extend(messages.into_iter().map(Ok));
+                    false
+                }
+                Err(error) => {
+                    chunk.push(Err(error));
+                    true
+                }
+            };
+            if chunk.len() >= BUILT_CHUNK || failed {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(BUILT_CHUNK));
+                // Closed: the publisher stopped (its error is the one reported).
+                if sender.blocking_send(full).is_err() || failed {
+                    return;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = sender.blocking_send(chunk);
+        }
+    });
+    built
+}
+
+/// Rows read and built into requests per hand-over in [`batch_cap`].
 const LEAF_CHUNK: usize = 4096;
 
-/// The leaf hash of every row's request, in order: the first pass over the input, which has
-/// to end before anything can be signed and published.
+/// The Merkle cap (at most [`CAP_NODES`] nodes) of every row's request, for a batch of
+/// `count`: the first pass over the input, which has to end before anything can be signed
+/// and published. Only the cap and one group of leaf hashes are held ([`CapBuilder`]).
 ///
 /// Two threads: this one reads the rows and builds their requests (CSV, user, request id),
 /// the other writes and hashes their leaves, in chunks of [`LEAF_CHUNK`] handed over through
 /// a short channel. The broker is idle meanwhile, so a second core cuts the time before the
 /// first publish, which every request of the batch waits for. The first read error stops
-/// both and is returned.
-fn leaf_hashes<F>(
+/// both and is returned; so is a number of rows other than `count`.
+fn batch_cap<F>(
     rows: Box<dyn Iterator<Item = anyhow::Result<IntakeRow>> + Send + '_>,
     count: u64,
     request_of: &F,
-) -> anyhow::Result<Vec<Digest>>
+) -> anyhow::Result<MerkleCap>
 where
     F: Fn(IntakeRow) -> ResetRequest + Sync,
 {
     std::thread::scope(|scope| {
         let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<ResetRequest>>(4);
-        let hasher = scope.spawn(move || -> anyhow::Result<Vec<Digest>> {
-            let mut leaves = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        let hasher = scope.spawn(move || -> anyhow::Result<Option<MerkleCap>> {
+            let mut cap = CapBuilder::new(count, CAP_NODES);
             for chunk in received {
                 for request in &chunk {
-                    leaves.push(leaf_hash(&leaf_bytes(request)?));
+                    cap.push_hash(leaf_hash(&leaf_bytes(request)?));
                 }
             }
-            Ok(leaves)
+            Ok(cap.finish())
         });
         let mut chunk = Vec::with_capacity(LEAF_CHUNK);
         let mut read = Ok(());
@@ -492,10 +618,16 @@ where
             let _ = chunks.send(chunk);
         }
         drop(chunks);
-        let leaves = hasher
+        let cap = hasher
             .join()
             .map_err(|_| anyhow::anyhow!("hashing the batch's requests failed"))??;
-        read.map(|()| leaves)
+        read?;
+        cap.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the input changed while it was being enqueued (not the {count} rows \
+                 validated); nothing was enqueued"
+            )
+        })
     })
 }
 
@@ -598,15 +730,128 @@ mod tests {
     }
 
     #[test]
-    fn the_leaves_hashed_on_two_threads_are_every_row_in_input_order() {
+    fn the_cap_hashed_on_two_threads_is_the_cap_of_every_row_in_input_order() {
         // Not a multiple of the chunk: the last, short chunk is hashed too.
         let count = 3 * LEAF_CHUNK as u64 + 17;
         let rows = Box::new((1..=count).map(|line| Ok(row(line))));
-        let leaves = leaf_hashes(rows, count, &request_of).unwrap();
-        let one_by_one: Vec<Digest> = (1..=count)
-            .map(|line| leaf_hash(&leaf_bytes(&request_of(row(line))).unwrap()))
+        let cap = batch_cap(rows, count, &request_of).unwrap();
+        let tree = crate::trust::MerkleTree::from_leaf_hashes(
+            (1..=count)
+                .map(|line| leaf_hash(&leaf_bytes(&request_of(row(line))).unwrap()))
+                .collect(),
+        );
+        assert_eq!(cap, tree.cap(CAP_NODES));
+        // A row fewer than announced: no cap.
+        let rows = Box::new((1..=count).map(|line| Ok(row(line))));
+        let error = batch_cap(rows, count + 1, &request_of)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("the input changed"), "{error}");
+    }
+
+    fn requests_of_b() -> Arc<RequestOf> {
+        Arc::new(RequestOf {
+            batch: "b".into(),
+            reason: None,
+            requested_by: None,
+            dry_run: false,
+            revoke_sessions: false,
+            requested_at: chrono::DateTime::UNIX_EPOCH,
+            tap: None,
+            tap_all: false,
+        })
+    }
+
+    /// Pass 2 over `rows` rows against a tree of `leaves` of them.
+    async fn built(rows: u64, leaves: u64) -> Vec<anyhow::Result<OutMessage>> {
+        built_against(rows, (1..=leaves).collect()).await
+    }
+
+    /// Pass 2 over `rows` rows against a tree whose leaves are the requests of `lines`.
+    async fn built_against(rows: u64, lines: Vec<u64>) -> Vec<anyhow::Result<OutMessage>> {
+        let plan = Arc::new(intake::plan_rows(
+            "test".into(),
+            (1..=rows).map(row).collect(),
+        ));
+        let tree = crate::trust::MerkleTree::from_leaf_hashes(
+            lines
+                .into_iter()
+                .map(|line| leaf_hash(&leaf_bytes(&request_of(row(line))).unwrap()))
+                .collect(),
+        );
+        let mut built = build_requests(
+            plan,
+            requests_of_b(),
+            tree.cap(16),
+            Digest::of(b"manifest"),
+            RK_REQUEST,
+            "t.intake".into(),
+        );
+        let mut all = Vec::new();
+        while let Some(chunk) = built.recv().await {
+            all.extend(chunk);
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn pass_two_builds_every_request_in_order_with_the_proof_of_its_own_leaf() {
+        let count = 2 * BUILT_CHUNK as u64 + 3;
+        let messages = built(count, count).await;
+        assert_eq!(messages.len() as u64, count);
+        let tree = crate::trust::MerkleTree::from_leaf_hashes(
+            (1..=count)
+                .map(|line| leaf_hash(&leaf_bytes(&request_of(row(line))).unwrap()))
+                .collect(),
+        );
+        let cap = tree.cap(16);
+        for (index, msg) in (0u64..).zip(messages) {
+            let msg = msg.unwrap();
+            assert_eq!(msg.exchange.as_deref(), Some("t.intake"));
+            let request: ResetRequest = serde_json::from_slice(&msg.body).unwrap();
+            assert_eq!(request.user, row(index + 1).user);
+            let proof = CompactProof::from_text(request.proof.as_deref().unwrap()).unwrap();
+            assert_eq!(proof.index, index);
+            let leaf = leaf_hash(&leaf_bytes(&request).unwrap());
+            assert!(crate::trust::merkle::verify_to_cap(
+                &leaf,
+                index,
+                count,
+                &proof.path,
+                &cap
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_row_changed_since_pass_one_stops_the_batch_before_its_group_is_published() {
+        // 515 leaves under a cap of at most 16 nodes: groups of 64. Line 100 (group 1) was
+        // another user when the batch was signed.
+        let count = 2 * BUILT_CHUNK as u64 + 3;
+        let signed: Vec<u64> = (1..=count)
+            .map(|l| if l == 100 { 9_999 } else { l })
             .collect();
-        assert_eq!(leaves, one_by_one);
+        let messages = built_against(count, signed).await;
+        assert_eq!(messages.len(), 64 + 1, "group 0, then the error");
+        assert!(messages[..64].iter().all(Result::is_ok));
+        let error = messages[64].as_ref().unwrap_err().to_string();
+        assert!(
+            error.contains("the input changed while it was being enqueued"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn more_rows_in_pass_two_than_were_hashed_end_it_with_an_error() {
+        let messages = built(BUILT_CHUNK as u64 + 10, BUILT_CHUNK as u64).await;
+        // Every row the tree holds, then the error, then nothing.
+        assert_eq!(messages.len(), BUILT_CHUNK + 1);
+        let error = messages.last().unwrap().as_ref().unwrap_err().to_string();
+        assert!(
+            error.contains("the input changed while it was being enqueued"),
+            "{error}"
+        );
+        assert!(messages[..BUILT_CHUNK].iter().all(Result::is_ok));
     }
 
     #[test]
@@ -619,7 +864,7 @@ mod tests {
                 Ok(row(line))
             }
         }));
-        let error = leaf_hashes(rows, 2 * LEAF_CHUNK as u64, &request_of).unwrap_err();
+        let error = batch_cap(rows, 2 * LEAF_CHUNK as u64, &request_of).unwrap_err();
         assert!(
             error.to_string().contains("changed since it was checked"),
             "{error}"

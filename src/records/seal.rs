@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use lapin::Channel;
@@ -37,7 +38,7 @@ pub struct Sealed {
 /// Seals the records of one worker process: one chain per batch, under a writer id drawn at
 /// start (a restarted worker starts new chains).
 pub struct Sealer {
-    signer: Signer,
+    signer: Arc<Signer>,
     writer: String,
     chains: Mutex<HashMap<String, ChainWriter>>,
 }
@@ -55,7 +56,7 @@ impl Sealer {
     /// A sealer signing with `signer`, under a fresh writer id.
     pub fn new(signer: Signer) -> Sealer {
         Sealer {
-            signer,
+            signer: Arc::new(signer),
             writer: uuid::Uuid::new_v4().simple().to_string(),
             chains: Mutex::new(HashMap::new()),
         }
@@ -99,6 +100,12 @@ impl Sealer {
                 allowed.source()
             )
         })
+    }
+
+    /// The signer of `worker.key`, shared with what else the worker signs in its namespace
+    /// (its fleet messages, [`crate::worker::fleet`]).
+    pub fn signer(&self) -> &Arc<Signer> {
+        &self.signer
     }
 
     /// The key that signs, `SHA256:…`.

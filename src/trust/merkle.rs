@@ -248,6 +248,104 @@ impl RootBuilder {
 /// nodes, would save 64 bytes per request for 512 KiB more per batch in every worker's memory.
 pub const CAP_NODES: u64 = 4096;
 
+/// The level a `count`-leaf tree's cap of at most `max_nodes` nodes sits at: the lowest
+/// with that few nodes, as [`MerkleTree::cap`] picks it.
+pub fn cap_level(count: u64, max_nodes: u64) -> u32 {
+    let (mut level, mut nodes) = (0, count);
+    while nodes > max_nodes.max(1) {
+        nodes = nodes.div_ceil(2);
+        level += 1;
+    }
+    level
+}
+
+/// The cap of a stream of leaves whose number is known in advance, without the tree: node
+/// `i` of level `L` is the root of leaves `i·2^L … (i+1)·2^L − 1` (the last group may be
+/// shorter), so each group of `2^L` leaf hashes is folded as it completes and dropped.
+/// Memory: the cap and one group. [`CapGroup`] rebuilds a group's proofs from its leaves.
+#[derive(Debug, Clone)]
+pub struct CapBuilder {
+    level: u32,
+    group: RootBuilder,
+    nodes: Vec<Digest>,
+    count: u64,
+    announced: u64,
+}
+
+impl CapBuilder {
+    /// For a tree of `count` leaves and a cap of at most `max_nodes` nodes.
+    pub fn new(count: u64, max_nodes: u64) -> CapBuilder {
+        let level = cap_level(count, max_nodes);
+        CapBuilder {
+            level,
+            group: RootBuilder::default(),
+            nodes: Vec::with_capacity(usize::try_from(count.div_ceil(1 << level)).unwrap_or(0)),
+            count: 0,
+            announced: count,
+        }
+    }
+
+    /// Add the next leaf, already hashed with [`leaf_hash`].
+    pub fn push_hash(&mut self, hash: Digest) {
+        self.group.push_hash(hash);
+        self.count += 1;
+        if self.group.len() == 1 << self.level {
+            self.nodes.push(std::mem::take(&mut self.group).root());
+        }
+    }
+
+    /// Leaves pushed.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// True before the first leaf.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The cap of the leaves pushed, the one [`MerkleTree::cap`] gives; `None` unless as
+    /// many leaves were pushed as announced (the level depends on the count).
+    pub fn finish(mut self) -> Option<MerkleCap> {
+        if self.count != self.announced {
+            return None;
+        }
+        if !self.group.is_empty() {
+            self.nodes.push(self.group.root());
+        }
+        Some(MerkleCap {
+            level: self.level,
+            nodes: self.nodes,
+        })
+    }
+}
+
+/// One group of leaves under a cap node ([`CapBuilder`]): the paths of its leaves up to the
+/// cap, which are the paths [`MerkleTree::path_to_cap`] gives in the whole tree (the groups
+/// are aligned on `2^level`, so every sibling below the cap lies in the same group).
+#[derive(Debug, Clone)]
+pub struct CapGroup {
+    tree: MerkleTree,
+}
+
+impl CapGroup {
+    /// The group under `cap`'s node `index`, from its leaf hashes, or `None` when they do
+    /// not fold up to that node (other leaves, or more or fewer of them than it covers).
+    pub fn new(cap: &MerkleCap, index: u64, leaf_hashes: Vec<Digest>) -> Option<CapGroup> {
+        let node = cap.nodes.get(usize::try_from(index).ok()?)?;
+        if leaf_hashes.len() as u64 > 1u64.checked_shl(cap.level)? {
+            return None;
+        }
+        let tree = MerkleTree::from_leaf_hashes(leaf_hashes);
+        (tree.root() == *node && !tree.is_empty()).then_some(CapGroup { tree })
+    }
+
+    /// The sibling hashes from the group's leaf `index` up to the cap.
+    pub fn path(&self, index: u64) -> Option<Vec<Digest>> {
+        self.tree.proof(index).map(|proof| proof.path)
+    }
+}
+
 /// One whole level of a tree: the nodes `level` steps above the leaves, left to right.
 ///
 /// Trusted only once [`MerkleCap::fits`] the signed count and [`MerkleCap::root`] equals the
@@ -490,6 +588,70 @@ mod tests {
             k *= 2;
         }
         k
+    }
+
+    #[test]
+    fn a_cap_built_group_by_group_is_the_trees_cap_and_its_groups_give_the_trees_paths() {
+        for count in 0..=70u64 {
+            let hashes: Vec<Digest> = leaves(count as usize)
+                .iter()
+                .map(|l| leaf_hash(l))
+                .collect();
+            let tree = MerkleTree::from_leaf_hashes(hashes.clone());
+            for max_nodes in [0, 1, 2, 3, 4, 7, 16, 100] {
+                let mut builder = CapBuilder::new(count, max_nodes);
+                for hash in &hashes {
+                    builder.push_hash(*hash);
+                }
+                assert_eq!(builder.len(), count);
+                let mut one_more = builder.clone();
+                one_more.push_hash(leaf_hash(b"one more"));
+                assert_eq!(one_more.finish(), None);
+                let cap = builder.finish().unwrap();
+                assert_eq!(
+                    cap,
+                    tree.cap(max_nodes),
+                    "{count} leaves, cap of {max_nodes}"
+                );
+                assert!(cap.fits(count));
+                assert_eq!(cap.root(), tree.root());
+                let size = 1usize << cap.level;
+                for (group, chunk) in (0u64..).zip(hashes.chunks(size)) {
+                    let proofs = CapGroup::new(&cap, group, chunk.to_vec()).unwrap();
+                    for (offset, index) in (0u64..).zip(group * size as u64..) {
+                        if offset as usize >= chunk.len() {
+                            break;
+                        }
+                        let path = proofs.path(offset).unwrap();
+                        assert_eq!(Some(path.clone()), tree.path_to_cap(index, &cap));
+                        assert!(verify_to_cap(
+                            &hashes[index as usize],
+                            index,
+                            count,
+                            &path,
+                            &cap
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_whose_leaves_do_not_fold_to_its_cap_node_gives_no_paths() {
+        let hashes: Vec<Digest> = leaves(40).iter().map(|l| leaf_hash(l)).collect();
+        let cap = MerkleTree::from_leaf_hashes(hashes.clone()).cap(5);
+        assert_eq!(cap.level, 3);
+        assert!(CapGroup::new(&cap, 1, hashes[8..16].to_vec()).is_some());
+        // Another group's leaves, one leaf changed, one missing, one too many, past the cap.
+        assert!(CapGroup::new(&cap, 1, hashes[0..8].to_vec()).is_none());
+        let mut changed = hashes[8..16].to_vec();
+        changed[3] = leaf_hash(b"mallory@contoso.com");
+        assert!(CapGroup::new(&cap, 1, changed).is_none());
+        assert!(CapGroup::new(&cap, 1, hashes[8..15].to_vec()).is_none());
+        assert!(CapGroup::new(&cap, 1, hashes[8..17].to_vec()).is_none());
+        assert!(CapGroup::new(&cap, 5, hashes[32..40].to_vec()).is_none());
+        assert!(CapGroup::new(&cap, 4, Vec::new()).is_none());
     }
 
     fn leaves(count: usize) -> Vec<Vec<u8>> {

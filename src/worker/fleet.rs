@@ -14,17 +14,26 @@
 //! - **Pauses.** A Retry-After seen by one worker is announced to all: Graph throttles the
 //!   app, not the process (<https://learn.microsoft.com/en-us/graph/throttling>).
 //!
-//! Anyone who can publish to the exchange can send these, so they are advisory and bounded:
-//! a pause can only delay (it extends the local pause, never shortens it) and for at most
-//! `retry.max_retry_after` (the longest Retry-After the worker honours itself), so a forged one
-//! cannot stop the workers for long; a heartbeat can only add to the count (slower, never
-//! faster); a forged leader (an id lower than every worker's) can set the others' factor, but
-//! never above their share of `[rate]` (what a worker starts at anyway), and Graph's 429s
-//! still pause everyone; at most [`MAX_PEERS`] peers are tracked and messages over
+//! **Signed.** Anyone who can publish to the exchange could send these, so every message is
+//! sealed with the sending worker's own key (`worker.key`, namespace `mfa-reset-worker`, the
+//! seal of its plans and outcomes) with its sending time and its instance id, and a worker
+//! acts only on a message whose seal verifies against `security.allowed_signers`, that is
+//! fresh (clocks within [`envelope::MAX_CLOCK_SKEW`]) and that it has not taken before
+//! ([`envelope`]). Anything else (unsigned, badly signed, an unknown signer, stale,
+//! future-dated, replayed, sent on another deployment's exchange, malformed) is dropped unread, counted
+//! (`mfa_reset_fleet_refused{reason}`) and warned about at most once a minute per reason.
+//! So a holder of broker credentials alone cannot pause the workers, inflate their count or
+//! lead their law; a replayed pause extends no pause. What a worker key's holder could send
+//! stays bounded too: a pause only delays (it extends the local pause, never shortens it),
+//! shortened by its age and for at most `retry.max_retry_after` (the longest Retry-After the
+//! worker honours itself); a heartbeat only adds to the count (slower, never faster); a
+//! leader sets the others' factor, never above their share of `[rate]`; and Graph's 429s
+//! still pause everyone. At most [`MAX_PEERS`] peers are tracked and messages over
 //! [`MAX_MESSAGE_BYTES`] are dropped unread. Nothing is kept: each connection's queue is
 //! exclusive, its messages expire after 5 s.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -42,6 +51,12 @@ use uuid::Uuid;
 use crate::broker::Topology;
 use crate::config::Settings;
 use crate::graph::{Budget, GraphClient, Learned, Limit, PauseGate};
+use crate::trust::{AllowedSigners, Signer};
+use crate::worker::WorkerMetrics;
+
+pub mod envelope;
+
+use envelope::{FleetReader, FleetSeal, RefusalLog, Refused};
 
 /// How often a worker says it is alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -49,7 +64,8 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 pub const PEER_TTL: Duration = Duration::from_secs(3);
 /// Most peers tracked (forged heartbeats cannot grow memory without bound).
 pub const MAX_PEERS: usize = 1024;
-/// Largest message read.
+/// Largest message read: a sealed heartbeat is about 1 KiB (ed25519 or ecdsa-p256, the key
+/// types `security.allowed_signers` takes), and anything larger is dropped before parsing.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
 
 /// One message on `{p}.fleet`.
@@ -97,13 +113,20 @@ fn requests_limit() -> Limit {
     Limit::Requests
 }
 
-/// Parse a message from the exchange; `None` for anything too large or not one of ours.
-pub fn parse(body: &[u8]) -> Option<FleetMessage> {
-    if body.len() > MAX_MESSAGE_BYTES {
-        return None;
+impl FleetMessage {
+    /// The sending connection.
+    pub fn instance(&self) -> Uuid {
+        match self {
+            FleetMessage::Heartbeat { instance, .. } | FleetMessage::Pause { instance, .. } => {
+                *instance
+            }
+        }
     }
-    serde_json::from_slice(body).ok()
 }
+
+/// Read a message from the exchange: its envelope, not yet believed (see
+/// [`envelope::FleetReader::open`], which checks it).
+pub use envelope::parse;
 
 /// The workers heard from, by instance id.
 #[derive(Debug, Default)]
@@ -257,6 +280,18 @@ pub fn peer_paused(budget: &Budget, gate: &PauseGate, until: Instant, limit: Lim
     grew
 }
 
+/// What the fleet task signs its messages with, believes the others' by, and counts into.
+#[derive(Debug, Clone)]
+pub struct FleetTrust {
+    /// `worker.key`: seals this worker's messages.
+    pub signer: Arc<Signer>,
+    /// `security.allowed_signers`: a message is taken only when its seal verifies against it
+    /// in the worker namespace.
+    pub allowed: Arc<AllowedSigners>,
+    /// Counts what is refused (`mfa_reset_fleet_refused`).
+    pub metrics: Arc<WorkerMetrics>,
+}
+
 /// The fleet task of one connection; stopped with [`Fleet::stop`].
 pub struct Fleet {
     task: JoinHandle<()>,
@@ -266,13 +301,14 @@ pub struct Fleet {
 
 impl Fleet {
     /// Declare this connection's fleet queue and start heartbeating, counting and relaying
-    /// pauses for `graph`'s budget.
+    /// pauses for `graph`'s budget, every message sealed and checked with `trust`.
     pub async fn start(
         conn: &Connection,
         topology: &Topology,
         settings: &Settings,
         name: &str,
         graph: &GraphClient,
+        trust: &FleetTrust,
     ) -> anyhow::Result<Fleet> {
         let channel = conn.create_channel().await?;
         let queue = topology.declare_fleet_queue(&channel).await?;
@@ -289,13 +325,18 @@ impl Fleet {
             )
             .await?;
         let stop = CancellationToken::new();
+        let me = Uuid::new_v4();
         let run = Run {
             channel,
             exchange: topology.fleet(),
             name: name.to_string(),
             cap: settings.retry.max_retry_after,
             graph: graph.clone(),
-            census: Census::new(Uuid::new_v4(), settings.rate.processes == 0),
+            census: Census::new(me, settings.rate.processes == 0),
+            seal: FleetSeal::new(&topology.fleet(), me, trust.signer.clone()),
+            reader: FleetReader::new(&topology.fleet(), trust.allowed.clone()),
+            refusals: RefusalLog::default(),
+            metrics: trust.metrics.clone(),
         };
         let task = tokio::spawn(run.run(deliveries, stop.clone()));
         Ok(Fleet {
@@ -325,6 +366,13 @@ struct Run {
     cap: Duration,
     graph: GraphClient,
     census: Census,
+    /// Seals what this connection sends.
+    seal: FleetSeal,
+    /// Opens what the others send.
+    reader: FleetReader,
+    /// When to warn about refused messages.
+    refusals: RefusalLog,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Run {
@@ -339,26 +387,27 @@ impl Run {
                 _ = stop.cancelled() => break,
                 _ = heartbeat.tick() => {
                     let beat = self.census.heartbeat(&self.name, &budget, &gate);
-                    self.publish(&beat).await;
+                    self.publish(&beat, Utc::now()).await;
                 }
                 // Work again after idling: the others count this worker from now, not from
                 // the next tick (meanwhile they would send its share too).
                 _ = budget.woke().notified() => {
                     let beat = self.census.heartbeat(&self.name, &budget, &gate);
-                    self.publish(&beat).await;
+                    self.publish(&beat, Utc::now()).await;
                     heartbeat.reset();
                 }
                 throttling = throttlings.recv() => match throttling {
                     Ok(t) => {
                         let left = t.until.saturating_duration_since(Instant::now());
-                        self.publish(&FleetMessage::Pause {
+                        let sent_at = Utc::now();
+                        let pause = FleetMessage::Pause {
                             instance: self.census.me,
                             worker: self.name.clone(),
-                            sent_at: Utc::now(),
+                            sent_at,
                             retry_after_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
                             limit: t.limit,
-                        })
-                        .await;
+                        };
+                        self.publish(&pause, sent_at).await;
                     }
                     Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => break,
@@ -374,15 +423,14 @@ impl Run {
     }
 
     fn receive(&mut self, body: &[u8]) {
-        let Some(message) = parse(body) else {
-            tracing::debug!(
-                bytes = body.len(),
-                "ignored a message on the fleet exchange"
-            );
-            return;
+        let opened = match self.reader.open(body, Utc::now()) {
+            Ok(opened) => opened,
+            Err(refused) => return self.refused(&refused, body.len()),
         };
         let me = self.census.me;
-        match message {
+        // The seal's time: signed, and checked to be fresh.
+        let signed_at = opened.sent_at;
+        match opened.message {
             FleetMessage::Heartbeat { instance, .. } if instance == me => {}
             FleetMessage::Pause { instance, .. } if instance == me => {}
             FleetMessage::Heartbeat {
@@ -397,8 +445,11 @@ impl Run {
                 self.census
                     .heard(instance, idle, requests, writes, &self.graph.budget());
                 if pause_ms > 0 {
-                    // Transit is a few milliseconds; the heartbeat carries no send time.
-                    self.pause(&worker, Duration::from_millis(pause_ms), pause_limit);
+                    // What is left of it now: shortened by the heartbeat's age.
+                    let announced = Duration::from_millis(pause_ms);
+                    if let Some(left) = peer_pause(announced, signed_at, Utc::now(), self.cap) {
+                        self.pause(&worker, left, pause_limit);
+                    }
                 }
             }
             FleetMessage::Pause {
@@ -408,12 +459,33 @@ impl Run {
                 limit,
                 ..
             } => {
+                // The earlier of its two (signed) times: never longer than either allows.
+                let sent_at = sent_at.min(signed_at);
                 let announced = Duration::from_millis(retry_after_ms);
                 if let Some(left) = peer_pause(announced, sent_at, Utc::now(), self.cap) {
                     self.pause(&worker, left, limit);
                 }
             }
         }
+    }
+
+    /// A message of `bytes` was dropped for `refused`: counted, and warned about at most once
+    /// a minute per reason (a forger cannot flood the log; what it wrote is shown escaped).
+    fn refused(&mut self, refused: &Refused, bytes: usize) {
+        let reason = refused.reason();
+        self.metrics.refuse_fleet_message(reason);
+        let Some(quiet) = self.refusals.note(reason, Instant::now()) else {
+            return;
+        };
+        tracing::warn!(
+            reason,
+            bytes,
+            refused_since_last_warning = quiet,
+            detail = %envelope::loggable(&refused.to_string()),
+            "dropped a message on the fleet exchange: only fresh messages sealed by a worker key \
+             that security.allowed_signers allows (namespace mfa-reset-worker) are taken \
+             (next warning for this reason in a minute at the earliest)"
+        );
     }
 
     /// Pause this worker for `left` (at most the cap) because `worker` was throttled.
@@ -425,12 +497,19 @@ impl Run {
             return;
         }
         self.graph.stats().add_pause(grew);
-        tracing::debug!(%worker, pause_ms = left.as_millis() as u64, ?limit, "paused by another worker's throttling");
+        tracing::debug!(worker = %envelope::loggable(worker), pause_ms = left.as_millis() as u64, ?limit, "paused by another worker's throttling");
     }
 
-    async fn publish(&self, message: &FleetMessage) {
-        let Ok(body) = serde_json::to_vec(message) else {
-            return;
+    async fn publish(&mut self, message: &FleetMessage, sent_at: DateTime<Utc>) {
+        let body = match self.seal.seal(message, sent_at) {
+            Ok(body) => body,
+            Err(error) => {
+                // The others would drop an unsigned message: send nothing (as if lost).
+                if self.refusals.note("sign", Instant::now()).is_some() {
+                    tracing::warn!(error = %error, "cannot sign a fleet message with worker.key: the other workers will not hear this one (next warning in a minute at the earliest)");
+                }
+                return;
+            }
         };
         // Unconfirmed: a lost heartbeat is replaced by the next one, and a lost pause leaves
         // the others to meet the throttling themselves (as without a fleet).
@@ -506,45 +585,6 @@ mod tests {
         // A forged year-long pause holds for the cap only.
         assert_eq!(peer_pause(secs(365 * 86_400), now, now, cap), Some(cap));
         assert_eq!(peer_pause(Duration::ZERO, now, now, cap), None);
-    }
-
-    #[test]
-    fn messages_round_trip_and_anything_else_is_ignored() {
-        let pause = FleetMessage::Pause {
-            instance: Uuid::new_v4(),
-            worker: "w1".into(),
-            sent_at: Utc::now(),
-            retry_after_ms: 3000,
-            limit: Limit::Writes,
-        };
-        let body = serde_json::to_vec(&pause).unwrap();
-        assert!(String::from_utf8_lossy(&body).contains(r#""kind":"pause""#));
-        assert_eq!(parse(&body), Some(pause));
-        let heartbeat = FleetMessage::Heartbeat {
-            instance: Uuid::new_v4(),
-            worker: "w2".into(),
-            requests: Learned {
-                factor: 0.5,
-                throttled_at: Some(0.52),
-            },
-            writes: Learned {
-                factor: 1.0,
-                throttled_at: None,
-            },
-            pause_ms: 1500,
-            pause_limit: Limit::Requests,
-            idle: true,
-        };
-        assert_eq!(
-            parse(&serde_json::to_vec(&heartbeat).unwrap()),
-            Some(heartbeat)
-        );
-        assert_eq!(parse(b"not json"), None);
-        assert_eq!(parse(br#"{"kind":"halt"}"#), None);
-        let extra = br#"{"kind":"pause","instance":"00000000-0000-0000-0000-000000000001","worker":"w","sent_at":"2026-01-01T00:00:00Z","retry_after_ms":1,"limit":"writes","x":1}"#;
-        assert_eq!(parse(extra), None, "unknown fields refused");
-        let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
-        assert_eq!(parse(&big), None);
     }
 
     #[tokio::test(start_paused = true)]

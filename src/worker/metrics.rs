@@ -56,6 +56,17 @@ pub struct WorkerMetrics {
     /// Records and control commands ignored because they do not verify against
     /// `security.allowed_signers` (unsigned, forged, altered).
     pub records_ignored: Counter,
+    /// Messages on the fleet exchange dropped unread, by reason (`unsigned`,
+    /// `bad_signature`, `signer_not_allowed`, `stale`, `future_dated`, `replayed`,
+    /// `other_fleet`, `malformed`, `too_many_senders`): see [`crate::worker::fleet`].
+    pub fleet_refused: Family<ReasonLabel, Counter>,
+}
+
+/// Label set `reason="unsigned"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
 }
 
 type AtomicI64 = std::sync::atomic::AtomicI64;
@@ -85,6 +96,24 @@ impl WorkerMetrics {
             .lock()
             .ok()
             .and_then(|because| because.clone())
+    }
+
+    /// Count one fleet message dropped for `reason`.
+    pub fn refuse_fleet_message(&self, reason: &str) {
+        self.fleet_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Fleet messages dropped for `reason` so far.
+    pub fn fleet_refusals(&self, reason: &str) -> u64 {
+        self.fleet_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .get()
     }
 
     /// Outcomes of one status counted so far.
@@ -197,6 +226,11 @@ impl WorkerMetrics {
             "mfa_reset_paused",
             "1 while taking no requests: halted by an admin or at the hourly cap (see /healthz)",
             self.paused.clone(),
+        );
+        registry.register(
+            "mfa_reset_fleet_refused",
+            "Messages on the fleet exchange dropped unread (unsigned, bad_signature, signer_not_allowed, stale, future_dated, replayed, malformed), by reason",
+            self.fleet_refused.clone(),
         );
         registry.register(
             "mfa_reset_records_ignored",

@@ -28,7 +28,8 @@
 //! - [`gate`]: whether requests may be taken now: an admin's halt, the hourly cap.
 //! - [`outbox`]: sealed records held through a broker outage, recorded after reconnecting.
 //! - [`fleet`]: the other workers: heartbeats (the live count that divides the Graph budget)
-//!   and Retry-After pauses shared through the `{p}.fleet` exchange.
+//!   and Retry-After pauses shared through the `{p}.fleet` exchange, each sealed with
+//!   `worker.key` and taken only when it verifies ([`fleet::envelope`]).
 //! - [`ledger`]: which requests already have an outcome (idempotency).
 //! - [`metrics`]: counters for `/metrics` and summaries.
 

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::delivery;
 use super::disposition::{Cause, Rules};
-use super::fleet::Fleet;
+use super::fleet::{Fleet, FleetTrust};
 use super::gate::Stop;
 use super::verify::LOOKUP_SLACK;
 use super::{Worker, WorkerMetrics};
@@ -220,6 +220,11 @@ pub(super) async fn run(
         &worker.settings,
         &worker.name,
         &worker.graph,
+        &FleetTrust {
+            signer: worker.sealer.signer().clone(),
+            allowed: worker.reader.allowed().clone(),
+            metrics: worker.metrics.clone(),
+        },
     )
     .await
     {

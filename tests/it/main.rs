@@ -12,6 +12,7 @@ mod cli;
 mod console;
 mod defaults;
 mod fidelity;
+mod fleet;
 mod graph_client;
 mod graph_reset;
 mod intake;

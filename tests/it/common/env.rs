@@ -143,9 +143,26 @@ impl TestEnv {
     /// pause); returns its index for [`TestEnv::stop_worker`].
     pub fn start_worker_on(
         &mut self,
+        settings: Settings,
+        graph: GraphClient,
+        concurrency: usize,
+    ) -> usize {
+        self.start_worker_counted(
+            settings,
+            graph,
+            concurrency,
+            Arc::new(WorkerMetrics::default()),
+        )
+    }
+
+    /// [`TestEnv::start_worker_on`], counting into `metrics` (the test keeps a clone to watch
+    /// what the worker counts).
+    pub fn start_worker_counted(
+        &mut self,
         mut settings: Settings,
         graph: GraphClient,
         concurrency: usize,
+        metrics: Arc<WorkerMetrics>,
     ) -> usize {
         let index = self.workers.len();
         settings.worker.name = format!("test-worker-{}", index + 1);
@@ -156,14 +173,7 @@ impl TestEnv {
                 concurrency,
                 exit_when_idle: None,
             };
-            worker::run(
-                &settings,
-                graph,
-                options,
-                Arc::new(WorkerMetrics::default()),
-                token,
-            )
-            .await
+            worker::run(&settings, graph, options, metrics, token).await
         });
         self.workers.push((cancel, handle));
         index
