@@ -31,12 +31,35 @@
 //!   window); Graph's `x-ms-throttle-limit-percentage` warnings stop the probe. Probed
 //!   [`FORGET_ABOVE`] past the throttled rate without a 429, the budget has grown: forgotten.
 //! - **Probes that fail rest longer.** Every 429 costs its Retry-After of nothing sent (on a
-//!   1 s bucket, 1–5 s of lost budget), so after a probe that ends in a 429 the next waits
+//!   1 s bucket, 1–5 s of lost budget), so after a probe that ends in a 429 (or an episode
+//!   that measured the rate, or one above the proven rate) the next waits
 //!   [`PROBE_REST_FIRST`], doubling after each failed probe up to [`PROBE_REST_MAX`]; f holds
 //!   just below the throttled rate meanwhile. Forgetting the memory (the budget grew)
 //!   resets the rest. A budget that grows is found again after the probe's climb to
 //!   [`FORGET_ABOVE`] (about 2.5 min) and [`RECOVERY_STEP`]s, plus the rest after failed
 //!   probes (up to 8 min more).
+//! - **Counted as the fleet's.** Each answer served (and each request sent) counts
+//!   1/(this process's share per second) when it comes, so a rate measured across a change
+//!   of the live count is the fleet's, as a factor, not this process's share read at the new
+//!   count (a kill once made the remembered rate two thirds of the real one).
+//! - **Right after a pause.** A 429 within [`RESUMED_SPAN`] of sending again, after at
+//!   least [`RESUMED_FEWEST`] requests, bounds the rate by what was sent since (the bucket
+//!   refilled at least a second of its rate during the pause, and that emptied it): the
+//!   warm-up against a small bucket takes two 429s, not five halvings. Throttled at once
+//!   instead, the bucket refills in steps longer than the pause (`stepped`): from then on
+//!   an episode holds the rate Graph served over the last [`LONG_RUN`] or more, which a
+//!   step's budget allows. So does an episode whose predecessor (within [`LOOKBACK`]) also
+//!   came while Graph had served all that was sent over its best 2 s (a window longer than
+//!   that; graph-sim's Retry-After lasts until its next step, so its pauses never end on an
+//!   empty bucket): at most [`LONG_RUN_CUT`] below the rate sent unless [`LONG_RUN_FAR`]
+//!   below it.
+//! - **Proven rate.** A factor in force for [`HELD_FOR`] without an episode (and served)
+//!   is proven (`held_at`): after an episode above it, f goes back to it (the pause was the
+//!   cost); an episode at it lowers it by [`HELD_CUT`] (or to what Graph served when that
+//!   is lower), except within [`CENSUS_SETTLE`] of a change in the live count, when a
+//!   joiner counted late, not the rate, filled the bucket (then no cut deeper than
+//!   [`HELD_CUT`] either, once the rate is known). A peak is never measured across a pause
+//!   or [`PEAK_AFTER_PAUSE`] after one (the answers are still on the wire).
 //! - **One law per fleet.** A follower (another worker leads the fleet: `follower`) never
 //!   probes; it takes the leader's factor ([`Law::follow`]).
 //! - **Warnings without memory.** Before any 429, a warning (the percentage at or above
@@ -53,13 +76,16 @@ use tokio::time::Instant;
 /// One window of the law: at most one warning cut per window, one recovery step per window
 /// without any throttling signal.
 pub const FACTOR_WINDOW: Duration = Duration::from_millis(500);
+/// A rate this close above the proven one is the proven one (the limiters are rebuilt
+/// only for rises of 1 %: `REBUILD_ABOVE` of the budget).
+pub const REBUILD_MARGIN: f64 = 0.01;
 /// Lowest factor (1 % of the configured share: a budget far below the published one still
 /// gets requests through; below that the operator should lower `[rate]` itself).
 pub const FACTOR_MIN: f64 = 0.01;
 /// Multiplier on a warning while no throttled rate is known.
 pub const FACTOR_SLOW_DOWN: f64 = 0.9;
 /// Recovery and probes stop short of the last throttled rate by this fraction.
-pub const SET_BELOW_SERVED: f64 = 0.96;
+pub const SET_BELOW_SERVED: f64 = 0.975;
 /// An episode cuts f to at least this fraction of its value (a short span, or one that saw
 /// no refill step, cannot take it lower at once).
 pub const MAX_CUT: f64 = 0.5;
@@ -82,6 +108,9 @@ pub const PEAK_BELOW: f64 = 0.99;
 /// misalignment with Graph's refill steps adds at most half a step's budget per second
 /// (and a worker's share of a fleet's steps averages over two of them).
 pub const PEAK_SPAN: Duration = Duration::from_secs(2);
+/// A span measured for the peak starts this long after a pause at the earliest (the answers
+/// to the first requests after it are on the wire meanwhile).
+pub const PEAK_AFTER_PAUSE: Duration = Duration::from_millis(500);
 /// How far back the best span is looked for.
 pub const PEAK_LOOKBACK: Duration = Duration::from_secs(6);
 /// The first episode (nothing measured yet) multiplies f by this.
@@ -90,7 +119,7 @@ pub const FIRST_CUT: f64 = 0.5;
 pub const FAST_STEP: f64 = 0.05;
 /// Growth per quiet window between the served rate and just below the throttled one: this
 /// fraction of the gap (about 20 %/s of it), at least [`PROBE_STEP`].
-pub const CLIMB_STEP: f64 = 0.1;
+pub const CLIMB_STEP: f64 = 0.25;
 /// Growth per quiet window past that: the probe (0.125 %/s). Each throttling costs its
 /// Retry-After (up to seconds of nothing sent), so the probe is slow enough to meet one
 /// about once a minute.
@@ -111,6 +140,31 @@ pub const FORGET_ABOVE: f64 = 1.2;
 /// No recovery for this long after a pause ends: the first requests after it show whether
 /// the new rate holds.
 pub const SETTLE: Duration = Duration::from_secs(1);
+/// An episode this soon after sending resumed bounds the rate by what was sent since: the
+/// bucket held at least a second of Graph's rate then, and that was emptied.
+pub const RESUMED_SPAN: Duration = Duration::from_secs(1);
+/// Once the bucket is known to refill in long steps, an episode holds the rate Graph served
+/// over at least this long (two of Graph's 10 s windows).
+pub const LONG_RUN: Duration = Duration::from_secs(20);
+/// A long-run rate below this fraction of the rate sent is held as it is…
+pub const LONG_RUN_FAR: f64 = 0.8;
+/// …and above it, the cut is at most to this fraction of the rate sent.
+pub const LONG_RUN_CUT: f64 = 0.95;
+/// Fewest requests sent since resuming for that bound to hold.
+pub const RESUMED_FEWEST: u64 = 5;
+/// A rate in force this long without any episode held: Graph's window (10 s for its request
+/// buckets) passed twice at it, so it is a proven rate (`held_at`) the law comes back to
+/// after an episode above it, instead of climbing from a cut.
+pub const HELD_FOR: Duration = Duration::from_secs(20);
+/// An episode at the proven rate (jitter of arrivals in a small bucket, or the budget fell)
+/// lowers it to this fraction of the rate that was throttled.
+pub const HELD_CUT: f64 = 0.98;
+/// An episode within this long of a change in the live count is the change's (a joiner
+/// counted late, a dead worker's share handed out), not the rate's: the proven rate stays.
+pub const CENSUS_SETTLE: Duration = Duration::from_secs(5);
+/// Recovery per quiet window up to the proven rate, as a fraction of it (after the pause's
+/// settle, back in two seconds).
+pub const HELD_STEP: f64 = 0.25;
 
 /// The law of one limit.
 #[derive(Debug)]
@@ -122,8 +176,12 @@ pub(super) struct Law {
     /// The rate (as a factor) Graph served between the last episodes, pauses included: a
     /// lower bound of the real one.
     pub(super) served_at: Option<f64>,
-    /// Answers Graph served for this limit (429s excluded), counted by this process.
-    served: u64,
+    /// Answers Graph served for this limit (429s excluded), counted by this process, each
+    /// divided by this process's full share of the limit per second when it was served: the
+    /// fleet's served rate as a factor, whatever the live count was then (a worker that
+    /// joins or dies changes every share, and a span measured across the change in requests
+    /// would be read at the new share: after a kill, two thirds of the rate).
+    served: f64,
     window_start: Instant,
     signalled: bool,
     last_slow_down: Option<Instant>,
@@ -148,6 +206,28 @@ pub(super) struct Law {
     /// Another worker of the fleet leads: this one never probes above the throttled rate, it
     /// takes the leader's factor instead ([`Law::follow`]).
     pub(super) follower: bool,
+    /// The highest factor held for [`HELD_FOR`] without an episode: Graph served it
+    /// (a lower bound of the real rate, unlike `served_at` not lowered by pauses).
+    pub(super) held_at: Option<f64>,
+    /// The factor at each window's end since the last episode's pause settled, for
+    /// [`HELD_FOR`] back.
+    factors: VecDeque<(Instant, f64, f64)>,
+    /// No proven rate is measured from before this (the last pause's end plus [`SETTLE`]).
+    steady_from: Instant,
+    /// The pauses of the last [`LOOKBACK`] (start, end): no peak is measured across one.
+    pauses: VecDeque<(Instant, Instant)>,
+    /// Requests this process sent for this limit, counted like `served` (each divided by
+    /// the share when sent).
+    sent: f64,
+    /// Requests this process sent for this limit.
+    sent_count: u64,
+    /// Graph's bucket refills in steps longer than a pause: throttled right after one.
+    stepped: bool,
+    /// The last episode where Graph had served all that was sent over its best 2 s.
+    uncapped_at: Option<Instant>,
+    /// When sending resumed after the last pause (or began), and `sent` and `sent_count`
+    /// then.
+    resumed: Option<(Instant, f64, u64)>,
 }
 
 /// An episode as a starting point of the served rate.
@@ -155,7 +235,7 @@ pub(super) struct Law {
 struct Anchor {
     at: Instant,
     /// `Law::served` then.
-    served: u64,
+    served: f64,
     /// `Law::paused` before its own pause.
     paused: Duration,
 }
@@ -167,7 +247,7 @@ impl Law {
             factor: 1.0,
             throttled_at: None,
             served_at: None,
-            served: 0,
+            served: 0.0,
             window_start: now,
             signalled: false,
             last_slow_down: None,
@@ -180,12 +260,23 @@ impl Law {
             probe_rest: Duration::ZERO,
             probe_after: None,
             follower: false,
+            held_at: None,
+            factors: VecDeque::new(),
+            steady_from: now,
+            pauses: VecDeque::new(),
+            sent: 0.0,
+            sent_count: 0,
+            stepped: false,
+            uncapped_at: None,
+            resumed: None,
         }
     }
 
-    /// Graph served one request of this limit (any answer but a throttling one).
-    pub(super) fn served(&mut self) {
-        self.served += 1;
+    /// Graph served one request of this limit (any answer but a throttling one);
+    /// `share_rate` is this process's full share of the limit per second now (the
+    /// configured rate divided by the live workers).
+    pub(super) fn served(&mut self, share_rate: f64) {
+        self.served += 1.0 / share_rate.max(1e-9);
     }
 
     /// Close every window that ended by `now`; each quiet one recovers a step.
@@ -207,6 +298,7 @@ impl Law {
             }
         }
         self.signalled = false;
+        self.prove(now);
         let remainder =
             Duration::from_nanos((elapsed.as_nanos() % FACTOR_WINDOW.as_nanos()) as u64);
         self.window_start = now - remainder;
@@ -224,10 +316,58 @@ impl Law {
         }
     }
 
+    /// A task asks to send at `now`: the first one since the last pause (or ever) marks when
+    /// sending resumed.
+    pub(super) fn sending(&mut self, now: Instant) {
+        if self.resumed.is_none() && self.paused_until.is_none_or(|p| now >= p) {
+            self.resumed = Some((now, self.sent, self.sent_count));
+        }
+    }
+
+    /// A request of this limit leaves now (see [`Law::served`] for `share_rate`).
+    pub(super) fn sent(&mut self, share_rate: f64) {
+        self.sent += 1.0 / share_rate.max(1e-9);
+        self.sent_count += 1;
+    }
+
+    /// Record the factor at `now` and raise the proven rate to the lowest factor of the last
+    /// [`HELD_FOR`] when that long passed without an episode.
+    fn prove(&mut self, now: Instant) {
+        if now < self.steady_from {
+            return;
+        }
+        self.factors.push_back((now, self.factor, self.served));
+        while self
+            .factors
+            .front()
+            .is_some_and(|(at, _, _)| now.saturating_duration_since(*at) > HELD_FOR)
+        {
+            self.factors.pop_front();
+        }
+        if now.saturating_duration_since(self.steady_from) >= HELD_FOR {
+            // The lowest factor in force, and no more than Graph served meanwhile (a
+            // process with less to send than its rate proves only what it sent).
+            let served = self.factors.front().map_or(0.0, |(at, _, served)| {
+                (self.served - served) / now.saturating_duration_since(*at).as_secs_f64().max(1.0)
+            });
+            let lowest = self
+                .factors
+                .iter()
+                .map(|(_, f, _)| *f)
+                .fold(served, f64::min);
+            if lowest.is_finite() && self.held_at.is_none_or(|h| lowest > h) {
+                self.held_at = Some(lowest);
+            }
+        }
+    }
+
     /// One quiet window's recovery; `resting`: no probe above the throttled rate now.
     fn recover_step(&mut self, resting: bool) {
         let f = self.factor;
+        let held = self.held_at.filter(|h| f < *h);
         let next = match (self.served_at, self.throttled_at) {
+            // Back to the rate that held (Graph served it for long), quickly.
+            _ if held.is_some() => (f + held.unwrap_or(f) * HELD_STEP).min(held.unwrap_or(f)),
             (Some(served), _) if f < served => (f + served * FAST_STEP).min(served),
             (_, Some(at)) if f < at * SET_BELOW_SERVED => {
                 let target = at * SET_BELOW_SERVED;
@@ -249,6 +389,7 @@ impl Law {
             self.served_at = None;
             self.probe_rest = Duration::ZERO;
             self.probe_after = None;
+            self.held_at = None;
         }
     }
 
@@ -277,18 +418,34 @@ impl Law {
     }
 
     /// A throttling episode of this limit at `now` (a 429 here or a pause announced by another
-    /// worker), pausing until `pause_end`. `share_rate` is this process's full share of the
-    /// limit per second (the configured rate divided by the live workers): the served rate
-    /// is measured against it.
-    pub(super) fn throttled(&mut self, now: Instant, pause_end: Instant, share_rate: f64) {
+    /// worker), pausing until `pause_end`; `census_moved`: the live count changed within
+    /// [`CENSUS_SETTLE`].
+    /// `saturated`: tasks were waiting for the budget then (the rate bound what was sent);
+    /// `own`: a 429 of this process (not a pause another worker announced).
+    pub(super) fn throttled(
+        &mut self,
+        now: Instant,
+        pause_end: Instant,
+        census_moved: bool,
+        saturated: bool,
+        own: bool,
+    ) {
         self.roll(now);
         self.signalled = true;
         let pause_end = pause_end.max(now);
         let settled = pause_end + SETTLE;
+        // Nothing is proven from before the pause is over.
+        self.steady_from = self.steady_from.max(settled);
+        self.factors.clear();
         self.hold_until = Some(self.hold_until.map_or(settled, |h| h.max(settled)));
-        // 429s answered to requests that were already in flight belong to the same episode.
-        if self.episode_until.is_some_and(|t| now < t) {
-            return;
+        // 429s answered to requests that were already in flight belong to the same episode,
+        // and so does another worker's pause announced within SETTLE of this one's end (the
+        // same throttling, its Retry-After counted from a 429 a little later).
+        if let Some(until) = self.episode_until {
+            if now < until || (!own && now < until + SETTLE) {
+                self.episode_until = Some(until.max(pause_end));
+                return;
+            }
         }
         self.episode_until = Some(pause_end);
         let last_episode = self.anchors.back().map(|a| a.at);
@@ -312,7 +469,7 @@ impl Law {
             .map(|a| {
                 let span = now.saturating_duration_since(a.at);
                 let active = span.saturating_sub(self.paused - a.paused);
-                let served = (self.served - a.served) as f64 / share_rate.max(1e-9);
+                let served = self.served - a.served;
                 (
                     served / span.as_secs_f64(),
                     served / active.as_secs_f64().max(0.1),
@@ -323,6 +480,13 @@ impl Law {
             served: self.served,
             paused: self.paused,
         });
+        while self
+            .pauses
+            .front()
+            .is_some_and(|(_, until)| now.saturating_duration_since(*until) > LOOKBACK)
+        {
+            self.pauses.pop_front();
+        }
         let counted_from = self.paused_until.map_or(now, |p| p.max(now));
         self.paused += pause_end.saturating_duration_since(counted_from);
         self.paused_until = Some(self.paused_until.map_or(pause_end, |p| p.max(pause_end)));
@@ -332,15 +496,71 @@ impl Law {
         // bucket refilled by the second caps every second at its budget, while f may have
         // climbed a few percent past it before the second that overflowed came; far below,
         // this process may simply have had less to send).
-        let peak = self.peak_served(now, share_rate);
+        let peak = self.peak_served(now);
+        // The rate was known before this episode (a measured one, or a proven rate).
+        let known = self.probe_after.is_some() || self.held_at.is_some();
+        // The pause sending resumed from, if it lasted a second or more.
+        let long_pause = self
+            .pauses
+            .back()
+            .is_some_and(|(from, until)| until.saturating_duration_since(*from) >= MIN_SPAN);
+        self.pauses.push_back((now, pause_end));
+        // Graph throttled within RESUMED_SPAN of sending again after a pause (or of the
+        // first request): its bucket held at least a second of its rate then (it refilled
+        // during the pause, and Retry-After is 1 s at least; Graph's buckets hold 10 s and
+        // more), and what was sent since emptied it: the rate is at most that per second, a
+        // bound a bucket refilled in 1 s steps reaches (it holds one second). Counted as sent
+        // (the answers to the requests served just before the 429 are still on the wire;
+        // the few sent after it make the bound higher, never lower).
+        // Fewer than RESUMED_FEWEST requests: the bucket did not refill during the pause (a
+        // longer refill step), and says nothing of the rate.
+        let resumed = self.resumed.take().and_then(|(at, sent, count)| {
+            let soon = now.saturating_duration_since(at) <= RESUMED_SPAN;
+            let few = self.sent_count - count < RESUMED_FEWEST;
+            // Throttled at once after a pause of a second or more: the bucket refills in
+            // steps longer than that (Graph's 10 s windows); learned for good.
+            if own && soon && few && long_pause {
+                self.stepped = true;
+            }
+            (soon && !few).then_some(self.sent - sent)
+        });
+        // Graph served all that was sent over its best 2 s, and did so at the episode before
+        // too (within LOOKBACK): its window is longer than that, and the rate is above what
+        // it refills over the window, not above what it serves in a burst.
+        let uncapped = peak.is_some_and(|peak| peak >= before * PEAK_BELOW);
+        let recurring = uncapped
+            && self
+                .uncapped_at
+                .is_some_and(|t| now.saturating_duration_since(t) <= LOOKBACK);
+        if uncapped {
+            self.uncapped_at = Some(now);
+        }
+        // In steps that long, a rate a little above the budget empties each step before
+        // its end (one 429 a window) while Graph served all that was sent in any 2 s: what
+        // it served over the last LOOKBACK (several steps) is the rate to hold.
+        let long_run = self
+            .checkpoints
+            .front()
+            .filter(|a| now.saturating_duration_since(a.at) >= LONG_RUN)
+            .map(|a| (self.served - a.served) / now.saturating_duration_since(a.at).as_secs_f64())
+            .filter(|_| self.stepped || recurring);
         // Never below that best span either: Graph served it, so a rate sent lower was not
         // what emptied the bucket (a burst after a pause, another worker's start was).
-        let throttled_at = peak.map_or(before, |peak| peak.max(before * PEAK_FLOOR));
+        // Tasks were waiting for the budget (the rate, not the work, bound what was sent)
+        // and Graph served less than that rate over its best span: it capped the span, and
+        // what it served is its rate (a span never holds a pause, so a bucket refilled in
+        // steps serves at most its rate; a longer bucket serves more, never less).
+        let capped = saturated && peak.is_some_and(|peak| peak < before * PEAK_BELOW);
+        let throttled_at = match peak {
+            Some(peak) if capped => peak,
+            Some(peak) => peak.max(before * PEAK_FLOOR),
+            None => before,
+        };
         // Graph served less than was sent, but at least PEAK_FLOOR of it: a bucket refilled
         // in steps capped the seconds, and the real rate is measured (served all that was
         // sent, it says nothing of how far below the real rate is).
-        let measured =
-            peak.is_some_and(|peak| peak >= before * PEAK_FLOOR && peak < before * PEAK_BELOW);
+        let measured = capped
+            || peak.is_some_and(|peak| peak >= before * PEAK_FLOOR && peak < before * PEAK_BELOW);
         // A probe: at or above the last throttled rate's target, long after that episode.
         let probing = self
             .throttled_at
@@ -349,9 +569,29 @@ impl Law {
         // A failed probe found the budget where it was: the next one waits. (Not after
         // other episodes: their remembered rate may be too low, the rate sent then or a
         // peer's, and a fleet held there for minutes in the comego benchmark.)
-        if probing {
+        // Above the proven rate (by more than the limiters' rounding): the budget lies
+        // between the two.
+        let above_held = self
+            .held_at
+            .is_some_and(|h| before > h * (1.0 + REBUILD_MARGIN));
+        // The budget is known (Graph capped what was sent, or it lies between the proven
+        // rate and this one): the next probe waits too. (Before the served counts followed
+        // the live count, a remembered rate could be a fraction of the fleet's, and a fleet
+        // rested on it at 12-20/s of 30 for minutes in the comego benchmark.)
+        if probing || measured || (above_held && !census_moved) {
             self.probe_rest = (self.probe_rest * 2).clamp(PROBE_REST_FIRST, PROBE_REST_MAX);
             self.probe_after = Some(pause_end + self.probe_rest);
+        }
+        // The proven rate itself was throttled: the arrivals' jitter in a small bucket, or
+        // the budget fell (then what Graph served says by how much). Not when the live
+        // count just changed: a joiner counted late, not the rate, overfilled the bucket.
+        if let Some(h) = self.held_at {
+            if !above_held && !census_moved {
+                let fell = peak
+                    .filter(|peak| *peak < before * PEAK_BELOW)
+                    .map_or(f64::INFINITY, |peak| peak * SET_BELOW_SERVED);
+                self.held_at = Some((before * HELD_CUT).min(h).min(fell).max(FACTOR_MIN));
+            }
         }
         match estimate {
             Some((lower, upper)) => {
@@ -387,11 +627,42 @@ impl Law {
                 self.served_at = None;
             }
         }
+        // Only far below the rate sent (a second's content is one step of a bucket
+        // refilled in steps, give or take the requests on the wire at the pause).
+        if let Some(bound) = resumed.filter(|b| *b > 0.0 && *b < before * PEAK_FLOOR) {
+            self.factor = self.factor.min(bound).max(FACTOR_MIN);
+            self.throttled_at = self.throttled_at.map(|at| at.min(bound));
+        }
+        // Graph served that on average, steps and pauses included: held without a margin
+        // (a step sees that rate times its length, what it served). A pause that outlasted
+        // a step's end wasted some of it, so close to the rate sent the cut is LONG_RUN_CUT.
+        if let Some(rate) = long_run.filter(|r| *r > 0.0) {
+            let rate = if rate < before * LONG_RUN_FAR {
+                rate
+            } else {
+                rate.max(before * LONG_RUN_CUT)
+            };
+            self.throttled_at = self.throttled_at.map(|at| at.min(rate));
+            self.factor = self.factor.min(rate).max(FACTOR_MIN);
+        }
+        // The live count just changed (a joiner sent before the others counted it) while
+        // the rate was known: that rate was not what overfilled the bucket, so no deeper
+        // than HELD_CUT.
+        if census_moved && known {
+            self.factor = self.factor.max(before * HELD_CUT);
+            self.throttled_at = self.throttled_at.map(|at| at.max(before));
+        }
+        // Back at the proven rate once the pause is over: Graph served it for long, and the
+        // pause emptied whatever burst filled the bucket.
+        if let Some(h) = self.held_at {
+            self.factor = self.factor.max(h.min(before));
+            self.throttled_at = self.throttled_at.map(|at| at.max(h));
+        }
     }
 
-    /// The best rate Graph served over [`PEAK_SPAN`] (as a factor of `share_rate`) within the
-    /// last [`PEAK_LOOKBACK`], between the windows' checkpoints; `None` without any.
-    fn peak_served(&self, now: Instant, share_rate: f64) -> Option<f64> {
+    /// The best rate Graph served over [`PEAK_SPAN`] (as a factor) within the last
+    /// [`PEAK_LOOKBACK`], between the windows' checkpoints; `None` without any.
+    fn peak_served(&self, now: Instant) -> Option<f64> {
         let now_point = Anchor {
             at: now,
             served: self.served,
@@ -413,8 +684,17 @@ impl Law {
             else {
                 continue;
             };
+            // Nothing was sent during a pause, and the answers to what was sent at its end
+            // come a latency later: a span holding either says nothing of the rate.
+            if self
+                .pauses
+                .iter()
+                .any(|(from, until)| *from < end.at && *until + PEAK_AFTER_PAUSE > start.at)
+            {
+                continue;
+            }
             let span = end.at.saturating_duration_since(start.at).as_secs_f64();
-            let rate = (end.served - start.served) as f64 / span / share_rate.max(1e-9);
+            let rate = (end.served - start.served) / span;
             peak = Some(peak.map_or(rate, |p: f64| p.max(rate)));
         }
         peak
@@ -473,11 +753,12 @@ mod tests {
         (a - b).abs() < 1e-6
     }
 
-    /// Serve `n` requests evenly over `d` starting at `from`, rolling the windows as it goes.
-    fn serve(law: &mut Law, from: Instant, d: Duration, n: u64) {
+    /// Serve `n` requests evenly over `d` starting at `from` (a share of `share` per second),
+    /// rolling the windows as it goes.
+    fn serve(law: &mut Law, share: f64, from: Instant, d: Duration, n: u64) {
         for i in 0..n {
             law.roll(from + d.mul_f64(i as f64 / n as f64));
-            law.served();
+            law.served(share);
         }
     }
 
@@ -504,16 +785,17 @@ mod tests {
         // Our share is 350/s; Graph really serves 30/s.
         let t0 = Instant::now();
         let mut a = Law::new(t0);
-        a.throttled(t0, t0 + Duration::from_secs(3), 350.0);
+        a.throttled(t0, t0 + Duration::from_secs(3), false, false, true);
         assert!(close(a.factor, 0.5));
         assert_eq!(a.throttled_at, Some(1.0));
         // 429s of requests already on the wire: the same episode.
-        a.throttled(t0 + ms(40), t0 + Duration::from_secs(3), 350.0);
+        a.throttled(t0 + ms(40), t0 + Duration::from_secs(3), false, false, true);
         assert!(close(a.factor, 0.5));
         // After the 3 s pause, 2 s at 30/s, then a 429: 60 served in 5 s (12/s, the lower
         // bound) or in the 2 s not paused (30/s, the upper one).
         serve(
             &mut a,
+            350.0,
             t0 + Duration::from_secs(3),
             Duration::from_secs(2),
             60,
@@ -521,19 +803,20 @@ mod tests {
         let t1 = t0 + Duration::from_secs(5);
         a.roll(t1);
         let before = a.factor;
-        a.throttled(t1, t1 + Duration::from_secs(3), 350.0);
+        a.throttled(t1, t1 + Duration::from_secs(3), false, false, true);
         let (lower, upper) = (12.0 / 350.0, 30.0 / 350.0);
         // Halfway, but at most halved at once.
         assert!(close(a.factor, before * MAX_CUT), "{}", a.factor);
-        // The rate that was throttled is remembered: Graph served far less than it (30/s of
-        // 175/s) in its best 2 s, so PEAK_FLOOR of it.
-        assert!(close(a.throttled_at.unwrap(), before * PEAK_FLOOR));
+        // The rate that was throttled is remembered: no 2 s span starts late enough after
+        // the pause to measure what Graph served (PEAK_AFTER_PAUSE), so the rate sent.
+        assert!(close(a.throttled_at.unwrap(), before));
         assert!(close(a.served_at.unwrap(), lower));
         // Again 2 s at 30/s after the pause: from the latest anchor, 60 in 5 s (12/s)
         // and in 2 s not paused (30/s).
 
         serve(
             &mut a,
+            350.0,
             t1 + Duration::from_secs(3),
             Duration::from_secs(2),
             60,
@@ -541,7 +824,7 @@ mod tests {
         let t2 = t1 + Duration::from_secs(5);
         a.roll(t2);
         let before = a.factor;
-        a.throttled(t2, t2 + Duration::from_secs(3), 350.0);
+        a.throttled(t2, t2 + Duration::from_secs(3), false, false, true);
         let expected = ((lower + upper) / 2.0).clamp(before * MAX_CUT, before * MIN_CUT);
         assert!(close(a.factor, expected), "{} != {expected}", a.factor);
     }
@@ -612,25 +895,25 @@ mod tests {
     async fn an_episode_never_cuts_by_more_than_max_cut_nor_below_the_floor() {
         let t0 = Instant::now();
         let mut a = Law::new(t0);
-        a.throttled(t0, t0, 100.0);
+        a.throttled(t0, t0, false, false, true);
         // Nothing served in 2 s (e.g. a 10 s refill step not yet come): estimate 0.
         let t1 = t0 + Duration::from_secs(2);
         a.roll(t1);
         let before = a.factor;
-        a.throttled(t1, t1, 100.0);
+        a.throttled(t1, t1, false, false, true);
         assert!(close(a.factor, before * MAX_CUT), "{}", a.factor);
         // …nor by less than MIN_CUT, whatever the estimate says.
         let mut b = Law::new(t0);
         b.factor = 0.1;
-        b.throttled(t0, t0, 100.0);
-        serve(&mut b, t0, Duration::from_secs(2), 1000);
+        b.throttled(t0, t0, false, false, true);
+        serve(&mut b, 100.0, t0, Duration::from_secs(2), 1000);
         b.roll(t1);
         let before = b.factor;
-        b.throttled(t1, t1, 100.0);
+        b.throttled(t1, t1, false, false, true);
         assert!(close(b.factor, before * MIN_CUT), "{}", b.factor);
         for i in 3..40 {
             let at = t0 + Duration::from_secs(i);
-            a.throttled(at, at, 100.0);
+            a.throttled(at, at, false, false, true);
         }
         assert_eq!(a.factor, FACTOR_MIN);
     }
@@ -639,20 +922,23 @@ mod tests {
     async fn anchors_older_than_the_lookback_are_dropped() {
         let t0 = Instant::now();
         let mut a = Law::new(t0);
-        a.throttled(t0, t0, 100.0);
+        a.throttled(t0, t0, false, false, true);
         // 60 s at 20/s then 40 s at 40/s, then a 429: the first anchor is gone, the served
         // rate is measured over the last 30 s only (from a window's checkpoint).
         a.factor = 1.0;
-        serve(&mut a, t0, Duration::from_secs(60), 1200);
+        serve(&mut a, 100.0, t0, Duration::from_secs(60), 1200);
         serve(
             &mut a,
+            100.0,
             t0 + Duration::from_secs(60),
             Duration::from_secs(40),
             1600,
         );
         let t1 = t0 + Duration::from_secs(100);
+        // (f set by hand: not the rate that held for the last minute.)
         a.factor = 0.6;
-        a.throttled(t1, t1, 100.0);
+        a.held_at = None;
+        a.throttled(t1, t1, false, false, true);
         assert!((a.factor - 0.4).abs() < 0.01, "{}", a.factor);
     }
 
@@ -678,13 +964,13 @@ mod tests {
     async fn a_429_after_graph_capped_the_steps_holds_just_below_what_it_served() {
         let t0 = Instant::now();
         let mut a = Law::new(t0);
-        a.throttled(t0, t0, 350.0);
+        a.throttled(t0, t0, false, false, true);
         // Sending 32/s (held there), Graph's 1 s steps let 30/s through; then a 429.
         a.factor = 32.0 / 350.0;
         a.throttled_at = Some(a.factor / SET_BELOW_SERVED);
-        serve(&mut a, t0, Duration::from_secs(5), 150);
+        serve(&mut a, 350.0, t0, Duration::from_secs(5), 150);
         let t1 = t0 + Duration::from_secs(5);
-        a.throttled(t1, t1 + Duration::from_secs(3), 350.0);
+        a.throttled(t1, t1 + Duration::from_secs(3), false, false, true);
         let served = 30.0 / 350.0;
         assert!(
             (a.throttled_at.unwrap() - served).abs() < 0.02 * served,
@@ -695,12 +981,12 @@ mod tests {
         // Graph served all that was sent: how far below the real rate is, nobody knows; the
         // cut goes between the served bounds as before, the rate sent is remembered.
         let mut b = Law::new(t0);
-        b.throttled(t0, t0, 350.0);
+        b.throttled(t0, t0, false, false, true);
         b.factor = 30.0 / 350.0;
         b.throttled_at = Some(b.factor / SET_BELOW_SERVED);
-        serve(&mut b, t0, Duration::from_secs(5), 150);
+        serve(&mut b, 350.0, t0, Duration::from_secs(5), 150);
         let before = b.factor;
-        b.throttled(t1, t1 + Duration::from_secs(3), 350.0);
+        b.throttled(t1, t1 + Duration::from_secs(3), false, false, true);
         assert!((b.throttled_at.unwrap() - 30.0 / 350.0).abs() < 1e-3);
         assert!(b.factor < before, "{} >= {before}", b.factor);
     }
@@ -725,13 +1011,13 @@ mod tests {
         assert!(close(a.factor, 0.5));
         assert_eq!(a.throttled_at, None);
         // At the target, a follower holds however long; a leader would probe.
-        a.follow(t0 + secs(3), 0.96, Some(1.0));
+        a.follow(t0 + secs(3), SET_BELOW_SERVED, Some(1.0));
         a.roll(t0 + secs(600));
-        assert!(close(a.factor, 0.96), "{}", a.factor);
+        assert!(close(a.factor, SET_BELOW_SERVED), "{}", a.factor);
         // Nonsense is ignored.
         a.follow(t0 + secs(600), f64::NAN, Some(0.5));
         a.follow(t0 + secs(600), 0.5, Some(-1.0));
-        assert!(close(a.factor, 0.96));
+        assert!(close(a.factor, SET_BELOW_SERVED));
     }
 
     #[tokio::test(start_paused = true)]
@@ -740,13 +1026,13 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Law::new(t0);
         // A first episode: f halves, the throttled rate (1.0) is remembered.
-        a.throttled(t0, t0 + secs(3), 350.0);
+        a.throttled(t0, t0 + secs(3), false, false, true);
         // Recovered to just below the throttled rate and held there: the next 429 ends a probe.
         a.factor = SET_BELOW_SERVED;
         a.served_at = Some(0.5);
-        serve(&mut a, t0 + secs(3), secs(17), 17 * 300);
+        serve(&mut a, 350.0, t0 + secs(3), secs(17), 17 * 300);
         let t1 = t0 + secs(20);
-        a.throttled(t1, t1 + secs(3), 350.0);
+        a.throttled(t1, t1 + secs(3), false, false, true);
         let end1 = t1 + secs(3);
         assert_eq!(a.probe_after, Some(end1 + PROBE_REST_FIRST));
         let target = a.throttled_at.expect("remembered") * SET_BELOW_SERVED;
@@ -758,19 +1044,19 @@ mod tests {
         assert!(a.factor > target, "{} vs {target}", a.factor);
         // That probe fails too: the rest doubles, and keeps doubling up to its cap.
         let t2 = end1 + PROBE_REST_FIRST + secs(10);
-        a.throttled(t2, t2 + secs(2), 350.0);
+        a.throttled(t2, t2 + secs(2), false, false, true);
         assert_eq!(a.probe_after, Some(t2 + secs(2) + PROBE_REST_FIRST * 2));
         let mut t = t2 + secs(2);
         for _ in 0..6 {
             a.roll(a.probe_after.unwrap() + secs(10));
             t = a.probe_after.unwrap() + secs(10);
-            a.throttled(t, t + secs(1), 350.0);
+            a.throttled(t, t + secs(1), false, false, true);
         }
         assert_eq!(a.probe_after, Some(t + secs(1) + PROBE_REST_MAX));
         // An episode that is not a probe (the budget fell while holding below it) leaves the
         // rest as it is.
         let rest = a.probe_rest;
-        a.throttled(t + secs(5), t + secs(6), 350.0);
+        a.throttled(t + secs(5), t + secs(6), false, false, true);
         assert_eq!(a.probe_rest, rest);
     }
 }

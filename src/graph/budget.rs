@@ -19,7 +19,7 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::adaptive::{Law, FACTOR_MIN, FACTOR_WINDOW};
+use super::adaptive::{Law, CENSUS_SETTLE, FACTOR_MIN, FACTOR_WINDOW};
 use super::{lock, PauseGate, ThrottleStats};
 use crate::config::RateSettings;
 
@@ -151,6 +151,8 @@ struct State {
     /// When the running pause ends: the first request after it takes the limiter as it is
     /// then, emptied (a pause must not bank a burst for the tasks it held).
     drain_at: Option<Instant>,
+    /// When the live count last changed.
+    census_at: Option<Instant>,
     /// Tasks inside [`Budget::acquire`] now.
     acquiring: u32,
     /// When a task last left [`Budget::acquire`] (at first: [`IDLE_AFTER`] before the budget
@@ -239,6 +241,7 @@ impl Budget {
             writes: Law::new(now),
             processes: rate.processes.max(1),
             drain_at: None,
+            census_at: None,
             acquiring: 0,
             // Idle until the first request: a worker is counted by the others once it sends.
             last_acquired: now.checked_sub(IDLE_AFTER).unwrap_or(now),
@@ -334,7 +337,12 @@ impl Budget {
 
     /// Share the budget among `n` processes from now on (the fleet's live count).
     pub fn set_processes(&self, n: u32) {
-        self.update(|s| s.processes = n.max(1));
+        self.update(|s| {
+            if s.processes != n.max(1) {
+                s.census_at = Some(Instant::now());
+            }
+            s.processes = n.max(1);
+        });
         self.stats.set_workers(n.max(1));
     }
 
@@ -361,6 +369,10 @@ impl Budget {
                 let now = Instant::now();
                 s.requests.roll(now);
                 s.writes.roll(now);
+                s.requests.sending(now);
+                if write {
+                    s.writes.sending(now);
+                }
             });
             self.drain_after_pause();
             let limiters = self
@@ -388,6 +400,15 @@ impl Budget {
                 Err(not_until) => {
                     sleep_until_ready(not_until.wait_time_from(self.clock.now())).await;
                 }
+            }
+        }
+        {
+            let mut state = lock(&self.state);
+            let share = self.share_rate(&state, Limit::Requests);
+            state.requests.sent(share);
+            if write {
+                let share = self.share_rate(&state, Limit::Writes);
+                state.writes.sent(share);
             }
         }
         let waited = start.elapsed();
@@ -424,9 +445,11 @@ impl Budget {
             return;
         }
         let mut state = lock(&self.state);
-        state.requests.served();
+        let share = self.share_rate(&state, Limit::Requests);
+        state.requests.served(share);
         if write {
-            state.writes.served();
+            let share = self.share_rate(&state, Limit::Writes);
+            state.writes.served(share);
         }
     }
 
@@ -441,12 +464,20 @@ impl Budget {
         }
     }
 
-    /// A throttling of `limit` (a 429 here, or one another worker announced) that paused the
-    /// process until `pause_end`.
+    /// A 429 of this process on `limit` that paused it until `pause_end`.
     pub fn on_throttled(&self, pause_end: Instant, limit: Limit) {
+        self.throttled(pause_end, limit, true);
+    }
+
+    /// Another worker announced a throttling of `limit` that paused this process until
+    /// `pause_end`.
+    pub fn on_peer_throttled(&self, pause_end: Instant, limit: Limit) {
+        self.throttled(pause_end, limit, false);
+    }
+
+    fn throttled(&self, pause_end: Instant, limit: Limit, own: bool) {
         let in_force = self.in_force();
         self.update(|s| {
-            let share = self.share_rate(s, limit);
             let law = s.law(limit);
             // The rate that was throttled is the limiters' (a factor grown by less than
             // REBUILD_ABOVE was not in force yet).
@@ -454,7 +485,13 @@ impl Budget {
                 Limit::Requests => in_force.requests,
                 Limit::Writes => in_force.writes,
             });
-            law.throttled(Instant::now(), pause_end, share);
+            let now = Instant::now();
+            let census_moved = s
+                .census_at
+                .is_some_and(|at| now.saturating_duration_since(at) < CENSUS_SETTLE);
+            let saturated = s.acquiring > 0;
+            let law = s.law(limit);
+            law.throttled(now, pause_end, census_moved, saturated, own);
             s.drain_at = Some(s.drain_at.map_or(pause_end, |d| d.max(pause_end)));
         });
     }
@@ -920,18 +957,61 @@ mod tests {
         let budget = Arc::new(Budget::new(&rate(3500, 10, 3500, 10, 1, 0.5)).unwrap());
         let gate = Arc::new(PauseGate::default());
         let tasks = graph.spawn_tasks(32, &budget, &gate, |_| {});
-        tokio::time::sleep(Duration::from_secs(150)).await;
+        for second in 0..150 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            trace(&budget, second);
+        }
         for task in tasks {
             task.abort();
         }
         let run = graph.summary(20, 150);
         eprintln!("{run}");
-        // After the 20 s warm-up (the benchmark's): at least 90 % of 30/s (measured: 91.4 %,
-        // two 429s after the warm-up, then the rate held is 96 % of what Graph served in its
-        // best two seconds), none sent inside a pause.
+        // After the 20 s warm-up (the benchmark's): at least 95 % of 30/s (measured: 98.1 %,
+        // no 429 after the warm-up: the second 429 bounds the rate by what was sent since the
+        // first pause, then the rate held is 97.5 % of what Graph served in its best two
+        // seconds), none sent inside a pause.
+        assert_eq!(run.violations, 0, "{run}");
+        assert!(run.efficiency >= 0.95, "{run}");
+        assert!(run.throttled_after <= 1, "{run}");
+    }
+
+    /// With LAW_TRACE set: the rate in force each second (requests/s of a 350/s share).
+    fn trace(budget: &Budget, second: u64) {
+        if std::env::var("LAW_TRACE").is_ok() {
+            let (r, _) = budget.learned();
+            eprintln!(
+                "{second}: rate {:.2} at {:.2}",
+                r.factor * 350.0,
+                r.throttled_at.unwrap_or(0.0) * 350.0
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_budget_refilled_in_10_s_steps_is_held_at_90_percent_or_more() {
+        // The same, but Graph refills 300 at once every 10 s (the `unknown` benchmark with
+        // BENCH_UNKNOWN_GRANULARITY_MS=10000).
+        let graph = StandIn::new(30, Duration::from_secs(10));
+        let budget = Arc::new(Budget::new(&rate(3500, 10, 3500, 10, 1, 0.5)).unwrap());
+        let gate = Arc::new(PauseGate::default());
+        let tasks = graph.spawn_tasks(32, &budget, &gate, |_| {});
+        for second in 0..180 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            trace(&budget, second);
+        }
+        for task in tasks {
+            task.abort();
+        }
+        let run = graph.summary(60, 180);
+        eprintln!("{run}");
+        // Measured: 92.6 %, five 429s in seconds 60-180 (as graph-sim, a Retry-After lasts
+        // until the next step at least, so a pause never ends on an empty bucket; two 429s
+        // in a row where Graph had served all that was sent over its best 2 s hold the rate
+        // it served over the last 20-30 s, and the law comes down to it in a few windows).
+        // The goal, 429s near zero after convergence, is not met.
         assert_eq!(run.violations, 0, "{run}");
         assert!(run.efficiency >= 0.90, "{run}");
-        assert!(run.throttled_after <= 2, "{run}");
+        assert!(run.throttled_after <= 6, "{run}");
     }
 }
 
@@ -1124,7 +1204,12 @@ pub(crate) mod stand_in {
                 return Ok(());
             }
             b.throttled[second] += 1;
-            let retry_after = Duration::from_secs(RETRY_AFTER[b.answered_429 % RETRY_AFTER.len()]);
+            // As graph-sim: at least until the next refill step.
+            let next_step = self.step * u32::try_from(step_index + 1).unwrap_or(u32::MAX);
+            let retry_after = Duration::from_secs(RETRY_AFTER[b.answered_429 % RETRY_AFTER.len()])
+                .max(Duration::from_secs(
+                    (next_step - since).as_secs_f64().ceil() as u64,
+                ));
             b.answered_429 += 1;
             // Requests on the wire (the grace of graph-sim, 50 ms) are no violations.
             b.windows

@@ -275,7 +275,7 @@ impl Census {
 pub fn peer_paused(budget: &Budget, gate: &PauseGate, until: Instant, limit: Limit) -> Duration {
     let grew = gate.pause_until(until);
     if !grew.is_zero() {
-        budget.on_throttled(until, limit);
+        budget.on_peer_throttled(until, limit);
     }
     grew
 }
@@ -757,11 +757,10 @@ mod tests {
             broker.kill(member);
         }
         eprintln!("{run}");
-        // Measured: 85.6 %, five 429s after the warm-up (the climb after the join found the
-        // budget, then probes); the kill costs the dead worker's share until PEER_TTL. The
-        // benchmark's goal is 95 %: not met here either.
+        // Measured: 95.3 %, one 429 after the warm-up; the kill costs the dead worker's
+        // share until PEER_TTL (the dip at 45-47 s). The benchmark's goal is 95 %.
         assert_eq!(run.violations, 0, "{run}");
-        assert!(run.efficiency >= 0.85, "{run}");
-        assert!(run.throttled_after <= 6, "{run}");
+        assert!(run.efficiency >= 0.95, "{run}");
+        assert!(run.throttled_after <= 2, "{run}");
     }
 }
