@@ -1,0 +1,316 @@
+use super::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-6
+}
+
+/// Serve `n` requests evenly over `d` starting at `from` (a share of `share` per second),
+/// rolling the windows as it goes.
+fn serve(law: &mut Law, share: f64, from: Instant, d: Duration, n: u64) {
+    for i in 0..n {
+        law.roll(from + d.mul_f64(i as f64 / n as f64));
+        law.served(share);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_memory_a_warning_cuts_once_per_window_and_quiet_windows_recover() {
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.warned(t0);
+    a.warned(t0 + ms(100));
+    assert!(close(a.factor, 0.9), "one step per window: {}", a.factor);
+    a.warned(t0 + ms(600));
+    assert!(close(a.factor, 0.81));
+    // The window holding the signal does not recover; each quiet one adds a step.
+    a.roll(t0 + ms(1000));
+    assert!(close(a.factor, 0.81), "{}", a.factor);
+    a.roll(t0 + ms(2000));
+    assert!(close(a.factor, 0.85), "{}", a.factor);
+    a.roll(t0 + Duration::from_secs(60));
+    assert_eq!(a.factor, 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_episode_halves_and_later_ones_go_between_the_served_bounds() {
+    // Our share is 350/s; Graph really serves 30/s.
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.throttled(t0, t0 + Duration::from_secs(3), false, false, true);
+    assert!(close(a.factor, 0.5));
+    assert_eq!(a.throttled_at, Some(1.0));
+    // 429s of requests already on the wire: the same episode.
+    a.throttled(t0 + ms(40), t0 + Duration::from_secs(3), false, false, true);
+    assert!(close(a.factor, 0.5));
+    // After the 3 s pause, 2 s at 30/s, then a 429: 60 served in 5 s (12/s, the lower
+    // bound) or in the 2 s not paused (30/s, the upper one).
+    serve(
+        &mut a,
+        350.0,
+        t0 + Duration::from_secs(3),
+        Duration::from_secs(2),
+        60,
+    );
+    let t1 = t0 + Duration::from_secs(5);
+    a.roll(t1);
+    let before = a.factor;
+    a.throttled(t1, t1 + Duration::from_secs(3), false, false, true);
+    let (lower, upper) = (12.0 / 350.0, 30.0 / 350.0);
+    // Halfway, but at most halved at once.
+    assert!(close(a.factor, before * MAX_CUT), "{}", a.factor);
+    // The rate that was throttled is remembered: no 2 s span starts late enough after
+    // the pause to measure what Graph served (PEAK_AFTER_PAUSE), so the rate sent.
+    assert!(close(a.throttled_at.unwrap(), before));
+    assert!(close(a.served_at.unwrap(), lower));
+    // Again 2 s at 30/s after the pause: from the latest anchor, 60 in 5 s (12/s)
+    // and in 2 s not paused (30/s).
+
+    serve(
+        &mut a,
+        350.0,
+        t1 + Duration::from_secs(3),
+        Duration::from_secs(2),
+        60,
+    );
+    let t2 = t1 + Duration::from_secs(5);
+    a.roll(t2);
+    let before = a.factor;
+    a.throttled(t2, t2 + Duration::from_secs(3), false, false, true);
+    let expected = ((lower + upper) / 2.0).clamp(before * MAX_CUT, before * MIN_CUT);
+    assert!(close(a.factor, expected), "{} != {expected}", a.factor);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_an_episode_f_climbs_towards_the_throttled_rate_then_only_probes() {
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.factor = 0.2;
+    a.served_at = Some(0.3);
+    a.throttled_at = Some(0.4);
+    a.hold_until = Some(t0 + ms(1000));
+    // Held until the pause is over and settled.
+    a.roll(t0 + ms(900));
+    assert!(close(a.factor, 0.2));
+    // Fast up to the served rate: 5 % of 0.3 per window.
+    a.roll(t0 + ms(1400));
+    assert!(close(a.factor, 0.215), "{}", a.factor);
+    a.roll(t0 + Duration::from_secs(6));
+    let target = 0.4 * SET_BELOW_SERVED;
+    assert!(a.factor > 0.3 && a.factor < target, "{}", a.factor);
+    // Then 10 % of the gap per window.
+    let f = a.factor;
+    a.roll(t0 + ms(6_500));
+    assert!(
+        close(a.factor, f + (target - f) * CLIMB_STEP),
+        "{}",
+        a.factor
+    );
+    // Past the target, only the probe: 0.0625 % per window.
+    a.factor = target;
+    a.roll(t0 + ms(7_000));
+    assert!(close(a.factor, target * (1.0 + PROBE_STEP)), "{}", a.factor);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_memory_a_warning_stops_the_probe_above_the_throttled_rate_only() {
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.factor = 0.38;
+    a.throttled_at = Some(0.4);
+    // Below the throttled rate: a warning changes nothing (a small bucket warns anyway).
+    a.warned(t0 + ms(100));
+    a.roll(t0 + ms(500));
+    assert!(a.factor > 0.38, "{}", a.factor);
+    a.factor = 0.41;
+    a.warned(t0 + ms(600));
+    a.roll(t0 + ms(1000));
+    assert!(close(a.factor, 0.41), "no probe in a warned window");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_far_enough_above_the_throttled_rate_forgets_it() {
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.factor = 0.5;
+    a.throttled_at = Some(0.5);
+    // 20 % above at 0.0625 % per window: 292 windows = 146 s.
+    a.roll(t0 + Duration::from_secs(147));
+    assert_eq!(a.throttled_at, None);
+    // From then on, the quicker recovery without memory.
+    let f = a.factor;
+    a.roll(t0 + ms(147_500));
+    assert!(close(a.factor, f + RECOVERY_STEP));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_episode_never_cuts_by_more_than_max_cut_nor_below_the_floor() {
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.throttled(t0, t0, false, false, true);
+    // Nothing served in 2 s (e.g. a 10 s refill step not yet come): estimate 0.
+    let t1 = t0 + Duration::from_secs(2);
+    a.roll(t1);
+    let before = a.factor;
+    a.throttled(t1, t1, false, false, true);
+    assert!(close(a.factor, before * MAX_CUT), "{}", a.factor);
+    // …nor by less than MIN_CUT, whatever the estimate says.
+    let mut b = Law::new(t0);
+    b.factor = 0.1;
+    b.throttled(t0, t0, false, false, true);
+    serve(&mut b, 100.0, t0, Duration::from_secs(2), 1000);
+    b.roll(t1);
+    let before = b.factor;
+    b.throttled(t1, t1, false, false, true);
+    assert!(close(b.factor, before * MIN_CUT), "{}", b.factor);
+    for i in 3..40 {
+        let at = t0 + Duration::from_secs(i);
+        a.throttled(at, at, false, false, true);
+    }
+    assert_eq!(a.factor, FACTOR_MIN);
+}
+
+#[tokio::test(start_paused = true)]
+async fn anchors_older_than_the_lookback_are_dropped() {
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.throttled(t0, t0, false, false, true);
+    // 60 s at 20/s then 40 s at 40/s, then a 429: the first anchor is gone, the served
+    // rate is measured over the last 30 s only (from a window's checkpoint).
+    a.factor = 1.0;
+    serve(&mut a, 100.0, t0, Duration::from_secs(60), 1200);
+    serve(
+        &mut a,
+        100.0,
+        t0 + Duration::from_secs(60),
+        Duration::from_secs(40),
+        1600,
+    );
+    let t1 = t0 + Duration::from_secs(100);
+    // (f set by hand: not the rate that held for the last minute.)
+    a.factor = 0.6;
+    a.held_at = None;
+    a.throttled(t1, t1, false, false, true);
+    assert!((a.factor - 0.4).abs() < 0.01, "{}", a.factor);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_learned_nothing_adopts_a_peers_rate_but_only_downwards() {
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.adopt(0.3, 0.31);
+    assert!(close(a.factor, 0.3));
+    assert_eq!(a.throttled_at, Some(0.31));
+    // Learned now: a peer's view no longer replaces it.
+    a.adopt(0.1, 0.1);
+    assert!(close(a.factor, 0.3));
+    let mut b = Law::new(t0);
+    b.factor = 0.2;
+    b.adopt(0.5, 0.5);
+    assert!(close(b.factor, 0.2), "never raised");
+    b.adopt(f64::NAN, 0.1);
+    assert!(close(b.factor, 0.2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_after_graph_capped_the_steps_holds_just_below_what_it_served() {
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.throttled(t0, t0, false, false, true);
+    // Sending 32/s (held there), Graph's 1 s steps let 30/s through; then a 429.
+    a.factor = 32.0 / 350.0;
+    a.throttled_at = Some(a.factor / SET_BELOW_SERVED);
+    serve(&mut a, 350.0, t0, Duration::from_secs(5), 150);
+    let t1 = t0 + Duration::from_secs(5);
+    a.throttled(t1, t1 + Duration::from_secs(3), false, false, true);
+    let served = 30.0 / 350.0;
+    assert!(
+        (a.throttled_at.unwrap() - served).abs() < 0.02 * served,
+        "{:?}",
+        a.throttled_at
+    );
+    assert!(close(a.factor, a.throttled_at.unwrap() * SET_BELOW_SERVED));
+    // Graph served all that was sent: how far below the real rate is, nobody knows; the
+    // cut goes between the served bounds as before, the rate sent is remembered.
+    let mut b = Law::new(t0);
+    b.throttled(t0, t0, false, false, true);
+    b.factor = 30.0 / 350.0;
+    b.throttled_at = Some(b.factor / SET_BELOW_SERVED);
+    serve(&mut b, 350.0, t0, Duration::from_secs(5), 150);
+    let before = b.factor;
+    b.throttled(t1, t1 + Duration::from_secs(3), false, false, true);
+    assert!((b.throttled_at.unwrap() - 30.0 / 350.0).abs() < 1e-3);
+    assert!(b.factor < before, "{} >= {before}", b.factor);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_takes_the_leaders_view_but_only_lower_while_held_and_never_probes() {
+    let secs = Duration::from_secs;
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.follower = true;
+    a.follow(t0, 0.3, Some(0.32));
+    assert!(close(a.factor, 0.3));
+    assert_eq!(a.throttled_at, Some(0.32));
+    // Held after an episode: the leader's heartbeat may predate it, so only lower.
+    a.hold_until = Some(t0 + secs(2));
+    a.follow(t0 + secs(1), 0.35, Some(0.4));
+    assert!(close(a.factor, 0.3), "{}", a.factor);
+    a.follow(t0 + secs(1), 0.2, Some(0.25));
+    assert!(close(a.factor, 0.2));
+    // Up again once the hold is over; the leader forgot (the budget grew): so does it.
+    a.follow(t0 + secs(3), 0.5, None);
+    assert!(close(a.factor, 0.5));
+    assert_eq!(a.throttled_at, None);
+    // At the target, a follower holds however long; a leader would probe.
+    a.follow(t0 + secs(3), SET_BELOW_SERVED, Some(1.0));
+    a.roll(t0 + secs(600));
+    assert!(close(a.factor, SET_BELOW_SERVED), "{}", a.factor);
+    // Nonsense is ignored.
+    a.follow(t0 + secs(600), f64::NAN, Some(0.5));
+    a.follow(t0 + secs(600), 0.5, Some(-1.0));
+    assert!(close(a.factor, SET_BELOW_SERVED));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_ends_in_a_429_rests_before_the_next_and_the_rest_doubles() {
+    let secs = Duration::from_secs;
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    // A first episode: f halves, the throttled rate (1.0) is remembered.
+    a.throttled(t0, t0 + secs(3), false, false, true);
+    // Recovered to just below the throttled rate and held there: the next 429 ends a probe.
+    a.factor = SET_BELOW_SERVED;
+    a.served_at = Some(0.5);
+    serve(&mut a, 350.0, t0 + secs(3), secs(17), 17 * 300);
+    let t1 = t0 + secs(20);
+    a.throttled(t1, t1 + secs(3), false, false, true);
+    let end1 = t1 + secs(3);
+    assert_eq!(a.probe_after, Some(end1 + PROBE_REST_FIRST));
+    let target = a.throttled_at.expect("remembered") * SET_BELOW_SERVED;
+    // Until the rest is over, f climbs back to just below the throttled rate, no further.
+    a.roll(end1 + PROBE_REST_FIRST - ms(500));
+    assert!(close(a.factor, target), "{} vs {target}", a.factor);
+    // Then it probes again.
+    a.roll(end1 + PROBE_REST_FIRST + secs(10));
+    assert!(a.factor > target, "{} vs {target}", a.factor);
+    // That probe fails too: the rest doubles, and keeps doubling up to its cap.
+    let t2 = end1 + PROBE_REST_FIRST + secs(10);
+    a.throttled(t2, t2 + secs(2), false, false, true);
+    assert_eq!(a.probe_after, Some(t2 + secs(2) + PROBE_REST_FIRST * 2));
+    let mut t = t2 + secs(2);
+    for _ in 0..6 {
+        a.roll(a.probe_after.unwrap() + secs(10));
+        t = a.probe_after.unwrap() + secs(10);
+        a.throttled(t, t + secs(1), false, false, true);
+    }
+    assert_eq!(a.probe_after, Some(t + secs(1) + PROBE_REST_MAX));
+    // An episode that is not a probe (the budget fell while holding below it) leaves the
+    // rest as it is.
+    let rest = a.probe_rest;
+    a.throttled(t + secs(5), t + secs(6), false, false, true);
+    assert_eq!(a.probe_rest, rest);
+}

@@ -1,0 +1,235 @@
+use super::*;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use crate::config::RateSettings;
+use crate::graph::stand_in::StandIn;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_live_count_is_this_worker_and_every_peer_heard_lately() {
+    let mut peers = Peers::default();
+    let t0 = Instant::now();
+    assert_eq!(peers.live(t0), 1);
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    peers.heard(a, false, t0);
+    peers.heard(b, false, t0 + Duration::from_secs(2));
+    assert_eq!(peers.live(t0 + Duration::from_secs(2)), 3);
+    // a is silent for PEER_TTL: gone; b still counts.
+    assert_eq!(peers.live(t0 + PEER_TTL), 2);
+    assert_eq!(peers.live(t0 + Duration::from_secs(10)), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn forged_heartbeats_cannot_grow_the_peers_past_the_bound() {
+    let mut peers = Peers::default();
+    let now = Instant::now();
+    for _ in 0..MAX_PEERS + 100 {
+        peers.heard(Uuid::new_v4(), false, now);
+    }
+    assert_eq!(peers.live(now), MAX_PEERS as u32 + 1);
+}
+
+#[test]
+fn a_peers_pause_is_shortened_by_its_age_and_capped() {
+    let now = Utc::now();
+    let cap = Duration::from_secs(180);
+    let secs = Duration::from_secs;
+    assert_eq!(peer_pause(secs(5), now, now, cap), Some(secs(5)));
+    assert_eq!(
+        peer_pause(secs(5), now - chrono::Duration::seconds(2), now, cap),
+        Some(secs(3))
+    );
+    assert_eq!(
+        peer_pause(secs(5), now - chrono::Duration::seconds(9), now, cap),
+        None
+    );
+    // A sender whose clock is ahead: never longer than announced.
+    assert_eq!(
+        peer_pause(secs(5), now + chrono::Duration::seconds(60), now, cap),
+        Some(secs(5))
+    );
+    // A forged year-long pause holds for the cap only.
+    assert_eq!(peer_pause(secs(365 * 86_400), now, now, cap), Some(cap));
+    assert_eq!(peer_pause(Duration::ZERO, now, now, cap), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_peers_take_no_share_and_the_lowest_busy_id_leads() {
+    let mut peers = Peers::default();
+    let t0 = Instant::now();
+    let ids = |n: u128| Uuid::from_u128(n);
+    peers.heard(ids(1), true, t0);
+    peers.heard(ids(3), false, t0);
+    assert_eq!(peers.live(t0), 2, "this worker and the busy peer");
+    // The idle peer has the lowest id, yet leads nothing; this one (2) does.
+    assert_eq!(peers.leader(ids(2), false, t0), ids(2));
+    // Idle itself, this worker follows the busy one.
+    assert_eq!(peers.leader(ids(2), true, t0), ids(3));
+    peers.heard(ids(1), false, t0);
+    assert_eq!(peers.live(t0), 3);
+    assert_eq!(peers.leader(ids(2), false, t0), ids(1));
+    // Nobody else busy: this worker, idle or not.
+    assert_eq!(peers.leader(ids(9), true, t0 + PEER_TTL), ids(9));
+}
+
+/// One simulated worker: its budget, pause and census, and its tasks.
+struct Member {
+    name: String,
+    budget: Arc<Budget>,
+    gate: Arc<PauseGate>,
+    census: Mutex<Census>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    alive: std::sync::atomic::AtomicBool,
+}
+
+/// A fleet of simulated workers whose broker delivers at once.
+#[derive(Clone, Default)]
+struct Broker {
+    members: Arc<Mutex<Vec<Arc<Member>>>>,
+}
+
+impl Broker {
+    fn others(&self, me: &Member) -> Vec<Arc<Member>> {
+        lock(&self.members)
+            .iter()
+            .filter(|m| m.name != me.name && m.alive.load(Ordering::SeqCst))
+            .cloned()
+            .collect()
+    }
+
+    /// A worker's heartbeat, to every other live one.
+    fn beat(&self, me: &Member) {
+        let beat = lock(&me.census).heartbeat(&me.name, &me.budget, &me.gate);
+        let FleetMessage::Heartbeat {
+            instance,
+            requests,
+            writes,
+            pause_ms,
+            idle,
+            ..
+        } = beat
+        else {
+            unreachable!("a heartbeat")
+        };
+        for other in self.others(me) {
+            lock(&other.census).heard(instance, idle, requests, writes, &other.budget);
+            if pause_ms > 0 {
+                let until = Instant::now() + Duration::from_millis(pause_ms);
+                peer_paused(&other.budget, &other.gate, until, Limit::Requests);
+            }
+        }
+    }
+
+    /// Start a worker of `concurrency` tasks against `graph`, heartbeating every second.
+    /// Ids are `id`, so the test knows who leads (the lowest busy one).
+    async fn join(&self, id: u128, concurrency: usize, graph: &StandIn) -> Arc<Member> {
+        let rate = RateSettings::default();
+        let member = Arc::new(Member {
+            name: format!("w{id}"),
+            budget: Arc::new(Budget::new(&rate).unwrap()),
+            gate: Arc::new(PauseGate::default()),
+            census: Mutex::new(Census::new(Uuid::from_u128(id), true)),
+            tasks: Mutex::default(),
+            alive: true.into(),
+        });
+        lock(&self.members).push(member.clone());
+        let (broker, me) = (self.clone(), member.clone());
+        let heartbeats = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => broker.beat(&me),
+                    _ = me.budget.woke().notified() => {
+                        broker.beat(&me);
+                        tick.reset();
+                    }
+                }
+            }
+        });
+        // As the worker does: every peer heard before the first request.
+        tokio::time::sleep(HEARTBEAT_EVERY + Duration::from_millis(200)).await;
+        let (broker, me) = (self.clone(), member.clone());
+        let announce = move |until| {
+            for other in broker.others(&me) {
+                peer_paused(&other.budget, &other.gate, until, Limit::Requests);
+            }
+        };
+        let mut tasks = graph.spawn_tasks(concurrency, &member.budget, &member.gate, announce);
+        tasks.push(heartbeats);
+        *lock(&member.tasks) = tasks;
+        member
+    }
+
+    /// Kill -9: its tasks and heartbeats stop; the others notice the silence.
+    fn kill(&self, member: &Member) {
+        member.alive.store(false, Ordering::SeqCst);
+        for task in lock(&member.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Each second, with FLEET_TRACE set: every live member's share and factor (as a rate).
+fn trace(broker: &Broker, sec: u64) {
+    if std::env::var("FLEET_TRACE").is_err() {
+        return;
+    }
+    let line: Vec<String> = lock(&broker.members)
+        .iter()
+        .filter(|m| m.alive.load(Ordering::SeqCst))
+        .map(|m| {
+            let (r, _) = m.budget.learned();
+            let share = 350.0 / f64::from(m.budget.processes());
+            format!(
+                "{} n={} rate={:.2} at={:.2}",
+                m.name,
+                m.budget.processes(),
+                r.factor * share,
+                r.throttled_at.unwrap_or(0.0) * share,
+            )
+        })
+        .collect();
+    eprintln!("{sec}: {}", line.join(" | "));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_that_grows_and_shrinks_holds_an_unknown_budget() {
+    // The `comego` benchmark: default [rate] (350/s), Graph serves 30/s in 1 s steps;
+    // workers 1 and 2 start, 3 joins at 20 s, 1 is killed at 45 s; 150 s in all.
+    let graph = StandIn::new(30, Duration::from_secs(1));
+    let broker = Broker::default();
+    let start = Instant::now();
+    let at = move |secs: u64| start + Duration::from_secs(secs);
+    let (b1, b2) = (broker.clone(), broker.clone());
+    let (g1, g2) = (graph.clone(), graph.clone());
+    let (w1, _w2) = tokio::join!(b1.join(1, 32, &g1), b2.join(2, 32, &g2));
+    let (b3, g3) = (broker.clone(), graph.clone());
+    let joining = tokio::spawn(async move {
+        tokio::time::sleep_until(at(20)).await;
+        b3.join(3, 32, &g3).await
+    });
+    let b1 = broker.clone();
+    let killing = tokio::spawn(async move {
+        tokio::time::sleep_until(at(45)).await;
+        b1.kill(&w1);
+    });
+    for sec in 2..150 {
+        tokio::time::sleep_until(at(sec) + Duration::from_millis(500)).await;
+        trace(&broker, sec);
+    }
+    let (_w3, ()) = (joining.await.unwrap(), killing.await.unwrap());
+    let run = graph.summary(20, 148);
+    for member in lock(&broker.members).iter() {
+        broker.kill(member);
+    }
+    eprintln!("{run}");
+    // Measured: 95.3 %, one 429 after the warm-up; the kill costs the dead worker's
+    // share until PEER_TTL (the dip at 45-47 s). The benchmark's goal is 95 %.
+    assert_eq!(run.violations, 0, "{run}");
+    assert!(run.efficiency >= 0.95, "{run}");
+    assert!(run.throttled_after <= 2, "{run}");
+}
