@@ -348,7 +348,7 @@ async fn publish(
         tap_all: args.tap,
     });
     // Pass 1: the Merkle cap of the requests, and the signed manifest holding its root.
-    let cap = batch_cap(plan.rows()?, plan.count, &|row| requests.request(row))?;
+    let cap = batch_cap(plan.rows()?, plan.count, &requests)?;
     let sealed = SealedManifest::seal(
         Manifest {
             batch: batch.to_string(),
@@ -577,14 +577,11 @@ const LEAF_CHUNK: usize = 4096;
 /// a short channel. The broker is idle meanwhile, so a second core cuts the time before the
 /// first publish, which every request of the batch waits for. The first read error stops
 /// both and is returned; so is a number of rows other than `count`.
-fn batch_cap<F>(
+fn batch_cap(
     rows: Box<dyn Iterator<Item = anyhow::Result<IntakeRow>> + Send + '_>,
     count: u64,
-    request_of: &F,
-) -> anyhow::Result<MerkleCap>
-where
-    F: Fn(IntakeRow) -> ResetRequest + Sync,
-{
+    requests: &RequestOf,
+) -> anyhow::Result<MerkleCap> {
     std::thread::scope(|scope| {
         let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<ResetRequest>>(4);
         let hasher = scope.spawn(move || -> anyhow::Result<Option<MerkleCap>> {
@@ -600,7 +597,7 @@ where
         let mut read = Ok(());
         for row in rows {
             match row {
-                Ok(row) => chunk.push(request_of(row)),
+                Ok(row) => chunk.push(requests.request(row)),
                 Err(error) => {
                     read = Err(error);
                     break;
@@ -710,23 +707,9 @@ mod tests {
         }
     }
 
+    /// Row `line`'s request in batch `b` (what [`requests_of_b`] makes of it).
     fn request_of(row: IntakeRow) -> ResetRequest {
-        ResetRequest {
-            version: REQUEST_VERSION,
-            request_id: ResetRequest::id_for("b", &row.user),
-            batch: "b".into(),
-            user: row.user,
-            ticket: None,
-            reason: None,
-            requested_by: None,
-            dry_run: false,
-            revoke_sessions: false,
-            requested_at: chrono::DateTime::UNIX_EPOCH,
-            replay: 0,
-            tap: None,
-            carry: None,
-            proof: None,
-        }
+        requests_of_b().request(row)
     }
 
     #[test]
@@ -734,7 +717,7 @@ mod tests {
         // Not a multiple of the chunk: the last, short chunk is hashed too.
         let count = 3 * LEAF_CHUNK as u64 + 17;
         let rows = Box::new((1..=count).map(|line| Ok(row(line))));
-        let cap = batch_cap(rows, count, &request_of).unwrap();
+        let cap = batch_cap(rows, count, &requests_of_b()).unwrap();
         let tree = crate::trust::MerkleTree::from_leaf_hashes(
             (1..=count)
                 .map(|line| leaf_hash(&leaf_bytes(&request_of(row(line))).unwrap()))
@@ -743,7 +726,7 @@ mod tests {
         assert_eq!(cap, tree.cap(CAP_NODES));
         // A row fewer than announced: no cap.
         let rows = Box::new((1..=count).map(|line| Ok(row(line))));
-        let error = batch_cap(rows, count + 1, &request_of)
+        let error = batch_cap(rows, count + 1, &requests_of_b())
             .unwrap_err()
             .to_string();
         assert!(error.contains("the input changed"), "{error}");
@@ -864,7 +847,7 @@ mod tests {
                 Ok(row(line))
             }
         }));
-        let error = batch_cap(rows, 2 * LEAF_CHUNK as u64, &request_of).unwrap_err();
+        let error = batch_cap(rows, 2 * LEAF_CHUNK as u64, &requests_of_b()).unwrap_err();
         assert!(
             error.to_string().contains("changed since it was checked"),
             "{error}"
