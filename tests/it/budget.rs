@@ -10,6 +10,7 @@ use mfa_reset::graph::GraphClient;
 use tokio::time::Instant;
 
 use crate::common::env::{csv_of_generated, TestEnv};
+use crate::common::eventually;
 
 /// A simulator whose buckets hold `per_second` requests (and as many writes), refilled in
 /// 1 s steps, answering 429 with a Retry-After of 2–3 s.
@@ -33,23 +34,6 @@ fn small_budget(users: usize, per_second: u32) -> SimConfig {
     config
 }
 
-/// Poll `done` every 50 ms until it holds; false after `secs`.
-async fn eventually(secs: u64, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    done()
-}
-
-fn client(env: &TestEnv) -> GraphClient {
-    let s = &env.settings;
-    GraphClient::new(&s.graph, &s.rate, &s.retry).expect("graph client")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_converge_to_an_unknown_small_budget_and_stay_out_of_retry_after_windows() {
     // Graph serves 40 requests/s; the workers believe 350/s and 300 writes/s.
@@ -65,7 +49,7 @@ async fn two_workers_converge_to_an_unknown_small_budget_and_stay_out_of_retry_a
         .enqueue_csv(&csv_of_generated(users))
         .await
         .expect("enqueue");
-    let (a, b) = (client(&env), client(&env));
+    let (a, b) = (env.graph_client(), env.graph_client());
     env.start_worker_on(env.settings.clone(), a.clone(), 16);
     env.start_worker_on(env.settings.clone(), b.clone(), 16);
 
@@ -128,7 +112,7 @@ fn keep_busy(client: &GraphClient) -> tokio::task::JoinHandle<()> {
 async fn a_worker_joining_or_leaving_rebalances_the_others_share_within_seconds() {
     let mut env = TestEnv::new("budget-share", SimConfig::default()).await;
     env.setup().await;
-    let (a, b) = (client(&env), client(&env));
+    let (a, b) = (env.graph_client(), env.graph_client());
     let busy_a = keep_busy(&a);
     env.start_worker_on(env.settings.clone(), a.clone(), 2);
     assert!(
@@ -180,7 +164,7 @@ async fn a_429_seen_by_one_worker_pauses_another_that_saw_none() {
     let mut env = TestEnv::new("budget-pause", config).await;
     env.settings.retry.max_retry_after = Duration::from_secs(10);
     env.setup().await;
-    let (a, b) = (client(&env), client(&env));
+    let (a, b) = (env.graph_client(), env.graph_client());
     env.start_worker_on(env.settings.clone(), a.clone(), 1);
     env.start_worker_on(env.settings.clone(), b.clone(), 1);
     // Busy for a moment (idle workers are not counted), until each has heard the other.

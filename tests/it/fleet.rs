@@ -22,26 +22,10 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::common::env::{csv_of_generated, TestEnv};
+use crate::common::eventually;
 
 /// The reasons a worker gives for what the forgers below send.
 const FORGED: [&str; 3] = ["unsigned", "signer_not_allowed", "bad_signature"];
-
-/// Poll `done` every 50 ms until it holds; false after `secs`.
-async fn eventually(secs: u64, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    done()
-}
-
-fn client(env: &TestEnv) -> GraphClient {
-    let s = &env.settings;
-    GraphClient::new(&s.graph, &s.rate, &s.retry).expect("graph client")
-}
 
 /// Ask `client`'s budget for a cell every 100 ms until aborted: a worker with work (an idle
 /// one takes no share and leads nothing).
@@ -156,7 +140,7 @@ async fn forged_pauses_pause_no_worker_and_requests_keep_being_served_through_th
     // Were one honoured, each forged pause would hold the worker for a minute.
     env.settings.retry.max_retry_after = Duration::from_secs(60);
     env.setup().await;
-    let a = client(&env);
+    let a = env.graph_client();
     let metrics = Arc::new(WorkerMetrics::default());
     env.start_worker_counted(env.settings.clone(), a.clone(), 4, metrics.clone());
     let publisher = Publisher::connect(&env).await;
@@ -225,7 +209,7 @@ fn leader_heartbeat() -> FleetMessage {
 async fn a_forged_leader_heartbeat_changes_neither_the_workers_share_nor_its_rate() {
     let mut env = TestEnv::new("fleet-forged-leader", SimConfig::default()).await;
     env.setup().await;
-    let a = client(&env);
+    let a = env.graph_client();
     let busy = keep_busy(&a);
     let metrics = Arc::new(WorkerMetrics::default());
     env.start_worker_counted(env.settings.clone(), a.clone(), 2, metrics.clone());
@@ -285,7 +269,7 @@ async fn a_pause_sealed_by_a_worker_key_holds_no_longer_than_the_cap_and_its_rep
     let cap = Duration::from_secs(4);
     env.settings.retry.max_retry_after = cap;
     env.setup().await;
-    let a = client(&env);
+    let a = env.graph_client();
     let metrics = Arc::new(WorkerMetrics::default());
     env.start_worker_counted(env.settings.clone(), a.clone(), 1, metrics.clone());
     let publisher = Publisher::connect(&env).await;

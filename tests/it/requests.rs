@@ -241,6 +241,20 @@ async fn forged_requests_by_either_route_are_dead_lettered_with_their_reason_and
     env.cleanup().await;
 }
 
+/// `mfa-reset approve --batch BATCH --key KEY --yes`.
+async fn approve_as(
+    env: &TestEnv,
+    batch: &str,
+    key: &std::path::Path,
+) -> anyhow::Result<commands::approve::Approved> {
+    let args = ApproveArgs {
+        batch: batch.to_string(),
+        key: key.to_path_buf(),
+        yes: true,
+    };
+    commands::approve::run(&env.settings, &args).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_batch_waits_until_a_second_person_approves_it_and_only_that_list() {
     let mut env = TestEnv::new("req-approve", tenant(12)).await;
@@ -257,16 +271,9 @@ async fn a_big_batch_waits_until_a_second_person_approves_it_and_only_that_list(
     assert_eq!(env.queue_len(&env.topology().requests()).await, 0);
 
     // The requester cannot approve their own batch.
-    let own = commands::approve::run(
-        &env.settings,
-        &ApproveArgs {
-            batch: enqueued.batch.clone(),
-            key: env.keys.requester.path.clone(),
-            yes: true,
-        },
-    )
-    .await
-    .expect_err("self-approval refused");
+    let own = approve_as(&env, &enqueued.batch, &env.keys.requester.path)
+        .await
+        .expect_err("self-approval refused");
     assert!(
         format!("{own:#}").contains("nobody approves their own batch"),
         "{own:#}"
@@ -300,16 +307,9 @@ async fn a_big_batch_waits_until_a_second_person_approves_it_and_only_that_list(
     assert_eq!(env.sim.stats().methods_deleted, 0, "nothing ran unapproved");
 
     // The second person approves: the batch runs, approved for exactly its five users.
-    let approved = commands::approve::run(
-        &env.settings,
-        &ApproveArgs {
-            batch: enqueued.batch.clone(),
-            key: env.keys.approver.path.clone(),
-            yes: true,
-        },
-    )
-    .await
-    .expect("approve");
+    let approved = approve_as(&env, &enqueued.batch, &env.keys.approver.path)
+        .await
+        .expect("approve");
     assert_eq!(approved.count, 5);
     assert_eq!(approved.approved_by, env.keys.approver.principal);
     let view = env.wait_batch(&enqueued.batch, 60).await;
@@ -323,32 +323,18 @@ async fn approve_names_the_batch_users_holding_directory_roles_and_the_workers_s
     env.settings.security.approval_above = 2;
     env.settings.reset.skip_admins = true;
     env.setup().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let csv = dir.path().join("users.csv");
-    std::fs::write(
-        &csv,
-        "userPrincipalName\nadele.vance@contoso.com\nglobal.admin@contoso.com\n\
+    let enqueued = env
+        .enqueue_csv(
+            "userPrincipalName\nadele.vance@contoso.com\nglobal.admin@contoso.com\n\
          eligible.admin@contoso.com\nevery.method@contoso.com\n",
-    )
-    .expect("csv");
-    let enqueued = commands::enqueue::run(
-        &env.settings,
-        &crate::common::env::enqueue_args(Some(csv), None),
-    )
-    .await
-    .expect("enqueue");
+        )
+        .await
+        .expect("enqueue");
     assert!(enqueued.awaiting_approval);
 
-    let approved = commands::approve::run(
-        &env.settings,
-        &ApproveArgs {
-            batch: enqueued.batch.clone(),
-            key: env.keys.approver.path.clone(),
-            yes: true,
-        },
-    )
-    .await
-    .expect("approve");
+    let approved = approve_as(&env, &enqueued.batch, &env.keys.approver.path)
+        .await
+        .expect("approve");
     let check = approved
         .admins
         .expect("Graph settings are present: checked");
@@ -387,31 +373,15 @@ async fn approve_names_a_protected_user_the_batch_writes_otherwise_by_object_id(
     env.settings.reset.protected_users =
         vec![adele_id.to_string(), "EVERY.METHOD@CONTOSO.COM".to_string()];
     env.setup().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let csv = dir.path().join("users.csv");
-    std::fs::write(
-        &csv,
-        "userPrincipalName\nadele.vance@contoso.com\nevery.method@contoso.com\n",
-    )
-    .expect("csv");
-    let enqueued = commands::enqueue::run(
-        &env.settings,
-        &crate::common::env::enqueue_args(Some(csv), None),
-    )
-    .await
-    .expect("enqueue");
+    let enqueued = env
+        .enqueue_csv("userPrincipalName\nadele.vance@contoso.com\nevery.method@contoso.com\n")
+        .await
+        .expect("enqueue");
     assert!(enqueued.awaiting_approval);
 
-    let approved = commands::approve::run(
-        &env.settings,
-        &ApproveArgs {
-            batch: enqueued.batch.clone(),
-            key: env.keys.approver.path.clone(),
-            yes: true,
-        },
-    )
-    .await
-    .expect("approve");
+    let approved = approve_as(&env, &enqueued.batch, &env.keys.approver.path)
+        .await
+        .expect("approve");
 
     // One by spelling, one by object id: both named, as the workers will skip both.
     let mut protected = approved.protected.clone();

@@ -120,6 +120,12 @@ impl TestEnv {
         commands::enqueue::run(&self.settings, &enqueue_args(None, Some(path))).await
     }
 
+    /// A Graph client with the test's settings, as a worker builds its own.
+    pub fn graph_client(&self) -> GraphClient {
+        let s = &self.settings;
+        GraphClient::new(&s.graph, &s.rate, &s.retry).expect("graph client")
+    }
+
     /// Start an in-process worker with its own Graph client.
     pub fn start_worker(&mut self, concurrency: usize) {
         self.start_worker_with(self.settings.clone(), concurrency);

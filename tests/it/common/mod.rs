@@ -16,3 +16,15 @@ pub async fn start_sim(config: SimConfig) -> SimServer {
         .await
         .expect("simulator starts")
 }
+
+/// Poll `done` every 50 ms until it holds; false after `secs`.
+pub async fn eventually(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    done()
+}
