@@ -146,6 +146,10 @@ pub struct EnqueueArgs {
     /// (SSH_AUTH_SOCK; FIDO2 `sk-` keys sign this way). It must be in security.allowed_signers.
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// Only validate: read the input in full and print the summary (or every bad line);
+    /// enqueue nothing. Needs no key and no broker (a --group still reads Graph).
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `approve`

@@ -149,6 +149,7 @@ pub async fn run(base: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
             requested_by: Some("demo".into()),
             reason: Some("demo: mass re-registration after an incident".into()),
             key: None,
+            check: false,
         },
     )
     .await?;

@@ -65,7 +65,11 @@ pub struct Refused {
 /// Run the command.
 pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqueued> {
     // Who signs, checked before reading the input: a key that may not request fails now.
-    let operator = operator(settings, args)?;
+    // `--check` signs nothing, so it needs no key.
+    let operator = match args.check {
+        true => None,
+        false => Some(operator(settings, args)?),
+    };
     // Validate and publish from one private copy of the file: an editor saving the file
     // between the two passes cannot make us publish rows that were never validated.
     let snapshot = match &args.csv {
@@ -103,6 +107,20 @@ pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Enqu
         None => new_batch_id(&plan.source),
     };
     print_summary(&plan, args);
+    let Some(operator) = operator else {
+        let mut out = std::io::stdout();
+        let _ = writeln!(
+            out,
+            "checked: {} users, every row valid; nothing was enqueued (run again without \
+             --check, with --key, to enqueue)",
+            plan.count
+        );
+        return Ok(Enqueued {
+            batch,
+            count: 0,
+            awaiting_approval: false,
+        });
+    };
     if plan.count > settings.intake.confirm_above as u64 && !args.yes {
         return Err(Refused {
             message: format!(
@@ -165,7 +183,7 @@ fn operator(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Operator>
             message: "enqueue signs every batch: give --key FILE (your SSH private key, or your \
                       public key with the private key in ssh-agent; or set intake.key), a key \
                       listed in security.allowed_signers for namespace mfa-reset-request; \
-                      nothing was enqueued"
+                      nothing was enqueued (to validate the input without a key, add --check)"
                 .into(),
             exit_code: 1,
         }

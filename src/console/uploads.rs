@@ -347,6 +347,7 @@ pub async fn submit(
         requested_by: Some(upload.upn.clone()),
         reason: Some(format!("console upload by {}", upload.upn)),
         key: Some(key.into()),
+        check: false,
     };
     let enqueued = crate::commands::enqueue::run(&console.settings, &args).await;
     drop(upload.dir);

@@ -277,6 +277,60 @@ async fn status_report_and_dlq_before_setup_say_nothing_is_set_up() {
 }
 
 #[test]
+fn enqueue_check_validates_without_a_key_or_a_broker_and_enqueues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("good.csv"),
+        "upn\nalice@contoso.com\nbob@contoso.com\nalice@contoso.com\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bad.csv"),
+        "upn\nalice@contoso.com\nbob@\nbob@contoso.com\n12345\n",
+    )
+    .unwrap();
+    // No broker where this points: any connection attempt would fail the command.
+    let check = |csv: &str| {
+        bare(dir.path(), &["enqueue", "--csv", csv, "--check"])
+            .env(
+                "MFA_RESET__BROKER__URL",
+                "amqp://guest:guest@127.0.0.1:9/%2f",
+            )
+            .output()
+            .expect("mfa-reset runs")
+    };
+
+    let good = check("good.csv");
+    let (stdout, stderr) = (text(&good.stdout), text(&good.stderr));
+    assert!(good.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("checked: 2 users, every row valid; nothing was enqueued"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("line 4"),
+        "the duplicate is named: {stderr}"
+    );
+    assert!(stderr.contains("sample:"), "the summary is shown: {stderr}");
+
+    let bad = check("bad.csv");
+    let stderr = text(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("line 3") && stderr.contains("line 5"),
+        "{stderr}"
+    );
+    assert!(text(&bad.stdout).is_empty());
+
+    // Without --check and without a key, the refusal says how to only validate.
+    let keyless = bare(dir.path(), &["enqueue", "--csv", "good.csv"])
+        .output()
+        .expect("mfa-reset runs");
+    assert_eq!(keyless.status.code(), Some(1));
+    assert!(text(&keyless.stderr).contains("add --check"));
+}
+
+#[test]
 fn demo_succeeds_from_an_empty_folder_with_no_environment() {
     let dir = tempfile::tempdir().unwrap();
 

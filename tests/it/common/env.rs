@@ -436,6 +436,7 @@ pub fn enqueue_args(
         requested_by: Some("tests".into()),
         reason: None,
         key: None,
+        check: false,
     }
 }
 
