@@ -61,7 +61,9 @@
 //!   [`HELD_CUT`] either, once the rate is known). A peak is never measured across a pause
 //!   or [`PEAK_AFTER_PAUSE`] after one (the answers are still on the wire).
 //! - **One law per fleet.** A follower (another worker leads the fleet: `follower`) never
-//!   probes; it takes the leader's factor ([`Law::follow`]).
+//!   probes; it takes the leader's factor and proven rate ([`Law::follow`]), so whoever
+//!   leads next starts from the fleet's view. In a fleet (`shared`) the long-run rule waits
+//!   for `stepped`: a worker's share of the peak is too noisy to show Graph's window.
 //! - **Warnings without memory.** Before any 429, a warning (the percentage at or above
 //!   `rate.slow_down_at_percent`) cuts f by [`FACTOR_SLOW_DOWN`], once per window.
 //!
@@ -72,6 +74,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::Learned;
 
 /// One window of the law: at most one warning cut per window, one recovery step per window
 /// without any throttling signal.
@@ -206,6 +210,12 @@ pub(super) struct Law {
     /// Another worker of the fleet leads: this one never probes above the throttled rate, it
     /// takes the leader's factor instead ([`Law::follow`]).
     pub(super) follower: bool,
+    /// Other workers share the budget. This process's best span is its share of what Graph
+    /// served the fleet, which varies by a request or two a second: "Graph served all that
+    /// was sent" twice in a row says nothing of Graph's window then, so the long-run rule
+    /// waits for `stepped` (a long run spans the pauses, which waste a 1 s bucket: it once
+    /// held a fleet at 57 % of the budget, and at 94 % after every failed probe).
+    pub(super) shared: bool,
     /// The highest factor held for [`HELD_FOR`] without an episode: Graph served it
     /// (a lower bound of the real rate, unlike `served_at` not lowered by pauses).
     pub(super) held_at: Option<f64>,
@@ -260,6 +270,7 @@ impl Law {
             probe_rest: Duration::ZERO,
             probe_after: None,
             follower: false,
+            shared: false,
             held_at: None,
             factors: VecDeque::new(),
             steady_from: now,
@@ -444,6 +455,11 @@ impl Law {
         if let Some(until) = self.episode_until {
             if now < until || (!own && now < until + SETTLE) {
                 self.episode_until = Some(until.max(pause_end));
+                // A later 429 of the episode may announce a longer Retry-After: the pause
+                // grew, and the served rate is measured over the time not paused (counted
+                // short, the next episode's upper bound came out at half the rate sent and
+                // halved a fleet's rate).
+                self.count_pause(now, pause_end);
                 return;
             }
         }
@@ -487,9 +503,7 @@ impl Law {
         {
             self.pauses.pop_front();
         }
-        let counted_from = self.paused_until.map_or(now, |p| p.max(now));
-        self.paused += pause_end.saturating_duration_since(counted_from);
-        self.paused_until = Some(self.paused_until.map_or(pause_end, |p| p.max(pause_end)));
+        self.count_pause(now, pause_end);
         let before = self.factor;
         // The rate that was throttled: what Graph served in its best recent span, but never
         // below PEAK_FLOOR of the rate sent (a
@@ -543,7 +557,7 @@ impl Law {
             .front()
             .filter(|a| now.saturating_duration_since(a.at) >= LONG_RUN)
             .map(|a| (self.served - a.served) / now.saturating_duration_since(a.at).as_secs_f64())
-            .filter(|_| self.stepped || recurring);
+            .filter(|_| self.stepped || (recurring && !self.shared));
         // Never below that best span either: Graph served it, so a rate sent lower was not
         // what emptied the bucket (a burst after a pause, another worker's start was).
         // Tasks were waiting for the budget (the rate, not the work, bound what was sent)
@@ -553,7 +567,10 @@ impl Law {
         let capped = saturated && peak.is_some_and(|peak| peak < before * PEAK_BELOW);
         let throttled_at = match peak {
             Some(peak) if capped => peak,
-            Some(peak) => peak.max(before * PEAK_FLOOR),
+            // Never above the rate sent: in a fleet, this process's share of what Graph
+            // served varies by a request or two a second, and its best span's rate can
+            // come out above the rate that was throttled.
+            Some(peak) => peak.max(before * PEAK_FLOOR).min(before),
             None => before,
         };
         // Graph served less than was sent, but at least PEAK_FLOOR of it: a bucket refilled
@@ -660,6 +677,13 @@ impl Law {
         }
     }
 
+    /// Count the pause from `now` to `pause_end` in `paused`, less what is counted already.
+    fn count_pause(&mut self, now: Instant, pause_end: Instant) {
+        let counted_from = self.paused_until.map_or(now, |p| p.max(now));
+        self.paused += pause_end.saturating_duration_since(counted_from);
+        self.paused_until = Some(self.paused_until.map_or(pause_end, |p| p.max(pause_end)));
+    }
+
     /// The best rate Graph served over [`PEAK_SPAN`] (as a factor) within the last
     /// [`PEAK_LOOKBACK`], between the windows' checkpoints; `None` without any.
     fn peak_served(&self, now: Instant) -> Option<f64> {
@@ -703,14 +727,23 @@ impl Law {
     /// Take what another worker learned, when this one has learned nothing itself: a
     /// worker joining a throttled fleet starts at the fleet's rate, not at the configured one.
     /// Only ever lowers f.
-    pub(super) fn adopt(&mut self, factor: f64, throttled_at: f64) {
-        if self.throttled_at.is_some() || !(factor.is_finite() && throttled_at.is_finite()) {
+    /// Its proven rate comes with it.
+    pub(super) fn adopt(&mut self, peer: Learned) {
+        let Some(throttled_at) = peer.throttled_at else {
+            return;
+        };
+        let valid = |f: f64| f.is_finite() && f > 0.0;
+        if self.throttled_at.is_some()
+            || !(valid(peer.factor) && valid(throttled_at))
+            || peer.held_at.is_some_and(|h| !valid(h))
+        {
             return;
         }
-        let factor = factor.clamp(FACTOR_MIN, 1.0);
+        let factor = peer.factor.clamp(FACTOR_MIN, 1.0);
         if factor < self.factor {
             self.factor = factor;
             self.throttled_at = Some(throttled_at.clamp(factor, 1.0));
+            self.held_at = peer.held_at.map(|h| h.clamp(FACTOR_MIN, 1.0));
         }
     }
 
@@ -718,12 +751,31 @@ impl Law {
     /// the leader's: the fleet probes once, not once per worker). Up or down, except while
     /// this law is held after an episode: the leader's view may be older than it (its
     /// heartbeat crossed the pause announcement), so then only lower.
-    pub(super) fn follow(&mut self, now: Instant, factor: f64, throttled_at: Option<f64>) {
+    ///
+    /// The leader's proven rate is taken too, in either case: it is what the fleet held for
+    /// long, and the worker that leads next (this one, should the leader die) returns to it
+    /// after a throttling instead of to its own measure of its share, which a fleet's noise
+    /// makes low (a kill once left the survivors at 23-24/s of 30 for minutes).
+    pub(super) fn follow(&mut self, now: Instant, leader: Learned) {
+        let Learned {
+            factor,
+            throttled_at,
+            held_at,
+        } = leader;
         let valid = |f: f64| f.is_finite() && f > 0.0;
-        if !valid(factor) || throttled_at.is_some_and(|at| !valid(at)) {
+        if !valid(factor)
+            || throttled_at.is_some_and(|at| !valid(at))
+            || held_at.is_some_and(|h| !valid(h))
+        {
             return;
         }
         self.roll(now);
+        // A leader that knows a throttled rate but proved none yet (it joined, or just took
+        // the lead) leaves this worker's own; one that forgot its throttled rate (the budget
+        // grew) forgot the proven one too.
+        if held_at.is_some() || throttled_at.is_none() {
+            self.held_at = held_at.map(|h| h.clamp(FACTOR_MIN, 1.0));
+        }
         let factor = factor.clamp(FACTOR_MIN, 1.0);
         let held = self.hold_until.is_some_and(|h| now < h);
         if held && factor >= self.factor {

@@ -197,21 +197,34 @@ async fn anchors_older_than_the_lookback_are_dropped() {
     assert!((a.factor - 0.4).abs() < 0.01, "{}", a.factor);
 }
 
+/// What a peer tells of one limit, without a proven rate.
+fn learned(factor: f64, throttled_at: Option<f64>) -> Learned {
+    Learned {
+        factor,
+        throttled_at,
+        held_at: None,
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_worker_that_learned_nothing_adopts_a_peers_rate_but_only_downwards() {
     let t0 = Instant::now();
     let mut a = Law::new(t0);
-    a.adopt(0.3, 0.31);
+    a.adopt(Learned {
+        held_at: Some(0.29),
+        ..learned(0.3, Some(0.31))
+    });
     assert!(close(a.factor, 0.3));
     assert_eq!(a.throttled_at, Some(0.31));
+    assert_eq!(a.held_at, Some(0.29), "the proven rate comes with it");
     // Learned now: a peer's view no longer replaces it.
-    a.adopt(0.1, 0.1);
+    a.adopt(learned(0.1, Some(0.1)));
     assert!(close(a.factor, 0.3));
     let mut b = Law::new(t0);
     b.factor = 0.2;
-    b.adopt(0.5, 0.5);
+    b.adopt(learned(0.5, Some(0.5)));
     assert!(close(b.factor, 0.2), "never raised");
-    b.adopt(f64::NAN, 0.1);
+    b.adopt(learned(f64::NAN, Some(0.1)));
     assert!(close(b.factor, 0.2));
 }
 
@@ -252,27 +265,63 @@ async fn a_follower_takes_the_leaders_view_but_only_lower_while_held_and_never_p
     let t0 = Instant::now();
     let mut a = Law::new(t0);
     a.follower = true;
-    a.follow(t0, 0.3, Some(0.32));
+    a.follow(t0, learned(0.3, Some(0.32)));
     assert!(close(a.factor, 0.3));
     assert_eq!(a.throttled_at, Some(0.32));
     // Held after an episode: the leader's heartbeat may predate it, so only lower.
     a.hold_until = Some(t0 + secs(2));
-    a.follow(t0 + secs(1), 0.35, Some(0.4));
+    a.follow(t0 + secs(1), learned(0.35, Some(0.4)));
     assert!(close(a.factor, 0.3), "{}", a.factor);
-    a.follow(t0 + secs(1), 0.2, Some(0.25));
+    a.follow(t0 + secs(1), learned(0.2, Some(0.25)));
     assert!(close(a.factor, 0.2));
     // Up again once the hold is over; the leader forgot (the budget grew): so does it.
-    a.follow(t0 + secs(3), 0.5, None);
+    a.follow(t0 + secs(3), learned(0.5, None));
     assert!(close(a.factor, 0.5));
     assert_eq!(a.throttled_at, None);
     // At the target, a follower holds however long; a leader would probe.
-    a.follow(t0 + secs(3), SET_BELOW_SERVED, Some(1.0));
+    a.follow(t0 + secs(3), learned(SET_BELOW_SERVED, Some(1.0)));
     a.roll(t0 + secs(600));
     assert!(close(a.factor, SET_BELOW_SERVED), "{}", a.factor);
     // Nonsense is ignored.
-    a.follow(t0 + secs(600), f64::NAN, Some(0.5));
-    a.follow(t0 + secs(600), 0.5, Some(-1.0));
+    a.follow(t0 + secs(600), learned(f64::NAN, Some(0.5)));
+    a.follow(t0 + secs(600), learned(0.5, Some(-1.0)));
     assert!(close(a.factor, SET_BELOW_SERVED));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_keeps_the_leaders_proven_rate_and_returns_to_it_once_it_leads() {
+    let secs = Duration::from_secs;
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.follower = true;
+    let proven = |factor| Learned {
+        factor,
+        throttled_at: Some(0.1),
+        held_at: Some(0.096),
+    };
+    a.follow(t0, proven(0.0975));
+    assert_eq!(a.held_at, Some(0.096));
+    // A new leader that proved nothing yet leaves it; one that forgot (the budget grew)
+    // takes it away.
+    a.follow(t0 + secs(1), learned(0.0975, Some(0.1)));
+    assert_eq!(a.held_at, Some(0.096));
+    a.follow(t0 + secs(2), proven(0.0975));
+    // The leader dies; this worker leads and meets a 429 at once, with nothing of its own
+    // measured: back at the fleet's proven rate after the pause, not half of it.
+    a.follower = false;
+    let t1 = t0 + secs(3);
+    a.throttled(t1, t1 + secs(2), false, true, true);
+    a.roll(t1 + secs(5));
+    assert!(close(a.factor, 0.096), "{}", a.factor);
+    // Nonsense is ignored.
+    a.follow(
+        t1 + secs(6),
+        Learned {
+            held_at: Some(f64::NAN),
+            ..proven(0.5)
+        },
+    );
+    assert_eq!(a.held_at, Some(0.096));
 }
 
 #[tokio::test(start_paused = true)]
