@@ -19,13 +19,14 @@
 //!   retry, permanent, halt), the attempt loop as a state machine (`attempt`), the rate budget,
 //!   its adaptive factor, the Retry-After pause and the traffic statistics.
 //! - [`reset`]: the per-user reset: the plan as pure functions (`plan`: which methods, in what
-//!   order, what the outcome is), waiting out Graph's eventual consistency (`settle`), and the
-//!   thin async layer that calls Graph.
+//!   order, what the outcome is), who is never touched (`protected`), waiting out Graph's eventual
+//!   consistency (`settle`), and the thin async layer that calls Graph.
 //! - [`worker`]: the consume loop: decisions as values (`disposition`: one pure function from a
 //!   delivery and its attempt to ack / retry tier / outage requeue / record / dead-letter /
 //!   halt / reject), carried out in one place (`delivery`), one task per delivery, the session
 //!   (`session`), the outbox of outcomes held through a broker outage, the idempotency ledger.
-//! - [`commands`]: one module per subcommand, each with a `run`.
+//! - [`commands`]: one module per subcommand, each with a `run` (`approve` has two parts of its
+//!   own: reading the awaiting stream, `awaiting`, and the directory-role check, `admins`).
 //! - [`net`]: transport policy (https-only Graph, TLS or loopback-only broker) and printing
 //!   values that came from outside without their control characters.
 //! - [`console`]: `serve`: the web console and the ticket webhook (Standard Webhooks).
@@ -37,7 +38,9 @@
 //! - [`control`]: signed admin commands (`halt`, `resume`) on the control stream.
 //! - [`tap`]: the Temporary Access Pass after a reset: settings check, sealed to the
 //!   helpdesk's age key on the outcome, opened by the console with its identity.
-//! - [`trust`]: signatures (OpenSSH sshsig, ssh-agent), allowed signers, Merkle batches, record chains.
+//! - [`trust`]: signatures (OpenSSH sshsig, ssh-agent), allowed signers, Merkle batches, record
+//!   chains; a signed request's wire form (`requests`) and the worker's pure check of it
+//!   (`requests::verify`).
 //!
 //! The Graph simulator used by tests, the demo and the benchmarks is the workspace's
 //! `graph-sim` crate (`crates/graph-sim`), which shares no types with this one; `demo` needs

@@ -14,31 +14,30 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection};
+
+mod admins;
+mod awaiting;
+
+pub use admins::{AdminCheck, ADMIN_CHECK_LIMIT};
 
 use super::enqueue::{signing_principal, Refused, EXIT_NEEDS_CONFIRMATION};
 use crate::broker::headers::{self, Headers};
-use crate::broker::publisher::publish_confirmed;
-use crate::broker::topology::{RK_AWAITING, RK_REQUEST};
+use crate::broker::topology::RK_REQUEST;
 use crate::broker::{self, OutMessage, Publisher, Topology};
 use crate::cli::ApproveArgs;
 use crate::config::Settings;
-use crate::domain::{Record, ResetRequest};
+use crate::domain::ResetRequest;
 use crate::reset;
 use crate::trust::requests::{
-    approve, verify_batch, verify_compact_request, verify_known_batch, verify_request,
-    CompactProof, KnownBatch, Policy, TrustedBatch, Verdict, APPROVAL_HEADER, MANIFEST_HEADER,
-    PROOF_HEADER,
+    approve, verify_compact_request, verify_request, CompactProof, KnownBatch, TrustedBatch,
+    Verdict, APPROVAL_HEADER, MANIFEST_HEADER, PROOF_HEADER,
 };
 use crate::trust::{AllowedSigners, Digest, MerkleProof, Namespace, Signer};
+use admins::{admin_warnings, check_admins, named};
+use awaiting::{examine, scan, Seen, Signatures};
 
 /// Said when protected users can be matched by spelling only.
 const SPELLING_ONLY: &str = "note: protected users are matched by spelling only here (no \
@@ -46,20 +45,8 @@ const SPELLING_ONLY: &str = "note: protected users are matched by spelling only 
      writes otherwise (its object id, a UPN before a rename) is skipped by them but not \
      named above";
 
-/// Header of the marker `approve` writes to find the end of the awaiting stream.
-const MARKER_HEADER: &str = "x-mfa-marker";
 /// Users shown as a sample.
 const SAMPLE: usize = 10;
-/// Users whose directory roles `approve` checks (the first this many of the batch): the
-/// check is one lookup and two role reads per user, so a million-user batch is not checked
-/// whole before anyone can approve it; the workers check every user anyway.
-pub const ADMIN_CHECK_LIMIT: usize = 500;
-/// Role checks in flight at once (the Graph client's own rate budget applies too).
-const ADMIN_CHECK_CONCURRENCY: usize = 8;
-/// Users named per warning line; the rest are counted.
-const NAMED: usize = 50;
-/// Longest wait for our own marker to come by.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What was approved.
 #[derive(Debug, Clone)]
@@ -77,25 +64,6 @@ pub struct Approved {
     /// The batch's users `reset.protected_users` names, as shown: by spelling, and (with
     /// Graph settings) by object id.
     pub protected: Vec<String>,
-}
-
-/// The batch's users that hold directory roles, as the worker checks them
-/// ([`crate::graph::GraphClient::privilege`], which [`reset::protection`] asks), for the
-/// approver to see before signing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AdminCheck {
-    /// Users checked (at most [`ADMIN_CHECK_LIMIT`]; protected users are not checked).
-    pub checked: u64,
-    /// Users holding (or eligible for) a directory role, with the roles.
-    pub admins: Vec<(String, String)>,
-    /// Users whose roles could not be checked, and why.
-    pub unchecked: Vec<(String, String)>,
-    /// Users `reset.protected_users` names under another spelling (the object id for a UPN,
-    /// a UPN before a rename…), found by object id as the workers find them, with the entry.
-    pub protected: Vec<(String, String)>,
-    /// Why protection could be matched by spelling only (`reset.protected_users` could not
-    /// be resolved to object ids here).
-    pub protected_note: Option<String>,
 }
 
 /// How a batch's requests carry their signature.
@@ -121,20 +89,6 @@ struct Candidate {
     to_check: Vec<crate::domain::UserRef>,
     /// One request, for its flags and reason.
     first: Option<ResetRequest>,
-}
-
-/// The verdict of the first pass on one message of the batch.
-enum Seen {
-    /// Not of the batch (another batch, a marker).
-    Other,
-    /// Claims the batch but does not verify.
-    Forged,
-    /// Request `index` of the manifest with `digest`.
-    Request {
-        digest: Digest,
-        index: u64,
-        request: Box<ResetRequest>,
-    },
 }
 
 /// Run the command.
@@ -310,363 +264,6 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
     })
 }
 
-/// Which of `users` hold directory roles, and which are protected by object id, by the
-/// worker's own checks, when Graph settings are present (`graph.tenant_id` and
-/// `graph.client_id`); `None` otherwise. At most [`ADMIN_CHECK_CONCURRENCY`] users are
-/// checked at once. A check that cannot be made is reported, not fatal: the approver decides,
-/// and workers fail closed on it.
-async fn check_admins(settings: &Settings, users: &[crate::domain::UserRef]) -> Option<AdminCheck> {
-    let graph_set =
-        !settings.graph.tenant_id.trim().is_empty() && !settings.graph.client_id.trim().is_empty();
-    if !graph_set || users.is_empty() {
-        return None;
-    }
-    let graph =
-        match crate::graph::GraphClient::new(&settings.graph, &settings.rate, &settings.retry) {
-            Ok(graph) => graph,
-            Err(error) => {
-                eprintln!("warning: cannot check the batch for admins ({error:#})");
-                return None;
-            }
-        };
-    // The workers compare object ids with reset.protected_users resolved at start: the same
-    // here, so an entry written another way than the batch writes the user still warns.
-    let (protected, protected_note) =
-        match reset::ProtectedUsers::resolve(&settings.reset, &graph).await {
-            Ok(protected) => (Arc::new(protected), None),
-            Err(error) => (
-                Arc::default(),
-                Some(format!(
-                    "reset.protected_users could not be resolved to object ids here ({error}): \
-                 protected users are matched by spelling only"
-                )),
-            ),
-        };
-    // Owned futures, made up front: a closure over borrowed users inside the stream makes
-    // the future not `Send` for every lifetime, which the console's handler needs.
-    let checks: Vec<_> = users
-        .iter()
-        .cloned()
-        .map(|user| check_user(graph.clone(), protected.clone(), user))
-        .collect();
-    let results: Vec<(String, UserCheck)> = futures::stream::iter(checks)
-        .buffer_unordered(ADMIN_CHECK_CONCURRENCY)
-        .collect()
-        .await;
-    let mut check = AdminCheck {
-        checked: users.len() as u64,
-        protected_note,
-        ..AdminCheck::default()
-    };
-    for (user, verdict) in results {
-        match verdict {
-            UserCheck::Clear => {}
-            UserCheck::Protected(entry) => check.protected.push((user, printable(&entry))),
-            UserCheck::Roles(roles) => check.admins.push((user, printable(&roles))),
-            UserCheck::Unchecked(why) => check.unchecked.push((user, printable(&why))),
-        }
-    }
-    check.admins.sort();
-    check.unchecked.sort();
-    check.protected.sort();
-    Some(check)
-}
-
-/// What the worker's checks say of one user.
-enum UserCheck {
-    /// Neither protected nor holding a role.
-    Clear,
-    /// Named by this `reset.protected_users` entry (by object id).
-    Protected(String),
-    /// Holds (or is eligible for) these directory roles.
-    Roles(String),
-    /// Could not be checked, and why.
-    Unchecked(String),
-}
-
-/// `user` as printed, and whether `protected` names its object id, else the roles it holds.
-async fn check_user(
-    graph: crate::graph::GraphClient,
-    protected: Arc<reset::ProtectedUsers>,
-    user: crate::domain::UserRef,
-) -> (String, UserCheck) {
-    let shown = printable(&user.to_string());
-    // The worker's own checks (`reset::protection`): the object id against the resolved
-    // reset.protected_users, then active and PIM-eligible role assignments, by object id.
-    let verdict = match graph.resolve_user(&user).await {
-        Err(error) => UserCheck::Unchecked(format!("not looked up: {error}")),
-        Ok(resolved) => match protected.entry_for(&resolved.id) {
-            Some(entry) => UserCheck::Protected(entry.to_string()),
-            None => match graph.privilege(&resolved).await {
-                Ok(privilege) if privilege.is_privileged() => {
-                    UserCheck::Roles(privilege.describe())
-                }
-                Ok(_) => UserCheck::Clear,
-                Err(error) => UserCheck::Unchecked(error.to_string()),
-            },
-        },
-    };
-    (shown, verdict)
-}
-
-/// The first [`NAMED`] of `total` names, then how many more: a warning line stays readable
-/// for a batch of thousands.
-fn named(names: impl Iterator<Item = String>, total: usize) -> String {
-    let listed: Vec<String> = names.take(NAMED).collect();
-    let more = total.saturating_sub(listed.len());
-    if more > 0 {
-        format!("{} and {more} more", listed.join(", "))
-    } else {
-        listed.join(", ")
-    }
-}
-
-/// The warning lines for what [`check_admins`] found, in a batch of `count` users.
-fn admin_warnings(check: &AdminCheck, count: u64, skip_admins: bool) -> Vec<String> {
-    let mut lines = Vec::new();
-    if !check.protected.is_empty() {
-        lines.push(format!(
-            "WARNING: {} more protected account(s) in the batch, written otherwise than in \
-             reset.protected_users and found by object id (workers will not touch them): {}",
-            check.protected.len(),
-            named(
-                check
-                    .protected
-                    .iter()
-                    .map(|(user, entry)| format!("{user} (entry {entry:?})")),
-                check.protected.len()
-            )
-        ));
-    }
-    if let Some(note) = &check.protected_note {
-        lines.push(format!("note: {note}"));
-    }
-    if !check.admins.is_empty() {
-        let fate = if skip_admins {
-            "the workers will skip them and leave them untouched (reset.skip_admins = true)"
-        } else {
-            "reset.skip_admins is false here: they WILL be reset if the workers run with the \
-             same setting"
-        };
-        lines.push(format!(
-            "WARNING: {} user(s) in the batch hold a directory role; {fate}: {}",
-            check.admins.len(),
-            named(
-                check.admins.iter().map(|(user, _)| user.clone()),
-                check.admins.len()
-            )
-        ));
-        for (user, roles) in check.admins.iter().take(NAMED) {
-            lines.push(format!("  {user}: {roles}"));
-        }
-    }
-    if !check.unchecked.is_empty() {
-        lines.push(format!(
-            "WARNING: the roles of {} user(s) could not be checked; workers leave such a user \
-             untouched (they fail closed): {}",
-            check.unchecked.len(),
-            named(
-                check
-                    .unchecked
-                    .iter()
-                    .map(|(user, why)| format!("{user} ({why})")),
-                check.unchecked.len()
-            )
-        ));
-    }
-    if check.checked < count {
-        lines.push(format!(
-            "admins:       checked the first {} of {count} users for directory roles and \
-             protection by object id; every user is checked again by the workers before \
-             anything is deleted",
-            check.checked
-        ));
-    } else if check.admins.is_empty() && check.unchecked.is_empty() {
-        lines.push(format!(
-            "admins:       none: no user of the batch holds a directory role (checked {})",
-            check.checked
-        ));
-    }
-    lines
-}
-
-/// The signed manifests the first pass has met.
-struct Signatures<'a> {
-    allowed: &'a AllowedSigners,
-    /// The verdict per exact inline manifest header.
-    inline: &'a mut HashMap<String, Option<TrustedBatch>>,
-    /// The compact batches' manifest records that verified, by digest.
-    compact: &'a mut HashMap<Digest, std::sync::Arc<KnownBatch>>,
-}
-
-/// What one message of the awaiting stream is to batch `id`. A manifest's signature is
-/// checked once (`seen` remembers it).
-fn examine(id: &str, body: &[u8], props: &BasicProperties, seen: &mut Signatures<'_>) -> Seen {
-    let allowed = seen.allowed;
-    let Some(manifest) = headers::get_str(props, MANIFEST_HEADER) else {
-        return examine_compact(id, body, seen);
-    };
-    let named: Option<String> = serde_json::from_str::<serde_json::Value>(&manifest)
-        .ok()
-        .and_then(|v| v["manifest"]["batch"].as_str().map(str::to_string));
-    if named.as_deref() != Some(id) {
-        return Seen::Other;
-    }
-    // The requester's signature is checked here; the approval is what we are about to add.
-    let policy = Policy {
-        allowed,
-        approval_above: u64::MAX,
-    };
-    let now = Utc::now();
-    let batch = seen
-        .inline
-        .entry(manifest.clone())
-        .or_insert_with(|| verify_batch(Some(&manifest), None, &policy, now).ok());
-    let Some(batch) = batch.as_ref() else {
-        return Seen::Forged;
-    };
-    let Ok(request) = serde_json::from_slice::<ResetRequest>(body) else {
-        return Seen::Forged;
-    };
-    let proof = headers::get_str(props, PROOF_HEADER);
-    if !matches!(
-        verify_request(&request, proof.as_deref(), batch, now),
-        Verdict::Verified(_)
-    ) {
-        return Seen::Forged;
-    }
-    let index = proof
-        .as_deref()
-        .and_then(|p| serde_json::from_str::<MerkleProof>(p).ok())
-        .map_or(0, |p| p.index);
-    Seen::Request {
-        digest: batch.digest,
-        index,
-        request: Box::new(request),
-    }
-}
-
-/// [`examine`] for a message without an inline manifest: a compact batch's manifest record
-/// (kept when it verifies), or one of its requests.
-fn examine_compact(id: &str, body: &[u8], seen: &mut Signatures<'_>) -> Seen {
-    let now = Utc::now();
-    let request = serde_json::from_slice::<ResetRequest>(body).ok();
-    let Some(leaf) = request.as_ref().and_then(|request| request.proof.clone()) else {
-        return match serde_json::from_slice::<Record>(body) {
-            Ok(Record::Manifest(record)) if record.batch == id => {
-                let (Some(sealed), Some(cap)) = (&record.sealed, &record.cap) else {
-                    return Seen::Other;
-                };
-                match verify_known_batch(sealed, cap, seen.allowed, now) {
-                    Ok(known) if known.batch.manifest.batch == id => {
-                        seen.compact
-                            .insert(known.batch.digest, std::sync::Arc::new(known));
-                        Seen::Other
-                    }
-                    _ => Seen::Forged,
-                }
-            }
-            _ => Seen::Other,
-        };
-    };
-    let Some(request) = request.filter(|request| request.batch == id) else {
-        return Seen::Other;
-    };
-    let Ok(proof) = CompactProof::from_text(&leaf) else {
-        return Seen::Forged;
-    };
-    let Some(known) = seen.compact.get(&proof.manifest) else {
-        // No manifest record of ours before it: forged, or its record aged out.
-        return Seen::Forged;
-    };
-    match verify_compact_request(&request, &proof, &known.batch, &known.cap, now) {
-        Verdict::Verified(_) => Seen::Request {
-            digest: known.batch.digest,
-            index: proof.index,
-            request: Box::new(request),
-        },
-        Verdict::Refused(_) => Seen::Forged,
-    }
-}
-
-/// Read every message now in `{prefix}.awaiting`, oldest first, without consuming it (a
-/// marker of our own is written, and the read ends when it comes by), handing each to
-/// `handle`; what `handle` returns is published with `publisher` at once (pipelined).
-/// Returns how many were.
-async fn scan<F>(
-    conn: &Connection,
-    topology: &Topology,
-    mut publisher: Option<&mut Publisher>,
-    mut handle: F,
-) -> anyhow::Result<u64>
-where
-    F: FnMut(&[u8], &BasicProperties) -> Option<OutMessage>,
-{
-    let channel = conn.create_channel().await?;
-    // A stream consumer must set QoS.
-    channel
-        .basic_qos(1000, BasicQosOptions { global: false })
-        .await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongString("first".into()),
-    );
-    let mut consumer = channel
-        .basic_consume(
-            topology.awaiting().as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .context("reading the awaiting stream")?;
-    let marker = uuid::Uuid::new_v4().to_string();
-    let publish = conn.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let msg = OutMessage::json(RK_AWAITING, b"{}".to_vec())
-        .with_headers(Headers::default().str(MARKER_HEADER, &marker).build())
-        .via(topology.intake());
-    publish_confirmed(&publish, &topology.intake(), &msg)
-        .await
-        .context("writing a marker to the awaiting stream")?;
-    let mut sent = 0u64;
-    let read = async {
-        let mut unacked = 0u32;
-        while let Some(delivery) = consumer.next().await {
-            let delivery = delivery.context("awaiting stream")?;
-            unacked += 1;
-            // Acked in groups: the broker sends more only as credit comes back.
-            if unacked >= 500 {
-                delivery.ack(BasicAckOptions { multiple: true }).await?;
-                unacked = 0;
-            }
-            let props = &delivery.properties;
-            match headers::get_str(props, MARKER_HEADER) {
-                Some(seen) if seen == marker => return Ok(()),
-                Some(_) => {}
-                None => {
-                    if let Some(msg) = handle(&delivery.data, props) {
-                        if let Some(publisher) = publisher.as_deref_mut() {
-                            publisher.send(msg).await?;
-                            sent += 1;
-                        }
-                    }
-                }
-            }
-        }
-        anyhow::bail!("the awaiting stream ended before our marker came by")
-    };
-    tokio::time::timeout(READ_TIMEOUT, read)
-        .await
-        .map_err(|_| anyhow::anyhow!("reading the awaiting stream took over {READ_TIMEOUT:?}"))??;
-    let _ = channel.close(200, "done".into()).await;
-    let _ = publish.close(200, "done".into()).await;
-    Ok(sent)
-}
-
 /// The newest complete manifest of batch `id`.
 fn choose(id: &str, candidates: BTreeMap<Digest, Candidate>) -> anyhow::Result<Candidate> {
     anyhow::ensure!(
@@ -819,99 +416,5 @@ fn printable(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn admin_warnings_name_the_users_and_say_they_will_be_skipped() {
-        let check = AdminCheck {
-            checked: 3,
-            admins: vec![(
-                "global.admin@contoso.com".into(),
-                "holds Global Administrator".into(),
-            )],
-            unchecked: vec![("x@contoso.com".into(), "forbidden".into())],
-            protected: vec![(
-                "0d6f1b2c-0000-4000-8000-000000000001".into(),
-                "break.glass@contoso.com".into(),
-            )],
-            protected_note: None,
-        };
-        let lines = admin_warnings(&check, 3, true).join("\n");
-        assert!(
-            lines.contains("1 user(s) in the batch hold a directory role"),
-            "{lines}"
-        );
-        assert!(lines.contains("will skip them"), "{lines}");
-        assert!(
-            lines.contains("global.admin@contoso.com: holds Global Administrator"),
-            "{lines}"
-        );
-        assert!(lines.contains("x@contoso.com (forbidden)"), "{lines}");
-        assert!(
-            lines.contains(
-                "0d6f1b2c-0000-4000-8000-000000000001 (entry \"break.glass@contoso.com\")"
-            ),
-            "{lines}"
-        );
-        assert!(lines.contains("found by object id"), "{lines}");
-        let lines = admin_warnings(&check, 3, false).join("\n");
-        assert!(lines.contains("WILL be reset"), "{lines}");
-        let partial = AdminCheck {
-            checked: ADMIN_CHECK_LIMIT as u64,
-            ..AdminCheck::default()
-        };
-        let lines = admin_warnings(&partial, 10_000, true).join("\n");
-        assert!(
-            lines.contains("checked the first 500 of 10000 users"),
-            "{lines}"
-        );
-    }
-
-    #[test]
-    fn every_warning_names_the_first_fifty_and_counts_the_rest() {
-        let users = |n: usize| {
-            (0..n)
-                .map(|i| format!("u{i}@contoso.com"))
-                .collect::<Vec<_>>()
-        };
-        let check = AdminCheck {
-            checked: 300,
-            admins: users(120)
-                .into_iter()
-                .map(|u| (u, "holds Global Reader".to_string()))
-                .collect(),
-            unchecked: users(51)
-                .into_iter()
-                .map(|u| (u, "forbidden".to_string()))
-                .collect(),
-            protected: users(50).into_iter().map(|u| (u.clone(), u)).collect(),
-            protected_note: None,
-        };
-        let lines = admin_warnings(&check, 300, true);
-        let line = |start: &str| lines.iter().find(|l| l.contains(start)).unwrap().clone();
-        let admins = line("hold a directory role");
-        assert!(admins.contains("u49@contoso.com and 70 more"), "{admins}");
-        assert!(!admins.contains("u50@"), "{admins}");
-        let unchecked = line("could not be checked");
-        assert!(
-            unchecked.ends_with("u49@contoso.com (forbidden) and 1 more"),
-            "{unchecked}"
-        );
-        // Exactly fifty: all named, nothing counted.
-        let protected = line("found by object id");
-        assert!(
-            protected.ends_with("u49@contoso.com (entry \"u49@contoso.com\")"),
-            "{protected}"
-        );
-        assert_eq!(
-            named(users(3).into_iter(), 3),
-            "u0@contoso.com, u1@contoso.com, u2@contoso.com"
-        );
-    }
-
-    #[test]
-    fn control_characters_from_the_queue_are_not_printed() {
-        assert_eq!(printable("a\x1b[2Jb\n"), "a?[2Jb?");
-    }
-}
+#[path = "approve_tests.rs"]
+mod tests;

@@ -8,6 +8,10 @@
 //! console's key), the same approval routing — with the operator's UPN as `requested_by`.
 //! `GET /batches/{batch}` shows a batch; `GET /api/v1/batches/{batch}/events` streams its
 //! counts as server-sent events, once a second, from the outcomes stream the console follows.
+//!
+//! Why one file of this size: it is the ops team's one flow through the console, upload →
+//! preview → submit → approve → watch the batch, and each handler shares the same
+//! authorisation and batch-ownership checks defined here.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -701,15 +705,5 @@ pub async fn script() -> Response {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uploaded_names_become_safe_csv_file_names() {
-        assert_eq!(safe_name(Some("../../etc/passwd")), "passwd.csv");
-        assert_eq!(safe_name(Some("Users Q4.csv")), "Users-Q4.csv");
-        assert_eq!(safe_name(Some("..")), "upload.csv");
-        assert_eq!(safe_name(None), "upload.csv");
-        assert_eq!(safe_name(Some("<script>.csv")), "-script-.csv");
-    }
-}
+#[path = "uploads_tests.rs"]
+mod tests;

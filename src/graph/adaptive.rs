@@ -69,6 +69,10 @@
 //!
 //! f only moves at window boundaries ([`FACTOR_WINDOW`]) and episodes; the [`Budget`](super::Budget)
 //! rebuilds its limiter when it moves.
+//!
+//! Why one file of this size: the law is one state machine whose rules interact (a rule's
+//! constant is tuned against the others); about a third of the file is the explanation above
+//! and the doc comments of its constants.
 
 use std::collections::VecDeque;
 use std::time::Duration;

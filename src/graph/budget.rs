@@ -7,6 +7,10 @@
 //!
 //! The limiters are governor's, on [`TokioClock`]: their time is tokio's, so a test under
 //! `tokio::time::pause()` drives them like every other timer of the process.
+//!
+//! Why one file of this size: [`Budget`] is one shared object whose acquire, learn-from-429
+//! and fleet-share paths all touch the same limiters under one lock; the control law is
+//! `adaptive.rs`, the pause `pause.rs`, the statistics `stats.rs`.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};

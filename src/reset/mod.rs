@@ -14,24 +14,32 @@
 //! # Layout
 //! - [`plan`]: [`MethodKind`], [`DefaultMethod`], [`Scope`], [`plan::order`],
 //!   [`plan::conclude`]: the rules, without I/O.
+//! - `protected`: [`ProtectedUsers`], [`protection`]: who is never touched.
 //! - `settle`: re-listing while Graph still shows deleted methods (eventual consistency).
+//!
+//! Why a file of this size: `Run`'s methods are the steps of one user's reset in the order
+//! they happen (resolve, protect, list, journal, delete, verify), each a Graph call fed to
+//! `plan`'s rules.
 
 pub mod plan;
+mod protected;
 mod settle;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use crate::backup::{BackupRecipient, Binding};
 use crate::config::ResetSettings;
-use crate::domain::{MethodRecord, ResetRequest, Status, TapOutcome, TapRequest, UserRef};
-use crate::graph::{self, AuthMethod, DirectoryUser, GraphClient, Listing, Privilege, Registered};
+use crate::domain::{MethodRecord, ResetRequest, Status, TapOutcome, TapRequest};
+use crate::graph::{self, AuthMethod, DirectoryUser, GraphClient, Listing, Registered};
 use crate::tap::TapRecipient;
 
 pub use plan::{DefaultMethod, MethodKind, MethodType, Scope};
+pub use protected::{
+    is_protected, protected_keys, protection, ProtectedUsers, ProtectedUsersError,
+};
 
 /// What a reset did, before it is wrapped into an `Outcome`.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,137 +89,6 @@ pub enum Interrupted {
 impl From<graph::Error> for Interrupted {
     fn from(error: graph::Error) -> Interrupted {
         Interrupted::Graph(error)
-    }
-}
-
-/// Is `user` listed in `reset.protected_users` as it is written in the request? (A cheap
-/// first gate, before any Graph call; the reset then compares the user's object id with the
-/// entries resolved at start, [`ProtectedUsers`], so another spelling, the other kind of
-/// identifier or a rename cannot slip through.)
-pub fn is_protected(settings: &ResetSettings, user: &UserRef) -> bool {
-    let key = user.key();
-    settings
-        .protected_users
-        .iter()
-        .any(|p| protected_key(p) == key)
-}
-
-/// `reset.protected_users` as [`UserRef::key`]s, to check many users at once (a file's
-/// rows) with one parse per entry instead of one per entry and user; the same comparison as
-/// [`is_protected`].
-pub fn protected_keys(settings: &ResetSettings) -> HashSet<String> {
-    settings
-        .protected_users
-        .iter()
-        .map(|p| protected_key(p))
-        .collect()
-}
-
-/// An entry of `reset.protected_users` as a [`UserRef::key`] (object ids in any case or
-/// with braces compare equal).
-fn protected_key(entry: &str) -> String {
-    UserRef::parse(entry)
-        .map(|u| u.key())
-        .unwrap_or_else(|_| entry.trim().to_lowercase())
-}
-
-/// `reset.protected_users`, each entry resolved to the object id of the account it names
-/// when the worker starts: the reset compares object ids, which no rename changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProtectedUsers {
-    /// Object id → the entry as written in the settings.
-    ids: HashMap<Uuid, String>,
-}
-
-/// Why `reset.protected_users` could not be resolved.
-#[derive(Debug, thiserror::Error)]
-pub enum ProtectedUsersError {
-    /// An entry is neither a UPN nor an object id: the worker must not start.
-    #[error("reset.protected_users entry {index} ({entry:?}) {reason}: fix or remove it; the worker does not start with a protected user it cannot recognise")]
-    Invalid {
-        /// 1-based position in the list.
-        index: usize,
-        /// The entry.
-        entry: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// Graph has no such user: the worker must not start.
-    #[error("reset.protected_users entry {index} ({entry:?}) is not a user of the tenant ({code}): fix or remove it; the worker does not start with a protected user it cannot find")]
-    NotFound {
-        /// 1-based position in the list.
-        index: usize,
-        /// The entry.
-        entry: String,
-        /// Graph's code.
-        code: String,
-    },
-    /// Graph could not answer (or refuses the app): try again later.
-    #[error("resolving reset.protected_users entry {entry:?}: {error}")]
-    Graph {
-        /// The entry.
-        entry: String,
-        /// Graph's error (its class says whether to halt or wait).
-        error: graph::Error,
-    },
-}
-
-impl ProtectedUsers {
-    /// Parse every entry (all at once: an invalid entry is an error before any Graph call),
-    /// then resolve each to its object id.
-    pub async fn resolve(
-        settings: &ResetSettings,
-        graph: &GraphClient,
-    ) -> Result<ProtectedUsers, ProtectedUsersError> {
-        let parsed = Self::parse(settings)?;
-        let mut ids = HashMap::new();
-        for (index, entry, user) in parsed {
-            match graph.resolve_user(&user).await {
-                Ok(resolved) => {
-                    ids.insert(resolved.id, entry);
-                }
-                Err(graph::Error::NotFound { code, .. }) => {
-                    return Err(ProtectedUsersError::NotFound { index, entry, code })
-                }
-                Err(error) => return Err(ProtectedUsersError::Graph { entry, error }),
-            }
-        }
-        Ok(ProtectedUsers { ids })
-    }
-
-    /// Every entry as a [`UserRef`], with its 1-based index, or the first that is not one.
-    fn parse(
-        settings: &ResetSettings,
-    ) -> Result<Vec<(usize, String, UserRef)>, ProtectedUsersError> {
-        settings
-            .protected_users
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| {
-                UserRef::parse(entry)
-                    .map(|user| (i + 1, entry.clone(), user))
-                    .map_err(|e| ProtectedUsersError::Invalid {
-                        index: i + 1,
-                        entry: entry.clone(),
-                        reason: e.to_string(),
-                    })
-            })
-            .collect()
-    }
-
-    /// The entry naming this object id, if one does.
-    pub fn entry_for(&self, id: &Uuid) -> Option<&str> {
-        self.ids.get(id).map(String::as_str)
-    }
-
-    /// How many accounts are protected.
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    /// True when no account is protected.
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
     }
 }
 
@@ -331,46 +208,6 @@ fn listing_for(scope: &Scope) -> Listing {
         Listing::WithHardwareOath
     } else {
         Listing::Supported
-    }
-}
-
-/// Why `user` must not be touched, if it must not: listed in `reset.protected_users`, or
-/// (with `reset.skip_admins`) holding a directory role, or its roles could not be checked
-/// (fail closed). The reset and `restore` both ask this before changing anything.
-/// A retryable or halting error is returned as it is: the caller tries later.
-pub async fn protection(
-    graph: &GraphClient,
-    user: &DirectoryUser,
-    settings: &ResetSettings,
-    protected: &ProtectedUsers,
-) -> Result<Option<(&'static str, String)>, graph::Error> {
-    if let Some(entry) = protected.entry_for(&user.id) {
-        return Ok(Some((
-            "protected_user",
-            format!("{user} is listed in reset.protected_users (as {entry}); not touched"),
-        )));
-    }
-    if !settings.skip_admins {
-        return Ok(None);
-    }
-    match graph.privilege(user).await {
-        Ok(Privilege::NotPrivileged) => Ok(None),
-        Ok(privilege @ Privilege::Privileged { .. }) => Ok(Some((
-            "directory_role",
-            format!(
-                "{}; not touched (reset.skip_admins)",
-                privilege.describe()
-            ),
-        ))),
-        // A passing outage or throttling: try again later, still untouched.
-        Err(error) if error.is_retryable() || error.halts() => Err(error),
-        // Fail closed: a check that cannot be made leaves the user alone.
-        Err(error) => Ok(Some((
-            "privilege_check_failed",
-            format!(
-                "could not check whether the user holds a directory role ({error}); not touched (reset.skip_admins fails closed)"
-            ),
-        ))),
     }
 }
 
@@ -787,53 +624,5 @@ impl Run<'_> {
             .collect();
         self.removed.retain(|r| !lingering.contains(&r.short()));
         Ok((remaining, lingering))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(protected: &[&str]) -> ResetSettings {
-        ResetSettings {
-            protected_users: protected.iter().map(|p| p.to_string()).collect(),
-            ..ResetSettings::default()
-        }
-    }
-
-    #[test]
-    fn protected_users_match_in_any_case_and_object_id_form() {
-        let s = settings(&[
-            " BreakGlass@Contoso.com ",
-            "{6F9619FF-8B86-D011-B42D-00C04FC964FF}",
-        ]);
-        let upn = UserRef::parse("breakglass@contoso.com").unwrap();
-        let id = UserRef::parse("6f9619ff-8b86-d011-b42d-00c04fc964ff").unwrap();
-        assert!(is_protected(&s, &upn));
-        assert!(is_protected(&s, &id));
-        let keys = protected_keys(&s);
-        assert!(keys.contains(&upn.key()) && keys.contains(&id.key()));
-        assert!(!is_protected(
-            &s,
-            &UserRef::parse("alice@contoso.com").unwrap()
-        ));
-    }
-
-    #[test]
-    fn a_protected_entry_that_is_not_a_user_is_named_with_its_position() {
-        let err = ProtectedUsers::parse(&settings(&["breakglass@contoso.com", "break glass"]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("reset.protected_users entry 2 (\"break glass\")"),
-            "{err}"
-        );
-        assert!(err.contains("fix or remove it"), "{err}");
-        assert_eq!(
-            ProtectedUsers::parse(&settings(&["6f9619ff-8b86-d011-b42d-00c04fc964ff"]))
-                .unwrap()
-                .len(),
-            1
-        );
     }
 }

@@ -3,6 +3,7 @@ use chrono::{Duration, TimeZone};
 use super::*;
 use crate::domain::{Carry, UserRef, REQUEST_VERSION};
 use crate::trust::test_keys::{allowed, ed25519, signer};
+use crate::trust::{AllowedSigners, Principal};
 
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()

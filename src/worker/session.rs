@@ -10,6 +10,10 @@
 //! already here go back unexecuted (the gate check in `delivery`), those in flight finish.
 //! Going on starts a new consumer on the same connection; the paused one's channel is closed
 //! once its deliveries are settled (at the latest when the session ends).
+//!
+//! Why one file of this size: the pieces above are small types (`Taking`, `Paused`,
+//! `Dispatch`, `Idle`) that only this loop drives; kept beside it, the order in which a
+//! session opens, consumes, pauses and shuts down reads in one place.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -674,39 +678,5 @@ impl Idle {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn idleness_is_due_after_its_time_without_activity_and_never_when_not_asked() {
-        let mut idle = Idle::new(Some(Duration::from_secs(2)));
-        tokio::time::advance(Duration::from_millis(1999)).await;
-        assert!(!idle.due());
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(idle.due());
-        idle.touch();
-        assert!(!idle.due(), "activity starts the idle time again");
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(idle.due());
-
-        let never = Idle::new(None);
-        tokio::time::advance(Duration::from_secs(86_400)).await;
-        assert!(!never.due());
-    }
-
-    #[test]
-    fn work_waits_in_the_requests_queue_and_every_delay_tier() {
-        let retry = crate::config::RetrySettings {
-            tiers: vec![Duration::from_secs(1), Duration::from_secs(2)],
-            ..Default::default()
-        };
-        let broker = crate::config::BrokerSettings {
-            prefix: "p".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            waiting_queues(&Topology::new(&broker, &retry)),
-            ["p.requests", "p.retry.1s", "p.retry.2s"]
-        );
-    }
-}
+#[path = "session_tests.rs"]
+mod tests;
