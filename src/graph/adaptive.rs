@@ -453,6 +453,14 @@ impl Law {
         self.steady_from = self.steady_from.max(settled);
         self.factors.clear();
         self.hold_until = Some(self.hold_until.map_or(settled, |h| h.max(settled)));
+        // Another worker's pause before this process sent anything (it joined the fleet
+        // mid-pause): its rate is not what Graph throttled, and it has nothing to measure
+        // from; it waits the pause out at the rate it took from the fleet (halved here, a
+        // joiner once started at half its share).
+        if !own && self.sent_count == 0 {
+            self.count_pause(now, pause_end);
+            return;
+        }
         // 429s answered to requests that were already in flight belong to the same episode,
         // and so does another worker's pause announced within SETTLE of this one's end (the
         // same throttling, its Retry-After counted from a 429 a little later).
@@ -620,7 +628,15 @@ impl Law {
                 // shorter than the bucket takes to fill (Graph's 10 s buckets); past that the
                 // bucket overflowed during them and the upper one is the closer. Never above
                 // MIN_CUT of the rate that was throttled, nor below MAX_CUT of it.
-                let floor = if probing { PROBE_CUT } else { MAX_CUT };
+                // Graph served all that was sent over its best 2 s and its steps are short
+                // (not `stepped`): the rate was a few percent above its budget at most (a
+                // climb's last steps, a share's jitter), not far (a fleet's leader once cut
+                // to 70 % there and spent 7 s climbing back).
+                let floor = if probing || (uncapped && !self.stepped) {
+                    PROBE_CUT
+                } else {
+                    MAX_CUT
+                };
                 self.factor = ((lower + upper.max(lower)) / 2.0)
                     .clamp(before * floor, before * MIN_CUT)
                     .max(FACTOR_MIN);
@@ -679,6 +695,20 @@ impl Law {
             self.factor = self.factor.max(h.min(before));
             self.throttled_at = self.throttled_at.map(|at| at.max(h));
         }
+        tracing::debug!(
+            own,
+            follower = self.follower,
+            census_moved,
+            before,
+            factor = self.factor,
+            throttled_at = ?self.throttled_at,
+            held_at = ?self.held_at,
+            peak = ?peak,
+            estimate = ?estimate,
+            resumed = ?resumed,
+            long_run = ?long_run,
+            "graph budget episode"
+        );
     }
 
     /// Count the pause from `now` to `pause_end` in `paused`, less what is counted already.

@@ -363,3 +363,25 @@ async fn a_probe_that_ends_in_a_429_rests_before_the_next_and_the_rest_doubles()
     a.throttled(t + secs(5), t + secs(6), false, false, true);
     assert_eq!(a.probe_rest, rest);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_joins_mid_pause_waits_it_out_at_the_fleets_rate() {
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.adopt(learned(0.0857, Some(0.088)));
+    // The fleet's pause, heard before this worker sent anything: no cut, a hold.
+    a.throttled(t0, t0 + Duration::from_secs(3), true, false, false);
+    assert!(close(a.factor, 0.0857), "{}", a.factor);
+    assert_eq!(a.throttled_at, Some(0.088));
+    a.roll(t0 + Duration::from_secs(2));
+    assert!(
+        close(a.factor, 0.0857),
+        "held until the pause is over: {}",
+        a.factor
+    );
+    // Its own 429, or a peer's once it has sent, is an episode as before.
+    a.sent(350.0 / 3.0);
+    let t1 = t0 + Duration::from_secs(10);
+    a.throttled(t1, t1 + Duration::from_secs(1), false, false, false);
+    assert!(a.factor < 0.0857, "{}", a.factor);
+}
