@@ -62,8 +62,9 @@
 //!   or [`PEAK_AFTER_PAUSE`] after one (the answers are still on the wire).
 //! - **One law per fleet.** A follower (another worker leads the fleet: `follower`) never
 //!   probes; it takes the leader's factor and proven rate ([`Law::follow`]), so whoever
-//!   leads next starts from the fleet's view. In a fleet (`shared`) the long-run rule waits
-//!   for `stepped`: a worker's share of the peak is too noisy to show Graph's window.
+//!   leads next starts from the fleet's view. In a fleet (`shared`) the long-run rule only
+//!   follows a `stepped` learned alone: a worker's share of the peak, and of what was sent
+//!   after a pause, is too noisy to show Graph's window.
 //! - **Warnings without memory.** Before any 429, a warning (the percentage at or above
 //!   `rate.slow_down_at_percent`) cuts f by [`FACTOR_SLOW_DOWN`], once per window.
 //!
@@ -544,8 +545,11 @@ impl Law {
             let soon = now.saturating_duration_since(at) <= RESUMED_SPAN;
             let few = self.sent_count - count < RESUMED_FEWEST;
             // Throttled at once after a pause of a second or more: the bucket refills in
-            // steps longer than that (Graph's 10 s windows); learned for good.
-            if own && soon && few && long_pause {
+            // steps longer than that (Graph's 10 s windows); learned for good. Not in a
+            // fleet: there the others resume too, a few milliseconds apart, and empty a
+            // 1 s step before this process sends five (a comego run learned it so and held
+            // the fleet at 92 % of the budget for three minutes by the long-run rule).
+            if own && soon && few && long_pause && !self.shared {
                 self.stepped = true;
             }
             (soon && !few).then_some(self.sent - sent)

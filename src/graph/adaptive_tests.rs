@@ -385,3 +385,24 @@ async fn a_worker_that_joins_mid_pause_waits_it_out_at_the_fleets_rate() {
     a.throttled(t1, t1 + Duration::from_secs(1), false, false, false);
     assert!(a.factor < 0.0857, "{}", a.factor);
 }
+
+#[tokio::test(start_paused = true)]
+async fn only_a_worker_alone_learns_long_steps_from_a_429_right_after_a_pause() {
+    let secs = Duration::from_secs;
+    for shared in [false, true] {
+        let t0 = Instant::now();
+        let mut a = Law::new(t0);
+        a.shared = shared;
+        a.sending(t0);
+        a.throttled(t0, t0 + secs(2), false, true, true);
+        // Sending again after the 2 s pause, throttled after two requests: alone, Graph's
+        // bucket did not refill in 2 s; in a fleet, the others emptied it first.
+        let t1 = t0 + secs(2);
+        a.roll(t1);
+        a.sending(t1);
+        a.sent(350.0);
+        a.sent(350.0);
+        a.throttled(t1 + ms(50), t1 + secs(3), false, true, true);
+        assert_eq!(a.stepped, !shared, "shared: {shared}");
+    }
+}
