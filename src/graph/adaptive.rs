@@ -62,7 +62,8 @@
 //!   or [`PEAK_AFTER_PAUSE`] after one (the answers are still on the wire).
 //! - **One law per fleet.** A follower (another worker leads the fleet: `follower`) never
 //!   probes; it takes the leader's factor and proven rate ([`Law::follow`]), so whoever
-//!   leads next starts from the fleet's view. In a fleet (`shared`) the long-run rule only
+//!   leads next starts from the fleet's view, below the throttled rate and resting before
+//!   its own first probe ([`Law::take_lead`]). In a fleet (`shared`) the long-run rule only
 //!   follows a `stepped` learned alone: a worker's share of the peak, and of what was sent
 //!   after a pause, is too noisy to show Graph's window.
 //! - **Warnings without memory.** Before any 429, a warning (the percentage at or above
@@ -760,6 +761,22 @@ impl Law {
             peak = Some(peak.map_or(rate, |p: f64| p.max(rate)));
         }
         peak
+    }
+
+    /// This law leads the fleet from `now` on; it followed another worker's until then. What
+    /// it took from that leader may be a probe under way above the throttled rate, unproven
+    /// (a joiner that came to lead probed at once, 1.5 % over Graph's budget 25 s later, and
+    /// the fleet met a 429 as soon as the count changed): it holds at the target below the
+    /// throttled rate (or the proven rate, if higher) and rests before it probes itself.
+    pub(super) fn take_lead(&mut self, now: Instant) {
+        self.follower = false;
+        let Some(at) = self.throttled_at else {
+            return;
+        };
+        let target = (at * SET_BELOW_SERVED).max(self.held_at.unwrap_or(0.0));
+        self.factor = self.factor.min(target).max(FACTOR_MIN);
+        let rest_until = now + PROBE_REST_FIRST;
+        self.probe_after = Some(self.probe_after.map_or(rest_until, |p| p.max(rest_until)));
     }
 
     /// Take what another worker learned, when this one has learned nothing itself: a

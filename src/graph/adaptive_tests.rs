@@ -406,3 +406,29 @@ async fn only_a_worker_alone_learns_long_steps_from_a_429_right_after_a_pause() 
         assert_eq!(a.stepped, !shared, "shared: {shared}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_that_comes_to_lead_holds_below_the_throttled_rate_and_rests() {
+    let secs = Duration::from_secs;
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.follower = true;
+    // The leader was probing 1.5 % above the rate Graph throttled.
+    a.follow(
+        t0,
+        Learned {
+            factor: 0.0870,
+            throttled_at: Some(0.0857),
+            held_at: Some(0.0830),
+        },
+    );
+    a.take_lead(t0 + secs(1));
+    assert!(!a.follower);
+    assert!(close(a.factor, 0.0857 * SET_BELOW_SERVED), "{}", a.factor);
+    // No probe for the rest: still at the target a minute later.
+    a.roll(t0 + secs(61));
+    assert!(close(a.factor, 0.0857 * SET_BELOW_SERVED), "{}", a.factor);
+    // After it, the probe goes on above it.
+    a.roll(t0 + PROBE_REST_FIRST + secs(30));
+    assert!(a.factor > 0.0857 * SET_BELOW_SERVED, "{}", a.factor);
+}

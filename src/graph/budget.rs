@@ -532,10 +532,20 @@ impl Budget {
     /// This process leads the fleet's law (alone, or the lowest id of the busy workers):
     /// only a leader probes above the throttled rate; a follower takes the leader's view
     /// ([`Budget::follow`]).
+    ///
+    /// A follower that comes to lead (the leader died or went idle, or this worker's id is
+    /// the lowest of the busy ones now) holds below the throttled rate and rests before it
+    /// probes ([`Law::take_lead`](super::adaptive)).
     pub fn set_leader(&self, leader: bool) {
-        let mut state = lock(&self.state);
-        state.requests.follower = !leader;
-        state.writes.follower = !leader;
+        let now = Instant::now();
+        self.update(|s| {
+            for law in [&mut s.requests, &mut s.writes] {
+                if leader && law.follower {
+                    law.take_lead(now);
+                }
+                law.follower = !leader;
+            }
+        });
     }
 
     /// Take the leader's view of both limits (see [`Budget::set_leader`]).
