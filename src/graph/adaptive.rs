@@ -254,6 +254,8 @@ struct Anchor {
     served: f64,
     /// `Law::paused` before its own pause.
     paused: Duration,
+    /// The factor in force then.
+    factor: f64,
 }
 
 impl Law {
@@ -323,6 +325,7 @@ impl Law {
             at: now,
             served: self.served,
             paused: self.paused,
+            factor: self.factor,
         });
         while self
             .checkpoints
@@ -509,6 +512,7 @@ impl Law {
             at: now,
             served: self.served,
             paused: self.paused,
+            factor: self.factor,
         });
         while self
             .pauses
@@ -524,7 +528,8 @@ impl Law {
         // bucket refilled by the second caps every second at its budget, while f may have
         // climbed a few percent past it before the second that overflowed came; far below,
         // this process may simply have had less to send).
-        let peak = self.peak_served(now);
+        let peak_span = self.peak_span(now);
+        let peak = peak_span.map(|(peak, _)| peak);
         // The rate was known before this episode (a measured one, or a proven rate).
         let known = self.probe_after.is_some() || self.held_at.is_some();
         // The pause sending resumed from, if it lasted a second or more.
@@ -581,7 +586,12 @@ impl Law {
         // and Graph served less than that rate over its best span: it capped the span, and
         // what it served is its rate (a span never holds a pause, so a bucket refilled in
         // steps serves at most its rate; a longer bucket serves more, never less).
-        let capped = saturated && peak.is_some_and(|peak| peak < before * PEAK_BELOW);
+        // Compared with the lowest rate in force over that span, not the rate now: a rate
+        // that climbed through it sent less than it does now (a fleet climbing back after a
+        // pause met a 429 2 s into the climb, took what it served then, 28.4/s of 30, for
+        // Graph's rate, and rested there for two minutes).
+        let capped = saturated
+            && peak_span.is_some_and(|(peak, lowest)| peak < lowest.min(before) * PEAK_BELOW);
         let throttled_at = match peak {
             Some(peak) if capped => peak,
             // Never above the rate sent: in a fleet, this process's share of what Graph
@@ -724,12 +734,15 @@ impl Law {
     }
 
     /// The best rate Graph served over [`PEAK_SPAN`] (as a factor) within the last
-    /// [`PEAK_LOOKBACK`], between the windows' checkpoints; `None` without any.
-    fn peak_served(&self, now: Instant) -> Option<f64> {
+    /// [`PEAK_LOOKBACK`], between the windows' checkpoints, and the lowest factor in force
+    /// over that span (a factor that climbed through it sent less than the factor at its
+    /// end); `None` without any.
+    fn peak_span(&self, now: Instant) -> Option<(f64, f64)> {
         let now_point = Anchor {
             at: now,
             served: self.served,
             paused: self.paused,
+            factor: self.factor,
         };
         let points: Vec<&Anchor> = self
             .checkpoints
@@ -737,16 +750,16 @@ impl Law {
             .filter(|a| now.saturating_duration_since(a.at) <= PEAK_LOOKBACK)
             .chain([&now_point])
             .collect();
-        let mut peak: Option<f64> = None;
+        let mut peak: Option<(f64, f64)> = None;
         for (i, end) in points.iter().enumerate() {
             // The latest start at least PEAK_SPAN before this end.
-            let Some(start) = points[..i]
+            let Some(first) = points[..i]
                 .iter()
-                .rev()
-                .find(|a| end.at.saturating_duration_since(a.at) >= PEAK_SPAN)
+                .rposition(|a| end.at.saturating_duration_since(a.at) >= PEAK_SPAN)
             else {
                 continue;
             };
+            let start = points[first];
             // Nothing was sent during a pause, and the answers to what was sent at its end
             // come a latency later: a span holding either says nothing of the rate.
             if self
@@ -758,7 +771,13 @@ impl Law {
             }
             let span = end.at.saturating_duration_since(start.at).as_secs_f64();
             let rate = (end.served - start.served) / span;
-            peak = Some(peak.map_or(rate, |p: f64| p.max(rate)));
+            if peak.is_none_or(|(p, _)| rate > p) {
+                let lowest = points[first..=i]
+                    .iter()
+                    .map(|a| a.factor)
+                    .fold(f64::INFINITY, f64::min);
+                peak = Some((rate, lowest));
+            }
         }
         peak
     }

@@ -432,3 +432,25 @@ async fn a_follower_that_comes_to_lead_holds_below_the_throttled_rate_and_rests(
     a.roll(t0 + PROBE_REST_FIRST + secs(30));
     assert!(a.factor > 0.0857 * SET_BELOW_SERVED, "{}", a.factor);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_429_while_the_rate_climbs_is_not_taken_for_graphs_rate() {
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.throttled(t0, t0 + ms(1000), false, true, true);
+    // Climbing back after the pause: 20/s, 24/s, 28/s, then 37/s (of a 350/s share), Graph
+    // serving all of it; the 429 comes as the rate passes its budget.
+    a.throttled_at = Some(0.12);
+    let t1 = t0 + ms(2000);
+    for (k, rate) in [20.0, 24.0, 28.0, 37.0].iter().enumerate() {
+        a.factor = rate / 350.0;
+        let from = t1 + ms(1000) * k as u32;
+        serve(&mut a, 350.0, from, ms(1000), *rate as u64);
+    }
+    let t2 = t1 + ms(4000);
+    a.roll(t2);
+    a.throttled(t2, t2 + ms(2000), false, true, true);
+    // Graph served what was sent: nothing says its rate is the 32.5/s served over the best
+    // 2 s (a fleet once took 28.4/s of 30 so and rested there for two minutes).
+    assert_eq!(a.probe_after, None, "factor {}", a.factor);
+}
