@@ -462,8 +462,11 @@ impl Law {
         // mid-pause): its rate is not what Graph throttled, and it has nothing to measure
         // from; it waits the pause out at the rate it took from the fleet (halved here, a
         // joiner once started at half its share).
+        // The pause is still one: no peak is measured across it (a leader that joined so
+        // once took a span half inside it for Graph's rate: 14.7/s of 30, and held there).
         if !own && self.sent_count == 0 {
             self.count_pause(now, pause_end);
+            self.pauses.push_back((now, pause_end));
             return;
         }
         // 429s answered to requests that were already in flight belong to the same episode,

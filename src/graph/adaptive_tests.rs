@@ -379,6 +379,7 @@ async fn a_worker_that_joins_mid_pause_waits_it_out_at_the_fleets_rate() {
         "held until the pause is over: {}",
         a.factor
     );
+    assert_eq!(a.pauses.len(), 1, "no peak is measured across the pause");
     // Its own 429, or a peer's once it has sent, is an episode as before.
     a.sent(350.0 / 3.0);
     let t1 = t0 + Duration::from_secs(10);
