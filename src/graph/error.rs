@@ -372,14 +372,14 @@ pub fn from_transport(err: &reqwest::Error) -> Error {
     }
 }
 
-/// The code Graph would have sent for `status`, when the body has none.
+/// The code Graph would have sent for `status`, when the body has none. (A 429 is
+/// [`Error::Throttled`], whose code is always `TooManyRequests`.)
 fn default_code(status: u16) -> &'static str {
     match status {
         400 => "badRequest",
         401 => "InvalidAuthenticationToken",
         403 => "Authorization_RequestDenied",
         404 => "Request_ResourceNotFound",
-        429 => "TooManyRequests",
         500..=599 => "serviceUnavailable",
         _ => "unexpectedStatus",
     }

@@ -69,6 +69,18 @@ fn statuses_map_to_their_variants() {
         Error::BadRequest { status: 409, .. }
     ));
     assert!(matches!(classify(400, &h, body), Error::BadRequest { ref code, .. } if code == "X"));
+    // Without a body, the code Graph sends for the status.
+    for (status, code) in [
+        (400, "badRequest"),
+        (401, "InvalidAuthenticationToken"),
+        (403, "Authorization_RequestDenied"),
+        (404, "Request_ResourceNotFound"),
+        (429, "TooManyRequests"),
+        (503, "serviceUnavailable"),
+        (418, "unexpectedStatus"),
+    ] {
+        assert_eq!(classify(status, &h, b"").code(), code, "{status}");
+    }
 }
 
 #[test]
@@ -100,6 +112,8 @@ fn retry_after_reads_seconds_dates_and_past_dates() {
     let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
     assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
     assert_eq!(parse_retry_after("soon", now), None);
+    // An empty value (`Retry-After: `) is no pause, not the longest one.
+    assert_eq!(parse_retry_after("", now), None);
     // Untrusted: huge, negative or odd values never panic.
     assert_eq!(parse_retry_after("1e20", now), Some(Duration::MAX));
     assert_eq!(
@@ -160,10 +174,11 @@ fn token_errors_carry_the_aadsts_code_and_the_first_line() {
         classify_token_error(400, &HeaderMap::new(), no_codes),
         Error::App { fault: AppFault::AppNotFound, code, .. } if code == "AADSTS700016"
     ));
+    // Without an AADSTS code, the OAuth error alone says which fault it is.
     let bare = br#"{"error":"unauthorized_client"}"#;
     assert!(matches!(
         classify_token_error(400, &HeaderMap::new(), bare),
-        Error::App { code, .. } if code == "unauthorized_client"
+        Error::App { fault: AppFault::AppNotFound, code, .. } if code == "unauthorized_client"
     ));
 }
 
@@ -327,4 +342,25 @@ fn every_cause_has_one_class() {
         (not_deletable.class(), not_deletable.status()),
         (Class::Permanent, None)
     );
+    // `halts` and `is_retryable` say what the class says, for every class.
+    let one_of_each = [
+        classify(401, &h, b""),
+        classify(429, &h, b""),
+        classify(500, &h, b""),
+        classify(404, &h, b""),
+    ];
+    let classes: Vec<Class> = one_of_each.iter().map(Error::class).collect();
+    assert_eq!(
+        classes,
+        [Class::Halt, Class::Outage, Class::Retry, Class::Permanent]
+    );
+    for error in &one_of_each {
+        let class = error.class();
+        assert_eq!(error.halts(), class == Class::Halt, "{error:?}");
+        assert_eq!(
+            error.is_retryable(),
+            matches!(class, Class::Outage | Class::Retry),
+            "{error:?}"
+        );
+    }
 }

@@ -505,13 +505,16 @@ fn tap_outcome(
             ),
         )
     };
+    // Every field named: a new one is a decision here, not a default.
     Some(TapOutcome {
         issued: false,
         lifetime_minutes: asked.lifetime_minutes,
         usable_once: asked.usable_once,
+        method_id: None,
+        start: None,
+        sealed: None,
         error_code: Some(code.into()),
         error_message: Some(message),
-        ..TapOutcome::default()
     })
 }
 

@@ -492,13 +492,34 @@ fn garbage_wrong_shapes_and_unknown_versions_are_told_apart() {
 
 #[test]
 fn oversized_bodies_and_overlong_fields_are_refused_before_anything_else() {
-    let huge = vec![b' '; super::MAX_REQUEST_BYTES + 1];
-    let cause = parse_request(&huge).unwrap_err();
+    // A valid request padded with JSON whitespace to `len` bytes.
+    let padded = |len: usize| {
+        let mut body = serde_json::to_vec(&request()).unwrap();
+        body.resize(len, b' ');
+        body
+    };
+    assert_eq!(
+        parse_request(&padded(super::MAX_REQUEST_BYTES)),
+        Ok(request()),
+        "the largest body allowed is read"
+    );
+    let cause = parse_request(&padded(super::MAX_REQUEST_BYTES + 1)).unwrap_err();
     assert_eq!(cause.code, "invalid_message");
     assert!(cause.message.contains("bytes"), "{cause:?}");
-    let mut long = request();
-    long.ticket = Some("x".repeat(super::MAX_FIELD_CHARS + 1));
-    let cause = parse_request(&serde_json::to_vec(&long).unwrap()).unwrap_err();
+
+    let with_ticket = |chars: usize| ResetRequest {
+        ticket: Some("x".repeat(chars)),
+        ..request()
+    };
+    let longest = with_ticket(super::MAX_FIELD_CHARS);
+    assert_eq!(
+        parse_request(&serde_json::to_vec(&longest).unwrap()),
+        Ok(longest),
+        "a field of the longest length allowed is read"
+    );
+    let cause =
+        parse_request(&serde_json::to_vec(&with_ticket(super::MAX_FIELD_CHARS + 1)).unwrap())
+            .unwrap_err();
     assert_eq!(cause.code, "invalid_message");
     assert!(cause.message.contains("\"ticket\""), "{cause:?}");
 }
@@ -574,6 +595,11 @@ fn a_pass_asked_for_is_reported_whatever_the_reset_did_and_absent_when_not_asked
     assert_eq!(
         (tap.issued, tap.error_code.as_deref()),
         (false, Some("tap_not_after_reset"))
+    );
+    assert_eq!(
+        (tap.lifetime_minutes, tap.usable_once),
+        (60, true),
+        "what was asked for is reported with the reason it was not issued"
     );
     assert!(tap.error_message.unwrap_or_default().contains("partial"));
     // A dry run says so.
