@@ -61,7 +61,11 @@
 //!   [`HELD_CUT`] either, once the rate is known). A peak is never measured across a pause
 //!   or [`PEAK_AFTER_PAUSE`] after one (the answers are still on the wire).
 //! - **One law per fleet.** A follower (another worker leads the fleet: `follower`) never
-//!   probes; it takes the leader's factor ([`Law::follow`]).
+//!   probes; it takes the leader's factor and proven rate ([`Law::follow`]), so whoever
+//!   leads next starts from the fleet's view, below the throttled rate and resting before
+//!   its own first probe ([`Law::take_lead`]). In a fleet (`shared`) the long-run rule only
+//!   follows a `stepped` learned alone: a worker's share of the peak, and of what was sent
+//!   after a pause, is too noisy to show Graph's window.
 //! - **Warnings without memory.** Before any 429, a warning (the percentage at or above
 //!   `rate.slow_down_at_percent`) cuts f by [`FACTOR_SLOW_DOWN`], once per window.
 //!
@@ -76,6 +80,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::Learned;
 
 /// One window of the law: at most one warning cut per window, one recovery step per window
 /// without any throttling signal.
@@ -210,6 +216,12 @@ pub(super) struct Law {
     /// Another worker of the fleet leads: this one never probes above the throttled rate, it
     /// takes the leader's factor instead ([`Law::follow`]).
     pub(super) follower: bool,
+    /// Other workers share the budget. This process's best span is its share of what Graph
+    /// served the fleet, which varies by a request or two a second: "Graph served all that
+    /// was sent" twice in a row says nothing of Graph's window then, so the long-run rule
+    /// waits for `stepped` (a long run spans the pauses, which waste a 1 s bucket: it once
+    /// held a fleet at 57 % of the budget, and at 94 % after every failed probe).
+    pub(super) shared: bool,
     /// The highest factor held for [`HELD_FOR`] without an episode: Graph served it
     /// (a lower bound of the real rate, unlike `served_at` not lowered by pauses).
     pub(super) held_at: Option<f64>,
@@ -242,6 +254,8 @@ struct Anchor {
     served: f64,
     /// `Law::paused` before its own pause.
     paused: Duration,
+    /// The factor in force then.
+    factor: f64,
 }
 
 impl Law {
@@ -264,6 +278,7 @@ impl Law {
             probe_rest: Duration::ZERO,
             probe_after: None,
             follower: false,
+            shared: false,
             held_at: None,
             factors: VecDeque::new(),
             steady_from: now,
@@ -310,6 +325,7 @@ impl Law {
             at: now,
             served: self.served,
             paused: self.paused,
+            factor: self.factor,
         });
         while self
             .checkpoints
@@ -442,12 +458,28 @@ impl Law {
         self.steady_from = self.steady_from.max(settled);
         self.factors.clear();
         self.hold_until = Some(self.hold_until.map_or(settled, |h| h.max(settled)));
+        // Another worker's pause before this process sent anything (it joined the fleet
+        // mid-pause): its rate is not what Graph throttled, and it has nothing to measure
+        // from; it waits the pause out at the rate it took from the fleet (halved here, a
+        // joiner once started at half its share).
+        // The pause is still one: no peak is measured across it (a leader that joined so
+        // once took a span half inside it for Graph's rate: 14.7/s of 30, and held there).
+        if !own && self.sent_count == 0 {
+            self.count_pause(now, pause_end);
+            self.pauses.push_back((now, pause_end));
+            return;
+        }
         // 429s answered to requests that were already in flight belong to the same episode,
         // and so does another worker's pause announced within SETTLE of this one's end (the
         // same throttling, its Retry-After counted from a 429 a little later).
         if let Some(until) = self.episode_until {
             if now < until || (!own && now < until + SETTLE) {
                 self.episode_until = Some(until.max(pause_end));
+                // A later 429 of the episode may announce a longer Retry-After: the pause
+                // grew, and the served rate is measured over the time not paused (counted
+                // short, the next episode's upper bound came out at half the rate sent and
+                // halved a fleet's rate).
+                self.count_pause(now, pause_end);
                 return;
             }
         }
@@ -483,6 +515,7 @@ impl Law {
             at: now,
             served: self.served,
             paused: self.paused,
+            factor: self.factor,
         });
         while self
             .pauses
@@ -491,16 +524,15 @@ impl Law {
         {
             self.pauses.pop_front();
         }
-        let counted_from = self.paused_until.map_or(now, |p| p.max(now));
-        self.paused += pause_end.saturating_duration_since(counted_from);
-        self.paused_until = Some(self.paused_until.map_or(pause_end, |p| p.max(pause_end)));
+        self.count_pause(now, pause_end);
         let before = self.factor;
         // The rate that was throttled: what Graph served in its best recent span, but never
         // below PEAK_FLOOR of the rate sent (a
         // bucket refilled by the second caps every second at its budget, while f may have
         // climbed a few percent past it before the second that overflowed came; far below,
         // this process may simply have had less to send).
-        let peak = self.peak_served(now);
+        let peak_span = self.peak_span(now);
+        let peak = peak_span.map(|(peak, _)| peak);
         // The rate was known before this episode (a measured one, or a proven rate).
         let known = self.probe_after.is_some() || self.held_at.is_some();
         // The pause sending resumed from, if it lasted a second or more.
@@ -522,8 +554,11 @@ impl Law {
             let soon = now.saturating_duration_since(at) <= RESUMED_SPAN;
             let few = self.sent_count - count < RESUMED_FEWEST;
             // Throttled at once after a pause of a second or more: the bucket refills in
-            // steps longer than that (Graph's 10 s windows); learned for good.
-            if own && soon && few && long_pause {
+            // steps longer than that (Graph's 10 s windows); learned for good. Not in a
+            // fleet: there the others resume too, a few milliseconds apart, and empty a
+            // 1 s step before this process sends five (a comego run learned it so and held
+            // the fleet at 92 % of the budget for three minutes by the long-run rule).
+            if own && soon && few && long_pause && !self.shared {
                 self.stepped = true;
             }
             (soon && !few).then_some(self.sent - sent)
@@ -547,17 +582,25 @@ impl Law {
             .front()
             .filter(|a| now.saturating_duration_since(a.at) >= LONG_RUN)
             .map(|a| (self.served - a.served) / now.saturating_duration_since(a.at).as_secs_f64())
-            .filter(|_| self.stepped || recurring);
+            .filter(|_| self.stepped || (recurring && !self.shared));
         // Never below that best span either: Graph served it, so a rate sent lower was not
         // what emptied the bucket (a burst after a pause, another worker's start was).
         // Tasks were waiting for the budget (the rate, not the work, bound what was sent)
         // and Graph served less than that rate over its best span: it capped the span, and
         // what it served is its rate (a span never holds a pause, so a bucket refilled in
         // steps serves at most its rate; a longer bucket serves more, never less).
-        let capped = saturated && peak.is_some_and(|peak| peak < before * PEAK_BELOW);
+        // Compared with the lowest rate in force over that span, not the rate now: a rate
+        // that climbed through it sent less than it does now (a fleet climbing back after a
+        // pause met a 429 2 s into the climb, took what it served then, 28.4/s of 30, for
+        // Graph's rate, and rested there for two minutes).
+        let capped = saturated
+            && peak_span.is_some_and(|(peak, lowest)| peak < lowest.min(before) * PEAK_BELOW);
         let throttled_at = match peak {
             Some(peak) if capped => peak,
-            Some(peak) => peak.max(before * PEAK_FLOOR),
+            // Never above the rate sent: in a fleet, this process's share of what Graph
+            // served varies by a request or two a second, and its best span's rate can
+            // come out above the rate that was throttled.
+            Some(peak) => peak.max(before * PEAK_FLOOR).min(before),
             None => before,
         };
         // Graph served less than was sent, but at least PEAK_FLOOR of it: a bucket refilled
@@ -603,7 +646,15 @@ impl Law {
                 // shorter than the bucket takes to fill (Graph's 10 s buckets); past that the
                 // bucket overflowed during them and the upper one is the closer. Never above
                 // MIN_CUT of the rate that was throttled, nor below MAX_CUT of it.
-                let floor = if probing { PROBE_CUT } else { MAX_CUT };
+                // Graph served all that was sent over its best 2 s and its steps are short
+                // (not `stepped`): the rate was a few percent above its budget at most (a
+                // climb's last steps, a share's jitter), not far (a fleet's leader once cut
+                // to 70 % there and spent 7 s climbing back).
+                let floor = if probing || (uncapped && !self.stepped) {
+                    PROBE_CUT
+                } else {
+                    MAX_CUT
+                };
                 self.factor = ((lower + upper.max(lower)) / 2.0)
                     .clamp(before * floor, before * MIN_CUT)
                     .max(FACTOR_MIN);
@@ -662,15 +713,39 @@ impl Law {
             self.factor = self.factor.max(h.min(before));
             self.throttled_at = self.throttled_at.map(|at| at.max(h));
         }
+        tracing::debug!(
+            own,
+            follower = self.follower,
+            census_moved,
+            before,
+            factor = self.factor,
+            throttled_at = ?self.throttled_at,
+            held_at = ?self.held_at,
+            peak = ?peak,
+            estimate = ?estimate,
+            resumed = ?resumed,
+            long_run = ?long_run,
+            "graph budget episode"
+        );
+    }
+
+    /// Count the pause from `now` to `pause_end` in `paused`, less what is counted already.
+    fn count_pause(&mut self, now: Instant, pause_end: Instant) {
+        let counted_from = self.paused_until.map_or(now, |p| p.max(now));
+        self.paused += pause_end.saturating_duration_since(counted_from);
+        self.paused_until = Some(self.paused_until.map_or(pause_end, |p| p.max(pause_end)));
     }
 
     /// The best rate Graph served over [`PEAK_SPAN`] (as a factor) within the last
-    /// [`PEAK_LOOKBACK`], between the windows' checkpoints; `None` without any.
-    fn peak_served(&self, now: Instant) -> Option<f64> {
+    /// [`PEAK_LOOKBACK`], between the windows' checkpoints, and the lowest factor in force
+    /// over that span (a factor that climbed through it sent less than the factor at its
+    /// end); `None` without any.
+    fn peak_span(&self, now: Instant) -> Option<(f64, f64)> {
         let now_point = Anchor {
             at: now,
             served: self.served,
             paused: self.paused,
+            factor: self.factor,
         };
         let points: Vec<&Anchor> = self
             .checkpoints
@@ -678,16 +753,16 @@ impl Law {
             .filter(|a| now.saturating_duration_since(a.at) <= PEAK_LOOKBACK)
             .chain([&now_point])
             .collect();
-        let mut peak: Option<f64> = None;
+        let mut peak: Option<(f64, f64)> = None;
         for (i, end) in points.iter().enumerate() {
             // The latest start at least PEAK_SPAN before this end.
-            let Some(start) = points[..i]
+            let Some(first) = points[..i]
                 .iter()
-                .rev()
-                .find(|a| end.at.saturating_duration_since(a.at) >= PEAK_SPAN)
+                .rposition(|a| end.at.saturating_duration_since(a.at) >= PEAK_SPAN)
             else {
                 continue;
             };
+            let start = points[first];
             // Nothing was sent during a pause, and the answers to what was sent at its end
             // come a latency later: a span holding either says nothing of the rate.
             if self
@@ -699,22 +774,53 @@ impl Law {
             }
             let span = end.at.saturating_duration_since(start.at).as_secs_f64();
             let rate = (end.served - start.served) / span;
-            peak = Some(peak.map_or(rate, |p: f64| p.max(rate)));
+            if peak.is_none_or(|(p, _)| rate > p) {
+                let lowest = points[first..=i]
+                    .iter()
+                    .map(|a| a.factor)
+                    .fold(f64::INFINITY, f64::min);
+                peak = Some((rate, lowest));
+            }
         }
         peak
+    }
+
+    /// This law leads the fleet from `now` on; it followed another worker's until then. What
+    /// it took from that leader may be a probe under way above the throttled rate, unproven
+    /// (a joiner that came to lead probed at once, 1.5 % over Graph's budget 25 s later, and
+    /// the fleet met a 429 as soon as the count changed): it holds at the target below the
+    /// throttled rate (or the proven rate, if higher) and rests before it probes itself.
+    pub(super) fn take_lead(&mut self, now: Instant) {
+        self.follower = false;
+        let Some(at) = self.throttled_at else {
+            return;
+        };
+        let target = (at * SET_BELOW_SERVED).max(self.held_at.unwrap_or(0.0));
+        self.factor = self.factor.min(target).max(FACTOR_MIN);
+        let rest_until = now + PROBE_REST_FIRST;
+        self.probe_after = Some(self.probe_after.map_or(rest_until, |p| p.max(rest_until)));
     }
 
     /// Take what another worker learned, when this one has learned nothing itself: a
     /// worker joining a throttled fleet starts at the fleet's rate, not at the configured one.
     /// Only ever lowers f.
-    pub(super) fn adopt(&mut self, factor: f64, throttled_at: f64) {
-        if self.throttled_at.is_some() || !(factor.is_finite() && throttled_at.is_finite()) {
+    /// Its proven rate comes with it.
+    pub(super) fn adopt(&mut self, peer: Learned) {
+        let Some(throttled_at) = peer.throttled_at else {
+            return;
+        };
+        let valid = |f: f64| f.is_finite() && f > 0.0;
+        if self.throttled_at.is_some()
+            || !(valid(peer.factor) && valid(throttled_at))
+            || peer.held_at.is_some_and(|h| !valid(h))
+        {
             return;
         }
-        let factor = factor.clamp(FACTOR_MIN, 1.0);
+        let factor = peer.factor.clamp(FACTOR_MIN, 1.0);
         if factor < self.factor {
             self.factor = factor;
             self.throttled_at = Some(throttled_at.clamp(factor, 1.0));
+            self.held_at = peer.held_at.map(|h| h.clamp(FACTOR_MIN, 1.0));
         }
     }
 
@@ -722,12 +828,31 @@ impl Law {
     /// the leader's: the fleet probes once, not once per worker). Up or down, except while
     /// this law is held after an episode: the leader's view may be older than it (its
     /// heartbeat crossed the pause announcement), so then only lower.
-    pub(super) fn follow(&mut self, now: Instant, factor: f64, throttled_at: Option<f64>) {
+    ///
+    /// The leader's proven rate is taken too, in either case: it is what the fleet held for
+    /// long, and the worker that leads next (this one, should the leader die) returns to it
+    /// after a throttling instead of to its own measure of its share, which a fleet's noise
+    /// makes low (a kill once left the survivors at 23-24/s of 30 for minutes).
+    pub(super) fn follow(&mut self, now: Instant, leader: Learned) {
+        let Learned {
+            factor,
+            throttled_at,
+            held_at,
+        } = leader;
         let valid = |f: f64| f.is_finite() && f > 0.0;
-        if !valid(factor) || throttled_at.is_some_and(|at| !valid(at)) {
+        if !valid(factor)
+            || throttled_at.is_some_and(|at| !valid(at))
+            || held_at.is_some_and(|h| !valid(h))
+        {
             return;
         }
         self.roll(now);
+        // A leader that knows a throttled rate but proved none yet (it joined, or just took
+        // the lead) leaves this worker's own; one that forgot its throttled rate (the budget
+        // grew) forgot the proven one too.
+        if held_at.is_some() || throttled_at.is_none() {
+            self.held_at = held_at.map(|h| h.clamp(FACTOR_MIN, 1.0));
+        }
         let factor = factor.clamp(FACTOR_MIN, 1.0);
         let held = self.hold_until.is_some_and(|h| now < h);
         if held && factor >= self.factor {

@@ -197,21 +197,34 @@ async fn anchors_older_than_the_lookback_are_dropped() {
     assert!((a.factor - 0.4).abs() < 0.01, "{}", a.factor);
 }
 
+/// What a peer tells of one limit, without a proven rate.
+fn learned(factor: f64, throttled_at: Option<f64>) -> Learned {
+    Learned {
+        factor,
+        throttled_at,
+        held_at: None,
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_worker_that_learned_nothing_adopts_a_peers_rate_but_only_downwards() {
     let t0 = Instant::now();
     let mut a = Law::new(t0);
-    a.adopt(0.3, 0.31);
+    a.adopt(Learned {
+        held_at: Some(0.29),
+        ..learned(0.3, Some(0.31))
+    });
     assert!(close(a.factor, 0.3));
     assert_eq!(a.throttled_at, Some(0.31));
+    assert_eq!(a.held_at, Some(0.29), "the proven rate comes with it");
     // Learned now: a peer's view no longer replaces it.
-    a.adopt(0.1, 0.1);
+    a.adopt(learned(0.1, Some(0.1)));
     assert!(close(a.factor, 0.3));
     let mut b = Law::new(t0);
     b.factor = 0.2;
-    b.adopt(0.5, 0.5);
+    b.adopt(learned(0.5, Some(0.5)));
     assert!(close(b.factor, 0.2), "never raised");
-    b.adopt(f64::NAN, 0.1);
+    b.adopt(learned(f64::NAN, Some(0.1)));
     assert!(close(b.factor, 0.2));
 }
 
@@ -252,27 +265,63 @@ async fn a_follower_takes_the_leaders_view_but_only_lower_while_held_and_never_p
     let t0 = Instant::now();
     let mut a = Law::new(t0);
     a.follower = true;
-    a.follow(t0, 0.3, Some(0.32));
+    a.follow(t0, learned(0.3, Some(0.32)));
     assert!(close(a.factor, 0.3));
     assert_eq!(a.throttled_at, Some(0.32));
     // Held after an episode: the leader's heartbeat may predate it, so only lower.
     a.hold_until = Some(t0 + secs(2));
-    a.follow(t0 + secs(1), 0.35, Some(0.4));
+    a.follow(t0 + secs(1), learned(0.35, Some(0.4)));
     assert!(close(a.factor, 0.3), "{}", a.factor);
-    a.follow(t0 + secs(1), 0.2, Some(0.25));
+    a.follow(t0 + secs(1), learned(0.2, Some(0.25)));
     assert!(close(a.factor, 0.2));
     // Up again once the hold is over; the leader forgot (the budget grew): so does it.
-    a.follow(t0 + secs(3), 0.5, None);
+    a.follow(t0 + secs(3), learned(0.5, None));
     assert!(close(a.factor, 0.5));
     assert_eq!(a.throttled_at, None);
     // At the target, a follower holds however long; a leader would probe.
-    a.follow(t0 + secs(3), SET_BELOW_SERVED, Some(1.0));
+    a.follow(t0 + secs(3), learned(SET_BELOW_SERVED, Some(1.0)));
     a.roll(t0 + secs(600));
     assert!(close(a.factor, SET_BELOW_SERVED), "{}", a.factor);
     // Nonsense is ignored.
-    a.follow(t0 + secs(600), f64::NAN, Some(0.5));
-    a.follow(t0 + secs(600), 0.5, Some(-1.0));
+    a.follow(t0 + secs(600), learned(f64::NAN, Some(0.5)));
+    a.follow(t0 + secs(600), learned(0.5, Some(-1.0)));
     assert!(close(a.factor, SET_BELOW_SERVED));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_keeps_the_leaders_proven_rate_and_returns_to_it_once_it_leads() {
+    let secs = Duration::from_secs;
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.follower = true;
+    let proven = |factor| Learned {
+        factor,
+        throttled_at: Some(0.1),
+        held_at: Some(0.096),
+    };
+    a.follow(t0, proven(0.0975));
+    assert_eq!(a.held_at, Some(0.096));
+    // A new leader that proved nothing yet leaves it; one that forgot (the budget grew)
+    // takes it away.
+    a.follow(t0 + secs(1), learned(0.0975, Some(0.1)));
+    assert_eq!(a.held_at, Some(0.096));
+    a.follow(t0 + secs(2), proven(0.0975));
+    // The leader dies; this worker leads and meets a 429 at once, with nothing of its own
+    // measured: back at the fleet's proven rate after the pause, not half of it.
+    a.follower = false;
+    let t1 = t0 + secs(3);
+    a.throttled(t1, t1 + secs(2), false, true, true);
+    a.roll(t1 + secs(5));
+    assert!(close(a.factor, 0.096), "{}", a.factor);
+    // Nonsense is ignored.
+    a.follow(
+        t1 + secs(6),
+        Learned {
+            held_at: Some(f64::NAN),
+            ..proven(0.5)
+        },
+    );
+    assert_eq!(a.held_at, Some(0.096));
 }
 
 #[tokio::test(start_paused = true)]
@@ -313,4 +362,96 @@ async fn a_probe_that_ends_in_a_429_rests_before_the_next_and_the_rest_doubles()
     let rest = a.probe_rest;
     a.throttled(t + secs(5), t + secs(6), false, false, true);
     assert_eq!(a.probe_rest, rest);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_joins_mid_pause_waits_it_out_at_the_fleets_rate() {
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.adopt(learned(0.0857, Some(0.088)));
+    // The fleet's pause, heard before this worker sent anything: no cut, a hold.
+    a.throttled(t0, t0 + Duration::from_secs(3), true, false, false);
+    assert!(close(a.factor, 0.0857), "{}", a.factor);
+    assert_eq!(a.throttled_at, Some(0.088));
+    a.roll(t0 + Duration::from_secs(2));
+    assert!(
+        close(a.factor, 0.0857),
+        "held until the pause is over: {}",
+        a.factor
+    );
+    assert_eq!(a.pauses.len(), 1, "no peak is measured across the pause");
+    // Its own 429, or a peer's once it has sent, is an episode as before.
+    a.sent(350.0 / 3.0);
+    let t1 = t0 + Duration::from_secs(10);
+    a.throttled(t1, t1 + Duration::from_secs(1), false, false, false);
+    assert!(a.factor < 0.0857, "{}", a.factor);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_worker_alone_learns_long_steps_from_a_429_right_after_a_pause() {
+    let secs = Duration::from_secs;
+    for shared in [false, true] {
+        let t0 = Instant::now();
+        let mut a = Law::new(t0);
+        a.shared = shared;
+        a.sending(t0);
+        a.throttled(t0, t0 + secs(2), false, true, true);
+        // Sending again after the 2 s pause, throttled after two requests: alone, Graph's
+        // bucket did not refill in 2 s; in a fleet, the others emptied it first.
+        let t1 = t0 + secs(2);
+        a.roll(t1);
+        a.sending(t1);
+        a.sent(350.0);
+        a.sent(350.0);
+        a.throttled(t1 + ms(50), t1 + secs(3), false, true, true);
+        assert_eq!(a.stepped, !shared, "shared: {shared}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_that_comes_to_lead_holds_below_the_throttled_rate_and_rests() {
+    let secs = Duration::from_secs;
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.follower = true;
+    // The leader was probing 1.5 % above the rate Graph throttled.
+    a.follow(
+        t0,
+        Learned {
+            factor: 0.0870,
+            throttled_at: Some(0.0857),
+            held_at: Some(0.0830),
+        },
+    );
+    a.take_lead(t0 + secs(1));
+    assert!(!a.follower);
+    assert!(close(a.factor, 0.0857 * SET_BELOW_SERVED), "{}", a.factor);
+    // No probe for the rest: still at the target a minute later.
+    a.roll(t0 + secs(61));
+    assert!(close(a.factor, 0.0857 * SET_BELOW_SERVED), "{}", a.factor);
+    // After it, the probe goes on above it.
+    a.roll(t0 + PROBE_REST_FIRST + secs(30));
+    assert!(a.factor > 0.0857 * SET_BELOW_SERVED, "{}", a.factor);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_while_the_rate_climbs_is_not_taken_for_graphs_rate() {
+    let t0 = Instant::now();
+    let mut a = Law::new(t0);
+    a.throttled(t0, t0 + ms(1000), false, true, true);
+    // Climbing back after the pause: 20/s, 24/s, 28/s, then 37/s (of a 350/s share), Graph
+    // serving all of it; the 429 comes as the rate passes its budget.
+    a.throttled_at = Some(0.12);
+    let t1 = t0 + ms(2000);
+    for (k, rate) in [20.0, 24.0, 28.0, 37.0].iter().enumerate() {
+        a.factor = rate / 350.0;
+        let from = t1 + ms(1000) * k as u32;
+        serve(&mut a, 350.0, from, ms(1000), *rate as u64);
+    }
+    let t2 = t1 + ms(4000);
+    a.roll(t2);
+    a.throttled(t2, t2 + ms(2000), false, true, true);
+    // Graph served what was sent: nothing says its rate is the 32.5/s served over the best
+    // 2 s (a fleet once took 28.4/s of 30 so and rested there for two minutes).
+    assert_eq!(a.probe_after, None, "factor {}", a.factor);
 }

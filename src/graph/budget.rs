@@ -123,6 +123,11 @@ pub struct Learned {
     pub factor: f64,
     /// The served rate at the last throttling, as a factor; `None` = never throttled.
     pub throttled_at: Option<f64>,
+    /// The proven rate, as a factor: in force for long without a 429 (`None`: none yet). A
+    /// follower keeps the leader's, so the worker that leads after it (the leader died)
+    /// returns to the fleet's proven rate after a throttling, not to its own view of it.
+    #[serde(default)]
+    pub held_at: Option<f64>,
 }
 
 /// The limiters in force and what they were built from.
@@ -240,7 +245,8 @@ impl Budget {
         );
         let clock = TokioClock::new();
         let now = Instant::now();
-        let state = State {
+        let shared = rate.processes > 1;
+        let mut state = State {
             requests: Law::new(now),
             writes: Law::new(now),
             processes: rate.processes.max(1),
@@ -250,6 +256,8 @@ impl Budget {
             // Idle until the first request: a worker is counted by the others once it sends.
             last_acquired: now.checked_sub(IDLE_AFTER).unwrap_or(now),
         };
+        state.requests.shared = shared;
+        state.writes.shared = shared;
         let limiters = Self::limiters(rate, state.key(), clock);
         stats.set_factors(1.0, 1.0);
         stats.set_workers(state.processes);
@@ -318,6 +326,7 @@ impl Budget {
         let learned = |law: &Law| Learned {
             factor: law.factor,
             throttled_at: law.throttled_at,
+            held_at: law.held_at,
         };
         (learned(&state.requests), learned(&state.writes))
     }
@@ -326,11 +335,8 @@ impl Budget {
     /// (only ever lowers a factor).
     pub fn adopt(&self, requests: Learned, writes: Learned) {
         self.update(|s| {
-            for (law, peer) in [(&mut s.requests, requests), (&mut s.writes, writes)] {
-                if let Some(at) = peer.throttled_at {
-                    law.adopt(peer.factor, at);
-                }
-            }
+            s.requests.adopt(requests);
+            s.writes.adopt(writes);
         });
     }
 
@@ -346,6 +352,8 @@ impl Budget {
                 s.census_at = Some(Instant::now());
             }
             s.processes = n.max(1);
+            s.requests.shared = s.processes > 1;
+            s.writes.shared = s.processes > 1;
         });
         self.stats.set_workers(n.max(1));
     }
@@ -524,19 +532,28 @@ impl Budget {
     /// This process leads the fleet's law (alone, or the lowest id of the busy workers):
     /// only a leader probes above the throttled rate; a follower takes the leader's view
     /// ([`Budget::follow`]).
+    ///
+    /// A follower that comes to lead (the leader died or went idle, or this worker's id is
+    /// the lowest of the busy ones now) holds below the throttled rate and rests before it
+    /// probes ([`Law::take_lead`](super::adaptive)).
     pub fn set_leader(&self, leader: bool) {
-        let mut state = lock(&self.state);
-        state.requests.follower = !leader;
-        state.writes.follower = !leader;
+        let now = Instant::now();
+        self.update(|s| {
+            for law in [&mut s.requests, &mut s.writes] {
+                if leader && law.follower {
+                    law.take_lead(now);
+                }
+                law.follower = !leader;
+            }
+        });
     }
 
     /// Take the leader's view of both limits (see [`Budget::set_leader`]).
     pub fn follow(&self, requests: Learned, writes: Learned) {
         self.update(|s| {
             let now = Instant::now();
-            s.requests
-                .follow(now, requests.factor, requests.throttled_at);
-            s.writes.follow(now, writes.factor, writes.throttled_at);
+            s.requests.follow(now, requests);
+            s.writes.follow(now, writes);
         });
     }
 

@@ -9,8 +9,9 @@
 //!   worker that dies (killed, host gone, network cut) drops out within [`PEER_TTL`].
 //! - **One law for the fleet.** A heartbeat carries what the sender's budget learned about
 //!   Graph's real limits. The busy worker with the lowest id leads: only it probes above the
-//!   last throttled rate; the others take its factor from its heartbeats (so the fleet probes
-//!   once, not once per worker, and a worker that joins starts at the fleet's rate).
+//!   last throttled rate; the others take its factor and proven rate from its heartbeats (so
+//!   the fleet probes once, not once per worker, a worker that joins starts at the fleet's
+//!   rate, and whoever leads after the leader dies returns to the rate the fleet proved).
 //! - **Pauses.** A Retry-After seen by one worker is announced to all: Graph throttles the
 //!   app, not the process (<https://learn.microsoft.com/en-us/graph/throttling>).
 //!

@@ -3,7 +3,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::config::RateSettings;
-use crate::graph::stand_in::StandIn;
+use crate::graph::stand_in::{StandIn, Summary};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -196,17 +196,18 @@ fn trace(broker: &Broker, sec: u64) {
     eprintln!("{sec}: {}", line.join(" | "));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_fleet_that_grows_and_shrinks_holds_an_unknown_budget() {
-    // The `comego` benchmark: default [rate] (350/s), Graph serves 30/s in 1 s steps;
-    // workers 1 and 2 start, 3 joins at 20 s, 1 is killed at 45 s; 150 s in all.
+/// The `comego` benchmark against the stand-in: default [rate] (350/s), Graph serves 30/s
+/// in 1 s steps; workers `first` and 2 start, 3 joins at 20 s, `first` is killed at
+/// `kill_at`; 150 s in all, measured from 20 s. The lowest busy id leads: `first` = 1 is the
+/// leader, 5 a follower.
+async fn come_and_go(first: u128, kill_at: Duration) -> Summary {
     let graph = StandIn::new(30, Duration::from_secs(1));
     let broker = Broker::default();
     let start = Instant::now();
     let at = move |secs: u64| start + Duration::from_secs(secs);
     let (b1, b2) = (broker.clone(), broker.clone());
     let (g1, g2) = (graph.clone(), graph.clone());
-    let (w1, _w2) = tokio::join!(b1.join(1, 32, &g1), b2.join(2, 32, &g2));
+    let (w1, _w2) = tokio::join!(b1.join(first, 32, &g1), b2.join(2, 32, &g2));
     let (b3, g3) = (broker.clone(), graph.clone());
     let joining = tokio::spawn(async move {
         tokio::time::sleep_until(at(20)).await;
@@ -214,7 +215,7 @@ async fn a_fleet_that_grows_and_shrinks_holds_an_unknown_budget() {
     });
     let b1 = broker.clone();
     let killing = tokio::spawn(async move {
-        tokio::time::sleep_until(at(45)).await;
+        tokio::time::sleep_until(start + kill_at).await;
         b1.kill(&w1);
     });
     for sec in 2..150 {
@@ -226,10 +227,35 @@ async fn a_fleet_that_grows_and_shrinks_holds_an_unknown_budget() {
     for member in lock(&broker.members).iter() {
         broker.kill(member);
     }
+    run
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_that_grows_and_shrinks_holds_an_unknown_budget() {
+    let run = come_and_go(1, Duration::from_secs(45)).await;
     eprintln!("{run}");
-    // Measured: 95.3 %, one 429 after the warm-up; the kill costs the dead worker's
-    // share until PEER_TTL (the dip at 45-47 s). The benchmark's goal is 95 %.
+    // Measured: 96.0 %, no 429 after the warm-up; the kill costs the dead worker's share
+    // until PEER_TTL (the dip at 45-47 s). The benchmark's goal is 95 %.
     assert_eq!(run.violations, 0, "{run}");
     assert!(run.efficiency >= 0.95, "{run}");
     assert!(run.throttled_after <= 2, "{run}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_whose_leader_dies_early_holds_an_unknown_budget() {
+    // The leader killed as the third worker joins (20.3 s), with no rate proven yet; and a
+    // follower killed after the join's 429 (26.3 s, 28.3 s), which leaves the leader to
+    // measure the fleet from its own share. Measured before the fix (the law took its
+    // share's noise for Graph's window and held the rate served across the warm-up's
+    // pauses, and counted a pause that a later 429 of its episode extended short): 55.0 %,
+    // 85.1 % and 77.0 %, the new leader holding 17-24/s of 30 for minutes.
+    // After: 95.8 %, 96.5 % and 96.5 %, no 429 after the warm-up.
+    let ms = Duration::from_millis;
+    for (first, kill_at) in [(1, ms(20_300)), (5, ms(26_300)), (5, ms(28_300))] {
+        let run = come_and_go(first, kill_at).await;
+        eprintln!("worker {first} killed at {kill_at:?}: {run}");
+        assert_eq!(run.violations, 0, "{run}");
+        assert!(run.efficiency >= 0.95, "{kill_at:?}: {run}");
+        assert!(run.throttled_after <= 1, "{kill_at:?}: {run}");
+    }
 }

@@ -193,6 +193,7 @@ fn leader_heartbeat() -> FleetMessage {
     let low = Learned {
         factor: 0.05,
         throttled_at: Some(0.05),
+        held_at: None,
     };
     FleetMessage::Heartbeat {
         instance: Uuid::nil(),

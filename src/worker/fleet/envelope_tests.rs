@@ -27,10 +27,12 @@ fn heartbeat(instance: Uuid) -> FleetMessage {
         requests: Learned {
             factor: 0.5,
             throttled_at: Some(0.52),
+            held_at: Some(0.5),
         },
         writes: Learned {
             factor: 1.0,
             throttled_at: None,
+            held_at: None,
         },
         pause_ms: 1500,
         pause_limit: Limit::Requests,
