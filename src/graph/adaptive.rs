@@ -321,12 +321,7 @@ impl Law {
         let remainder =
             Duration::from_nanos((elapsed.as_nanos() % FACTOR_WINDOW.as_nanos()) as u64);
         self.window_start = now - remainder;
-        self.checkpoints.push_back(Anchor {
-            at: now,
-            served: self.served,
-            paused: self.paused,
-            factor: self.factor,
-        });
+        self.checkpoints.push_back(self.anchor(now));
         while self
             .checkpoints
             .front()
@@ -511,12 +506,7 @@ impl Law {
                     served / active.as_secs_f64().max(0.1),
                 )
             });
-        self.anchors.push_back(Anchor {
-            at: now,
-            served: self.served,
-            paused: self.paused,
-            factor: self.factor,
-        });
+        self.anchors.push_back(self.anchor(now));
         while self
             .pauses
             .front()
@@ -736,17 +726,22 @@ impl Law {
         self.paused_until = Some(self.paused_until.map_or(pause_end, |p| p.max(pause_end)));
     }
 
+    /// Where the law stands at `now`: what was served, paused, and the factor in force.
+    fn anchor(&self, now: Instant) -> Anchor {
+        Anchor {
+            at: now,
+            served: self.served,
+            paused: self.paused,
+            factor: self.factor,
+        }
+    }
+
     /// The best rate Graph served over [`PEAK_SPAN`] (as a factor) within the last
     /// [`PEAK_LOOKBACK`], between the windows' checkpoints, and the lowest factor in force
     /// over that span (a factor that climbed through it sent less than the factor at its
     /// end); `None` without any.
     fn peak_span(&self, now: Instant) -> Option<(f64, f64)> {
-        let now_point = Anchor {
-            at: now,
-            served: self.served,
-            paused: self.paused,
-            factor: self.factor,
-        };
+        let now_point = self.anchor(now);
         let points: Vec<&Anchor> = self
             .checkpoints
             .iter()
