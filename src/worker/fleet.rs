@@ -125,10 +125,6 @@ impl FleetMessage {
     }
 }
 
-/// Read a message from the exchange: its envelope, not yet believed (see
-/// [`envelope::FleetReader::open`], which checks it).
-pub use envelope::parse;
-
 /// The workers heard from, by instance id.
 #[derive(Debug, Default)]
 pub struct Peers {
