@@ -106,6 +106,21 @@ pub fn printable(value: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `value` fit for one line of an error or a log: [`printable`] first, then cut to at most
+/// `max_chars` characters, the last of them `…` when it was cut (escaping cannot make the
+/// line longer than that).
+pub fn shorten(value: &str, max_chars: usize) -> String {
+    let shown = printable(value);
+    if shown.chars().nth(max_chars).is_none() {
+        return shown.into_owned();
+    }
+    let end = shown
+        .char_indices()
+        .nth(max_chars.saturating_sub(1))
+        .map_or(shown.len(), |(at, _)| at);
+    format!("{}…", &shown[..end])
+}
+
 /// Unicode's bidirectional formatting characters, which can make text display in another
 /// order than it is (CVE-2021-42574, "Trojan Source").
 fn is_bidi_control(c: char) -> bool {
@@ -115,6 +130,20 @@ fn is_bidi_control(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shortened_values_are_escaped_then_cut_to_the_bound() {
+        assert_eq!(shorten("short", 80), "short");
+        let exact = "é".repeat(80);
+        assert_eq!(shorten(&exact, 80), exact);
+        let long = shorten(&"é".repeat(10_000), 80);
+        assert_eq!(long.chars().count(), 80);
+        assert!(long.ends_with('…'));
+        // Escapes count towards the bound: forty control characters escape to 240.
+        let escaped = shorten(&"\u{1b}".repeat(40), 80);
+        assert_eq!(escaped.chars().count(), 80, "{escaped}");
+        assert!(!escaped.chars().any(char::is_control), "{escaped}");
+    }
 
     #[test]
     fn graph_and_token_urls_must_be_https_except_on_loopback() {

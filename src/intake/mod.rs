@@ -342,20 +342,10 @@ fn parse_text(line: u64, field: &str, raw: Option<&str>) -> Result<Option<String
     Ok(Some(value.to_string()))
 }
 
-/// `value` cut to about [`DISPLAY_CHARS`] characters, with `…` when cut.
+/// `value` as shown in an error: control characters escaped (it came from outside), cut to
+/// [`DISPLAY_CHARS`] characters with `…` when cut.
 fn shorten(value: &str) -> String {
-    // Control characters escaped: the value came from outside and is printed in an error.
-    let shown = match value.char_indices().nth(DISPLAY_CHARS) {
-        None => value.to_string(),
-        Some(_) => {
-            let end = value
-                .char_indices()
-                .nth(DISPLAY_CHARS - 1)
-                .map_or(value.len(), |(at, _)| at);
-            format!("{}…", &value[..end])
-        }
-    };
-    crate::net::printable(&shown).into_owned()
+    crate::net::shorten(value, DISPLAY_CHARS)
 }
 
 /// `12345` → `12,345`.

@@ -358,13 +358,7 @@ impl RefusalLog {
 /// `detail` (which may hold text a forger chose) fit for a log line: control characters
 /// shown escaped, at most 200 characters.
 pub fn loggable(detail: &str) -> String {
-    let shown = crate::net::printable(detail);
-    let mut chars = shown.chars();
-    let mut out: String = chars.by_ref().take(200).collect();
-    if chars.next().is_some() {
-        out.push('…');
-    }
-    out
+    crate::net::shorten(detail, 200)
 }
 
 #[cfg(test)]
