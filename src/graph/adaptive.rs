@@ -66,6 +66,11 @@
 //!   its own first probe ([`Law::take_lead`]). In a fleet (`shared`) the long-run rule only
 //!   follows a `stepped` learned alone: a worker's share of the peak, and of what was sent
 //!   after a pause, is too noisy to show Graph's window.
+//! - **The fleet's peak.** In a fleet, the best span's rate an episode judges by is at least
+//!   the average of this process's and the ones the other busy workers last reported in
+//!   their heartbeats ([`Learned::peak`]): each is a share read at the live count, so the
+//!   average is what Graph served the fleet, whichever worker won the race for a refill
+//!   step.
 //! - **Warnings without memory.** Before any 429, a warning (the percentage at or above
 //!   `rate.slow_down_at_percent`) cuts f by [`FACTOR_SLOW_DOWN`], once per window.
 //!
@@ -244,6 +249,10 @@ pub(super) struct Law {
     /// When sending resumed after the last pause (or began), and `sent` and `sent_count`
     /// then.
     resumed: Option<(Instant, f64, u64)>,
+    /// The best recent served rates the other busy workers reported (their
+    /// [`Learned::peak`]): in a fleet, an episode takes the average of these and this
+    /// process's own for the rate Graph served, not this process's share alone.
+    pub(super) peer_peaks: Vec<f64>,
 }
 
 /// An episode as a starting point of the served rate.
@@ -288,6 +297,7 @@ impl Law {
             stepped: false,
             uncapped_at: None,
             resumed: None,
+            peer_peaks: Vec::new(),
         }
     }
 
@@ -521,7 +531,8 @@ impl Law {
         // bucket refilled by the second caps every second at its budget, while f may have
         // climbed a few percent past it before the second that overflowed came; far below,
         // this process may simply have had less to send).
-        let peak_span = self.peak_span(now);
+        let own_peak = self.peak_span(now);
+        let peak_span = own_peak.map(|(peak, lowest)| (self.fleet_peak(peak), lowest));
         let peak = peak_span.map(|(peak, _)| peak);
         // The rate was known before this episode (a measured one, or a proven rate).
         let known = self.probe_after.is_some() || self.held_at.is_some();
@@ -712,6 +723,7 @@ impl Law {
             throttled_at = ?self.throttled_at,
             held_at = ?self.held_at,
             peak = ?peak,
+            own_peak = ?own_peak.map(|(peak, _)| peak),
             estimate = ?estimate,
             resumed = ?resumed,
             long_run = ?long_run,
@@ -780,6 +792,38 @@ impl Law {
         peak
     }
 
+    /// The best rate Graph served this process over [`PEAK_SPAN`] lately (as a factor), for
+    /// the other workers ([`Learned::peak`]).
+    pub(super) fn peak(&self, now: Instant) -> Option<f64> {
+        self.peak_span(now).map(|(peak, _)| peak)
+    }
+
+    /// What Graph served the fleet over its best recent span, as a factor, from this
+    /// process's `own`: in a fleet, at least the average of it and the peaks the other busy
+    /// workers reported. Each is a worker's share of what Graph served, read at the live
+    /// count, so their average is the fleet's rate whichever worker won the race for a
+    /// refill step (alone, a leader once read 6 of a step's 30 answers as Graph's rate:
+    /// 12/s of 30, and held the fleet there for 280 s). Only ever raised: a peer's peak is
+    /// up to a heartbeat old (taken alone, the average held the paused-time fleet of
+    /// `fleet_tests` at 94.8 % of the budget where its own share held it at 96.0 %), and a
+    /// share read too high costs a 429 and a measure, one too low minutes below the budget.
+    /// A peer's value that is not a rate is left out, and none counts above 1 (the
+    /// configured share): a key holder's heartbeat can turn "Graph served less than was
+    /// sent" into "served all", the rule without a measure, never into a lower rate.
+    fn fleet_peak(&self, own: f64) -> f64 {
+        if !self.shared {
+            return own;
+        }
+        let (sum, count) = self
+            .peer_peaks
+            .iter()
+            .filter(|p| p.is_finite() && **p >= 0.0)
+            .fold((own, 1.0), |(sum, count), p| {
+                (sum + p.min(1.0), count + 1.0)
+            });
+        own.max(sum / count)
+    }
+
     /// This law leads the fleet from `now` on; it followed another worker's until then. What
     /// it took from that leader may be a probe under way above the throttled rate, unproven
     /// (a joiner that came to lead probed at once, 1.5 % over Graph's budget 25 s later, and
@@ -833,6 +877,7 @@ impl Law {
             factor,
             throttled_at,
             held_at,
+            ..
         } = leader;
         let valid = |f: f64| f.is_finite() && f > 0.0;
         if !valid(factor)

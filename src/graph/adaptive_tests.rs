@@ -203,6 +203,7 @@ fn learned(factor: f64, throttled_at: Option<f64>) -> Learned {
         factor,
         throttled_at,
         held_at: None,
+        peak: None,
     }
 }
 
@@ -298,6 +299,7 @@ async fn a_follower_keeps_the_leaders_proven_rate_and_returns_to_it_once_it_lead
         factor,
         throttled_at: Some(0.1),
         held_at: Some(0.096),
+        peak: None,
     };
     a.follow(t0, proven(0.0975));
     assert_eq!(a.held_at, Some(0.096));
@@ -421,6 +423,7 @@ async fn a_follower_that_comes_to_lead_holds_below_the_throttled_rate_and_rests(
             factor: 0.0870,
             throttled_at: Some(0.0857),
             held_at: Some(0.0830),
+            peak: None,
         },
     );
     a.take_lead(t0 + secs(1));
@@ -454,4 +457,53 @@ async fn a_429_while_the_rate_climbs_is_not_taken_for_graphs_rate() {
     // Graph served what was sent: nothing says its rate is the 32.5/s served over the best
     // 2 s (a fleet once took 28.4/s of 30 so and rested there for two minutes).
     assert_eq!(a.probe_after, None, "factor {}", a.factor);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_a_fleet_graphs_rate_is_the_average_of_the_workers_peaks_not_one_share() {
+    // Three workers share 350/s configured (116.7/s each), sending 35/s together; Graph's
+    // 1 s steps serve 30/s, and after each pause the workers race for a step: this one won
+    // only 6/s of it, the two others 12/s each.
+    let secs = Duration::from_secs;
+    let share = 350.0 / 3.0;
+    let episode = |peer_peaks: Vec<f64>| {
+        let t0 = Instant::now();
+        let mut a = Law::new(t0);
+        a.shared = true;
+        a.peer_peaks = peer_peaks;
+        a.throttled(t0, t0, false, false, true);
+        a.factor = 0.1;
+        a.throttled_at = Some(0.1 / SET_BELOW_SERVED);
+        serve(&mut a, share, t0, secs(5), 30);
+        let t1 = t0 + secs(5);
+        a.throttled(t1, t1 + secs(3), false, true, true);
+        a
+    };
+    let peer = 12.0 / share;
+    let fleet = episode(vec![peer, peer]);
+    let served = 30.0 / 350.0;
+    let at = fleet.throttled_at.unwrap();
+    assert!((at - served).abs() < 0.03 * served, "{at} vs {served}");
+    assert!(
+        close(fleet.factor, at * SET_BELOW_SERVED),
+        "{}",
+        fleet.factor
+    );
+    // Judged by its own share alone, it took 18/s for Graph's rate.
+    let alone = episode(Vec::new());
+    let own = alone.throttled_at.unwrap();
+    assert!((own - 18.0 / 350.0).abs() < 0.03 * served, "{own}");
+    // What a peer reports that is no rate is left out; none counts above the full share,
+    // and peers that served less than this worker never lower its own.
+    let junk = episode(vec![peer, peer, f64::NAN, -1.0, f64::INFINITY]);
+    assert_eq!(junk.throttled_at, fleet.throttled_at);
+    let mut liar = Law::new(Instant::now());
+    liar.shared = true;
+    liar.peer_peaks = vec![1e9];
+    assert!(close(liar.fleet_peak(0.0), 0.5));
+    liar.peer_peaks = vec![0.0, 0.0];
+    assert!(close(liar.fleet_peak(0.3), 0.3));
+    // Alone (not shared), peers are not consulted.
+    liar.shared = false;
+    assert!(close(liar.fleet_peak(0.2), 0.2));
 }

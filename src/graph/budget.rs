@@ -128,6 +128,14 @@ pub struct Learned {
     /// returns to the fleet's proven rate after a throttling, not to its own view of it.
     #[serde(default)]
     pub held_at: Option<f64>,
+    /// The best rate Graph served the sender over two seconds lately, as a factor: its share
+    /// of what Graph served the fleet, read at the live count (`None`: no such span since its
+    /// last pause). One worker's share of a refill step after a pause is a race it may lose
+    /// (a leader once got 6 of 30 and took 12/s for Graph's rate), so a worker never judges
+    /// Graph's rate below the fleet's average of these ([`Law`](super::adaptive)).
+    /// Left out when `None`, so a heartbeat without it reads as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak: Option<f64>,
 }
 
 /// The limiters in force and what they were built from.
@@ -323,10 +331,12 @@ impl Budget {
     /// What each limit's law learned (for the other workers).
     pub fn learned(&self) -> (Learned, Learned) {
         let state = lock(&self.state);
+        let now = Instant::now();
         let learned = |law: &Law| Learned {
             factor: law.factor,
             throttled_at: law.throttled_at,
             held_at: law.held_at,
+            peak: law.peak(now),
         };
         (learned(&state.requests), learned(&state.writes))
     }
@@ -546,6 +556,14 @@ impl Budget {
                 law.follower = !leader;
             }
         });
+    }
+
+    /// The best recent served rates the other busy workers reported ([`Learned::peak`]) for
+    /// each limit: what an episode measures the fleet's rate by, with this worker's own.
+    pub fn set_peer_peaks(&self, requests: Vec<f64>, writes: Vec<f64>) {
+        let mut state = lock(&self.state);
+        state.requests.peer_peaks = requests;
+        state.writes.peer_peaks = writes;
     }
 
     /// Take the leader's view of both limits (see [`Budget::set_leader`]).

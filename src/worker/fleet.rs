@@ -12,6 +12,8 @@
 //!   last throttled rate; the others take its factor and proven rate from its heartbeats (so
 //!   the fleet probes once, not once per worker, a worker that joins starts at the fleet's
 //!   rate, and whoever leads after the leader dies returns to the rate the fleet proved).
+//!   It also carries the sender's best recent served rate, so that every worker judges
+//!   what Graph served by the fleet's average, not by its own share of it.
 //! - **Pauses.** A Retry-After seen by one worker is announced to all: Graph throttles the
 //!   app, not the process (<https://learn.microsoft.com/en-us/graph/throttling>).
 //!
@@ -128,33 +130,50 @@ impl FleetMessage {
 /// The workers heard from, by instance id.
 #[derive(Debug, Default)]
 pub struct Peers {
-    /// When each was last heard, and whether it said it was idle then.
-    seen: HashMap<Uuid, (Instant, bool)>,
+    /// When each was last heard, whether it said it was idle then, and the best recent
+    /// served rates it reported ([`Learned::peak`], all requests and writes).
+    seen: HashMap<Uuid, (Instant, bool, Peaks)>,
 }
 
+/// A peer's [`Learned::peak`] of each limit (all requests, writes).
+pub type Peaks = (Option<f64>, Option<f64>);
+
 impl Peers {
-    /// `instance` was heard at `now`, `idle` or not. A new one is ignored once [`MAX_PEERS`]
-    /// are tracked.
-    pub fn heard(&mut self, instance: Uuid, idle: bool, now: Instant) {
+    /// `instance` was heard at `now`, `idle` or not, reporting `peaks`. A new one is ignored
+    /// once [`MAX_PEERS`] are tracked.
+    pub fn heard(&mut self, instance: Uuid, idle: bool, peaks: Peaks, now: Instant) {
         if self.seen.len() >= MAX_PEERS && !self.seen.contains_key(&instance) {
             self.expire(now);
             if self.seen.len() >= MAX_PEERS {
                 return;
             }
         }
-        self.seen.insert(instance, (now, idle));
+        self.seen.insert(instance, (now, idle, peaks));
     }
 
     fn expire(&mut self, now: Instant) {
         self.seen
-            .retain(|_, (at, _)| now.saturating_duration_since(*at) < PEER_TTL);
+            .retain(|_, (at, _, _)| now.saturating_duration_since(*at) < PEER_TTL);
+    }
+
+    /// The best recent served rates the busy peers reported at `now`, all requests and
+    /// writes (each list leaves out the peers that reported none).
+    pub fn peaks(&mut self, now: Instant) -> (Vec<f64>, Vec<f64>) {
+        self.expire(now);
+        let busy = || self.seen.values().filter(|(_, idle, _)| !idle);
+        (
+            busy()
+                .filter_map(|(_, _, (requests, _))| *requests)
+                .collect(),
+            busy().filter_map(|(_, _, (_, writes))| *writes).collect(),
+        )
     }
 
     /// The workers sharing the budget at `now`: this one and every peer heard within
     /// [`PEER_TTL`] that did not say it was idle.
     pub fn live(&mut self, now: Instant) -> u32 {
         self.expire(now);
-        let busy = self.seen.values().filter(|(_, idle)| !idle).count();
+        let busy = self.seen.values().filter(|(_, idle, _)| !idle).count();
         u32::try_from(busy + 1).unwrap_or(u32::MAX)
     }
 
@@ -166,7 +185,7 @@ impl Peers {
         let busy_peers = self
             .seen
             .iter()
-            .filter(|(_, (_, idle))| !idle)
+            .filter(|(_, (_, idle, _))| !idle)
             .map(|(id, _)| *id);
         let lowest = if me_idle {
             busy_peers.min()
@@ -218,6 +237,8 @@ impl Census {
         let now = Instant::now();
         let leader = self.peers.leader(self.me, budget.idle(), now) == self.me;
         budget.set_leader(leader);
+        let (requests, writes) = self.peers.peaks(now);
+        budget.set_peer_peaks(requests, writes);
         if self.counted {
             let live = self.peers.live(now);
             if budget.processes() != live {
@@ -257,7 +278,8 @@ impl Census {
         writes: Learned,
         budget: &Budget,
     ) {
-        self.peers.heard(instance, idle, Instant::now());
+        let peaks = (requests.peak, writes.peak);
+        self.peers.heard(instance, idle, peaks, Instant::now());
         self.recount(budget);
         if self.peers.leader(self.me, budget.idle(), Instant::now()) == instance {
             budget.follow(requests, writes);

@@ -15,8 +15,8 @@ async fn the_live_count_is_this_worker_and_every_peer_heard_lately() {
     let t0 = Instant::now();
     assert_eq!(peers.live(t0), 1);
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    peers.heard(a, false, t0);
-    peers.heard(b, false, t0 + Duration::from_secs(2));
+    peers.heard(a, false, (None, None), t0);
+    peers.heard(b, false, (None, None), t0 + Duration::from_secs(2));
     assert_eq!(peers.live(t0 + Duration::from_secs(2)), 3);
     // a is silent for PEER_TTL: gone; b still counts.
     assert_eq!(peers.live(t0 + PEER_TTL), 2);
@@ -28,7 +28,7 @@ async fn forged_heartbeats_cannot_grow_the_peers_past_the_bound() {
     let mut peers = Peers::default();
     let now = Instant::now();
     for _ in 0..MAX_PEERS + 100 {
-        peers.heard(Uuid::new_v4(), false, now);
+        peers.heard(Uuid::new_v4(), false, (None, None), now);
     }
     assert_eq!(peers.live(now), MAX_PEERS as u32 + 1);
 }
@@ -62,18 +62,45 @@ async fn idle_peers_take_no_share_and_the_lowest_busy_id_leads() {
     let mut peers = Peers::default();
     let t0 = Instant::now();
     let ids = |n: u128| Uuid::from_u128(n);
-    peers.heard(ids(1), true, t0);
-    peers.heard(ids(3), false, t0);
+    peers.heard(ids(1), true, (None, None), t0);
+    peers.heard(ids(3), false, (None, None), t0);
     assert_eq!(peers.live(t0), 2, "this worker and the busy peer");
     // The idle peer has the lowest id, yet leads nothing; this one (2) does.
     assert_eq!(peers.leader(ids(2), false, t0), ids(2));
     // Idle itself, this worker follows the busy one.
     assert_eq!(peers.leader(ids(2), true, t0), ids(3));
-    peers.heard(ids(1), false, t0);
+    peers.heard(ids(1), false, (None, None), t0);
     assert_eq!(peers.live(t0), 3);
     assert_eq!(peers.leader(ids(2), false, t0), ids(1));
     // Nobody else busy: this worker, idle or not.
     assert_eq!(peers.leader(ids(9), true, t0 + PEER_TTL), ids(9));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_peaks_are_the_busy_peers_latest_and_go_with_them() {
+    let mut peers = Peers::default();
+    let t0 = Instant::now();
+    let ids = |n: u128| Uuid::from_u128(n);
+    peers.heard(ids(1), false, (Some(0.1), None), t0);
+    peers.heard(ids(2), false, (Some(0.3), Some(0.2)), t0);
+    peers.heard(ids(3), true, (Some(0.9), Some(0.9)), t0);
+    peers.heard(
+        ids(1),
+        false,
+        (Some(0.2), Some(0.4)),
+        t0 + Duration::from_secs(2),
+    );
+    let (mut requests, writes) = peers.peaks(t0 + Duration::from_secs(2));
+    requests.sort_by(f64::total_cmp);
+    assert_eq!(
+        requests,
+        vec![0.2, 0.3],
+        "the latest of each busy peer, idle ones left out"
+    );
+    assert_eq!(writes.len(), 2);
+    // Peer 2 is no longer heard: its peaks go when it stops counting.
+    let (requests, writes) = peers.peaks(t0 + PEER_TTL + Duration::from_secs(1));
+    assert_eq!((requests, writes), (vec![0.2], vec![0.4]));
 }
 
 /// One simulated worker: its budget, pause and census, and its tasks.

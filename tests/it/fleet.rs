@@ -194,6 +194,7 @@ fn leader_heartbeat() -> FleetMessage {
         factor: 0.05,
         throttled_at: Some(0.05),
         held_at: None,
+        peak: None,
     };
     FleetMessage::Heartbeat {
         instance: Uuid::nil(),

@@ -28,11 +28,13 @@ fn heartbeat(instance: Uuid) -> FleetMessage {
             factor: 0.5,
             throttled_at: Some(0.52),
             held_at: Some(0.5),
+            peak: Some(0.49),
         },
         writes: Learned {
             factor: 1.0,
             throttled_at: None,
             held_at: None,
+            peak: None,
         },
         pause_ms: 1500,
         pause_limit: Limit::Requests,
@@ -302,4 +304,27 @@ fn sealing_and_opening_cost() {
         "per heartbeat: seal {sealing:?}, open {opening:?} ({} bytes)",
         bodies[0].len()
     );
+}
+
+#[test]
+fn a_heartbeat_without_a_peak_reads_and_writes_as_before_the_field() {
+    // Workers of the version before `peak` refuse unknown fields: a heartbeat with nothing to
+    // report leaves it out, and one from them (no field) reads as none.
+    let learned = Learned {
+        factor: 0.5,
+        throttled_at: None,
+        held_at: None,
+        peak: None,
+    };
+    let json = serde_json::to_string(&learned).unwrap();
+    assert!(!json.contains("peak"), "{json}");
+    let old: Learned =
+        serde_json::from_str(r#"{"factor":0.5,"throttled_at":null,"held_at":null}"#).unwrap();
+    assert_eq!(old, learned);
+    let with = serde_json::to_string(&Learned {
+        peak: Some(0.25),
+        ..learned
+    })
+    .unwrap();
+    assert!(with.contains(r#""peak":0.25"#), "{with}");
 }
