@@ -30,6 +30,14 @@ use crate::config::RateSettings;
 /// A budget nobody asked a cell of for this long is idle: the other workers of the fleet
 /// need not leave it a share (see [`Budget::idle`]).
 pub const IDLE_AFTER: Duration = Duration::from_secs(2);
+/// A worker that comes back to work while others are busy (it joins the fleet, or idled
+/// beside it) sends nothing for this long after announcing itself: the others count it
+/// first. Sent at once, its first requests reached Graph before they shrank their shares,
+/// and at the fleet's rate (within 1 % of Graph's) the few extra overfilled a 1 s refill
+/// step: a 429 and a pause of 1-5 s for everyone at nearly every join of the comego
+/// benchmark. A heartbeat crosses the broker in milliseconds; this leaves room for a
+/// loaded host and costs the joiner a fraction of a second of its share.
+pub const JOIN_SETTLE: Duration = Duration::from_millis(250);
 
 /// A factor that grew by less than this fraction keeps the limiters in force: a rebuilt
 /// limiter starts empty, and rebuilt at every step of a slow probe (twice a second) that
@@ -175,6 +183,9 @@ struct State {
     /// When a task last left [`Budget::acquire`] (at first: [`IDLE_AFTER`] before the budget
     /// was made).
     last_acquired: Instant,
+    /// Nothing is sent before this: the process woke beside busy workers, which count it
+    /// first ([`JOIN_SETTLE`]).
+    joining_until: Option<Instant>,
 }
 
 impl Key {
@@ -263,6 +274,7 @@ impl Budget {
             acquiring: 0,
             // Idle until the first request: a worker is counted by the others once it sends.
             last_acquired: now.checked_sub(IDLE_AFTER).unwrap_or(now),
+            joining_until: None,
         };
         state.requests.shared = shared;
         state.writes.shared = shared;
@@ -387,6 +399,11 @@ impl Budget {
         let mut write_from: Option<Arc<Limiters>> = None;
         loop {
             gate.wait().await;
+            let joining = lock(&self.state).joining_until;
+            if let Some(until) = joining.filter(|u| Instant::now() < *u) {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
             self.update(|s| {
                 let now = Instant::now();
                 s.requests.roll(now);
@@ -622,7 +639,13 @@ impl<'a> Acquiring<'a> {
         let woke = {
             let mut state = lock(&budget.state);
             state.acquiring += 1;
-            state.acquiring == 1 && state.last_acquired.elapsed() >= IDLE_AFTER
+            let woke = state.acquiring == 1 && state.last_acquired.elapsed() >= IDLE_AFTER;
+            // Others busy, counted through the broker: they learn of this one from the
+            // heartbeat the wake sends (a fixed `rate.processes` counts nobody).
+            if woke && budget.settings.processes == 0 && state.processes > 1 {
+                state.joining_until = Some(Instant::now() + JOIN_SETTLE);
+            }
+            woke
         };
         if woke {
             budget.woke.notify_one();

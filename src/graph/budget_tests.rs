@@ -240,6 +240,35 @@ async fn a_budget_is_idle_until_asked_and_again_after_idle_after_and_its_waking_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_worker_that_wakes_beside_busy_ones_sends_once_they_counted_it() {
+    let gate = PauseGate::default();
+    // Counted through the broker, two others busy: the wake's heartbeat goes first.
+    let joiner = Budget::new(&rate(100, 1, 100, 1, 0, 0.0)).unwrap();
+    joiner.set_processes(3);
+    let start = Instant::now();
+    joiner.acquire(false, &gate).await;
+    assert_eq!(start.elapsed(), JOIN_SETTLE);
+    // Once: the next request goes at the rate.
+    let start = Instant::now();
+    joiner.acquire(false, &gate).await;
+    assert!(start.elapsed() < JOIN_SETTLE, "{:?}", start.elapsed());
+    // Again after idling.
+    tokio::time::advance(IDLE_AFTER).await;
+    let start = Instant::now();
+    joiner.acquire(false, &gate).await;
+    assert_eq!(start.elapsed(), JOIN_SETTLE);
+    // Alone (a ticket at a quiet system), or with a fixed count nobody learns from a
+    // heartbeat: at once.
+    let alone = Budget::new(&rate(100, 1, 100, 1, 0, 0.0)).unwrap();
+    let fixed = Budget::new(&rate(100, 1, 100, 1, 3, 0.0)).unwrap();
+    for budget in [alone, fixed] {
+        let start = Instant::now();
+        budget.acquire(false, &gate).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_share_follows_the_live_number_of_processes() {
     let budget = Budget::new(&rate(100, 1, 100, 1, 0, 0.0)).unwrap();
     assert_eq!(budget.processes(), 1, "counted processes start as one");
@@ -247,12 +276,12 @@ async fn the_share_follows_the_live_number_of_processes() {
     budget.set_processes(4);
     assert_eq!(budget.stats().snapshot().workers, 4);
     // 25/s: 10 requests take 360 ms (the one cell of burst left carries over: the first
-    // goes at once, each next 40 ms later).
+    // goes at once, each next 40 ms later), after the others counted this one.
     let start = Instant::now();
     for _ in 0..10 {
         budget.acquire(false, &gate).await;
     }
-    assert_eq!(start.elapsed(), Duration::from_millis(360));
+    assert_eq!(start.elapsed(), JOIN_SETTLE + Duration::from_millis(360));
     // Back to one: nothing was left to carry, 100/s from an empty limiter.
     budget.set_processes(1);
     let start = Instant::now();
