@@ -28,7 +28,9 @@
 //!   Also the served rate (`served_at`, a lower bound). Below the served rate f recovers fast
 //!   ([`FAST_STEP`] of it per window), then climbs [`CLIMB_STEP`] of the gap per window to
 //!   [`SET_BELOW_SERVED`] of the throttled rate, then only probes ([`PROBE_STEP`] per
-//!   window); Graph's `x-ms-throttle-limit-percentage` warnings stop the probe. Probed
+//!   window, doubling each [`PROBE_DOUBLING`] without a throttling, up to
+//!   [`PROBE_MAX_DOUBLINGS`] times); Graph's `x-ms-throttle-limit-percentage` warnings stop
+//!   the probe and start it again at its first step. Probed
 //!   [`FORGET_ABOVE`] past the throttled rate without a 429, the budget has grown: forgotten.
 //! - **Probes that fail rest longer.** Every 429 costs its Retry-After of nothing sent (on a
 //!   1 s bucket, 1–5 s of lost budget), so after a probe that ends in a 429 (or an episode
@@ -36,7 +38,7 @@
 //!   [`PROBE_REST_FIRST`], doubling after each failed probe up to [`PROBE_REST_MAX`]; f holds
 //!   just below the throttled rate meanwhile. Forgetting the memory (the budget grew)
 //!   resets the rest. A budget that grows is found again after the probe's climb to
-//!   [`FORGET_ABOVE`] (about 2.5 min) and [`RECOVERY_STEP`]s, plus the rest after failed
+//!   [`FORGET_ABOVE`] (about 40 s) and [`RECOVERY_STEP`]s, plus the rest after failed
 //!   probes (up to 8 min more).
 //! - **Counted as the fleet's.** Each answer served (and each request sent) counts
 //!   1/(this process's share per second) when it comes, so a rate measured across a change
@@ -139,6 +141,14 @@ pub const CLIMB_STEP: f64 = 0.25;
 /// Retry-After (up to seconds of nothing sent), so the probe is slow enough to meet one
 /// about once a minute.
 pub const PROBE_STEP: f64 = 0.000625;
+/// A probe that meets no throttling (no 429, no warning) for this long doubles its step, up
+/// to [`PROBE_MAX_DOUBLINGS`] times: a throttled rate remembered far too low (a worker's
+/// share of a race after a pause, a leader with less work than its share) is forgotten
+/// after about 40 s of probing instead of 146 s, while a probe from just below the real
+/// rate meets it at about twice the first step.
+pub const PROBE_DOUBLING: Duration = Duration::from_secs(10);
+/// Most doublings of the probe's step (32 × [`PROBE_STEP`]: 4 % a second).
+pub const PROBE_MAX_DOUBLINGS: i32 = 5;
 /// Recovery per quiet window when no throttled rate is known (4 % of the share per second).
 pub const RECOVERY_STEP: f64 = 0.02;
 /// After the first probe that ends in a 429, the next one waits this long (from the end of
@@ -218,6 +228,9 @@ pub(super) struct Law {
     probe_rest: Duration,
     /// No probe above the throttled rate before this.
     probe_after: Option<Instant>,
+    /// When the probe under way began (its step doubles each [`PROBE_DOUBLING`]); `None`:
+    /// no probe, or one that a throttling, a warning or a rest ended.
+    probe_from: Option<Instant>,
     /// Another worker of the fleet leads: this one never probes above the throttled rate, it
     /// takes the leader's factor instead ([`Law::follow`]).
     pub(super) follower: bool,
@@ -286,6 +299,7 @@ impl Law {
             checkpoints: VecDeque::new(),
             probe_rest: Duration::ZERO,
             probe_after: None,
+            probe_from: None,
             follower: false,
             shared: false,
             held_at: None,
@@ -323,7 +337,7 @@ impl Law {
             for k in (0..quiet).rev() {
                 let ended = now - FACTOR_WINDOW * k as u32;
                 let resting = self.follower || self.probe_after.is_some_and(|p| ended < p);
-                self.recover_step(resting);
+                self.recover_step(resting, ended);
             }
         }
         self.signalled = false;
@@ -386,9 +400,19 @@ impl Law {
         }
     }
 
-    /// One quiet window's recovery; `resting`: no probe above the throttled rate now.
-    fn recover_step(&mut self, resting: bool) {
+    /// One quiet window's recovery, the window ending at `ended`; `resting`: no probe above
+    /// the throttled rate now.
+    fn recover_step(&mut self, resting: bool, ended: Instant) {
         let f = self.factor;
+        let probing = !resting
+            && self.held_at.is_none_or(|h| f >= h)
+            && self.served_at.is_none_or(|s| f >= s)
+            && self
+                .throttled_at
+                .is_some_and(|at| f >= at * SET_BELOW_SERVED);
+        if !probing {
+            self.probe_from = None;
+        }
         let held = self.held_at.filter(|h| f < *h);
         let next = match (self.served_at, self.throttled_at) {
             // Back to the rate that held (Graph served it for long), quickly.
@@ -399,7 +423,14 @@ impl Law {
                 (f + ((target - f) * CLIMB_STEP).max(f * PROBE_STEP)).min(target)
             }
             (_, Some(_)) if resting => f,
-            (_, Some(_)) => f * (1.0 + PROBE_STEP),
+            (_, Some(_)) => {
+                let from = *self.probe_from.get_or_insert(ended);
+                let periods =
+                    ended.saturating_duration_since(from).as_nanos() / PROBE_DOUBLING.as_nanos();
+                let doublings = i32::try_from(periods)
+                    .map_or(PROBE_MAX_DOUBLINGS, |p| p.min(PROBE_MAX_DOUBLINGS));
+                f * (1.0 + PROBE_STEP * 2f64.powi(doublings))
+            }
             (_, None) => f + RECOVERY_STEP,
         };
         self.factor = next.min(1.0);
@@ -414,6 +445,7 @@ impl Law {
             self.served_at = None;
             self.probe_rest = Duration::ZERO;
             self.probe_after = None;
+            self.probe_from = None;
             self.held_at = None;
         }
     }
@@ -427,6 +459,8 @@ impl Law {
             Some(at) => {
                 if self.factor >= at {
                     self.signalled = true;
+                    // Near Graph's limit: the probe starts again at its first step.
+                    self.probe_from = None;
                 }
             }
             None => {
@@ -457,6 +491,7 @@ impl Law {
     ) {
         self.roll(now);
         self.signalled = true;
+        self.probe_from = None;
         let pause_end = pause_end.max(now);
         let settled = pause_end + SETTLE;
         // Nothing is proven from before the pause is over.

@@ -137,13 +137,55 @@ async fn a_probe_far_enough_above_the_throttled_rate_forgets_it() {
     let mut a = Law::new(t0);
     a.factor = 0.5;
     a.throttled_at = Some(0.5);
-    // 20 % above at 0.0625 % per window: 292 windows = 146 s.
-    a.roll(t0 + Duration::from_secs(147));
+    // 0.0625 % per window for 10 s, twice that for the next 10 s, and so on: 9.1 % above
+    // after 30 s, 20 % (forgotten) before 40 s, where a steady probe took 146 s.
+    a.roll(t0 + Duration::from_secs(10));
+    assert!(
+        close(a.factor, 0.5 * (1.0 + PROBE_STEP).powi(20)),
+        "{}",
+        a.factor
+    );
+    a.roll(t0 + Duration::from_secs(30));
+    assert!((a.factor / 0.5 - 1.0914).abs() < 1e-3, "{}", a.factor);
+    assert_eq!(a.throttled_at, Some(0.5));
+    a.roll(t0 + Duration::from_secs(40));
     assert_eq!(a.throttled_at, None);
     // From then on, the quicker recovery without memory.
     let f = a.factor;
-    a.roll(t0 + ms(147_500));
+    a.roll(t0 + ms(40_500));
     assert!(close(a.factor, f + RECOVERY_STEP));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_warning_or_a_throttling_starts_the_probe_again_at_its_first_step() {
+    let t0 = Instant::now();
+    let secs = Duration::from_secs;
+    let mut a = Law::new(t0);
+    a.factor = 0.5;
+    a.throttled_at = Some(0.5);
+    a.roll(t0 + secs(25));
+    // Twice doubled by now: 4 × the first step per window.
+    let f = a.factor;
+    a.roll(t0 + ms(25_500));
+    assert!(
+        close(a.factor, f * (1.0 + 4.0 * PROBE_STEP)),
+        "{}",
+        a.factor
+    );
+    // A warning above the throttled rate: that window holds, the next probes from scratch.
+    a.warned(t0 + ms(25_600));
+    a.roll(t0 + secs(26));
+    let f = a.factor;
+    a.roll(t0 + ms(26_500));
+    assert!(close(a.factor, f * (1.0 + PROBE_STEP)), "{}", a.factor);
+    // So after a rest: a follower never probes, and leads from the first step.
+    a.roll(t0 + secs(45));
+    a.follower = true;
+    a.roll(t0 + secs(46));
+    a.follower = false;
+    let f = a.factor;
+    a.roll(t0 + ms(46_500));
+    assert!(close(a.factor, f * (1.0 + PROBE_STEP)), "{}", a.factor);
 }
 
 #[tokio::test(start_paused = true)]
@@ -333,8 +375,10 @@ async fn a_probe_that_ends_in_a_429_rests_before_the_next_and_the_rest_doubles()
     let mut a = Law::new(t0);
     // A first episode: f halves, the throttled rate (1.0) is remembered.
     a.throttled(t0, t0 + secs(3), false, false, true);
-    // Recovered to just below the throttled rate and held there: the next 429 ends a probe.
-    a.factor = SET_BELOW_SERVED;
+    // Recovered to just below the throttled rate and held there: the next 429 ends a probe
+    // (one far enough below 1.0 that 17 s of probing do not forget the rate).
+    a.throttled_at = Some(0.8);
+    a.factor = 0.8 * SET_BELOW_SERVED;
     a.served_at = Some(0.5);
     serve(&mut a, 350.0, t0 + secs(3), secs(17), 17 * 300);
     let t1 = t0 + secs(20);
