@@ -567,7 +567,8 @@ impl Law {
         // climbed a few percent past it before the second that overflowed came; far below,
         // this process may simply have had less to send).
         let own_peak = self.peak_span(now);
-        let peak_span = own_peak.map(|(peak, lowest)| (self.fleet_peak(peak), lowest));
+        let peak_span =
+            own_peak.and_then(|(peak, lowest)| self.fleet_peak(peak).map(|p| (p, lowest)));
         let peak = peak_span.map(|(peak, _)| peak);
         // The rate was known before this episode (a measured one, or a proven rate).
         let known = self.probe_after.is_some() || self.held_at.is_some();
@@ -845,9 +846,13 @@ impl Law {
     /// A peer's value that is not a rate is left out, and none counts above 1 (the
     /// configured share): a key holder's heartbeat can turn "Graph served less than was
     /// sent" into "served all", the rule without a measure, never into a lower rate.
-    fn fleet_peak(&self, own: f64) -> f64 {
+    /// `None` in a fleet whose other workers reported none (their spans all touched a
+    /// pause): this process's share alone is no measure (a leader that got a third of the
+    /// steps after a pause, the other worker none it could report, took 64 % of the budget
+    /// for Graph's rate and held the fleet there for two minutes).
+    fn fleet_peak(&self, own: f64) -> Option<f64> {
         if !self.shared {
-            return own;
+            return Some(own);
         }
         let (sum, count) = self
             .peer_peaks
@@ -856,7 +861,7 @@ impl Law {
             .fold((own, 1.0), |(sum, count), p| {
                 (sum + p.min(1.0), count + 1.0)
             });
-        own.max(sum / count)
+        (count > 1.0).then(|| own.max(sum / count))
     }
 
     /// This law leads the fleet from `now` on; it followed another worker's until then. What
