@@ -30,6 +30,7 @@ use crate::broker::{self, OutMessage, Publisher, Topology};
 use crate::cli::ApproveArgs;
 use crate::config::Settings;
 use crate::domain::ResetRequest;
+use crate::net::printable;
 use crate::reset;
 use crate::trust::requests::{
     approve, verify_compact_request, verify_request, CompactProof, KnownBatch, TrustedBatch,
@@ -148,7 +149,7 @@ pub async fn run(settings: &Settings, args: &ApproveArgs) -> anyhow::Result<Appr
                 if !candidate.seen.insert(index) {
                     return None;
                 }
-                let user = printable(&request.user.to_string());
+                let user = printable(&request.user.to_string()).into_owned();
                 if candidate.sample.len() < SAMPLE {
                     candidate.sample.push(user.clone());
                 }
@@ -406,13 +407,6 @@ fn confirm(args: &ApproveArgs, count: u64) -> anyhow::Result<()> {
         }
     );
     Ok(())
-}
-
-/// Text from the queue with control characters replaced, for a terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 #[cfg(test)]

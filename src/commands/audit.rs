@@ -25,6 +25,7 @@ use crate::broker::{self, Topology};
 use crate::cli::AuditCommand;
 use crate::config::Settings;
 use crate::domain::{BatchManifest, Record, RestoreRecord, RestoreResult, RestoreStage};
+use crate::net::printable;
 use crate::records::read::load_allowed_signers;
 use crate::records::restore::is_restore_chain;
 use crate::records::{Read, RecordReader};
@@ -281,7 +282,7 @@ fn audit(batch: &str, seen: &[Seen], allowed: &crate::trust::AllowedSigners) -> 
         .findings
         .iter()
         .chain(&restore_report.findings)
-        .map(|f| printable(&f.to_string()))
+        .map(|f| printable(&f.to_string()).into_owned())
         .collect();
     if !items_known {
         if let Some(count) = expected {
@@ -388,13 +389,6 @@ fn signed_count(
     )
     .map_err(|error| error.to_string())?;
     Ok(sealed.manifest.count)
-}
-
-/// Control characters out of what came from the stream, before printing it.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
 }
 
 /// One line of `audit export`.

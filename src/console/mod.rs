@@ -341,10 +341,4 @@ pub fn json_error(status: StatusCode, code: &str, field: &str, message: &str) ->
     (status, Json(body)).into_response()
 }
 
-/// `value` with control characters replaced, for messages about outside input.
-pub fn printable(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
-}
+pub use crate::net::printable;

@@ -92,9 +92,11 @@ pub(super) async fn check_admins(
     for (user, verdict) in results {
         match verdict {
             UserCheck::Clear => {}
-            UserCheck::Protected(entry) => check.protected.push((user, printable(&entry))),
-            UserCheck::Roles(roles) => check.admins.push((user, printable(&roles))),
-            UserCheck::Unchecked(why) => check.unchecked.push((user, printable(&why))),
+            UserCheck::Protected(entry) => {
+                check.protected.push((user, printable(&entry).into_owned()))
+            }
+            UserCheck::Roles(roles) => check.admins.push((user, printable(&roles).into_owned())),
+            UserCheck::Unchecked(why) => check.unchecked.push((user, printable(&why).into_owned())),
         }
     }
     check.admins.sort();
@@ -121,7 +123,7 @@ async fn check_user(
     protected: Arc<reset::ProtectedUsers>,
     user: crate::domain::UserRef,
 ) -> (String, UserCheck) {
-    let shown = printable(&user.to_string());
+    let shown = printable(&user.to_string()).into_owned();
     // The worker's own checks (`reset::protection`): the object id against the resolved
     // reset.protected_users, then active and PIM-eligible role assignments, by object id.
     let verdict = match graph.resolve_user(&user).await {
