@@ -10,7 +10,12 @@
 //! [`GraphFront::hold_after_deletes`] closes a gate once a number of DELETEs went through:
 //! every later request waits at the front (on the wire, unanswered) until
 //! [`GraphFront::release`], so a test can act at a known point of a batch however fast or
-//! slow the machine is.
+//! slow the machine is. Released, the held requests go on one at a time, in the order they
+//! arrived, each once the one before it was answered: as Graph would have served them had
+//! the front not held them. (Released all at once, a DELETE a worker sent before its broker
+//! node stopped raced the listing of the same user by the worker that took the redelivery
+//! seconds later, a race the hold itself made; the cluster test once met it as a DELETE
+//! answered 404.)
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -59,6 +64,10 @@ struct FrontState {
     held: tokio::sync::watch::Sender<bool>,
     /// Requests waiting at the closed gate now.
     waiting: std::sync::atomic::AtomicUsize,
+    /// The next place in the line at the gate.
+    places: std::sync::atomic::AtomicU64,
+    /// The place whose turn it is once the gate opens.
+    turn: tokio::sync::watch::Sender<u64>,
 }
 
 /// A path fragment, and the `(user, new UPN)` renames to make before its first request.
@@ -76,6 +85,8 @@ impl GraphFront {
             hold_after: Mutex::default(),
             held: tokio::sync::watch::channel(false).0,
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            places: std::sync::atomic::AtomicU64::new(0),
+            turn: tokio::sync::watch::channel(0).0,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -167,7 +178,8 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
-    hold(&state).await;
+    // Kept until this request is answered: the next one held goes after it.
+    let _turn = hold(&state).await;
     let user = user_of(&path);
     let client_request_id = headers
         .get("client-request-id")
@@ -225,12 +237,32 @@ async fn forward(
     response
 }
 
-/// Wait while the gate is closed.
-async fn hold(state: &FrontState) {
+/// A held request's place in the line; dropped (answered, or given up by its caller), the
+/// next place's turn comes.
+struct Turn<'a> {
+    state: &'a FrontState,
+    place: u64,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let next = self.place + 1;
+        self.state
+            .turn
+            .send_modify(|turn| *turn = (*turn).max(next));
+    }
+}
+
+/// Wait while the gate is closed, then for this request's turn in the line.
+async fn hold(state: &FrontState) -> Option<Turn<'_>> {
     let mut held = state.held.subscribe();
     if !*held.borrow_and_update() {
-        return;
+        return None;
     }
+    let place = state
+        .places
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let turn = Turn { state, place };
     state
         .waiting
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -238,6 +270,8 @@ async fn hold(state: &FrontState) {
     state
         .waiting
         .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    let _ = state.turn.subscribe().wait_for(|turn| *turn >= place).await;
+    Some(turn)
 }
 
 async fn relay(
