@@ -404,15 +404,8 @@ impl Law {
     /// the throttled rate now.
     fn recover_step(&mut self, resting: bool, ended: Instant) {
         let f = self.factor;
-        let probing = !resting
-            && self.held_at.is_none_or(|h| f >= h)
-            && self.served_at.is_none_or(|s| f >= s)
-            && self
-                .throttled_at
-                .is_some_and(|at| f >= at * SET_BELOW_SERVED);
-        if !probing {
-            self.probe_from = None;
-        }
+        // Kept only by a window that probes: any other ends the probe under way.
+        let probe_from = self.probe_from.take();
         let held = self.held_at.filter(|h| f < *h);
         let next = match (self.served_at, self.throttled_at) {
             // Back to the rate that held (Graph served it for long), quickly.
@@ -424,7 +417,8 @@ impl Law {
             }
             (_, Some(_)) if resting => f,
             (_, Some(_)) => {
-                let from = *self.probe_from.get_or_insert(ended);
+                let from = probe_from.unwrap_or(ended);
+                self.probe_from = Some(from);
                 let periods =
                     ended.saturating_duration_since(from).as_nanos() / PROBE_DOUBLING.as_nanos();
                 let doublings = i32::try_from(periods)
