@@ -397,13 +397,14 @@ impl Budget {
         // The write cell taken from this pair of limiters, if any (kept across waits for the
         // all-requests cell; a replaced pair is asked again).
         let mut write_from: Option<Arc<Limiters>> = None;
+        // Set only by the task that woke an idle budget, before any other is inside: read
+        // once, on the way in.
+        let joining = lock(&self.state).joining_until;
+        if let Some(until) = joining.filter(|u| Instant::now() < *u) {
+            tokio::time::sleep_until(until).await;
+        }
         loop {
             gate.wait().await;
-            let joining = lock(&self.state).joining_until;
-            if let Some(until) = joining.filter(|u| Instant::now() < *u) {
-                tokio::time::sleep_until(until).await;
-                continue;
-            }
             self.update(|s| {
                 let now = Instant::now();
                 s.requests.roll(now);
