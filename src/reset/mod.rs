@@ -25,7 +25,7 @@ pub mod plan;
 mod protected;
 mod settle;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{DateTime, Utc};
@@ -166,6 +166,7 @@ pub async fn execute(
         backup: backup.map(|recipient| (recipient, req.user.to_string())),
         removed: earlier.removed,
         gone: HashSet::new(),
+        planned_listed: HashMap::new(),
         sessions_revoked: earlier.sessions_revoked,
         calls: 0,
         planned_earlier: earlier.planned,
@@ -219,9 +220,13 @@ struct Run<'a> {
     /// value is bound to).
     backup: Option<(&'a BackupRecipient, String)>,
     removed: Vec<MethodRecord>,
-    /// `type:id` of methods whose first DELETE answered 404: already gone (deleted elsewhere
-    /// or by an earlier attempt), not removed by us, but no longer there.
+    /// `type:id` of methods whose first DELETE answered 404: already gone (deleted elsewhere),
+    /// not removed by us, but no longer there.
     gone: HashSet<String>,
+    /// Methods an interrupted earlier attempt planned that were still listed (`type:id`):
+    /// a 404 on one of them is that attempt's DELETE landing after our listing, so the
+    /// method goes on the record as removed (its plan's record), not as gone.
+    planned_listed: HashMap<String, MethodRecord>,
     sessions_revoked: bool,
     calls: u32,
     planned_earlier: Vec<MethodRecord>,
@@ -249,13 +254,20 @@ impl Run<'_> {
         record
     }
 
-    /// Methods an interrupted earlier attempt planned that are no longer listed: it removed them.
+    /// Methods an interrupted earlier attempt planned that are no longer listed: it removed
+    /// them. Those still listed are remembered, in case its DELETE lands after our listing.
     fn adopt_earlier_plan(&mut self, listed: &[AuthMethod]) {
         if self.planned_earlier.is_empty() {
             return;
         }
         let still_there: HashSet<String> = listed.iter().map(short).collect();
         let planned = std::mem::take(&mut self.planned_earlier);
+        let known: HashSet<String> = self.removed.iter().map(MethodRecord::short).collect();
+        self.planned_listed = planned
+            .iter()
+            .filter(|m| still_there.contains(&m.short()) && !known.contains(&m.short()))
+            .map(|m| (m.short(), m.clone()))
+            .collect();
         let gone = plan::removed_earlier(planned, &self.removed, &still_there);
         self.removed.extend(gone);
     }
@@ -564,10 +576,16 @@ impl Run<'_> {
                 self.removed.push(record);
                 Ok(())
             }
-            // Gone before our first try (deleted elsewhere, or by an earlier attempt):
-            // nothing to remove, not an error, and not ours to report as removed.
+            // Gone, though our listing showed it: an interrupted earlier attempt's DELETE of
+            // it landed since (it is on that attempt's plan), or someone deleted it elsewhere
+            // (nothing to remove, not an error, and not ours to report as removed).
             Err(graph::Error::NotFound { .. }) => {
-                self.gone.insert(short(method));
+                match self.planned_listed.remove(&short(method)) {
+                    Some(planned) => self.removed.push(planned),
+                    None => {
+                        self.gone.insert(short(method));
+                    }
+                }
                 Ok(())
             }
             Err(err) => Err(err),

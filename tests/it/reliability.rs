@@ -460,12 +460,20 @@ async fn an_interrupted_reset_resumes_by_listing_again_and_deleting_only_what_re
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reset_interrupted_after_deleting_keeps_the_record_of_what_it_removed() {
+/// What a worker killed half-way leaves behind (its plan on the stream, one method deleted,
+/// no outcome), then the request run by a worker: the outcome, the method the killed worker
+/// deleted (`type:id`), how many it planned, and the user. With `consistency_delay_ms`,
+/// Graph still lists the deleted method that long (to the next attempt, the killed worker's
+/// DELETE landing after its listing looks the same).
+async fn after_an_interrupted_attempt(
+    name: &str,
+    consistency_delay_ms: u64,
+) -> (TestEnv, mfa_reset::domain::Outcome, String, usize, String) {
     let mut env = TestEnv::new(
-        "rel-plan",
+        name,
         SimConfig {
             users: 5,
+            consistency_delay_ms,
             generation: GenOptions {
                 methods_min: 3,
                 ..GenOptions::default()
@@ -474,6 +482,8 @@ async fn a_reset_interrupted_after_deleting_keeps_the_record_of_what_it_removed(
         },
     )
     .await;
+    // Waits out the listing's lag: a method still listed after it would be believed remaining.
+    env.settings.reset.consistency_wait = Duration::from_secs(20);
     env.setup().await;
     let upn = graph_sim::tenant::upn_for_index(1);
     let user = UserRef::parse(&upn).expect("user");
@@ -534,19 +544,75 @@ async fn a_reset_interrupted_after_deleting_keeps_the_record_of_what_it_removed(
         .await
         .expect("enqueue");
     env.start_worker(1);
+    if consistency_delay_ms > 0 {
+        // Once the attempt met the lagging method as a 404, Graph catches up with every
+        // DELETE (the attempt's own too, so its check after the deletes settles).
+        wait_until("a DELETE answered 404", 60, || {
+            crate::fidelity::by_status(&env.sim.stats(), "DELETE").contains_key("404")
+        })
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            env.sim.settle_deletions();
+            let view = mfa_reset::commands::status::load(&env.settings, batch)
+                .await
+                .expect("status");
+            if view.finished() >= 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no outcome after 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let view = env.wait_batch(batch, 60).await;
+    let outcome = view.outcomes().next().expect("outcome").clone();
+    (env, outcome, deleted_by_crashed, targets.len(), upn)
+}
 
-    let outcome = view.outcomes().next().expect("outcome");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_interrupted_after_deleting_keeps_the_record_of_what_it_removed() {
+    let (env, outcome, deleted_by_crashed, targets, upn) =
+        after_an_interrupted_attempt("rel-plan", 0).await;
+
     assert_eq!(outcome.status, Status::Reset, "{outcome:?}");
     let removed: HashSet<String> = outcome.methods_removed.iter().map(|m| m.short()).collect();
     assert_eq!(
         removed.len(),
-        targets.len(),
+        targets,
         "every method is on the record: {removed:?}"
     );
     assert!(
         removed.contains(&deleted_by_crashed),
         "including the one the crashed worker removed"
+    );
+    assert_eq!(removable(&env.sim.user(&upn).expect("user")), 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_method_still_listed_but_answered_404_is_on_the_record_as_removed_by_the_earlier_attempt(
+) {
+    // The crashed worker's DELETE lands after the next attempt listed the user: Graph lists
+    // the method (here for as long as the test likes), then answers its DELETE 404.
+    let (env, outcome, deleted_by_crashed, targets, upn) =
+        after_an_interrupted_attempt("rel-plan-404", 600_000).await;
+
+    assert_eq!(
+        crate::fidelity::by_status(&env.sim.stats(), "DELETE").get("404"),
+        Some(&1),
+        "the next attempt met the earlier DELETE as a 404"
+    );
+    assert_eq!(outcome.status, Status::Reset, "{outcome:?}");
+    assert!(outcome.methods_remaining.is_empty(), "{outcome:?}");
+    let removed: HashSet<String> = outcome.methods_removed.iter().map(|m| m.short()).collect();
+    assert_eq!(
+        removed.len(),
+        targets,
+        "every method is on the record: {removed:?}"
+    );
+    assert!(
+        removed.contains(&deleted_by_crashed),
+        "including the one the crashed worker removed, though Graph still listed it"
     );
     assert_eq!(removable(&env.sim.user(&upn).expect("user")), 0);
     env.cleanup().await;
