@@ -116,6 +116,13 @@ impl Incoming {
         self.0.redelivered
     }
 
+    /// True once the channel that holds this delivery closed (or the connection went) before
+    /// it was settled: the broker has put it back in the queue, and may give it to another
+    /// consumer at once.
+    pub fn taken_back(&self) -> bool {
+        self.0.acker.poisoned()
+    }
+
     /// Done with it: the broker forgets the message. Settling a delivery a second time is a
     /// no-op (lapin's acker is used once).
     pub async fn ack(&self) -> anyhow::Result<()> {

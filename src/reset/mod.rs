@@ -84,6 +84,9 @@ pub enum Interrupted {
     /// The plan could not be recorded before the first DELETE (broker trouble): nothing was
     /// deleted in this attempt.
     Journal(String),
+    /// The request was taken back before the next write (see [`Journal::taken_back`]):
+    /// what this attempt removed is on its plan.
+    TakenBack,
 }
 
 impl From<graph::Error> for Interrupted {
@@ -98,6 +101,14 @@ impl From<graph::Error> for Interrupted {
 pub trait Journal: Send + Sync {
     /// Record the methods about to be deleted; returns once it is durable.
     async fn planned(&self, methods: &[MethodRecord]) -> anyhow::Result<()>;
+
+    /// True once the request is no longer this attempt's to carry on: its delivery went back
+    /// to the broker (the channel holding it closed), which may give it to another worker
+    /// at once. Asked before every write to Graph; the attempt then stops, and whoever runs
+    /// the request next finds what it removed through its plan.
+    fn taken_back(&self) -> bool {
+        false
+    }
 }
 
 /// A journal that keeps nothing (tools that need no crash recovery).
@@ -272,6 +283,14 @@ impl Run<'_> {
         self.removed.extend(gone);
     }
 
+    /// Stop before a write once the request was taken back (see [`Journal::taken_back`]).
+    fn still_ours(&self) -> Result<(), Interrupted> {
+        if self.journal.taken_back() {
+            return Err(Interrupted::TakenBack);
+        }
+        Ok(())
+    }
+
     /// Not touched: a protected account, or one whose privileges could not be checked.
     fn skipped(&mut self, code: &str, message: String) -> Executed {
         Executed {
@@ -356,6 +375,7 @@ impl Run<'_> {
         let still_refused = self.delete_all(&user, ordered).await?;
 
         if req.revoke_sessions && !self.sessions_revoked {
+            self.still_ours()?;
             self.revoke_sessions(&user).await?;
         }
 
@@ -379,6 +399,7 @@ impl Run<'_> {
         // with them, or sit beside a method the user still has.
         let tap = match req.tap {
             Some(asked) if conclusion.status == Status::Reset => {
+                self.still_ours()?;
                 Some(Box::new(self.issue_tap(&user, asked).await))
             }
             _ => None,
@@ -518,7 +539,8 @@ impl Run<'_> {
                 return None;
             }
         };
-        if !plan::must_move_default_to_mobile(&kinds, default) {
+        if !plan::must_move_default_to_mobile(&kinds, default) || self.journal.taken_back() {
+            // Taken back: no write here; the first DELETE's check stops the attempt.
             return default;
         }
         self.calls += 1;
@@ -543,6 +565,7 @@ impl Run<'_> {
         let targets = ordered.len();
         let mut refused: Vec<(AuthMethod, graph::Error)> = Vec::new();
         for method in ordered {
+            self.still_ours()?;
             match self.delete(user, &method).await {
                 Ok(()) => {}
                 Err(err @ graph::Error::BadRequest { .. }) => refused.push((method, err)),
@@ -554,6 +577,7 @@ impl Run<'_> {
         }
         let mut still_refused = Vec::new();
         for (method, _) in refused {
+            self.still_ours()?;
             if let Err(err) = self.delete(user, &method).await {
                 if err.is_retryable() || err.halts() {
                     return Err(err.into());

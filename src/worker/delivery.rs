@@ -159,7 +159,7 @@ async fn try_request<'a>(
     match claim(ctx, incoming, request).await {
         Err(trouble) => (Attempt::BrokerTrouble(format!("{trouble:#}")), None),
         Ok(None) => (Attempt::Duplicate, None),
-        Ok(Some(claim)) => (run(ctx, request).await, Some(claim)),
+        Ok(Some(claim)) => (run(ctx, incoming, request).await, Some(claim)),
     }
 }
 
@@ -204,7 +204,7 @@ async fn claim<'a>(
 
 /// Run a claimed request: not at all when halted, capped, too old or protected, else reset
 /// the user.
-async fn run(ctx: &Ctx, request: &ResetRequest) -> Attempt {
+async fn run(ctx: &Ctx, incoming: &Incoming, request: &ResetRequest) -> Attempt {
     let worker = &ctx.worker;
     if let Some(stop) = ctx.stopped(Some((request.request_id, request.replay))) {
         // Handed back only once the consumer has stopped, so it is not delivered straight
@@ -224,7 +224,11 @@ async fn run(ctx: &Ctx, request: &ResetRequest) -> Attempt {
         sessions_revoked: carry.sessions_revoked,
         planned: worker.ledger.plan(request.request_id, request.replay),
     };
-    let journal = StreamJournal { ctx, request };
+    let journal = StreamJournal {
+        ctx,
+        incoming,
+        request,
+    };
     let settings = &worker.settings.reset;
     // Every Graph call of this reset carries the request id as `client-request-id`, so
     // Entra's audit log joins to the outcome.
@@ -433,9 +437,11 @@ async fn dead_letter(
         .context("dead-lettering")
 }
 
-/// Writes a request's plan to the outcomes stream (confirmed) before its first DELETE.
+/// Writes a request's plan to the outcomes stream (confirmed) before its first DELETE, and
+/// tells the reset when the broker took its delivery back.
 struct StreamJournal<'a> {
     ctx: &'a Ctx,
+    incoming: &'a Incoming,
     request: &'a ResetRequest,
 }
 
@@ -472,6 +478,12 @@ impl reset::Journal for StreamJournal<'_> {
         // worker's own count never lags (other workers learn it from the stream).
         worker.gate.record(&record, Utc::now());
         Ok(())
+    }
+
+    /// The delivery's channel closed, or the connection under it is gone: either way the
+    /// broker requeued it, and another worker may be running it now.
+    fn taken_back(&self) -> bool {
+        self.incoming.taken_back() || !self.ctx.conn.status().connected()
     }
 }
 

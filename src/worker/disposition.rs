@@ -288,6 +288,11 @@ fn parse_json(body: &[u8]) -> Result<ResetRequest, Cause> {
         .map_err(|e| Cause::new("invalid_message", format!("not a reset request: {e}")))
 }
 
+/// Why an attempt stopped once its delivery's channel closed.
+pub const TAKEN_BACK: &str = "the broker took the delivery back (its channel closed) and may \
+     have given it to another worker: stopped before the next write to Graph; whoever runs it \
+     next finds what this attempt removed on its plan";
+
 /// A reset that stopped: retry, wait out an outage, halt, or conclude.
 fn interrupted(
     request: &ResetRequest,
@@ -299,6 +304,12 @@ fn interrupted(
     let error = match later.cause {
         // The broker would not take the plan: nothing was deleted in this attempt.
         Interrupted::Journal(reason) => return Disposition::HandBack { reason },
+        // The broker has the delivery already; the hand-back finds its channel closed.
+        Interrupted::TakenBack => {
+            return Disposition::HandBack {
+                reason: TAKEN_BACK.into(),
+            }
+        }
         Interrupted::Graph(error) => error,
     };
     let cause = Cause::new(error.code(), error.to_string());

@@ -168,6 +168,21 @@ fn broker_trouble_and_panics_hand_the_delivery_back() {
 }
 
 #[test]
+fn an_attempt_whose_delivery_was_taken_back_hands_it_back_without_a_retry_or_an_outcome() {
+    let result = Attempt::Interrupted(RetryLater {
+        cause: Interrupted::TakenBack,
+        removed: vec![method("m1")],
+        sessions_revoked: false,
+    });
+    assert_eq!(
+        decide_for(result, 1, 2),
+        Disposition::HandBack {
+            reason: super::TAKEN_BACK.into()
+        }
+    );
+}
+
+#[test]
 fn a_plan_the_broker_would_not_take_hands_the_delivery_back() {
     let result = Attempt::Interrupted(RetryLater {
         cause: Interrupted::Journal("no confirm".into()),

@@ -307,6 +307,11 @@ pub(super) async fn run(
     if taking.paused.is_some() {
         metrics.pause(None);
     }
+    if !conn.status().connected() {
+        // Gone now, not once the users in flight have stopped (they stop before their next
+        // write to Graph: their deliveries are back in the queue).
+        metrics.connected.set(0);
+    }
     taking.close_retired().await;
     shut_down(ctx, taking.consumer, probe, dispatch, metrics).await;
     fleet.stop().await;

@@ -15,6 +15,7 @@ use mfa_reset::worker::{self, WorkOptions, WorkerMetrics};
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
+use crate::common::amqp_cut::AmqpCut;
 use crate::common::amqp_hold::{broker_address, AmqpHold};
 use crate::common::env::{csv_of_generated, TestEnv};
 use crate::common::graph_front::GraphFront;
@@ -615,6 +616,108 @@ async fn a_planned_method_still_listed_but_answered_404_is_on_the_record_as_remo
         "including the one the crashed worker removed, though Graph still listed it"
     );
     assert_eq!(removable(&env.sim.user(&upn).expect("user")), 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_from_its_broker_sends_no_delete_after_the_one_on_the_wire_and_the_user_ends_with_one_outcome(
+) {
+    let mut env = TestEnv::new(
+        "rel-cut",
+        SimConfig {
+            users: 1,
+            generation: GenOptions {
+                methods_min: 4,
+                ..GenOptions::default()
+            },
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let upn = graph_sim::tenant::upn_for_index(0);
+    let user = UserRef::parse(&upn).expect("user");
+    let lister = GraphClient::new(&env.settings.graph, &env.settings.rate, &env.settings.retry)
+        .expect("client");
+    let targets = lister
+        .list_methods(&user)
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|m| m.is_removable())
+        .count();
+    assert!(targets >= 3, "{targets} methods to remove");
+
+    // Worker 1 reaches the broker through a relay the test cuts, and Graph through a front
+    // that holds its second DELETE on the wire.
+    let front = GraphFront::start(&env.sim.url()).await;
+    let relay = AmqpCut::start(broker_address(&env.settings.broker.url)).await;
+    let mut cut_off = env.settings.clone();
+    front.point(&mut cut_off);
+    cut_off.broker.url = relay.url();
+    // Long enough that only the worker's own check can stop it (the grace's end aborts
+    // whatever still runs).
+    cut_off.worker.shutdown_grace = Duration::from_secs(300);
+    front.hold_after_deletes(1);
+    let graph = GraphClient::new(&cut_off.graph, &cut_off.rate, &cut_off.retry).expect("client");
+    let metrics = Arc::new(WorkerMetrics::default());
+    env.start_worker_counted(cut_off, graph, 2, metrics.clone());
+    let enqueued = env
+        .enqueue_csv(&format!("user\n{upn}\n"))
+        .await
+        .expect("enqueue");
+    wait_until("the second DELETE waits at the front", 60, || {
+        front.waiting() >= 1
+    })
+    .await;
+
+    // Cut from its broker mid-reset: the broker takes the request back.
+    relay.cut();
+    wait_until("worker 1 saw its broker go", 30, || {
+        metrics.connected.get() == 0
+    })
+    .await;
+    front.release();
+    wait_until("worker 1's attempt ended", 30, || {
+        metrics.in_flight.get() == 0
+    })
+    .await;
+    let calls = front.calls();
+    let deletes = calls.iter().filter(|c| c.method == "DELETE").count();
+    assert_eq!(
+        deletes, 2,
+        "worker 1 sent no DELETE after the one on the wire when it was cut: {calls:?}"
+    );
+
+    // Worker 2 takes the request back from the queue and finishes it.
+    env.start_worker(2);
+    let view = env.wait_batch(&enqueued.batch, 60).await;
+    // Worker 1 back on its broker: it has nothing held to record.
+    relay.reopen();
+    wait_until("worker 1 reconnected", 60, || metrics.connected.get() == 1).await;
+
+    let counts = env.outcome_counts().await;
+    assert_eq!(counts.len(), 1);
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    let outcome = view.outcomes().next().expect("outcome");
+    assert_eq!(outcome.status, Status::Reset, "{outcome:?}");
+    assert_eq!(outcome.worker, "test-worker-2", "{outcome:?}");
+    let removed: HashSet<String> = outcome
+        .methods_removed
+        .iter()
+        .map(|m| m.id.clone())
+        .collect();
+    let user_after = env.sim.user(&upn).expect("user");
+    let deleted: HashSet<String> = user_after
+        .deleted_methods
+        .iter()
+        .map(|m| m["id"].as_str().expect("a method id").to_string())
+        .collect();
+    assert_eq!(removed.len(), targets, "{outcome:?}");
+    assert_eq!(removed, deleted, "the record is what Graph deleted");
+    // Each method deleted once: no DELETE met a method already gone.
+    let deletes = crate::fidelity::by_status(&env.sim.stats(), "DELETE");
+    assert_eq!(deletes.get("404"), None, "{deletes:?}");
+    assert_eq!(removable(&user_after), 0);
     env.cleanup().await;
 }
 

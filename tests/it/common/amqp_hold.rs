@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -104,17 +105,31 @@ impl Drop for AmqpHold {
 async fn relay(client: TcpStream, state: Arc<State>) {
     // Opened after the hold began: a reconnecting client, let through.
     let free = state.holding.load(Ordering::SeqCst);
-    let Ok(broker) = TcpStream::connect(state.upstream).await else {
-        return; // no broker: the client sees its connection closed, as it would
+    let Some(((mut from_client, mut to_client), (mut from_broker, mut to_broker))) =
+        dial(client, state.upstream).await
+    else {
+        return;
     };
-    let _ = client.set_nodelay(true);
-    let _ = broker.set_nodelay(true);
-    let (mut from_client, mut to_client) = client.into_split();
-    let (mut from_broker, mut to_broker) = broker.into_split();
     tokio::select! {
         _ = tokio::io::copy(&mut from_broker, &mut to_client) => {}
         _ = upstream(&mut from_client, &mut to_broker, &state, free) => {}
     }
+}
+
+/// The broker at `upstream` for `client`: both connections, split into (read, write) halves,
+/// or `None` when the broker cannot be reached (the client, dropped, sees its connection
+/// closed, as it would).
+pub async fn dial(
+    client: TcpStream,
+    upstream: SocketAddr,
+) -> Option<(
+    (OwnedReadHalf, OwnedWriteHalf),
+    (OwnedReadHalf, OwnedWriteHalf),
+)> {
+    let broker = TcpStream::connect(upstream).await.ok()?;
+    let _ = client.set_nodelay(true);
+    let _ = broker.set_nodelay(true);
+    Some((client.into_split(), broker.into_split()))
 }
 
 /// Client → broker, frame by frame, holding publishes past the limit.

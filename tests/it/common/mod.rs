@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod amqp_cut;
 pub mod amqp_hold;
 pub mod console;
 pub mod env;
