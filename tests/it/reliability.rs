@@ -68,6 +68,21 @@ async fn wait_until(what: &str, secs: u64, mut condition: impl FnMut() -> bool) 
     }
 }
 
+/// The dead-letter queue holds `n` messages once the letters a `dlq` command kept are back:
+/// it returns them by closing its channel, and the quorum queue counts them again a moment
+/// later (asynchronously), so the count is awaited, not read once. A count that stays off
+/// for 30 s fails.
+async fn assert_dead_letters(env: &TestEnv, n: u32, what: &str) {
+    let dead = env.topology().dead();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut len = env.queue_len(&dead).await;
+    while len != n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        len = env.queue_len(&dead).await;
+    }
+    assert_eq!(len, n, "{what}");
+}
+
 /// The method ids in the `methods_removed` column of a CSV report (`type:id;type:id`), by user.
 fn removed_by_report(csv: &str) -> HashMap<String, HashSet<String>> {
     let mut reader = csv::Reader::from_reader(csv.as_bytes());
@@ -1056,7 +1071,7 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
     let (code, out, err) = run(&env.settings, &["dlq", "purge", "--batch", &a.batch]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("purged: "), "{out}");
-    assert_eq!(env.queue_len(&dead).await, 4);
+    assert_dead_letters(&env, 4, "the other batch's letters stay").await;
 
     // replay --yes without the admin's key: refused before anything is read.
     let (code, _, err) = run(
@@ -1066,11 +1081,7 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
     .await;
     assert_ne!(code, Some(0), "a replay without --key ran");
     assert!(err.contains("--key"), "{err}");
-    assert_eq!(
-        env.queue_len(&dead).await,
-        4,
-        "nothing replayed without a key"
-    );
+    assert_dead_letters(&env, 4, "nothing replayed without a key").await;
     // An operator's key (request namespace only) would be refused by every worker: refused here.
     let operator_key = env.keys.requester.path.display().to_string();
     let (code, _, err) = run(
@@ -1088,11 +1099,7 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
     .await;
     assert_ne!(code, Some(0), "a replay signed by an operator ran");
     assert!(err.contains("mfa-reset-admin"), "{err}");
-    assert_eq!(
-        env.queue_len(&dead).await,
-        4,
-        "nothing replayed by an operator"
-    );
+    assert_dead_letters(&env, 4, "nothing replayed by an operator").await;
     // replay --batch B --error-code C: back with a fresh attempt count, executed again.
     let (code, out, err) = run(
         &env.settings,
@@ -1128,7 +1135,7 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
         out.contains("preview: 3 request(s) would be replayed") && out.contains("--yes"),
         "{out}"
     );
-    assert_eq!(env.queue_len(&dead).await, 4, "the preview changed nothing");
+    assert_dead_letters(&env, 4, "the preview changed nothing").await;
     let (code, out, err) = run(
         &env.settings,
         &[
@@ -1145,7 +1152,7 @@ async fn dlq_list_replay_and_purge_work_by_batch_and_error_code_and_an_interrupt
     )
     .await;
     assert_eq!((code, out.trim()), (Some(0), "replayed: 3"), "{err}");
-    assert_eq!(env.queue_len(&dead).await, 1, "the invalid message stays");
+    assert_dead_letters(&env, 1, "the invalid message stays").await;
     env.start_worker(4);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
