@@ -123,9 +123,9 @@ pub enum Limit {
     Writes,
 }
 
-/// What one limit's law learned, as other workers are told it (heartbeats).
+/// What one limit's law learned, as other workers are told it (heartbeats). Fields a newer
+/// version adds are ignored (see [`FleetMessage`](crate::worker::fleet::FleetMessage)).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Learned {
     /// The factor in force.
     pub factor: f64,

@@ -71,9 +71,12 @@ pub const MAX_PEERS: usize = 1024;
 /// types `security.allowed_signers` takes), and anything larger is dropped before parsing.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
 
-/// One message on `{p}.fleet`.
+/// One message on `{p}.fleet`. Fields this version does not know are ignored, not refused:
+/// during a rolling upgrade a newer worker's heartbeat still counts it in and its pause still
+/// pauses (the seal covers the whole text, so an unknown field cannot change a known one; a
+/// message of an unknown `kind` is refused).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum FleetMessage {
     /// A worker connection is alive.
     Heartbeat {

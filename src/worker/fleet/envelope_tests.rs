@@ -328,3 +328,20 @@ fn a_heartbeat_without_a_peak_reads_and_writes_as_before_the_field() {
     .unwrap();
     assert!(with.contains(r#""peak":0.25"#), "{with}");
 }
+
+#[test]
+fn a_heartbeat_from_a_newer_version_reads_for_the_fields_this_one_knows_and_an_unknown_kind_does_not(
+) {
+    // A rolling upgrade: the next version adds fields to the heartbeat and to what a law
+    // learned. This one reads the rest (the worker counts, its pause holds).
+    let known = heartbeat(Uuid::new_v4());
+    let mut json: serde_json::Value = serde_json::to_value(&known).unwrap();
+    json["next_version_field"] = serde_json::json!({"anything": [1, 2]});
+    json["requests"]["next_version_rate"] = serde_json::json!(0.75);
+    let read: FleetMessage = serde_json::from_value(json).unwrap();
+    assert_eq!(read, known);
+
+    let mut unknown_kind = serde_json::to_value(&known).unwrap();
+    unknown_kind["kind"] = serde_json::json!("takeover");
+    assert!(serde_json::from_value::<FleetMessage>(unknown_kind).is_err());
+}
