@@ -116,11 +116,12 @@ impl Incoming {
         self.0.redelivered
     }
 
-    /// True once the channel that holds this delivery closed (or the connection went) before
-    /// it was settled: the broker has put it back in the queue, and may give it to another
-    /// consumer at once.
-    pub fn taken_back(&self) -> bool {
-        self.0.acker.poisoned()
+    /// A check that answers true once the channel that holds this delivery closed (or the
+    /// connection went) before it was settled: the broker has put it back in the queue, and
+    /// may give it to another consumer at once.
+    pub fn taken_back_check(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let acker = self.0.acker.clone();
+        move || acker.poisoned()
     }
 
     /// Done with it: the broker forgets the message. Settling a delivery a second time is a

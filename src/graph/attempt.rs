@@ -52,6 +52,8 @@ pub(super) enum Outcome<T> {
     NoToken(Error),
     /// The request was sent and failed. Unless Graph answered, it may have been applied.
     Failed(Error),
+    /// Not sent: the write's request was taken back while it waited ([`Error::Withheld`]).
+    Withheld(Error),
 }
 
 /// What the send loop does next.
@@ -138,6 +140,7 @@ impl Attempts {
     ) -> Step<T> {
         let (error, sent) = match outcome {
             Outcome::Answered(answer) => return Step::Done(answer),
+            Outcome::Withheld(error) => return Step::GiveUp(error),
             Outcome::NoToken(error) => (error, false),
             Outcome::Failed(error) => (error, true),
         };
@@ -392,6 +395,18 @@ mod tests {
             after(&mut unsent, not_found()),
             Step::GiveUp(Error::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn a_withheld_write_is_handed_back_at_once_not_retried() {
+        let mut a = attempts(OnNotFound::GoneAfterRetry);
+        after(&mut a, transient());
+        let step = a.next_step::<()>(
+            Outcome::Withheld(Error::Withheld),
+            &settings(),
+            Instant::now(),
+        );
+        assert!(matches!(step, Step::GiveUp(Error::Withheld)), "{step:?}");
     }
 
     #[tokio::test(start_paused = true)]

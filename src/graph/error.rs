@@ -109,6 +109,11 @@ pub enum Error {
         /// The first line of Entra's description, or Graph's message.
         message: String,
     },
+    /// Not sent: the request this call belongs to was taken back from the worker while the
+    /// call waited its turn (the budget, a Retry-After pause, a backoff), see
+    /// [`with_write_guard`](super::with_write_guard). Only writes are withheld.
+    #[error("not sent: the broker took the request back (its delivery's channel closed) while this write waited its turn; whoever runs the request next finds what was removed on its plan")]
+    Withheld,
     /// The token endpoint is unavailable for now (`temporarily_unavailable`, `server_error`,
     /// 5xx): retry later; nothing is wrong with the app or the user.
     #[error("the token endpoint is unavailable for now ({status} {code}): {message}")]
@@ -265,6 +270,7 @@ impl Error {
             Error::NoAnswer { cause, .. } => cause.to_string(),
             Error::InvalidResponse { .. } => "invalid_response".into(),
             Error::NotDeletable { .. } => "notDeletable".into(),
+            Error::Withheld => "taken_back".into(),
             Error::Transient { code, .. }
             | Error::NotFound { code, .. }
             | Error::Forbidden { code, .. }
@@ -287,7 +293,7 @@ impl Error {
             Error::Forbidden { .. } => Some(403),
             Error::Auth { .. } => Some(401),
             Error::App { status, .. } => *status,
-            Error::NoAnswer { .. } | Error::NotDeletable { .. } => None,
+            Error::NoAnswer { .. } | Error::NotDeletable { .. } | Error::Withheld => None,
         }
     }
 
@@ -308,6 +314,8 @@ impl Error {
             | Error::Forbidden { .. }
             | Error::BadRequest { .. }
             | Error::NotDeletable { .. } => Class::Permanent,
+            // Handed back at once, never retried; the reset stops (`Interrupted::TakenBack`).
+            Error::Withheld => Class::Permanent,
             Error::Auth { .. } | Error::App { .. } => Class::Halt,
         }
     }

@@ -44,7 +44,7 @@ pub use directory::{
 pub use error::{AppFault, Class, Error, NoAnswer};
 pub use methods::{AuthMethod, Registered};
 pub use pause::{PauseGate, Throttling};
-pub use send::{client_request_id, with_client_request_id};
+pub use send::{client_request_id, with_client_request_id, with_write_guard, WriteGuard};
 pub use stats::{ThrottleSnapshot, ThrottleStats};
 pub use token::{AccessToken, TokenProvider};
 

@@ -32,6 +32,34 @@ pub async fn with_client_request_id<F: std::future::Future>(id: uuid::Uuid, work
     CLIENT_REQUEST_ID.scope(id, work).await
 }
 
+tokio::task_local! {
+    /// Is the request this task's calls belong to still this worker's (see
+    /// [`with_write_guard`])?
+    static WRITE_GUARD: WriteGuard;
+}
+
+/// Answers true once the calls of a task must not write any more.
+pub type WriteGuard = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Run `work` with every write it makes (DELETE, POST, PATCH) asking `taken_back` right
+/// before it is sent, after its wait for the budget or a pause, each attempt: once it answers
+/// true the write is not sent and fails with [`Error::Withheld`]. A worker runs each reset
+/// under it: a request whose delivery went back to the broker may be running on another
+/// worker already, and two workers must not delete one user's methods side by side.
+pub async fn with_write_guard<F: std::future::Future>(
+    taken_back: WriteGuard,
+    work: F,
+) -> F::Output {
+    WRITE_GUARD.scope(taken_back, work).await
+}
+
+/// True when this task's writes are to be withheld.
+fn withheld() -> bool {
+    WRITE_GUARD
+        .try_with(|taken_back| taken_back())
+        .unwrap_or(false)
+}
+
 /// The `client-request-id` the next call of this task sends.
 pub fn client_request_id() -> uuid::Uuid {
     CLIENT_REQUEST_ID
@@ -94,7 +122,7 @@ impl GraphClient {
                 .await;
             let failure = match &outcome {
                 Outcome::Answered(_) => None,
-                Outcome::NoToken(e) | Outcome::Failed(e) => {
+                Outcome::NoToken(e) | Outcome::Failed(e) | Outcome::Withheld(e) => {
                     Some((e.status().unwrap_or(0), e.code()))
                 }
             };
@@ -188,6 +216,10 @@ impl GraphClient {
         };
         // Waits out any pause, before and after taking its cells.
         inner.budget.acquire(write, &inner.gate).await;
+        // The wait may have been long: the request may have been taken back meanwhile.
+        if write && withheld() {
+            return (Outcome::Withheld(Error::Withheld), None, by_method);
+        }
         let mut request = inner
             .http
             .request(method.clone(), url)

@@ -84,14 +84,17 @@ pub enum Interrupted {
     /// The plan could not be recorded before the first DELETE (broker trouble): nothing was
     /// deleted in this attempt.
     Journal(String),
-    /// The request was taken back before the next write (see [`Journal::taken_back`]):
-    /// what this attempt removed is on its plan.
+    /// The request was taken back from this worker, and a write withheld
+    /// ([`graph::Error::Withheld`]): what this attempt removed is on its plan.
     TakenBack,
 }
 
 impl From<graph::Error> for Interrupted {
     fn from(error: graph::Error) -> Interrupted {
-        Interrupted::Graph(error)
+        match error {
+            graph::Error::Withheld => Interrupted::TakenBack,
+            error => Interrupted::Graph(error),
+        }
     }
 }
 
@@ -101,14 +104,6 @@ impl From<graph::Error> for Interrupted {
 pub trait Journal: Send + Sync {
     /// Record the methods about to be deleted; returns once it is durable.
     async fn planned(&self, methods: &[MethodRecord]) -> anyhow::Result<()>;
-
-    /// True once the request is no longer this attempt's to carry on: its delivery went back
-    /// to the broker (the channel holding it closed), which may give it to another worker
-    /// at once. Asked before every write to Graph; the attempt then stops, and whoever runs
-    /// the request next finds what it removed through its plan.
-    fn taken_back(&self) -> bool {
-        false
-    }
 }
 
 /// A journal that keeps nothing (tools that need no crash recovery).
@@ -283,14 +278,6 @@ impl Run<'_> {
         self.removed.extend(gone);
     }
 
-    /// Stop before a write once the request was taken back (see [`Journal::taken_back`]).
-    fn still_ours(&self) -> Result<(), Interrupted> {
-        if self.journal.taken_back() {
-            return Err(Interrupted::TakenBack);
-        }
-        Ok(())
-    }
-
     /// Not touched: a protected account, or one whose privileges could not be checked.
     fn skipped(&mut self, code: &str, message: String) -> Executed {
         Executed {
@@ -375,7 +362,6 @@ impl Run<'_> {
         let still_refused = self.delete_all(&user, ordered).await?;
 
         if req.revoke_sessions && !self.sessions_revoked {
-            self.still_ours()?;
             self.revoke_sessions(&user).await?;
         }
 
@@ -399,8 +385,7 @@ impl Run<'_> {
         // with them, or sit beside a method the user still has.
         let tap = match req.tap {
             Some(asked) if conclusion.status == Status::Reset => {
-                self.still_ours()?;
-                Some(Box::new(self.issue_tap(&user, asked).await))
+                Some(Box::new(self.issue_tap(&user, asked).await?))
             }
             _ => None,
         };
@@ -418,8 +403,13 @@ impl Run<'_> {
 
     /// Create the Temporary Access Pass and seal it to the helpdesk key before anything
     /// else sees it. Every failure is reported (Graph's code), none fails the reset; the
-    /// pass itself is never logged, and dropped (zeroised) here once sealed.
-    async fn issue_tap(&mut self, user: &DirectoryUser, asked: TapRequest) -> TapOutcome {
+    /// pass itself is never logged, and dropped (zeroised) here once sealed. Only a pass
+    /// withheld because the request was taken back stops the reset.
+    async fn issue_tap(
+        &mut self,
+        user: &DirectoryUser,
+        asked: TapRequest,
+    ) -> Result<TapOutcome, Interrupted> {
         let not_issued = |code: String, message: String| TapOutcome {
             issued: false,
             lifetime_minutes: asked.lifetime_minutes,
@@ -429,12 +419,12 @@ impl Run<'_> {
             ..TapOutcome::default()
         };
         let Some(recipient) = self.tap else {
-            return not_issued(
+            return Ok(not_issued(
                 "tap_no_recipient".into(),
                 "tap.recipient is not set on this worker: a pass is only issued encrypted to \
                  the helpdesk's age key; none was created"
                     .into(),
-            );
+            ));
         };
         self.calls += 1;
         let created = self
@@ -443,12 +433,13 @@ impl Run<'_> {
             .await;
         let pass = match created {
             Ok(pass) => pass,
+            Err(graph::Error::Withheld) => return Err(Interrupted::TakenBack),
             Err(error) => {
                 tracing::info!(user = %user, code = %error.code(), "Graph did not create the Temporary Access Pass");
-                return not_issued(error.code(), error.to_string());
+                return Ok(not_issued(error.code(), error.to_string()));
             }
         };
-        match recipient.seal(&pass.pass) {
+        Ok(match recipient.seal(&pass.pass) {
             Ok(sealed) => TapOutcome {
                 issued: true,
                 lifetime_minutes: pass.lifetime_in_minutes,
@@ -460,7 +451,7 @@ impl Run<'_> {
                 error_message: None,
             },
             Err(error) => not_issued("tap_seal_failed".into(), error.to_string()),
-        }
+        })
     }
 
     /// The user's methods. When beta's hardware OATH collection cannot be read (a permanent
@@ -539,8 +530,7 @@ impl Run<'_> {
                 return None;
             }
         };
-        if !plan::must_move_default_to_mobile(&kinds, default) || self.journal.taken_back() {
-            // Taken back: no write here; the first DELETE's check stops the attempt.
+        if !plan::must_move_default_to_mobile(&kinds, default) {
             return default;
         }
         self.calls += 1;
@@ -565,7 +555,6 @@ impl Run<'_> {
         let targets = ordered.len();
         let mut refused: Vec<(AuthMethod, graph::Error)> = Vec::new();
         for method in ordered {
-            self.still_ours()?;
             match self.delete(user, &method).await {
                 Ok(()) => {}
                 Err(err @ graph::Error::BadRequest { .. }) => refused.push((method, err)),
@@ -577,9 +566,8 @@ impl Run<'_> {
         }
         let mut still_refused = Vec::new();
         for (method, _) in refused {
-            self.still_ours()?;
             if let Err(err) = self.delete(user, &method).await {
-                if err.is_retryable() || err.halts() {
+                if err.is_retryable() || err.halts() || matches!(err, graph::Error::Withheld) {
                     return Err(err.into());
                 }
                 still_refused.push((method, err));

@@ -224,28 +224,32 @@ async fn run(ctx: &Ctx, incoming: &Incoming, request: &ResetRequest) -> Attempt 
         sessions_revoked: carry.sessions_revoked,
         planned: worker.ledger.plan(request.request_id, request.replay),
     };
-    let journal = StreamJournal {
-        ctx,
-        incoming,
-        request,
-    };
+    let journal = StreamJournal { ctx, request };
     let settings = &worker.settings.reset;
     // Every Graph call of this reset carries the request id as `client-request-id`, so
-    // Entra's audit log joins to the outcome.
+    // Entra's audit log joins to the outcome; no write goes out once the broker has taken
+    // the delivery back (its channel closed, or the connection under it went): it requeued
+    // the request, and another worker may be running it now.
+    let conn = ctx.conn.clone();
+    let delivery = incoming.taken_back_check();
+    let taken_back: graph::WriteGuard = Arc::new(move || delivery() || !conn.status().connected());
     let executed = graph::with_client_request_id(
         request.request_id,
-        reset::execute(
-            &worker.graph,
-            request,
-            reset::Policy {
-                settings,
-                scope: &worker.scope,
-                protected: &worker.protected,
-                backup: worker.backup.as_ref(),
-            },
-            earlier,
-            &journal,
-            worker.tap.as_ref(),
+        graph::with_write_guard(
+            taken_back,
+            reset::execute(
+                &worker.graph,
+                request,
+                reset::Policy {
+                    settings,
+                    scope: &worker.scope,
+                    protected: &worker.protected,
+                    backup: worker.backup.as_ref(),
+                },
+                earlier,
+                &journal,
+                worker.tap.as_ref(),
+            ),
         ),
     )
     .await;
@@ -437,11 +441,9 @@ async fn dead_letter(
         .context("dead-lettering")
 }
 
-/// Writes a request's plan to the outcomes stream (confirmed) before its first DELETE, and
-/// tells the reset when the broker took its delivery back.
+/// Writes a request's plan to the outcomes stream (confirmed) before its first DELETE.
 struct StreamJournal<'a> {
     ctx: &'a Ctx,
-    incoming: &'a Incoming,
     request: &'a ResetRequest,
 }
 
@@ -478,12 +480,6 @@ impl reset::Journal for StreamJournal<'_> {
         // worker's own count never lags (other workers learn it from the stream).
         worker.gate.record(&record, Utc::now());
         Ok(())
-    }
-
-    /// The delivery's channel closed, or the connection under it is gone: either way the
-    /// broker requeued it, and another worker may be running it now.
-    fn taken_back(&self) -> bool {
-        self.incoming.taken_back() || !self.ctx.conn.status().connected()
     }
 }
 

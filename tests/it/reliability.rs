@@ -634,11 +634,21 @@ async fn a_planned_method_still_listed_but_answered_404_is_on_the_record_as_remo
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_cut_from_its_broker_sends_no_delete_after_the_one_on_the_wire_and_the_user_ends_with_one_outcome(
-) {
+/// Where worker 1's second DELETE is when its broker connection is cut.
+enum Waiting {
+    /// Sent, held on the wire by the Graph front until the test releases it.
+    OnTheWire,
+    /// In the Retry-After pause of the 429 Graph answered to it (its retry due after it).
+    InAPause,
+}
+
+/// A user with several methods, reset by worker 1 (through a relay to its broker that the
+/// test cuts, and a Graph front) until its second DELETE waits as `waiting` says; the test
+/// cuts the relay, lets the wait end, and checks that worker 1 sent no DELETE after it;
+/// worker 2 finishes the user: one outcome, by worker 2, recording what Graph deleted.
+async fn cut_mid_reset(name: &str, waiting: Waiting) {
     let mut env = TestEnv::new(
-        "rel-cut",
+        name,
         SimConfig {
             users: 1,
             generation: GenOptions {
@@ -663,7 +673,7 @@ async fn a_worker_cut_from_its_broker_sends_no_delete_after_the_one_on_the_wire_
     assert!(targets >= 3, "{targets} methods to remove");
 
     // Worker 1 reaches the broker through a relay the test cuts, and Graph through a front
-    // that holds its second DELETE on the wire.
+    // that holds its second DELETE on the wire, or throttles it.
     let front = GraphFront::start(&env.sim.url()).await;
     let relay = AmqpCut::start(broker_address(&env.settings.broker.url)).await;
     let mut cut_off = env.settings.clone();
@@ -672,7 +682,15 @@ async fn a_worker_cut_from_its_broker_sends_no_delete_after_the_one_on_the_wire_
     // Long enough that only the worker's own check can stop it (the grace's end aborts
     // whatever still runs).
     cut_off.worker.shutdown_grace = Duration::from_secs(300);
-    front.hold_after_deletes(1);
+    match waiting {
+        Waiting::OnTheWire => front.hold_after_deletes(1),
+        Waiting::InAPause => {
+            // A pause the worker waits out in process (not handed to a delay queue), long
+            // enough that the cut surely lands inside it.
+            cut_off.retry.max_elapsed = Duration::from_secs(120);
+            front.throttle_delete(2, 20)
+        }
+    }
     let graph = GraphClient::new(&cut_off.graph, &cut_off.rate, &cut_off.retry).expect("client");
     let metrics = Arc::new(WorkerMetrics::default());
     env.start_worker_counted(cut_off, graph, 2, metrics.clone());
@@ -680,10 +698,20 @@ async fn a_worker_cut_from_its_broker_sends_no_delete_after_the_one_on_the_wire_
         .enqueue_csv(&format!("user\n{upn}\n"))
         .await
         .expect("enqueue");
-    wait_until("the second DELETE waits at the front", 60, || {
-        front.waiting() >= 1
-    })
-    .await;
+    match waiting {
+        Waiting::OnTheWire => {
+            wait_until("the second DELETE waits at the front", 60, || {
+                front.waiting() >= 1
+            })
+            .await
+        }
+        Waiting::InAPause => {
+            wait_until("the second DELETE answered 429", 60, || {
+                front.calls().iter().any(|c| c.status == 429)
+            })
+            .await
+        }
+    }
 
     // Cut from its broker mid-reset: the broker takes the request back.
     relay.cut();
@@ -692,7 +720,8 @@ async fn a_worker_cut_from_its_broker_sends_no_delete_after_the_one_on_the_wire_
     })
     .await;
     front.release();
-    wait_until("worker 1's attempt ended", 30, || {
+    // On the wire: answered now. In a pause: its retry is due when the pause ends (20 s).
+    wait_until("worker 1's attempt ended", 60, || {
         metrics.in_flight.get() == 0
     })
     .await;
@@ -700,7 +729,7 @@ async fn a_worker_cut_from_its_broker_sends_no_delete_after_the_one_on_the_wire_
     let deletes = calls.iter().filter(|c| c.method == "DELETE").count();
     assert_eq!(
         deletes, 2,
-        "worker 1 sent no DELETE after the one on the wire when it was cut: {calls:?}"
+        "worker 1 sent no DELETE after the second when it was cut: {calls:?}"
     );
 
     // Worker 2 takes the request back from the queue and finishes it.
@@ -734,6 +763,18 @@ async fn a_worker_cut_from_its_broker_sends_no_delete_after_the_one_on_the_wire_
     assert_eq!(deletes.get("404"), None, "{deletes:?}");
     assert_eq!(removable(&user_after), 0);
     env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_from_its_broker_sends_no_delete_after_the_one_on_the_wire_and_the_user_ends_with_one_outcome(
+) {
+    cut_mid_reset("rel-cut-wire", Waiting::OnTheWire).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_from_its_broker_in_a_retry_after_pause_does_not_send_the_retry_and_the_user_ends_with_one_outcome(
+) {
+    cut_mid_reset("rel-cut-pause", Waiting::InAPause).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@
 //! while the rest of the tenant is fine). The user is read from the path segment after
 //! `users/` (`/v1.0/users/{upn or id}/…`), as the client writes it for plain UPNs and ids.
 //!
+//! [`GraphFront::throttle_delete`] answers one chosen DELETE with a 429 and a Retry-After,
+//! without reaching the simulator.
+//!
 //! [`GraphFront::hold_after_deletes`] closes a gate once a number of DELETEs went through:
 //! every later request waits at the front (on the wire, unanswered) until
 //! [`GraphFront::release`], so a test can act at a known point of a batch however fast or
@@ -60,6 +63,8 @@ struct FrontState {
     renames: Mutex<Option<Renames>>,
     /// DELETEs relayed before the gate closes (`None`: no gate).
     hold_after: Mutex<Option<usize>>,
+    /// The DELETE (counting from 1) to answer 429 with this Retry-After, in seconds.
+    throttle_delete: Mutex<Option<(usize, u64)>>,
     /// True while the gate is closed; requests wait for it to turn false.
     held: tokio::sync::watch::Sender<bool>,
     /// Requests waiting at the closed gate now.
@@ -83,6 +88,7 @@ impl GraphFront {
             calls: Mutex::default(),
             renames: Mutex::default(),
             hold_after: Mutex::default(),
+            throttle_delete: Mutex::default(),
             held: tokio::sync::watch::channel(false).0,
             waiting: std::sync::atomic::AtomicUsize::new(0),
             places: std::sync::atomic::AtomicU64::new(0),
@@ -129,6 +135,13 @@ impl GraphFront {
     /// later request at the front until [`GraphFront::release`].
     pub fn hold_after_deletes(&self, deletes: usize) {
         *self.state.hold_after.lock().unwrap() = Some(deletes);
+    }
+
+    /// Answer the `nth` DELETE (counting from 1, those so far included) with a 429 and
+    /// `Retry-After: retry_after_secs`, without reaching the simulator: Graph throttling the
+    /// app at a point the test chooses.
+    pub fn throttle_delete(&self, nth: usize, retry_after_secs: u64) {
+        *self.state.throttle_delete.lock().unwrap() = Some((nth, retry_after_secs));
     }
 
     /// True once the gate has closed (and until [`GraphFront::release`]).
@@ -210,7 +223,35 @@ async fn forward(
             .expect("the simulator renames");
         assert!(renamed.status().is_success(), "rename {from} → {to}");
     }
-    let response = if failing {
+    let throttled = (method == Method::DELETE)
+        .then(|| {
+            let deletes = state
+                .calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| c.method == Method::DELETE)
+                .count();
+            let mut throttle = state.throttle_delete.lock().unwrap();
+            match *throttle {
+                Some((nth, retry_after)) if deletes + 1 == nth => {
+                    *throttle = None;
+                    Some(retry_after)
+                }
+                _ => None,
+            }
+        })
+        .flatten();
+    let response = if let Some(retry_after) = throttled {
+        let mut response = json(
+            StatusCode::TOO_MANY_REQUESTS,
+            r#"{"error":{"code":"TooManyRequests","message":"injected by the test's Graph front"}}"#,
+        );
+        response
+            .headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from(retry_after));
+        response
+    } else if failing {
         json(
             StatusCode::INTERNAL_SERVER_ERROR,
             r#"{"error":{"code":"generalException","message":"injected by the test's Graph front"}}"#,
