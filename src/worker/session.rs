@@ -253,7 +253,7 @@ pub(super) async fn run(
     // is taken at all until the gate opens.
     let mut taking = Taking::new(&ctx);
     if let Err(err) = taking.regate(&ctx, conn).await {
-        shut_down(ctx, taking.consumer, probe, dispatch, metrics).await;
+        shut_down(ctx, taking, probe, dispatch, metrics).await;
         fleet.stop().await;
         return Ended::Lost(err);
     }
@@ -312,8 +312,9 @@ pub(super) async fn run(
         // write to Graph: their deliveries are back in the queue).
         metrics.connected.set(0);
     }
-    taking.close_retired().await;
-    shut_down(ctx, taking.consumer, probe, dispatch, metrics).await;
+    // Consumers a pause retired are closed with the live one, once the users in flight have
+    // ended: closing a channel hands its unsettled deliveries back, and theirs may be running.
+    shut_down(ctx, taking, probe, dispatch, metrics).await;
     fleet.stop().await;
     ended
 }
@@ -618,13 +619,13 @@ async fn watch(ctx: &Ctx, probe: &Probe, idle: &mut Idle, busy: bool) -> Option<
 /// within `worker.shutdown_grace`, then close.
 async fn shut_down(
     ctx: Arc<Ctx>,
-    consumer: Option<Consumer>,
+    mut taking: Taking,
     probe: Probe,
     mut dispatch: Dispatch,
     metrics: &WorkerMetrics,
 ) {
     dispatch.stop.cancel();
-    if let Some(consumer) = &consumer {
+    if let Some(consumer) = &taking.consumer {
         consumer.stop().await;
     }
     let grace = ctx.worker.settings.worker.shutdown_grace;
@@ -644,8 +645,9 @@ async fn shut_down(
         while tasks.join_next().await.is_some() {}
     }
     metrics.connected.set(0);
-    // Closing the consuming channel hands every delivery not settled back to the queue.
-    if let Some(consumer) = consumer {
+    // Closing the consuming channels hands every delivery not settled back to the queue.
+    taking.close_retired().await;
+    if let Some(consumer) = taking.consumer {
         consumer.close().await;
     }
     probe.close().await;
