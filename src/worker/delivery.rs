@@ -233,6 +233,7 @@ async fn run(ctx: &Ctx, incoming: &Incoming, request: &ResetRequest) -> Attempt 
     let conn = ctx.conn.clone();
     let delivery = incoming.taken_back_check();
     let taken_back: graph::WriteGuard = Arc::new(move || delivery() || !conn.status().connected());
+    let guard = taken_back.clone();
     let executed = graph::with_client_request_id(
         request.request_id,
         graph::with_write_guard(
@@ -254,6 +255,16 @@ async fn run(ctx: &Ctx, incoming: &Incoming, request: &ResetRequest) -> Attempt 
     )
     .await;
     match executed {
+        // Taken back after its last write: the request may be running elsewhere already, and
+        // its outcome is that worker's to record (it finds what was removed on the plan),
+        // not a second one. Unless a pass was issued: sealed to the helpdesk, it is recorded.
+        Ok(executed) if guard() && !executed.tap.as_ref().is_some_and(|tap| tap.issued) => {
+            Attempt::Interrupted(reset::RetryLater {
+                cause: reset::Interrupted::TakenBack,
+                removed: executed.removed,
+                sessions_revoked: executed.sessions_revoked,
+            })
+        }
         Ok(executed) => Attempt::Executed(executed),
         Err(later) => Attempt::Interrupted(later),
     }
