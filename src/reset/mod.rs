@@ -268,13 +268,8 @@ impl Run<'_> {
         }
         let still_there: HashSet<String> = listed.iter().map(short).collect();
         let planned = std::mem::take(&mut self.planned_earlier);
-        let known: HashSet<String> = self.removed.iter().map(MethodRecord::short).collect();
-        self.planned_listed = planned
-            .iter()
-            .filter(|m| still_there.contains(&m.short()) && !known.contains(&m.short()))
-            .map(|m| (m.short(), m.clone()))
-            .collect();
-        let gone = plan::removed_earlier(planned, &self.removed, &still_there);
+        let (gone, still_listed) = plan::removed_earlier(planned, &self.removed, &still_there);
+        self.planned_listed = still_listed.into_iter().map(|m| (m.short(), m)).collect();
         self.removed.extend(gone);
     }
 

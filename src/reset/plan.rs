@@ -356,21 +356,19 @@ pub fn registered_after(
     created.is_some_and(|created| created > requested_at)
 }
 
-/// What an interrupted earlier attempt removed: the methods it planned (in plan order) that
-/// are no longer `listed` (`type:id`) and not already `removed`.
+/// What an interrupted earlier attempt's plan says now, in plan order, each method once and
+/// none already `removed`: (the methods no longer `listed` (`type:id`): it removed them; those
+/// still listed: its DELETE of them may yet land).
 pub fn removed_earlier(
     planned: Vec<MethodRecord>,
     removed: &[MethodRecord],
     listed: &HashSet<String>,
-) -> Vec<MethodRecord> {
+) -> (Vec<MethodRecord>, Vec<MethodRecord>) {
     let mut known: HashSet<String> = removed.iter().map(MethodRecord::short).collect();
     planned
         .into_iter()
-        .filter(|m| {
-            let key = m.short();
-            !listed.contains(&key) && known.insert(key)
-        })
-        .collect()
+        .filter(|m| known.insert(m.short()))
+        .partition(|m| !listed.contains(&m.short()))
 }
 
 /// The status of a reset a permanent Graph error stopped: failed when nothing was removed,

@@ -584,13 +584,14 @@ fn what_an_interrupted_attempt_planned_and_is_gone_was_removed_by_it() {
     let removed = vec![record("fido2", "f")];
     let listed: HashSet<String> = ["email:e".to_string()].into();
 
-    let adopted = removed_earlier(planned, &removed, &listed);
+    let (adopted, still_listed) = removed_earlier(planned, &removed, &listed);
 
     assert_eq!(
         adopted,
         [record("phone", "m"), record("softwareOath", "o")],
         "still listed, already recorded and repeated entries are left out"
     );
+    assert_eq!(still_listed, [record("email", "e")]);
 }
 
 #[test]
