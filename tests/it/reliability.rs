@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use graph_sim::{FaultPatch, GenOptions, SimConfig};
 use mfa_reset::commands::dlq;
 use mfa_reset::domain::{Record, ResetRequest, Status, UserRef};
-use mfa_reset::graph::GraphClient;
+use mfa_reset::graph::{AuthMethod, GraphClient};
 use mfa_reset::worker::{self, WorkOptions, WorkerMetrics};
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,48 @@ fn tenant(users: usize, latency_ms: u64) -> SimConfig {
         },
         ..SimConfig::default()
     }
+}
+
+/// A tenant of `users` users with at least `methods_min` methods each.
+fn tenant_with_methods(users: usize, methods_min: usize) -> SimConfig {
+    SimConfig {
+        users,
+        generation: GenOptions {
+            methods_min,
+            ..GenOptions::default()
+        },
+        ..SimConfig::default()
+    }
+}
+
+/// A Graph client on the test's tenant, and `user`'s removable methods (at least three).
+async fn removable_methods(env: &TestEnv, user: &UserRef) -> (GraphClient, Vec<AuthMethod>) {
+    let graph = GraphClient::new(&env.settings.graph, &env.settings.rate, &env.settings.retry)
+        .expect("client");
+    let targets: Vec<AuthMethod> = graph
+        .list_methods(user)
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|m| m.is_removable())
+        .collect();
+    assert!(targets.len() >= 3, "{} methods to remove", targets.len());
+    (graph, targets)
+}
+
+/// What a crashed worker got done: one of `targets` deleted, whichever Graph lets go first
+/// (not the default, not a mobile with an alternate); its `type:id`.
+async fn delete_one_out_of_band(
+    graph: &GraphClient,
+    user: &UserRef,
+    targets: &[AuthMethod],
+) -> String {
+    for method in targets {
+        if graph.delete_method(user, method).await.is_ok() {
+            return format!("{}:{}", method.stem(), method.id());
+        }
+    }
+    panic!("Graph let none of {} methods go", targets.len());
 }
 
 fn removable(user: &graph_sim::UserView) -> usize {
@@ -426,35 +468,12 @@ async fn a_redelivered_request_whose_outcome_is_recorded_is_acked_without_a_grap
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_reset_resumes_by_listing_again_and_deleting_only_what_remains() {
-    let mut env = TestEnv::new(
-        "rel-resume",
-        SimConfig {
-            users: 5,
-            generation: GenOptions {
-                methods_min: 3,
-                ..GenOptions::default()
-            },
-            ..SimConfig::default()
-        },
-    )
-    .await;
+    let mut env = TestEnv::new("rel-resume", tenant_with_methods(5, 3)).await;
     let upn = graph_sim::tenant::upn_for_index(0);
     let user = UserRef::parse(&upn).expect("user");
     // A crashed worker got half-way: one method already deleted, no outcome recorded.
-    let graph = GraphClient::new(&env.settings.graph, &env.settings.rate, &env.settings.retry)
-        .expect("client");
-    let methods = graph.list_methods(&user).await.expect("list");
-    let targets: Vec<_> = methods.iter().filter(|m| m.is_removable()).collect();
-    assert!(targets.len() >= 3);
-    // Whichever Graph lets go first (not the default, not a mobile with an alternate).
-    let mut deleted = false;
-    for method in &targets {
-        if graph.delete_method(&user, method).await.is_ok() {
-            deleted = true;
-            break;
-        }
-    }
-    assert!(deleted, "one method deleted out of band");
+    let (graph, targets) = removable_methods(&env, &user).await;
+    delete_one_out_of_band(&graph, &user, &targets).await;
     let deleted_before = env.sim.stats().methods_deleted;
 
     let enqueued = env
@@ -488,13 +507,8 @@ async fn after_an_interrupted_attempt(
     let mut env = TestEnv::new(
         name,
         SimConfig {
-            users: 5,
             consistency_delay_ms,
-            generation: GenOptions {
-                methods_min: 3,
-                ..GenOptions::default()
-            },
-            ..SimConfig::default()
+            ..tenant_with_methods(5, 3)
         },
     )
     .await;
@@ -507,19 +521,8 @@ async fn after_an_interrupted_attempt(
     let request_id = ResetRequest::id_for(batch, &user);
     // What a worker killed half-way leaves behind: its plan on the stream, one method deleted,
     // no outcome.
-    let graph = GraphClient::new(&env.settings.graph, &env.settings.rate, &env.settings.retry)
-        .expect("client");
-    let methods = graph.list_methods(&user).await.expect("list");
-    let targets: Vec<_> = methods.into_iter().filter(|m| m.is_removable()).collect();
-    assert!(targets.len() >= 3);
-    let mut deleted_by_crashed = None;
-    for method in &targets {
-        if graph.delete_method(&user, method).await.is_ok() {
-            deleted_by_crashed = Some(format!("{}:{}", method.stem(), method.id()));
-            break;
-        }
-    }
-    let deleted_by_crashed = deleted_by_crashed.expect("one method deleted by the crashed worker");
+    let (graph, targets) = removable_methods(&env, &user).await;
+    let deleted_by_crashed = delete_one_out_of_band(&graph, &user, &targets).await;
     let plan = Record::Plan(mfa_reset::domain::PlanRecord {
         request_id,
         replay: 0,
@@ -650,30 +653,10 @@ enum Waiting {
 /// worker 1 sent no DELETE after it; worker 2 finishes the user: one outcome, by worker 2,
 /// recording what Graph deleted.
 async fn cut_mid_reset(name: &str, waiting: Waiting) {
-    let mut env = TestEnv::new(
-        name,
-        SimConfig {
-            users: 1,
-            generation: GenOptions {
-                methods_min: 4,
-                ..GenOptions::default()
-            },
-            ..SimConfig::default()
-        },
-    )
-    .await;
+    let mut env = TestEnv::new(name, tenant_with_methods(1, 4)).await;
     let upn = graph_sim::tenant::upn_for_index(0);
     let user = UserRef::parse(&upn).expect("user");
-    let lister = GraphClient::new(&env.settings.graph, &env.settings.rate, &env.settings.retry)
-        .expect("client");
-    let targets = lister
-        .list_methods(&user)
-        .await
-        .expect("list")
-        .into_iter()
-        .filter(|m| m.is_removable())
-        .count();
-    assert!(targets >= 3, "{targets} methods to remove");
+    let targets = removable_methods(&env, &user).await.1.len();
 
     // Worker 1 reaches the broker through a relay the test cuts, and Graph through a front
     // that holds its second DELETE on the wire, or throttles it.
@@ -728,7 +711,7 @@ async fn cut_mid_reset(name: &str, waiting: Waiting) {
     })
     .await;
     let calls = front.calls();
-    let deletes = calls.iter().filter(|c| c.method == "DELETE").count();
+    let deletes = front.deletes();
     match waiting {
         Waiting::OnTheWire | Waiting::InAPause => assert_eq!(
             deletes, 2,

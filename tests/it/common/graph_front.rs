@@ -165,6 +165,11 @@ impl GraphFront {
         self.state.calls.lock().unwrap().clone()
     }
 
+    /// DELETE requests so far.
+    pub fn deletes(&self) -> usize {
+        deletes(&self.state.calls.lock().unwrap())
+    }
+
     /// DELETE requests so far, by user.
     pub fn deletes_by_user(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
@@ -223,25 +228,19 @@ async fn forward(
             .expect("the simulator renames");
         assert!(renamed.status().is_success(), "rename {from} → {to}");
     }
-    let throttled = (method == Method::DELETE)
-        .then(|| {
-            let deletes = state
-                .calls
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|c| c.method == Method::DELETE)
-                .count();
-            let mut throttle = state.throttle_delete.lock().unwrap();
-            match *throttle {
-                Some((nth, retry_after)) if deletes + 1 == nth => {
-                    *throttle = None;
-                    Some(retry_after)
-                }
-                _ => None,
+    let throttled = if method == Method::DELETE {
+        let deletes = deletes(&state.calls.lock().unwrap());
+        let mut throttle = state.throttle_delete.lock().unwrap();
+        match *throttle {
+            Some((nth, retry_after)) if deletes + 1 == nth => {
+                *throttle = None;
+                Some(retry_after)
             }
-        })
-        .flatten();
+            _ => None,
+        }
+    } else {
+        None
+    };
     let response = if let Some(retry_after) = throttled {
         let mut response = json(
             StatusCode::TOO_MANY_REQUESTS,
@@ -269,13 +268,17 @@ async fn forward(
     });
     // Close the gate when the DELETEs relayed reach the mark.
     if let Some(mark) = *state.hold_after.lock().unwrap() {
-        let deletes = calls.iter().filter(|c| c.method == Method::DELETE).count();
-        if deletes >= mark {
+        if deletes(&calls) >= mark {
             state.held.send_replace(true);
         }
     }
     drop(calls);
     response
+}
+
+/// DELETE requests among `calls`.
+fn deletes(calls: &[Call]) -> usize {
+    calls.iter().filter(|c| c.method == Method::DELETE).count()
 }
 
 /// A held request's place in the line; dropped (answered, or given up by its caller), the
